@@ -1,0 +1,1 @@
+//! Hammer IoT broker (being written).

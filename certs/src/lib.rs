@@ -1,0 +1,1 @@
+//! Hammer IoT fleet CA (being written).

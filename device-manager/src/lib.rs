@@ -1,0 +1,1 @@
+//! Hammer IoT device manager (being written).

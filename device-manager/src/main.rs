@@ -1,0 +1,2 @@
+//! The `hammer-manager` binary.
+fn main() {}

@@ -1,0 +1,36 @@
+//! Hammer IoT wire protocol, shared by the service, the broker and the device manager.
+//!
+//! Everything here is pure: topic names ([`topics`]), name rules ([`names`]), the message
+//! types ([`messages`]), the CBOR codec with its size limit ([`codec`]), the Ed25519 signing
+//! envelope for service → device messages ([`signing`]) and HPKE-sealed git credentials
+//! ([`sealing`]). No I/O happens in this crate.
+
+pub mod codec;
+pub mod messages;
+pub mod names;
+pub mod sealing;
+pub mod signing;
+pub mod topics;
+
+pub use codec::{decode, encode, CodecError};
+pub use messages::*;
+pub use names::{validate_device_id, validate_name, NameError};
+pub use topics::{Channel, Topic, TopicError};
+
+/// Version carried in every message as field `v`. Decoders refuse any other value.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Largest MQTT payload anyone in the system sends or accepts (256 KiB). The MQTT clients'
+/// maximum packet size, the broker's front door and rumqttd are all configured from this.
+pub const MAX_PAYLOAD: usize = 256 * 1024;
+
+/// Largest MQTT packet: the payload plus room for the topic and the fixed header.
+pub const MAX_PACKET: usize = MAX_PAYLOAD + 1024;
+
+/// Milliseconds since the Unix epoch; the time unit of every message.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,263 @@
+//! The messages that cross MQTT. Every message carries `v` (the protocol version).
+//!
+//! Forward compatibility: unknown fields are ignored on decode, and every enum has an
+//! `Unknown` variant that absorbs values a newer peer may send, so an older service never
+//! stalls on a newer device's event.
+
+use crate::sealing::SealedSecret;
+use crate::PROTOCOL_VERSION;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Messages addressed to one device of one owner (checked by [`crate::signing::verify`]).
+pub trait Addressed {
+    fn device_id(&self) -> &str;
+    fn owner(&self) -> &str;
+}
+
+/// Whether the app should run. Part of the desired state so that a stop survives reboots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    #[default]
+    Running,
+    Stopped,
+    #[serde(other)]
+    Unknown,
+}
+
+/// service → device (retained): what the device should run. Declarative and idempotent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredState {
+    pub v: u16,
+    pub device_id: String,
+    /// The owner's user id.
+    pub owner: String,
+    /// Strictly increasing per device; a device never acts on an older one.
+    pub generation: u64,
+    pub deployment_id: String,
+    pub repo_url: String,
+    /// Branch, tag or commit to resolve when `commit` is not set.
+    pub git_ref: String,
+    /// The resolved commit, once known (pinned by the service for a rollout).
+    pub commit: Option<String>,
+    /// Shell command that starts the app, run as `/bin/sh -c START` in the release folder.
+    pub start: String,
+    pub env: BTreeMap<String, String>,
+    /// Seconds the new release must stay up (and pass `health_cmd`) before it counts as running.
+    pub health_window_secs: u32,
+    pub health_cmd: Option<String>,
+    pub run_state: RunState,
+    /// Milliseconds since the Unix epoch.
+    pub issued_at: u64,
+}
+
+impl Addressed for DesiredState {
+    fn device_id(&self) -> &str {
+        &self.device_id
+    }
+    fn owner(&self) -> &str {
+        &self.owner
+    }
+}
+
+/// What a [`Command`] asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CommandKind {
+    /// Store these (sealed) git credentials; `None` clears them.
+    Setup { credentials: Option<SealedSecret> },
+    /// Restart the app of the current release.
+    Restart,
+    /// Start (`on`) or stop streaming app output lines on the logs channel.
+    Logs { on: bool },
+    #[serde(other)]
+    Unknown,
+}
+
+/// service → device (not retained): a one-off instruction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub v: u16,
+    pub device_id: String,
+    pub owner: String,
+    /// Strictly increasing per device; replays and reorderings are refused.
+    pub cmd_seq: u64,
+    pub issued_at: u64,
+    /// A command that arrives after this time (ms since the epoch) is refused.
+    pub expires_at: u64,
+    pub kind: CommandKind,
+}
+
+impl Addressed for Command {
+    fn device_id(&self) -> &str {
+        &self.device_id
+    }
+    fn owner(&self) -> &str {
+        &self.owner
+    }
+}
+
+/// The phases a device reports for a deployment and for its app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// A new desired state was accepted.
+    Received,
+    Fetching,
+    /// The ref resolved to `commit` and the release is checked out.
+    Fetched,
+    Starting,
+    /// The new release runs and is inside its health window.
+    Verifying,
+    /// The release passed its health window (or was confirmed) and runs.
+    Running,
+    /// The deployment failed before a release was started (fetch, checkout, bad input).
+    Failed,
+    /// The new release failed its health gate; the previous release runs again.
+    RolledBack,
+    /// The app was stopped on request.
+    Stopped,
+    /// The app exited on its own.
+    Crashed,
+    /// The app was started again after a crash or on request.
+    Restarted,
+    /// A message was refused (bad signature, wrong address, replay, expired).
+    Refused,
+    /// Setup (credentials) was stored; the device is ready for deployment.
+    Configured,
+    #[serde(other)]
+    Unknown,
+}
+
+impl Phase {
+    /// Terminal phases of a deployment on one device.
+    pub fn ends_deployment(self) -> bool {
+        matches!(self, Phase::Running | Phase::Failed | Phase::RolledBack)
+    }
+}
+
+/// device → service: one step, numbered by (epoch, seq) so the service stores it exactly once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusEvent {
+    pub v: u16,
+    /// Random per install of the device's data dir; a wiped device starts a new epoch.
+    pub epoch: u64,
+    /// Per (device, epoch), starting at 1, no gaps.
+    pub seq: u64,
+    pub generation: Option<u64>,
+    pub deployment_id: Option<String>,
+    pub phase: Phase,
+    pub commit: Option<String>,
+    pub time: u64,
+    /// A human-readable reason (never contains secrets).
+    pub detail: Option<String>,
+    /// The app's last output lines, sent with failures.
+    #[serde(default)]
+    pub log_tail: Vec<String>,
+}
+
+/// service → device: every status event up to `seq` of `epoch` is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub v: u16,
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+/// device → service (QoS 0): periodic liveness figures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub v: u16,
+    pub time: u64,
+    pub app_running: bool,
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    pub uptime_secs: u64,
+    pub app_rss_kb: u64,
+    pub app_cpu_ms: u64,
+    pub manager_version: String,
+    pub commit: Option<String>,
+    pub generation: Option<u64>,
+}
+
+/// device → service (QoS 0): app output lines while someone watches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogBatch {
+    pub v: u16,
+    pub time: u64,
+    pub lines: Vec<String>,
+}
+
+/// device → service (retained): online/offline. Online doubles as the resync request: the
+/// service answers with the device's desired state and ack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    pub v: u16,
+    pub online: bool,
+    pub epoch: u64,
+    /// The generation the device runs (or last acted on).
+    pub generation: Option<u64>,
+    /// The highest seq the device knows the service stored.
+    pub acked_seq: u64,
+    pub manager_version: String,
+    pub time: u64,
+}
+
+impl Presence {
+    /// The last will: offline, with nothing else known.
+    pub fn offline(epoch: u64) -> Presence {
+        Presence {
+            v: PROTOCOL_VERSION,
+            online: false,
+            epoch,
+            generation: None,
+            acked_seq: 0,
+            manager_version: String::new(),
+            time: 0,
+        }
+    }
+}
+
+/// Sealed git credentials once opened on the device. `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum GitCredentials {
+    Https {
+        username: String,
+        token: String,
+    },
+    Ssh {
+        /// OpenSSH private key (PEM).
+        private_key: String,
+        /// Lines in OpenSSH known_hosts format; the server key must match one of them.
+        known_hosts: String,
+    },
+}
+
+impl std::fmt::Debug for GitCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GitCredentials::Https { username, .. } => f
+                .debug_struct("Https")
+                .field("username", username)
+                .field("token", &"<redacted>")
+                .finish(),
+            GitCredentials::Ssh { known_hosts, .. } => f
+                .debug_struct("Ssh")
+                .field("private_key", &"<redacted>")
+                .field("known_hosts_lines", &known_hosts.lines().count())
+                .finish(),
+        }
+    }
+}
+
+impl Drop for GitCredentials {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        match self {
+            GitCredentials::Https { token, .. } => token.zeroize(),
+            GitCredentials::Ssh { private_key, .. } => private_key.zeroize(),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Hammer IoT service (being written).

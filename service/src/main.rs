@@ -1,0 +1,2 @@
+//! The `hammer` binary.
+fn main() {}
