@@ -5,6 +5,7 @@
 //! envelope for service → device messages ([`signing`]) and HPKE-sealed git credentials
 //! ([`sealing`]). No I/O happens in this crate.
 
+pub mod api;
 pub mod codec;
 pub mod messages;
 pub mod names;

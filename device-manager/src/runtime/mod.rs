@@ -1,0 +1,1 @@
+//! Local deployment runtime: git mirror, releases, app supervision, health gate (being written).

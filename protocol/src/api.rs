@@ -1,0 +1,401 @@
+//! JSON bodies of the service's HTTP API (`/api/v1`), shared by the service, the `hammer` CLI
+//! and the device manager's enrollment, so the three never drift apart.
+//!
+//! Requests refuse unknown fields (a typo is a 400, not a silently ignored option); responses
+//! tolerate them (an older CLI keeps working against a newer service).
+
+use crate::messages::{GitCredentials, Phase, RunState};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Every error response: `{"error": "..."}`, a sentence a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+// ---- users and tokens ----
+
+/// `POST /api/v1/users` (admin).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    pub name: String,
+}
+
+/// A user as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserView {
+    pub id: String,
+    pub name: String,
+    pub admin: bool,
+}
+
+/// A freshly made API token: shown once, stored only hashed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewToken {
+    /// The token's id, for revoking it (not secret).
+    pub id: String,
+    pub token: String,
+    pub user: UserView,
+}
+
+/// `GET /api/v1/tokens`: the caller's tokens, without their secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenView {
+    pub id: String,
+    pub created_at: u64,
+}
+
+// ---- devices ----
+
+/// `POST /api/v1/devices`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDevice {
+    pub name: String,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Answer to `POST /api/v1/devices`: the device and its one-time enrollment token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedDevice {
+    pub device: DeviceView,
+    pub enrollment_token: String,
+    /// Milliseconds since the epoch after which the token no longer works.
+    pub enrollment_expires_at: u64,
+    /// SHA-256 of the fleet CA certificate (lowercase hex), for `hammer-manager enroll --ca-sha256`.
+    pub ca_sha256: String,
+}
+
+/// Where a device is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceState {
+    /// Registered, waiting for enrollment.
+    Registered,
+    /// Enrolled (has a certificate), no setup yet.
+    Enrolled,
+    /// Setup sent, waiting for the device to confirm it.
+    SetupPending,
+    /// The device confirmed its setup: ready for deployment.
+    Ready,
+    #[serde(other)]
+    Unknown,
+}
+
+/// A device as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceView {
+    pub id: String,
+    pub name: String,
+    pub tags: BTreeMap<String, String>,
+    pub state: DeviceState,
+    pub online: bool,
+    /// Milliseconds since the epoch of the last message from the device.
+    pub last_seen: Option<u64>,
+    pub current_commit: Option<String>,
+    /// The latest phase the device reported (app state).
+    pub app_phase: Option<Phase>,
+    pub run_state: RunState,
+    pub generation: u64,
+    pub current_deployment: Option<String>,
+    pub setup: Option<SetupView>,
+    pub last_health: Option<HealthView>,
+}
+
+/// The device's setup, without credentials (the service never stores them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetupView {
+    pub repo_url: String,
+    pub git_ref: String,
+    pub start: String,
+    pub env: BTreeMap<String, String>,
+    pub health_window_secs: u32,
+    pub health_cmd: Option<String>,
+    /// "https", "ssh" or "none": which kind of credentials were sent, never what they are.
+    pub credentials: String,
+}
+
+/// The last health report of a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthView {
+    pub time: u64,
+    pub app_running: bool,
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    pub uptime_secs: u64,
+    pub app_rss_kb: u64,
+    pub app_cpu_ms: u64,
+    pub manager_version: String,
+}
+
+/// `PUT /api/v1/devices/{name}/setup`: the seed's "initial setup". Credentials are sealed to
+/// the device at once and sent in a signed setup command; they are never stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetupRequest {
+    pub repo_url: String,
+    #[serde(default = "default_ref")]
+    pub git_ref: String,
+    pub start: String,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default = "default_health_window")]
+    pub health_window_secs: u32,
+    #[serde(default)]
+    pub health_cmd: Option<String>,
+    #[serde(default)]
+    pub credentials: Option<GitCredentials>,
+}
+
+pub fn default_ref() -> String {
+    "main".into()
+}
+
+pub fn default_health_window() -> u32 {
+    10
+}
+
+// ---- enrollment and provisioning ----
+
+/// `POST /api/v1/enroll` (no bearer token: the one-time enrollment token authenticates).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub token: String,
+    pub csr_pem: String,
+    /// The device's X25519 sealing public key, 32 bytes as lowercase hex.
+    pub sealing_public_key: String,
+}
+
+/// Answer to a successful enrollment: everything the manager writes into its data dir.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub device_id: String,
+    /// The owner's user id (the certificate's O field).
+    pub owner: String,
+    pub cert_pem: String,
+    pub ca_pem: String,
+    /// `mqtts://host:port` of the broker.
+    pub broker_url: String,
+    /// The service's Ed25519 signing public key, lowercase hex.
+    pub service_public_key: String,
+}
+
+/// `POST /api/v1/provision` (admin): register a device for a user and get an offline bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionRequest {
+    /// The owner's user name.
+    pub owner: String,
+    pub name: String,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// An offline bundle: a ready `hammer-manager` data dir, file by file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvisionResponse {
+    pub device: DeviceView,
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// The device's X25519 sealing private key, lowercase hex (made here, for factory use).
+    pub sealing_private_key: String,
+    /// The manager's config file (`manager.toml`) contents.
+    pub config_toml: String,
+}
+
+/// The device manager's config file `manager.toml` in its data dir, written by enrollment
+/// or by an operator bundle. Key material lives beside it in separate files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagerConfigFile {
+    pub device_id: String,
+    pub owner: String,
+    pub broker_url: String,
+    pub service_public_key: String,
+}
+
+// ---- deployments ----
+
+/// Which devices a deployment targets: names, or a `key=value` tag selector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Targets {
+    Names(Vec<String>),
+    Tag(String),
+}
+
+/// How a deployment rolls out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Strategy {
+    /// At most this many devices in flight; `None` = all targets at once.
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
+    /// Abort when failed% ≥ this after at least `abort_min_devices` finished; `None` = never.
+    #[serde(default)]
+    pub abort_at_percent: Option<u8>,
+    #[serde(default = "default_abort_min")]
+    pub abort_min_devices: u32,
+    /// Seconds a device may take from desired state to running.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u32,
+    /// Extra attempts for a device that failed or timed out.
+    #[serde(default)]
+    pub retries: u32,
+}
+
+pub fn default_abort_min() -> u32 {
+    1
+}
+
+pub fn default_timeout() -> u32 {
+    300
+}
+
+impl Default for Strategy {
+    fn default() -> Self {
+        Strategy {
+            max_in_flight: None,
+            abort_at_percent: None,
+            abort_min_devices: default_abort_min(),
+            timeout_secs: default_timeout(),
+            retries: 0,
+        }
+    }
+}
+
+/// `POST /api/v1/deployments`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDeployment {
+    pub targets: Targets,
+    /// Overrides each device's setup ref.
+    #[serde(default)]
+    pub git_ref: Option<String>,
+    #[serde(default)]
+    pub strategy: Strategy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentState {
+    Running,
+    Succeeded,
+    Failed,
+    Canceled,
+    #[serde(other)]
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetState {
+    /// Not yet sent (waiting for a slot).
+    Pending,
+    /// Desired state published, waiting for the device.
+    InFlight,
+    Succeeded,
+    /// Failed or rolled back (see `detail`).
+    Failed,
+    TimedOut,
+    /// Not attempted: the deployment was aborted or canceled first.
+    Skipped,
+    #[serde(other)]
+    Unknown,
+}
+
+/// One device within a deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentTargetView {
+    pub device: String,
+    pub state: TargetState,
+    pub attempts: u32,
+    pub last_phase: Option<Phase>,
+    pub commit: Option<String>,
+    pub detail: Option<String>,
+    pub updated_at: u64,
+}
+
+/// A deployment as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentView {
+    pub id: String,
+    pub deployer: String,
+    pub created_at: u64,
+    pub finished_at: Option<u64>,
+    pub git_ref: Option<String>,
+    /// The commit pinned from the first `fetched` event.
+    pub commit: Option<String>,
+    pub strategy: Strategy,
+    pub state: DeploymentState,
+    /// Why it failed or was canceled.
+    pub reason: Option<String>,
+    pub targets: Vec<DeploymentTargetView>,
+}
+
+// ---- history and events ----
+
+/// One line of a device's history: a phase change with its deployment and deployer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub time: u64,
+    pub deployment_id: Option<String>,
+    pub deployer: Option<String>,
+    pub generation: Option<u64>,
+    pub phase: Phase,
+    pub commit: Option<String>,
+    pub detail: Option<String>,
+    #[serde(default)]
+    pub log_tail: Vec<String>,
+}
+
+/// `POST /api/v1/devices/{name}/{restart|stop|start|rollback}` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionAccepted {
+    pub device: String,
+    pub action: String,
+    /// The generation published, for stop/start/rollback.
+    pub generation: Option<u64>,
+    pub deployment_id: Option<String>,
+}
+
+/// `GET /api/v1/devices/{name}/logs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLines {
+    pub device: String,
+    pub lines: Vec<String>,
+}
+
+/// One Server-Sent Event on `GET /api/v1/events` (the `data:` field, JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    /// A stored status event of a device.
+    Status {
+        device: String,
+        entry: HistoryEntry,
+    },
+    Presence {
+        device: String,
+        online: bool,
+        time: u64,
+    },
+    Health {
+        device: String,
+        health: HealthView,
+    },
+    Logs {
+        device: String,
+        lines: Vec<String>,
+    },
+    Deployment {
+        deployment: DeploymentView,
+    },
+    #[serde(other)]
+    Unknown,
+}
