@@ -1,0 +1,111 @@
+//! [`RevocationList`]: the set of revoked certificate serials, shared between threads, and
+//! persisted as a JSON array of hex serials when opened from a file.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use crate::error::{CertError, Result};
+use crate::files;
+use crate::serial::normalize_serial;
+
+/// Revoked serials (canonical hex). Cheap to query from many threads.
+#[derive(Debug)]
+pub struct RevocationList {
+    path: Option<PathBuf>,
+    serials: RwLock<BTreeSet<String>>,
+}
+
+impl RevocationList {
+    /// An empty list kept only in memory.
+    pub fn in_memory() -> Self {
+        RevocationList {
+            path: None,
+            serials: RwLock::new(BTreeSet::new()),
+        }
+    }
+
+    /// Opens the list stored at `path` (a JSON array of hex serials); a missing file is an
+    /// empty list. Later revocations are written back to `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let serials = match std::fs::read(path) {
+            Ok(bytes) => {
+                let raw: Vec<String> =
+                    serde_json::from_slice(&bytes).map_err(|e| CertError::RevocationFile {
+                        path: path.to_path_buf(),
+                        detail: e.to_string(),
+                    })?;
+                raw.iter()
+                    .map(|s| normalize_serial(s))
+                    .collect::<Result<BTreeSet<_>>>()
+                    .map_err(|e| CertError::RevocationFile {
+                        path: path.to_path_buf(),
+                        detail: e.to_string(),
+                    })?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+            Err(e) => return Err(CertError::io("cannot read", path, e)),
+        };
+        Ok(RevocationList {
+            path: Some(path.to_path_buf()),
+            serials: RwLock::new(serials),
+        })
+    }
+
+    /// The file this list is stored in, if any.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Revokes `serial` (hex, any case, colons allowed). Returns whether it was newly added.
+    /// When the list has a file, the file is rewritten atomically before this returns; if
+    /// that fails the serial is not revoked and the error is returned.
+    pub fn revoke(&self, serial: &str) -> Result<bool> {
+        let serial = normalize_serial(serial)?;
+        let mut set = self.serials.write().unwrap_or_else(|p| p.into_inner());
+        if set.contains(&serial) {
+            return Ok(false);
+        }
+        set.insert(serial.clone());
+        if let Some(path) = &self.path {
+            let list: Vec<&String> = set.iter().collect();
+            let json = serde_json::to_vec_pretty(&list).map_err(|e| CertError::RevocationFile {
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
+            if let Err(e) = files::write_private(path, json) {
+                set.remove(&serial);
+                return Err(e);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether `serial` (hex, any form) is revoked. A malformed serial is never revoked.
+    pub fn is_revoked(&self, serial: &str) -> bool {
+        match normalize_serial(serial) {
+            Ok(s) => self
+                .serials
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&s),
+            Err(_) => false,
+        }
+    }
+
+    /// All revoked serials, sorted, canonical.
+    pub fn serials(&self) -> Vec<String> {
+        self.serials
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+impl Default for RevocationList {
+    fn default() -> Self {
+        Self::in_memory()
+    }
+}
