@@ -1,0 +1,217 @@
+//! The data dir: file names, `manager.toml`, key material, and the broker address.
+//!
+//! Layout of `DATA/` (default `/var/lib/hammer-manager`):
+//! `manager.toml` ([`ManagerConfigFile`]), `ca.pem`, `device.pem`, `device.key` (0600),
+//! `sealing.key` (0600, hex), `credentials` (0600, CBOR [`GitCredentials`], after setup),
+//! `state.sled/` (the agent's and the runtime's state).
+
+use anyhow::{anyhow, bail, Context, Result};
+use hammer_protocol::api::ManagerConfigFile;
+use hammer_protocol::sealing::SealingKeyPair;
+use hammer_protocol::signing::PublicKey;
+use std::path::{Path, PathBuf};
+
+/// Default data dir of an installed manager.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/hammer-manager";
+
+pub const CONFIG_FILE: &str = "manager.toml";
+pub const CA_FILE: &str = "ca.pem";
+pub const CERT_FILE: &str = "device.pem";
+pub const KEY_FILE: &str = "device.key";
+pub const SEALING_KEY_FILE: &str = "sealing.key";
+
+/// Paths inside one data dir.
+#[derive(Debug, Clone)]
+pub struct DataDir(pub PathBuf);
+
+impl DataDir {
+    pub fn new(p: impl Into<PathBuf>) -> DataDir {
+        DataDir(p.into())
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+    /// True when enrollment (or a provisioning bundle) has written the config file.
+    pub fn is_enrolled(&self) -> bool {
+        self.file(CONFIG_FILE).exists()
+    }
+}
+
+/// How the manager reaches the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    pub host: String,
+    pub port: u16,
+    /// `mqtts://` (mutual TLS, the only choice in production) or `mqtt://` (plain TCP, for
+    /// tests on loopback).
+    pub tls: bool,
+}
+
+impl BrokerAddr {
+    /// Parses `mqtts://host:port` or `mqtt://host:port` (default ports 8883 and 1883).
+    pub fn parse(url: &str) -> Result<BrokerAddr> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("mqtt://") {
+            (false, r)
+        } else {
+            bail!("broker URL {url:?} must start with mqtts:// (or mqtt:// for local tests)");
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| anyhow!("broker URL {url:?} has an invalid port"))?,
+            ),
+            _ => (rest, if tls { 8883 } else { 1883 }),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains('/') {
+            bail!("broker URL {url:?} has no valid host");
+        }
+        Ok(BrokerAddr {
+            host: host.to_owned(),
+            port,
+            tls,
+        })
+    }
+}
+
+/// Reads `manager.toml`.
+pub fn load_config_file(dir: &DataDir) -> Result<ManagerConfigFile> {
+    let path = dir.file(CONFIG_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "not enrolled: {} is missing; run `hammer-manager enroll --url URL --token TOKEN --data-dir {}` first",
+            path.display(),
+            dir.path().display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    toml::from_str(&text).with_context(|| format!("{} is not a valid config file", path.display()))
+}
+
+/// Everything the agent needs to connect and to verify what it receives.
+pub struct Identity {
+    pub device_id: String,
+    pub owner: String,
+    pub broker: BrokerAddr,
+    pub service_key: PublicKey,
+    pub sealing: SealingKeyPair,
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("device_id", &self.device_id)
+            .field("owner", &self.owner)
+            .field("broker", &self.broker)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(dir: &DataDir, name: &str) -> Result<String> {
+    let path = dir.file(name);
+    std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read {}; enroll again with `hammer-manager enroll --force …` if it is lost",
+            path.display()
+        )
+    })
+}
+
+/// Parses the sealing key file: 64 hex characters (or the raw 32 bytes).
+pub fn parse_sealing_key(bytes: &[u8]) -> Result<SealingKeyPair> {
+    let text = std::str::from_utf8(bytes).ok().map(str::trim);
+    let raw = match text.map(hex::decode) {
+        Some(Ok(b)) => b,
+        _ => bytes.to_vec(),
+    };
+    SealingKeyPair::from_private_bytes(&raw).map_err(|e| anyhow!("sealing.key is invalid: {e}"))
+}
+
+impl Identity {
+    /// Loads the identity from the data dir, with an optional broker URL override.
+    pub fn load(dir: &DataDir, broker_override: Option<&str>) -> Result<Identity> {
+        let cfg = load_config_file(dir)?;
+        let broker = BrokerAddr::parse(broker_override.unwrap_or(&cfg.broker_url))?;
+        let service_key = PublicKey::from_hex(&cfg.service_public_key)
+            .map_err(|e| anyhow!("service_public_key in manager.toml is invalid: {e}"))?;
+        let sealing_path = dir.file(SEALING_KEY_FILE);
+        let sealing = parse_sealing_key(
+            &std::fs::read(&sealing_path)
+                .with_context(|| format!("cannot read {}", sealing_path.display()))?,
+        )?;
+        hammer_protocol::validate_device_id(&cfg.device_id)
+            .map_err(|e| anyhow!("device_id in manager.toml is invalid: {e}"))?;
+        Ok(Identity {
+            device_id: cfg.device_id,
+            owner: cfg.owner,
+            service_key,
+            sealing,
+            // Plain mqtt:// (tests) needs no key material; mqtts:// needs all three files.
+            ca_pem: if broker.tls {
+                read(dir, CA_FILE)?
+            } else {
+                String::new()
+            },
+            cert_pem: if broker.tls {
+                read(dir, CERT_FILE)?
+            } else {
+                String::new()
+            },
+            key_pem: if broker.tls {
+                read(dir, KEY_FILE)?
+            } else {
+                String::new()
+            },
+            broker,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls() {
+        assert_eq!(
+            BrokerAddr::parse("mqtts://broker.example:8883").unwrap(),
+            BrokerAddr {
+                host: "broker.example".into(),
+                port: 8883,
+                tls: true
+            }
+        );
+        assert_eq!(BrokerAddr::parse("mqtt://127.0.0.1").unwrap().port, 1883);
+        assert_eq!(BrokerAddr::parse("mqtts://[::1]:9000").unwrap().host, "::1");
+        assert!(BrokerAddr::parse("http://x:1").is_err());
+        assert!(BrokerAddr::parse("mqtts://:1").is_err());
+        assert!(BrokerAddr::parse("mqtts://h:notaport").is_err());
+    }
+
+    #[test]
+    fn sealing_key_hex_or_raw() {
+        let k = SealingKeyPair::generate().unwrap();
+        let hex = hex::encode(k.private_bytes().as_ref());
+        assert_eq!(
+            parse_sealing_key(hex.as_bytes()).unwrap().public_bytes(),
+            k.public_bytes()
+        );
+        assert_eq!(
+            parse_sealing_key(k.private_bytes().as_ref())
+                .unwrap()
+                .public_bytes(),
+            k.public_bytes()
+        );
+    }
+}

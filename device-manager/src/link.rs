@@ -1,0 +1,181 @@
+//! The MQTT link (rumqttc): options, the event-loop task, and reconnect backoff.
+//!
+//! The event loop runs on its own task and only forwards what the agent needs
+//! ([`LinkEvent`]), so the agent may await a publish without ever stalling keep-alives, and
+//! git work (on the runtime's threads) never blocks it. rumqttc reconnects when polled
+//! again after an error; this task sleeps a jittered exponential backoff (0.5 s doubling to
+//! 30 s) between attempts and resets it after a successful CONNACK.
+//!
+//! Client id = device id, clean_session = false, keep-alive 30 s, max packet
+//! [`hammer_protocol::MAX_PACKET`] both ways, last will = retained QoS 1
+//! `Presence::offline(epoch)` on the presence topic. Transport: `mqtts://` is mutual TLS with
+//! the device certificate; `mqtt://` (plain TCP) exists for tests on loopback.
+
+use crate::config::Identity;
+use anyhow::Result;
+use hammer_protocol::topics::topic;
+use hammer_protocol::{Channel, Presence, MAX_PACKET};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, Transport};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// What the event loop tells the agent.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// A CONNACK arrived: subscribe, announce presence, re-send the outbox.
+    Connected { session_present: bool },
+    /// The connection was lost (the loop is backing off and will reconnect).
+    Disconnected,
+    /// A publish arrived on one of our subscriptions.
+    Message { topic: String, payload: Vec<u8> },
+}
+
+/// Reconnect timing.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub min: Duration,
+    pub max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff {
+            min,
+            max,
+            current: min,
+        }
+    }
+
+    /// The next delay: the current step with ±50 % jitter; the step doubles up to `max`.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let mut b = [0u8; 2];
+        let _ = getrandom::getrandom(&mut b);
+        let frac = u16::from_le_bytes(b) as f64 / u16::MAX as f64; // 0..=1
+        base.mul_f64(0.5 + frac).min(self.max)
+    }
+
+    pub fn reset(&mut self) {
+        self.current = self.min;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff::new(Duration::from_millis(500), Duration::from_secs(30))
+    }
+}
+
+/// Builds the rumqttc options for this device.
+pub fn options(id: &Identity, epoch: u64, keep_alive: Duration) -> Result<MqttOptions> {
+    let mut o = MqttOptions::new(id.device_id.clone(), id.broker.host.clone(), id.broker.port);
+    o.set_clean_session(false)
+        .set_keep_alive(keep_alive)
+        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+        .set_last_will(LastWill::new(
+            topic(&id.device_id, Channel::Presence),
+            hammer_protocol::encode(&Presence::offline(epoch))?,
+            QoS::AtLeastOnce,
+            true,
+        ));
+    if id.broker.tls {
+        let cfg = hammer_certs::tls::client_config(&id.ca_pem, &id.cert_pem, &id.key_pem)?;
+        o.set_transport(Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(Arc::new(cfg)),
+        ));
+    } else {
+        tracing::warn!(
+            host = %id.broker.host,
+            "plain mqtt:// transport: no TLS, no authentication; only for local tests"
+        );
+    }
+    Ok(o)
+}
+
+/// Capacity of the request channel between the agent and the event loop.
+const REQUEST_CAP: usize = 64;
+
+/// Creates the client and spawns the event-loop task. The task ends when the receiver is
+/// dropped or after a requested disconnect.
+pub fn spawn(
+    opts: MqttOptions,
+    backoff: Backoff,
+) -> (AsyncClient, mpsc::UnboundedReceiver<LinkEvent>) {
+    let (client, eventloop) = AsyncClient::new(opts, REQUEST_CAP);
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(run_loop(eventloop, tx, backoff));
+    (client, rx)
+}
+
+async fn run_loop(
+    mut eventloop: EventLoop,
+    tx: mpsc::UnboundedSender<LinkEvent>,
+    mut backoff: Backoff,
+) {
+    let mut connected = false;
+    loop {
+        let ev = match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                tracing::info!(
+                    session_present = ack.session_present,
+                    "connected to the broker"
+                );
+                backoff.reset();
+                connected = true;
+                Some(LinkEvent::Connected {
+                    session_present: ack.session_present,
+                })
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => Some(LinkEvent::Message {
+                topic: p.topic,
+                payload: p.payload.to_vec(),
+            }),
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                tracing::debug!("disconnect sent; link closed");
+                return;
+            }
+            Ok(_) => None,
+            Err(rumqttc::ConnectionError::RequestsDone) => return,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                if connected {
+                    tracing::warn!(error = %e, "lost the broker connection; reconnecting");
+                } else {
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot connect to the broker");
+                }
+                if connected && tx.send(LinkEvent::Disconnected).is_err() {
+                    return;
+                }
+                connected = false;
+                tokio::time::sleep(delay).await;
+                None
+            }
+        };
+        if let Some(ev) = ev {
+            if tx.send(ev).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_resets() {
+        let mut b = Backoff::default();
+        let d1 = b.next_delay();
+        assert!(d1 >= Duration::from_millis(250) && d1 <= Duration::from_millis(750));
+        for _ in 0..20 {
+            assert!(b.next_delay() <= Duration::from_secs(30));
+        }
+        assert_eq!(b.current, Duration::from_secs(30));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(750));
+    }
+}
