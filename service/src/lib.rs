@@ -1,1 +1,328 @@
-//! Hammer IoT service (being written).
+//! Hammer IoT cloud service (`hammer serve`): the HTTP API, the embedded broker, the sled
+//! store, status ingestion and the rollout engine.
+//!
+//! Entry points: [`run`] (until Ctrl-C / SIGTERM), [`start`] (background tasks, for tests
+//! and embedding; returns a [`RunningService`]) and [`run_broker`] (`hammer broker`: the
+//! broker alone, with the certificates of a serve data dir, so the service can be upgraded
+//! without dropping devices: run `hammer broker` and `hammer serve --broker-url`).
+//!
+//! Layout: [`config`] and [`init`] (data dir), [`store`] (trait + sled), [`auth`], [`api`]
+//! (one module per resource), [`mqtt`] (link, publish, ingest), [`rollout`], [`live`]
+//! (in-memory device state), [`metrics`], [`views`], [`http`] (listener).
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod ids;
+pub mod init;
+pub mod live;
+pub mod metrics;
+pub mod mqtt;
+pub mod rollout;
+pub mod service;
+pub mod store;
+pub mod views;
+
+pub use config::{BrokerUrl, HttpTls, ServeConfig};
+
+use anyhow::Context;
+use hammer_broker::{Broker, BrokerConfig, BrokerHandle};
+use service::Service;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use store::sled::SledStore;
+use store::{Store, UserRecord};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// Name of the admin user created on first start.
+pub const ADMIN_USER: &str = "admin";
+/// File in the data dir holding the admin token (0600).
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// A service running in background tasks. [`RunningService::shutdown`] stops it cleanly (so
+/// another one can open the same data dir); dropping it signals the tasks to stop.
+pub struct RunningService {
+    /// Where the HTTP API listens.
+    pub http_addr: SocketAddr,
+    /// Where the embedded broker listens (the external broker's address with `--broker-url`).
+    pub mqtt_addr: SocketAddr,
+    /// The admin token (also in `DIR/admin.token`).
+    pub admin_token: String,
+    /// `mqtts://host:port` handed to devices.
+    pub device_broker_url: String,
+    /// Whether HTTP is served over TLS.
+    pub https: bool,
+    pub data_dir: PathBuf,
+    stop: watch::Sender<bool>,
+    broker: Option<BrokerHandle>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningService {
+    /// Base URL of the HTTP API, e.g. `http://127.0.0.1:8080`.
+    pub fn http_url(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.http_addr)
+    }
+
+    /// Stops every task, the broker and the HTTP listener, and waits for them.
+    pub async fn shutdown(mut self) {
+        self.signal_stop();
+        for t in std::mem::take(&mut self.tasks) {
+            let abort = t.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        tracing::info!("service stopped");
+    }
+
+    fn signal_stop(&self) {
+        self.stop.send_replace(true);
+        if let Some(b) = &self.broker {
+            b.shutdown();
+        }
+    }
+}
+
+impl Drop for RunningService {
+    fn drop(&mut self) {
+        self.signal_stop();
+    }
+}
+
+/// `hammer serve`: runs until Ctrl-C or SIGTERM.
+pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
+    let svc = start(cfg).await?;
+    tracing::info!(http = %svc.http_url(), mqtt = %svc.mqtt_addr, broker_url = %svc.device_broker_url, "hammer serve running; admin token in {}", svc.data_dir.join(ADMIN_TOKEN_FILE).display());
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    svc.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+/// `hammer broker`: the broker alone, with the certificates of a serve data dir.
+pub async fn run_broker(data_dir: PathBuf, listen: SocketAddr) -> anyhow::Result<()> {
+    hammer_certs::tls::install_default_provider();
+    let (ca, cert, key, revocations) = init::load_broker_material(&data_dir)?;
+    hammer_broker::run_standalone(BrokerConfig::new(ca, cert, key, revocations).with_listen(listen))
+        .await
+}
+
+/// Opens the store, waiting a little while a previous instance in this process lets go.
+async fn open_store(dir: &Path) -> anyhow::Result<SledStore> {
+    let mut last = None;
+    for _ in 0..50 {
+        match SledStore::open(dir) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last
+        .map(anyhow::Error::from)
+        .unwrap_or_else(|| anyhow::anyhow!("cannot open the store")))
+}
+
+/// Creates the admin user on first start and returns its token (from `admin.token`, or a
+/// new one when the file is missing).
+async fn ensure_admin(store: &dyn Store, dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join(ADMIN_TOKEN_FILE);
+    let admin = match store.user_by_name(ADMIN_USER)? {
+        Some(u) => u,
+        None => {
+            let u = UserRecord {
+                id: ids::new_id(),
+                name: ADMIN_USER.into(),
+                admin: true,
+                created_at: hammer_protocol::now_ms(),
+            };
+            store.insert_user(&u)?;
+            u
+        }
+    };
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        let t = t.trim().to_owned();
+        if store
+            .token_by_hash(&ids::hash_token(&t))?
+            .is_some_and(|r| r.user_id == admin.id)
+        {
+            return Ok(t);
+        }
+    }
+    let token = api::users::issue_token(store, &admin)?;
+    store.flush().await?;
+    hammer_certs::files::write_private(&path, format!("{}\n", token.token))?;
+    tracing::info!(path = %path.display(), "wrote a new admin token");
+    Ok(token.token)
+}
+
+/// Starts everything in background tasks: data dir, store, broker (unless `broker_url`),
+/// MQTT link, ingestion, rollout engine and the HTTP API. Ports may be 0.
+pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
+    hammer_certs::tls::install_default_provider();
+    let dir = cfg.data_dir.clone();
+    let material = init::load_or_create(&dir, cfg.public_host.as_deref(), cfg.mqtt)
+        .with_context(|| format!("cannot initialise the data dir {}", dir.display()))?;
+    let store: Arc<dyn Store> = Arc::new(open_store(&dir.join("store")).await?);
+    let admin_token = ensure_admin(store.as_ref(), &dir).await?;
+
+    let (broker, target, mqtt_addr, device_broker_url) = match &cfg.broker_url {
+        Some(url) => {
+            let target = BrokerUrl::parse(url)?;
+            let addr = tokio::net::lookup_host((target.host.as_str(), target.port))
+                .await
+                .ok()
+                .and_then(|mut a| a.next())
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], target.port)));
+            (None, target.clone(), addr, target.to_url())
+        }
+        None => {
+            let bc = BrokerConfig::new(
+                material.ca_pem.clone(),
+                material.server_cert_pem.clone(),
+                material.server_key_pem.clone(),
+                material.revocations.clone(),
+            )
+            .with_listen(cfg.mqtt);
+            let handle = Broker::start(bc)
+                .await
+                .context("cannot start the embedded broker")?;
+            let addr = handle.local_addr();
+            let local_ip = if addr.ip().is_unspecified() {
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            } else {
+                addr.ip()
+            };
+            let target = BrokerUrl {
+                host: local_ip.to_string(),
+                port: addr.port(),
+            };
+            let public = BrokerUrl {
+                host: init::public_host(cfg.public_host.as_deref(), cfg.mqtt),
+                port: addr.port(),
+            };
+            (Some(handle), target, addr, public.to_url())
+        }
+    };
+
+    let (client, eventloop) = mqtt::link::client(
+        &target,
+        &material.ca_pem,
+        &material.service_cert_pem,
+        &material.service_key_pem,
+    )?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (rollout_tx, rollout_rx) = mpsc::channel(4096);
+    let (status_tx, status_rx) = mpsc::channel(16 * 1024);
+    let (hub, _) = broadcast::channel(4096);
+    let init::Material {
+        ca,
+        ca_pem,
+        signer,
+        revocations,
+        server_cert_pem,
+        server_key_pem,
+        ..
+    } = material;
+    let svc = Arc::new(Service {
+        store,
+        ca,
+        ca_pem,
+        signer,
+        revocations,
+        broker: broker.clone(),
+        device_broker_url: device_broker_url.clone(),
+        mqtt: client,
+        live: Default::default(),
+        counters: Default::default(),
+        hub,
+        rollout: rollout_tx,
+        enroll_limiter: Default::default(),
+        shutdown: stop_rx.clone(),
+    });
+
+    let mut tasks = Vec::new();
+    let engine = rollout::Engine::load(svc.clone()).await?;
+    tasks.push(tokio::spawn(engine.run(rollout_rx, stop_rx.clone())));
+    tasks.push(tokio::spawn(mqtt::ingest::status_worker(
+        svc.clone(),
+        status_rx,
+    )));
+    tasks.push(tokio::spawn(mqtt::link::run(
+        svc.clone(),
+        eventloop,
+        status_tx,
+        stop_rx.clone(),
+    )));
+    if let Some(b) = broker.clone() {
+        let (svc, mut stop) = (svc.clone(), stop_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            tokio::select! {
+                _ = mqtt::ingest::broker_events(svc, b) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        }));
+    }
+
+    let tls = match &cfg.http_tls {
+        None => None,
+        Some(HttpTls::FleetCa) => Some(hammer_certs::tls::server_config(
+            &server_cert_pem,
+            &server_key_pem,
+        )?),
+        Some(HttpTls::Files { cert, key }) => {
+            let c = std::fs::read_to_string(cert)
+                .with_context(|| format!("cannot read {}", cert.display()))?;
+            let k = std::fs::read_to_string(key)
+                .with_context(|| format!("cannot read {}", key.display()))?;
+            Some(hammer_certs::tls::server_config(&c, &k)?)
+        }
+    };
+    let https = tls.is_some();
+    let tcp = tokio::net::TcpListener::bind(cfg.http)
+        .await
+        .with_context(|| format!("cannot listen on {} for HTTP", cfg.http))?;
+    let http_addr = tcp.local_addr()?;
+    let app = api::router(svc.clone());
+    let stop = stop_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = http::serve(tcp, tls.map(Arc::new), app, stop).await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    }));
+    drop(svc);
+    tracing::info!(%http_addr, %mqtt_addr, "service started");
+    Ok(RunningService {
+        http_addr,
+        mqtt_addr,
+        admin_token,
+        device_broker_url,
+        https,
+        data_dir: dir,
+        stop: stop_tx,
+        broker,
+        tasks,
+    })
+}

@@ -1,0 +1,213 @@
+//! Deployments: create (device names or a tag selector, optional ref, strategy), list, show,
+//! cancel. The rollout engine ([`crate::rollout`]) owns running deployments; these handlers
+//! validate, resolve targets among the caller's devices and hand over.
+
+use super::devices::{owned_device, parse_tag};
+use super::errors::{ApiError, ApiJson, ApiResult};
+use crate::auth::Caller;
+use crate::rollout::RolloutMsg;
+use crate::service::Service;
+use crate::store::{DeploymentRecord, DeviceRecord, TargetRecord};
+use crate::views::deployment_view;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use hammer_protocol::api::{
+    CreateDeployment, DeploymentState, DeploymentView, Strategy, TargetState, Targets,
+};
+use hammer_protocol::now_ms;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// Most targets of one deployment.
+pub const MAX_TARGETS: usize = 100_000;
+
+fn check_strategy(s: &Strategy) -> ApiResult<()> {
+    if s.max_in_flight == Some(0) {
+        return Err(ApiError::bad_request(
+            "strategy.max_in_flight must be at least 1",
+        ));
+    }
+    if s.abort_at_percent.is_some_and(|p| p > 100) {
+        return Err(ApiError::bad_request(
+            "strategy.abort_at_percent must be 0 to 100",
+        ));
+    }
+    if s.timeout_secs == 0 || s.timeout_secs > 7 * 24 * 3600 {
+        return Err(ApiError::bad_request(
+            "strategy.timeout_secs must be 1 to 604800",
+        ));
+    }
+    if s.retries > 100 {
+        return Err(ApiError::bad_request(
+            "strategy.retries must be at most 100",
+        ));
+    }
+    Ok(())
+}
+
+fn resolve(svc: &Service, caller: &Caller, targets: &Targets) -> ApiResult<Vec<DeviceRecord>> {
+    let mut out: Vec<DeviceRecord> = match targets {
+        Targets::Names(names) => {
+            if names.is_empty() {
+                return Err(ApiError::bad_request(
+                    "targets.names is empty: name at least one device",
+                ));
+            }
+            if names.len() > MAX_TARGETS {
+                return Err(ApiError::bad_request(format!(
+                    "at most {MAX_TARGETS} targets"
+                )));
+            }
+            let mut v = Vec::with_capacity(names.len());
+            for n in names {
+                let d = owned_device(svc, caller, n)?;
+                if !v.iter().any(|x: &DeviceRecord| x.id == d.id) {
+                    v.push(d);
+                }
+            }
+            v
+        }
+        Targets::Tag(sel) => {
+            let (k, val) = parse_tag(sel)?;
+            let mut v: Vec<DeviceRecord> = svc
+                .store
+                .devices_of(&caller.user.id)?
+                .into_iter()
+                .filter(|d| d.tags.get(&k) == Some(&val))
+                .collect();
+            v.sort_by(|a, b| a.name.cmp(&b.name));
+            if v.is_empty() {
+                return Err(ApiError::bad_request(format!(
+                    "none of your devices has tag {sel}; `hammer devices` shows their tags"
+                )));
+            }
+            v
+        }
+    };
+    if let Some(d) = out.iter().find(|d| d.setup.is_none()) {
+        return Err(ApiError::conflict(format!(
+            "device {:?} has no setup yet: run `hammer setup {}` first",
+            d.name, d.name
+        )));
+    }
+    out.truncate(MAX_TARGETS);
+    Ok(out)
+}
+
+/// `POST /api/v1/deployments`.
+pub async fn create_deployment(
+    State(svc): State<Arc<Service>>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateDeployment>,
+) -> ApiResult<(StatusCode, Json<DeploymentView>)> {
+    check_strategy(&req.strategy)?;
+    if let Some(r) = &req.git_ref {
+        if r.trim().is_empty() || r.len() > 256 || r.chars().any(|c| c.is_control() || c == ' ') {
+            return Err(ApiError::bad_request(
+                "git_ref must be a branch, tag or commit without spaces",
+            ));
+        }
+    }
+    let devices = resolve(&svc, &caller, &req.targets)?;
+    let now = now_ms();
+    let dep = DeploymentRecord {
+        id: crate::ids::new_id(),
+        owner: caller.user.id.clone(),
+        deployer: caller.user.name.clone(),
+        created_at: now,
+        finished_at: None,
+        git_ref: req.git_ref.clone(),
+        commit: None,
+        strategy: req.strategy.clone(),
+        state: DeploymentState::Running,
+        reason: None,
+        targets: devices
+            .iter()
+            .map(|d| TargetRecord {
+                device_id: d.id.clone(),
+                device: d.name.clone(),
+                state: TargetState::Pending,
+                attempts: 0,
+                last_phase: None,
+                commit: None,
+                detail: None,
+                updated_at: now,
+                generation: None,
+                deadline: None,
+            })
+            .collect(),
+    };
+    let (tx, rx) = oneshot::channel();
+    svc.rollout
+        .send(RolloutMsg::Create {
+            dep: Box::new(dep),
+            reply: tx,
+        })
+        .await
+        .map_err(|_| ApiError::internal("the rollout engine is not running"))?;
+    let dep = rx
+        .await
+        .map_err(|_| ApiError::internal("the rollout engine stopped"))??;
+    Ok((StatusCode::CREATED, Json(deployment_view(&dep))))
+}
+
+/// `GET /api/v1/deployments`: the caller's, newest first.
+pub async fn list_deployments(
+    State(svc): State<Arc<Service>>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<DeploymentView>>> {
+    let mut v: Vec<DeploymentRecord> = svc
+        .store
+        .deployments()?
+        .into_iter()
+        .filter(|d| d.owner == caller.user.id)
+        .collect();
+    v.sort_by_key(|d| std::cmp::Reverse(d.created_at));
+    Ok(Json(v.iter().map(deployment_view).collect()))
+}
+
+/// The caller's deployment `id`, or 404.
+pub fn owned_deployment(svc: &Service, caller: &Caller, id: &str) -> ApiResult<DeploymentRecord> {
+    if hammer_protocol::validate_device_id(id).is_err() {
+        return Err(ApiError::no_deployment(id));
+    }
+    svc.store
+        .deployment(id)?
+        .filter(|d| d.owner == caller.user.id)
+        .ok_or_else(|| ApiError::no_deployment(id))
+}
+
+/// `GET /api/v1/deployments/{id}`.
+pub async fn show_deployment(
+    State(svc): State<Arc<Service>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeploymentView>> {
+    Ok(Json(deployment_view(&owned_deployment(
+        &svc, &caller, &id,
+    )?)))
+}
+
+/// `POST /api/v1/deployments/{id}/cancel`.
+pub async fn cancel_deployment(
+    State(svc): State<Arc<Service>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeploymentView>> {
+    owned_deployment(&svc, &caller, &id)?;
+    let (tx, rx) = oneshot::channel();
+    svc.rollout
+        .send(RolloutMsg::Cancel {
+            id,
+            owner: caller.user.id.clone(),
+            by: caller.user.name.clone(),
+            reply: tx,
+        })
+        .await
+        .map_err(|_| ApiError::internal("the rollout engine is not running"))?;
+    let dep = rx
+        .await
+        .map_err(|_| ApiError::internal("the rollout engine stopped"))??;
+    Ok(Json(deployment_view(&dep)))
+}

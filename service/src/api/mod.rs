@@ -1,0 +1,122 @@
+//! The HTTP API (`/api/v1`, JSON, bearer tokens), `/healthz`, `/metrics` and the OpenAPI
+//! document. [`router`] builds every route and records its path, so a test can check that
+//! the OpenAPI document lists them all.
+
+pub mod actions;
+pub mod deployments;
+pub mod devices;
+pub mod enroll;
+pub mod errors;
+pub mod events;
+pub mod meta;
+pub mod setup;
+pub mod users;
+
+use crate::service::Service;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put, MethodRouter};
+use axum::Router;
+use errors::ApiError;
+use std::sync::Arc;
+
+/// Largest request body accepted (1 MiB).
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+struct Routes {
+    router: Router<Arc<Service>>,
+    paths: Vec<&'static str>,
+}
+
+impl Routes {
+    fn route(mut self, path: &'static str, m: MethodRouter<Arc<Service>>) -> Routes {
+        self.router = self.router.route(path, m);
+        self.paths.push(path);
+        self
+    }
+}
+
+fn build() -> Routes {
+    use actions as a;
+    use deployments as dp;
+    use devices as dv;
+    Routes {
+        router: Router::new(),
+        paths: Vec::new(),
+    }
+    .route("/healthz", get(meta::healthz))
+    .route("/metrics", get(meta::metrics))
+    .route("/api/v1/openapi.json", get(meta::openapi))
+    .route("/api/v1/me", get(users::me))
+    .route(
+        "/api/v1/users",
+        post(users::create_user).get(users::list_users),
+    )
+    .route(
+        "/api/v1/tokens",
+        post(users::create_token).get(users::list_tokens),
+    )
+    .route(
+        "/api/v1/tokens/{id}",
+        axum::routing::delete(users::revoke_token),
+    )
+    .route(
+        "/api/v1/devices",
+        post(dv::create_device).get(dv::list_devices),
+    )
+    .route(
+        "/api/v1/devices/{name}",
+        get(dv::show_device).delete(dv::delete_device),
+    )
+    .route("/api/v1/devices/{name}/setup", put(setup::put_setup))
+    .route("/api/v1/devices/{name}/restart", post(a::restart))
+    .route("/api/v1/devices/{name}/stop", post(a::stop))
+    .route("/api/v1/devices/{name}/start", post(a::start))
+    .route("/api/v1/devices/{name}/rollback", post(a::rollback))
+    .route("/api/v1/devices/{name}/logs", get(a::logs))
+    .route("/api/v1/devices/{name}/history", get(a::history))
+    .route("/api/v1/provision", post(enroll::provision))
+    .route("/api/v1/enroll", post(enroll::enroll))
+    .route(
+        "/api/v1/deployments",
+        post(dp::create_deployment).get(dp::list_deployments),
+    )
+    .route("/api/v1/deployments/{id}", get(dp::show_deployment))
+    .route(
+        "/api/v1/deployments/{id}/cancel",
+        post(dp::cancel_deployment),
+    )
+    .route("/api/v1/events", get(events::events))
+}
+
+/// Every routed path (for the OpenAPI check).
+pub fn paths() -> Vec<&'static str> {
+    build().paths
+}
+
+/// The application.
+pub fn router(svc: Arc<Service>) -> Router {
+    build()
+        .router
+        .fallback(|| async {
+            ApiError::not_found("no such endpoint; GET /api/v1/openapi.json lists them")
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(svc)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn openapi_lists_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(super::meta::OPENAPI).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        for p in super::paths() {
+            assert!(paths.contains_key(p), "{p} is missing from openapi.json");
+        }
+        assert_eq!(
+            paths.len(),
+            super::paths().len(),
+            "openapi.json lists routes that do not exist"
+        );
+    }
+}

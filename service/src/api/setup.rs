@@ -1,0 +1,144 @@
+//! `PUT /api/v1/devices/{name}/setup`: the seed's initial setup. The rest of the setup is
+//! stored; git credentials are sealed at once to the device's key (HPKE) and sent in a signed
+//! setup command, never stored, in clear or sealed, and never logged. The device becomes
+//! `setup_pending` and then `ready` when it reports `configured`. An offline device gets the
+//! command when its presence says it is online; a service restart before that drops it (run
+//! setup again).
+
+use super::devices::owned_device;
+use super::errors::{ApiError, ApiJson, ApiResult};
+use crate::auth::Caller;
+use crate::service::Service;
+use crate::views::device_view;
+use axum::extract::{Path, State};
+use axum::Json;
+use hammer_protocol::api::{DeviceState, DeviceView, SetupRequest, SetupView};
+use hammer_protocol::sealing::seal_credentials;
+use hammer_protocol::{CommandKind, GitCredentials};
+use std::sync::Arc;
+
+/// Longest health window accepted.
+pub const MAX_HEALTH_WINDOW: u32 = 3600;
+
+fn check(req: &SetupRequest) -> ApiResult<()> {
+    let url = req.repo_url.trim();
+    let scheme_ok = ["https://", "ssh://", "git://", "file://"]
+        .iter()
+        .any(|s| url.starts_with(s))
+        || (url.contains('@') && url.contains(':') && !url.contains("://"));
+    if url.is_empty() || url.len() > 2048 || !scheme_ok || url.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "repo_url must be an https://, ssh://, git:// or file:// URL (or user@host:path)",
+        ));
+    }
+    if req.git_ref.trim().is_empty()
+        || req.git_ref.len() > 256
+        || req.git_ref.chars().any(|c| c.is_control() || c == ' ')
+    {
+        return Err(ApiError::bad_request(
+            "git_ref must be a branch, tag or commit without spaces",
+        ));
+    }
+    if req.start.trim().is_empty() || req.start.len() > 4096 {
+        return Err(ApiError::bad_request(
+            "start must be a non-empty shell command (at most 4096 bytes)",
+        ));
+    }
+    if req.health_window_secs > MAX_HEALTH_WINDOW {
+        return Err(ApiError::bad_request(format!(
+            "health_window_secs must be at most {MAX_HEALTH_WINDOW}"
+        )));
+    }
+    if req
+        .health_cmd
+        .as_ref()
+        .is_some_and(|c| c.trim().is_empty() || c.len() > 4096)
+    {
+        return Err(ApiError::bad_request(
+            "health_cmd must be a non-empty shell command when given",
+        ));
+    }
+    for (k, v) in &req.env {
+        let ok = !k.is_empty()
+            && k.len() <= 128
+            && !k.as_bytes()[0].is_ascii_digit()
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !ok {
+            return Err(ApiError::bad_request(format!(
+                "env name {:?} is invalid: use letters, digits and _, not starting with a digit",
+                k.chars().take(80).collect::<String>()
+            )));
+        }
+        if v.len() > 8192 || v.contains('\0') {
+            return Err(ApiError::bad_request(format!(
+                "env {k}: value too long or contains NUL"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `PUT /api/v1/devices/{name}/setup`.
+pub async fn put_setup(
+    State(svc): State<Arc<Service>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<SetupRequest>,
+) -> ApiResult<Json<DeviceView>> {
+    let dev = owned_device(&svc, &caller, &name)?;
+    check(&req)?;
+    let Some(pk_hex) = dev.sealing_public_key.clone() else {
+        return Err(ApiError::conflict(format!(
+            "device {name:?} has not enrolled yet: run `hammer-manager enroll` on it first"
+        )));
+    };
+    let kind = match &req.credentials {
+        Some(GitCredentials::Https { .. }) => "https",
+        Some(GitCredentials::Ssh { .. }) => "ssh",
+        None => "none",
+    };
+    let sealed = match &req.credentials {
+        Some(c) => {
+            let pk = hex::decode(&pk_hex).map_err(ApiError::internal)?;
+            Some(seal_credentials(&pk, &dev.id, c).map_err(ApiError::internal)?)
+        }
+        None => None,
+    };
+    let SetupRequest {
+        repo_url,
+        git_ref,
+        start,
+        env,
+        health_window_secs,
+        health_cmd,
+        credentials,
+    } = req;
+    drop(credentials);
+    let view = SetupView {
+        repo_url: repo_url.trim().to_owned(),
+        git_ref: git_ref.trim().to_owned(),
+        start,
+        env,
+        health_window_secs,
+        health_cmd,
+        credentials: kind.to_owned(),
+    };
+    let rec = svc
+        .store
+        .update_device(&dev.id, &mut |d| {
+            d.setup = Some(view.clone());
+            d.state = DeviceState::SetupPending;
+        })?
+        .ok_or_else(|| ApiError::no_device(&name))?;
+    svc.store.flush().await?;
+    let sent = crate::mqtt::publish::send_command(
+        &svc,
+        &dev.id,
+        CommandKind::Setup {
+            credentials: sealed,
+        },
+    )
+    .await?;
+    tracing::info!(device = %dev.id, credentials = kind, delivered = sent, "setup stored and sent");
+    Ok(Json(device_view(&rec, &svc.live)))
+}

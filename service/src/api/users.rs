@@ -1,0 +1,116 @@
+//! Users (admin creates them; their first token is shown once) and API tokens (create, list,
+//! revoke your own). Tokens are stored only as SHA-256 hashes.
+
+use super::errors::{ApiError, ApiJson, ApiResult};
+use crate::auth::Caller;
+use crate::ids;
+use crate::service::Service;
+use crate::store::{Store, TokenRecord, UserRecord};
+use crate::views::user_view;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use hammer_protocol::api::{CreateUser, NewToken, TokenView, UserView};
+use hammer_protocol::{now_ms, validate_name};
+use std::sync::Arc;
+
+/// Makes a new token for `user` (not yet flushed).
+pub fn issue_token(store: &dyn Store, user: &UserRecord) -> crate::store::Result<NewToken> {
+    let token = ids::new_api_token();
+    let rec = TokenRecord {
+        id: ids::new_token_id(),
+        user_id: user.id.clone(),
+        hash: ids::hash_token(&token),
+        created_at: now_ms(),
+    };
+    store.insert_token(&rec)?;
+    Ok(NewToken {
+        id: rec.id,
+        token,
+        user: user_view(user),
+    })
+}
+
+/// `POST /api/v1/users` (admin).
+pub async fn create_user(
+    State(svc): State<Arc<Service>>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateUser>,
+) -> ApiResult<(StatusCode, Json<NewToken>)> {
+    caller.require_admin()?;
+    validate_name(&req.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let user = UserRecord {
+        id: ids::new_id(),
+        name: req.name.clone(),
+        admin: false,
+        created_at: now_ms(),
+    };
+    if !svc.store.insert_user(&user)? {
+        return Err(ApiError::conflict(format!(
+            "user {:?} already exists",
+            req.name
+        )));
+    }
+    let token = issue_token(svc.store.as_ref(), &user)?;
+    svc.store.flush().await?;
+    tracing::info!(user = %user.name, "user created");
+    Ok((StatusCode::CREATED, Json(token)))
+}
+
+/// `GET /api/v1/users` (admin).
+pub async fn list_users(
+    State(svc): State<Arc<Service>>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<UserView>>> {
+    caller.require_admin()?;
+    Ok(Json(svc.store.users()?.iter().map(user_view).collect()))
+}
+
+/// `GET /api/v1/me`.
+pub async fn me(caller: Caller) -> Json<UserView> {
+    Json(user_view(&caller.user))
+}
+
+/// `POST /api/v1/tokens`: another token for the caller.
+pub async fn create_token(
+    State(svc): State<Arc<Service>>,
+    caller: Caller,
+) -> ApiResult<(StatusCode, Json<NewToken>)> {
+    let token = issue_token(svc.store.as_ref(), &caller.user)?;
+    svc.store.flush().await?;
+    Ok((StatusCode::CREATED, Json(token)))
+}
+
+/// `GET /api/v1/tokens`.
+pub async fn list_tokens(
+    State(svc): State<Arc<Service>>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<TokenView>>> {
+    let mut v: Vec<TokenView> = svc
+        .store
+        .tokens_of(&caller.user.id)?
+        .into_iter()
+        .map(|t| TokenView {
+            id: t.id,
+            created_at: t.created_at,
+        })
+        .collect();
+    v.sort_by_key(|t| t.created_at);
+    Ok(Json(v))
+}
+
+/// `DELETE /api/v1/tokens/{id}`.
+pub async fn revoke_token(
+    State(svc): State<Arc<Service>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    if !svc.store.delete_token(&caller.user.id, &id)? {
+        return Err(ApiError::not_found(format!(
+            "you have no token {:?}; `hammer token list` shows yours",
+            id.chars().take(40).collect::<String>()
+        )));
+    }
+    svc.store.flush().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,107 @@
+//! Who is calling: the bearer token (or the `hammer_session` cookie a browser sends on an
+//! EventSource) looked up by its SHA-256. Cookie-authenticated state-changing requests must
+//! carry an `Origin` that matches the `Host` (CSRF). A cookie-session exchange endpoint for
+//! the web UI is still to come; today the cookie holds an API token.
+
+use crate::api::errors::ApiError;
+use crate::ids::hash_token;
+use crate::service::Service;
+use crate::store::UserRecord;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, Method};
+use std::sync::Arc;
+
+/// Name of the session cookie.
+pub const SESSION_COOKIE: &str = "hammer_session";
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user: UserRecord,
+    pub token_id: String,
+}
+
+impl Caller {
+    /// Only admins pass.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.user.admin {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(
+                "this needs an admin token (managing users and provisioning devices)",
+            ))
+        }
+    }
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let v = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn cookie(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.trim())
+}
+
+fn origin_matches_host(parts: &Parts) -> bool {
+    let (Some(origin), Some(host)) = (
+        parts
+            .headers
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok()),
+        parts
+            .headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok()),
+    ) else {
+        return false;
+    };
+    origin
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest == host)
+}
+
+impl FromRequestParts<Arc<Service>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, svc: &Arc<Service>) -> Result<Caller, ApiError> {
+        let (token, from_cookie) =
+            match bearer(parts) {
+                Some(t) => (t, false),
+                None => match cookie(parts) {
+                    Some(t) => (t, true),
+                    None => return Err(ApiError::unauthorized(
+                        "missing token: send `Authorization: Bearer <token>` (see `hammer login`)",
+                    )),
+                },
+            };
+        if from_cookie
+            && !matches!(parts.method, Method::GET | Method::HEAD)
+            && !origin_matches_host(parts)
+        {
+            return Err(ApiError::forbidden(
+                "cookie-authenticated requests that change state need an Origin matching the Host",
+            ));
+        }
+        let invalid = || ApiError::unauthorized("invalid or revoked token");
+        let rec = svc
+            .store
+            .token_by_hash(&hash_token(token))?
+            .ok_or_else(invalid)?;
+        let user = svc.store.user(&rec.user_id)?.ok_or_else(invalid)?;
+        Ok(Caller {
+            user,
+            token_id: rec.id,
+        })
+    }
+}

@@ -1,0 +1,105 @@
+//! Configuration of `hammer serve`: where the data lives and which addresses to listen on.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// How the HTTP listener serves TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpTls {
+    /// A server certificate issued by the fleet CA on start (SANs as the broker's).
+    FleetCa,
+    /// A certificate chain and key given by path (PEM).
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+/// Everything `hammer serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Data directory: CA, certificates, signing key, admin token, sled store.
+    pub data_dir: PathBuf,
+    /// HTTP API listen address (default 127.0.0.1:8080; port 0 picks a free one).
+    pub http: SocketAddr,
+    /// Embedded broker listen address (default 0.0.0.0:8883; port 0 picks a free one).
+    pub mqtt: SocketAddr,
+    /// Host name devices use to reach the broker (also a SAN of its certificate).
+    pub public_host: Option<String>,
+    /// `mqtts://host:port` of an external broker; no embedded broker runs when set.
+    pub broker_url: Option<String>,
+    /// Serve HTTPS instead of HTTP.
+    pub http_tls: Option<HttpTls>,
+}
+
+impl ServeConfig {
+    /// Defaults: HTTP on 127.0.0.1:8080, MQTT on 0.0.0.0:8883, no TLS on HTTP.
+    pub fn new(data_dir: impl Into<PathBuf>) -> ServeConfig {
+        ServeConfig {
+            data_dir: data_dir.into(),
+            http: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            mqtt: SocketAddr::from(([0, 0, 0, 0], 8883)),
+            public_host: None,
+            broker_url: None,
+            http_tls: None,
+        }
+    }
+}
+
+/// A parsed `mqtts://host:port` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+}
+
+impl BrokerUrl {
+    /// Parses `mqtts://host:port` (port defaults to 8883). Only TLS is accepted.
+    pub fn parse(url: &str) -> anyhow::Result<BrokerUrl> {
+        let rest = url.strip_prefix("mqtts://").ok_or_else(|| {
+            anyhow::anyhow!("broker URL {url:?} must start with mqtts:// (TLS is required)")
+        })?;
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = if let Some(h) = rest.strip_prefix('[') {
+            let (h, p) = h
+                .split_once(']')
+                .ok_or_else(|| anyhow::anyhow!("broker URL {url:?}: unclosed '['"))?;
+            (h.to_owned(), p.strip_prefix(':'))
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), Some(p)),
+                None => (rest.to_owned(), None),
+            }
+        };
+        if host.is_empty() {
+            anyhow::bail!("broker URL {url:?} has no host");
+        }
+        let port = match port {
+            Some(p) => p
+                .parse()
+                .map_err(|_| anyhow::anyhow!("broker URL {url:?}: port {p:?} is not a number"))?,
+            None => hammer_broker::DEFAULT_PORT,
+        };
+        Ok(BrokerUrl { host, port })
+    }
+
+    pub fn to_url(&self) -> String {
+        if self.host.contains(':') {
+            format!("mqtts://[{}]:{}", self.host, self.port)
+        } else {
+            format!("mqtts://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls() {
+        let u = BrokerUrl::parse("mqtts://example.com:1883").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("example.com", 1883));
+        assert_eq!(BrokerUrl::parse("mqtts://h").unwrap().port, 8883);
+        assert_eq!(BrokerUrl::parse("mqtts://[::1]:9").unwrap().host, "::1");
+        assert!(BrokerUrl::parse("mqtt://h:1").is_err());
+        assert!(BrokerUrl::parse("mqtts://h:x").is_err());
+    }
+}

@@ -1,0 +1,279 @@
+//! What devices send: status events (stored exactly once, in batches, flushed, then acked
+//! and handed to the rollout engine and the event stream), presence (online = resync
+//! request), health (last report kept in memory), logs (ring buffer + event stream), and the
+//! embedded broker's connect/disconnect events. Bad payloads are logged and counted, never
+//! fatal.
+
+use crate::metrics::Counters;
+use crate::rollout::RolloutMsg;
+use crate::service::Service;
+use crate::store::{DeviceRecord, StoredStatus};
+use crate::views;
+use hammer_protocol::api::{DeviceState, Event};
+use hammer_protocol::{decode, now_ms, Health, LogBatch, Phase, Presence, StatusEvent};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// Most status events stored under one flush.
+const BATCH: usize = 1024;
+/// How many successful commits a device remembers for rollback.
+const GOOD_COMMITS: usize = 5;
+
+fn bad(svc: &Service, device: &str, what: &str, e: impl std::fmt::Display) {
+    Counters::inc(&svc.counters.bad_payloads);
+    tracing::warn!(device, error = %e, "refused a {what} payload");
+}
+
+/// The status worker: drains what is queued, stores it, flushes once, acks, then notifies.
+pub async fn status_worker(svc: Arc<Service>, mut rx: mpsc::Receiver<(String, Vec<u8>)>) {
+    let mut deployers: HashMap<String, Option<String>> = HashMap::new();
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        if rx.recv_many(&mut batch, BATCH).await == 0 {
+            return;
+        }
+        if let Err(e) = store_batch(&svc, &mut deployers, std::mem::take(&mut batch)).await {
+            tracing::error!(error = %e, "storing status events failed; the devices will resend them");
+        }
+        if deployers.len() > 10_000 {
+            deployers.clear();
+        }
+    }
+}
+
+async fn store_batch(
+    svc: &Service,
+    deployers: &mut HashMap<String, Option<String>>,
+    batch: Vec<(String, Vec<u8>)>,
+) -> anyhow::Result<()> {
+    let now = now_ms();
+    let mut acks: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut fresh: Vec<(String, StoredStatus)> = Vec::new();
+    for (device_id, payload) in batch {
+        let ev: StatusEvent = match decode(&payload) {
+            Ok(ev) => ev,
+            Err(e) => {
+                bad(svc, &device_id, "status", e);
+                continue;
+            }
+        };
+        let Some(dev) = svc.store.device(&device_id)? else {
+            Counters::inc(&svc.counters.unknown_devices);
+            continue;
+        };
+        svc.live.seen(&device_id, now);
+        let deployer = match &ev.deployment_id {
+            Some(id) => match deployers.get(id) {
+                Some(d) => d.clone(),
+                None => {
+                    let d = svc.store.deployment(id)?.map(|d| d.deployer);
+                    deployers.insert(id.clone(), d.clone());
+                    d
+                }
+            },
+            None => None,
+        };
+        let stored = StoredStatus {
+            device_id: device_id.clone(),
+            received_at: now,
+            deployer,
+            event: ev,
+        };
+        let ins = svc.store.insert_status(&stored)?;
+        acks.insert(device_id.clone(), (stored.event.epoch, ins.contiguous));
+        if ins.new {
+            Counters::inc(&svc.counters.status_stored);
+            apply_to_device(svc, &dev, &stored.event)?;
+            fresh.push((dev.owner, stored));
+        } else {
+            Counters::inc(&svc.counters.status_duplicates);
+        }
+    }
+    svc.store.flush().await?;
+    for (device, (epoch, seq)) in acks {
+        if seq > 0 {
+            crate::mqtt::publish::publish_ack(svc, &device, epoch, seq).await?;
+        }
+    }
+    for (owner, stored) in fresh {
+        let entry = views::history_entry(&stored);
+        let device_name = svc
+            .store
+            .device(&stored.device_id)?
+            .map(|d| d.name)
+            .unwrap_or_default();
+        svc.emit(
+            &owner,
+            vec![stored.device_id.clone()],
+            stored.event.deployment_id.clone(),
+            Event::Status {
+                device: device_name,
+                entry,
+            },
+        );
+        let _ = svc
+            .rollout
+            .send(RolloutMsg::Status {
+                device_id: stored.device_id,
+                event: stored.event,
+            })
+            .await;
+    }
+    Ok(())
+}
+
+/// Keeps the device record's view of the app current.
+fn apply_to_device(svc: &Service, dev: &DeviceRecord, ev: &StatusEvent) -> anyhow::Result<()> {
+    if ev.generation.is_some_and(|g| g < dev.generation) && ev.phase != Phase::Configured {
+        // A late event of an older generation does not describe the app any more.
+        return Ok(());
+    }
+    svc.store.update_device(&dev.id, &mut |d| {
+        d.app_phase = Some(ev.phase);
+        match ev.phase {
+            Phase::Running => {
+                if let Some(c) = &ev.commit {
+                    d.current_commit = Some(c.clone());
+                    if d.good_commits.last() != Some(c) {
+                        d.good_commits.retain(|g| g != c);
+                        d.good_commits.push(c.clone());
+                        if d.good_commits.len() > GOOD_COMMITS {
+                            d.good_commits.remove(0);
+                        }
+                    }
+                }
+            }
+            Phase::Configured => {
+                if matches!(d.state, DeviceState::SetupPending | DeviceState::Enrolled) {
+                    d.state = DeviceState::Ready;
+                }
+            }
+            _ => {}
+        }
+    })?;
+    Ok(())
+}
+
+/// Presence: online is the device's resync request.
+pub async fn on_presence(svc: &Service, device_id: &str, payload: &[u8]) {
+    let p: Presence = match decode(payload) {
+        Ok(p) => p,
+        Err(e) => return bad(svc, device_id, "presence", e),
+    };
+    let Ok(Some(dev)) = svc.store.device(device_id) else {
+        Counters::inc(&svc.counters.unknown_devices);
+        return;
+    };
+    let now = now_ms();
+    if p.online {
+        let queued = svc.live.announced(device_id, now);
+        if let Err(e) = crate::mqtt::publish::resync_device(svc, &dev, queued).await {
+            tracing::warn!(device = device_id, error = %e, "resync failed");
+        }
+    } else {
+        svc.live.disconnected(device_id, now);
+    }
+    svc.emit(
+        &dev.owner,
+        vec![dev.id.clone()],
+        None,
+        Event::Presence {
+            device: dev.name,
+            online: p.online,
+            time: now,
+        },
+    );
+}
+
+/// Health: kept in memory as the device's last health.
+pub fn on_health(svc: &Service, device_id: &str, payload: &[u8]) {
+    let h: Health = match decode(payload) {
+        Ok(h) => h,
+        Err(e) => return bad(svc, device_id, "health", e),
+    };
+    let Ok(Some(dev)) = svc.store.device(device_id) else {
+        Counters::inc(&svc.counters.unknown_devices);
+        return;
+    };
+    Counters::inc(&svc.counters.health_reports);
+    let view = views::health_view(&h);
+    svc.live.set_health(device_id, view.clone());
+    svc.emit(
+        &dev.owner,
+        vec![dev.id],
+        None,
+        Event::Health {
+            device: dev.name,
+            health: view,
+        },
+    );
+}
+
+/// Logs: appended to the device's ring buffer and streamed.
+pub fn on_logs(svc: &Service, device_id: &str, payload: &[u8]) {
+    let b: LogBatch = match decode(payload) {
+        Ok(b) => b,
+        Err(e) => return bad(svc, device_id, "logs", e),
+    };
+    let Ok(Some(dev)) = svc.store.device(device_id) else {
+        Counters::inc(&svc.counters.unknown_devices);
+        return;
+    };
+    Counters::inc(&svc.counters.log_batches);
+    svc.live.push_logs(device_id, &b.lines);
+    svc.live.seen(device_id, now_ms());
+    svc.emit(
+        &dev.owner,
+        vec![dev.id],
+        None,
+        Event::Logs {
+            device: dev.name,
+            lines: b.lines,
+        },
+    );
+}
+
+/// Follows the embedded broker's connect/disconnect events for online state.
+pub async fn broker_events(svc: Arc<Service>, broker: hammer_broker::BrokerHandle) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut rx = broker.subscribe_events();
+    let snapshot = |svc: &Service| {
+        for s in broker.connected() {
+            if s.identity.role == hammer_certs::Role::Device {
+                svc.live.connected(&s.identity.id, now_ms(), true);
+            }
+        }
+    };
+    snapshot(&svc);
+    loop {
+        match rx.recv().await {
+            Ok(ev) => {
+                if ev.identity.role != hammer_certs::Role::Device {
+                    continue;
+                }
+                let id = &ev.identity.id;
+                let now = now_ms();
+                if ev.connected {
+                    svc.live.connected(id, now, false);
+                } else if !ev.still_connected {
+                    svc.live.disconnected(id, now);
+                    if let Ok(Some(dev)) = svc.store.device(id) {
+                        svc.emit(
+                            &dev.owner,
+                            vec![dev.id.clone()],
+                            None,
+                            Event::Presence {
+                                device: dev.name,
+                                online: false,
+                                time: now,
+                            },
+                        );
+                    }
+                }
+            }
+            Err(RecvError::Lagged(_)) => snapshot(&svc),
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
