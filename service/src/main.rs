@@ -1,2 +1,192 @@
-//! The `hammer` binary.
-fn main() {}
+//! The `hammer` binary: `hammer serve` (service, embedded broker and store), `hammer broker`
+//! (the broker alone), and the client commands of the CLI (see [`cli`]).
+//!
+//! Every failure ends as one line on stderr, `error: …`, saying what to do, and exit code 1.
+
+mod cli;
+
+use anyhow::Result;
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Hammer IoT: deploy git repositories to fleets of small Linux devices.
+#[derive(Debug, Parser)]
+#[command(name = "hammer", version, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    global: cli::GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service: HTTP API, embedded MQTT broker and store (certificates made on first start)
+    Serve(ServeArgs),
+    /// Run the MQTT broker alone (mTLS front door with per-device ACLs)
+    Broker(BrokerArgs),
+    #[command(flatten)]
+    Client(cli::Command),
+    /// Print a shell completion script (e.g. `hammer completions bash > /etc/bash_completion.d/hammer`)
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Data folder: CA, keys, admin token, store
+    #[arg(
+        long,
+        env = "HAMMER_DATA_DIR",
+        default_value = "./hammer-data",
+        value_name = "DIR"
+    )]
+    data_dir: PathBuf,
+    /// HTTP API listen address
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    http: SocketAddr,
+    /// Embedded broker listen address (devices connect here with mTLS)
+    #[arg(long, default_value = "0.0.0.0:8883", value_name = "ADDR")]
+    mqtt: SocketAddr,
+    /// Host name devices use to reach the broker (put in its certificate)
+    #[arg(long, value_name = "NAME")]
+    public_host: Option<String>,
+    /// Use an external broker at mqtts://HOST:PORT instead of the embedded one
+    #[arg(long, value_name = "URL")]
+    broker_url: Option<String>,
+    /// Serve the API over HTTPS with a certificate from the fleet CA
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    https: bool,
+    /// Serve the API over HTTPS with this certificate chain (PEM; with --tls-key)
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct BrokerArgs {
+    /// Data folder with the fleet CA
+    #[arg(
+        long,
+        env = "HAMMER_DATA_DIR",
+        default_value = "./hammer-data",
+        value_name = "DIR"
+    )]
+    data_dir: PathBuf,
+    /// Listen address
+    #[arg(long, default_value = "0.0.0.0:8883", value_name = "ADDR")]
+    listen: SocketAddr,
+}
+
+fn main() -> ExitCode {
+    hammer_certs::tls::install_default_provider();
+    let parsed = Cli::parse();
+    if let Command::Client(_) | Command::Completions { .. } = parsed.command {
+        // Client commands behave like other Unix tools when their output pipe closes
+        // (`hammer device list | head`). The servers keep ignoring SIGPIPE.
+        // SAFETY: no other thread exists yet; resetting a signal disposition is harmless.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(match parsed.command {
+                    Command::Serve(_) | Command::Broker(_) => "info",
+                    _ => "warn",
+                })
+            }),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(parsed)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(parsed: Cli) -> Result<()> {
+    match parsed.command {
+        Command::Serve(a) => {
+            let mut cfg = hammer_service::ServeConfig::new(a.data_dir);
+            cfg.http = a.http;
+            cfg.mqtt = a.mqtt;
+            cfg.public_host = a.public_host;
+            cfg.broker_url = a.broker_url;
+            cfg.http_tls = match (a.https, a.tls_cert, a.tls_key) {
+                (_, Some(cert), Some(key)) => Some(hammer_service::HttpTls::Files { cert, key }),
+                (true, _, _) => Some(hammer_service::HttpTls::FleetCa),
+                _ => None,
+            };
+            hammer_service::run(cfg).await
+        }
+        Command::Broker(a) => hammer_service::run_broker(a.data_dir, a.listen).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "hammer", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Client(cmd) => cli::run(&parsed.global, cmd).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_commands() {
+        let c = Cli::try_parse_from(["hammer", "deploy", "--tag", "group=lab", "--wait"]).unwrap();
+        assert!(matches!(
+            c.command,
+            Command::Client(cli::Command::Deploy(_))
+        ));
+        assert!(Cli::try_parse_from(["hammer", "deploy"]).is_err());
+        assert!(Cli::try_parse_from(["hammer", "deploy", "d1", "--tag", "a=b"]).is_err());
+        assert!(Cli::try_parse_from([
+            "hammer",
+            "setup",
+            "d1",
+            "--repo",
+            "r",
+            "--start",
+            "s",
+            "--git-user",
+            "u"
+        ])
+        .is_err());
+        let c = Cli::try_parse_from(["hammer", "--json", "device", "list", "--tag", "group=lab"])
+            .unwrap();
+        assert!(c.global.json);
+        let c = Cli::try_parse_from(["hammer", "device", "list", "--json"]).unwrap();
+        assert!(c.global.json);
+        assert!(Cli::try_parse_from(["hammer", "device", "add", "d1", "--tag", "nope"]).is_err());
+        assert!(Cli::try_parse_from(["hammer", "logs", "d1", "-f"]).is_ok());
+        assert!(Cli::try_parse_from(["hammer", "completions", "bash"]).is_ok());
+    }
+}

@@ -1,0 +1,364 @@
+//! Device commands: `device add|list|show|history|remove`, `setup`, and the app actions
+//! `restart|stop|start|rollback`.
+
+use super::client::Client;
+use super::config::Conn;
+use super::output::{self, ago, fmt_time, or_dash, short_commit, wire_name, Table};
+use super::{check_name, tag_string, DeviceCmd, SetupArgs};
+use anyhow::{anyhow, bail, Context, Result};
+use hammer_protocol::api::{
+    ActionAccepted, CreateDevice, CreatedDevice, DeviceView, HistoryEntry, SetupRequest,
+};
+use hammer_protocol::GitCredentials;
+use reqwest::Method;
+use std::collections::BTreeMap;
+
+/// Dispatches `hammer device …`.
+pub async fn run(conn: &Conn, cmd: DeviceCmd, json: bool) -> Result<()> {
+    match cmd {
+        DeviceCmd::Add { name, tags } => add(conn, &name, tags, json).await,
+        DeviceCmd::List { tag } => list(conn, tag.as_ref().map(tag_string), json).await,
+        DeviceCmd::Show(a) => show(conn, &a.name, json).await,
+        DeviceCmd::History(a) => history(conn, &a.name, json).await,
+        DeviceCmd::Remove(a) => remove(conn, &a.name, json).await,
+    }
+}
+
+async fn add(conn: &Conn, name: &str, tags: Vec<(String, String)>, json: bool) -> Result<()> {
+    check_name(name)?;
+    let client = Client::new(conn)?;
+    let body = CreateDevice {
+        name: name.to_string(),
+        tags: tags.into_iter().collect(),
+    };
+    let (v, created): (_, CreatedDevice) = client.post("/devices", &body).await?;
+    if json {
+        output::print_json(&v);
+        return Ok(());
+    }
+    println!(
+        "registered device {} (id {})",
+        created.device.name, created.device.id
+    );
+    println!(
+        "enrollment token (one use, valid until {} UTC): {}",
+        fmt_time(created.enrollment_expires_at),
+        created.enrollment_token
+    );
+    println!("run this on the device:");
+    println!("  {}", enroll_command(client.url(), &created));
+    println!(
+        "then start the manager: hammer-manager run (add --data-dir DIR to both if you chose one)"
+    );
+    Ok(())
+}
+
+/// The exact `hammer-manager enroll` command for a freshly registered device.
+pub fn enroll_command(url: &str, created: &CreatedDevice) -> String {
+    format!(
+        "hammer-manager enroll --url {url} --token {} --ca-sha256 {}",
+        created.enrollment_token, created.ca_sha256
+    )
+}
+
+async fn list(conn: &Conn, tag: Option<String>, json: bool) -> Result<()> {
+    let client = Client::new(conn)?;
+    let query: Vec<(&str, &str)> = tag.as_deref().map(|t| ("tag", t)).into_iter().collect();
+    let (v, devices): (_, Vec<DeviceView>) = client.get("/devices", &query).await?;
+    if json {
+        output::print_json(&v);
+        return Ok(());
+    }
+    if devices.is_empty() {
+        println!(
+            "no devices{}; register one with `hammer device add NAME`",
+            tag.map(|t| format!(" with tag {t}")).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    let now = hammer_protocol::now_ms();
+    let mut t = Table::new(&[
+        "NAME",
+        "STATE",
+        "ONLINE",
+        "APP",
+        "COMMIT",
+        "GEN",
+        "LAST SEEN",
+        "TAGS",
+    ]);
+    for d in devices {
+        t.row(vec![
+            d.name,
+            wire_name(&d.state),
+            if d.online { "yes" } else { "no" }.into(),
+            or_dash(d.app_phase.map(|p| wire_name(&p))),
+            short_commit(d.current_commit.as_deref()),
+            d.generation.to_string(),
+            or_dash(d.last_seen.map(|t| ago(t, now))),
+            fmt_tags(&d.tags),
+        ]);
+    }
+    t.print();
+    Ok(())
+}
+
+fn fmt_tags(tags: &BTreeMap<String, String>) -> String {
+    if tags.is_empty() {
+        return "-".into();
+    }
+    tags.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+async fn show(conn: &Conn, name: &str, json: bool) -> Result<()> {
+    check_name(name)?;
+    let client = Client::new(conn)?;
+    let (v, d): (_, DeviceView) = client.get(&format!("/devices/{name}"), &[]).await?;
+    if json {
+        output::print_json(&v);
+        return Ok(());
+    }
+    let now = hammer_protocol::now_ms();
+    println!("name:        {}", d.name);
+    println!("id:          {}", d.id);
+    println!("tags:        {}", fmt_tags(&d.tags));
+    println!("state:       {}", wire_name(&d.state));
+    println!(
+        "online:      {}{}",
+        if d.online { "yes" } else { "no" },
+        d.last_seen
+            .map(|t| format!(" (last seen {})", ago(t, now)))
+            .unwrap_or_default()
+    );
+    println!(
+        "app:         {}",
+        or_dash(d.app_phase.map(|p| wire_name(&p)))
+    );
+    println!("run state:   {}", wire_name(&d.run_state));
+    println!("commit:      {}", or_dash(d.current_commit));
+    println!("generation:  {}", d.generation);
+    println!("deployment:  {}", or_dash(d.current_deployment));
+    match d.setup {
+        Some(s) => {
+            println!("repo:        {}", s.repo_url);
+            println!("ref:         {}", s.git_ref);
+            println!("start:       {}", s.start);
+            if !s.env.is_empty() {
+                println!(
+                    "env:         {}",
+                    s.env.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+            println!(
+                "health:      {}s window{}",
+                s.health_window_secs,
+                s.health_cmd
+                    .map(|c| format!(", check `{c}`"))
+                    .unwrap_or_default()
+            );
+            println!("credentials: {}", s.credentials);
+        }
+        None => println!(
+            "setup:       none yet (hammer setup {} --repo URL --start CMD)",
+            d.name
+        ),
+    }
+    if let Some(h) = d.last_health {
+        println!(
+            "health rep.: {} app {}{}, {} restarts, up {}s, rss {} KiB, cpu {} ms, manager {}",
+            ago(h.time, now),
+            if h.app_running {
+                "running"
+            } else {
+                "not running"
+            },
+            h.pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+            h.restarts,
+            h.uptime_secs,
+            h.app_rss_kb,
+            h.app_cpu_ms,
+            h.manager_version
+        );
+    }
+    Ok(())
+}
+
+async fn history(conn: &Conn, name: &str, json: bool) -> Result<()> {
+    check_name(name)?;
+    let client = Client::new(conn)?;
+    let (v, entries): (_, Vec<HistoryEntry>) =
+        client.get(&format!("/devices/{name}/history"), &[]).await?;
+    if json {
+        output::print_json(&v);
+        return Ok(());
+    }
+    if entries.is_empty() {
+        println!("no history for {name} yet");
+        return Ok(());
+    }
+    let mut t = Table::new(&[
+        "TIME (UTC)",
+        "PHASE",
+        "COMMIT",
+        "GEN",
+        "DEPLOYMENT",
+        "BY",
+        "DETAIL",
+    ]);
+    let mut tails = Vec::new();
+    for e in &entries {
+        t.row(vec![
+            fmt_time(e.time),
+            wire_name(&e.phase),
+            short_commit(e.commit.as_deref()),
+            or_dash(e.generation),
+            or_dash(e.deployment_id.as_deref()),
+            or_dash(e.deployer.as_deref()),
+            or_dash(e.detail.as_deref()),
+        ]);
+        if !e.log_tail.is_empty() {
+            tails.push(e);
+        }
+    }
+    t.print();
+    for e in tails {
+        println!(
+            "\nlast app output before {} at {}:",
+            wire_name(&e.phase),
+            fmt_time(e.time)
+        );
+        for line in &e.log_tail {
+            println!("  | {line}");
+        }
+    }
+    Ok(())
+}
+
+async fn remove(conn: &Conn, name: &str, json: bool) -> Result<()> {
+    check_name(name)?;
+    let client = Client::new(conn)?;
+    let v = client
+        .send::<()>(Method::DELETE, &format!("/devices/{name}"), &[], None)
+        .await?;
+    if json {
+        output::print_json(&v);
+    } else {
+        println!("removed device {name}: its certificate is revoked and it can no longer connect");
+    }
+    Ok(())
+}
+
+/// Builds the setup request, reading secrets from the environment or files, never argv.
+pub fn setup_request(a: &SetupArgs) -> Result<SetupRequest> {
+    if a.repo.trim().is_empty() {
+        bail!("--repo must not be empty");
+    }
+    if a.start.trim().is_empty() {
+        bail!("--start must not be empty: give the command that starts the app, e.g. --start ./start.sh");
+    }
+    if a.health_window == 0 {
+        bail!("--health-window must be at least 1 second");
+    }
+    let credentials = if let (Some(user), Some(var)) = (&a.git_user, &a.git_token_env) {
+        let token = std::env::var(var).map_err(|_| {
+            anyhow!("environment variable {var} (named by --git-token-env) is not set; export it with the git token first")
+        })?;
+        if token.trim().is_empty() {
+            bail!("environment variable {var} (named by --git-token-env) is empty");
+        }
+        Some(GitCredentials::Https {
+            username: user.clone(),
+            token,
+        })
+    } else if let (Some(key), Some(hosts)) = (&a.ssh_key, &a.known_hosts) {
+        let private_key = std::fs::read_to_string(key)
+            .with_context(|| format!("cannot read the SSH key {}", key.display()))?;
+        if !private_key.contains("PRIVATE KEY-----") {
+            bail!(
+                "{} does not look like an SSH private key (PEM/OpenSSH format)",
+                key.display()
+            );
+        }
+        let known_hosts = std::fs::read_to_string(hosts)
+            .with_context(|| format!("cannot read the known_hosts file {}", hosts.display()))?;
+        if known_hosts.trim().is_empty() {
+            bail!(
+                "{} is empty: it must hold the git server's host key (ssh-keyscan HOST)",
+                hosts.display()
+            );
+        }
+        Some(GitCredentials::Ssh {
+            private_key,
+            known_hosts,
+        })
+    } else {
+        None
+    };
+    Ok(SetupRequest {
+        repo_url: a.repo.clone(),
+        git_ref: a.git_ref.clone(),
+        start: a.start.clone(),
+        env: a.env.iter().cloned().collect(),
+        health_window_secs: a.health_window,
+        health_cmd: a.health_cmd.clone(),
+        credentials,
+    })
+}
+
+/// `hammer setup NAME …`: `PUT /devices/{name}/setup`.
+pub async fn setup(conn: &Conn, a: SetupArgs, json: bool) -> Result<()> {
+    check_name(&a.name)?;
+    let req = setup_request(&a)?;
+    let client = Client::new(conn)?;
+    let v = client
+        .send(
+            Method::PUT,
+            &format!("/devices/{}/setup", a.name),
+            &[],
+            Some(&req),
+        )
+        .await?;
+    if json {
+        output::print_json(&v);
+    } else {
+        println!(
+            "setup sent to {}: {} ({}), start `{}`{}",
+            a.name,
+            req.repo_url,
+            req.git_ref,
+            req.start,
+            match &req.credentials {
+                Some(GitCredentials::Https { .. }) => ", https credentials sealed to the device",
+                Some(GitCredentials::Ssh { .. }) => ", ssh key sealed to the device",
+                None => "",
+            }
+        );
+        println!("deploy it with: hammer deploy {} --wait", a.name);
+    }
+    Ok(())
+}
+
+/// `hammer restart|stop|start|rollback NAME`.
+pub async fn action(conn: &Conn, name: &str, action: &str, json: bool) -> Result<()> {
+    check_name(name)?;
+    let client = Client::new(conn)?;
+    let (v, acc): (_, ActionAccepted) = client
+        .post_empty(&format!("/devices/{name}/{action}"))
+        .await?;
+    if json {
+        output::print_json(&v);
+    } else {
+        let mut line = format!("{action} sent to {}", acc.device);
+        if let Some(g) = acc.generation {
+            line.push_str(&format!(" (generation {g})"));
+        }
+        if let Some(d) = acc.deployment_id {
+            line.push_str(&format!(", deployment {d}"));
+        }
+        println!("{line}");
+    }
+    Ok(())
+}

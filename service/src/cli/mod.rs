@@ -1,0 +1,367 @@
+//! The `hammer` CLI's client commands: argument definitions (clap) and their dispatch.
+//! Each command checks its inputs (names, tags, files) before any request is sent.
+
+pub mod certs;
+pub mod client;
+pub mod config;
+pub mod deploy;
+pub mod devices;
+pub mod output;
+pub mod stream;
+pub mod users;
+
+use anyhow::{anyhow, bail, Result};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+
+/// Connection and output flags shared by every client command.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// URL of the Hammer service [default: saved by `hammer login`, else http://127.0.0.1:8080]
+    #[arg(long, global = true, env = "HAMMER_URL", value_name = "URL")]
+    pub url: Option<String>,
+    /// API token [default: saved by `hammer login`]
+    #[arg(
+        long,
+        global = true,
+        env = "HAMMER_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// PEM file of the CA that signed the service's HTTPS certificate
+    #[arg(long, global = true, env = "HAMMER_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// Print the API's JSON instead of human output
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// The client commands of `hammer`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a token against the service and save URL and token for later commands
+    Login,
+    /// Manage users (admin token)
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Register, list, inspect and remove devices
+    #[command(subcommand)]
+    Device(DeviceCmd),
+    /// Tell a device which repository to run and how (credentials are sealed to the device)
+    Setup(SetupArgs),
+    /// Deploy to devices by name or tag and follow the rollout with --wait
+    Deploy(DeployArgs),
+    /// Inspect or cancel a deployment
+    #[command(subcommand)]
+    Deployment(DeploymentCmd),
+    /// Restart a device's app
+    Restart(NameArg),
+    /// Stop a device's app (it stays stopped until `hammer start`)
+    Stop(NameArg),
+    /// Start a stopped app again
+    Start(NameArg),
+    /// Run the device's previous release again
+    Rollback(NameArg),
+    /// Show a device's recent app output; -f follows it live
+    Logs(LogsArgs),
+    /// Follow live events (status, presence, deployments), one line each
+    Events(EventsArgs),
+    /// Operator tools: offline device bundles (admin token)
+    #[command(subcommand)]
+    Certs(CertsCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCmd {
+    /// Create a user and print their API token (shown once)
+    Add {
+        /// User name: letters, digits, . _ -
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCmd {
+    /// Register a device; prints its enrollment token and the `hammer-manager enroll` command
+    Add {
+        /// Device name (unique among your devices)
+        name: String,
+        /// Tag as key=value (repeatable)
+        #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_kv)]
+        tags: Vec<(String, String)>,
+    },
+    /// List your devices
+    List {
+        /// Only devices with this tag
+        #[arg(long, value_name = "KEY=VALUE", value_parser = parse_kv)]
+        tag: Option<(String, String)>,
+    },
+    /// Show one device in detail
+    Show(NameArg),
+    /// Show a device's deployment history
+    History(NameArg),
+    /// Remove a device: its certificate is revoked and it is disconnected
+    Remove(NameArg),
+}
+
+#[derive(Debug, Args)]
+pub struct NameArg {
+    /// Device name
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// Device name
+    pub name: String,
+    /// Git repository URL the device fetches
+    #[arg(long, value_name = "URL")]
+    pub repo: String,
+    /// Start command, run as `/bin/sh -c CMD` in the release folder
+    #[arg(long, value_name = "CMD")]
+    pub start: String,
+    /// Branch, tag or commit to deploy by default
+    #[arg(long = "ref", value_name = "REF", default_value = "main")]
+    pub git_ref: String,
+    /// Environment variable for the app as KEY=VALUE (repeatable)
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Seconds a new release must stay up before it counts as healthy
+    #[arg(long, value_name = "SECS", default_value_t = hammer_protocol::api::default_health_window())]
+    pub health_window: u32,
+    /// Command that must succeed (exit 0) at the end of the health window
+    #[arg(long, value_name = "CMD")]
+    pub health_cmd: Option<String>,
+    /// HTTPS git user name (with --git-token-env)
+    #[arg(
+        long,
+        value_name = "USER",
+        requires = "git_token_env",
+        conflicts_with = "ssh_key"
+    )]
+    pub git_user: Option<String>,
+    /// Name of the environment variable that holds the HTTPS git token
+    #[arg(long, value_name = "VAR", requires = "git_user")]
+    pub git_token_env: Option<String>,
+    /// File with the SSH private key for the repository (with --known-hosts)
+    #[arg(long, value_name = "FILE", requires = "known_hosts")]
+    pub ssh_key: Option<PathBuf>,
+    /// known_hosts file with the git server's host key
+    #[arg(long, value_name = "FILE", requires = "ssh_key")]
+    pub known_hosts: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Device names
+    #[arg(required_unless_present = "tag", conflicts_with = "tag")]
+    pub names: Vec<String>,
+    /// Deploy to every device with this tag
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_kv)]
+    pub tag: Option<(String, String)>,
+    /// Branch, tag or commit (default: each device's setup ref)
+    #[arg(long = "ref", value_name = "REF")]
+    pub git_ref: Option<String>,
+    /// At most this many devices updating at once (default: all)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: Option<u32>,
+    /// Abort when this percentage of devices failed
+    #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub abort_at: Option<u8>,
+    /// Seconds a device may take to get its new release running
+    #[arg(long, value_name = "SECS", default_value_t = hammer_protocol::api::default_timeout(),
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub timeout: u32,
+    /// Extra attempts for a device that failed or timed out
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub retries: u32,
+    /// Follow the deployment until it ends; exit 0 only if it succeeded
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeploymentCmd {
+    /// Show a deployment and each device's state in it
+    Show {
+        /// Deployment id
+        id: String,
+    },
+    /// List your deployments
+    List,
+    /// Cancel a running deployment (devices not yet updated are skipped)
+    Cancel {
+        /// Deployment id
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Device name
+    pub name: String,
+    /// Keep following new lines
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only events of this device
+    #[arg(long, value_name = "NAME")]
+    pub device: Option<String>,
+    /// Only events of this deployment
+    #[arg(long, value_name = "ID")]
+    pub deployment: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCmd {
+    /// Register a device for a user and write a ready `hammer-manager` data dir
+    IssueDevice {
+        /// The owner's user name
+        #[arg(long, value_name = "USER")]
+        owner: String,
+        /// Device name
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// Tag as key=value (repeatable)
+        #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_kv)]
+        tags: Vec<(String, String)>,
+        /// Folder to write the bundle into (created, must not hold a bundle yet)
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+/// Runs one client command.
+pub async fn run(global: &GlobalArgs, cmd: Command) -> Result<()> {
+    let saved = config::load()?;
+    let conn = config::resolve(
+        global.url.as_deref(),
+        global.token.as_deref(),
+        global.ca_cert.as_deref(),
+        &saved,
+    );
+    let json = global.json;
+    match cmd {
+        Command::Login => users::login(&conn, json).await,
+        Command::User(UserCmd::Add { name }) => users::add_user(&conn, &name, json).await,
+        Command::Device(c) => devices::run(&conn, c, json).await,
+        Command::Setup(a) => devices::setup(&conn, a, json).await,
+        Command::Deploy(a) => deploy::deploy(&conn, a, json).await,
+        Command::Deployment(DeploymentCmd::Show { id }) => deploy::show(&conn, &id, json).await,
+        Command::Deployment(DeploymentCmd::List) => deploy::list(&conn, json).await,
+        Command::Deployment(DeploymentCmd::Cancel { id }) => deploy::cancel(&conn, &id, json).await,
+        Command::Restart(a) => devices::action(&conn, &a.name, "restart", json).await,
+        Command::Stop(a) => devices::action(&conn, &a.name, "stop", json).await,
+        Command::Start(a) => devices::action(&conn, &a.name, "start", json).await,
+        Command::Rollback(a) => devices::action(&conn, &a.name, "rollback", json).await,
+        Command::Logs(a) => stream::logs(&conn, &a.name, a.follow, json).await,
+        Command::Events(a) => {
+            stream::events(&conn, a.device.as_deref(), a.deployment.as_deref(), json).await
+        }
+        Command::Certs(CertsCmd::IssueDevice {
+            owner,
+            name,
+            tags,
+            out,
+        }) => certs::issue_device(&conn, &owner, &name, tags, &out, json).await,
+    }
+}
+
+/// Refuses a user or device name that breaks the protocol's rule, before any request.
+pub fn check_name(name: &str) -> Result<()> {
+    hammer_protocol::validate_name(name).map_err(|e| anyhow!("{e}"))
+}
+
+/// Refuses a deployment id that cannot be one (ids are letters, digits, `-` and `_`).
+pub fn check_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !ok {
+        bail!("deployment id {id:?} is invalid: ids are letters and digits, as printed by `hammer deploy`");
+    }
+    Ok(())
+}
+
+/// Parses a `key=value` tag: the key follows the name rule; the value is at most 128
+/// printable characters without `=` or `,` (the service's rule).
+pub fn parse_kv(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("tag {s:?} must look like key=value, e.g. group=lab"))?;
+    hammer_protocol::validate_name(k).map_err(|_| {
+        format!("tag key {k:?} is invalid: use 1 to 63 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit")
+    })?;
+    if v.chars().count() > 128 || v.chars().any(|c| c.is_control() || c == '=' || c == ',') {
+        return Err(format!(
+            "tag value {v:?} is invalid: at most 128 printable characters without '=' or ','"
+        ));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// Parses an app environment variable `KEY=VALUE` (the value may be empty or hold `=`).
+pub fn parse_env(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("environment variable {s:?} must look like KEY=VALUE"))?;
+    let ok = !k.is_empty()
+        && !k.as_bytes()[0].is_ascii_digit()
+        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !ok {
+        return Err(format!(
+            "environment variable name {k:?} is invalid: use letters, digits and _, not starting with a digit"
+        ));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// A tag as the API expects it in queries and selectors.
+pub fn tag_string((k, v): &(String, String)) -> String {
+    format!("{k}={v}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_and_env() {
+        assert_eq!(
+            parse_kv("group=lab").unwrap(),
+            ("group".into(), "lab".into())
+        );
+        assert!(parse_kv("group").is_err());
+        assert!(parse_kv("=lab").is_err());
+        assert_eq!(parse_kv("group=").unwrap(), ("group".into(), String::new()));
+        assert!(parse_kv("a=b=c").is_err());
+        assert!(parse_kv("a b=c").is_err());
+        assert_eq!(
+            parse_env("PORT=8000").unwrap(),
+            ("PORT".into(), "8000".into())
+        );
+        assert_eq!(parse_env("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert_eq!(
+            parse_env("EMPTY=").unwrap(),
+            ("EMPTY".into(), String::new())
+        );
+        assert!(parse_env("1A=x").is_err());
+        assert!(parse_env("A-B=x").is_err());
+        assert!(parse_env("nope").is_err());
+    }
+
+    #[test]
+    fn ids_and_names() {
+        assert!(check_id("01jd3k4m5n6p7q8r9s0t1v2w3x").is_ok());
+        assert!(check_id("../etc").is_err());
+        assert!(check_id("").is_err());
+        assert!(check_name("d1").is_ok());
+        assert!(check_name("d/1").is_err());
+    }
+}

@@ -1,0 +1,195 @@
+//! Live output: `hammer events` and `hammer logs [-f]`, read from the service's Server-Sent
+//! Events stream, one readable line per event. The stream is reopened when it drops.
+
+use super::client::{is_unreachable, Client};
+use super::config::Conn;
+use super::output::{self, fmt_clock, short_commit, wire_name};
+use super::{check_id, check_name};
+use anyhow::Result;
+use hammer_protocol::api::{Event, LogLines};
+use std::time::Duration;
+
+/// One readable line for an event (`None` for kinds this CLI does not know).
+pub fn describe(ev: &Event) -> Option<String> {
+    Some(match ev {
+        Event::Status { device, entry } => {
+            let mut s = format!(
+                "{} {device} {}",
+                fmt_clock(entry.time),
+                wire_name(&entry.phase)
+            );
+            if entry.commit.is_some() {
+                s.push_str(&format!(" {}", short_commit(entry.commit.as_deref())));
+            }
+            if let Some(g) = entry.generation {
+                s.push_str(&format!(" gen {g}"));
+            }
+            if let Some(d) = &entry.deployment_id {
+                s.push_str(&format!(" deployment {d}"));
+                if let Some(by) = &entry.deployer {
+                    s.push_str(&format!(" by {by}"));
+                }
+            }
+            if let Some(d) = &entry.detail {
+                s.push_str(&format!(": {d}"));
+            }
+            s
+        }
+        Event::Presence {
+            device,
+            online,
+            time,
+        } => format!(
+            "{} {device} {}",
+            fmt_clock(*time),
+            if *online { "online" } else { "offline" }
+        ),
+        Event::Health { device, health: h } => format!(
+            "{} {device} health: app {}, {} restarts, up {}s, rss {} KiB",
+            fmt_clock(h.time),
+            if h.app_running {
+                "running"
+            } else {
+                "not running"
+            },
+            h.restarts,
+            h.uptime_secs,
+            h.app_rss_kb
+        ),
+        Event::Logs { device, lines } => lines
+            .iter()
+            .map(|l| format!("{device} | {l}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Event::Deployment { deployment: d } => format!(
+            "{} deployment {} {}: {}{}",
+            fmt_clock(hammer_protocol::now_ms()),
+            d.id,
+            wire_name(&d.state),
+            super::deploy::summary(d),
+            d.reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        ),
+        Event::Unknown => return None,
+    })
+}
+
+/// Follows the event stream forever, reopening it when it drops or the service restarts.
+async fn follow(
+    client: &Client,
+    query: &[(&str, &str)],
+    mut on_event: impl FnMut(&str, Event),
+) -> Result<()> {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match client
+            .events(query, |raw, ev| {
+                on_event(raw, ev);
+                true
+            })
+            .await
+        {
+            Ok(()) => {
+                eprintln!("(event stream closed by the service; reconnecting)");
+                backoff = Duration::from_millis(500);
+            }
+            Err(e) if is_unreachable(&e) => {
+                eprintln!("({e:#}; retrying in {}s)", backoff.as_secs_f32());
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// `hammer events [--device NAME] [--deployment ID]`.
+pub async fn events(
+    conn: &Conn,
+    device: Option<&str>,
+    deployment: Option<&str>,
+    json: bool,
+) -> Result<()> {
+    let mut query = Vec::new();
+    if let Some(d) = device {
+        check_name(d)?;
+        query.push(("device", d));
+    }
+    if let Some(d) = deployment {
+        check_id(d)?;
+        query.push(("deployment", d));
+    }
+    let client = Client::new(conn)?;
+    follow(&client, &query, |raw, ev| {
+        if json {
+            println!("{raw}");
+        } else if let Some(line) = describe(&ev) {
+            println!("{line}");
+        }
+    })
+    .await
+}
+
+/// `hammer logs NAME [-f]`: the recent lines, then (with -f) live lines as they come.
+pub async fn logs(conn: &Conn, name: &str, follow_on: bool, json: bool) -> Result<()> {
+    check_name(name)?;
+    let client = Client::new(conn)?;
+    let (v, lines): (_, LogLines) = client.get(&format!("/devices/{name}/logs"), &[]).await?;
+    if json {
+        if follow_on {
+            println!("{v}");
+        } else {
+            output::print_json(&v);
+        }
+    } else {
+        for l in &lines.lines {
+            println!("{l}");
+        }
+    }
+    if !follow_on {
+        return Ok(());
+    }
+    follow(&client, &[("device", name)], |raw, ev| {
+        if let Event::Logs { lines, .. } = ev {
+            if json {
+                println!("{raw}");
+            } else {
+                for l in lines {
+                    println!("{l}");
+                }
+            }
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hammer_protocol::api::HistoryEntry;
+    use hammer_protocol::Phase;
+
+    #[test]
+    fn describes_status() {
+        let ev = Event::Status {
+            device: "d1".into(),
+            entry: HistoryEntry {
+                time: 3_600_000,
+                deployment_id: Some("dep1".into()),
+                deployer: Some("alice".into()),
+                generation: Some(2),
+                phase: Phase::RolledBack,
+                commit: Some("0123456789abcdef".into()),
+                detail: Some("app exited".into()),
+                log_tail: vec![],
+            },
+        };
+        assert_eq!(
+            describe(&ev).unwrap(),
+            "01:00:00 d1 rolled_back 0123456789 gen 2 deployment dep1 by alice: app exited"
+        );
+        assert!(describe(&Event::Unknown).is_none());
+    }
+}

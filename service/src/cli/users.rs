@@ -1,0 +1,66 @@
+//! `hammer login` and `hammer user add`.
+
+use super::client::Client;
+use super::config::{self, Conn, Saved};
+use super::{check_name, output};
+use anyhow::{bail, Result};
+use hammer_protocol::api::{CreateUser, NewToken, UserView};
+
+/// Checks the token against the service (`GET /me`) and saves URL and token.
+pub async fn login(conn: &Conn, json: bool) -> Result<()> {
+    if conn.token.is_none() {
+        bail!("`hammer login` needs a token: hammer login --url URL --token TOKEN");
+    }
+    let client = Client::new(conn)?;
+    let (v, me): (_, UserView) = client.get("/me", &[]).await?;
+    let path = config::config_path()?;
+    config::save_to(
+        &path,
+        &Saved {
+            url: Some(conn.url.clone()),
+            token: conn.token.clone(),
+            ca_cert: conn.ca_cert.clone(),
+        },
+    )?;
+    if json {
+        output::print_json(&v);
+    } else {
+        println!(
+            "logged in to {} as {}{}; saved in {} (mode 0600)",
+            conn.url,
+            me.name,
+            if me.admin { " (admin)" } else { "" },
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Creates a user (admin) and prints their token.
+pub async fn add_user(conn: &Conn, name: &str, json: bool) -> Result<()> {
+    check_name(name)?;
+    let client = Client::new(conn)?;
+    let (v, created): (_, NewToken) = client
+        .post(
+            "/users",
+            &CreateUser {
+                name: name.to_string(),
+            },
+        )
+        .await?;
+    if json {
+        output::print_json(&v);
+    } else {
+        eprintln!(
+            "created user {} (id {}); their API token follows, it is shown only once:",
+            created.user.name, created.user.id
+        );
+        println!("{}", created.token);
+        eprintln!(
+            "they log in with: hammer login --url {} --token {}",
+            client.url(),
+            created.token
+        );
+    }
+    Ok(())
+}
