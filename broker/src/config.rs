@@ -1,0 +1,116 @@
+//! Broker configuration: where the front door listens, its TLS material, its limits, and the
+//! sizing of the embedded rumqttd.
+
+use hammer_certs::RevocationList;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Default TLS port of the front door.
+pub const DEFAULT_PORT: u16 = 8883;
+
+/// Everything the broker needs. Build it with [`BrokerConfig::new`] and adjust the public
+/// fields; every limit has a sane default.
+#[derive(Clone)]
+pub struct BrokerConfig {
+    /// Address the mTLS front door listens on (default `0.0.0.0:8883`; port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// PEM of the fleet CA certificate: client certificates must chain to it.
+    pub ca_pem: String,
+    /// PEM chain of the broker's server certificate.
+    pub server_cert_pem: String,
+    /// PEM of the server certificate's private key.
+    pub server_key_pem: String,
+    /// Revoked certificate serials, shared with whoever revokes (the service).
+    pub revocations: Arc<RevocationList>,
+    /// Time allowed from TCP accept to a complete TLS handshake and then again to the MQTT
+    /// CONNECT packet (default 10 s).
+    pub handshake_timeout: Duration,
+    /// Maximum open client connections, pending ones included (default 20,000).
+    pub max_connections: usize,
+    /// Maximum connections from one source IP address that have not yet sent their CONNECT
+    /// (default 256: NATed fleets and the simulator connect from a single address).
+    pub max_pending_per_ip: usize,
+    /// Largest MQTT packet accepted from a client, in bytes of remaining length (default
+    /// [`hammer_protocol::MAX_PACKET`]).
+    pub max_packet: usize,
+    /// How often live connections are checked against the revocation list, for serials added
+    /// to the list directly rather than through [`crate::BrokerHandle::revoke`] (default 500 ms).
+    pub revocation_sweep: Duration,
+    /// Capacity of the connect/disconnect event channel (default 8,192).
+    pub event_capacity: usize,
+    /// Sizing of the embedded rumqttd.
+    pub internal: InternalConfig,
+}
+
+/// Sizing of the embedded rumqttd router. Memory per subscription filter is bounded by
+/// roughly `segment_size * (segment_count + 1)` plus one packet.
+#[derive(Debug, Clone)]
+pub struct InternalConfig {
+    /// Bytes per commit-log segment of each filter (default 256 KiB; rumqttd needs >= 1 KiB).
+    pub segment_size: usize,
+    /// Segments kept in memory per filter besides the active one (default 2).
+    pub segment_count: usize,
+    /// Packets a connection gets from the router per scheduling round (default 200).
+    pub max_outgoing_packet_count: u64,
+    /// Unacknowledged QoS 1/2 messages per connection (default 100).
+    pub max_inflight_count: usize,
+}
+
+impl Default for InternalConfig {
+    fn default() -> Self {
+        InternalConfig {
+            segment_size: 256 * 1024,
+            segment_count: 2,
+            max_outgoing_packet_count: 200,
+            max_inflight_count: 100,
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// A configuration listening on `0.0.0.0:8883` with default limits.
+    pub fn new(
+        ca_pem: impl Into<String>,
+        server_cert_pem: impl Into<String>,
+        server_key_pem: impl Into<String>,
+        revocations: Arc<RevocationList>,
+    ) -> BrokerConfig {
+        BrokerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
+            ca_pem: ca_pem.into(),
+            server_cert_pem: server_cert_pem.into(),
+            server_key_pem: server_key_pem.into(),
+            revocations,
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 20_000,
+            max_pending_per_ip: 256,
+            max_packet: hammer_protocol::MAX_PACKET,
+            revocation_sweep: Duration::from_millis(500),
+            event_capacity: 8192,
+            internal: InternalConfig::default(),
+        }
+    }
+
+    /// Sets the listen address.
+    pub fn with_listen(mut self, listen: SocketAddr) -> BrokerConfig {
+        self.listen = listen;
+        self
+    }
+}
+
+impl std::fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("BrokerConfig")
+            .field("listen", &self.listen)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("max_pending_per_ip", &self.max_pending_per_ip)
+            .field("max_packet", &self.max_packet)
+            .field("revocation_sweep", &self.revocation_sweep)
+            .field("event_capacity", &self.event_capacity)
+            .field("internal", &self.internal)
+            .finish_non_exhaustive()
+    }
+}

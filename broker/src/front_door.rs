@@ -1,0 +1,189 @@
+//! The front door: accepts TCP, runs TLS handshakes concurrently (each with a timeout), caps
+//! connections in total and pending handshakes per source address, requires a client
+//! certificate from the fleet CA, reads its identity, refuses revoked serials, and hands the
+//! connection to [`crate::session`].
+
+use crate::config::BrokerConfig;
+use crate::events::ConnectionEvent;
+use crate::internal::Internal;
+use crate::metrics::{Metrics, RefusalReason};
+use crate::registry::{Kick, Registry};
+use crate::session;
+use hammer_certs::{CaCert, RevocationList};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, watch};
+use tokio_rustls::TlsAcceptor;
+
+/// State shared by the accept loop, every connection task and the handle.
+pub(crate) struct Shared {
+    pub config: BrokerConfig,
+    pub acceptor: TlsAcceptor,
+    pub ca: CaCert,
+    pub revocations: Arc<RevocationList>,
+    pub metrics: Metrics,
+    pub registry: Registry,
+    pub events: broadcast::Sender<ConnectionEvent>,
+    pub internal: Internal,
+    pub next_session: AtomicU64,
+    pub pending: Mutex<HashMap<IpAddr, usize>>,
+    pub shutdown: watch::Sender<bool>,
+}
+
+/// Counts a connection as pending (not yet authenticated) for its source address until dropped.
+pub(crate) struct PendingGuard {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl PendingGuard {
+    fn try_new(shared: &Arc<Shared>, ip: IpAddr) -> Option<PendingGuard> {
+        let mut map = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_default();
+        if *n >= shared.config.max_pending_per_ip {
+            return None;
+        }
+        *n += 1;
+        shared.metrics.handshakes_pending.fetch_add(1, Relaxed);
+        Some(PendingGuard {
+            shared: shared.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        let mut map = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+        self.shared.metrics.handshakes_pending.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Counts an open connection until dropped.
+struct OpenGuard(Arc<Shared>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.metrics.connections_open.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Accepts connections until shutdown.
+pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        shared.metrics.connections_total.fetch_add(1, Relaxed);
+        let open = shared.metrics.connections_open.load(Relaxed);
+        if open >= shared.config.max_connections as u64 {
+            shared.metrics.refuse(RefusalReason::Limit);
+            tracing::warn!(%peer, open, "connection refused: connection limit reached");
+            continue;
+        }
+        let Some(pending) = PendingGuard::try_new(&shared, peer.ip()) else {
+            shared.metrics.refuse(RefusalReason::Limit);
+            tracing::warn!(%peer, "connection refused: too many pending handshakes from this address");
+            continue;
+        };
+        shared.metrics.connections_open.fetch_add(1, Relaxed);
+        let open = OpenGuard(shared.clone());
+        tokio::spawn(handle(shared.clone(), stream, peer, pending, open));
+    }
+    tracing::info!("front door stopped accepting");
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    pending: PendingGuard,
+    _open: OpenGuard,
+) {
+    let _ = stream.set_nodelay(true);
+    let tls = match tokio::time::timeout(
+        shared.config.handshake_timeout,
+        shared.acceptor.accept(stream),
+    )
+    .await
+    {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            shared.metrics.refuse(RefusalReason::Tls);
+            tracing::info!(%peer, error = %e, "TLS handshake refused");
+            return;
+        }
+        Err(_) => {
+            shared.metrics.refuse(RefusalReason::Timeout);
+            tracing::info!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let leaf = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.as_ref().to_vec());
+    let Some(leaf) = leaf else {
+        shared.metrics.refuse(RefusalReason::Tls);
+        tracing::info!(%peer, "no client certificate");
+        return;
+    };
+    let identity = match shared.ca.identity(&leaf, SystemTime::now()) {
+        Ok(i) => i,
+        Err(e) => {
+            shared.metrics.refuse(RefusalReason::Tls);
+            tracing::warn!(%peer, error = %e, "client certificate has no usable identity");
+            return;
+        }
+    };
+    if shared.revocations.is_revoked(&identity.serial) {
+        shared.metrics.refuse(RefusalReason::Revoked);
+        tracing::warn!(role = ?identity.role, id = %identity.id, serial = %identity.serial, %peer, "connection refused: certificate revoked");
+        return;
+    }
+    session::run(shared, tls, identity, peer, pending).await;
+}
+
+/// Periodically closes live sessions whose serial was added to the revocation list directly.
+pub(crate) async fn revocation_sweep(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut tick = tokio::time::interval(shared.config.revocation_sweep);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+        let revocations = &shared.revocations;
+        shared.registry.kick_where(Kick::Revoked, |e| {
+            revocations.is_revoked(&e.identity.serial)
+        });
+    }
+}
