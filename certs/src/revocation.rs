@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 use crate::error::{CertError, Result};
 use crate::files;
@@ -14,6 +14,9 @@ use crate::serial::normalize_serial;
 pub struct RevocationList {
     path: Option<PathBuf>,
     serials: RwLock<BTreeSet<String>>,
+    /// Serialises revocations, so the file is written without holding `serials` for
+    /// writing: readers (the broker's connection checks) never wait for a disk sync.
+    writer: Mutex<()>,
 }
 
 impl RevocationList {
@@ -22,6 +25,7 @@ impl RevocationList {
         RevocationList {
             path: None,
             serials: RwLock::new(BTreeSet::new()),
+            writer: Mutex::new(()),
         }
     }
 
@@ -49,6 +53,7 @@ impl RevocationList {
         Ok(RevocationList {
             path: Some(path.to_path_buf()),
             serials: RwLock::new(serials),
+            writer: Mutex::new(()),
         })
     }
 
@@ -62,22 +67,24 @@ impl RevocationList {
     /// that fails the serial is not revoked and the error is returned.
     pub fn revoke(&self, serial: &str) -> Result<bool> {
         let serial = normalize_serial(serial)?;
-        let mut set = self.serials.write().unwrap_or_else(|p| p.into_inner());
-        if set.contains(&serial) {
-            return Ok(false);
-        }
-        set.insert(serial.clone());
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = {
+            let set = self.serials.read().unwrap_or_else(|p| p.into_inner());
+            if set.contains(&serial) {
+                return Ok(false);
+            }
+            set.clone()
+        };
+        next.insert(serial);
         if let Some(path) = &self.path {
-            let list: Vec<&String> = set.iter().collect();
+            let list: Vec<&String> = next.iter().collect();
             let json = serde_json::to_vec_pretty(&list).map_err(|e| CertError::RevocationFile {
                 path: path.clone(),
                 detail: e.to_string(),
             })?;
-            if let Err(e) = files::write_private(path, json) {
-                set.remove(&serial);
-                return Err(e);
-            }
+            files::write_private(path, json)?;
         }
+        *self.serials.write().unwrap_or_else(|p| p.into_inner()) = next;
         Ok(true)
     }
 

@@ -372,3 +372,26 @@ fn ca_cert_checks() {
     ));
     assert!(Ca::create("").is_err());
 }
+
+#[test]
+fn error_messages_name_the_problem() {
+    let ca = Ca::create("Test fleet CA").unwrap();
+    let issued = ca.issue_device("dev1", "alice", DAY).unwrap();
+    let err = ca
+        .cert()
+        .identity(&der(&issued.cert_pem), issued.not_after + DAY)
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&issued.serial) && msg.contains("expired"),
+        "{msg}"
+    );
+    let err = ca
+        .issue_device("Dev 1", "alice", DAY)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("device id") && err.contains("lowercase"),
+        "{err}"
+    );
+}

@@ -120,6 +120,19 @@ fn revocation_persists_across_reopen() {
 }
 
 #[test]
+fn failed_persist_does_not_revoke() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("sub");
+    fs::create_dir(&sub).unwrap();
+    let list = RevocationList::open(&sub.join("revoked.json")).unwrap();
+    fs::remove_dir(&sub).unwrap();
+    let err = list.revoke("abcd").unwrap_err();
+    assert!(matches!(err, CertError::Io { .. }), "{err}");
+    assert!(!list.is_revoked("abcd"));
+    assert!(list.serials().is_empty());
+}
+
+#[test]
 fn revocation_is_shared_between_threads() {
     let list = std::sync::Arc::new(RevocationList::in_memory());
     let handles: Vec<_> = (0..4u32)
