@@ -145,6 +145,24 @@ async fn open_store(dir: &Path) -> anyhow::Result<SledStore> {
         .unwrap_or_else(|| anyhow::anyhow!("cannot open the store")))
 }
 
+/// Starts the embedded broker, waiting a little for a previous instance in this process to
+/// release a fixed port.
+async fn start_broker(bc: BrokerConfig) -> anyhow::Result<BrokerHandle> {
+    let mut tries = 0;
+    loop {
+        match Broker::start(bc.clone()).await {
+            Ok(h) => return Ok(h),
+            Err(hammer_broker::BrokerError::Listen { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse && tries < 30 =>
+            {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("cannot start the embedded broker")),
+        }
+    }
+}
+
 /// Creates the admin user on first start and returns its token (from `admin.token`, or a
 /// new one when the file is missing).
 async fn ensure_admin(store: &dyn Store, dir: &Path) -> anyhow::Result<String> {
@@ -206,9 +224,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
                 material.revocations.clone(),
             )
             .with_listen(cfg.mqtt);
-            let handle = Broker::start(bc)
-                .await
-                .context("cannot start the embedded broker")?;
+            let handle = start_broker(bc).await?;
             let addr = handle.local_addr();
             let local_ip = if addr.ip().is_unspecified() {
                 IpAddr::V4(Ipv4Addr::LOCALHOST)

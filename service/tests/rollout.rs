@@ -1,0 +1,376 @@
+//! Deployments against the real embedded broker with simulated devices over mTLS.
+
+mod common;
+
+use common::{Behavior, Harness};
+use hammer_protocol::Phase;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+async fn deploy(h: &Harness, token: &str, body: Value) -> String {
+    let (s, v) = h.post("/api/v1/deployments", token, body).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    v["id"].as_str().unwrap().to_owned()
+}
+
+fn targets(v: &Value) -> Vec<Value> {
+    v["targets"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn success_pins_commit_and_records_history() {
+    let h = Harness::start().await;
+    let t = h.user("alice").await;
+    let mut devs = Vec::new();
+    for i in 0..3 {
+        devs.push(
+            h.ready_device(
+                "alice",
+                &t,
+                &format!("d{i}"),
+                json!({"group": "a"}),
+                Behavior::Succeed,
+            )
+            .await,
+        );
+    }
+    // Devices after the first resolve the ref to another commit: the pin must win.
+    let id = {
+        let id = deploy(
+            &h,
+            &t,
+            json!({"targets": {"tag": "group=a"}, "strategy": {"max_in_flight": 1}}),
+        )
+        .await;
+        *devs[1].head.lock().unwrap() = "2222222222222222222222222222222222222222".into();
+        *devs[2].head.lock().unwrap() = "2222222222222222222222222222222222222222".into();
+        id
+    };
+    let v = h.wait_deployment(&t, &id, 20).await;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_eq!(v["commit"], "1111111111111111111111111111111111111111");
+    for tg in targets(&v) {
+        assert_eq!(tg["state"], "succeeded", "{v}");
+        assert_eq!(
+            tg["commit"], "1111111111111111111111111111111111111111",
+            "{v}"
+        );
+    }
+    assert_eq!(
+        devs[2].last_desired().unwrap().commit.as_deref(),
+        Some("1111111111111111111111111111111111111111")
+    );
+    let (_, d) = h.get("/api/v1/devices/d0", &t).await;
+    assert_eq!(
+        d["current_commit"],
+        "1111111111111111111111111111111111111111"
+    );
+    assert_eq!(d["app_phase"], "running");
+    let (_, hist) = h.get("/api/v1/devices/d0/history", &t).await;
+    let hist = hist.as_array().unwrap();
+    assert!(
+        hist.iter().any(|e| e["phase"] == "running"
+            && e["deployer"] == "alice"
+            && e["deployment_id"] == id.as_str()),
+        "{hist:?}"
+    );
+    let (_, list) = h.get("/api/v1/deployments", &t).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failing_device_fails_the_deployment() {
+    let h = Harness::start().await;
+    let t = h.user("alice").await;
+    let _a = h
+        .ready_device("alice", &t, "a", json!({}), Behavior::Succeed)
+        .await;
+    let _b = h
+        .ready_device("alice", &t, "b", json!({}), Behavior::Fail)
+        .await;
+    let id = deploy(&h, &t, json!({"targets": {"names": ["a", "b"]}})).await;
+    let v = h.wait_deployment(&t, &id, 20).await;
+    assert_eq!(v["state"], "failed", "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("1 of 2"), "{v}");
+    let b = targets(&v)
+        .into_iter()
+        .find(|t| t["device"] == "b")
+        .unwrap();
+    assert_eq!(b["state"], "failed");
+    assert!(
+        b["detail"]
+            .as_str()
+            .unwrap()
+            .contains("health check failed"),
+        "{b}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn abort_at_threshold_skips_the_rest() {
+    let h = Harness::start().await;
+    let t = h.user("alice").await;
+    let _d0 = h
+        .ready_device("alice", &t, "d0", json!({"g": "x"}), Behavior::Fail)
+        .await;
+    let mut rest = Vec::new();
+    for i in 1..4 {
+        rest.push(
+            h.ready_device(
+                "alice",
+                &t,
+                &format!("d{i}"),
+                json!({"g": "x"}),
+                Behavior::Succeed,
+            )
+            .await,
+        );
+    }
+    let id = deploy(
+        &h,
+        &t,
+        json!({"targets": {"tag": "g=x"}, "strategy": {"max_in_flight": 1, "abort_at_percent": 50, "abort_min_devices": 1}}),
+    )
+    .await;
+    let v = h.wait_deployment(&t, &id, 20).await;
+    assert_eq!(v["state"], "failed", "{v}");
+    assert!(v["reason"].as_str().unwrap().starts_with("aborted"), "{v}");
+    let ts = targets(&v);
+    assert_eq!(ts[0]["state"], "failed");
+    for tg in &ts[1..] {
+        assert_eq!(tg["state"], "skipped", "{v}");
+    }
+    // Devices not started keep their release: they never got a desired state.
+    for d in &rest {
+        assert!(d.last_desired().is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn silent_device_times_out() {
+    let h = Harness::start().await;
+    let t = h.user("alice").await;
+    let _d = h
+        .ready_device("alice", &t, "quiet", json!({}), Behavior::Silent)
+        .await;
+    let id = deploy(
+        &h,
+        &t,
+        json!({"targets": {"names": ["quiet"]}, "strategy": {"timeout_secs": 1}}),
+    )
+    .await;
+    let v = h.wait_deployment(&t, &id, 10).await;
+    assert_eq!(v["state"], "failed", "{v}");
+    assert_eq!(targets(&v)[0]["state"], "timed_out", "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retries_get_a_new_generation() {
+    let h = Harness::start().await;
+    let t = h.user("alice").await;
+    let d = h
+        .ready_device("alice", &t, "flaky", json!({}), Behavior::FailTimes(1))
+        .await;
+    let id = deploy(
+        &h,
+        &t,
+        json!({"targets": {"names": ["flaky"]}, "strategy": {"retries": 1}}),
+    )
+    .await;
+    let v = h.wait_deployment(&t, &id, 20).await;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_eq!(targets(&v)[0]["attempts"], 2, "{v}");
+    let gens: Vec<u64> = d
+        .desired
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|d| d.generation)
+        .collect();
+    assert_eq!(gens, vec![1, 2]);
+    // The retry is pinned to the commit fetched first.
+    assert!(d.last_desired().unwrap().commit.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_a_running_deployment() {
+    let h = Harness::start().await;
+    let t = h.user("alice").await;
+    let _d = h
+        .ready_device("alice", &t, "slow", json!({}), Behavior::Silent)
+        .await;
+    let _e = h
+        .ready_device("alice", &t, "next", json!({}), Behavior::Succeed)
+        .await;
+    let id = deploy(
+        &h,
+        &t,
+        json!({"targets": {"names": ["slow", "next"]}, "strategy": {"max_in_flight": 1}}),
+    )
+    .await;
+    // A device in a running deployment cannot join another one.
+    let (s, _) = h
+        .post(
+            "/api/v1/deployments",
+            &t,
+            json!({"targets": {"names": ["slow"]}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let (s, v) = h
+        .post(&format!("/api/v1/deployments/{id}/cancel"), &t, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["state"], "canceled");
+    assert!(v["reason"].as_str().unwrap().contains("alice"));
+    for tg in targets(&v) {
+        assert_eq!(tg["state"], "skipped", "{v}");
+    }
+    let (s, _) = h
+        .post(&format!("/api/v1/deployments/{id}/cancel"), &t, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    // The devices are free again.
+    deploy(&h, &t, json!({"targets": {"names": ["next"]}})).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn service_restart_in_the_middle_of_a_rollout() {
+    let mut h = Harness::start().await;
+    let t = h.user("alice").await;
+    let first = h
+        .ready_device("alice", &t, "first", json!({}), Behavior::Silent)
+        .await;
+    let _second = h
+        .ready_device("alice", &t, "second", json!({}), Behavior::Succeed)
+        .await;
+    let id = deploy(&h, &t, json!({"targets": {"names": ["first", "second"]}, "strategy": {"max_in_flight": 1, "timeout_secs": 60}})).await;
+    let desired = first.wait_desired().await;
+    first
+        .report(
+            first.next_seq(),
+            Some(&desired),
+            Phase::Fetched,
+            Some("abc"),
+        )
+        .await;
+    assert!(
+        first
+            .wait_ack(first.seq.load(std::sync::atomic::Ordering::SeqCst))
+            .await
+    );
+
+    h.restart().await;
+
+    // The device reconnects on its own; it finishes what it was doing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    first
+        .report(
+            first.next_seq(),
+            Some(&desired),
+            Phase::Running,
+            Some("abc"),
+        )
+        .await;
+    let v = h.wait_deployment(&t, &id, 30).await;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_eq!(v["commit"], "abc");
+    let ts = targets(&v);
+    assert_eq!(ts[0]["state"], "succeeded");
+    assert_eq!(ts[1]["state"], "succeeded");
+    // History survived the restart.
+    let (_, hist) = h.get("/api/v1/devices/first/history", &t).await;
+    assert!(hist.as_array().unwrap().len() >= 3, "{hist}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_is_stored_once_and_acked_contiguously() {
+    let h = Harness::start().await;
+    let t = h.user("alice").await;
+    let bundle = h.provision("alice", "d", json!({})).await;
+    let d = common::SimDevice::connect(h.svc().mqtt_addr, &bundle, Behavior::Silent).await;
+    d.status(1, Phase::Stopped).await;
+    d.status(2, Phase::Restarted).await;
+    assert!(d.wait_ack(2).await);
+    d.status(1, Phase::Stopped).await; // duplicate
+    d.status(4, Phase::Crashed).await; // gap at 3
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let top = d.acks.lock().unwrap().iter().map(|a| a.seq).max().unwrap();
+    assert_eq!(top, 2, "must not ack past a gap");
+    d.status(3, Phase::Restarted).await;
+    assert!(d.wait_ack(4).await);
+    let (_, hist) = h.get("/api/v1/devices/d/history", &t).await;
+    assert_eq!(hist.as_array().unwrap().len(), 4, "{hist}");
+    let (_, m) = h.get("/metrics", "").await;
+    let m = m.as_str().unwrap().to_owned();
+    assert!(m.contains("hammer_status_events_ingested_total 4"), "{m}");
+    assert!(m.contains("hammer_status_events_duplicate_total"), "{m}");
+    assert!(m.contains("hammer_devices_online 1"), "{m}");
+    // A garbage payload is counted, not fatal.
+    d.client
+        .publish(
+            hammer_protocol::topics::topic(&d.id, hammer_protocol::Channel::Status),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            vec![0xff, 0x00],
+        )
+        .await
+        .unwrap();
+    d.status(5, Phase::Running).await;
+    assert!(d.wait_ack(5).await);
+    let (_, m) = h.get("/metrics", "").await;
+    assert!(
+        m.as_str().unwrap().contains("hammer_bad_payloads_total 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn event_stream_shows_only_own_devices() {
+    let h = Harness::start().await;
+    let ta = h.user("alice").await;
+    let tb = h.user("bob").await;
+    let a = common::SimDevice::connect(
+        h.svc().mqtt_addr,
+        &h.provision("alice", "ad", json!({})).await,
+        Behavior::Silent,
+    )
+    .await;
+    let b = common::SimDevice::connect(
+        h.svc().mqtt_addr,
+        &h.provision("bob", "bd", json!({})).await,
+        Behavior::Silent,
+    )
+    .await;
+    let mut resp = h
+        .http
+        .get(format!("{}/api/v1/events", h.base))
+        .bearer_auth(&tb)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Bob cannot filter on Alice's device.
+    let (s, _) = h.get("/api/v1/events?device=ad", &tb).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.status(1, Phase::Crashed).await;
+    b.status(1, Phase::Restarted).await;
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !text.contains("restarted") {
+        match tokio::time::timeout_at(deadline, resp.chunk()).await {
+            Ok(Ok(Some(c))) => text.push_str(&String::from_utf8_lossy(&c)),
+            _ => break,
+        }
+    }
+    // Give Alice's event time to (not) arrive.
+    if let Ok(Ok(Some(c))) = tokio::time::timeout(Duration::from_millis(500), resp.chunk()).await {
+        text.push_str(&String::from_utf8_lossy(&c));
+    }
+    assert!(text.contains("\"device\":\"bd\""), "{text}");
+    assert!(!text.contains("\"ad\""), "{text}");
+    assert!(!text.contains("crashed"), "{text}");
+    let _ = ta;
+}
