@@ -100,7 +100,8 @@ fn main() -> ExitCode {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                 tracing_subscriber::EnvFilter::new(match parsed.command {
-                    Command::Serve(_) | Command::Broker(_) => "info",
+                    // rumqttd logs every subscription at info: too chatty for a console.
+                    Command::Serve(_) | Command::Broker(_) => "info,rumqttd=warn",
                     _ => "warn",
                 })
             }),
