@@ -119,7 +119,10 @@ pub async fn run(
                 Some(ev) => agent.on_link(ev).await,
                 None => anyhow::bail!("the MQTT event loop stopped"),
             },
-            _ = outbox.appended() => agent.publish_new().await,
+            _ = outbox.appended() => {
+                agent.publish_new().await;
+                agent.write_status_snapshot();
+            }
             _ = health_tick.tick() => agent.publish_health().await,
             step = async { agent.logs.as_mut().expect("guarded").next().await }, if logs_on => {
                 match step {
@@ -288,6 +291,16 @@ impl Agent {
             self.sent.insert(ev.seq, Instant::now());
         }
         Ok(())
+    }
+
+    /// Keeps `DATA/status.json` current for `hammer-manager status` (event-driven, no timer).
+    fn write_status_snapshot(&self) {
+        if let Some(json) = self.backend.status_json() {
+            let path = self.opts.data_dir.join(crate::config::STATUS_SNAPSHOT_FILE);
+            if let Err(e) = hammer_certs::files::write_public(&path, json) {
+                tracing::debug!(error = %e, "cannot write the status snapshot");
+            }
+        }
     }
 
     async fn publish_health(&mut self) {

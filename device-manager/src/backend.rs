@@ -48,4 +48,9 @@ pub trait Backend: Send + Sync + 'static {
     fn health(&self) -> HealthFigures;
     /// A receiver of live app output lines, while logs are on.
     fn subscribe_logs(&self) -> Option<broadcast::Receiver<String>>;
+    /// A JSON snapshot of what runs locally, written to `DATA/status.json` after each status
+    /// event so `hammer-manager status` can answer while the database is locked by `run`.
+    fn status_json(&self) -> Option<String> {
+        None
+    }
 }

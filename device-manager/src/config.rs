@@ -19,6 +19,8 @@ pub const CA_FILE: &str = "ca.pem";
 pub const CERT_FILE: &str = "device.pem";
 pub const KEY_FILE: &str = "device.key";
 pub const SEALING_KEY_FILE: &str = "sealing.key";
+/// JSON snapshot of the local status, kept by a running manager.
+pub const STATUS_SNAPSHOT_FILE: &str = "status.json";
 
 /// Paths inside one data dir.
 #[derive(Debug, Clone)]

@@ -18,5 +18,6 @@ pub mod link;
 pub mod logstream;
 pub mod outbox;
 pub mod runtime;
+pub mod runtime_glue;
 pub mod store;
 pub mod verify;
