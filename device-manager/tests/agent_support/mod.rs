@@ -160,7 +160,12 @@ pub struct Service {
 
 impl Service {
     pub async fn connect(broker: SocketAddr, key: SigningKeyPair) -> Service {
-        let mut o = MqttOptions::new("svc", broker.ip().to_string(), broker.port());
+        let o = MqttOptions::new("svc", broker.ip().to_string(), broker.port());
+        Service::connect_with(o, key).await
+    }
+
+    /// Connects with the given options (e.g. mTLS with a service certificate).
+    pub async fn connect_with(mut o: MqttOptions, key: SigningKeyPair) -> Service {
         o.set_keep_alive(Duration::from_secs(30))
             .set_max_packet_size(MAX_PACKET, MAX_PACKET);
         let (client, mut el) = AsyncClient::new(o, 64);
