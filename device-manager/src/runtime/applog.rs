@@ -1,0 +1,164 @@
+//! App output: a size-bounded, rotated log file (`app.log`, `app.log.1`), an in-memory ring
+//! buffer of the last lines, and a broadcast of live lines while logs are on.
+//!
+//! The file rotates when it would pass `max_bytes`, so the two files together hold at most
+//! about twice that. Lines are numbered so a failure report can take the tail of one app
+//! instance only.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::broadcast;
+
+/// Lines kept in memory.
+pub const RING_LINES: usize = 200;
+/// Lines sent with a failure report.
+pub const TAIL_LINES: usize = 20;
+/// Longer lines are cut (and a line without newline is split) at this many bytes.
+const MAX_LINE: usize = 4096;
+
+struct Inner {
+    ring: VecDeque<(u64, String)>,
+    next: u64,
+    file: Option<File>,
+    written: u64,
+}
+
+/// Shared app output sink. Cheap to clone.
+#[derive(Clone)]
+pub struct AppLog {
+    inner: Arc<Mutex<Inner>>,
+    path: PathBuf,
+    max_bytes: u64,
+    live_on: Arc<AtomicBool>,
+    live: broadcast::Sender<String>,
+}
+
+impl AppLog {
+    pub fn new(path: PathBuf, max_bytes: u64) -> AppLog {
+        let written = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let (live, _) = broadcast::channel(1024);
+        AppLog {
+            inner: Arc::new(Mutex::new(Inner {
+                ring: VecDeque::with_capacity(RING_LINES),
+                next: 0,
+                file: None,
+                written,
+            })),
+            path,
+            max_bytes: max_bytes.max(1024),
+            live_on: Arc::new(AtomicBool::new(false)),
+            live,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The number the next line will get; pass it to [`AppLog::tail_since`].
+    pub fn mark(&self) -> u64 {
+        self.lock().next
+    }
+
+    /// Records one line (also used for the manager's own notes about the app).
+    pub fn push(&self, line: String) {
+        let mut inner = self.lock();
+        let n = inner.next;
+        inner.next += 1;
+        if let Err(e) = self.write_file(&mut inner, &line) {
+            tracing::warn!("app log file {}: {e}", self.path.display());
+            inner.file = None;
+        }
+        if inner.ring.len() == RING_LINES {
+            inner.ring.pop_front();
+        }
+        if self.live_on.load(Ordering::Relaxed) && self.live.receiver_count() > 0 {
+            let _ = self.live.send(line.clone());
+        }
+        inner.ring.push_back((n, line));
+    }
+
+    fn write_file(&self, inner: &mut Inner, line: &str) -> std::io::Result<()> {
+        let len = line.len() as u64 + 1;
+        if inner.written > 0 && inner.written + len > self.max_bytes {
+            inner.file = None;
+            let mut rotated = self.path.clone().into_os_string();
+            rotated.push(".1");
+            std::fs::rename(&self.path, rotated)?;
+            inner.written = 0;
+        }
+        if inner.file.is_none() {
+            inner.file = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?,
+            );
+        }
+        if let Some(f) = inner.file.as_mut() {
+            f.write_all(line.as_bytes())?;
+            f.write_all(b"\n")?;
+            inner.written += len;
+        }
+        Ok(())
+    }
+
+    /// The last `n` lines numbered `from` or later.
+    pub fn tail_since(&self, from: u64, n: usize) -> Vec<String> {
+        let inner = self.lock();
+        let lines: Vec<String> = inner
+            .ring
+            .iter()
+            .filter(|(i, _)| *i >= from)
+            .map(|(_, l)| l.clone())
+            .collect();
+        lines[lines.len().saturating_sub(n)..].to_vec()
+    }
+
+    /// Turns live streaming on or off.
+    pub fn set_live(&self, on: bool) {
+        self.live_on.store(on, Ordering::Relaxed);
+    }
+
+    /// A receiver of live lines (only sent while live streaming is on).
+    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.live.subscribe()
+    }
+
+    /// Reads `stream` line by line into the log until it closes.
+    pub async fn pump<R: AsyncRead + Unpin>(self, stream: R, prefix: &'static str) {
+        let mut reader = BufReader::new(stream);
+        let mut line: Vec<u8> = Vec::new();
+        while let Ok(buf) = reader.fill_buf().await {
+            if buf.is_empty() {
+                break;
+            }
+            let (used, complete) = match buf.iter().position(|b| *b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (buf.len(), false),
+            };
+            let room = MAX_LINE.saturating_sub(line.len());
+            let take = if complete { used - 1 } else { used };
+            line.extend_from_slice(&buf[..take.min(room)]);
+            reader.consume(used);
+            if complete || line.len() >= MAX_LINE {
+                self.emit(prefix, &line);
+                line.clear();
+            }
+        }
+        if !line.is_empty() {
+            self.emit(prefix, &line);
+        }
+    }
+
+    fn emit(&self, prefix: &str, bytes: &[u8]) {
+        let text = String::from_utf8_lossy(bytes);
+        let text = text.trim_end_matches('\r');
+        self.push(format!("{prefix}{text}"));
+    }
+}

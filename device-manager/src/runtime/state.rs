@@ -1,0 +1,138 @@
+//! Persisted runtime state: one typed JSON value under key `state` in the sled tree `runtime`.
+//!
+//! Every change is written and flushed (`Db::flush`) before the runtime acts on it, so a
+//! SIGKILL at any point leaves a state that [`crate::runtime::reconcile`] can finish or roll
+//! back on the next start. Phases are enums, never strings.
+
+use hammer_protocol::DesiredState;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+const TREE: &str = "runtime";
+const KEY: &[u8] = b"state";
+
+/// Errors reading or writing the persisted state.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("runtime state store: {0}")]
+    Db(#[from] sled::Error),
+    #[error("runtime state is not valid: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// A release: one commit and the spec it runs with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    pub commit: String,
+    pub generation: u64,
+    pub deployment_id: String,
+    pub start: String,
+    pub env: BTreeMap<String, String>,
+}
+
+impl Release {
+    pub fn from_desired(desired: &DesiredState, commit: &str) -> Release {
+        Release {
+            commit: commit.to_string(),
+            generation: desired.generation,
+            deployment_id: desired.deployment_id.clone(),
+            start: desired.start.clone(),
+            env: desired.env.clone(),
+        }
+    }
+
+    /// Same commit and same way of starting it.
+    pub fn same_run(&self, other: &Release) -> bool {
+        self.commit == other.commit && self.start == other.start && self.env == other.env
+    }
+}
+
+/// The app instance last started: enough to find it again after the manager restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppRecord {
+    /// Pid of the `/bin/sh` leader; also the process group id.
+    pub pgid: i32,
+    /// Field 22 of `/proc/<pid>/stat` (clock ticks after boot).
+    pub start_time: u64,
+}
+
+/// The step a deployment is in. Persisted before the step is taken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Deployment {
+    /// Nothing in progress.
+    #[default]
+    Idle,
+    /// Fetching and checking out; nothing visible changed yet (redo from the start).
+    Fetching { desired: Box<DesiredState> },
+    /// The release `commit` is complete under `releases/`; the old app is being stopped and
+    /// `current` swapped to it.
+    Switching {
+        desired: Box<DesiredState>,
+        release: Release,
+        previous: Option<Release>,
+    },
+    /// The new release runs inside its health window.
+    Verifying {
+        desired: Box<DesiredState>,
+        release: Release,
+        previous: Option<Release>,
+    },
+    /// The new release failed; going back to `previous` (or to nothing).
+    RollingBack {
+        desired: Box<DesiredState>,
+        release: Release,
+        previous: Option<Release>,
+        reason: String,
+        log_tail: Vec<String>,
+    },
+}
+
+/// Everything the runtime persists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RuntimeState {
+    /// The last desired state acted on (its generation is "the one acted on").
+    pub desired: Option<DesiredState>,
+    /// The release `current` points at.
+    pub current: Option<Release>,
+    /// The release before it (rollback target).
+    pub previous: Option<Release>,
+    pub deployment: Deployment,
+    /// Generations rolled back from: never retried.
+    pub rolled_back: BTreeSet<u64>,
+    /// The desired run state is `stopped`.
+    pub stopped: bool,
+    /// The app instance started last, while it may run.
+    pub app: Option<AppRecord>,
+}
+
+/// Loads and saves [`RuntimeState`].
+#[derive(Clone)]
+pub struct StateStore {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+impl StateStore {
+    pub fn open(db: &sled::Db) -> Result<StateStore, StateError> {
+        Ok(StateStore {
+            db: db.clone(),
+            tree: db.open_tree(TREE)?,
+        })
+    }
+
+    pub fn load(&self) -> Result<RuntimeState, StateError> {
+        match self.tree.get(KEY)? {
+            Some(bytes) => Ok(serde_json::from_slice(&bytes)?),
+            None => Ok(RuntimeState::default()),
+        }
+    }
+
+    /// Writes the state and flushes it to disk before returning.
+    pub fn save(&self, state: &RuntimeState) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec(state)?;
+        self.tree.insert(KEY, bytes)?;
+        self.db.flush()?;
+        Ok(())
+    }
+}
