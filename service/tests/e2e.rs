@@ -127,6 +127,22 @@ impl World {
         run_with_timeout(cmd, &self.root.join("scratch"), timeout)
     }
 
+    /// Starts a long-running `hammer ARGS` (events, logs -f) with output to `log`.
+    fn spawn_cli(&self, token: &str, args: &[&str], log: &str) -> Proc {
+        let mut cmd = Command::new(&self.hammer);
+        cmd.current_dir(&self.root)
+            .args(args)
+            .env("HAMMER_URL", self.url())
+            .env("HAMMER_TOKEN", token)
+            .env("XDG_CONFIG_HOME", self.root.join("config"))
+            .env_remove("RUST_LOG");
+        Proc::spawn(
+            &format!("hammer {}", args.join(" ")),
+            cmd,
+            &self.root.join(log),
+        )
+    }
+
     /// `hammer ARGS` that must succeed; returns stdout.
     fn ok(&self, token: &str, args: &[&str]) -> String {
         let out = self.cli(Some(token), args, WAIT);
@@ -277,9 +293,29 @@ impl Drop for World {
 fn build_manager(hammer: &Path) -> PathBuf {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(workspace)
-        .args(["build", "-p", "hammer-manager"])
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace)
+        .args(["build", "-p", "hammer-manager"]);
+    // Cargo sets these for the test process; passed on, they change build scripts' inputs
+    // (ring reruns on CARGO_PKG_*) and the nested build would redo half the tree each time.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().to_string();
+        if [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_",
+        ]
+        .iter()
+        .any(|p| k.starts_with(p))
+            || k == "OUT_DIR"
+            || k == "CARGO_TARGET_TMPDIR"
+        {
+            cmd.env_remove(k);
+        }
+    }
+    let status = cmd
         .status()
         .expect("cannot run cargo to build hammer-manager");
     assert!(status.success(), "cargo build -p hammer-manager failed");
@@ -407,12 +443,35 @@ fn whole_system() {
     std::fs::write(repo.join("VERSION"), "v2\n").unwrap();
     git(&repo, &["commit", "-qam", "v2"]);
     let v2 = git(&repo, &["rev-parse", "HEAD"]);
+    let events = w.spawn_cli(&alice, &["events", "--device", "d1"], "events-d1.log");
+    std::thread::sleep(Duration::from_millis(500));
     let (out, dep2) = w.deploy_wait(&alice, &["--tag", "group=lab"]);
     assert!(out.status.success(), "deploy v2: {}", describe(&out));
     assert_eq!(dep2["state"], "succeeded", "{dep2}");
     assert_eq!(dep2["commit"], v2.as_str(), "v2 commit pinned: {dep2}");
     w.wait_app("d1", "v2");
     w.wait_app("d2", "v2");
+    // `hammer events` printed d1's progress, one line per event.
+    let events_log = events.log.clone();
+    wait_for("`hammer events` to show d1 running", WAIT, |seen| {
+        *seen = tail(&events_log, 10);
+        seen.lines()
+            .any(|l| l.contains(" d1 running ") && l.contains("by alice"))
+            .then_some(())
+    });
+    drop(events);
+    // `hammer logs -f` follows the app's output live (a request makes a log line).
+    let logs = w.spawn_cli(&alice, &["logs", "d1", "-f"], "logs-d1.log");
+    let logs_log = logs.log.clone();
+    let d1_port = w.app_ports["d1"];
+    wait_for("`hammer logs d1 -f` to show a request", WAIT, |seen| {
+        let _ = http_get(d1_port);
+        *seen = tail(&logs_log, 5);
+        seen.contains("GET /").then_some(())
+    });
+    drop(logs);
+    let recent = w.ok(&alice, &["logs", "d1"]);
+    assert!(recent.contains("GET /"), "hammer logs d1: {recent}");
     let (id1, id2) = (str_of(&dep1, "id"), str_of(&dep2, "id"));
     for d in ["d1", "d2"] {
         let h = w.history(&alice, d);

@@ -9,6 +9,9 @@ use anyhow::Result;
 use hammer_protocol::api::{Event, LogLines};
 use std::time::Duration;
 
+/// How often `logs -f` renews the service's one-minute log watch.
+const LOG_KEEPALIVE: Duration = Duration::from_secs(30);
+
 /// One readable line for an event (`None` for kinds this CLI does not know).
 pub fn describe(ev: &Event) -> Option<String> {
     Some(match ev {
@@ -151,7 +154,20 @@ pub async fn logs(conn: &Conn, name: &str, follow_on: bool, json: bool) -> Resul
     if !follow_on {
         return Ok(());
     }
-    follow(&client, &[("device", name)], |raw, ev| {
+    // The device streams its output for a minute after each `GET /logs`: keep asking.
+    let keepalive = {
+        let client = client.clone();
+        let path = format!("/devices/{name}/logs");
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LOG_KEEPALIVE).await;
+                if let Err(e) = client.get::<LogLines>(&path, &[]).await {
+                    tracing::debug!("log keep-alive failed: {e:#}");
+                }
+            }
+        })
+    };
+    let res = follow(&client, &[("device", name)], |raw, ev| {
         if let Event::Logs { lines, .. } = ev {
             if json {
                 println!("{raw}");
@@ -162,7 +178,9 @@ pub async fn logs(conn: &Conn, name: &str, follow_on: bool, json: bool) -> Resul
             }
         }
     })
-    .await
+    .await;
+    keepalive.abort();
+    res
 }
 
 #[cfg(test)]
