@@ -1,0 +1,283 @@
+//! Git credentials against real servers: HTTP basic auth in front of `git http-backend` (a
+//! small Python server), and SSH keys against a real `sshd` on a loopback port with a
+//! known-hosts check. The SSH test is skipped (with a message) when `/usr/sbin/sshd` is absent.
+
+mod runtime_support;
+
+use hammer_protocol::{GitCredentials, Phase};
+use runtime_support::*;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const HTTP_SERVER: &str = r#"
+import base64, http.server, os, socketserver, subprocess, sys
+
+ROOT, USER, TOKEN = sys.argv[1], sys.argv[2], sys.argv[3]
+EXPECTED = "Basic " + base64.b64encode(f"{USER}:{TOKEN}".encode()).decode()
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def handle_any(self):
+        if self.headers.get("Authorization") != EXPECTED:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="git"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        path, _, query = self.path.partition("?")
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        env = dict(os.environ, GIT_PROJECT_ROOT=ROOT, GIT_HTTP_EXPORT_ALL="1",
+                   PATH_INFO=path, QUERY_STRING=query, REQUEST_METHOD=self.command,
+                   CONTENT_TYPE=self.headers.get("Content-Type", ""),
+                   CONTENT_LENGTH=str(len(body)), REMOTE_USER=USER,
+                   GATEWAY_INTERFACE="CGI/1.1")
+        if self.headers.get("Content-Encoding"):
+            env["HTTP_CONTENT_ENCODING"] = self.headers["Content-Encoding"]
+        out = subprocess.run(["git", "http-backend"], input=body, env=env,
+                             capture_output=True).stdout
+        head, _, payload = out.partition(b"\r\n\r\n")
+        status = 200
+        headers = []
+        for line in head.decode().split("\r\n"):
+            if not line:
+                continue
+            k, _, v = line.partition(":")
+            if k.lower() == "status":
+                status = int(v.strip().split()[0])
+            else:
+                headers.append((k, v.strip()))
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = handle_any
+    do_POST = handle_any
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+
+srv = Server(("127.0.0.1", 0), Handler)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+
+/// Kills the server when the test ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Serves `root` over HTTP with basic auth; returns the server and its port.
+fn http_git_server(root: &Path, user: &str, token: &str) -> (Server, u16) {
+    let script = root.join("server.py");
+    std::fs::write(&script, HTTP_SERVER).unwrap();
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .arg(root)
+        .arg(user)
+        .arg(token)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line.trim().parse().expect("server prints its port");
+    (Server(child), port)
+}
+
+#[tokio::test]
+async fn https_credentials_right_and_wrong() {
+    let w = World::new();
+    let v1 = w.repo.commit_app(GOOD_APP, true, "v1");
+    let root = w.tmp.path().join("served");
+    std::fs::create_dir_all(&root).unwrap();
+    git(
+        &root,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &w.repo.dir.display().to_string(),
+            "app.git",
+        ],
+    );
+    let (_server, port) = http_git_server(&root, "deploy", "s3cret-token");
+    let url = format!("http://127.0.0.1:{port}/app.git");
+    let rt = w.spawn();
+
+    // Wrong token: a clear failure that never shows the token.
+    let mut d1 = w.desired(1, "main");
+    d1.repo_url = url.clone();
+    let wrong = GitCredentials::Https {
+        username: "deploy".into(),
+        token: "wrong-token".into(),
+    };
+    send_with(&rt, d1, Some(wrong)).await;
+    let r = w
+        .sink
+        .wait_any(1, &[Phase::Failed, Phase::Running], 0)
+        .await;
+    assert_eq!(r.phase, Phase::Failed);
+    let detail = r.detail.unwrap();
+    assert!(detail.contains("authentication failed"), "{detail}");
+    assert!(!detail.contains("wrong-token"), "{detail}");
+
+    // No credentials at all.
+    let mut d2 = w.desired(2, "main");
+    d2.repo_url = url.clone();
+    send_with(&rt, d2, None).await;
+    let r = w
+        .sink
+        .wait_any(2, &[Phase::Failed, Phase::Running], 0)
+        .await;
+    assert_eq!(r.phase, Phase::Failed);
+    assert!(r.detail.unwrap().contains("no git credentials"));
+
+    // The right ones.
+    let mut d3 = w.desired(3, "main");
+    d3.repo_url = url;
+    let right = GitCredentials::Https {
+        username: "deploy".into(),
+        token: "s3cret-token".into(),
+    };
+    send_with(&rt, d3, Some(right)).await;
+    let r = w
+        .sink
+        .wait_any(3, &[Phase::Failed, Phase::Running], 0)
+        .await;
+    assert_eq!(r.phase, Phase::Running, "{r:?}");
+    w.one_app(&v1).await;
+    for r in w.sink.all() {
+        let text = format!("{r:?}");
+        assert!(!text.contains("s3cret-token") && !text.contains("wrong-token"));
+    }
+    rt.shutdown(true).await;
+}
+
+fn ssh_keygen(path: &Path) -> String {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
+        .arg(path)
+        .output()
+        .expect("ssh-keygen runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(path.with_extension("pub")).unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn ssh_key_with_known_hosts_check() {
+    let sshd = Path::new("/usr/sbin/sshd");
+    if !sshd.exists() {
+        eprintln!("skipping: /usr/sbin/sshd is not installed (apt-get install openssh-server)");
+        return;
+    }
+    let w = World::new();
+    let v1 = w.repo.commit_app(GOOD_APP, true, "v1");
+    let dir = w.tmp.path().join("ssh");
+    std::fs::create_dir_all(&dir).unwrap();
+    let host_pub = ssh_keygen(&dir.join("host_key"));
+    let other_host_pub = ssh_keygen(&dir.join("other_host_key"));
+    let client_pub = ssh_keygen(&dir.join("client_key"));
+    let client_key = std::fs::read_to_string(dir.join("client_key")).unwrap();
+    std::fs::write(dir.join("authorized_keys"), &client_pub).unwrap();
+    let port = free_port();
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .unwrap()
+        .unwrap()
+        .name;
+    let config = format!(
+        "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nAuthorizedKeysFile {ak}\n\
+         PidFile {pid}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n\
+         KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin yes\n\
+         AllowUsers {user}\n",
+        hk = dir.join("host_key").display(),
+        ak = dir.join("authorized_keys").display(),
+        pid = dir.join("sshd.pid").display(),
+    );
+    std::fs::write(dir.join("sshd_config"), config).unwrap();
+    if nix::unistd::getuid().is_root() {
+        let _ = std::fs::create_dir_all("/run/sshd");
+    }
+    let child = Command::new(sshd)
+        .args(["-D", "-e", "-f"])
+        .arg(dir.join("sshd_config"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sshd starts");
+    let _server = Server(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "sshd did not listen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let url = format!("ssh://{user}@127.0.0.1:{port}{}", w.repo.dir.display());
+    let known = |key: &str| {
+        let mut parts = key.split_whitespace();
+        format!(
+            "# test\n[127.0.0.1]:{port} {} {}\n",
+            parts.next().unwrap(),
+            parts.next().unwrap()
+        )
+    };
+    let rt = w.spawn();
+
+    // A host key that does not match known_hosts is refused.
+    let mut d1 = w.desired(1, "main");
+    d1.repo_url = url.clone();
+    let creds = GitCredentials::Ssh {
+        private_key: client_key.clone(),
+        known_hosts: known(&other_host_pub),
+    };
+    send_with(&rt, d1, Some(creds)).await;
+    let r = w
+        .sink
+        .wait_any(1, &[Phase::Failed, Phase::Running], 0)
+        .await;
+    assert_eq!(r.phase, Phase::Failed);
+    let detail = r.detail.unwrap();
+    assert!(detail.contains("host key verification failed"), "{detail}");
+    assert!(!detail.contains("PRIVATE KEY"), "{detail}");
+
+    // The right host key and client key.
+    let mut d2 = w.desired(2, "main");
+    d2.repo_url = url;
+    let creds = GitCredentials::Ssh {
+        private_key: client_key,
+        known_hosts: known(&host_pub),
+    };
+    send_with(&rt, d2, Some(creds)).await;
+    let r = w
+        .sink
+        .wait_any(2, &[Phase::Failed, Phase::Running], 0)
+        .await;
+    assert_eq!(r.phase, Phase::Running, "{r:?}");
+    w.one_app(&v1).await;
+    rt.shutdown(true).await;
+}
