@@ -311,3 +311,32 @@ async fn stop_start_restart_and_crash_supervision() {
     rt.shutdown(true).await;
     w.no_app().await;
 }
+
+#[tokio::test]
+async fn old_releases_are_pruned_keeping_current_and_previous() {
+    let w = World::new();
+    let rt = w.spawn();
+    let mut commits = Vec::new();
+    for g in 1..=5u64 {
+        commits.push(w.repo.commit_app(GOOD_APP, true, &format!("v{g}")));
+        let mut d = w.desired(g, "main");
+        d.health_window_secs = 0;
+        let n = w.sink.count();
+        send(&rt, d).await;
+        let r = w
+            .sink
+            .wait_any(g, &[Phase::Running, Phase::Failed, Phase::RolledBack], n)
+            .await;
+        assert_eq!(r.phase, Phase::Running);
+    }
+    w.one_app(&commits[4]).await;
+    let mut kept: Vec<String> = std::fs::read_dir(w.data_dir().join("releases"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    kept.sort();
+    let mut want = commits[2..].to_vec();
+    want.sort();
+    assert_eq!(kept, want);
+    rt.shutdown(true).await;
+}

@@ -162,3 +162,31 @@ impl AppLog {
         self.push(format!("{prefix}{text}"));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_tail_and_rotation() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("app.log");
+        let log = AppLog::new(path.clone(), 1024);
+        for i in 0..10 {
+            log.push(format!("early {i}"));
+        }
+        let mark = log.mark();
+        for i in 0..300 {
+            log.push(format!("line {i:03} {}", "x".repeat(40)));
+        }
+        let tail = log.tail_since(mark, TAIL_LINES);
+        assert_eq!(tail.len(), TAIL_LINES);
+        assert!(tail[TAIL_LINES - 1].starts_with("line 299"));
+        assert!(log.tail_since(0, RING_LINES + 50).len() <= RING_LINES);
+        let size = std::fs::metadata(&path).expect("log").len();
+        let rotated = std::fs::metadata(dir.path().join("app.log.1"))
+            .expect("rotated")
+            .len();
+        assert!(size <= 1024 && rotated <= 1024, "{size} {rotated}");
+    }
+}

@@ -320,7 +320,11 @@ pub fn spawn(
 
 /// What is deployed, read from the data dir and database without starting anything.
 pub fn local_status(data_dir: &Path, db: &sled::Db) -> anyhow::Result<LocalStatus> {
-    let _ = data_dir;
     let state = state::StateStore::open(db)?.load()?;
-    Ok(LocalStatus::from_state(&state, 0))
+    let mut status = LocalStatus::from_state(&state, 0);
+    if status.commit.is_none() {
+        // Nothing recorded (yet): what the `current` link says.
+        status.commit = releases::Releases::new(data_dir).current();
+    }
+    Ok(status)
 }
