@@ -94,13 +94,13 @@ export HAMMER_TOKEN=$USER_TOKEN
 echo "user demo created"
 
 say "Registering a device: hammer device add pi --tag group=demo"
-"$HAMMER" --json device add pi --tag group=demo >"$WORK/device.json"
-ENROLL_TOKEN=$(json 'd["enrollment_token"]' <"$WORK/device.json")
-CA_SHA256=$(json 'd["ca_sha256"]' <"$WORK/device.json")
+"$HAMMER" device add pi --tag group=demo | tee "$WORK/device-add.txt"
+# The exact line `device add` printed, run here with its own data dir.
+ENROLL_LINE=$(grep -m1 -o 'hammer-manager enroll .*' "$WORK/device-add.txt")
+read -r -a ENROLL_ARGS <<<"${ENROLL_LINE#hammer-manager }"
 
 say "Enrolling a local hammer-manager (data dir $WORK/device) and running it"
-"$MANAGER" enroll --url "$HAMMER_URL" --token "$ENROLL_TOKEN" --ca-sha256 "$CA_SHA256" \
-    --data-dir "$WORK/device"
+RUST_LOG=warn "$MANAGER" "${ENROLL_ARGS[@]}" --data-dir "$WORK/device"
 setsid "$MANAGER" run --data-dir "$WORK/device" >"$WORK/manager.log" 2>&1 &
 PIDS+=($!)
 device_online() { "$HAMMER" --json device show pi | json 'd["online"]' | grep -qx True; }
@@ -159,7 +159,8 @@ Everything keeps running. To explore, in another shell:
   hammer events                 # live events (Ctrl-C to stop)
   hammer logs pi -f             # the app's output
   curl http://127.0.0.1:$APP_PORT/
-  echo v3 > $REPO/VERSION && git -C $REPO commit -qam v3 && hammer deploy pi --wait
+  echo v3 > $REPO/VERSION && git -C $REPO -c user.name=me -c user.email=me@example.invalid commit -qam v3
+  hammer deploy pi --wait
 Logs: $WORK/service.log, $WORK/manager.log
 To stop it all: $WORK/stop.sh
 EOF

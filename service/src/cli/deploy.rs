@@ -132,6 +132,25 @@ pub fn summary(d: &DeploymentView) -> String {
         .join(", ")
 }
 
+/// The bar's message: counts per state, then the phase of up to three devices in flight.
+fn bar_message(d: &DeploymentView) -> String {
+    let flying: Vec<String> = d
+        .targets
+        .iter()
+        .filter(|t| t.state == TargetState::InFlight)
+        .take(3)
+        .map(|t| match t.last_phase {
+            Some(p) => format!("{} {}", t.device, wire_name(&p)),
+            None => format!("{} waiting", t.device),
+        })
+        .collect();
+    if flying.is_empty() {
+        summary(d)
+    } else {
+        format!("{} | {}", summary(d), flying.join(", "))
+    }
+}
+
 fn done(t: TargetState) -> bool {
     matches!(
         t,
@@ -197,7 +216,7 @@ async fn wait(
         if let Some(pb) = &bar {
             pb.set_length(current.targets.len() as u64);
             pb.set_position(finished as u64);
-            pb.set_message(summary(&current));
+            pb.set_message(bar_message(&current));
         }
         if current.state != DeploymentState::Running {
             let msg = format!(
