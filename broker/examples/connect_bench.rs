@@ -27,6 +27,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Semaphore};
 
+static ERRORS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 struct Args {
     devices: usize,
     concurrency: usize,
@@ -96,12 +98,15 @@ async fn connect_all(
     let mut holds = Vec::with_capacity(opts.len());
     for o in opts {
         let permit = sem.clone().acquire_owned().await.expect("semaphore");
-        let (done_tx, done_rx) = oneshot::channel::<bool>();
+        let (done_tx, done_rx) = oneshot::channel::<Option<Duration>>();
         let (hold_tx, hold_rx) = oneshot::channel::<()>();
         holds.push(hold_tx);
         waits.push(done_rx);
         tokio::spawn(async move {
+            let t0 = Instant::now();
             let (client, mut el) = AsyncClient::new(o, 10);
+            // Under load some handshakes wait behind others; count them, don't time them out.
+            el.network_options.set_connection_timeout(30);
             let mut done = Some(done_tx);
             let mut permit = Some(permit);
             let mut hold_rx = hold_rx;
@@ -111,14 +116,19 @@ async fn connect_all(
                         Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                             permit.take();
                             if let Some(d) = done.take() {
-                                let _ = d.send(ack.code == ConnectReturnCode::Success);
+                                let _ = d.send((ack.code == ConnectReturnCode::Success).then(|| t0.elapsed()));
                             }
                         }
                         Ok(_) => {}
-                        Err(_) => {
+                        Err(e) => {
+                            if done.is_some()
+                                && ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 3
+                            {
+                                eprintln!("client error: {e}");
+                            }
                             permit.take();
                             if let Some(d) = done.take() {
-                                let _ = d.send(false);
+                                let _ = d.send(None);
                             }
                             break;
                         }
@@ -129,15 +139,28 @@ async fn connect_all(
             drop(client);
         });
     }
-    let mut ok = 0;
+    let mut lat = Vec::new();
     let mut failed = 0;
     for w in waits {
         match w.await {
-            Ok(true) => ok += 1,
+            Ok(Some(d)) => lat.push(d),
             _ => failed += 1,
         }
     }
-    (ok, failed, start.elapsed(), holds)
+    let took = start.elapsed();
+    lat.sort();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0)
+    };
+    println!(
+        "  per-client connect latency: p50={:.0} ms p99={:.0} ms max={:.0} ms",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+    (lat.len(), failed, took, holds)
 }
 
 fn report(
@@ -162,6 +185,11 @@ fn report(
 
 fn main() {
     let a = args();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()),
+        )
+        .init();
     let fds = raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

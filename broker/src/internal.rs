@@ -115,11 +115,11 @@ pub(crate) fn start(
 
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-            Ok(_) => break,
+        match probe(addr, &username, &password) {
+            Ok(()) => break,
             Err(e) if Instant::now() > deadline => {
                 return Err(BrokerError::Internal(format!(
-                    "internal broker did not start listening on {addr}: {e}"
+                    "internal broker on {addr} did not accept the front door's login: {e}"
                 )))
             }
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
@@ -131,4 +131,29 @@ pub(crate) fn start(
         username,
         password,
     })
+}
+
+/// Logs into rumqttd with the internal credentials and leaves cleanly: proves it is up and
+/// that the front door's login works.
+fn probe(addr: SocketAddr, username: &str, password: &str) -> std::io::Result<()> {
+    use rumqttc::mqttbytes::v4::{Connect, Login, Packet};
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut connect = Connect::new(format!("{username}-probe"));
+    connect.keep_alive = 10;
+    connect.login = Some(Login::new(username, password));
+    let mut buf = bytes::BytesMut::new();
+    Packet::Connect(connect)
+        .write(&mut buf, usize::MAX)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    s.write_all(&buf)?;
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack)?;
+    s.write_all(&[0xe0, 0x00])?;
+    if ack == [0x20, 0x02, 0x00, 0x00] {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("CONNACK {ack:?}")))
+    }
 }

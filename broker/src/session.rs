@@ -169,15 +169,13 @@ pub(crate) async fn run<S>(
             return;
         }
     }
-    if client_tx.write_all(&connack).await.is_err() {
-        return;
-    }
-    shared.metrics.bytes_out.fetch_add(4, Relaxed);
     if connack[3] != 0 {
+        let _ = client_tx.write_all(&connack).await;
         return;
     }
 
-    // 3. Live: register, report, relay.
+    // 3. Live: register and report (before the client sees its CONNACK, so that a kick or a
+    // revocation right after the client's connect already finds the session), then relay.
     let session = shared.next_session.fetch_add(1, Relaxed);
     let mut kick = shared.registry.insert(session, identity.clone(), peer);
     shared.metrics.sessions_open.fetch_add(1, Relaxed);
@@ -194,10 +192,16 @@ pub(crate) async fn run<S>(
     tracing::info!(role = ?identity.role, id = %identity.id, %peer, session, "connected");
 
     let (mut up_rx, mut up_tx) = upstream.into_split();
-    let end = tokio::select! {
+    let connack_sent = client_tx.write_all(&connack).await.is_ok();
+    shared.metrics.bytes_out.fetch_add(4, Relaxed);
+    let end = if !connack_sent {
+        End::Closed("client connection lost")
+    } else {
+        tokio::select! {
         e = client_to_broker(&shared, &acl, &mut client_rx, &mut buf, &mut up_tx) => e,
         e = broker_to_client(&shared, &mut up_rx, &mut client_tx) => e,
         k = kick.wait_for(|k| *k != Kick::None) => End::Kicked(k.map(|k| *k).unwrap_or(Kick::Shutdown)),
+        }
     };
     let reason = match &end {
         End::Closed(why) => why.to_string(),
