@@ -14,8 +14,8 @@
 //! 8. `hammer device remove d2`: the d2 manager is disconnected within a second and cannot
 //!    reconnect.
 //!
-//! `hammer-manager` is built with `cargo build -p hammer-manager` (a no-op when fresh) and
-//! taken from the folder of `hammer`. On failure the logs' last lines are printed and the
+//! `hammer-manager` is taken from the folder of `hammer`, built with `cargo build -p
+//! hammer-manager` when it is missing or older than its sources. On failure the logs' last lines are printed and the
 //! folder is kept.
 
 #[path = "e2e/support.rs"]
@@ -289,9 +289,21 @@ impl Drop for World {
     }
 }
 
-/// Builds `hammer-manager` (a no-op when it is fresh) and finds it beside `hammer`.
+/// Finds `hammer-manager` beside `hammer`, running `cargo build -p hammer-manager` first when
+/// it is missing or older than the sources it is built from (`cargo test --workspace` has
+/// usually built it already; rebuilding it alone would redo part of the tree for nothing).
 fn build_manager(hammer: &Path) -> PathBuf {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let manager = hammer.with_file_name("hammer-manager");
+    let built = std::fs::metadata(&manager).and_then(|m| m.modified()).ok();
+    let newest_source = ["device-manager", "protocol", "certs"]
+        .iter()
+        .filter_map(|c| newest_mtime(&workspace.join(c)))
+        .max();
+    let fresh = matches!((built, newest_source), (Some(b), Some(s)) if b >= s);
+    if fresh {
+        return manager;
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
@@ -319,13 +331,32 @@ fn build_manager(hammer: &Path) -> PathBuf {
         .status()
         .expect("cannot run cargo to build hammer-manager");
     assert!(status.success(), "cargo build -p hammer-manager failed");
-    let manager = hammer.with_file_name("hammer-manager");
     assert!(
         manager.exists(),
         "{} is missing after `cargo build -p hammer-manager`",
         manager.display()
     );
     manager
+}
+
+/// The newest modification time of `Cargo.toml` and the files under `src/` of a crate.
+fn newest_mtime(krate: &Path) -> Option<std::time::SystemTime> {
+    fn walk(p: &Path, newest: &mut Option<std::time::SystemTime>) {
+        let Ok(meta) = std::fs::metadata(p) else {
+            return;
+        };
+        if meta.is_dir() {
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                walk(&e.path(), newest);
+            }
+        } else if let Ok(m) = meta.modified() {
+            *newest = (*newest).max(Some(m));
+        }
+    }
+    let mut newest = None;
+    walk(&krate.join("Cargo.toml"), &mut newest);
+    walk(&krate.join("src"), &mut newest);
+    newest
 }
 
 fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
