@@ -1,7 +1,7 @@
 //! Who is calling: the bearer token (or the `hammer_session` cookie a browser sends on an
 //! EventSource) looked up by its SHA-256. Cookie-authenticated state-changing requests must
-//! carry an `Origin` that matches the `Host` (CSRF). A cookie-session exchange endpoint for
-//! the web UI is still to come; today the cookie holds an API token.
+//! carry an `Origin` that matches the `Host` (CSRF). The cookie holds a session id made by
+//! [`crate::web::session`] (an API token in it is still accepted).
 
 use crate::api::errors::ApiError;
 use crate::ids::hash_token;
@@ -94,10 +94,14 @@ impl FromRequestParts<Arc<Service>> for Caller {
             ));
         }
         let invalid = || ApiError::unauthorized("invalid or revoked token");
-        let rec = svc
-            .store
-            .token_by_hash(&hash_token(token))?
-            .ok_or_else(invalid)?;
+        let hash = match from_cookie {
+            true => svc
+                .sessions
+                .token_hash(token)
+                .unwrap_or_else(|| hash_token(token)),
+            false => hash_token(token),
+        };
+        let rec = svc.store.token_by_hash(&hash)?.ok_or_else(invalid)?;
         let user = svc.store.user(&rec.user_id)?.ok_or_else(invalid)?;
         Ok(Caller {
             user,

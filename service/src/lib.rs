@@ -8,7 +8,8 @@
 //!
 //! Layout: [`config`] and [`init`] (data dir), [`store`] (trait + sled), [`auth`], [`api`]
 //! (one module per resource), [`mqtt`] (link, publish, ingest), [`rollout`], [`live`]
-//! (in-memory device state), [`metrics`], [`views`], [`http`] (listener).
+//! (in-memory device state), [`metrics`], [`views`], [`http`] (listener), [`web`] (the
+//! browser dashboard at `/` and its session cookies).
 
 pub mod api;
 pub mod auth;
@@ -23,6 +24,7 @@ pub mod rollout;
 pub mod service;
 pub mod store;
 pub mod views;
+pub mod web;
 
 pub use config::{BrokerUrl, HttpTls, ServeConfig};
 
@@ -277,6 +279,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
         rollout: rollout_tx,
         enroll_limiter: Default::default(),
         shutdown: stop_rx.clone(),
+        sessions: web::session::Sessions::new(cfg.http_tls.is_some()),
     });
 
     let mut tasks = Vec::new();

@@ -42,6 +42,8 @@ pub struct Service {
     pub enroll_limiter: crate::api::enroll::Limiter,
     /// Turns true when the service shuts down (ends event streams).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Browser sessions of the web UI ([`crate::web::session`]).
+    pub sessions: crate::web::session::Sessions,
 }
 
 impl Service {

@@ -97,6 +97,7 @@ pub fn paths() -> Vec<&'static str> {
 pub fn router(svc: Arc<Service>) -> Router {
     build()
         .router
+        .merge(crate::web::routes())
         .fallback(|| async {
             ApiError::not_found("no such endpoint; GET /api/v1/openapi.json lists them")
         })
