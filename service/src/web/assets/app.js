@@ -1,0 +1,159 @@
+// Hammer IoT dashboard: live regions refreshed on Server-Sent Events, actions and the
+// deployment form sent to the JSON API with the session cookie. No token is ever stored.
+(function () {
+  'use strict';
+
+  function show(id, msg) {
+    var el = document.getElementById(id);
+    if (!el) return;
+    el.textContent = msg || '';
+    el.hidden = !msg;
+  }
+  function error(msg) { show('error', msg); if (msg) show('notice', ''); }
+  function notice(msg) { show('notice', msg); if (msg) show('error', ''); }
+
+  // Calls the JSON API; throws an Error carrying the API's own message.
+  async function api(method, url, body) {
+    var opts = { method: method, credentials: 'same-origin', headers: { Accept: 'application/json' } };
+    if (body !== undefined) {
+      opts.headers['Content-Type'] = 'application/json';
+      opts.body = JSON.stringify(body);
+    }
+    var r;
+    try { r = await fetch(url, opts); } catch (e) { throw new Error('The service cannot be reached (' + e.message + ').'); }
+    var text = await r.text();
+    var data = null;
+    try { data = text ? JSON.parse(text) : null; } catch (_) { /* not JSON */ }
+    if (r.status === 401) { location.href = '/login'; throw new Error('Your session ended: sign in again.'); }
+    if (!r.ok) throw new Error((data && data.error) || ('The service answered HTTP ' + r.status + '.'));
+    return data;
+  }
+
+  // Live regions: elements with data-live="URL" are re-rendered by the server on events.
+  var running = false, again = false, timer = null;
+  async function refresh() {
+    if (running) { again = true; return; }
+    running = true;
+    try {
+      var els = document.querySelectorAll('[data-live]');
+      for (var i = 0; i < els.length; i++) {
+        var el = els[i];
+        try {
+          var r = await fetch(el.getAttribute('data-live'), { credentials: 'same-origin' });
+          if (r.redirected && /\/login$/.test(r.url)) { location.href = '/login'; return; }
+          if (!r.ok) { error('Could not refresh the page (HTTP ' + r.status + ').'); continue; }
+          el.innerHTML = await r.text();
+        } catch (e) { error('Could not refresh the page (' + e.message + ').'); }
+      }
+    } finally {
+      running = false;
+      if (again) { again = false; schedule(); }
+    }
+  }
+  function schedule() {
+    if (timer) return;
+    timer = setTimeout(function () { timer = null; refresh(); }, 200);
+  }
+
+  // Logs: lines from events are appended to the device's log view.
+  var MAX_LOG_LINES = 500;
+  function appendLogs(device, lines) {
+    var pre = document.getElementById('logs');
+    if (!pre || pre.getAttribute('data-device') !== device || !lines || !lines.length) return;
+    var atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 8;
+    var all = (pre.textContent + lines.join('\n') + '\n').split('\n');
+    if (all.length > MAX_LOG_LINES + 1) all = all.slice(all.length - MAX_LOG_LINES - 1);
+    pre.textContent = all.join('\n');
+    if (atEnd) pre.scrollTop = pre.scrollHeight;
+  }
+
+  function startEvents() {
+    var src = document.body.getAttribute('data-events');
+    var live = document.getElementById('live');
+    if (!src || !window.EventSource) return;
+    var es = new EventSource(src);
+    es.onopen = function () {
+      if (live) { live.textContent = 'live'; live.className = 'live on'; }
+      schedule(); // catch up on anything between the page render and the stream
+    };
+    es.onerror = function () {
+      if (!live) return;
+      if (es.readyState === EventSource.CLOSED) {
+        live.textContent = 'offline';
+        error('Live updates stopped; reload the page (or sign in again).');
+      } else {
+        live.textContent = 'reconnecting…';
+      }
+      live.className = 'live';
+    };
+    es.onmessage = function (m) {
+      var ev;
+      try { ev = JSON.parse(m.data); } catch (_) { return; }
+      if (ev.kind === 'logs') { appendLogs(ev.device, ev.lines); return; }
+      schedule();
+    };
+    window.addEventListener('pagehide', function () { es.close(); });
+  }
+
+  function keepLogsStreaming() {
+    var pre = document.getElementById('logs');
+    if (!pre) return;
+    setInterval(function () {
+      api('GET', pre.getAttribute('data-logs')).catch(function (e) { error(e.message); });
+    }, 45000);
+  }
+
+  // Buttons with data-action="URL" POST to the API after a confirmation.
+  document.addEventListener('click', async function (e) {
+    var b = e.target.closest ? e.target.closest('button[data-action]') : null;
+    if (!b) return;
+    var q = b.getAttribute('data-confirm');
+    if (q && !window.confirm(q)) return;
+    b.disabled = true;
+    try {
+      var r = await api('POST', b.getAttribute('data-action'));
+      var label = b.textContent.trim();
+      notice(label + ': accepted' + (r && r.generation ? ' (generation ' + r.generation + ')' : '') + '.');
+      schedule();
+    } catch (err) {
+      error(err.message);
+    } finally {
+      b.disabled = false;
+    }
+  });
+
+  function deployForm() {
+    var form = document.querySelector('form[data-deploy]');
+    if (!form) return;
+    form.addEventListener('submit', async function (e) {
+      e.preventDefault();
+      var f = form.elements;
+      var names = Array.prototype.map.call(form.querySelectorAll('input[name=names]:checked'), function (i) { return i.value; });
+      var tag = f['tag'].value.trim();
+      if (tag && names.length) { error('Choose devices or a tag, not both.'); return; }
+      if (!tag && !names.length) { error('Choose at least one device, or enter a tag.'); return; }
+      var body = { targets: tag ? { tag: tag } : { names: names }, strategy: {} };
+      var ref = f['ref'].value.trim();
+      if (ref) body.git_ref = ref;
+      ['max_in_flight', 'abort_at_percent', 'abort_min_devices'].forEach(function (n) {
+        var v = f[n].value.trim();
+        if (v !== '') body.strategy[n] = Number(v);
+      });
+      var btn = document.getElementById('deploy-submit');
+      btn.disabled = true;
+      try {
+        var d = await api('POST', '/api/v1/deployments', body);
+        location.href = '/deployments/' + encodeURIComponent(d.id);
+      } catch (err) {
+        error(err.message);
+        btn.disabled = false;
+      }
+    });
+  }
+
+  document.addEventListener('DOMContentLoaded', function () {
+    startEvents();
+    keepLogsStreaming();
+    deployForm();
+  });
+})();

@@ -1,0 +1,165 @@
+//! Small HTML helpers: escaping, the page layout, times, short commits and form decoding.
+
+use std::fmt::Write;
+
+/// Escapes text for HTML content and attribute values.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Percent-encodes a path segment or query value.
+pub fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The value of `name` in an `application/x-www-form-urlencoded` body.
+pub fn form_field(body: &str, name: &str) -> Option<String> {
+    body.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| decode(k) == name)
+        .map(|(_, v)| decode(v))
+}
+
+/// The first 7 characters of a commit, or a dash.
+pub fn short(commit: Option<&str>) -> String {
+    match commit {
+        Some(c) => esc(&c.chars().take(7).collect::<String>()),
+        None => "—".into(),
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` in a `<time>` element, or a dash.
+pub fn time(ms: Option<u64>) -> String {
+    let Some(ms) = ms else {
+        return "—".into();
+    };
+    let secs = ms / 1000;
+    let (days, rem) = ((secs / 86400) as i64, secs % 86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (h, mi, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    format!(
+        "<time datetime=\"{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z\">{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC</time>"
+    )
+}
+
+/// A snake_case enum value as text (`in_flight` → `in flight`).
+pub fn word<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(|s| s.replace('_', " ")))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The page around `body`: header, navigation, sign-out, error and status regions. `events`
+/// is the SSE URL the page listens on (live regions refresh on its events).
+pub fn layout(title: &str, user: Option<&str>, events: Option<&str>, body: &str) -> String {
+    let nav = match user {
+        Some(u) => format!(
+            r#"<nav aria-label="Main"><a href="/devices">Devices</a><a href="/deployments">Deployments</a><a href="/deployments/new">New deployment</a></nav>
+<div class="who"><span id="live" class="live" aria-live="polite"></span><span>{}</span>
+<form method="post" action="/logout"><button type="submit" class="link">Sign out</button></form></div>"#,
+            esc(u)
+        ),
+        None => String::new(),
+    };
+    let events = events
+        .map(|e| format!(" data-events=\"{}\"", esc(e)))
+        .unwrap_or_default();
+    format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{t} · Hammer IoT</title>
+<link rel="stylesheet" href="/assets/app.css">
+<script src="/assets/app.js" defer></script>
+</head><body{events}>
+<header><a class="brand" href="/devices">Hammer IoT</a>{nav}</header>
+<main>
+<div id="error" class="error" role="alert" hidden></div>
+<div id="notice" class="notice" role="status" hidden></div>
+{body}
+</main></body></html>
+"#,
+        t = esc(title)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helpers() {
+        assert_eq!(
+            esc("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+        assert_eq!(
+            form_field("a=1&token=hmr_x%2By+z", "token").unwrap(),
+            "hmr_x+y z"
+        );
+        assert_eq!(form_field("token=%", "token").unwrap(), "%");
+        assert_eq!(enc("a=b c"), "a%3Db%20c");
+        assert!(time(Some(0)).contains("1970-01-01 00:00:00"));
+        assert!(time(Some(1_700_000_000_000)).contains("2023-11-14 22:13:20"));
+        assert_eq!(short(Some("0123456789")), "0123456");
+        assert_eq!(
+            word(&hammer_protocol::api::TargetState::InFlight),
+            "in flight"
+        );
+    }
+}
