@@ -110,7 +110,7 @@ fn deployment_detail(d: &DeploymentView) -> String {
 <dt>Progress</dt><dd id="dep-progress">{progress}</dd>
 <dt>Ref</dt><dd>{r}</dd><dt>Commit</dt><dd><code title="{full}">{commit}</code></dd>
 <dt>Started</dt><dd>{created} by {by}</dd><dt>Finished</dt><dd>{fin}</dd>
-<dt>Strategy</dt><dd>max in flight {mif}, abort at {abort}, timeout {to} s, retries {ret}</dd>
+<dt>Strategy</dt><dd>max in flight {mif}, abort {abort}, timeout {to} s, retries {ret}</dd>
 {reason}</dl>{cancel}</section>
 <table id="targets" class="list"><caption>Devices</caption><thead><tr><th scope="col">Device</th><th scope="col">State</th><th scope="col">Phase</th><th scope="col">Attempts</th><th scope="col">Commit</th><th scope="col">Detail</th><th scope="col">Updated</th></tr></thead>
 <tbody>{targets}</tbody></table>"#,
@@ -129,7 +129,7 @@ fn deployment_detail(d: &DeploymentView) -> String {
             .unwrap_or_else(|| "all".into()),
         abort = s
             .abort_at_percent
-            .map(|p| format!("{p}% failed after {} devices", s.abort_min_devices))
+            .map(|p| format!("at {p}% failed after {} devices", s.abort_min_devices))
             .unwrap_or_else(|| "never".into()),
         to = s.timeout_secs,
         ret = s.retries,

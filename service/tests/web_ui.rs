@@ -1,0 +1,530 @@
+//! The web dashboard in a real browser: headless Chromium driven over WebDriver (plain JSON
+//! through reqwest) against a service in this process with two simulated devices of one user.
+//! Signs in, sees both devices, starts a deployment from the form, watches it reach
+//! succeeded without a reload, opens a device's history, and checks that a second user sees
+//! none of it. Screenshots go to `target/web-ui-artifacts/` (set `HAMMER_UPDATE_SCREENSHOT=1`
+//! to refresh `docs/dashboard.png`). Skips, with a message, when Chromium or chromedriver is
+//! not installed (`apt-get install chromium chromium-driver`; CI installs them).
+
+mod common;
+
+use base64::Engine;
+use common::{Behavior, Harness, SimDevice};
+use hammer_protocol::Phase;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &[&str] = &["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"];
+/// Patience for anything the browser shows (a noisy 2-core CI machine is slow).
+const WAIT: Duration = Duration::from_secs(60);
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// chromedriver, killed when dropped.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One WebDriver session.
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(&b);
+        } else if method == reqwest::Method::POST {
+            req = req.json(&json!({}));
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"));
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        assert!(
+            status.is_success(),
+            "WebDriver {method} {path}: {status} {v}"
+        );
+        v["value"].clone()
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        self.cmd(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn goto(&self, url: &str) {
+        self.post("/url", json!({ "url": url })).await;
+    }
+
+    /// Runs `script` (a function body; `arguments` available) and returns its value.
+    async fn js(&self, script: &str, args: Value) -> Value {
+        self.post("/execute/sync", json!({ "script": script, "args": args }))
+            .await
+    }
+
+    async fn find(&self, css: &str) -> String {
+        let v = self
+            .post("/element", json!({"using": "css selector", "value": css}))
+            .await;
+        v[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {v}"))
+            .to_owned()
+    }
+
+    /// Clicks the element `css`; finds it again when a live refresh replaced it meanwhile.
+    async fn click(&self, css: &str) {
+        for _ in 0..20 {
+            let id = self.find(css).await;
+            let resp = self
+                .http
+                .post(format!("{}/element/{id}/click", self.base))
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("WebDriver click {css}: {e}"));
+            let status = resp.status();
+            let v: Value = resp.json().await.unwrap_or(Value::Null);
+            if status.is_success() {
+                return;
+            }
+            assert_eq!(
+                v["value"]["error"], "stale element reference",
+                "WebDriver click {css}: {status} {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("{css} kept being replaced by live refreshes; cannot click it");
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let id = self.find(css).await;
+        self.post(&format!("/element/{id}/clear"), json!({})).await;
+        self.post(&format!("/element/{id}/value"), json!({ "text": text }))
+            .await;
+    }
+
+    async fn text(&self) -> String {
+        self.js(
+            "return document.body ? document.body.innerText : '';",
+            json!([]),
+        )
+        .await
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+    }
+
+    /// Waits until `script` returns true; fails with `what` and the page's text.
+    async fn wait_for(&self, what: &str, script: &str, args: Value) {
+        let start = Instant::now();
+        loop {
+            let v = self
+                .post("/execute/sync", json!({ "script": script, "args": args }))
+                .await;
+            if v == Value::Bool(true) {
+                return;
+            }
+            if start.elapsed() > WAIT {
+                let url = self.cmd(reqwest::Method::GET, "/url", None).await;
+                panic!(
+                    "timed out after {WAIT:?} waiting for {what}\nURL: {url}\npage text:\n{}",
+                    self.text().await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn screenshot(&self, path: &Path) {
+        let v = self.cmd(reqwest::Method::GET, "/screenshot", None).await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, png).unwrap();
+        eprintln!("screenshot: {}", path.display());
+    }
+
+    async fn close(self) {
+        let _ = self
+            .http
+            .delete(&self.base)
+            .timeout(Duration::from_secs(20))
+            .send()
+            .await;
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_driver(http: &reqwest::Client, exe: &str) -> Driver {
+    let port = free_port();
+    let child = Command::new(exe)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {exe}: {e}"));
+    let driver = Driver {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = http.get(format!("{}/status", driver.url)).send().await {
+            if let Ok(v) = r.json::<Value>().await {
+                if v["value"]["ready"] == true {
+                    return driver;
+                }
+            }
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "chromedriver did not become ready on port {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn new_browser(http: &reqwest::Client, driver: &Driver) -> Browser {
+    let profile = tempfile::tempdir().unwrap();
+    let args = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+        &format!("--user-data-dir={}", profile.path().display()),
+    ];
+    let caps = json!({"capabilities": {"alwaysMatch": {
+        "browserName": "chrome",
+        "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
+    }}});
+    let resp = http
+        .post(format!("{}/session", driver.url))
+        .json(&caps)
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .expect("WebDriver new session");
+    let v: Value = resp.json().await.unwrap();
+    let sid = v["value"]["sessionId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no WebDriver session: {v}"))
+        .to_owned();
+    Browser {
+        http: http.clone(),
+        base: format!("{}/session/{sid}", driver.url),
+        _profile: profile,
+    }
+}
+
+fn artifacts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/web-ui-artifacts")
+}
+
+/// Plays a device's part of a deployment: received, fetched, starting, running.
+async fn play_deployment(dev: &SimDevice, deployment: &str, commit: &str) {
+    let start = Instant::now();
+    let desired = loop {
+        if let Some(d) = dev.last_desired().filter(|d| d.deployment_id == deployment) {
+            break d;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "device {} got no desired state for deployment {deployment}",
+            dev.id
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for phase in [
+        Phase::Received,
+        Phase::Fetched,
+        Phase::Starting,
+        Phase::Running,
+    ] {
+        dev.report(dev.next_seq(), Some(&desired), phase, Some(commit))
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn sign_in(b: &Browser, base: &str, token: &str) {
+    b.goto(&format!("{base}/devices")).await;
+    b.wait_for(
+        "the sign-in page",
+        "return location.pathname === '/login' && !!document.getElementById('token');",
+        json!([]),
+    )
+    .await;
+    b.type_into("#token", token).await;
+    b.click("#login-form button[type=submit]").await;
+    b.wait_for(
+        "the devices page after signing in",
+        "return location.pathname === '/devices' && !!document.getElementById('devices');",
+        json!([]),
+    )
+    .await;
+}
+
+const LIVE: &str =
+    "var l = document.getElementById('live'); return !!l && l.textContent === 'live';";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dashboard_in_headless_chromium() {
+    let Some(driver_exe) = CHROMEDRIVER.iter().find(|p| Path::new(p).exists()) else {
+        eprintln!("SKIPPED: chromedriver is not installed (apt-get install chromium-driver)");
+        return;
+    };
+    if !Path::new(CHROMIUM).exists() {
+        eprintln!("SKIPPED: {CHROMIUM} is not installed (apt-get install chromium)");
+        return;
+    }
+    let h = Harness::start().await;
+    let alice = h.user("alice").await;
+    let bob = h.user("bob").await;
+    let mut devs = Vec::new();
+    for name in ["kiosk-1", "kiosk-2"] {
+        devs.push(
+            h.ready_device(
+                "alice",
+                &alice,
+                name,
+                json!({"site": "lobby"}),
+                Behavior::Silent,
+            )
+            .await,
+        );
+    }
+
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(90))
+        .build()
+        .unwrap();
+    let driver = start_driver(&http, driver_exe).await;
+    let b = new_browser(&http, &driver).await;
+    let base = h.base.clone();
+
+    // Sign in: the token becomes an HttpOnly session cookie, nowhere in the page.
+    sign_in(&b, &base, &alice).await;
+    b.wait_for(
+        "two device rows",
+        "return document.querySelectorAll('#devices tr[data-device]').length === 2;",
+        json!([]),
+    )
+    .await;
+    let leaked = b
+        .js(
+            "var t = arguments[0]; return document.cookie.indexOf('hammer_session') >= 0 \
+             || location.href.indexOf(t) >= 0 || document.documentElement.outerHTML.indexOf(t) >= 0 \
+             || JSON.stringify(localStorage).indexOf(t) >= 0 || JSON.stringify(sessionStorage).indexOf(t) >= 0;",
+            json!([alice]),
+        )
+        .await;
+    assert_eq!(
+        leaked,
+        Value::Bool(false),
+        "the token or session is visible to the page"
+    );
+    let text = b.text().await;
+    assert!(
+        text.contains("kiosk-1") && text.contains("kiosk-2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("site=lobby") && text.contains("online"),
+        "{text}"
+    );
+    b.wait_for("the live stream", LIVE, json!([])).await;
+    b.screenshot(&artifacts().join("devices.png")).await;
+
+    // Start a deployment from the form.
+    b.goto(&format!("{base}/deployments/new")).await;
+    b.wait_for(
+        "the deployment form",
+        "return !!document.getElementById('deploy-form');",
+        json!([]),
+    )
+    .await;
+    b.click("input[name=names][value='kiosk-1']").await;
+    b.click("input[name=names][value='kiosk-2']").await;
+    b.type_into("#dep-ref", "main").await;
+    b.type_into("#dep-max", "1").await;
+    b.click("#deploy-submit").await;
+    b.wait_for(
+        "the new deployment's page",
+        "return /^\\/deployments\\/[0-9a-z]{26}$/.test(location.pathname);",
+        json!([]),
+    )
+    .await;
+    let path = b.js("return location.pathname;", json!([])).await;
+    let id = path
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    b.js("window.__sameDocument = true;", json!([])).await;
+    b.wait_for("the deployment's live stream", LIVE, json!([]))
+        .await;
+    let state = b
+        .js(
+            "return document.getElementById('dep-state').dataset.state;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(state, "running");
+
+    // The devices report progress; the page follows without a reload.
+    let commit = "1111111111111111111111111111111111111111";
+    play_deployment(&devs[0], &id, commit).await;
+    b.wait_for(
+        "kiosk-1 succeeded on the deployment page (live)",
+        "return window.__sameDocument === true && !!document.querySelector(\"tr[data-target='kiosk-1'] td[data-state='succeeded']\");",
+        json!([]),
+    )
+    .await;
+    play_deployment(&devs[1], &id, commit).await;
+    b.wait_for(
+        "the deployment to show succeeded (live, same document)",
+        "var s = document.getElementById('dep-state'); return window.__sameDocument === true && !!s && s.dataset.state === 'succeeded';",
+        json!([]),
+    )
+    .await;
+    let text = b.text().await;
+    assert!(
+        text.contains("2/2 succeeded") && text.contains("1111111"),
+        "{text}"
+    );
+    b.screenshot(&artifacts().join("deployment.png")).await;
+
+    // The devices page shows the new commit; a phone-sized layout renders too.
+    b.goto(&format!("{base}/devices")).await;
+    b.wait_for(
+        "the deployed commit on the devices page",
+        "return document.querySelectorAll('#devices td.commit').length === 2 && Array.prototype.every.call(document.querySelectorAll('#devices td.commit'), function (c) { return c.textContent.indexOf('1111111') >= 0; });",
+        json!([]),
+    )
+    .await;
+    b.wait_for("the live stream", LIVE, json!([])).await;
+    b.screenshot(&artifacts().join("devices-deployed.png"))
+        .await;
+    if std::env::var_os("HAMMER_UPDATE_SCREENSHOT").is_some() {
+        b.screenshot(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/dashboard.png"))
+            .await;
+    }
+    b.post("/window/rect", json!({"width": 390, "height": 844}))
+        .await;
+    b.screenshot(&artifacts().join("devices-phone.png")).await;
+    b.post("/window/rect", json!({"width": 1280, "height": 900}))
+        .await;
+
+    // A device's page: state and its history with who deployed what.
+    b.click("#devices tr[data-device='kiosk-1'] a").await;
+    b.wait_for(
+        "kiosk-1's history",
+        "return location.pathname === '/devices/kiosk-1' && document.querySelectorAll('#history tbody tr').length >= 4;",
+        json!([]),
+    )
+    .await;
+    let hist = b
+        .js(
+            "return document.getElementById('history').innerText;",
+            json!([]),
+        )
+        .await;
+    let hist = hist.as_str().unwrap();
+    assert!(hist.contains("running") && hist.contains("alice"), "{hist}");
+    assert!(
+        hist.contains(&id[..8]),
+        "history lacks the deployment: {hist}"
+    );
+    b.screenshot(&artifacts().join("device.png")).await;
+
+    // An API error shows in the page: restart is accepted, a bad tag filter is explained.
+    b.js("window.confirm = function () { return true; };", json!([]))
+        .await;
+    b.click("#action-restart").await;
+    b.wait_for(
+        "the restart notice",
+        "var n = document.getElementById('notice'); return !n.hidden && n.textContent.indexOf('accepted') >= 0;",
+        json!([]),
+    )
+    .await;
+    b.goto(&format!("{base}/devices?tag=nonsense")).await;
+    let text = b.text().await;
+    assert!(text.contains("must look like key=value"), "{text}");
+
+    // Sign out ends the session; a second user sees none of alice's fleet.
+    b.goto(&format!("{base}/devices")).await;
+    b.click("header form button[type=submit]").await;
+    b.wait_for(
+        "the sign-in page after signing out",
+        "return location.pathname === '/login';",
+        json!([]),
+    )
+    .await;
+    b.goto(&format!("{base}/devices")).await;
+    b.wait_for(
+        "a redirect to sign in",
+        "return location.pathname === '/login';",
+        json!([]),
+    )
+    .await;
+    sign_in(&b, &base, &bob).await;
+    let text = b.text().await;
+    assert!(text.contains("No devices"), "{text}");
+    assert!(!text.contains("kiosk"), "bob sees alice's devices: {text}");
+    b.goto(&format!("{base}/deployments")).await;
+    let text = b.text().await;
+    assert!(
+        text.contains("No deployments") && !text.contains(&id[..8]),
+        "{text}"
+    );
+    b.goto(&format!("{base}/deployments/{id}")).await;
+    let text = b.text().await;
+    assert!(
+        text.contains("Error 404") && !text.contains("kiosk"),
+        "{text}"
+    );
+    b.goto(&format!("{base}/devices/kiosk-1")).await;
+    let text = b.text().await;
+    assert!(
+        text.contains("Error 404") && text.contains("no device named"),
+        "{text}"
+    );
+
+    b.close().await;
+    drop(driver);
+    drop(devs);
+}
