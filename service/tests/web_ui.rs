@@ -528,3 +528,113 @@ async fn dashboard_in_headless_chromium() {
     drop(driver);
     drop(devs);
 }
+
+/// Session cookies without a browser: flags, Origin checks, sign-out and page redirects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn session_cookie_rules() {
+    let h = Harness::start().await;
+    let alice = h.user("alice").await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let url = |p: &str| format!("{}{p}", h.base);
+    let origin = h.base.clone();
+
+    let r = http
+        .post(url("/api/v1/session"))
+        .json(&json!({"token": "hmr_wrong"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http
+        .post(url("/api/v1/session"))
+        .header("origin", "http://evil.example")
+        .json(&json!({"token": alice}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "a session from another site's page");
+    let r = http
+        .post(url("/api/v1/session"))
+        .header("origin", &origin)
+        .json(&json!({"token": alice}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    assert!(!set.contains("Secure"), "plain HTTP: {set}");
+    let cookie = set.split(';').next().unwrap().to_owned();
+    assert!(
+        !cookie.contains(&alice),
+        "the cookie must not carry the token"
+    );
+
+    let me = http
+        .get(url("/api/v1/me"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    let r = http
+        .post(url("/api/v1/tokens"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "state change by cookie without Origin");
+    let r = http
+        .post(url("/api/v1/tokens"))
+        .header("cookie", &cookie)
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "state change by cookie from another site");
+    let r = http
+        .post(url("/api/v1/tokens"))
+        .header("cookie", &cookie)
+        .header("origin", &origin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = http
+        .get(url("/devices"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let r = http
+        .delete(url("/api/v1/session"))
+        .header("cookie", &cookie)
+        .header("origin", &origin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let me = http
+        .get(url("/api/v1/me"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 401, "signed out");
+    let r = http
+        .get(url("/devices"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_redirection());
+    assert_eq!(r.headers()["location"], "/login");
+}
