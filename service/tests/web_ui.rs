@@ -12,6 +12,7 @@ use base64::Engine;
 use common::{Behavior, Harness, SimDevice};
 use hammer_protocol::Phase;
 use serde_json::{json, Value};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,6 +31,9 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // chromedriver runs in its own process group: take the browsers it started along
+        // (a failed test never quits its session cleanly).
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -185,6 +189,7 @@ async fn start_driver(http: &reqwest::Client, exe: &str) -> Driver {
     let port = free_port();
     let child = Command::new(exe)
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
