@@ -79,7 +79,7 @@ fn resolve(svc: &Service, caller: &Caller, targets: &Targets) -> ApiResult<Vec<D
             v.sort_by(|a, b| a.name.cmp(&b.name));
             if v.is_empty() {
                 return Err(ApiError::bad_request(format!(
-                    "none of your devices has tag {sel}; `hammer devices` shows their tags"
+                    "none of your devices has tag {sel}; `hammer device list` shows their tags"
                 )));
             }
             v

@@ -82,7 +82,7 @@ pub async fn create_device(
 ) -> ApiResult<(StatusCode, Json<CreatedDevice>)> {
     if caller.user.admin {
         return Err(ApiError::forbidden(
-            "admin tokens do not own devices: use `hammer provision --owner USER` or a user's token",
+            "admin tokens do not own devices: use `hammer certs issue-device --owner USER --name NAME --out DIR` to provision for a user, or log in with the user's token",
         ));
     }
     validate_name(&req.name).map_err(|e| ApiError::bad_request(e.to_string()))?;

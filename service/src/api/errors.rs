@@ -48,13 +48,13 @@ impl ApiError {
     /// The answer for a device that does not exist or belongs to someone else.
     pub fn no_device(name: &str) -> ApiError {
         Self::not_found(format!(
-            "no device named {:?}; `hammer devices` lists yours",
+            "no device named {:?}; `hammer device list` shows yours",
             name.chars().take(80).collect::<String>()
         ))
     }
     pub fn no_deployment(id: &str) -> ApiError {
         Self::not_found(format!(
-            "no deployment {:?}; `hammer deployments` lists yours",
+            "no deployment {:?}; `hammer deployment list` shows yours",
             id.chars().take(80).collect::<String>()
         ))
     }

@@ -107,7 +107,7 @@ pub async fn revoke_token(
 ) -> ApiResult<StatusCode> {
     if !svc.store.delete_token(&caller.user.id, &id)? {
         return Err(ApiError::not_found(format!(
-            "you have no token {:?}; `hammer token list` shows yours",
+            "you have no token {:?}; `GET /api/v1/tokens` lists yours",
             id.chars().take(40).collect::<String>()
         )));
     }
