@@ -2,8 +2,10 @@
 //!
 //! Two trees belong to the agent half: `agent` (typed counters, see [`Counter`]) and
 //! `outbox` (see [`crate::outbox`]). The database is opened without sled's periodic flusher
-//! (`flush_every_ms(None)`) so an idle manager never wakes up; every write here is flushed
-//! before the call returns, so "persisted" means durable.
+//! (`flush_every_ms(None)`), so no flusher timer runs; every write here is flushed before
+//! the call returns, so "persisted" means durable. Known cost: sled 0.34 still keeps its own
+//! pool of `sled-io` threads that wake about once a second while idle (measured in
+//! BENCHMARKS.md); replacing sled on the device is the way to remove them.
 
 use anyhow::{Context, Result};
 use std::path::Path;
