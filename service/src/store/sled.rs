@@ -121,8 +121,14 @@ impl SledStore {
 
 impl Store for SledStore {
     fn flush(&self) -> BoxFuture<'_, Result<()>> {
+        // sled 0.34's `flush_async` can stay pending forever when several callers flush at
+        // once (seen with 32 concurrent setup requests); the blocking flush does not.
+        let db = self.db.clone();
         Box::pin(async move {
-            self.db.flush_async().await.map_err(err)?;
+            tokio::task::spawn_blocking(move || db.flush())
+                .await
+                .map_err(err)?
+                .map_err(err)?;
             Ok(())
         })
     }
