@@ -1,0 +1,36 @@
+//! Hammer IoT fleet simulator: many simulated devices in one process, each with its own
+//! certificate (issued through the operator provisioning API) and its own mTLS MQTT
+//! connection, speaking the real protocol (signed desired states and commands, phases,
+//! outbox with acks, presence with last will, health).
+//!
+//! - [`device`]: one simulated device (its MQTT task, outbox and simulated rollout).
+//! - [`api`]: the few HTTP API calls the simulator and the benchmarks need.
+//! - [`bench`]: one measured rollout.
+//! - [`fleet`]: provisioning and connecting N devices, shared counters, timings.
+//! - [`procstat`]: RSS and CPU from `/proc`, and raising the open-file limit.
+//! - [`mosquitto`]: running Debian's `mosquitto` as the external broker (bench and tests).
+//!
+//! Binaries: `fleet-sim` (against a running service) and `rollout-bench` (starts the service
+//! in process and measures rollouts and a reconnect storm).
+
+pub mod api;
+pub mod bench;
+pub mod device;
+pub mod fleet;
+pub mod mosquitto;
+pub mod procstat;
+
+/// Parses `mqtts://host:port` into host and port (port defaults to 8883).
+pub fn parse_broker_url(url: &str) -> anyhow::Result<(String, u16)> {
+    let u = hammer_service::BrokerUrl::parse(url)?;
+    Ok((u.host, u.port))
+}
+
+/// Percentile (0..=100) of sorted durations in milliseconds; 0 when empty.
+pub fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
+    if sorted_ms.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted_ms.len() as f64 - 1.0)).round() as usize;
+    sorted_ms[rank.min(sorted_ms.len() - 1)]
+}
