@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 pub struct RolloutReport {
     pub devices: usize,
     pub max_in_flight: Option<u32>,
-    /// Deployment created (HTTP answer) → last device published its terminal phase.
+    /// Deployment requested (POST sent) → last device published its terminal phase.
     pub all_done: Duration,
     /// Deployment created → the service shows the deployment finished.
     pub service_done: Duration,
@@ -70,7 +70,7 @@ pub async fn rollout(
         .unwrap_or(0);
     let t0 = Instant::now();
     let id = user.deploy(&format!("fleet={run}"), max_in_flight).await?;
-    let created = Instant::now();
+    let created = t0;
     let end = t0 + timeout;
     loop {
         let done = stats.finishes.lock().map(|f| f.len()).unwrap_or(0);
