@@ -403,10 +403,16 @@ async fn provision_actions_deployments_meta() {
     }
     let (s, v) = h.post("/api/v1/devices/r1/stop", &t, json!({})).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
-    assert_eq!(
-        dev.wait_desired().await.run_state,
-        hammer_protocol::RunState::Running
-    );
+    // The stop reaches the device as a new desired state with run_state stopped.
+    let mut stopped = false;
+    for _ in 0..200 {
+        if dev.wait_desired().await.run_state == hammer_protocol::RunState::Stopped {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(stopped, "no stopped desired state reached the device");
     h.wait_device(&t, "r1", |d| d["run_state"] == "stopped")
         .await;
     let (s, _) = h.post("/api/v1/devices/r1/start", &t, json!({})).await;

@@ -57,7 +57,12 @@ impl Harness {
             admin: svc.admin_token.clone(),
             svc: Some(svc),
             dir,
-            http: reqwest::Client::new(),
+            // No pooled connections: a request the service refuses before reading its body
+            // (oversized) closes that connection, and a pooled reuse would fail at random.
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap(),
         }
     }
 
