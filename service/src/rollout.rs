@@ -55,6 +55,9 @@ pub struct Engine {
     by_device: HashMap<String, String>,
 }
 
+/// Most inbox messages handled under one step per deployment.
+const MAX_BATCH: usize = 4096;
+
 fn is_active(t: &TargetRecord) -> bool {
     matches!(t.state, TargetState::Pending | TargetState::InFlight)
 }
@@ -121,12 +124,52 @@ impl Engine {
             };
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(m) => self.handle(m).await,
+                    Some(m) => {
+                        let mut batch = vec![m];
+                        while batch.len() < MAX_BATCH {
+                            match rx.try_recv() {
+                                Ok(m) => batch.push(m),
+                                Err(_) => break,
+                            }
+                        }
+                        self.handle_batch(batch).await;
+                    }
                     None => return,
                 },
                 _ = timer => self.on_timer().await,
                 _ = stop.changed() => return,
             }
+        }
+    }
+
+    /// Handles what queued up at once. Status events only update targets in memory; each
+    /// deployment they touched is then stepped (and persisted) once, instead of once per
+    /// event: a 1,000-device rollout would otherwise rewrite its record thousands of times.
+    /// The events themselves are already durable in the store (ingest stores, flushes and
+    /// acks them before they get here, and `load` replays them after a restart), so
+    /// persisting the deployment once per batch loses nothing.
+    async fn handle_batch(&mut self, batch: Vec<RolloutMsg>) {
+        let mut touched: Vec<String> = Vec::new();
+        for msg in batch {
+            match msg {
+                RolloutMsg::Status { device_id, event } => {
+                    if let Some(id) = self.on_status(&device_id, event).await {
+                        if !touched.contains(&id) {
+                            touched.push(id);
+                        }
+                    }
+                }
+                other => {
+                    // Keep the order: what came before a create or cancel is applied first.
+                    for id in touched.drain(..) {
+                        self.step(&id).await;
+                    }
+                    self.handle(other).await;
+                }
+            }
+        }
+        for id in touched {
+            self.step(&id).await;
         }
     }
 
