@@ -171,7 +171,8 @@ async fn handle(
     session::run(shared, tls, identity, peer, pending).await;
 }
 
-/// Periodically closes live sessions whose serial was added to the revocation list directly.
+/// Periodically closes live sessions whose serial was added to the revocation list directly
+/// or, by another process, to its file.
 pub(crate) async fn revocation_sweep(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut tick = tokio::time::interval(shared.config.revocation_sweep);
@@ -182,6 +183,10 @@ pub(crate) async fn revocation_sweep(shared: Arc<Shared>) {
             _ = shutdown.wait_for(|s| *s) => break,
         }
         let revocations = &shared.revocations;
+        // A standalone broker learns of revocations the service wrote to the shared file.
+        if let Err(e) = revocations.reload() {
+            tracing::warn!(error = %e, "cannot re-read the revocation list; keeping the one in memory");
+        }
         shared.registry.kick_where(Kick::Revoked, |e| {
             revocations.is_revoked(&e.identity.serial)
         });

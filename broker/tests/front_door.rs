@@ -645,3 +645,37 @@ async fn internal_port_refuses_clients_without_the_internal_credentials() {
         "wrong credentials accepted"
     );
 }
+
+/// The broker running on its own (`hammer broker`) shares only the revocation file with the
+/// service: a serial the service writes there closes the live session and refuses new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_written_by_another_process_reaches_the_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("revoked.json");
+    let broker_list = Arc::new(hammer_certs::RevocationList::open(&path).unwrap());
+    let (handle, fleet) = start(|c| c.revocations = broker_list.clone()).await;
+    let a_cert = fleet.device(A);
+    let mut a = Client::device(&handle, &fleet, &a_cert, A).await;
+
+    // The service's own instance of the list, as in another process.
+    let service_list = hammer_certs::RevocationList::open(&path).unwrap();
+    let t0 = Instant::now();
+    service_list.revoke(&a_cert.serial).unwrap();
+    assert!(
+        a.disconnected_within(SHORT).await,
+        "not disconnected after the file changed"
+    );
+    println!(
+        "revoked through the file: disconnected after {:?}",
+        t0.elapsed()
+    );
+    assert!(spawn(tls_options(
+        handle.local_addr(),
+        &fleet.ca_pem,
+        Some(&a_cert),
+        A
+    ))
+    .expect_connack()
+    .await
+    .is_err());
+}

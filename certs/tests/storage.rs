@@ -183,3 +183,25 @@ fn crl_lists_revoked_serials() {
     let (_, crl) = parse_x509_crl(&block.contents).unwrap();
     assert_eq!(crl.iter_revoked_certificates().count(), 0);
 }
+
+#[test]
+fn reload_picks_up_serials_another_process_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("revoked.json");
+    let broker_side = hammer_certs::RevocationList::open(&path).unwrap();
+    let service_side = hammer_certs::RevocationList::open(&path).unwrap();
+    assert!(!broker_side.reload().unwrap(), "nothing changed yet");
+    broker_side.revoke("aa").unwrap();
+    service_side.revoke("0b:cd").unwrap();
+    // The service's write kept the broker's serial.
+    assert!(hammer_certs::RevocationList::open(&path)
+        .unwrap()
+        .is_revoked("aa"));
+    assert!(!broker_side.is_revoked("bcd"));
+    assert!(broker_side.reload().unwrap());
+    assert!(broker_side.is_revoked("bcd") && broker_side.is_revoked("aa"));
+    assert!(
+        !broker_side.reload().unwrap(),
+        "unchanged file is not re-read"
+    );
+}
