@@ -223,7 +223,11 @@ impl Engine {
         let id = dep.id.clone();
         tracing::info!(deployment = %id, targets = dep.targets.len(), "deployment created");
         self.running.insert(id.clone(), dep);
-        self.step(&id).await;
+        if !self.step(&id).await {
+            return Err(ApiError::internal(
+                "the deployment could not be stored; it may not survive a restart",
+            ));
+        }
         match self.current(&id) {
             Some(d) => Ok(d),
             None => Err(ApiError::internal("deployment vanished")),
@@ -276,7 +280,11 @@ impl Engine {
         dep.state = DeploymentState::Canceled;
         dep.reason = Some(format!("canceled by {by}"));
         tracing::info!(deployment = %id, "deployment canceled");
-        self.step(id).await;
+        if !self.step(id).await {
+            return Err(ApiError::internal(
+                "the cancellation could not be stored; it may not survive a restart",
+            ));
+        }
         self.current(id).ok_or_else(|| ApiError::no_deployment(id))
     }
 
@@ -356,10 +364,12 @@ impl Engine {
     }
 
     /// Advances a deployment: abort check, launches as slots allow, end check; then persists
-    /// and announces it.
-    async fn step(&mut self, id: &str) {
+    /// and announces it. Returns false when the deployment could not be persisted (callers
+    /// that answer a request must not acknowledge it then); other callers retry on the next
+    /// step.
+    async fn step(&mut self, id: &str) -> bool {
         let Some(mut dep) = self.running.remove(id) else {
-            return;
+            return true;
         };
         if dep.state == DeploymentState::Running {
             check_abort(&mut dep);
@@ -424,9 +434,13 @@ impl Engine {
                 }
             }
         }
-        if let Err(e) = self.persist(&dep).await {
-            tracing::error!(deployment = %id, error = %e, "cannot persist deployment");
-        }
+        let persisted = match self.persist(&dep).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(deployment = %id, error = %e, "cannot persist deployment");
+                false
+            }
+        };
         self.svc.emit(
             &dep.owner,
             dep.targets.iter().map(|t| t.device_id.clone()).collect(),
@@ -438,6 +452,7 @@ impl Engine {
         if !ended {
             self.running.insert(id.to_owned(), dep);
         }
+        persisted
     }
 
     async fn persist(&self, dep: &DeploymentRecord) -> anyhow::Result<()> {
