@@ -244,7 +244,7 @@ impl Agent {
         if self.outbox.ack(ack.seq)? {
             tracing::debug!(seq = ack.seq, left = self.outbox.len(), "outbox trimmed");
         }
-        self.sent = self.sent.split_off(&(ack.seq + 1));
+        self.sent = self.sent.split_off(&ack.seq.saturating_add(1));
         let stale = self
             .sent
             .values()

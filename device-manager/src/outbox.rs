@@ -110,7 +110,11 @@ impl Outbox {
     /// The unacked events with a seq greater than `seq`, in order.
     pub fn after(&self, seq: u64) -> Result<Vec<StatusEvent>> {
         let mut out = Vec::new();
-        for item in self.store.outbox.range((seq + 1).to_be_bytes()..) {
+        // An ack of u64::MAX (confused or hostile) must not overflow: nothing comes after it.
+        let Some(first) = seq.checked_add(1) else {
+            return Ok(out);
+        };
+        for item in self.store.outbox.range(first.to_be_bytes()..) {
             let (_, v) = item?;
             match hammer_protocol::decode::<StatusEvent>(&v) {
                 Ok(ev) => out.push(ev),
@@ -209,6 +213,9 @@ mod tests {
             6
         );
         assert_eq!(ob.after(4).unwrap().len(), 2);
+        // A hostile ack of u64::MAX neither panics nor trims anything.
+        assert!(ob.after(u64::MAX).unwrap().is_empty());
+        assert!(!ob.ack(u64::MAX).unwrap());
     }
 
     #[test]
