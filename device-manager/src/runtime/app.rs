@@ -17,6 +17,18 @@ use tokio::task::JoinHandle;
 
 /// Env vars of the manager that the app must not inherit.
 const PRIVATE_ENV_PREFIXES: &[&str] = &["HAMMER_MANAGER_", "HAMMER_ENROLL_TOKEN"];
+
+/// Removes the manager's own settings and secrets (`HAMMER_MANAGER_*`, the enrollment token)
+/// from what a child inherits: the app and its health command see only their own env.
+pub(crate) fn strip_private_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        if let Some(k) = key.to_str() {
+            if PRIVATE_ENV_PREFIXES.iter().any(|p| k.starts_with(p)) {
+                cmd.env_remove(k);
+            }
+        }
+    }
+}
 /// How long to wait for a group to disappear after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 /// The env var that marks app instances of one data dir.
@@ -90,13 +102,7 @@ pub fn start(spec: &AppSpec<'_>, log: &AppLog) -> Result<RunningApp, AppError> {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(false);
-    for (key, _) in std::env::vars_os() {
-        if let Some(k) = key.to_str() {
-            if PRIVATE_ENV_PREFIXES.iter().any(|p| k.starts_with(p)) {
-                cmd.env_remove(k);
-            }
-        }
-    }
+    strip_private_env(&mut cmd);
     cmd.envs(spec.env)
         .env("HAMMER_COMMIT", spec.commit)
         .env("HAMMER_GENERATION", spec.generation.to_string())

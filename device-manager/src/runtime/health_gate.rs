@@ -93,6 +93,7 @@ impl Drop for GroupGuard {
 
 async fn run_health_cmd(cmd: &str, spec: &GateSpec<'_>, timeout: Duration) -> Result<(), String> {
     let mut command = Command::new("/bin/sh");
+    super::app::strip_private_env(&mut command);
     command
         .arg("-c")
         .arg(cmd)
@@ -139,4 +140,33 @@ async fn run_health_cmd(cmd: &str, spec: &GateSpec<'_>, timeout: Duration) -> Re
         message.push_str(&tail);
     }
     Err(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn health_cmd_does_not_inherit_the_managers_private_env() {
+        // SAFETY (edition 2021: set_var is safe): only this test reads this variable.
+        std::env::set_var("HAMMER_MANAGER_TEST_SECRET", "s3cret");
+        let dir = tempfile::tempdir().unwrap();
+        let env = BTreeMap::from([("APP_SETTING".to_owned(), "on".to_owned())]);
+        let spec = GateSpec {
+            window: Duration::from_secs(1),
+            health_cmd: None,
+            dir: dir.path(),
+            env: &env,
+            commit: "0123456789abcdef0123456789abcdef01234567",
+            generation: 1,
+            user: None,
+        };
+        let seen = run_health_cmd(
+            r#"test -z "$HAMMER_MANAGER_TEST_SECRET" && test "$APP_SETTING" = on"#,
+            &spec,
+            Duration::from_secs(10),
+        )
+        .await;
+        assert!(seen.is_ok(), "{seen:?}");
+    }
 }
