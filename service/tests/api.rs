@@ -244,6 +244,9 @@ async fn enrollment_once_then_setup_and_rate_limit() {
 
     for bad in [
         json!({"repo_url": "ftp://x", "start": "a"}),
+        json!({"repo_url": "https://tok3n@git.example/r.git", "start": "a"}),
+        json!({"repo_url": "https://u:pw@git.example/r.git", "start": "a"}),
+        json!({"repo_url": "ssh://git:pw@git.example/r.git", "start": "a"}),
         json!({"repo_url": "https://x", "start": ""}),
         json!({"repo_url": "https://x", "start": "a", "env": {"1x": "y"}}),
         json!({"repo_url": "https://x", "start": "a", "health_window_secs": 99999}),

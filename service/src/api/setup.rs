@@ -20,6 +20,13 @@ use std::sync::Arc;
 /// Longest health window accepted.
 pub const MAX_HEALTH_WINDOW: u32 = 3600;
 
+/// The `user[:password]` part of a `scheme://user[:password]@host/...` URL, if any.
+fn url_userinfo(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority.rsplit_once('@').map(|(userinfo, _)| userinfo)
+}
+
 fn check(req: &SetupRequest) -> ApiResult<()> {
     let url = req.repo_url.trim();
     let scheme_ok = ["https://", "ssh://", "git://", "file://"]
@@ -30,6 +37,16 @@ fn check(req: &SetupRequest) -> ApiResult<()> {
         return Err(ApiError::bad_request(
             "repo_url must be an https://, ssh://, git:// or file:// URL (or user@host:path)",
         ));
+    }
+    if let Some(userinfo) = url_userinfo(url) {
+        // An https user name can be a token (https://TOKEN@host/...), a password always is
+        // secret; the URL is stored and published in the retained desired state.
+        if url.starts_with("https://") || userinfo.contains(':') {
+            return Err(ApiError::bad_request(
+                "repo_url must not contain credentials: pass them with --git-user/--git-token-env \
+                 or --ssh-key (they are sealed to the device and never stored)",
+            ));
+        }
     }
     if req.git_ref.trim().is_empty()
         || req.git_ref.len() > 256
@@ -141,4 +158,18 @@ pub async fn put_setup(
     .await?;
     tracing::info!(device = %dev.id, credentials = kind, delivered = sent, "setup stored and sent");
     Ok(Json(device_view(&rec, &svc.live)))
+}
+
+#[cfg(test)]
+mod userinfo_tests {
+    use super::url_userinfo;
+
+    #[test]
+    fn finds_userinfo_only_in_the_authority() {
+        assert_eq!(url_userinfo("https://t0k@h.example/r.git"), Some("t0k"));
+        assert_eq!(url_userinfo("ssh://git@h.example:22/r.git"), Some("git"));
+        assert_eq!(url_userinfo("https://h.example/a@b/r.git"), None);
+        assert_eq!(url_userinfo("git@h.example:team/r.git"), None);
+        assert_eq!(url_userinfo("file:///srv/r.git"), None);
+    }
 }
