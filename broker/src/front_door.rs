@@ -5,9 +5,9 @@
 
 use crate::config::BrokerConfig;
 use crate::events::ConnectionEvent;
-use crate::internal::Internal;
 use crate::metrics::{Metrics, RefusalReason};
 use crate::registry::{Kick, Registry};
+use crate::router::Router;
 use crate::session;
 use hammer_certs::{CaCert, RevocationList};
 use std::collections::HashMap;
@@ -28,7 +28,7 @@ pub(crate) struct Shared {
     pub metrics: Metrics,
     pub registry: Registry,
     pub events: broadcast::Sender<ConnectionEvent>,
-    pub internal: Internal,
+    pub router: Router,
     pub next_session: AtomicU64,
     pub pending: Mutex<HashMap<IpAddr, usize>>,
     pub shutdown: watch::Sender<bool>,

@@ -6,8 +6,8 @@
 //! every new TLS client). So this crate terminates mTLS itself ([`front_door`]), reads every
 //! MQTT 3.1.1 packet ([`mqtt`]), forces the client id to the certificate's CN, checks the
 //! CONNECT will, every SUBSCRIBE filter and every PUBLISH topic against the identity's
-//! [`acl`], and relays the re-encoded packets ([`session`]) to rumqttd on a loopback port that
-//! only the front door can log into ([`internal`]).
+//! [`acl`], and hands the checked packets ([`session`]) to rumqttd's router over an
+//! in-process link: no rumqttd listener runs, and a session costs one socket.
 //!
 //! # Refusal policy
 //! Any packet outside the ACL closes the connection; it is never silently dropped and a
@@ -29,11 +29,12 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod front_door;
-pub mod internal;
 pub mod metrics;
 pub mod mqtt;
 pub mod registry;
+mod router;
 pub mod session;
+mod will;
 
 pub use acl::Acl;
 pub use config::{BrokerConfig, InternalConfig, DEFAULT_PORT};
@@ -54,7 +55,7 @@ use tokio::sync::{broadcast, watch};
 pub struct Broker;
 
 impl Broker {
-    /// Starts the internal rumqttd and the front door. Must run inside a tokio runtime.
+    /// Starts the rumqttd router and the front door. Must run inside a tokio runtime.
     pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         let ca = CaCert::from_pem(&config.ca_pem)
             .map_err(|e| BrokerError::Tls(format!("fleet CA: {e}")))?;
@@ -68,10 +69,7 @@ impl Broker {
 
         let max_connections = config.max_connections;
         let sizing = config.internal.clone();
-        let internal =
-            tokio::task::spawn_blocking(move || internal::start(max_connections, &sizing))
-                .await
-                .map_err(|e| BrokerError::Internal(e.to_string()))??;
+        let router = router::start(max_connections, &sizing)?;
 
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -95,7 +93,7 @@ impl Broker {
             metrics: Default::default(),
             registry: Default::default(),
             events,
-            internal,
+            router,
             next_session: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             shutdown,
@@ -126,11 +124,6 @@ impl BrokerHandle {
     /// The address the front door listens on (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
-    }
-
-    /// The loopback address of the internal rumqttd (only the front door can log into it).
-    pub fn internal_addr(&self) -> SocketAddr {
-        self.shared.internal.addr
     }
 
     /// Connect and disconnect events of authenticated sessions, from now on.
@@ -184,7 +177,7 @@ impl BrokerHandle {
         })
     }
 
-    /// Stops accepting connections and closes every live session. The internal rumqttd
+    /// Stops accepting connections and closes every live session. The rumqttd router
     /// cannot be stopped and lives on until the process exits.
     pub fn shutdown(&self) {
         self.shared.shutdown.send_replace(true);

@@ -3,8 +3,17 @@
 use hammer_certs::{Identity, Role};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::watch;
+
+/// Orders the successive sessions of one principal (see `session`): each new connection
+/// takes a ticket (superseding every earlier one, live or still waiting) and then waits for
+/// its turn, which the previous session releases once it has left the router.
+#[derive(Default)]
+pub(crate) struct PrincipalSlot {
+    pub turn: tokio::sync::Mutex<()>,
+    pub newest: watch::Sender<u64>,
+}
 
 /// Why a live session is being closed from outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +26,8 @@ pub enum Kick {
     Kicked,
     /// The broker is shutting down.
     Shutdown,
+    /// A new connection of the same identity took over.
+    Replaced,
 }
 
 pub(crate) struct Entry {
@@ -36,6 +47,8 @@ pub(crate) struct Sessions {
     by_session: HashMap<u64, Entry>,
     /// Live sessions per principal (is_device, id).
     per_principal: HashMap<(bool, String), usize>,
+    /// One slot per principal with a connection in progress.
+    slots: HashMap<(bool, String), Weak<PrincipalSlot>>,
 }
 
 fn principal(identity: &Identity) -> (bool, String) {
@@ -80,6 +93,22 @@ impl Registry {
                 false
             }
         }
+    }
+
+    /// The slot that orders `identity`'s successive sessions.
+    pub fn principal_slot(&self, identity: &Identity) -> Arc<PrincipalSlot> {
+        let mut s = self.lock();
+        let key = principal(identity);
+        if let Some(slot) = s.slots.get(&key).and_then(Weak::upgrade) {
+            return slot;
+        }
+        let slot = Arc::new(PrincipalSlot::default());
+        s.slots.insert(key, Arc::downgrade(&slot));
+        // Forget the slots nobody holds any more (departed principals).
+        if s.slots.len() > 2 * s.per_principal.len() + 64 {
+            s.slots.retain(|_, l| l.strong_count() > 0);
+        }
+        slot
     }
 
     /// Kicks every session matching `pred`; returns how many.

@@ -1,6 +1,12 @@
-//! One authenticated client connection: reads its MQTT packets, enforces the ACL, rewrites
-//! CONNECT (client id := certificate CN, internal credentials), and relays to rumqttd over a
-//! loopback TCP connection; rumqttd's bytes are copied back unchanged.
+//! One authenticated client connection: reads its MQTT packets, enforces the ACL, and relays
+//! them to the rumqttd router over an in-process link opened under the certificate's CN; the
+//! router's packets for the client are encoded and written back.
+//!
+//! Takeover: a new connection of an identity that is already connected closes the earlier
+//! session and waits until it has left the router before opening its own link, so the two
+//! never overlap in the router (where a late DISCONNECT of the old link could otherwise hit
+//! the new one). The will is the front door's to publish: on any end but a client DISCONNECT
+//! or a takeover (the device is not offline then), before the link leaves the router.
 
 use crate::acl::Acl;
 use crate::events::ConnectionEvent;
@@ -8,26 +14,34 @@ use crate::front_door::{PendingGuard, Shared};
 use crate::metrics::RefusalReason;
 use crate::mqtt::{self, MqttError};
 use crate::registry::Kick;
+use crate::router::LinkRequest;
+use crate::will;
 use bytes::BytesMut;
+use futures_util::FutureExt;
 use hammer_certs::Identity;
-use rumqttc::mqttbytes::v4::{Login, Packet};
-use rumqttc::mqttbytes::Protocol;
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::{Disconnect, DisconnectReasonCode, LastWill, Packet};
+use rumqttd::Notification;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::SystemTime;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::time::timeout;
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::watch;
+use tokio::time::{timeout, Instant};
 
 /// How a session ended.
 #[derive(Debug)]
 enum End {
-    /// Normal end (client or broker closed); the text says which.
+    /// The client said DISCONNECT: no will.
+    ClientDisconnect,
+    /// The connection ended otherwise (lost, keep-alive); the text says how.
     Closed(&'static str),
+    /// The router dropped the link (it can, e.g. on a protocol error it detects).
+    RouterGone,
     /// Closed by the front door for a policy or protocol reason.
     Refused(RefusalReason, String),
-    /// Closed from outside (revocation, kick, shutdown).
+    /// Closed from outside (revocation, kick, takeover, shutdown).
     Kicked(Kick),
 }
 
@@ -61,6 +75,20 @@ fn mqtt_refusal(e: &MqttError) -> RefusalReason {
     }
 }
 
+/// The client's side of a session.
+struct Client<S> {
+    rx: ReadHalf<S>,
+    tx: WriteHalf<S>,
+    buf: BytesMut,
+}
+
+/// What the CONNECT asked for, once checked.
+struct Hello {
+    clean_session: bool,
+    keep_alive: u16,
+    will: Option<LastWill>,
+}
+
 /// Runs the session until either side closes or the front door closes it.
 pub(crate) async fn run<S>(
     shared: Arc<Shared>,
@@ -71,110 +99,70 @@ pub(crate) async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let (mut client_rx, mut client_tx) = tokio::io::split(tls);
-    let mut buf = BytesMut::with_capacity(4096);
-    let max_packet = shared.config.max_packet;
+    let (rx, tx) = tokio::io::split(tls);
+    let mut client = Client {
+        rx,
+        tx,
+        buf: BytesMut::with_capacity(4096),
+    };
     let acl = Acl::for_identity(&identity);
+    let Some(hello) = read_connect(&shared, &acl, &identity, peer, &mut client).await else {
+        return;
+    };
 
-    // 1. CONNECT, within the handshake timeout.
-    let first = timeout(
-        shared.config.handshake_timeout,
-        mqtt::read_packet(&mut client_rx, &mut buf, max_packet),
-    )
-    .await;
-    let (mut connect, len) = match first {
-        Err(_) => {
-            refuse_log(
-                &shared,
-                &identity,
-                peer,
-                RefusalReason::Timeout,
-                "no CONNECT in time",
-            );
-            return;
-        }
-        Ok(Ok(Some((Packet::Connect(c), len)))) => (c, len),
-        Ok(Ok(None)) => return,
-        Ok(Ok(Some((other, _)))) => {
-            let detail = format!("first packet is not CONNECT: {}", packet_name(&other));
-            refuse_log(&shared, &identity, peer, RefusalReason::Malformed, &detail);
-            return;
-        }
+    // Takeover: supersede the identity's earlier connections and wait until the one in the
+    // router has left it.
+    let slot = shared.registry.principal_slot(&identity);
+    let mut ticket = 0;
+    slot.newest.send_modify(|n| {
+        *n += 1;
+        ticket = *n;
+    });
+    let mut superseded = slot.newest.subscribe();
+    let Ok(turn) = timeout(shared.config.handshake_timeout, slot.turn.lock()).await else {
+        tracing::warn!(id = %identity.id, %peer, "the earlier session of this identity did not end in time");
+        let _ = client.tx.write_all(&mqtt::connack(3)).await;
+        return;
+    };
+    let newest = *superseded.borrow_and_update();
+    if newest != ticket {
+        tracing::debug!(id = %identity.id, %peer, "superseded by a newer connection before it started");
+        return;
+    }
+
+    let router = shared.router.clone();
+    let request = LinkRequest {
+        client_id: identity.id.clone(),
+        clean_session: hello.clean_session,
+    };
+    let opened = tokio::task::spawn_blocking(move || router.open_blocking(&request)).await;
+    let (mut link_tx, mut link_rx, ack) = match opened {
+        Ok(Ok(link)) => link,
         Ok(Err(e)) => {
-            refuse_log(&shared, &identity, peer, mqtt_refusal(&e), &e.to_string());
+            tracing::warn!(id = %identity.id, %peer, error = %e, "the router refused the session");
+            let _ = client.tx.write_all(&mqtt::connack(3)).await;
             return;
         }
-    };
-    shared.metrics.bytes_in.fetch_add(len as u64, Relaxed);
-    if connect.protocol != Protocol::V4 {
-        let _ = client_tx.write_all(&mqtt::connack(1)).await;
-        refuse_log(
-            &shared,
-            &identity,
-            peer,
-            RefusalReason::Malformed,
-            "not MQTT 3.1.1",
-        );
-        return;
-    }
-    if let Some(will) = &connect.last_will {
-        if !acl.may_will(&will.topic) {
-            let _ = client_tx.write_all(&mqtt::connack(5)).await;
-            let detail = format!("will topic {:?}", short(&will.topic));
-            refuse_log(&shared, &identity, peer, RefusalReason::AclWill, &detail);
-            return;
-        }
-    }
-    if !connect.client_id.is_empty() && connect.client_id != identity.id {
-        tracing::debug!(id = %identity.id, asked = %short(&connect.client_id), "client id forced to the certificate CN");
-    }
-    connect.client_id = identity.id.clone();
-    connect.login = Some(Login::new(
-        shared.internal.username.clone(),
-        shared.internal.password.clone(),
-    ));
-    if connect.keep_alive == 0 {
-        // rumqttd refuses keep-alive 0; the longest one is the closest equivalent.
-        connect.keep_alive = u16::MAX;
-    }
-
-    // 2. Upstream connection and its CONNACK.
-    let mut upstream = match TcpStream::connect(shared.internal.addr).await {
-        Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = %e, "cannot reach the internal broker");
-            let _ = client_tx.write_all(&mqtt::connack(3)).await;
+            tracing::error!(id = %identity.id, error = %e, "opening a router link failed");
+            let _ = client.tx.write_all(&mqtt::connack(3)).await;
             return;
         }
     };
-    let _ = upstream.set_nodelay(true);
-    let mut out = BytesMut::with_capacity(256);
-    if mqtt::encode(&Packet::Connect(connect), &mut out).is_err()
-        || upstream.write_all(&out).await.is_err()
-    {
-        return;
-    }
     drop(pending);
-    let mut connack = [0u8; 4];
-    match timeout(
-        shared.config.handshake_timeout,
-        upstream.read_exact(&mut connack),
-    )
-    .await
-    {
-        Ok(Ok(_)) if connack[0] == 0x20 && connack[1] == 0x02 => {}
-        _ => {
-            tracing::warn!(id = %identity.id, %peer, "internal broker did not accept the session");
-            let _ = client_tx.write_all(&mqtt::connack(3)).await;
-            return;
-        }
-    }
-    if connack[3] != 0 {
-        let _ = client_tx.write_all(&connack).await;
+    let mut connack = BytesMut::with_capacity(4);
+    let encoded = match Option::<Packet>::from(ack) {
+        Some(p @ Packet::ConnAck(..)) => mqtt::encode(p, &mut connack).is_ok(),
+        _ => false,
+    };
+    if !encoded {
+        tracing::error!(id = %identity.id, "the router answered the link without a CONNACK");
+        leave_router(&mut link_tx, None).await;
+        let _ = client.tx.write_all(&mqtt::connack(3)).await;
         return;
     }
 
-    // 3. Live: register and report (before the client sees its CONNACK, so that a kick or a
+    // Live: register and report (before the client sees its CONNACK, so that a kick or a
     // revocation right after the client's connect already finds the session), then relay.
     let session = shared.next_session.fetch_add(1, Relaxed);
     let mut kick = shared.registry.insert(session, identity.clone(), peer);
@@ -191,20 +179,46 @@ pub(crate) async fn run<S>(
     });
     tracing::info!(role = ?identity.role, id = %identity.id, %peer, session, "connected");
 
-    let (mut up_rx, mut up_tx) = upstream.into_split();
-    let connack_sent = client_tx.write_all(&connack).await.is_ok();
-    shared.metrics.bytes_out.fetch_add(4, Relaxed);
+    let connack_sent = client.tx.write_all(&connack).await.is_ok();
+    shared
+        .metrics
+        .bytes_out
+        .fetch_add(connack.len() as u64, Relaxed);
     let end = if !connack_sent {
         End::Closed("client connection lost")
     } else {
-        tokio::select! {
-        e = client_to_broker(&shared, &acl, &mut client_rx, &mut buf, &mut up_tx) => e,
-        e = broker_to_client(&shared, &mut up_rx, &mut client_tx) => e,
-        k = kick.wait_for(|k| *k != Kick::None) => End::Kicked(k.map(|k| *k).unwrap_or(Kick::Shutdown)),
-        }
+        let relay = Relay {
+            shared: &shared,
+            acl: &acl,
+            keep_alive: hello.keep_alive,
+        };
+        let mut stop = Stop {
+            kick: &mut kick,
+            superseded: &mut superseded,
+            ticket,
+        };
+        relay
+            .run(&mut client, &mut link_tx, &mut link_rx, &mut stop)
+            .await
     };
+
+    // Leave the router first (with the will where one is due), then let a waiting successor
+    // in, then close the client.
+    let will = match &end {
+        End::ClientDisconnect | End::RouterGone | End::Kicked(Kick::Replaced) => None,
+        _ => hello.will,
+    };
+    if !matches!(end, End::RouterGone) {
+        leave_router(&mut link_tx, will).await;
+    }
+    drop(link_tx);
+    drop(link_rx);
+    drop(turn);
+
     let reason = match &end {
+        End::ClientDisconnect => "client sent DISCONNECT".to_owned(),
         End::Closed(why) => why.to_string(),
+        End::RouterGone => "closed by the router".to_owned(),
         End::Refused(r, detail) => {
             refuse_log(&shared, &identity, peer, *r, detail);
             r.as_str().to_owned()
@@ -218,12 +232,8 @@ pub(crate) async fn run<S>(
             format!("{k:?}").to_lowercase()
         }
     };
-    // Close both sides before reporting, so that "disconnected" means gone.
-    drop(up_tx);
-    drop(up_rx);
-    let _ = timeout(std::time::Duration::from_millis(200), client_tx.shutdown()).await;
-    drop(client_tx);
-    drop(client_rx);
+    let _ = timeout(Duration::from_millis(200), client.tx.shutdown()).await;
+    drop(client);
 
     let still_connected = shared.registry.remove(session);
     shared.metrics.sessions_open.fetch_sub(1, Relaxed);
@@ -239,105 +249,322 @@ pub(crate) async fn run<S>(
     });
 }
 
-fn packet_name(p: &Packet) -> &'static str {
-    match p {
-        Packet::Connect(_) => "CONNECT",
-        Packet::ConnAck(_) => "CONNACK",
-        Packet::Publish(_) => "PUBLISH",
-        Packet::PubAck(_) => "PUBACK",
-        Packet::PubRec(_) => "PUBREC",
-        Packet::PubRel(_) => "PUBREL",
-        Packet::PubComp(_) => "PUBCOMP",
-        Packet::Subscribe(_) => "SUBSCRIBE",
-        Packet::SubAck(_) => "SUBACK",
-        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
-        Packet::UnsubAck(_) => "UNSUBACK",
-        Packet::PingReq => "PINGREQ",
-        Packet::PingResp => "PINGRESP",
-        Packet::Disconnect => "DISCONNECT",
-    }
-}
-
-async fn client_to_broker<R, W>(
+/// Reads and checks the CONNECT, within the handshake timeout. `None`: refused (logged,
+/// and answered with a CONNACK refusal where the protocol has one).
+async fn read_connect<S>(
     shared: &Shared,
     acl: &Acl,
-    client: &mut R,
-    buf: &mut BytesMut,
-    upstream: &mut W,
-) -> End
+    identity: &Identity,
+    peer: SocketAddr,
+    client: &mut Client<S>,
+) -> Option<Hello>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut out = BytesMut::with_capacity(4096);
-    loop {
-        let (packet, len) = match mqtt::read_packet(client, buf, shared.config.max_packet).await {
-            Ok(Some(p)) => p,
-            Ok(None) => return End::Closed("closed by client"),
-            Err(MqttError::Io(_)) => return End::Closed("client connection lost"),
-            Err(e) => return End::Refused(mqtt_refusal(&e), e.to_string()),
-        };
-        shared.metrics.bytes_in.fetch_add(len as u64, Relaxed);
-        match &packet {
-            Packet::Publish(p) => {
-                if !acl.may_publish(&p.topic) {
-                    return End::Refused(
-                        RefusalReason::AclPublish,
-                        format!("publish to {:?}", short(&p.topic)),
-                    );
-                }
-                shared.metrics.messages_in.fetch_add(1, Relaxed);
-            }
-            Packet::Subscribe(s) => {
-                if let Some(f) = s.filters.iter().find(|f| !acl.may_subscribe(&f.path)) {
-                    return End::Refused(
-                        RefusalReason::AclSubscribe,
-                        format!("subscribe to {:?}", short(&f.path)),
-                    );
-                }
-            }
-            Packet::Unsubscribe(_)
-            | Packet::PubAck(_)
-            | Packet::PubRec(_)
-            | Packet::PubRel(_)
-            | Packet::PubComp(_)
-            | Packet::PingReq
-            | Packet::Disconnect => {}
-            other => {
-                return End::Refused(
-                    RefusalReason::Malformed,
-                    format!("{} from a client", packet_name(other)),
-                )
+    let first = timeout(
+        shared.config.handshake_timeout,
+        mqtt::read_packet(&mut client.rx, &mut client.buf, shared.config.max_packet),
+    )
+    .await;
+    let (connect, will, len) = match first {
+        Err(_) => {
+            let reason = RefusalReason::Timeout;
+            refuse_log(shared, identity, peer, reason, "no CONNECT in time");
+            return None;
+        }
+        Ok(Ok(Some((Packet::Connect(c, _, will, _, _), len)))) => (c, will, len),
+        Ok(Ok(None)) => return None,
+        Ok(Ok(Some((other, _)))) => {
+            let detail = format!("first packet is not CONNECT: {}", packet_name(&other));
+            refuse_log(shared, identity, peer, RefusalReason::Malformed, &detail);
+            return None;
+        }
+        Ok(Err(MqttError::UnsupportedProtocol)) => {
+            let _ = client.tx.write_all(&mqtt::connack(1)).await;
+            let reason = RefusalReason::Malformed;
+            refuse_log(shared, identity, peer, reason, "not MQTT 3.1.1");
+            return None;
+        }
+        Ok(Err(e)) => {
+            refuse_log(shared, identity, peer, mqtt_refusal(&e), &e.to_string());
+            return None;
+        }
+    };
+    shared.metrics.bytes_in.fetch_add(len as u64, Relaxed);
+    if let Some(will) = &will {
+        let topic = String::from_utf8_lossy(&will.topic);
+        if !acl.may_will(&topic) {
+            let _ = client.tx.write_all(&mqtt::connack(5)).await;
+            let detail = format!("will topic {:?}", short(&topic));
+            refuse_log(shared, identity, peer, RefusalReason::AclWill, &detail);
+            return None;
+        }
+    }
+    if !connect.client_id.is_empty() && connect.client_id != identity.id {
+        tracing::debug!(id = %identity.id, asked = %short(&connect.client_id), "client id forced to the certificate CN");
+    }
+    Some(Hello {
+        clean_session: connect.clean_session,
+        keep_alive: connect.keep_alive,
+        will,
+    })
+}
+
+/// Takes the link out of the router: publishes the will if one is due, then DISCONNECT (which
+/// keeps a persistent session for the next connection). The router handles a link's events in
+/// order, so both are done before any later link of this client id is opened.
+async fn leave_router(link_tx: &mut LinkTx, will: Option<LastWill>) {
+    if let Some(will) = will {
+        let _ = link_tx.send(will::publish(will)).await;
+    }
+    let disconnect = Disconnect {
+        reason_code: DisconnectReasonCode::NormalDisconnection,
+    };
+    let _ = link_tx.send(Packet::Disconnect(disconnect, None)).await;
+}
+
+fn packet_name(p: &Packet) -> &'static str {
+    match p {
+        Packet::Connect(..) => "CONNECT",
+        Packet::ConnAck(..) => "CONNACK",
+        Packet::Publish(..) => "PUBLISH",
+        Packet::PubAck(..) => "PUBACK",
+        Packet::PubRec(..) => "PUBREC",
+        Packet::PubRel(..) => "PUBREL",
+        Packet::PubComp(..) => "PUBCOMP",
+        Packet::Subscribe(..) => "SUBSCRIBE",
+        Packet::SubAck(..) => "SUBACK",
+        Packet::Unsubscribe(..) => "UNSUBSCRIBE",
+        Packet::UnsubAck(..) => "UNSUBACK",
+        Packet::PingReq(..) => "PINGREQ",
+        Packet::PingResp(..) => "PINGRESP",
+        Packet::Disconnect(..) => "DISCONNECT",
+    }
+}
+
+/// What to do with one client packet.
+enum Verdict {
+    Forward,
+    Ping,
+    Disconnect,
+    Refuse(RefusalReason, String),
+}
+
+fn check(acl: &Acl, packet: &Packet) -> Verdict {
+    match packet {
+        Packet::Publish(p, _) => {
+            let topic = String::from_utf8_lossy(&p.topic);
+            if !acl.may_publish(&topic) {
+                let detail = format!("publish to {:?}", short(&topic));
+                return Verdict::Refuse(RefusalReason::AclPublish, detail);
             }
         }
-        out.clear();
-        if let Err(e) = mqtt::encode(&packet, &mut out) {
-            return End::Refused(RefusalReason::Malformed, e.to_string());
+        Packet::Subscribe(s, _) => {
+            if let Some(f) = s.filters.iter().find(|f| !acl.may_subscribe(&f.path)) {
+                let detail = format!("subscribe to {:?}", short(&f.path));
+                return Verdict::Refuse(RefusalReason::AclSubscribe, detail);
+            }
         }
-        if upstream.write_all(&out).await.is_err() {
-            return End::Closed("internal broker closed");
+        Packet::PingReq(_) => return Verdict::Ping,
+        Packet::Disconnect(..) => return Verdict::Disconnect,
+        Packet::Unsubscribe(..)
+        | Packet::PubAck(..)
+        | Packet::PubRec(..)
+        | Packet::PubRel(..)
+        | Packet::PubComp(..) => {}
+        other => {
+            let detail = format!("{} from a client", packet_name(other));
+            return Verdict::Refuse(RefusalReason::Malformed, detail);
         }
-        if matches!(packet, Packet::Disconnect) {
-            return End::Closed("client sent DISCONNECT");
+    }
+    Verdict::Forward
+}
+
+/// Bytes of router packets gathered into one write to the client.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// What closes a live session from outside: a kick (revocation, request, shutdown) or a newer
+/// connection of the same identity.
+struct Stop<'a> {
+    kick: &'a mut watch::Receiver<Kick>,
+    superseded: &'a mut watch::Receiver<u64>,
+    ticket: u64,
+}
+
+impl Stop<'_> {
+    async fn wait(&mut self) -> End {
+        let ticket = self.ticket;
+        tokio::select! {
+            _ = async { self.superseded.wait_for(|n| *n != ticket).await.is_ok() } => {
+                End::Kicked(Kick::Replaced)
+            }
+            k = async { self.kick.wait_for(|k| *k != Kick::None).await.map(|k| *k) } => {
+                End::Kicked(k.unwrap_or(Kick::Shutdown))
+            }
+        }
+    }
+
+    /// Writes `bytes` to the client unless a stop comes first: a client that stops reading
+    /// must not delay its revocation or its successor.
+    async fn write<W: AsyncWrite + Unpin>(&mut self, tx: &mut W, bytes: &[u8]) -> Result<(), End> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        tokio::select! {
+            r = tx.write_all(bytes) => r.map_err(|_| End::Closed("client connection lost")),
+            end = self.wait() => Err(end),
         }
     }
 }
 
-async fn broker_to_client<R, W>(shared: &Shared, upstream: &mut R, client: &mut W) -> End
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; 8 * 1024];
-    loop {
-        match upstream.read(&mut buf).await {
-            Ok(0) | Err(_) => return End::Closed("closed by the internal broker"),
-            Ok(n) => {
-                if client.write_all(&buf[..n]).await.is_err() {
-                    return End::Closed("client connection lost");
+/// The live part of a session.
+struct Relay<'a> {
+    shared: &'a Shared,
+    acl: &'a Acl,
+    keep_alive: u16,
+}
+
+impl Relay<'_> {
+    async fn run<S>(
+        &self,
+        client: &mut Client<S>,
+        link_tx: &mut LinkTx,
+        link_rx: &mut LinkRx,
+        stop: &mut Stop<'_>,
+    ) -> End
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        // MQTT 3.1.1 §3.1.2.10: one and a half keep-alive periods of silence end the session.
+        let idle =
+            (self.keep_alive > 0).then(|| Duration::from_millis(1500 * self.keep_alive as u64));
+        let mut deadline = Instant::now() + idle.unwrap_or(Duration::ZERO);
+        let mut out = BytesMut::with_capacity(4096);
+        let max_packet = self.shared.config.max_packet;
+        loop {
+            out.clear();
+            tokio::select! {
+                r = mqtt::read_packet(&mut client.rx, &mut client.buf, max_packet) => {
+                    let first = match r {
+                        Ok(Some(p)) => p,
+                        Ok(None) => return End::Closed("closed by client"),
+                        Err(MqttError::Io(_)) => return End::Closed("client connection lost"),
+                        Err(e) => return End::Refused(mqtt_refusal(&e), e.to_string()),
+                    };
+                    if let Some(idle) = idle {
+                        deadline = Instant::now() + idle;
+                    }
+                    let step = self.client_packets(first, &mut client.buf, link_tx, &mut out).await;
+                    if let Err(end) = stop.write(&mut client.tx, &out).await {
+                        return end;
+                    }
+                    if let Some(end) = step {
+                        return end;
+                    }
                 }
-                shared.metrics.bytes_out.fetch_add(n as u64, Relaxed);
+                n = link_rx.next() => {
+                    let mut unscheduled = false;
+                    let mut next = Some(n);
+                    while let Some(n) = next.take() {
+                        match n {
+                            Err(_) => return End::RouterGone,
+                            Ok(None) => {}
+                            Ok(Some(n)) => match self.router_packet(n, &mut out) {
+                                ToClient::Written => {}
+                                ToClient::Unscheduled => unscheduled = true,
+                                ToClient::Disconnect => return End::RouterGone,
+                            },
+                        }
+                        if out.len() < WRITE_BATCH {
+                            next = link_rx.next().now_or_never();
+                        }
+                    }
+                    if let Err(end) = stop.write(&mut client.tx, &out).await {
+                        return end;
+                    }
+                    self.shared.metrics.bytes_out.fetch_add(out.len() as u64, Relaxed);
+                    if unscheduled && link_rx.wake().await.is_err() {
+                        return End::RouterGone;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline), if idle.is_some() => {
+                    return End::Closed("keep-alive expired");
+                }
+                end = stop.wait() => return end,
             }
         }
     }
+
+    /// Handles `first` and every further complete packet already buffered (up to a batch),
+    /// hands the allowed ones to the router in one go, and answers pings into `out`.
+    async fn client_packets(
+        &self,
+        first: (Packet, usize),
+        buf: &mut BytesMut,
+        link_tx: &mut LinkTx,
+        out: &mut BytesMut,
+    ) -> Option<End> {
+        let batch_max = self.shared.config.internal.max_inflight_count.max(1);
+        let max_packet = self.shared.config.max_packet;
+        let mut batch = Vec::new();
+        let mut end = None;
+        let mut next = Some(first);
+        while let Some((packet, len)) = next.take() {
+            self.shared.metrics.bytes_in.fetch_add(len as u64, Relaxed);
+            match check(self.acl, &packet) {
+                Verdict::Forward => {
+                    if matches!(packet, Packet::Publish(..)) {
+                        self.shared.metrics.messages_in.fetch_add(1, Relaxed);
+                    }
+                    batch.push(packet);
+                }
+                Verdict::Ping => out.extend_from_slice(&mqtt::PINGRESP),
+                Verdict::Disconnect => {
+                    end = Some(End::ClientDisconnect);
+                    break;
+                }
+                Verdict::Refuse(reason, detail) => {
+                    end = Some(End::Refused(reason, detail));
+                    break;
+                }
+            }
+            if batch.len() >= batch_max {
+                break;
+            }
+            match mqtt::parse(buf, max_packet) {
+                Ok(p) => next = p,
+                Err(e) => {
+                    end = Some(End::Refused(mqtt_refusal(&e), e.to_string()));
+                    break;
+                }
+            }
+        }
+        // Whatever was allowed before a refusal still reaches the router, in order.
+        if let Some(last) = batch.pop() {
+            link_tx.buffer().extend(batch);
+            if link_tx.send(last).await.is_err() {
+                return Some(End::RouterGone);
+            }
+        }
+        end
+    }
+
+    fn router_packet(&self, n: Notification, out: &mut BytesMut) -> ToClient {
+        match Option::<Packet>::from(n) {
+            None => ToClient::Unscheduled,
+            Some(Packet::Disconnect(..)) => ToClient::Disconnect,
+            Some(p) => {
+                if let Err(e) = mqtt::encode(p, out) {
+                    tracing::error!(error = %e, "cannot encode a packet from the router; dropped");
+                }
+                ToClient::Written
+            }
+        }
+    }
+}
+
+enum ToClient {
+    Written,
+    Unscheduled,
+    Disconnect,
 }

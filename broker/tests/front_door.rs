@@ -6,7 +6,6 @@ use common::*;
 use hammer_broker::{ConnectionEvent, RefusalReason};
 use hammer_protocol::topics::{topic, Channel};
 use rumqttc::{MqttOptions, Packet, QoS};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -490,50 +489,12 @@ async fn pending_handshakes_per_address_are_capped() {
     Client::device(&handle, &fleet, &a_cert, A).await;
 }
 
-/// A raw TLS connection with a device certificate, for sending arbitrary bytes.
-async fn raw_tls(
-    addr: SocketAddr,
-    fleet: &Fleet,
-    cert: &hammer_certs::Issued,
-) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let cfg = hammer_certs::tls::client_config(
-        &fleet.ca_pem,
-        &cert.cert_pem,
-        cert.key_pem.as_deref().unwrap(),
-    )
-    .unwrap();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    connector.connect(name, tcp).await.unwrap()
-}
-
 fn connect_bytes(id: &str) -> Vec<u8> {
     let mut buf = bytes::BytesMut::new();
     rumqttc::mqttbytes::v4::Packet::Connect(rumqttc::mqttbytes::v4::Connect::new(id))
         .write(&mut buf, usize::MAX)
         .unwrap();
     buf.to_vec()
-}
-
-async fn closed_within(
-    s: &mut tokio_rustls::client::TlsStream<TcpStream>,
-    within: Duration,
-) -> bool {
-    let deadline = Instant::now() + within;
-    let mut buf = [0u8; 1024];
-    loop {
-        match timeout(
-            deadline.saturating_duration_since(Instant::now()),
-            s.read(&mut buf),
-        )
-        .await
-        {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => {}
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -622,28 +583,6 @@ async fn oversized_and_garbage_close_only_that_connection() {
         .await
         .expect("still serving");
     assert!(!b.disconnected_within(Duration::from_millis(200)).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn internal_port_refuses_clients_without_the_internal_credentials() {
-    let (handle, _fleet) = start(|_| {}).await;
-    let internal = handle.internal_addr();
-    assert!(internal.ip().is_loopback());
-
-    let mut opts = MqttOptions::new("intruder", "127.0.0.1", internal.port());
-    opts.set_keep_alive(Duration::from_secs(30));
-    assert!(
-        spawn(opts).expect_connack().await.is_err(),
-        "no credentials accepted"
-    );
-
-    let mut opts = MqttOptions::new("intruder", "127.0.0.1", internal.port());
-    opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_credentials("hammer-front-door-0000000000000000", "guess");
-    assert!(
-        spawn(opts).expect_connack().await.is_err(),
-        "wrong credentials accepted"
-    );
 }
 
 /// The broker running on its own (`hammer broker`) shares only the revocation file with the

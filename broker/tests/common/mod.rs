@@ -10,6 +10,8 @@ use rumqttc::{
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 
@@ -256,5 +258,44 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     while !cond() {
         assert!(Instant::now() < deadline, "not in time: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A raw TLS connection with a device certificate, for sending arbitrary bytes.
+pub async fn raw_tls(
+    addr: SocketAddr,
+    fleet: &Fleet,
+    cert: &hammer_certs::Issued,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let cfg = hammer_certs::tls::client_config(
+        &fleet.ca_pem,
+        &cert.cert_pem,
+        cert.key_pem.as_deref().unwrap(),
+    )
+    .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    connector.connect(name, tcp).await.unwrap()
+}
+
+/// True when the peer closes `s` within `within`.
+pub async fn closed_within(
+    s: &mut tokio_rustls::client::TlsStream<TcpStream>,
+    within: Duration,
+) -> bool {
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 1024];
+    loop {
+        match timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            s.read(&mut buf),
+        )
+        .await
+        {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
     }
 }
