@@ -20,14 +20,26 @@ pub struct Api {
 impl Api {
     pub fn new(base: &str, token: &str) -> anyhow::Result<Api> {
         hammer_certs::tls::install_default_provider();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(120))
-            .build()
-            .context("cannot set up the HTTP client")?;
         Ok(Api {
-            http,
+            http: Self::client()?,
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
+        })
+    }
+
+    fn client() -> anyhow::Result<reqwest::Client> {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .context("cannot set up the HTTP client")
+    }
+
+    /// The same base and token with a new connection pool (after the service restarted, so
+    /// no request goes out on a connection to the old process).
+    pub fn fresh(&self) -> anyhow::Result<Api> {
+        Ok(Api {
+            http: Self::client()?,
+            ..self.clone()
         })
     }
 
@@ -35,14 +47,6 @@ impl Api {
     pub fn with_token(&self, token: &str) -> Api {
         Api {
             token: token.to_owned(),
-            ..self.clone()
-        }
-    }
-
-    /// The same client and token against another base URL (a restarted service).
-    pub fn with_base(&self, base: &str) -> Api {
-        Api {
-            base: base.trim_end_matches('/').to_owned(),
             ..self.clone()
         }
     }

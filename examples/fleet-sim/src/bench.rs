@@ -1,13 +1,112 @@
-//! One measured rollout: create a deployment to the whole fleet, wait until every device
-//! published its terminal phase and the service marked the deployment finished.
+//! The benchmark's building blocks: [`bring_up`] a fleet on a running service (provision,
+//! connect, set up), and [`rollout`]: one measured rollout (create a deployment to the whole
+//! fleet, wait until every device published its terminal phase and the service marked the
+//! deployment finished).
 
 use crate::api::Api;
-use crate::fleet::FleetStats;
+use crate::device::{Credentials, SimConfig, SimDevice};
+use crate::fleet::{self, FleetStats};
 use crate::percentile;
+use crate::probe::Probe;
+use crate::procstat::rss_kib;
+use crate::service_proc::ServiceProc;
 use hammer_protocol::api::DeploymentState;
 use hammer_protocol::Phase;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// A fleet of simulated devices provisioned, connected and set up on one service.
+pub struct Fleet {
+    /// Admin client (metrics).
+    pub admin: Api,
+    /// The fleet owner's client (deployments, history).
+    pub user: Api,
+    /// The run's tag value: every device has `fleet=<run>`.
+    pub run: String,
+    pub creds: Vec<Credentials>,
+    pub devices: Vec<SimDevice>,
+    pub stats: Arc<FleetStats>,
+}
+
+/// Provisions `n` devices on `svc` (with its admin token), connects them at `ramp` per second
+/// (0 = 256 at a time), sends each its setup and waits for every confirmation.
+pub async fn bring_up(
+    label: &str,
+    svc: &ServiceProc,
+    n: usize,
+    ramp: f64,
+    cfg: Arc<SimConfig>,
+) -> anyhow::Result<Fleet> {
+    let admin = Api::new(&svc.http_url, &svc.admin_token)?;
+    let run = format!("{label}{:x}", hammer_protocol::now_ms());
+    let t = Instant::now();
+    let (token, creds) = fleet::provision(&admin, &run, n, 8).await?;
+    println!(
+        "[{label}] provisioned {} devices in {:.1} s",
+        creds.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let user = admin.with_token(&token);
+    let stats = Arc::new(FleetStats::default());
+    let t = Instant::now();
+    let devices = fleet::connect_all(
+        creds.clone(),
+        None,
+        ramp,
+        cfg,
+        stats.clone(),
+        Duration::from_secs(300),
+    )
+    .await?;
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "[{label}] connected {} devices in {secs:.1} s ({:.0}/s); service RSS {} MiB, simulator RSS {} MiB",
+        devices.len(),
+        devices.len() as f64 / secs,
+        rss_kib(&svc.pid().to_string()) / 1024,
+        rss_kib("self") / 1024
+    );
+    let t = Instant::now();
+    fleet::setup_all(&user, &creds, &stats, Duration::from_secs(600)).await?;
+    println!(
+        "[{label}] setup confirmed by every device in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(Fleet {
+        admin,
+        user,
+        run,
+        creds,
+        devices,
+        stats,
+    })
+}
+
+/// One rollout to the whole fleet, printed with the CPU and RSS of the service (`svc_pid`),
+/// the simulator and an external broker (`ext_pid`) during it.
+pub async fn measured(
+    label: &str,
+    f: &Fleet,
+    max_in_flight: Option<u32>,
+    svc_pid: u32,
+    ext_pid: Option<u32>,
+) -> anyhow::Result<RolloutReport> {
+    let probe = Probe::new(svc_pid, ext_pid);
+    let r = rollout(
+        &f.user,
+        &f.admin,
+        &f.run,
+        f.devices.len(),
+        max_in_flight,
+        &f.stats,
+        Duration::from_secs(900),
+    )
+    .await?;
+    r.print(label);
+    probe.print("resources during the rollout");
+    Ok(r)
+}
 
 /// Figures of one rollout.
 #[derive(Debug, Clone)]

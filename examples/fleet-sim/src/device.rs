@@ -2,7 +2,9 @@
 //!
 //! On CONNACK it subscribes to its `desired|cmd|ack` topics; on SUBACK it publishes its
 //! retained presence (online, generation, acked seq; the last will says offline) and resends
-//! its whole unacked outbox. A signed desired state with a newer generation starts a simulated
+//! its whole unacked outbox. A lost connection is retried after a jittered exponential
+//! backoff (as the real manager does), with a connect timeout long enough for a connect
+//! storm. A signed desired state with a newer generation starts a simulated
 //! rollout (received → fetching → fetched → starting → verifying → running, or rolled_back at
 //! the configured rate) with the configured delays; every status event goes to the outbox
 //! first and is trimmed when the service acks it. A setup command is answered `configured`.
@@ -41,6 +43,14 @@ pub struct SimConfig {
     pub health_every: Duration,
     /// Resend unacked events older than this.
     pub resend_after: Duration,
+    /// MQTT connect timeout (TCP + TLS + CONNECT/CONNACK). rumqttc's default of 5 s is too
+    /// short under a connect storm: a device that gives up reconnects with the same client
+    /// id while the broker is still setting up its first session.
+    pub connect_timeout: Duration,
+    /// Reconnect backoff: first delay, doubling up to `reconnect_max`, ±50 % jitter, reset
+    /// on CONNACK (the real manager's `link::Backoff`: 0.5 s to 30 s).
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
 }
 
 impl Default for SimConfig {
@@ -52,7 +62,41 @@ impl Default for SimConfig {
             fail_rate: 0.0,
             health_every: Duration::ZERO,
             resend_after: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(30),
+            reconnect_min: Duration::from_millis(500),
+            reconnect_max: Duration::from_secs(30),
         }
+    }
+}
+
+/// Jittered exponential reconnect backoff, as in the device manager's `link::Backoff`: the
+/// current step with ±50 % jitter; the step doubles up to `max` and resets on CONNACK.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff {
+            min,
+            max: max.max(min),
+            current: min,
+        }
+    }
+
+    /// The next delay.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.current;
+        self.current = (self.current * 2).min(self.max);
+        base.mul_f64(rand::thread_rng().gen_range(0.5..=1.5))
+            .min(self.max)
+    }
+
+    pub fn reset(&mut self) {
+        self.current = self.min;
     }
 }
 
@@ -399,6 +443,9 @@ pub async fn connect(
         true,
     ));
     let (client, mut el) = AsyncClient::new(opts, 64);
+    el.network_options
+        .set_connection_timeout(cfg.connect_timeout.as_secs().max(1));
+    let mut backoff = Backoff::new(cfg.reconnect_min, cfg.reconnect_max);
     let state = Arc::new(Mutex::new(State::default()));
     let ctx = Arc::new(Ctx {
         index,
@@ -432,6 +479,7 @@ pub async fn connect(
             };
             match ev {
                 Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                    backoff.reset();
                     {
                         let mut st = lock(&ctx.state);
                         st.connects += 1;
@@ -483,9 +531,8 @@ pub async fn connect(
                             ctx.stats.online.fetch_sub(1, Relaxed);
                         }
                     }
-                    // Spread reconnects over a second, as real devices would.
-                    let ms = rand::thread_rng().gen_range(100..1100);
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    // Back off like the real manager, so a storm of reconnects spreads out.
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }
@@ -506,5 +553,26 @@ pub async fn connect(
                 creds.device_id
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_resets() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(500), Duration::from_secs(30));
+        let d1 = b.next_delay();
+        assert!(d1 >= ms(250) && d1 <= ms(750), "{d1:?}");
+        let d2 = b.next_delay();
+        assert!(d2 >= ms(500) && d2 <= ms(1500), "{d2:?}");
+        for _ in 0..20 {
+            assert!(b.next_delay() <= Duration::from_secs(30));
+        }
+        b.reset();
+        assert!(b.next_delay() <= ms(750));
     }
 }

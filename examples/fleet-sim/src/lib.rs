@@ -5,20 +5,26 @@
 //!
 //! - [`device`]: one simulated device (its MQTT task, outbox and simulated rollout).
 //! - [`api`]: the few HTTP API calls the simulator and the benchmarks need.
-//! - [`bench`]: one measured rollout.
+//! - [`bench`]: bringing a fleet up on a service, one measured rollout.
+//! - [`storm`]: the reconnect storm (the service process stopped and restarted mid-rollout).
+//! - [`probe`]: CPU and RSS of the service, the simulator and an external broker.
 //! - [`fleet`]: provisioning and connecting N devices, shared counters, timings.
 //! - [`procstat`]: RSS and CPU from `/proc`, and raising the open-file limit.
 //! - [`mosquitto`]: running Debian's `mosquitto` as the external broker (bench and tests).
+//! - [`service_proc`]: `hammer serve` as a child process (start, health, stop, restart).
 //!
-//! Binaries: `fleet-sim` (against a running service) and `rollout-bench` (starts the service
-//! in process and measures rollouts and a reconnect storm).
+//! Binaries: `fleet-sim` (against a running service) and `rollout-bench` (starts `hammer
+//! serve` as a child process and measures rollouts and a reconnect storm).
 
 pub mod api;
 pub mod bench;
 pub mod device;
 pub mod fleet;
 pub mod mosquitto;
+pub mod probe;
 pub mod procstat;
+pub mod service_proc;
+pub mod storm;
 
 /// Parses `mqtts://host:port` into host and port (port defaults to 8883).
 pub fn parse_broker_url(url: &str) -> anyhow::Result<(String, u16)> {

@@ -1,9 +1,11 @@
-//! Process figures from `/proc` (RSS, CPU split by thread name) and the open-file limit.
+//! Process figures from `/proc` (RSS and CPU time of this or another process) and the
+//! open-file limit.
 
 use std::time::Duration;
 
 /// Raises the soft open-file limit to `want` (up to the hard limit; as root the hard limit
-/// is raised too, up to `fs.nr_open`). Returns the soft limit in force afterwards.
+/// is raised too, up to `fs.nr_open`). Never lowers it. Returns the soft limit in force
+/// afterwards (0 if it cannot be read).
 pub fn raise_nofile(want: u64) -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -13,6 +15,9 @@ pub fn raise_nofile(want: u64) -> u64 {
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return 0;
+        }
+        if want <= lim.rlim_cur {
+            return lim.rlim_cur;
         }
         if want > lim.rlim_max {
             let raised = libc::rlimit {
@@ -32,6 +37,19 @@ pub fn raise_nofile(want: u64) -> u64 {
         }
         lim.rlim_cur
     }
+}
+
+/// The hard open-file limit of this process (0 if it cannot be read).
+pub fn nofile_hard() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    lim.rlim_max
 }
 
 /// Resident set size of a process (`self` or a pid) in KiB.
@@ -76,29 +94,6 @@ pub fn cpu_time(pid: &str) -> Duration {
         .and_then(|s| parse_stat(&s))
         .map(|(_, t)| Duration::from_secs_f64(t as f64 / ticks_per_sec()))
         .unwrap_or_default()
-}
-
-/// CPU time of this process split in (threads whose name starts with `prefix`, the rest).
-/// Threads that already exited are not counted.
-pub fn cpu_split_self(prefix: &str) -> (Duration, Duration) {
-    let (mut mine, mut rest) = (0u64, 0u64);
-    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
-        for e in dir.flatten() {
-            let p = e.path().join("stat");
-            if let Some((comm, t)) = std::fs::read_to_string(p).ok().and_then(|s| parse_stat(&s)) {
-                if comm.starts_with(prefix) {
-                    mine += t;
-                } else {
-                    rest += t;
-                }
-            }
-        }
-    }
-    let f = ticks_per_sec();
-    (
-        Duration::from_secs_f64(mine as f64 / f),
-        Duration::from_secs_f64(rest as f64 / f),
-    )
 }
 
 #[cfg(test)]
