@@ -315,7 +315,9 @@ where
 /// order, so both are done before any later link of this client id is opened.
 async fn leave_router(link_tx: &mut LinkTx, will: Option<LastWill>) {
     if let Some(will) = will {
-        let _ = link_tx.send(will::publish(will)).await;
+        // Into the same router event as the DISCONNECT: a second event would find the
+        // connection gone (rumqttd logs that at ERROR).
+        link_tx.buffer().push_back(will::publish(will));
     }
     let disconnect = Disconnect {
         reason_code: DisconnectReasonCode::NormalDisconnection,
