@@ -43,27 +43,42 @@ pub struct BrokerConfig {
     pub internal: InternalConfig,
 }
 
-/// Sizing of the embedded rumqttd router. Memory per subscription filter is bounded by
-/// roughly `segment_size * (segment_count + 1)` plus one packet.
+/// Sizing of the embedded rumqttd router.
+///
+/// rumqttd keeps every subscription filter's messages in a commit log of segments and evicts
+/// the oldest segment when the log is full, whether or not every subscriber has read it; a
+/// subscriber that falls further behind loses messages ("read cursor jumped"). So the
+/// fleet-wide filters the service subscribes to (`hammer/v1/dev/+/status` and the like) get
+/// room for a whole fleet's burst, while each device's own filters (its desired, cmd and ack:
+/// three per device, kept for the life of the process) stay small, which bounds memory per
+/// device. Nothing a device needs depends on that history: desired is retained, acks are
+/// cumulative and the service re-sends both after every reconnect.
 #[derive(Debug, Clone)]
 pub struct InternalConfig {
-    /// Bytes per commit-log segment of each filter (default 256 KiB; rumqttd needs >= 1 KiB).
+    /// Bytes per segment of a fleet-wide filter (default 4 MiB; rumqttd needs >= 1 KiB).
     pub segment_size: usize,
-    /// Segments kept in memory per filter besides the active one (default 2).
+    /// Segments kept per fleet-wide filter besides the active one (default 3: 16 MiB at most).
     pub segment_count: usize,
+    /// Bytes per segment of one device's filter (default 8 KiB).
+    pub device_segment_size: usize,
+    /// Segments kept per device filter besides the active one (default 1: 16 KiB per filter,
+    /// 48 KiB per device at most).
+    pub device_segment_count: usize,
     /// Packets a connection gets from the router per scheduling round (default 200).
     pub max_outgoing_packet_count: u64,
-    /// Unacknowledged QoS 1/2 messages per connection (default 100).
-    pub max_inflight_count: usize,
+    /// Packets of one client handed to the router in one event (default 100).
+    pub client_batch: usize,
 }
 
 impl Default for InternalConfig {
     fn default() -> Self {
         InternalConfig {
-            segment_size: 256 * 1024,
-            segment_count: 2,
+            segment_size: 4 * 1024 * 1024,
+            segment_count: 3,
+            device_segment_size: 8 * 1024,
+            device_segment_count: 1,
             max_outgoing_packet_count: 200,
-            max_inflight_count: 100,
+            client_batch: 100,
         }
     }
 }

@@ -11,6 +11,7 @@
 
 use crate::config::InternalConfig;
 use crate::error::BrokerError;
+use hammer_protocol::Channel;
 use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
 use rumqttd::Notification;
 use std::sync::Arc;
@@ -46,13 +47,23 @@ pub(crate) fn router_config(
     max_connections: usize,
     sizing: &InternalConfig,
 ) -> rumqttd::RouterConfig {
+    // rumqttd matches these keys as filters against each new subscription filter, so
+    // `hammer/v1/dev/+/desired` sizes every device's own desired filter.
+    let device = rumqttd::SegmentConfig {
+        max_segment_size: sizing.device_segment_size.max(1024),
+        max_segment_count: sizing.device_segment_count.max(1),
+    };
+    let custom = Channel::TO_DEVICE
+        .iter()
+        .map(|c| (c.all_devices_filter(), device.clone()))
+        .collect();
     rumqttd::RouterConfig {
         // Room for reconnects overlapping with the sessions they replace.
         max_connections: max_connections.saturating_mul(2).max(64),
         max_outgoing_packet_count: sizing.max_outgoing_packet_count,
         max_segment_size: sizing.segment_size.max(1024),
         max_segment_count: sizing.segment_count.max(1),
-        custom_segment: None,
+        custom_segment: Some(custom),
         initialized_filters: None,
         shared_subscriptions_strategy: Default::default(),
     }

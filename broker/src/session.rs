@@ -506,7 +506,7 @@ impl Relay<'_> {
         link_tx: &mut LinkTx,
         out: &mut BytesMut,
     ) -> Option<End> {
-        let batch_max = self.shared.config.internal.max_inflight_count.max(1);
+        let batch_max = self.shared.config.internal.client_batch.max(1);
         let max_packet = self.shared.config.max_packet;
         let mut batch = Vec::new();
         let mut end = None;

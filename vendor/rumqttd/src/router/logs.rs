@@ -11,7 +11,7 @@ use crate::{ConnectionId, Filter, Offset, RouterConfig, Topic};
 
 use crate::segments::{CommitLog, Position};
 use crate::Storage;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::time::Instant;
 
@@ -58,15 +58,32 @@ pub struct DataLog {
     pub native: Slab<Data<PublishData>>,
     /// Map of subscription filter name to filter index
     filter_indexes: HashMap<Filter, FilterIdx>,
+    /// hammer patch: the filters with a `+` or `#` level, the only ones a new topic has to
+    /// be matched against one by one (a filter without wildcards matches only itself).
+    wildcard_filters: HashMap<Filter, FilterIdx>,
     retained_publishes: HashMap<Topic, PublishData>,
     /// List of filters associated with a topic
     publish_filters: HashMap<Topic, Vec<FilterIdx>>,
+    /// hammer patch: the filters each connection has parked a request on, so that `clean`
+    /// visits those instead of every filter.
+    parked: HashMap<ConnectionId, HashSet<FilterIdx>>,
+}
+
+/// hammer patch: whether `filter` has a wildcard level.
+fn is_wildcard(filter: &str) -> bool {
+    filter.split('/').any(|level| level == "+" || level == "#")
+}
+
+/// hammer patch: what `matches(topic, filter)` answers for a filter without wildcards.
+fn matches_exact(topic: &str, filter: &str) -> bool {
+    !topic.starts_with('$') && topic == filter
 }
 
 impl DataLog {
     pub fn new(config: RouterConfig) -> io::Result<DataLog> {
         let mut native = Slab::new();
         let mut filter_indexes = HashMap::new();
+        let mut wildcard_filters = HashMap::new();
         let retained_publishes = HashMap::new();
         let publish_filters = HashMap::new();
 
@@ -77,6 +94,9 @@ impl DataLog {
                 // Add commitlog to datalog and add datalog index to filter to
                 // datalog index map
                 let idx = native.insert(data);
+                if is_wildcard(&filter) {
+                    wildcard_filters.insert(filter.clone(), idx);
+                }
                 filter_indexes.insert(filter, idx);
             }
         }
@@ -86,7 +106,9 @@ impl DataLog {
             native,
             publish_filters,
             filter_indexes,
+            wildcard_filters,
             retained_publishes,
+            parked: HashMap::new(),
         })
     }
 
@@ -128,12 +150,17 @@ impl DataLog {
         match &self.publish_filters.get(topic) {
             Some(v) => Some(v.to_vec()),
             None => {
-                let v: Vec<usize> = self
-                    .filter_indexes
+                let mut v: Vec<usize> = self
+                    .wildcard_filters
                     .iter()
                     .filter(|(filter, _)| matches(topic, filter))
                     .map(|(_, filter_idx)| *filter_idx)
                     .collect();
+                if let Some(idx) = self.filter_indexes.get(topic) {
+                    if !is_wildcard(topic) && matches_exact(topic, topic) {
+                        v.push(*idx);
+                    }
+                }
 
                 if !v.is_empty() {
                     self.publish_filters.insert(topic.to_owned(), v.clone());
@@ -159,8 +186,15 @@ impl DataLog {
                 self.filter_indexes.insert(filter.to_owned(), idx);
 
                 // Match new filter to existing topics and add to publish_filters if it matches
-                for (topic, filters) in publish_filters.iter_mut() {
-                    if matches(topic, filter) {
+                if is_wildcard(filter) {
+                    self.wildcard_filters.insert(filter.to_owned(), idx);
+                    for (topic, filters) in publish_filters.iter_mut() {
+                        if matches(topic, filter) {
+                            filters.push(idx);
+                        }
+                    }
+                } else if let Some(filters) = publish_filters.get_mut(filter) {
+                    if matches_exact(filter, filter) {
                         filters.push(idx);
                     }
                 }
@@ -242,14 +276,17 @@ impl DataLog {
         // there has been atleast 1 call to `native_readv` for the same filter, which means if
         // `native_readv` hasn't paniced, so this won't panic either.
         let data = self.native.get_mut(request.filter_idx).unwrap();
+        self.parked.entry(id).or_default().insert(request.filter_idx);
         data.waiters.register(id, request);
     }
 
     /// Cleanup a connection from all the waiters
     pub fn clean(&mut self, id: ConnectionId) -> Vec<DataRequest> {
         let mut inflight = Vec::new();
-        for (_, data) in self.native.iter_mut() {
-            inflight.append(&mut data.waiters.remove(id));
+        for filter_idx in self.parked.remove(&id).unwrap_or_default() {
+            if let Some(data) = self.native.get_mut(filter_idx) {
+                inflight.append(&mut data.waiters.remove(id));
+            }
         }
 
         inflight
@@ -273,31 +310,25 @@ impl DataLog {
         trace!(info = "reading retain msg", filter = &filter);
         let now = Instant::now();
 
-        // discard expired retained messages
-        self.retained_publishes.retain(|_, pubdata| {
-            // Keep data if no properties exists, which implies no message expiry!
-            let Some(properties) = pubdata.properties.as_mut() else {
-                return true;
+        // hammer patch: a filter without wildcards matches at most the one topic it names, so
+        // look that up instead of visiting every retained message on every subscription.
+        if !is_wildcard(filter) {
+            let Some(pubdata) = self.retained_publishes.get_mut(filter) else {
+                return Vec::new();
             };
-
-            // Keep data if there is no message_expiry_interval
-            let Some(message_expiry_interval) = properties.message_expiry_interval.as_mut() else {
-                return true;
-            };
-
-            let time_spent = (now - pubdata.timestamp).as_secs() as u32;
-
-            let is_valid = time_spent < *message_expiry_interval;
-
-            // ignore expired messages
-            if is_valid {
-                // set message_expiry_interval to (original value - time spent waiting in server)
-                // ref: https://docs.oasis-open.org/mqtt/mqtt/v5.0/os/mqtt-v5.0-os.html#_Toc3901112
-                *message_expiry_interval -= time_spent;
+            if !unexpired(pubdata, now) {
+                self.retained_publishes.remove(filter);
+                return Vec::new();
             }
+            if !matches_exact(filter, filter) {
+                return Vec::new();
+            }
+            return vec![(pubdata.publish.clone(), pubdata.properties.clone())];
+        }
 
-            is_valid
-        });
+        // discard expired retained messages
+        self.retained_publishes
+            .retain(|_, pubdata| unexpired(pubdata, now));
 
         // no need to include timestamp when returning
         self.retained_publishes
@@ -306,6 +337,32 @@ impl DataLog {
             .map(|(_, p)| (p.publish.clone(), p.properties.clone()))
             .collect()
     }
+}
+
+/// Whether a retained message is still valid at `now`; counts down its expiry interval if so.
+fn unexpired(pubdata: &mut PublishData, now: Instant) -> bool {
+    // Keep data if no properties exists, which implies no message expiry!
+    let Some(properties) = pubdata.properties.as_mut() else {
+        return true;
+    };
+
+    // Keep data if there is no message_expiry_interval
+    let Some(message_expiry_interval) = properties.message_expiry_interval.as_mut() else {
+        return true;
+    };
+
+    let time_spent = (now - pubdata.timestamp).as_secs() as u32;
+
+    let is_valid = time_spent < *message_expiry_interval;
+
+    // ignore expired messages
+    if is_valid {
+        // set message_expiry_interval to (original value - time spent waiting in server)
+        // ref: https://docs.oasis-open.org/mqtt/mqtt/v5.0/os/mqtt-v5.0-os.html#_Toc3901112
+        *message_expiry_interval -= time_spent;
+    }
+
+    is_valid
 }
 
 pub struct Data<T> {
@@ -435,8 +492,63 @@ impl AckLog {
 #[cfg(test)]
 mod test {
     use super::DataLog;
+    use crate::protocol::matches;
     use crate::router::shared_subs::Strategy;
     use crate::RouterConfig;
+
+    /// hammer patch: the indexes give what a scan of every filter gives, whichever comes
+    /// first, the filter or the topic, and the retained lookup agrees with the scan.
+    #[test]
+    fn hammer_patch_index_agrees_with_a_full_scan() {
+        let config = RouterConfig {
+            max_segment_size: 1024,
+            max_connections: 10,
+            max_segment_count: 10,
+            max_outgoing_packet_count: 1024,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Strategy::RoundRobin,
+        };
+        let filters = [
+            "a/b", "a/+", "a/#", "#", "+/b", "a/b/c", "$SYS/x", "$SYS/#", "x", "a/b+", "+",
+        ];
+        let topics = ["a/b", "a/c", "a/b/c", "b", "$SYS/x", "x", "a", "a/b+", "q/b"];
+        for split in 0..=filters.len() {
+            let mut data = DataLog::new(config.clone()).unwrap();
+            let mut idx = std::collections::HashMap::new();
+            for f in &filters[..split] {
+                idx.insert(*f, data.next_native_offset(f).0);
+            }
+            for t in topics {
+                data.matches(t);
+            }
+            for f in &filters[split..] {
+                idx.insert(*f, data.next_native_offset(f).0);
+            }
+            for t in topics {
+                let mut got = data.matches(t).unwrap();
+                got.sort();
+                let mut want: Vec<usize> = filters
+                    .iter()
+                    .filter(|f| matches(t, f))
+                    .map(|f| idx[f])
+                    .collect();
+                want.sort();
+                assert_eq!(got, want, "topic {t}, filters added before: {split}");
+            }
+        }
+
+        let mut data = DataLog::new(config).unwrap();
+        for t in topics {
+            let publish = crate::protocol::Publish::new(t, "x", true);
+            data.insert_to_retained_publishes(publish, None, t.to_owned());
+        }
+        for f in filters {
+            let got = data.read_retained_messages(f).len();
+            let want = topics.iter().filter(|t| matches(t, f)).count();
+            assert_eq!(got, want, "filter {f}");
+        }
+    }
 
     #[test]
     fn publish_filters_updating_correctly_on_new_topic_subscription() {
