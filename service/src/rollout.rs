@@ -53,7 +53,15 @@ pub struct Engine {
     running: HashMap<String, DeploymentRecord>,
     /// Device id → running deployment that has it pending or in flight.
     by_device: HashMap<String, String>,
+    /// Running deployments with status-driven changes not yet persisted → since when (ms).
+    unsaved: HashMap<String, u64>,
 }
+
+/// Status-driven target changes of a running deployment are persisted at most this long after
+/// they happen, not once per batch: at 10,000 targets one write is a multi-megabyte record.
+/// Nothing is lost meanwhile: the status events are durable before they get here and `load`
+/// replays them. Launches, cancels and ends are persisted at once.
+const PERSIST_EVERY_MS: u64 = 250;
 
 /// Most inbox messages handled under one step per deployment.
 const MAX_BATCH: usize = 4096;
@@ -69,6 +77,7 @@ impl Engine {
             svc: svc.clone(),
             running: HashMap::new(),
             by_device: HashMap::new(),
+            unsaved: HashMap::new(),
         };
         let mut replay = Vec::new();
         for dep in svc.store.deployments()? {
@@ -134,11 +143,16 @@ impl Engine {
                         }
                         self.handle_batch(batch).await;
                     }
-                    None => return,
+                    None => break,
                 },
                 _ = timer => self.on_timer().await,
-                _ = stop.changed() => return,
+                _ = stop.changed() => break,
             }
+        }
+        // A graceful stop leaves nothing for `load` to replay.
+        let unsaved: Vec<String> = self.unsaved.keys().cloned().collect();
+        for id in unsaved {
+            self.step(&id).await;
         }
     }
 
@@ -162,14 +176,14 @@ impl Engine {
                 other => {
                     // Keep the order: what came before a create or cancel is applied first.
                     for id in touched.drain(..) {
-                        self.step(&id).await;
+                        self.step_with(&id, false).await;
                     }
                     self.handle(other).await;
                 }
             }
         }
         for id in touched {
-            self.step(&id).await;
+            self.step_with(&id, false).await;
         }
     }
 
@@ -181,7 +195,7 @@ impl Engine {
             }
             RolloutMsg::Status { device_id, event } => {
                 if let Some(id) = self.on_status(&device_id, event).await {
-                    self.step(&id).await;
+                    self.step_with(&id, false).await;
                 }
             }
             RolloutMsg::Cancel {
@@ -200,11 +214,13 @@ impl Engine {
     }
 
     fn next_deadline(&self) -> Option<u64> {
+        let save = self.unsaved.values().min().map(|t| t + PERSIST_EVERY_MS);
         self.running
             .values()
             .flat_map(|d| d.targets.iter())
             .filter(|t| t.state == TargetState::InFlight)
             .filter_map(|t| t.deadline)
+            .chain(save)
             .min()
     }
 
@@ -358,6 +374,11 @@ impl Engine {
             }
         }
         touched.dedup();
+        for (id, since) in &self.unsaved {
+            if since + PERSIST_EVERY_MS <= now && !touched.contains(id) {
+                touched.push(id.clone());
+            }
+        }
         for id in touched {
             self.step(&id).await;
         }
@@ -368,9 +389,18 @@ impl Engine {
     /// that answer a request must not acknowledge it then); other callers retry on the next
     /// step.
     async fn step(&mut self, id: &str) -> bool {
+        self.step_with(id, true).await
+    }
+
+    /// [`Engine::step`]; with `always_persist` false, a step that only applied status events
+    /// is persisted within [`PERSIST_EVERY_MS`] instead of at once.
+    async fn step_with(&mut self, id: &str, always_persist: bool) -> bool {
         let Some(mut dep) = self.running.remove(id) else {
+            self.unsaved.remove(id);
             return true;
         };
+        let state_before = dep.state;
+        let mut launched = 0usize;
         if dep.state == DeploymentState::Running {
             check_abort(&mut dep);
         }
@@ -380,23 +410,26 @@ impl Engine {
                 .max_in_flight
                 .map(|m| m.max(1) as usize)
                 .unwrap_or(usize::MAX);
-            loop {
-                let in_flight = dep
-                    .targets
-                    .iter()
-                    .filter(|t| t.state == TargetState::InFlight)
-                    .count();
-                if in_flight >= max {
-                    break;
-                }
-                let Some(i) = dep
-                    .targets
+            let mut in_flight = dep
+                .targets
+                .iter()
+                .filter(|t| t.state == TargetState::InFlight)
+                .count();
+            let mut next_pending = 0;
+            while in_flight < max {
+                let Some(i) = dep.targets[next_pending..]
                     .iter()
                     .position(|t| t.state == TargetState::Pending)
+                    .map(|i| i + next_pending)
                 else {
                     break;
                 };
+                next_pending = i + 1;
                 self.launch(&mut dep, i).await;
+                launched += 1;
+                if dep.targets[i].state == TargetState::InFlight {
+                    in_flight += 1;
+                }
                 // A launch that failed at once may trip the threshold.
                 check_abort(&mut dep);
                 if dep.state != DeploymentState::Running {
@@ -434,21 +467,37 @@ impl Engine {
                 }
             }
         }
-        let persisted = match self.persist(&dep).await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(deployment = %id, error = %e, "cannot persist deployment");
-                false
+        let now = now_ms();
+        let since = *self.unsaved.entry(id.to_owned()).or_insert(now);
+        let due = always_persist
+            || ended
+            || launched > 0
+            || dep.state != state_before
+            || since + PERSIST_EVERY_MS <= now;
+        let persisted = if due {
+            match self.persist(&dep).await {
+                Ok(()) => {
+                    self.unsaved.remove(id);
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(deployment = %id, error = %e, "cannot persist deployment");
+                    false
+                }
             }
+        } else {
+            true
         };
-        self.svc.emit(
-            &dep.owner,
-            dep.targets.iter().map(|t| t.device_id.clone()).collect(),
-            Some(dep.id.clone()),
-            Event::Deployment {
-                deployment: crate::views::deployment_view(&dep),
-            },
-        );
+        if self.svc.listening() {
+            self.svc.emit(
+                &dep.owner,
+                dep.targets.iter().map(|t| t.device_id.clone()).collect(),
+                Some(dep.id.clone()),
+                Event::Deployment {
+                    deployment: crate::views::deployment_view(&dep),
+                },
+            );
+        }
         if !ended {
             self.running.insert(id.to_owned(), dep);
         }

@@ -47,6 +47,12 @@ pub struct Service {
 }
 
 impl Service {
+    /// Whether any event stream is open: building an event (a 10,000-target deployment view,
+    /// say) is skipped when no one would see it.
+    pub fn listening(&self) -> bool {
+        self.hub.receiver_count() > 0
+    }
+
     /// Sends an event to every stream that may see it (no one listening is fine).
     pub fn emit(
         &self,

@@ -284,6 +284,58 @@ async fn service_restart_in_the_middle_of_a_rollout() {
     assert!(hist.as_array().unwrap().len() >= 3, "{hist}");
 }
 
+/// Status-driven progress is persisted lazily (at most 250 ms late); a target that finished
+/// just before a restart is still finished after it, and the rollout goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn progress_just_before_a_restart_survives_it() {
+    let mut h = Harness::start().await;
+    let t = h.user("alice").await;
+    let _fast = h
+        .ready_device("alice", &t, "fast", json!({}), Behavior::Succeed)
+        .await;
+    let slow = h
+        .ready_device("alice", &t, "slow", json!({}), Behavior::Silent)
+        .await;
+    let id = deploy(
+        &h,
+        &t,
+        json!({"targets": {"names": ["fast", "slow"]}, "strategy": {"timeout_secs": 60}}),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, v) = h.get(&format!("/api/v1/deployments/{id}"), &t).await;
+        if targets(&v)
+            .iter()
+            .any(|x| x["device"] == "fast" && x["state"] == "succeeded")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fast never succeeded: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    h.restart().await;
+    let (_, v) = h.get(&format!("/api/v1/deployments/{id}"), &t).await;
+    assert_eq!(v["state"], "running", "{v}");
+    let fast = targets(&v)
+        .into_iter()
+        .find(|x| x["device"] == "fast")
+        .unwrap();
+    assert_eq!(fast["state"], "succeeded", "{v}");
+
+    let desired = slow.wait_desired().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for phase in [Phase::Fetched, Phase::Running] {
+        slow.report(slow.next_seq(), Some(&desired), phase, Some("abc"))
+            .await;
+    }
+    let v = h.wait_deployment(&t, &id, 30).await;
+    assert_eq!(v["state"], "succeeded", "{v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn status_is_stored_once_and_acked_contiguously() {
     let h = Harness::start().await;

@@ -49,7 +49,7 @@ async fn store_batch(
 ) -> anyhow::Result<()> {
     let now = now_ms();
     let mut acks: HashMap<String, (u64, u64)> = HashMap::new();
-    let mut fresh: Vec<(String, StoredStatus)> = Vec::new();
+    let mut fresh: Vec<(String, String, StoredStatus)> = Vec::new();
     for (device_id, payload) in batch {
         let ev: StatusEvent = match decode(&payload) {
             Ok(ev) => ev,
@@ -85,7 +85,7 @@ async fn store_batch(
         if ins.new {
             Counters::inc(&svc.counters.status_stored);
             apply_to_device(svc, &dev, &stored.event)?;
-            fresh.push((dev.owner, stored));
+            fresh.push((dev.owner, dev.name, stored));
         } else {
             Counters::inc(&svc.counters.status_duplicates);
         }
@@ -96,22 +96,19 @@ async fn store_batch(
             crate::mqtt::publish::publish_ack(svc, &device, epoch, seq).await?;
         }
     }
-    for (owner, stored) in fresh {
-        let entry = views::history_entry(&stored);
-        let device_name = svc
-            .store
-            .device(&stored.device_id)?
-            .map(|d| d.name)
-            .unwrap_or_default();
-        svc.emit(
-            &owner,
-            vec![stored.device_id.clone()],
-            stored.event.deployment_id.clone(),
-            Event::Status {
-                device: device_name,
-                entry,
-            },
-        );
+    let listening = svc.listening();
+    for (owner, device_name, stored) in fresh {
+        if listening {
+            svc.emit(
+                &owner,
+                vec![stored.device_id.clone()],
+                stored.event.deployment_id.clone(),
+                Event::Status {
+                    device: device_name,
+                    entry: views::history_entry(&stored),
+                },
+            );
+        }
         let _ = svc
             .rollout
             .send(RolloutMsg::Status {
