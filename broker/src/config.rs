@@ -57,7 +57,8 @@ pub struct BrokerConfig {
 pub struct InternalConfig {
     /// Bytes per segment of a fleet-wide filter (default 4 MiB; rumqttd needs >= 1 KiB).
     pub segment_size: usize,
-    /// Segments kept per fleet-wide filter besides the active one (default 3: 16 MiB at most).
+    /// Segments kept per fleet-wide filter besides the active one (default 7: 32 MiB at most,
+    /// about 130,000 status events, a 10,000-device rollout's burst twice over).
     pub segment_count: usize,
     /// Bytes per segment of one device's filter (default 8 KiB).
     pub device_segment_size: usize,
@@ -74,7 +75,7 @@ impl Default for InternalConfig {
     fn default() -> Self {
         InternalConfig {
             segment_size: 4 * 1024 * 1024,
-            segment_count: 3,
+            segment_count: 7,
             device_segment_size: 8 * 1024,
             device_segment_count: 1,
             max_outgoing_packet_count: 200,

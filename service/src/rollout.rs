@@ -55,6 +55,8 @@ pub struct Engine {
     by_device: HashMap<String, String>,
     /// Running deployments with status-driven changes not yet persisted → since when (ms).
     unsaved: HashMap<String, u64>,
+    /// Running deployment → device id → index of its target (targets never move).
+    target_index: HashMap<String, HashMap<String, usize>>,
 }
 
 /// Status-driven target changes of a running deployment are persisted at most this long after
@@ -78,6 +80,7 @@ impl Engine {
             running: HashMap::new(),
             by_device: HashMap::new(),
             unsaved: HashMap::new(),
+            target_index: HashMap::new(),
         };
         let mut replay = Vec::new();
         for dep in svc.store.deployments()? {
@@ -312,7 +315,14 @@ impl Engine {
         }
         let dep = self.running.get_mut(&dep_id)?;
         let retries = dep.strategy.retries;
-        let t = dep.targets.iter_mut().find(|t| t.device_id == device_id)?;
+        let index = self.target_index.entry(dep_id.clone()).or_insert_with(|| {
+            dep.targets
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.device_id.clone(), i))
+                .collect()
+        });
+        let t = dep.targets.get_mut(*index.get(device_id)?)?;
         if t.state != TargetState::InFlight
             || (ev.generation.is_some() && ev.generation != t.generation)
         {
@@ -397,6 +407,7 @@ impl Engine {
     async fn step_with(&mut self, id: &str, always_persist: bool) -> bool {
         let Some(mut dep) = self.running.remove(id) else {
             self.unsaved.remove(id);
+            self.target_index.remove(id);
             return true;
         };
         let state_before = dep.state;
@@ -498,7 +509,9 @@ impl Engine {
                 },
             );
         }
-        if !ended {
+        if ended {
+            self.target_index.remove(id);
+        } else {
             self.running.insert(id.to_owned(), dep);
         }
         persisted

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// Most status events stored under one flush.
-const BATCH: usize = 1024;
+const BATCH: usize = 4096;
 /// How many successful commits a device remembers for rollback.
 const GOOD_COMMITS: usize = 5;
 
