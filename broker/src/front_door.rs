@@ -177,6 +177,7 @@ pub(crate) async fn revocation_sweep(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut tick = tokio::time::interval(shared.config.revocation_sweep);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut walked = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -187,6 +188,13 @@ pub(crate) async fn revocation_sweep(shared: Arc<Shared>) {
         if let Err(e) = revocations.reload() {
             tracing::warn!(error = %e, "cannot re-read the revocation list; keeping the one in memory");
         }
+        // Walk the sessions only when something was revoked since the last walk (the list
+        // only grows); a session that registers after the walk checks itself (`session`).
+        let revoked = revocations.len();
+        if revoked == walked {
+            continue;
+        }
+        walked = revoked;
         shared.registry.kick_where(Kick::Revoked, |e| {
             revocations.is_revoked(&e.identity.serial)
         });

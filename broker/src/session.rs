@@ -166,6 +166,13 @@ pub(crate) async fn run<S>(
     // revocation right after the client's connect already finds the session), then relay.
     let session = shared.next_session.fetch_add(1, Relaxed);
     let mut kick = shared.registry.insert(session, identity.clone(), peer);
+    // Revoked between the front door's check and now: the revocation sweep may already have
+    // walked the sessions without this one.
+    if shared.revocations.is_revoked(&identity.serial) {
+        shared
+            .registry
+            .kick_where(Kick::Revoked, |e| e.identity.serial == identity.serial);
+    }
     shared.metrics.sessions_open.fetch_add(1, Relaxed);
     shared.metrics.sessions_total.fetch_add(1, Relaxed);
     let _ = shared.events.send(ConnectionEvent {

@@ -153,6 +153,16 @@ impl RevocationList {
         }
     }
 
+    /// How many serials are revoked. It only ever grows, so a change means new revocations.
+    pub fn len(&self) -> usize {
+        self.serials.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether nothing is revoked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// All revoked serials, sorted, canonical.
     pub fn serials(&self) -> Vec<String> {
         self.serials

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub struct Counters {
     pub status_stored: AtomicU64,
     pub status_duplicates: AtomicU64,
+    /// Status events dropped because ingestion was full (the devices resend them).
+    pub status_shed: AtomicU64,
     pub bad_payloads: AtomicU64,
     pub unknown_devices: AtomicU64,
     pub health_reports: AtomicU64,
@@ -57,6 +59,12 @@ pub fn render(
         "Status events received again and deduplicated.",
         "counter",
         c.status_duplicates.load(Relaxed),
+    );
+    gauge(
+        "hammer_status_events_shed_total",
+        "Status events dropped while ingestion was full; the devices resend them.",
+        "counter",
+        c.status_shed.load(Relaxed),
     );
     gauge(
         "hammer_bad_payloads_total",

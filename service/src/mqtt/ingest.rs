@@ -50,6 +50,9 @@ async fn store_batch(
     let now = now_ms();
     let mut acks: HashMap<String, (u64, u64)> = HashMap::new();
     let mut fresh: Vec<(String, String, StoredStatus)> = Vec::new();
+    // One read and one write of each device record per batch, not per event.
+    let mut devices: HashMap<String, Option<DeviceRecord>> = HashMap::new();
+    let mut changes: HashMap<String, Vec<StatusEvent>> = HashMap::new();
     for (device_id, payload) in batch {
         let ev: StatusEvent = match decode(&payload) {
             Ok(ev) => ev,
@@ -58,7 +61,15 @@ async fn store_batch(
                 continue;
             }
         };
-        let Some(dev) = svc.store.device(&device_id)? else {
+        let dev = match devices.get(&device_id) {
+            Some(d) => d.clone(),
+            None => {
+                let d = svc.store.device(&device_id)?;
+                devices.insert(device_id.clone(), d.clone());
+                d
+            }
+        };
+        let Some(dev) = dev else {
             Counters::inc(&svc.counters.unknown_devices);
             continue;
         };
@@ -84,11 +95,21 @@ async fn store_batch(
         acks.insert(device_id.clone(), (stored.event.epoch, ins.contiguous));
         if ins.new {
             Counters::inc(&svc.counters.status_stored);
-            apply_to_device(svc, &dev, &stored.event)?;
+            changes
+                .entry(dev.id.clone())
+                .or_default()
+                .push(stored.event.clone());
             fresh.push((dev.owner, dev.name, stored));
         } else {
             Counters::inc(&svc.counters.status_duplicates);
         }
+    }
+    for (id, events) in changes {
+        svc.store.update_device(&id, &mut |d| {
+            for ev in &events {
+                apply_to_device(d, ev);
+            }
+        })?;
     }
     svc.store.flush().await?;
     for (device, (epoch, seq)) in acks {
@@ -121,35 +142,32 @@ async fn store_batch(
 }
 
 /// Keeps the device record's view of the app current.
-fn apply_to_device(svc: &Service, dev: &DeviceRecord, ev: &StatusEvent) -> anyhow::Result<()> {
-    if ev.generation.is_some_and(|g| g < dev.generation) && ev.phase != Phase::Configured {
+fn apply_to_device(d: &mut DeviceRecord, ev: &StatusEvent) {
+    if ev.generation.is_some_and(|g| g < d.generation) && ev.phase != Phase::Configured {
         // A late event of an older generation does not describe the app any more.
-        return Ok(());
+        return;
     }
-    svc.store.update_device(&dev.id, &mut |d| {
-        d.app_phase = Some(ev.phase);
-        match ev.phase {
-            Phase::Running => {
-                if let Some(c) = &ev.commit {
-                    d.current_commit = Some(c.clone());
-                    if d.good_commits.last() != Some(c) {
-                        d.good_commits.retain(|g| g != c);
-                        d.good_commits.push(c.clone());
-                        if d.good_commits.len() > GOOD_COMMITS {
-                            d.good_commits.remove(0);
-                        }
+    d.app_phase = Some(ev.phase);
+    match ev.phase {
+        Phase::Running => {
+            if let Some(c) = &ev.commit {
+                d.current_commit = Some(c.clone());
+                if d.good_commits.last() != Some(c) {
+                    d.good_commits.retain(|g| g != c);
+                    d.good_commits.push(c.clone());
+                    if d.good_commits.len() > GOOD_COMMITS {
+                        d.good_commits.remove(0);
                     }
                 }
             }
-            Phase::Configured => {
-                if matches!(d.state, DeviceState::SetupPending | DeviceState::Enrolled) {
-                    d.state = DeviceState::Ready;
-                }
-            }
-            _ => {}
         }
-    })?;
-    Ok(())
+        Phase::Configured => {
+            if matches!(d.state, DeviceState::SetupPending | DeviceState::Enrolled) {
+                d.state = DeviceState::Ready;
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Presence: online is the device's resync request.

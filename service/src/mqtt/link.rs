@@ -9,6 +9,7 @@ use rumqttc::{
     AsyncClient, Event, EventLoop, Incoming, MqttOptions, QoS, SubscribeFilter, TlsConfiguration,
     Transport,
 };
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -53,9 +54,12 @@ pub async fn run(
             Ok(Event::Incoming(Incoming::ConnAck(_))) => {
                 failures = 0;
                 tracing::info!("connected to the broker");
+                // QoS 0: what devices send is made reliable end to end (their outbox resends
+                // until the service's ack says stored), so broker-side QoS 1 would only add
+                // an in-flight window (100 messages) between the broker and the service.
                 let filters = Channel::FROM_DEVICE
                     .iter()
-                    .map(|c| SubscribeFilter::new(c.all_devices_filter(), QoS::AtLeastOnce))
+                    .map(|c| SubscribeFilter::new(c.all_devices_filter(), QoS::AtMostOnce))
                     .collect::<Vec<_>>();
                 let svc = svc.clone();
                 tokio::spawn(async move {
@@ -74,15 +78,24 @@ pub async fn run(
                     continue;
                 };
                 match t.channel {
-                    Channel::Status
-                        if status_tx
-                            .send((t.device_id.clone(), p.payload.to_vec()))
-                            .await
-                            .is_err() =>
-                    {
-                        break;
+                    // Never wait here: ingestion publishes its acks through this same event
+                    // loop, so a full queue would deadlock the two. Shedding is safe: the
+                    // device resends every event until it is acked.
+                    Channel::Status => {
+                        match status_tx.try_send((t.device_id, p.payload.to_vec())) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                let shed = svc.counters.status_shed.fetch_add(1, Ordering::Relaxed);
+                                if shed.is_multiple_of(10_000) {
+                                    tracing::warn!(
+                                        shed = shed + 1,
+                                        "status ingestion is full; shedding (devices resend)"
+                                    );
+                                }
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => break,
+                        }
                     }
-                    Channel::Status => {}
                     Channel::Presence => {
                         let svc = svc.clone();
                         tokio::spawn(async move {
