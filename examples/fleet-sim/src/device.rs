@@ -293,11 +293,18 @@ impl Ctx {
 
     /// Resends unacked events (all of them, or those older than `older_than`).
     fn resend(&self, older_than: Option<Duration>) {
+        // Like the manager: a resent event waits another `resend_after` before it is resent
+        // again (re-sending every tick once it is old would multiply the load on a service
+        // that is catching up).
+        let now = Instant::now();
         let due: Vec<Vec<u8>> = lock(&self.state)
             .outbox
-            .values()
+            .values_mut()
             .filter(|(t, _)| older_than.is_none_or(|o| t.elapsed() >= o))
-            .map(|(_, b)| b.clone())
+            .map(|(t, b)| {
+                *t = now;
+                b.clone()
+            })
             .collect();
         for b in due {
             self.stats.events_resent.fetch_add(1, Relaxed);
