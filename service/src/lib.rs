@@ -252,8 +252,11 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
         &material.service_key_pem,
     )?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (rollout_tx, rollout_rx) = mpsc::channel(4096);
-    let (status_tx, status_rx) = mpsc::channel(16 * 1024);
+    // Deep enough for a 10,000-device rollout's burst (about 60,000 status events within
+    // seconds; ~250 bytes each): what overflows the status queue is shed and resent by the
+    // devices seconds later, which is what made the service finish ~5 s after the devices.
+    let (rollout_tx, rollout_rx) = mpsc::channel(64 * 1024);
+    let (status_tx, status_rx) = mpsc::channel(128 * 1024);
     let (hub, _) = broadcast::channel(4096);
     let init::Material {
         ca,
