@@ -27,9 +27,6 @@ pub struct ServeConfig {
     pub broker_url: Option<String>,
     /// Serve HTTPS instead of HTTP.
     pub http_tls: Option<HttpTls>,
-    /// Embedded broker: connections from one source address that may be in their TLS
-    /// handshake or waiting for CONNACK at once (default 256).
-    pub max_pending_per_address: usize,
 }
 
 impl ServeConfig {
@@ -42,7 +39,6 @@ impl ServeConfig {
             public_host: None,
             broker_url: None,
             http_tls: None,
-            max_pending_per_address: 256,
         }
     }
 }

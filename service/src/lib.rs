@@ -226,10 +226,6 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
                 material.revocations.clone(),
             )
             .with_listen(cfg.mqtt);
-            let bc = BrokerConfig {
-                max_pending_per_ip: cfg.max_pending_per_address.max(1),
-                ..bc
-            };
             let handle = start_broker(bc).await?;
             let addr = handle.local_addr();
             let local_ip = if addr.ip().is_unspecified() {

@@ -67,11 +67,6 @@ struct ServeArgs {
     /// Private key of --tls-cert (PEM)
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Embedded broker: devices from one source address that may be connecting at once
-    /// (TLS handshake to CONNACK); more are refused and retry. Raise it when a large fleet
-    /// sits behind one NAT address.
-    #[arg(long, default_value_t = 256, value_name = "N")]
-    max_pending_per_address: usize,
 }
 
 #[derive(Debug, Args)]
@@ -140,7 +135,6 @@ async fn run(parsed: Cli) -> Result<()> {
             cfg.mqtt = a.mqtt;
             cfg.public_host = a.public_host;
             cfg.broker_url = a.broker_url;
-            cfg.max_pending_per_address = a.max_pending_per_address;
             cfg.http_tls = match (a.https, a.tls_cert, a.tls_key) {
                 (_, Some(cert), Some(key)) => Some(hammer_service::HttpTls::Files { cert, key }),
                 (true, _, _) => Some(hammer_service::HttpTls::FleetCa),

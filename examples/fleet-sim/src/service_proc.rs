@@ -81,9 +81,6 @@ pub struct ServeSpec {
     pub log: PathBuf,
     /// `RUST_LOG` of the child.
     pub rust_log: String,
-    /// `--max-pending-per-address` of the embedded broker (every simulated device connects
-    /// from 127.0.0.1, unlike a real fleet).
-    pub max_pending_per_address: usize,
 }
 
 impl ServeSpec {
@@ -102,7 +99,6 @@ impl ServeSpec {
             broker_url: None,
             log,
             rust_log: rust_log.to_owned(),
-            max_pending_per_address: 256,
         })
     }
 
@@ -120,9 +116,7 @@ impl ServeSpec {
             .arg("--mqtt")
             .arg(self.mqtt.to_string())
             .arg("--public-host")
-            .arg("127.0.0.1")
-            .arg("--max-pending-per-address")
-            .arg(self.max_pending_per_address.to_string());
+            .arg("127.0.0.1");
         if let Some(url) = &self.broker_url {
             cmd.arg("--broker-url").arg(url);
         }

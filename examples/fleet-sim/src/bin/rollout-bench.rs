@@ -76,11 +76,6 @@ struct Args {
     /// Keep the work dir (service data dirs and logs) after a successful run.
     #[arg(long)]
     keep: bool,
-    /// The embedded broker's limit of connections in progress per source address. Every
-    /// simulated device connects from 127.0.0.1; a real fleet has many addresses, so the
-    /// production default (256) would make this one address the bottleneck of a storm.
-    #[arg(long, default_value_t = 4096, value_name = "N")]
-    max_pending_per_address: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -181,17 +176,16 @@ async fn stop_service(label: &str, svc: ServiceProc) -> anyhow::Result<()> {
 async fn main_async(args: &Args, bin: &Path, work: &Path) -> anyhow::Result<()> {
     let n = args.devices;
     println!(
-        "rollout-bench: {n} devices, fetch {} ms, start {} ms, jitter {} ms, fail rate {}, broker max pending per address {}",
-        args.fetch_ms, args.start_ms, args.jitter_ms, args.fail_rate, args.max_pending_per_address
+        "rollout-bench: {n} devices, fetch {} ms, start {} ms, jitter {} ms, fail rate {}",
+        args.fetch_ms, args.start_ms, args.jitter_ms, args.fail_rate
     );
     // ---- embedded broker ----
-    let mut spec = ServeSpec::new(
+    let spec = ServeSpec::new(
         bin,
         work.join("embedded-data"),
         work.join("service-embedded.log"),
         &args.service_log,
     )?;
-    spec.max_pending_per_address = args.max_pending_per_address;
     let svc = start_service("embedded", &spec).await?;
     let f = bring_up("embedded", &svc, n, args.ramp, sim_config(args)).await?;
     measured("embedded, all at once", &f, None, svc.pid(), None).await?;
