@@ -32,7 +32,9 @@ pub fn client(
     opts.set_max_packet_size(MAX_PACKET, MAX_PACKET);
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_clean_session(true);
-    opts.set_inflight(100);
+    // Unacknowledged QoS 1 publishes (desired states, acks) in flight: a 10,000-device
+    // rollout publishes 10,000 desired states at once, and 100 capped it at 100 per round trip.
+    opts.set_inflight(1000);
     Ok(AsyncClient::new(opts, REQUEST_CAPACITY))
 }
 
