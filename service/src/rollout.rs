@@ -11,7 +11,7 @@
 //! and recomputes timers from the persisted deadlines.
 
 use crate::api::errors::ApiError;
-use crate::mqtt::publish::set_desired;
+use crate::mqtt::publish::{publish_desired, stage_desired};
 use crate::service::Service;
 use crate::store::{DeploymentRecord, TargetRecord};
 use hammer_protocol::api::{DeploymentState, Event, TargetState};
@@ -412,6 +412,9 @@ impl Engine {
         };
         let state_before = dep.state;
         let mut launched = 0usize;
+        // Launches share one flush of the device records and are published after the
+        // deployment record is persisted: a device acts only on what survives a restart.
+        let mut staged: Vec<(usize, DesiredState)> = Vec::new();
         if dep.state == DeploymentState::Running {
             check_abort(&mut dep);
         }
@@ -436,7 +439,9 @@ impl Engine {
                     break;
                 };
                 next_pending = i + 1;
-                self.launch(&mut dep, i).await;
+                if let Some(desired) = self.stage(&mut dep, i) {
+                    staged.push((i, desired));
+                }
                 launched += 1;
                 if dep.targets[i].state == TargetState::InFlight {
                     in_flight += 1;
@@ -445,6 +450,18 @@ impl Engine {
                 check_abort(&mut dep);
                 if dep.state != DeploymentState::Running {
                     break;
+                }
+            }
+            if !staged.is_empty() {
+                if let Err(e) = self.svc.store.flush().await {
+                    tracing::warn!(deployment = %dep.id, error = %e, "cannot store desired states");
+                    for (i, _) in staged.drain(..) {
+                        let t = &mut dep.targets[i];
+                        t.state = TargetState::Failed;
+                        t.deadline = None;
+                        t.detail = Some(format!("could not store the desired state: {e}"));
+                    }
+                    check_abort(&mut dep);
                 }
             }
             if !dep.targets.iter().any(is_active) && dep.state == DeploymentState::Running {
@@ -499,6 +516,21 @@ impl Engine {
         } else {
             true
         };
+        let mut publish_failed = false;
+        for (i, desired) in staged {
+            if let Err(e) = publish_desired(&self.svc, &desired).await {
+                tracing::warn!(deployment = %dep.id, device = %desired.device_id, error = %e, "cannot publish desired state");
+                let t = &mut dep.targets[i];
+                t.state = TargetState::Failed;
+                t.deadline = None;
+                t.detail = Some(format!("could not publish the desired state: {e}"));
+                publish_failed = true;
+            }
+        }
+        if publish_failed {
+            // Recorded with the next step (within PERSIST_EVERY_MS, or at the next event).
+            self.unsaved.entry(id.to_owned()).or_insert(now);
+        }
         if self.svc.listening() {
             self.svc.emit(
                 &dep.owner,
@@ -523,13 +555,13 @@ impl Engine {
         Ok(())
     }
 
-    /// Publishes target `i`'s desired state (a new generation).
-    async fn launch(&mut self, dep: &mut DeploymentRecord, i: usize) {
-        // The target is in flight (with its deadline) in the store before the device can act.
+    /// Stages target `i`'s desired state (a new generation) and marks the target in flight;
+    /// the caller flushes and publishes it.
+    fn stage(&mut self, dep: &mut DeploymentRecord, i: usize) -> Option<DesiredState> {
         let now = now_ms();
         let device_id = dep.targets[i].device_id.clone();
         let (dep_id, git_ref, commit) = (dep.id.clone(), dep.git_ref.clone(), dep.commit.clone());
-        let result = set_desired(&self.svc, &device_id, |d, generation| {
+        let result = stage_desired(&self.svc, &device_id, |d, generation| {
             let setup = d.setup.as_ref()?;
             Some(DesiredState {
                 v: PROTOCOL_VERSION,
@@ -547,8 +579,7 @@ impl Engine {
                 run_state: RunState::Running,
                 issued_at: now,
             })
-        })
-        .await;
+        });
         let t = &mut dep.targets[i];
         t.updated_at = now;
         t.attempts += 1;
@@ -558,17 +589,20 @@ impl Engine {
                 t.generation = Some(rec.generation);
                 t.last_phase = None;
                 t.deadline = Some(now + u64::from(dep.strategy.timeout_secs) * 1000);
-                tracing::debug!(deployment = %dep.id, device = %device_id, generation = rec.generation, "published desired state");
+                tracing::debug!(deployment = %dep.id, device = %device_id, generation = rec.generation, "staged desired state");
+                rec.desired
             }
             Ok(None) => {
                 t.state = TargetState::Failed;
                 t.detail =
                     Some("the device was deleted or has no setup; run `hammer setup` first".into());
+                None
             }
             Err(e) => {
-                tracing::warn!(deployment = %dep.id, device = %device_id, error = %e, "cannot publish desired state");
+                tracing::warn!(deployment = %dep.id, device = %device_id, error = %e, "cannot store desired state");
                 t.state = TargetState::Failed;
-                t.detail = Some(format!("could not publish the desired state: {e}"));
+                t.detail = Some(format!("could not store the desired state: {e}"));
+                None
             }
         }
     }

@@ -146,6 +146,24 @@ pub async fn set_desired(
     device_id: &str,
     build: impl Fn(&DeviceRecord, u64) -> Option<DesiredState> + Send + Sync,
 ) -> anyhow::Result<Option<DeviceRecord>> {
+    let Some(rec) = stage_desired(svc, device_id, build)? else {
+        return Ok(None);
+    };
+    svc.store.flush().await?;
+    if let Some(d) = &rec.desired {
+        publish_desired(svc, d).await?;
+    }
+    Ok(Some(rec))
+}
+
+/// The first half of [`set_desired`]: records the next generation's desired state in the
+/// device record, without flushing or publishing. The caller flushes the store before it
+/// publishes (so that many launches share one flush).
+pub fn stage_desired(
+    svc: &Service,
+    device_id: &str,
+    build: impl Fn(&DeviceRecord, u64) -> Option<DesiredState> + Send + Sync,
+) -> anyhow::Result<Option<DeviceRecord>> {
     let mut built = false;
     let rec = svc.store.update_device(device_id, &mut |d| {
         built = false;
@@ -157,12 +175,5 @@ pub async fn set_desired(
             built = true;
         }
     })?;
-    let Some(rec) = rec.filter(|_| built) else {
-        return Ok(None);
-    };
-    svc.store.flush().await?;
-    if let Some(d) = &rec.desired {
-        publish_desired(svc, d).await?;
-    }
-    Ok(Some(rec))
+    Ok(rec.filter(|_| built))
 }
