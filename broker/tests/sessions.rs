@@ -46,6 +46,30 @@ async fn presence_watcher(handle: &hammer_broker::BrokerHandle, fleet: &Fleet, i
     svc
 }
 
+/// A raw TLS session of device `A` with a will, past its CONNACK.
+async fn raw_session(
+    handle: &hammer_broker::BrokerHandle,
+    fleet: &Fleet,
+    cert: &hammer_certs::Issued,
+    keep_alive: u16,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut s = raw_tls(handle.local_addr(), fleet, cert).await;
+    s.write_all(&connect_with_will(A, keep_alive))
+        .await
+        .unwrap();
+    read_connack(&mut s).await;
+    s
+}
+
+/// Waits for `A`'s will ("offline") on the watcher.
+async fn expect_offline(svc: &mut Client) {
+    let p = svc
+        .publish_on(SHORT, &topic(A, Channel::Presence))
+        .await
+        .expect("will delivered");
+    assert_eq!(&p.payload[..], b"offline");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn will_is_published_when_the_connection_drops_and_not_after_disconnect() {
     let (handle, fleet) = start(|_| {}).await;
@@ -53,9 +77,7 @@ async fn will_is_published_when_the_connection_drops_and_not_after_disconnect() 
     let cert = fleet.device(A);
 
     // DISCONNECT first: no will.
-    let mut s = raw_tls(handle.local_addr(), &fleet, &cert).await;
-    s.write_all(&connect_with_will(A, 30)).await.unwrap();
-    read_connack(&mut s).await;
+    let mut s = raw_session(&handle, &fleet, &cert, 30).await;
     s.write_all(&[0xe0, 0x00]).await.unwrap();
     assert!(
         closed_within(&mut s, SHORT).await,
@@ -69,15 +91,9 @@ async fn will_is_published_when_the_connection_drops_and_not_after_disconnect() 
     );
 
     // The connection just drops: the will is published (retained).
-    let mut s = raw_tls(handle.local_addr(), &fleet, &cert).await;
-    s.write_all(&connect_with_will(A, 30)).await.unwrap();
-    read_connack(&mut s).await;
+    let s = raw_session(&handle, &fleet, &cert, 30).await;
     drop(s);
-    let p = svc
-        .publish_on(SHORT, &topic(A, Channel::Presence))
-        .await
-        .expect("will delivered");
-    assert_eq!(&p.payload[..], b"offline");
+    expect_offline(&mut svc).await;
     let mut late = presence_watcher(&handle, &fleet, A).await;
     let p = late
         .publish_on(SHORT, &topic(A, Channel::Presence))
@@ -91,9 +107,7 @@ async fn silence_past_the_keep_alive_ends_the_session_with_its_will() {
     let (handle, fleet) = start(|_| {}).await;
     let mut svc = presence_watcher(&handle, &fleet, A).await;
     let cert = fleet.device(A);
-    let mut s = raw_tls(handle.local_addr(), &fleet, &cert).await;
-    s.write_all(&connect_with_will(A, 1)).await.unwrap();
-    read_connack(&mut s).await;
+    let mut s = raw_session(&handle, &fleet, &cert, 1).await;
     // A ping keeps it alive...
     tokio::time::sleep(Duration::from_millis(800)).await;
     s.write_all(&[0xc0, 0x00]).await.unwrap();
@@ -105,11 +119,7 @@ async fn silence_past_the_keep_alive_ends_the_session_with_its_will() {
     assert_eq!(resp, [0xd0, 0x00]);
     // ...then 1.5 keep-alive periods of silence close it, and the will goes out.
     assert!(closed_within(&mut s, Duration::from_secs(4)).await);
-    let p = svc
-        .publish_on(SHORT, &topic(A, Channel::Presence))
-        .await
-        .expect("will delivered");
-    assert_eq!(&p.payload[..], b"offline");
+    expect_offline(&mut svc).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,9 +238,7 @@ async fn a_client_that_stops_reading_is_still_revoked() {
     let (handle, fleet) = start(|_| {}).await;
     let cert = fleet.device(A);
     let cmd = topic(A, Channel::Cmd);
-    let mut s = raw_tls(handle.local_addr(), &fleet, &cert).await;
-    s.write_all(&connect_with_will(A, 60)).await.unwrap();
-    read_connack(&mut s).await;
+    let mut s = raw_session(&handle, &fleet, &cert, 60).await;
     let mut sub = bytes::BytesMut::new();
     RawPacket::Subscribe(rumqttc::mqttbytes::v4::Subscribe::new(
         &cmd,
