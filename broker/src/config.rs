@@ -31,6 +31,11 @@ pub struct BrokerConfig {
     /// Maximum connections from one source IP address that have not yet sent their CONNECT
     /// (default 256: NATed fleets and the simulator connect from a single address).
     pub max_pending_per_ip: usize,
+    /// Connections from one source address that may wait for one of those handshake slots
+    /// (default 4,096; beyond it they are refused, and a wait ends at `handshake_timeout`).
+    /// A fleet reconnecting from behind one address is served as slots free up instead of
+    /// being refused into its backoff.
+    pub max_waiting_per_ip: usize,
     /// Largest MQTT packet accepted from a client, in bytes of remaining length (default
     /// [`hammer_protocol::MAX_PACKET`]).
     pub max_packet: usize,
@@ -101,6 +106,7 @@ impl BrokerConfig {
             handshake_timeout: Duration::from_secs(10),
             max_connections: 20_000,
             max_pending_per_ip: 256,
+            max_waiting_per_ip: 4096,
             max_packet: hammer_protocol::MAX_PACKET,
             revocation_sweep: Duration::from_millis(500),
             event_capacity: 8192,
@@ -123,6 +129,7 @@ impl std::fmt::Debug for BrokerConfig {
             .field("handshake_timeout", &self.handshake_timeout)
             .field("max_connections", &self.max_connections)
             .field("max_pending_per_ip", &self.max_pending_per_ip)
+            .field("max_waiting_per_ip", &self.max_waiting_per_ip)
             .field("max_packet", &self.max_packet)
             .field("revocation_sweep", &self.revocation_sweep)
             .field("event_capacity", &self.event_capacity)

@@ -30,8 +30,16 @@ pub(crate) struct Shared {
     pub events: broadcast::Sender<ConnectionEvent>,
     pub router: Router,
     pub next_session: AtomicU64,
-    pub pending: Mutex<HashMap<IpAddr, usize>>,
+    pub pending: Mutex<HashMap<IpAddr, Address>>,
     pub shutdown: watch::Sender<bool>,
+}
+
+/// Connections of one source address in their handshake (`active`) and waiting for a turn.
+#[derive(Default)]
+pub(crate) struct Address {
+    active: usize,
+    waiting: usize,
+    turn: Arc<tokio::sync::Notify>,
 }
 
 /// Counts a connection as pending (not yet authenticated) for its source address until dropped.
@@ -40,19 +48,64 @@ pub(crate) struct PendingGuard {
     ip: IpAddr,
 }
 
+/// Why a connection got no handshake slot.
+enum NoSlot {
+    /// Too many connections of this address are already waiting.
+    Full,
+    /// No slot freed up within the handshake timeout.
+    Timeout,
+}
+
 impl PendingGuard {
-    fn try_new(shared: &Arc<Shared>, ip: IpAddr) -> Option<PendingGuard> {
-        let mut map = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(ip).or_default();
-        if *n >= shared.config.max_pending_per_ip {
-            return None;
+    /// A handshake slot for `ip`: at once while fewer than `max_pending_per_ip` of its
+    /// connections are in their handshake, else after waiting for one (up to the handshake
+    /// timeout; at most `max_waiting_per_ip` wait). A reconnect storm from behind one address
+    /// is queued rather than refused into the devices' backoff.
+    async fn acquire(shared: &Arc<Shared>, ip: IpAddr) -> Result<PendingGuard, NoSlot> {
+        let deadline = tokio::time::Instant::now() + shared.config.handshake_timeout;
+        let mut queued = false;
+        loop {
+            let turn = {
+                let mut map = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+                let a = map.entry(ip).or_default();
+                if a.active < shared.config.max_pending_per_ip {
+                    a.active += 1;
+                    if queued {
+                        a.waiting -= 1;
+                    }
+                    // Several slots may have freed up for one stored wake-up: pass it on.
+                    if a.waiting > 0 && a.active < shared.config.max_pending_per_ip {
+                        a.turn.notify_one();
+                    }
+                    shared.metrics.handshakes_pending.fetch_add(1, Relaxed);
+                    return Ok(PendingGuard {
+                        shared: shared.clone(),
+                        ip,
+                    });
+                }
+                if !queued {
+                    if a.waiting >= shared.config.max_waiting_per_ip {
+                        return Err(NoSlot::Full);
+                    }
+                    a.waiting += 1;
+                    queued = true;
+                }
+                a.turn.clone()
+            };
+            if tokio::time::timeout_at(deadline, turn.notified())
+                .await
+                .is_err()
+            {
+                let mut map = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(a) = map.get_mut(&ip) {
+                    a.waiting -= 1;
+                    if a.active == 0 && a.waiting == 0 {
+                        map.remove(&ip);
+                    }
+                }
+                return Err(NoSlot::Timeout);
+            }
         }
-        *n += 1;
-        shared.metrics.handshakes_pending.fetch_add(1, Relaxed);
-        Some(PendingGuard {
-            shared: shared.clone(),
-            ip,
-        })
     }
 }
 
@@ -63,9 +116,11 @@ impl Drop for PendingGuard {
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(a) = map.get_mut(&self.ip) {
+            a.active -= 1;
+            if a.waiting > 0 {
+                a.turn.notify_one();
+            } else if a.active == 0 {
                 map.remove(&self.ip);
             }
         }
@@ -106,25 +161,26 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             tracing::warn!(%peer, open, "connection refused: connection limit reached");
             continue;
         }
-        let Some(pending) = PendingGuard::try_new(&shared, peer.ip()) else {
-            shared.metrics.refuse(RefusalReason::Limit);
-            tracing::warn!(%peer, "connection refused: too many pending handshakes from this address");
-            continue;
-        };
         shared.metrics.connections_open.fetch_add(1, Relaxed);
         let open = OpenGuard(shared.clone());
-        tokio::spawn(handle(shared.clone(), stream, peer, pending, open));
+        tokio::spawn(handle(shared.clone(), stream, peer, open));
     }
     tracing::info!("front door stopped accepting");
 }
 
-async fn handle(
-    shared: Arc<Shared>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    pending: PendingGuard,
-    _open: OpenGuard,
-) {
+async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, _open: OpenGuard) {
+    let pending = match PendingGuard::acquire(&shared, peer.ip()).await {
+        Ok(p) => p,
+        Err(why) => {
+            shared.metrics.refuse(RefusalReason::Limit);
+            let why = match why {
+                NoSlot::Full => "too many connections from this address waiting",
+                NoSlot::Timeout => "no handshake slot for this address in time",
+            };
+            tracing::warn!(%peer, why, "connection refused");
+            return;
+        }
+    };
     let _ = stream.set_nodelay(true);
     let tls = match tokio::time::timeout(
         shared.config.handshake_timeout,

@@ -464,12 +464,27 @@ async fn idle_sockets_do_not_block_new_clients_and_are_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_handshakes_per_address_are_capped() {
-    let (handle, fleet) = start(|c| c.max_pending_per_ip = 5).await;
+    let (handle, fleet) = start(|c| {
+        c.max_pending_per_ip = 5;
+        c.max_waiting_per_ip = 1;
+    })
+    .await;
+    // Five idle sockets hold the address's five handshake slots.
     let mut idle = Vec::new();
     for _ in 0..5 {
         idle.push(TcpStream::connect(handle.local_addr()).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
+    // A device waits for a slot (the waiting room holds one)...
+    let b_cert = fleet.device(B);
+    let mut waiting = spawn(tls_options(
+        handle.local_addr(),
+        &fleet.ca_pem,
+        Some(&b_cert),
+        B,
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...so the next one is refused.
     let a_cert = fleet.device(A);
     assert!(spawn(tls_options(
         handle.local_addr(),
@@ -484,6 +499,12 @@ async fn pending_handshakes_per_address_are_capped() {
         handle.metrics().refused(RefusalReason::Limit) >= 1
     })
     .await;
+    // The waiting device gets the first slot that frees up.
+    drop(idle.pop());
+    waiting
+        .expect_connack()
+        .await
+        .expect("served once a slot freed up");
     drop(idle);
     tokio::time::sleep(Duration::from_millis(200)).await;
     Client::device(&handle, &fleet, &a_cert, A).await;
