@@ -1,7 +1,7 @@
 //! The front door: accepts TCP, runs TLS handshakes concurrently (each with a timeout), caps
-//! connections in total and pending handshakes per source address, requires a client
-//! certificate from the fleet CA, reads its identity, refuses revoked serials, and hands the
-//! connection to [`crate::session`].
+//! connections in total and handshakes in progress per source address (more wait for a slot,
+//! up to a bound), requires a client certificate from the fleet CA, reads its identity,
+//! refuses revoked serials, and hands the connection to [`crate::session`].
 
 use crate::config::BrokerConfig;
 use crate::events::ConnectionEvent;
