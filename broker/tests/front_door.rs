@@ -248,11 +248,7 @@ async fn device_cannot_set_a_will_on_another_topic() {
     let a = Client::connected(opts).await;
     assert_eq!(handle.kick_device(A), 1);
     drop(a);
-    let p = svc
-        .publish_on(SHORT, &topic(A, Channel::Presence))
-        .await
-        .expect("will delivered");
-    assert_eq!(&p.payload[..], b"offline");
+    expect_offline(&mut svc, A).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -61,13 +61,13 @@ async fn raw_session(
     s
 }
 
-/// Waits for `A`'s will ("offline") on the watcher.
-async fn expect_offline(svc: &mut Client) {
-    let p = svc
-        .publish_on(SHORT, &topic(A, Channel::Presence))
-        .await
-        .expect("will delivered");
-    assert_eq!(&p.payload[..], b"offline");
+/// Live sessions of device `id`.
+fn sessions_of(handle: &hammer_broker::BrokerHandle, id: &str) -> usize {
+    handle
+        .connected()
+        .iter()
+        .filter(|s| s.identity.id == id)
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,7 +93,7 @@ async fn will_is_published_when_the_connection_drops_and_not_after_disconnect() 
     // The connection just drops: the will is published (retained).
     let s = raw_session(&handle, &fleet, &cert, 30).await;
     drop(s);
-    expect_offline(&mut svc).await;
+    expect_offline(&mut svc, A).await;
     let mut late = presence_watcher(&handle, &fleet, A).await;
     let p = late
         .publish_on(SHORT, &topic(A, Channel::Presence))
@@ -119,7 +119,7 @@ async fn silence_past_the_keep_alive_ends_the_session_with_its_will() {
     assert_eq!(resp, [0xd0, 0x00]);
     // ...then 1.5 keep-alive periods of silence close it, and the will goes out.
     assert!(closed_within(&mut s, Duration::from_secs(4)).await);
-    expect_offline(&mut svc).await;
+    expect_offline(&mut svc, A).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,15 +145,7 @@ async fn a_new_connection_takes_over_without_a_will_and_keeps_the_session() {
         first.disconnected_within(SHORT).await,
         "the earlier connection is closed"
     );
-    eventually("one session left", || {
-        handle
-            .connected()
-            .iter()
-            .filter(|s| s.identity.id == A)
-            .count()
-            == 1
-    })
-    .await;
+    eventually("one session left", || sessions_of(&handle, A) == 1).await;
     assert!(
         svc.publish_on(Duration::from_millis(500), &topic(A, Channel::Presence))
             .await
@@ -212,15 +204,7 @@ async fn many_takeovers_in_a_row_leave_exactly_one_working_session() {
     // One more, after all of them: it is the one that is served.
     let mut last = Client::connected(opts).await;
     last.subscribe(&cmd).await;
-    eventually("one session left", || {
-        handle
-            .connected()
-            .iter()
-            .filter(|s| s.identity.id == A)
-            .count()
-            == 1
-    })
-    .await;
+    eventually("one session left", || sessions_of(&handle, A) == 1).await;
     let svc_cert = fleet.service();
     let svc = Client::device(&handle, &fleet, &svc_cert, "svc").await;
     svc.client

@@ -299,3 +299,15 @@ pub async fn closed_within(
         }
     }
 }
+
+/// Waits for device `id`'s will ("offline") on a client subscribed to its presence.
+pub async fn expect_offline(svc: &mut Client, id: &str) {
+    let p = svc
+        .publish_on(
+            Duration::from_secs(3),
+            &hammer_protocol::topics::topic(id, hammer_protocol::topics::Channel::Presence),
+        )
+        .await
+        .expect("will delivered");
+    assert_eq!(&p.payload[..], b"offline");
+}
