@@ -98,13 +98,21 @@ pub fn options(id: &Identity, epoch: u64, keep_alive: Duration) -> Result<MqttOp
 /// Capacity of the request channel between the agent and the event loop.
 const REQUEST_CAP: usize = 64;
 
+/// Seconds allowed for one connection attempt (TCP, TLS and CONNACK).
+const CONNECT_TIMEOUT_SECS: u64 = 30;
+
 /// Creates the client and spawns the event-loop task. The task ends when the receiver is
 /// dropped or after a requested disconnect.
 pub fn spawn(
     opts: MqttOptions,
     backoff: Backoff,
 ) -> (AsyncClient, mpsc::UnboundedReceiver<LinkEvent>) {
-    let (client, eventloop) = AsyncClient::new(opts, REQUEST_CAP);
+    let (client, mut eventloop) = AsyncClient::new(opts, REQUEST_CAP);
+    // TCP + TLS + CONNACK within 30 s (rumqttc's default is 5 s): in a reconnect storm the
+    // broker queues a handshake for up to 10 s, and giving up earlier only adds a backoff.
+    eventloop
+        .network_options
+        .set_connection_timeout(CONNECT_TIMEOUT_SECS);
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(run_loop(eventloop, tx, backoff));
     (client, rx)
