@@ -50,8 +50,9 @@ async fn store_batch(
     let now = now_ms();
     let mut acks: HashMap<String, (u64, u64)> = HashMap::new();
     let mut fresh: Vec<(String, String, StoredStatus)> = Vec::new();
-    // One read and one write of each device record per batch, not per event.
-    let mut devices: HashMap<String, Option<DeviceRecord>> = HashMap::new();
+    // One read and one write of each device record per batch, not per event; of the read,
+    // only the owner and name are needed here.
+    let mut devices: HashMap<String, Option<(String, String)>> = HashMap::new();
     let mut changes: HashMap<String, Vec<StatusEvent>> = HashMap::new();
     for (device_id, payload) in batch {
         let ev: StatusEvent = match decode(&payload) {
@@ -61,15 +62,15 @@ async fn store_batch(
                 continue;
             }
         };
-        let dev = match devices.get(&device_id) {
+        let known = match devices.get(&device_id) {
             Some(d) => d.clone(),
             None => {
-                let d = svc.store.device(&device_id)?;
+                let d = svc.store.device(&device_id)?.map(|d| (d.owner, d.name));
                 devices.insert(device_id.clone(), d.clone());
                 d
             }
         };
-        let Some(dev) = dev else {
+        let Some((owner, name)) = known else {
             Counters::inc(&svc.counters.unknown_devices);
             continue;
         };
@@ -96,10 +97,10 @@ async fn store_batch(
         if ins.new {
             Counters::inc(&svc.counters.status_stored);
             changes
-                .entry(dev.id.clone())
+                .entry(device_id.clone())
                 .or_default()
                 .push(stored.event.clone());
-            fresh.push((dev.owner, dev.name, stored));
+            fresh.push((owner, name, stored));
         } else {
             Counters::inc(&svc.counters.status_duplicates);
         }
