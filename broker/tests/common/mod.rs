@@ -311,3 +311,11 @@ pub async fn expect_offline(svc: &mut Client, id: &str) {
         .expect("will delivered");
     assert_eq!(&p.payload[..], b"offline");
 }
+
+/// Whether the broker at `addr` accepts a client with `cert` (CONNACK success).
+pub async fn accepted(addr: SocketAddr, fleet: &Fleet, cert: Option<&Issued>, id: &str) -> bool {
+    spawn(tls_options(addr, &fleet.ca_pem, cert, id))
+        .expect_connack()
+        .await
+        .is_ok()
+}
