@@ -168,20 +168,15 @@ impl Engine {
     async fn handle_batch(&mut self, batch: Vec<RolloutMsg>) {
         let mut touched: Vec<String> = Vec::new();
         for msg in batch {
-            match msg {
-                RolloutMsg::Status { device_id, event } => {
-                    if let Some(id) = self.on_status(&device_id, event).await {
-                        if !touched.contains(&id) {
-                            touched.push(id);
-                        }
-                    }
+            if !matches!(msg, RolloutMsg::Status { .. }) {
+                // Keep the order: what came before a create or cancel is applied first.
+                for id in touched.drain(..) {
+                    self.step_with(&id, false).await;
                 }
-                other => {
-                    // Keep the order: what came before a create or cancel is applied first.
-                    for id in touched.drain(..) {
-                        self.step_with(&id, false).await;
-                    }
-                    self.handle(other).await;
+            }
+            if let Some(id) = self.handle(msg).await {
+                if !touched.contains(&id) {
+                    touched.push(id);
                 }
             }
         }
@@ -190,16 +185,16 @@ impl Engine {
         }
     }
 
-    async fn handle(&mut self, msg: RolloutMsg) {
+    /// Handles one message; a status event only updates its target in memory and returns the
+    /// deployment to step (the caller steps each touched deployment once per batch).
+    async fn handle(&mut self, msg: RolloutMsg) -> Option<String> {
         match msg {
             RolloutMsg::Create { dep, reply } => {
                 let r = self.create(*dep).await;
                 let _ = reply.send(r);
             }
             RolloutMsg::Status { device_id, event } => {
-                if let Some(id) = self.on_status(&device_id, event).await {
-                    self.step_with(&id, false).await;
-                }
+                return self.on_status(&device_id, event).await;
             }
             RolloutMsg::Cancel {
                 id,
@@ -214,6 +209,7 @@ impl Engine {
                 let _ = reply.send(self.by_device.get(&device_id).cloned());
             }
         }
+        None
     }
 
     fn next_deadline(&self) -> Option<u64> {
