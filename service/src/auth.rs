@@ -41,18 +41,6 @@ fn bearer(parts: &Parts) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-fn cookie(parts: &Parts) -> Option<&str> {
-    parts
-        .headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == SESSION_COOKIE)
-        .map(|(_, v)| v.trim())
-}
-
 fn origin_matches_host(parts: &Parts) -> bool {
     let (Some(origin), Some(host)) = (
         parts
@@ -77,8 +65,8 @@ impl FromRequestParts<Arc<Service>> for Caller {
     async fn from_request_parts(parts: &mut Parts, svc: &Arc<Service>) -> Result<Caller, ApiError> {
         let (token, from_cookie) =
             match bearer(parts) {
-                Some(t) => (t, false),
-                None => match cookie(parts) {
+                Some(t) => (t.to_owned(), false),
+                None => match crate::web::session::cookie_value(&parts.headers) {
                     Some(t) => (t, true),
                     None => return Err(ApiError::unauthorized(
                         "missing token: send `Authorization: Bearer <token>` (see `hammer login`)",
@@ -97,9 +85,9 @@ impl FromRequestParts<Arc<Service>> for Caller {
         let hash = match from_cookie {
             true => svc
                 .sessions
-                .token_hash(token)
-                .unwrap_or_else(|| hash_token(token)),
-            false => hash_token(token),
+                .token_hash(&token)
+                .unwrap_or_else(|| hash_token(&token)),
+            false => hash_token(&token),
         };
         let rec = svc.store.token_by_hash(&hash)?.ok_or_else(invalid)?;
         let user = svc.store.user(&rec.user_id)?.ok_or_else(invalid)?;
