@@ -11,6 +11,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = decode::<DesiredState>(data);
     let _ = decode::<Command>(data);
     let _ = decode::<Ack>(data);
+    let _ = decode::<AddressedAck>(data);
     let _ = decode::<Health>(data);
     let _ = decode::<LogBatch>(data);
     let _ = decode::<Presence>(data);
@@ -18,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
         let public: PublicKey = key.public();
         let _ = signing::verify::<DesiredState>(data, &public, "dev1", "owner1");
         let _ = signing::verify::<Command>(data, &public, "dev1", "owner1");
+        let _ = signing::verify::<AddressedAck>(data, &public, "dev1", "owner1");
     }
     if let Ok(s) = std::str::from_utf8(data) {
         let _ = Topic::parse(s);

@@ -103,6 +103,7 @@ mod tests {
             epoch: 9,
             seq: 10,
         });
+        round_trip(AddressedAck::new("dev1", "alice1", 9, 10));
         round_trip(Health {
             v: PROTOCOL_VERSION,
             time: 5,

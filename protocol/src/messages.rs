@@ -7,6 +7,7 @@
 use crate::sealing::SealedSecret;
 use crate::PROTOCOL_VERSION;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// Messages addressed to one device of one owner (checked by [`crate::signing::verify`]).
@@ -157,12 +158,58 @@ pub struct StatusEvent {
     pub log_tail: Vec<String>,
 }
 
-/// service → device: every status event up to `seq` of `epoch` is stored.
+/// What an ack says: every status event up to `seq` of `epoch` is stored. On the wire it
+/// travels as a signed [`AddressedAck`]; this is what the device has once it verified one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
     pub v: u16,
     pub epoch: u64,
     pub seq: u64,
+}
+
+/// service → device (signed, like desired states and commands): an [`Ack`] addressed to one
+/// device of one owner, so that an ack can neither be forged nor replayed onto another
+/// device's outbox. The names are borrowed on the service side: it acks at high rates and
+/// building one costs no allocation (decoding on the device yields owned strings).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressedAck<'a> {
+    pub v: u16,
+    pub device_id: Cow<'a, str>,
+    /// The owner's user id.
+    pub owner: Cow<'a, str>,
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+impl<'a> AddressedAck<'a> {
+    /// The ack of `seq` of `epoch`, for `device_id` of `owner`.
+    pub fn new(device_id: &'a str, owner: &'a str, epoch: u64, seq: u64) -> AddressedAck<'a> {
+        AddressedAck {
+            v: PROTOCOL_VERSION,
+            device_id: Cow::Borrowed(device_id),
+            owner: Cow::Borrowed(owner),
+            epoch,
+            seq,
+        }
+    }
+
+    /// What it acknowledges.
+    pub fn ack(&self) -> Ack {
+        Ack {
+            v: self.v,
+            epoch: self.epoch,
+            seq: self.seq,
+        }
+    }
+}
+
+impl Addressed for AddressedAck<'_> {
+    fn device_id(&self) -> &str {
+        &self.device_id
+    }
+    fn owner(&self) -> &str {
+        &self.owner
+    }
 }
 
 /// device → service (QoS 0): periodic liveness figures.

@@ -1,4 +1,4 @@
-//! The signing envelope for service → device messages (desired state and commands).
+//! The signing envelope for every service → device message (desired state, commands, acks).
 //!
 //! `Signed { body, signature, key_id }`: Ed25519 over the exact CBOR bytes of `body`. The
 //! device verifies the signature with the service key it got at enrollment, then that the
@@ -43,15 +43,36 @@ pub enum VerifyError {
 #[error("invalid Ed25519 key: {0}")]
 pub struct KeyError(String);
 
+/// The envelope as [`SigningKeyPair::sign_to_vec`] writes it, borrowing its parts: encodes to
+/// the same bytes as [`Signed`] without copying the key id or the signature.
+#[derive(Serialize)]
+struct SignedRef<'a> {
+    v: u16,
+    key_id: &'a str,
+    #[serde(with = "serde_bytes")]
+    body: &'a [u8],
+    #[serde(with = "serde_bytes")]
+    signature: &'a [u8],
+}
+
 /// The service's Ed25519 signing key.
-pub struct SigningKeyPair(SigningKey);
+pub struct SigningKeyPair {
+    key: SigningKey,
+    /// [`PublicKey::key_id`], computed once: every signature names it.
+    key_id: String,
+}
 
 impl SigningKeyPair {
     /// A new random key.
     pub fn generate() -> Result<SigningKeyPair, KeyError> {
         let mut seed = Zeroizing::new([0u8; 32]);
         getrandom::getrandom(seed.as_mut()).map_err(|e| KeyError(e.to_string()))?;
-        Ok(SigningKeyPair(SigningKey::from_bytes(&seed)))
+        Ok(SigningKeyPair::from_key(SigningKey::from_bytes(&seed)))
+    }
+
+    fn from_key(key: SigningKey) -> SigningKeyPair {
+        let key_id = PublicKey(key.verifying_key()).key_id();
+        SigningKeyPair { key, key_id }
     }
 
     /// Loads the 32-byte seed written by [`SigningKeyPair::to_seed`].
@@ -59,32 +80,40 @@ impl SigningKeyPair {
         let seed: [u8; 32] = seed
             .try_into()
             .map_err(|_| KeyError(format!("seed is {} bytes, expected 32", seed.len())))?;
-        Ok(SigningKeyPair(SigningKey::from_bytes(&seed)))
+        Ok(SigningKeyPair::from_key(SigningKey::from_bytes(&seed)))
     }
 
     pub fn to_seed(&self) -> Zeroizing<[u8; 32]> {
-        Zeroizing::new(self.0.to_bytes())
+        Zeroizing::new(self.key.to_bytes())
     }
 
     pub fn public(&self) -> PublicKey {
-        PublicKey(self.0.verifying_key())
+        PublicKey(self.key.verifying_key())
     }
 
     /// Encodes `msg` and signs the exact bytes.
     pub fn sign<T: Serialize>(&self, msg: &T) -> Result<Signed, CodecError> {
         let body = encode(msg)?;
-        let signature = self.0.sign(&body).to_bytes().to_vec();
+        let signature = self.key.sign(&body).to_bytes().to_vec();
         Ok(Signed {
             v: PROTOCOL_VERSION,
-            key_id: self.public().key_id(),
+            key_id: self.key_id.clone(),
             body,
             signature,
         })
     }
 
-    /// [`SigningKeyPair::sign`], then encodes the envelope for the wire.
+    /// [`SigningKeyPair::sign`] and encodes the envelope for the wire. Two allocations (the
+    /// body and the envelope): the service signs every ack with it.
     pub fn sign_to_vec<T: Serialize>(&self, msg: &T) -> Result<Vec<u8>, CodecError> {
-        encode(&self.sign(msg)?)
+        let body = encode(msg)?;
+        let signature = self.key.sign(&body).to_bytes();
+        encode(&SignedRef {
+            v: PROTOCOL_VERSION,
+            key_id: &self.key_id,
+            body: &body,
+            signature: &signature,
+        })
     }
 }
 
@@ -246,5 +275,54 @@ mod tests {
             ),
             Err(VerifyError::WrongAddress { .. })
         ));
+    }
+
+    #[test]
+    fn the_wire_envelope_is_the_signed_envelope_encoded() {
+        let key = SigningKeyPair::generate().unwrap();
+        let wire = key.sign_to_vec(&cmd("dev1")).unwrap();
+        let signed: Signed = decode(&wire).unwrap();
+        // Ed25519 is deterministic: the borrowed envelope encodes to the same bytes.
+        assert_eq!(wire, encode(&key.sign(&cmd("dev1")).unwrap()).unwrap());
+        assert_eq!(signed.key_id, key.public().key_id());
+        assert_eq!(signed.signature.len(), 64);
+    }
+
+    #[test]
+    fn acks_are_signed_and_addressed_like_commands() {
+        let key = SigningKeyPair::generate().unwrap();
+        let other = SigningKeyPair::generate().unwrap();
+        let wire = key
+            .sign_to_vec(&AddressedAck::new("dev1", "alice", 7, 42))
+            .unwrap();
+        let back: AddressedAck = verify(&wire, &key.public(), "dev1", "alice").unwrap();
+        assert_eq!(
+            back.ack(),
+            Ack {
+                v: PROTOCOL_VERSION,
+                epoch: 7,
+                seq: 42
+            }
+        );
+        assert!(matches!(
+            verify::<AddressedAck>(&wire, &key.public(), "dev2", "alice"),
+            Err(VerifyError::WrongAddress { .. })
+        ));
+        assert!(matches!(
+            verify::<AddressedAck>(&wire, &key.public(), "dev1", "bob"),
+            Err(VerifyError::WrongAddress { .. })
+        ));
+        let forged = other
+            .sign_to_vec(&AddressedAck::new("dev1", "alice", 7, 42))
+            .unwrap();
+        assert!(verify::<AddressedAck>(&forged, &key.public(), "dev1", "alice").is_err());
+        // The old unsigned form is not an envelope.
+        let plain = encode(&Ack {
+            v: PROTOCOL_VERSION,
+            epoch: 7,
+            seq: 42,
+        })
+        .unwrap();
+        assert!(verify::<AddressedAck>(&plain, &key.public(), "dev1", "alice").is_err());
     }
 }
