@@ -121,6 +121,12 @@ pub enum CertError {
     /// A CSR could not be parsed or its signature is wrong.
     #[error("invalid certificate signing request: {0}")]
     Csr(String),
+    /// A CSR's key is not an ECDSA P-256 key, the only kind device certificates carry.
+    #[error("the CSR's key is {found}; Hammer device keys are ECDSA P-256 (hammer-manager makes one: run `hammer-manager enroll` on the device)")]
+    CsrKeyType {
+        /// What the CSR holds, e.g. "RSA-2048", "ECDSA P-384", "Ed25519".
+        found: String,
+    },
     /// A name given for the CA or a server certificate is not acceptable.
     #[error("invalid {what}: {detail}")]
     InvalidInput {
