@@ -18,6 +18,7 @@ use crate::error::{CertError, Result};
 use crate::identity::{validate_device_id, validate_owner_id, validate_service_id};
 use crate::revocation::RevocationList;
 use crate::serial::{random_serial, serial_from_bytes};
+use crate::statement::StatementSigner;
 use crate::{files, Role};
 
 /// File name of the CA certificate inside the CA folder.
@@ -56,6 +57,8 @@ impl std::fmt::Debug for Issued {
 pub struct Ca {
     cert: CaCert,
     key: KeyPair,
+    /// The same key, for [`Ca::sign_statement`].
+    statements: StatementSigner,
     /// rcgen's view of the CA, used only as the issuer (name, key id, key usages).
     issuer: Certificate,
 }
@@ -98,7 +101,13 @@ impl Ca {
         params.serial_number = Some(random_serial()?);
         let issuer = params.self_signed(&key)?;
         let cert = CaCert::from_der(issuer.der().as_ref())?;
-        Ok(Ca { cert, key, issuer })
+        let statements = StatementSigner::from_pkcs8(&key.serialize_der())?;
+        Ok(Ca {
+            cert,
+            key,
+            statements,
+            issuer,
+        })
     }
 
     /// Loads the CA from `dir/ca.pem` and `dir/ca.key`, checking that they belong together.
@@ -119,7 +128,13 @@ impl Ca {
             });
         }
         let issuer = CertificateParams::from_ca_cert_der(cert.der())?.self_signed(&key)?;
-        Ok(Ca { cert, key, issuer })
+        let statements = StatementSigner::from_pkcs8(&key.serialize_der())?;
+        Ok(Ca {
+            cert,
+            key,
+            statements,
+            issuer,
+        })
     }
 
     /// Writes `dir/ca.pem` (0644) and `dir/ca.key` (0600) atomically, creating `dir` (0700)
@@ -146,6 +161,12 @@ impl Ca {
     /// The public half.
     pub fn cert(&self) -> &CaCert {
         &self.cert
+    }
+
+    /// Signs the statement "`field` of `device_id`'s enrollment is `value`" with the CA key
+    /// (see [`crate::statement`]); checked with [`CaCert::verify_statement`].
+    pub fn sign_statement(&self, field: &str, device_id: &str, value: &str) -> Result<String> {
+        self.statements.sign(field, device_id, value)
     }
 
     /// Issues a TLS server certificate (EKU serverAuth only) for the given DNS names and IP

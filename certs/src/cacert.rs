@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 use x509_parser::certificate::X509Certificate;
+use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::prelude::FromDer;
 
 use crate::clock::{from_unix_secs, unix_secs};
@@ -164,6 +165,22 @@ impl CaCert {
             detail,
         }
     }
+}
+
+/// True when the certificate in `cert_pem` carries the public key of the CSR in `csr_pem`:
+/// the certificate an enrollment returned is for the key this device made.
+pub fn cert_matches_csr(cert_pem: &str, csr_pem: &str) -> Result<bool> {
+    let der = crate::tls::parse_certs_pem(cert_pem)?
+        .into_iter()
+        .next()
+        .ok_or(CertError::NoCertificate {
+            what: "the device certificate",
+        })?;
+    let cert = parse(der.as_ref(), "the device certificate")?;
+    let block = pem::parse(csr_pem).map_err(|e| CertError::Csr(format!("not PEM: {e}")))?;
+    let (_, csr) = X509CertificationRequest::from_der(block.contents())
+        .map_err(|e| CertError::Csr(format!("cannot parse: {e}")))?;
+    Ok(cert.public_key().raw == csr.certification_request_info.subject_pki.raw)
 }
 
 /// Parses one DER certificate, refusing trailing bytes.

@@ -19,10 +19,11 @@ pub mod files;
 mod identity;
 mod revocation;
 mod serial;
+pub mod statement;
 pub mod tls;
 
 pub use ca::{Ca, Issued, CA_CERT_FILE, CA_KEY_FILE, CA_VALIDITY, CLOCK_SKEW};
-pub use cacert::CaCert;
+pub use cacert::{cert_matches_csr, CaCert};
 pub use csr::{csr_public_key, new_device_key_and_csr, MAX_CSR_PEM};
 pub use error::{CertError, Result};
 pub use identity::{validate_device_id, validate_owner_id, validate_service_id, Identity, Role};
