@@ -24,6 +24,15 @@ pub struct DataDirArg {
     pub data_dir: PathBuf,
 }
 
+#[derive(Debug, Args, Clone)]
+pub struct AppDirArg {
+    /// Folder with the releases and the app's own writable folder, readable by the app user
+    /// (the data dir is not). Default: beside the data dir, its name plus `-apps`
+    /// (/var/lib/hammer-manager-apps).
+    #[arg(long, env = "HAMMER_MANAGER_APP_DIR")]
+    pub app_dir: Option<PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Enroll this device with the service: make keys locally, get a certificate.
@@ -60,7 +69,13 @@ pub struct EnrollCmd {
 pub struct RunCmd {
     #[command(flatten)]
     pub dir: DataDirArg,
-    /// Run the app as this user (default: the manager's own user).
+    #[command(flatten)]
+    pub app_dir: AppDirArg,
+    /// Run the app (and its health command) as this user. Default: `hammer-app` when the
+    /// manager runs as root (create it with `useradd --system --no-create-home --shell
+    /// /usr/sbin/nologin hammer-app`), else the manager's own user. `root` runs the app as
+    /// root (not recommended: it can then read the device's keys); a manager that is not root
+    /// cannot switch users.
     #[arg(long, env = "HAMMER_MANAGER_APP_USER")]
     pub app_user: Option<String>,
     /// Seconds between health reports.
@@ -89,6 +104,8 @@ pub struct RunCmd {
 pub struct StatusCmd {
     #[command(flatten)]
     pub dir: DataDirArg,
+    #[command(flatten)]
+    pub app_dir: AppDirArg,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,

@@ -10,7 +10,8 @@ use hammer_manager::cli::{Cli, Command, EnrollCmd, RunCmd, StatusCmd};
 use hammer_manager::config::{DataDir, Identity, STATUS_SNAPSHOT_FILE};
 use hammer_manager::enroll::{enroll, EnrollArgs};
 use hammer_manager::outbox::Outbox;
-use hammer_manager::runtime::{self, RuntimeOptions};
+use hammer_manager::runtime::app::AppUser;
+use hammer_manager::runtime::{self, layout, RuntimeOptions};
 use hammer_manager::runtime_glue::{OutboxSink, RuntimeBackend};
 use hammer_manager::store::{open_db, Store};
 use std::sync::Arc;
@@ -70,6 +71,11 @@ async fn cmd_enroll(c: EnrollCmd) -> Result<()> {
 
 async fn cmd_run(c: RunCmd) -> Result<()> {
     let dir = DataDir::new(c.dir.data_dir);
+    // Settings first: a missing or impossible app user stops the manager before it touches
+    // anything.
+    let app_user = AppUser::for_manager(c.app_user.as_deref())?;
+    // The data dir is the manager's alone, whatever someone did to it since the last start.
+    layout::secure_data_dir(dir.path())?;
     let identity = Identity::load(&dir, c.broker_url.as_deref())?;
     let db = open_db(dir.path())?;
     let outbox = Outbox::new(Store::open(&db)?);
@@ -77,7 +83,8 @@ async fn cmd_run(c: RunCmd) -> Result<()> {
     let handle = runtime::spawn(
         RuntimeOptions {
             data_dir: dir.path().to_path_buf(),
-            app_user: c.app_user,
+            app_dir: c.app_dir.app_dir,
+            app_user,
             stop_grace: Duration::from_secs(c.stop_grace),
             restart_backoff_cap: Duration::from_secs(c.restart_backoff_cap),
             keep_releases: c.keep_releases as usize,
@@ -124,7 +131,8 @@ fn cmd_status(c: StatusCmd) -> Result<()> {
         Ok(db) => {
             let store = Store::open(&db)?;
             let outbox = Outbox::new(store.clone());
-            let status = runtime::local_status(dir.path(), &db)?;
+            let layout = layout::Layout::new(dir.path(), c.app_dir.app_dir.as_deref());
+            let status = runtime::local_status(&layout, &db)?;
             if c.json {
                 let mut v = serde_json::to_value(&status)?;
                 v["device_id"] = cfg.device_id.into();

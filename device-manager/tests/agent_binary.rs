@@ -52,6 +52,10 @@ async fn run_deploys_reports_and_stops_the_app_on_sigterm() {
     )
     .await;
     let dir = TempDir::new();
+    // As root the app runs as `hammer-app` from the app dir beside the data dir
+    // (`data-apps`): that user must be able to pass through the test's folder, as it can
+    // through /var/lib on a device.
+    allow_others_through(&dir.path());
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
     make_data_dir(&data, broker, &key);
@@ -152,6 +156,12 @@ async fn run_deploys_reports_and_stops_the_app_on_sigterm() {
     assert_eq!(st["manager_running"], false);
     assert_eq!(st["commit"], commit.as_str());
     assert_eq!(st["generation"], 1);
+}
+
+/// Lets other users (the app user) pass through `dir` without listing it (mode 0711).
+fn allow_others_through(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).unwrap();
 }
 
 /// Pids of live (non-zombie) processes in process group `pgid`.

@@ -336,6 +336,13 @@ impl Fleet {
         )
         .await;
         let tmp = TempDir::new();
+        // As root the app runs as `hammer-app` from the app dir beside the data dir
+        // (`data-apps`): that user must be able to pass through the test's folder, as it can
+        // through /var/lib on a device.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        }
         let data = tmp.path().join("data");
         std::fs::create_dir(&data).unwrap();
         make_data_dir(&data, broker, &key);
@@ -477,18 +484,25 @@ impl Fleet {
             .unwrap_or(0)
     }
 
+    /// The app dir: the default one, beside the (canonical) data dir.
+    fn app_dir(&self) -> PathBuf {
+        std::fs::canonicalize(self.tmp.path())
+            .unwrap()
+            .join("data-apps")
+    }
+
     fn releases_dir(&self) -> PathBuf {
-        self.data.join("releases")
+        self.app_dir().join("releases")
     }
 
     /// `current` points at a release that is complete (every file of its commit, with its
     /// size, and an executable start script); returns its commit.
     fn current_complete(&self) -> String {
-        let link = std::fs::read_link(self.data.join("current")).unwrap_or_else(|e| {
+        let link = std::fs::read_link(self.app_dir().join("current")).unwrap_or_else(|e| {
             panic!("no current link: {e}\n{}", self.logs());
         });
         let commit = link.file_name().unwrap().to_string_lossy().into_owned();
-        let dir = self.data.join(&link);
+        let dir = self.app_dir().join(&link);
         assert!(
             !commit.starts_with('.'),
             "current points at a temporary folder {link:?}"

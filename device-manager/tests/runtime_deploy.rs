@@ -33,10 +33,10 @@ async fn first_deploy_then_update_replaces_the_app() {
         ]
     );
     let pid1 = w.one_app(&v1).await;
-    let link = std::fs::read_link(w.data_dir().join("current")).unwrap();
+    let link = std::fs::read_link(w.app_dir().join("current")).unwrap();
     assert_eq!(link, std::path::Path::new("releases").join(&v1));
     assert!(w
-        .data_dir()
+        .app_dir()
         .join("releases")
         .join(&v1)
         .join("NOTE")
@@ -121,7 +121,7 @@ async fn app_exiting_at_once_is_rolled_back_and_not_retried() {
     let pid = w.one_app(&v1).await;
     assert_ne!(pid, pid1, "the previous app was started again");
     assert_eq!(
-        std::fs::read_link(w.data_dir().join("current")).unwrap(),
+        std::fs::read_link(w.app_dir().join("current")).unwrap(),
         std::path::Path::new("releases").join(&v1)
     );
     assert_eq!(rt.status().rolled_back, vec![2]);
@@ -245,7 +245,7 @@ async fn failures_are_clear_and_leave_the_old_app_running() {
     // Nothing half-done: the same app instance still runs from the same release.
     assert_eq!(w.one_app(&v1).await, pid);
     assert_eq!(rt.status().commit.as_deref(), Some(v1.as_str()));
-    let releases: Vec<String> = std::fs::read_dir(w.data_dir().join("releases"))
+    let releases: Vec<String> = std::fs::read_dir(w.app_dir().join("releases"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
         .collect();
@@ -330,7 +330,7 @@ async fn old_releases_are_pruned_keeping_current_and_previous() {
         assert_eq!(r.phase, Phase::Running);
     }
     w.one_app(&commits[4]).await;
-    let mut kept: Vec<String> = std::fs::read_dir(w.data_dir().join("releases"))
+    let mut kept: Vec<String> = std::fs::read_dir(w.app_dir().join("releases"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
         .collect();

@@ -12,9 +12,9 @@ use runtime_support::*;
 use std::time::Duration;
 
 fn current_is_complete(w: &World) -> String {
-    let link = std::fs::read_link(w.data_dir().join("current")).unwrap();
+    let link = std::fs::read_link(w.app_dir().join("current")).unwrap();
     let commit = link.file_name().unwrap().to_string_lossy().to_string();
-    assert!(w.data_dir().join(&link).join("start.sh").is_file());
+    assert!(w.app_dir().join(&link).join("start.sh").is_file());
     commit
 }
 
@@ -30,7 +30,7 @@ async fn restart_when_idle_stops_the_old_instance_and_starts_one() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(w.one_app(&v1).await, pid1, "the app outlives the manager");
 
-    let status = local_status(&w.data_dir(), &w.db).unwrap();
+    let status = local_status(&w.layout(), &w.db).unwrap();
     assert_eq!(status.commit.as_deref(), Some(v1.as_str()));
     assert!(status.app_running);
 
@@ -100,7 +100,7 @@ async fn killed_during_fetch_redoes_the_deployment() {
         desired: Box::new(d2),
     };
     store.save(&state).unwrap();
-    let junk = w.data_dir().join("releases").join(format!(".tmp-{v2}-abc"));
+    let junk = w.app_dir().join("releases").join(format!(".tmp-{v2}-abc"));
     std::fs::create_dir_all(&junk).unwrap();
     std::fs::write(junk.join("half"), "x").unwrap();
 

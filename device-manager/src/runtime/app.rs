@@ -1,5 +1,5 @@
 //! Starting and stopping the app: `/bin/sh -c START` in the release folder, in its own process
-//! group, optionally as another user, output piped into the [`AppLog`]. Stopping sends SIGTERM
+//! group, as the app user (see [`AppUser::for_manager`]), output piped into the [`AppLog`]. Stopping sends SIGTERM
 //! to the whole group, SIGKILL after the grace period, and returns only when no member of the
 //! group is left.
 
@@ -7,7 +7,7 @@ use super::applog::AppLog;
 use super::procinfo;
 use super::state::AppRecord;
 use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use nix::unistd::{Gid, Pid, Uid};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
@@ -35,36 +35,145 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 pub const TAG_ENV: &str = "HAMMER_RUNTIME_TAG";
 const POLL: Duration = Duration::from_millis(25);
 
+/// The user the app runs as when the manager runs as root and no `--app-user` is given.
+pub const DEFAULT_APP_USER: &str = "hammer-app";
+
+/// The command that creates an app user (printed when the user is missing).
+pub fn useradd_command(name: &str) -> String {
+    format!("useradd --system --no-create-home --shell /usr/sbin/nologin {name}")
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("app user {0:?} does not exist")]
+    #[error(
+        "the app user {0:?} does not exist; create it with `{cmd}` (the install steps do), or choose another user with --app-user NAME \
+         / HAMMER_MANAGER_APP_USER",
+        cmd = useradd_command(.0)
+    )]
     NoSuchUser(String),
     #[error("looking up app user {0:?}: {1}")]
     UserLookup(String, nix::Error),
+    #[error(
+        "--app-user {name}: the manager runs as uid {uid}, not as root, so it cannot switch the \
+         app to another user; run the manager as root, or leave --app-user \
+         (HAMMER_MANAGER_APP_USER) unset to run the app as the manager's own user"
+    )]
+    CannotSwitch { name: String, uid: u32 },
+    #[error(
+        "the default app user {0:?} has uid 0; give it its own uid (userdel {0} and create it \
+         again with `useradd --system ...`), or pass --app-user root to run the app as root"
+    )]
+    DefaultIsRoot(String),
     #[error("could not start the app: {0}")]
     Spawn(std::io::Error),
     #[error("the app started but its process could not be read from /proc")]
     NoProc,
 }
 
-/// The user and group the app runs as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The user, group and supplementary groups the app runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppUser {
+    pub name: String,
     pub uid: u32,
     pub gid: u32,
+    /// Supplementary groups (from the group database, e.g. `dialout` or `gpio` for device
+    /// access), set with `setgroups` before the switch.
+    pub groups: Vec<u32>,
 }
 
 impl AppUser {
+    /// Looks a user up by name, with its supplementary groups.
     pub fn lookup(name: &str) -> Result<AppUser, AppError> {
         let user = nix::unistd::User::from_name(name)
             .map_err(|e| AppError::UserLookup(name.to_string(), e))?
             .ok_or_else(|| AppError::NoSuchUser(name.to_string()))?;
+        let groups = std::ffi::CString::new(name)
+            .ok()
+            .and_then(|c| nix::unistd::getgrouplist(&c, user.gid).ok())
+            .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+            .unwrap_or_else(|| vec![user.gid.as_raw()]);
         Ok(AppUser {
+            name: user.name,
             uid: user.uid.as_raw(),
             gid: user.gid.as_raw(),
+            groups,
         })
     }
+
+    /// Who the app runs as, given `--app-user` (`requested`):
+    /// - manager is root: `requested`, or [`DEFAULT_APP_USER`]; a user with uid 0 is allowed
+    ///   only when named explicitly, and logged as a warning;
+    /// - manager is not root: its own user (`None`: nothing to switch); naming any other user
+    ///   is an error, since only root can switch.
+    ///
+    /// A missing user is an error naming the command that creates it.
+    pub fn for_manager(requested: Option<&str>) -> Result<Option<AppUser>, AppError> {
+        let euid = nix::unistd::geteuid().as_raw();
+        let name = match (requested, euid) {
+            (Some(name), _) => name,
+            (None, 0) => DEFAULT_APP_USER,
+            (None, _) => {
+                tracing::info!(
+                    uid = euid,
+                    "the manager is not root: the app runs as its user"
+                );
+                return Ok(None);
+            }
+        };
+        let user = AppUser::lookup(name)?;
+        if euid != 0 {
+            if user.uid == euid {
+                return Ok(None);
+            }
+            return Err(AppError::CannotSwitch {
+                name: name.to_string(),
+                uid: euid,
+            });
+        }
+        if user.uid == 0 {
+            if requested.is_none() {
+                // The default user must never be root, whatever the user database says.
+                return Err(AppError::DefaultIsRoot(name.to_string()));
+            }
+            tracing::warn!(
+                user = name,
+                "the app runs as root (--app-user {name}): it can read the device's keys and git \
+                 credentials; run it as an unprivileged user unless it really needs root"
+            );
+        } else {
+            tracing::info!(user = name, uid = user.uid, "the app runs as its own user");
+        }
+        Ok(Some(user))
+    }
 }
+
+/// Sets up a child's user and environment: `HOME` and `HAMMER_APP_DATA` (the app's writable
+/// folder), `USER`/`LOGNAME`, and — when `user` is given — a switch to it right before `exec`
+/// (supplementary groups, group, user; in that order). The switch is done in `pre_exec`
+/// rather than with `Command::uid`, which would drop the user's supplementary groups.
+pub(crate) fn set_user(cmd: &mut Command, user: Option<&AppUser>, app_data: &Path) {
+    cmd.env("HOME", app_data).env(APP_DATA_ENV, app_data);
+    let Some(user) = user else {
+        return;
+    };
+    cmd.env("USER", &user.name).env("LOGNAME", &user.name);
+    let groups: Vec<Gid> = user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    let (uid, gid) = (Uid::from_raw(user.uid), Gid::from_raw(user.gid));
+    // SAFETY: the closure runs in the forked child before exec and only makes the
+    // async-signal-safe setgroups/setgid/setuid system calls on data prepared before the fork
+    // (no allocation, no locks).
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setgroups(&groups)?;
+            nix::unistd::setgid(gid)?;
+            nix::unistd::setuid(uid)?;
+            Ok(())
+        });
+    }
+}
+
+/// The env var naming the app's writable folder (also its `HOME`).
+pub const APP_DATA_ENV: &str = "HAMMER_APP_DATA";
 
 /// What to run.
 pub struct AppSpec<'a> {
@@ -73,7 +182,9 @@ pub struct AppSpec<'a> {
     pub env: &'a BTreeMap<String, String>,
     pub commit: &'a str,
     pub generation: u64,
-    pub user: Option<AppUser>,
+    pub user: Option<&'a AppUser>,
+    /// The app's writable folder (`HOME`, `HAMMER_APP_DATA`).
+    pub app_data: &'a Path,
     /// Marks the app's environment (`HAMMER_RUNTIME_TAG`) so a later run of the manager can
     /// find an instance it did not get to record.
     pub tag: &'a str,
@@ -103,13 +214,12 @@ pub fn start(spec: &AppSpec<'_>, log: &AppLog) -> Result<RunningApp, AppError> {
         .process_group(0)
         .kill_on_drop(false);
     strip_private_env(&mut cmd);
+    set_user(&mut cmd, spec.user, spec.app_data);
     cmd.envs(spec.env)
+        .env(APP_DATA_ENV, spec.app_data)
         .env("HAMMER_COMMIT", spec.commit)
         .env("HAMMER_GENERATION", spec.generation.to_string())
         .env(TAG_ENV, spec.tag);
-    if let Some(user) = spec.user {
-        cmd.uid(user.uid).gid(user.gid);
-    }
     let log_mark = log.mark();
     let mut child = cmd.spawn().map_err(AppError::Spawn)?;
     let pid = child.id().ok_or(AppError::NoProc)? as i32;

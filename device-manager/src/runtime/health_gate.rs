@@ -25,7 +25,9 @@ pub struct GateSpec<'a> {
     pub env: &'a BTreeMap<String, String>,
     pub commit: &'a str,
     pub generation: u64,
-    pub user: Option<AppUser>,
+    pub user: Option<&'a AppUser>,
+    /// The app's writable folder (`HOME`, `HAMMER_APP_DATA`).
+    pub app_data: &'a Path,
 }
 
 /// Why a release failed its gate (a sentence for the report).
@@ -94,6 +96,7 @@ impl Drop for GroupGuard {
 async fn run_health_cmd(cmd: &str, spec: &GateSpec<'_>, timeout: Duration) -> Result<(), String> {
     let mut command = Command::new("/bin/sh");
     super::app::strip_private_env(&mut command);
+    super::app::set_user(&mut command, spec.user, spec.app_data);
     command
         .arg("-c")
         .arg(cmd)
@@ -104,11 +107,9 @@ async fn run_health_cmd(cmd: &str, spec: &GateSpec<'_>, timeout: Duration) -> Re
         .process_group(0)
         .kill_on_drop(true)
         .envs(spec.env)
+        .env(super::app::APP_DATA_ENV, spec.app_data)
         .env("HAMMER_COMMIT", spec.commit)
         .env("HAMMER_GENERATION", spec.generation.to_string());
-    if let Some(user) = spec.user {
-        command.uid(user.uid).gid(user.gid);
-    }
     let child = command
         .spawn()
         .map_err(|e| format!("could not run the health command: {e}"))?;
@@ -160,9 +161,10 @@ mod tests {
             commit: "0123456789abcdef0123456789abcdef01234567",
             generation: 1,
             user: None,
+            app_data: Path::new("/nonexistent/app-data"),
         };
         let seen = run_health_cmd(
-            r#"test -z "$HAMMER_MANAGER_TEST_SECRET" && test "$APP_SETTING" = on"#,
+            r#"test -z "$HAMMER_MANAGER_TEST_SECRET" && test "$APP_SETTING" = on && test "$HOME" = /nonexistent/app-data && test "$HAMMER_APP_DATA" = "$HOME""#,
             &spec,
             Duration::from_secs(10),
         )

@@ -8,7 +8,14 @@
 //! Modules: [`state`] (persisted typed state), [`git`] (mirror, credentials, checkout),
 //! [`releases`] (release folders, `current`, pruning), [`app`] (start/stop a process group),
 //! [`procinfo`] (`/proc`), [`applog`] (log file, ring buffer, live lines), [`supervisor`]
-//! (crash restarts with backoff), [`health_gate`], [`reconcile`] (the state machine).
+//! (crash restarts with backoff), [`health_gate`], [`reconcile`] (the state machine),
+//! [`layout`] (the data dir, the app dir, and who may read what).
+//!
+//! # Who the app runs as
+//! The app and its health command run as [`RuntimeOptions::app_user`] (the binary resolves it
+//! with [`app::AppUser::for_manager`]: `hammer-app` when the manager is root), in
+//! `releases/<commit>/` of the app dir, with `HOME` and `HAMMER_APP_DATA` set to its own
+//! writable folder. It cannot read the data dir (0700): keys, credentials, store, git mirror.
 //!
 //! # Decisions a desired state gets
 //! - Its generation was rolled back from: nothing happens, nothing is reported.
@@ -43,6 +50,7 @@ pub mod app;
 pub mod applog;
 pub mod git;
 pub mod health_gate;
+pub mod layout;
 pub mod procinfo;
 pub mod reconcile;
 pub mod releases;
@@ -51,7 +59,7 @@ pub mod supervisor;
 
 use hammer_protocol::{DesiredState, GitCredentials, Phase, RunState};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -60,8 +68,11 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
     pub data_dir: PathBuf,
-    /// Run the app (and its health command) as this user (the manager must be root).
-    pub app_user: Option<String>,
+    /// Where releases and the app's own folder live (`None`: [`layout::default_app_dir`]).
+    pub app_dir: Option<PathBuf>,
+    /// Run the app (and its health command) as this user (`None`: the manager's own user).
+    /// Resolve it with [`app::AppUser::for_manager`] (only root can switch).
+    pub app_user: Option<app::AppUser>,
     /// SIGTERM → SIGKILL grace period.
     pub stop_grace: Duration,
     pub restart_backoff_cap: Duration,
@@ -78,6 +89,7 @@ impl Default for RuntimeOptions {
     fn default() -> Self {
         RuntimeOptions {
             data_dir: PathBuf::from("/var/lib/hammer-manager"),
+            app_dir: None,
             app_user: None,
             stop_grace: Duration::from_secs(10),
             restart_backoff_cap: Duration::from_secs(60),
@@ -283,13 +295,10 @@ pub fn spawn(
     db: sled::Db,
     sink: Arc<dyn ReportSink>,
 ) -> anyhow::Result<RuntimeHandle> {
-    std::fs::create_dir_all(&opts.data_dir)?;
+    let layout = layout::Layout::new(&opts.data_dir, opts.app_dir.as_deref());
+    layout::prepare(&layout, opts.app_user.as_ref())?;
     let store = state::StateStore::open(&db)?;
     let persisted = store.load()?;
-    let user = match &opts.app_user {
-        Some(name) => Some(app::AppUser::lookup(name)?),
-        None => None,
-    };
     let log = applog::AppLog::new(opts.data_dir.join("app.log"), opts.log_file_max_bytes);
     let shared = Arc::new(Mutex::new(Shared {
         state: persisted.clone(),
@@ -299,9 +308,9 @@ pub fn spawn(
     let (control_tx, control_rx) = mpsc::channel(16);
     let reconciler = reconcile::Reconciler::new(
         opts,
+        layout,
         store,
         persisted,
-        user,
         log.clone(),
         sink,
         shared.clone(),
@@ -318,13 +327,14 @@ pub fn spawn(
     })
 }
 
-/// What is deployed, read from the data dir and database without starting anything.
-pub fn local_status(data_dir: &Path, db: &sled::Db) -> anyhow::Result<LocalStatus> {
+/// What is deployed, read from the database (and the app dir's `current` link) without
+/// starting anything.
+pub fn local_status(layout: &layout::Layout, db: &sled::Db) -> anyhow::Result<LocalStatus> {
     let state = state::StateStore::open(db)?.load()?;
     let mut status = LocalStatus::from_state(&state, 0);
     if status.commit.is_none() {
         // Nothing recorded (yet): what the `current` link says.
-        status.commit = releases::Releases::new(data_dir).current();
+        status.commit = layout.releases().current();
     }
     Ok(status)
 }

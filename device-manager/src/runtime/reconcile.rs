@@ -6,6 +6,7 @@ use super::app::{self, AppSpec, AppUser};
 use super::applog::{AppLog, TAIL_LINES};
 use super::git::{self, FetchRequest};
 use super::health_gate::{self, GateSpec};
+use super::layout::Layout;
 use super::releases::Releases;
 use super::state::{Deployment, Release, RuntimeState, StateStore};
 use super::supervisor::{Event, Supervisor};
@@ -26,6 +27,8 @@ pub struct Reconciler {
     state: RuntimeState,
     releases: Releases,
     mirror: PathBuf,
+    /// The app's writable folder (`HOME`, `HAMMER_APP_DATA`).
+    app_data: PathBuf,
     user: Option<AppUser>,
     tag: String,
     log: AppLog,
@@ -44,9 +47,9 @@ impl Reconciler {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         opts: RuntimeOptions,
+        layout: Layout,
         store: StateStore,
         state: RuntimeState,
-        user: Option<AppUser>,
         log: AppLog,
         sink: Arc<dyn ReportSink>,
         shared: Arc<Mutex<Shared>>,
@@ -56,13 +59,14 @@ impl Reconciler {
         let dir = std::fs::canonicalize(&opts.data_dir).unwrap_or_else(|_| opts.data_dir.clone());
         let tag = hex::encode(&Sha256::digest(dir.as_os_str().as_encoded_bytes())[..8]);
         Reconciler {
-            releases: Releases::new(&opts.data_dir),
-            mirror: opts.data_dir.join("repo.git"),
+            releases: layout.releases(),
+            mirror: layout.mirror(),
+            app_data: layout.app_data(),
             sup: Supervisor::new(opts.restart_backoff_cap),
+            user: opts.app_user.clone(),
             opts,
             store,
             state,
-            user,
             tag,
             log,
             sink,
@@ -170,7 +174,8 @@ impl Reconciler {
             env: &current.env,
             commit: &current.commit,
             generation: current.generation,
-            user: self.user,
+            user: self.user.as_ref(),
+            app_data: &self.app_data,
             tag: &self.tag,
         };
         let running = app::start(&spec, &self.log).map_err(|e| e.to_string())?;
@@ -482,7 +487,8 @@ impl Reconciler {
             env: &release.env,
             commit: &release.commit,
             generation: release.generation,
-            user: self.user,
+            user: self.user.as_ref(),
+            app_data: &self.app_data,
         };
         let Some(running) = self.sup.app.as_mut() else {
             return;

@@ -1,9 +1,11 @@
-//! Release folders and the `current` symlink.
+//! Release folders and the `current` symlink, in the app dir (see [`super::layout`]).
 //!
 //! `releases/<commit>/` is only ever created by renaming a finished checkout from a
 //! `releases/.tmp-*` folder, so a release with its final name is always complete. `current` is
 //! swapped atomically (a new symlink under a temporary name renamed over it). Pruning keeps
-//! the newest few releases and never deletes the ones it is told to protect.
+//! the newest few releases and never deletes the ones it is told to protect. A release is
+//! made readable by everyone who can reach it (folders 0755, files 0644 or 0755) whatever the
+//! manager's umask, and is never writable by the app.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -32,25 +34,26 @@ pub fn is_commit_id(s: &str) -> bool {
     (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// The release folders of one data dir.
+/// The release folders of one app dir.
 #[derive(Debug, Clone)]
 pub struct Releases {
-    data_dir: PathBuf,
+    root: PathBuf,
 }
 
 impl Releases {
-    pub fn new(data_dir: &Path) -> Releases {
+    /// `root`: the app dir (holds `releases/` and `current`).
+    pub fn new(root: &Path) -> Releases {
         Releases {
-            data_dir: data_dir.to_path_buf(),
+            root: root.to_path_buf(),
         }
     }
 
     pub fn dir(&self) -> PathBuf {
-        self.data_dir.join("releases")
+        self.root.join("releases")
     }
 
     fn current_link(&self) -> PathBuf {
-        self.data_dir.join("current")
+        self.root.join("current")
     }
 
     pub fn path(&self, commit: &str) -> PathBuf {
@@ -82,6 +85,7 @@ impl Releases {
             let _ = std::fs::remove_dir_all(temp);
             return Ok(dest);
         }
+        make_readable(temp).map_err(io_err("setting the modes of", temp))?;
         std::fs::rename(temp, &dest).map_err(io_err("installing release", &dest))?;
         sync_dir(&self.dir());
         Ok(dest)
@@ -104,19 +108,19 @@ impl Releases {
             let _ = dir.set_modified(std::time::SystemTime::now());
         }
         let link = self.current_link();
-        let tmp = self.data_dir.join(format!("{TMP_PREFIX}current"));
+        let tmp = self.root.join(format!("{TMP_PREFIX}current"));
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(Path::new("releases").join(commit), &tmp)
             .map_err(io_err("creating symlink", &tmp))?;
         std::fs::rename(&tmp, &link).map_err(io_err("swapping", &link))?;
-        sync_dir(&self.data_dir);
+        sync_dir(&self.root);
         Ok(())
     }
 
     /// Removes `current` (only after a first deployment failed with nothing to go back to).
     pub fn clear_current(&self) {
         let _ = std::fs::remove_file(self.current_link());
-        sync_dir(&self.data_dir);
+        sync_dir(&self.root);
     }
 
     /// Deletes leftovers of interrupted checkouts.
@@ -159,6 +163,26 @@ impl Releases {
             let _ = std::fs::remove_dir_all(self.path(&name));
         }
     }
+}
+
+/// Sets folders to 0755 and files to 0644, or 0755 when their owner may execute them
+/// (symlinks are left as they are): the app user reads a release, only the manager writes it.
+pub fn make_readable(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let set =
+        |p: &Path, mode: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+    set(dir, 0o755)?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            make_readable(&entry.path())?;
+        } else if kind.is_file() {
+            let mode = entry.metadata()?.permissions().mode();
+            set(&entry.path(), if mode & 0o100 != 0 { 0o755 } else { 0o644 })?;
+        }
+    }
+    Ok(())
 }
 
 /// fsync a directory so a rename in it survives a power cut (best effort).

@@ -2,6 +2,7 @@
 //! CLI, desired states, and finding the test's app processes in /proc.
 #![allow(dead_code)]
 
+use hammer_manager::runtime::layout::Layout;
 use hammer_manager::runtime::{self, Input, Report, ReportSink, RuntimeHandle, RuntimeOptions};
 use hammer_protocol::{DesiredState, GitCredentials, Phase, RunState};
 use std::collections::BTreeMap;
@@ -172,9 +173,19 @@ impl World {
         self.tmp.path().join("data")
     }
 
+    /// The app dir (releases, `current`), beside the data dir.
+    pub fn app_dir(&self) -> PathBuf {
+        self.tmp.path().join("data-apps")
+    }
+
+    pub fn layout(&self) -> Layout {
+        Layout::new(&self.data_dir(), Some(&self.app_dir()))
+    }
+
     pub fn options(&self) -> RuntimeOptions {
         RuntimeOptions {
             data_dir: self.data_dir(),
+            app_dir: Some(self.app_dir()),
             stop_grace: Duration::from_secs(2),
             restart_backoff_cap: Duration::from_secs(4),
             log_file_max_bytes: 64 * 1024,
