@@ -74,9 +74,10 @@ async fn cmd_run(c: RunCmd) -> Result<()> {
     // Settings first: a missing or impossible app user stops the manager before it touches
     // anything.
     let app_user = AppUser::for_manager(c.app_user.as_deref())?;
-    // The data dir is the manager's alone, whatever someone did to it since the last start.
-    layout::secure_data_dir(dir.path())?;
     let identity = Identity::load(&dir, c.broker_url.as_deref())?;
+    // The data dir is the manager's alone (0700, keys 0600), whatever someone did to it since
+    // the last start.
+    layout::secure_data_dir(dir.path())?;
     let db = open_db(dir.path())?;
     let outbox = Outbox::new(Store::open(&db)?);
     let sink = Arc::new(OutboxSink(outbox.clone()));
