@@ -4,8 +4,9 @@
 //! After every CONNACK: subscribe `desired`, `cmd`, `ack` (QoS 1; rumqttc does not
 //! resubscribe), publish `Presence` online (retained, QoS 1, with the generation and the
 //! acked seq: the service's resync cue), then re-send the whole unacked outbox in seq order.
-//! New events are published as they are appended. On an `Ack` for our epoch the outbox is
-//! trimmed; if events already sent beyond the ack have been waiting longer than
+//! New events are published as they are appended. On an `Ack` (signed by the service and
+//! addressed to this device, else refused and counted, never trimming anything) for our
+//! epoch the outbox is trimmed; if events already sent beyond the ack have been waiting longer than
 //! `resend_after`, the rest is re-sent (the service restarted or lost them). Duplicates are
 //! harmless (the service dedups by epoch and seq), loss is not.
 
@@ -20,7 +21,7 @@ use crate::store::Counter;
 use crate::verify::Verifier;
 use anyhow::Result;
 use hammer_protocol::topics::topic;
-use hammer_protocol::{Ack, Channel, Presence, StatusEvent, Topic, PROTOCOL_VERSION};
+use hammer_protocol::{Channel, Presence, StatusEvent, Topic, PROTOCOL_VERSION};
 use rumqttc::{AsyncClient, QoS};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -67,6 +68,8 @@ struct Agent {
     /// Unacked events published on this connection, with when they were (last) sent.
     sent: BTreeMap<u64, Instant>,
     logs: Option<LogStream>,
+    /// Acks refused since the start (bad signature, another device, unreadable).
+    refused_acks: u64,
 }
 
 /// Runs the agent until `shutdown` resolves. `outbox` must be the same one the backend's
@@ -101,6 +104,7 @@ pub async fn run(
         connected: false,
         sent: BTreeMap::new(),
         logs: None,
+        refused_acks: 0,
     };
     tracing::info!(device = %agent.id_device, epoch, unacked = outbox.len(), "agent started");
     let mut health_tick = tokio::time::interval_at(
@@ -230,10 +234,18 @@ impl Agent {
     }
 
     async fn on_ack(&mut self, payload: &[u8]) -> Result<()> {
-        let ack: Ack = match hammer_protocol::decode(payload) {
+        let ack = match self.handler.verifier.ack(payload) {
             Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "unreadable ack; ignored");
+            Err(r) => {
+                // Only the service may trim the outbox: a forged or misdirected ack would
+                // drop events it never stored. Logged at warn the first time and every
+                // 100th after (a flood must not flood the log too).
+                self.refused_acks += 1;
+                if self.refused_acks % 100 == 1 {
+                    tracing::warn!(reason = %r.reason, refused_acks = self.refused_acks, "refused an ack; the outbox is kept");
+                } else {
+                    tracing::debug!(reason = %r.reason, refused_acks = self.refused_acks, "refused an ack; the outbox is kept");
+                }
                 return Ok(());
             }
         };

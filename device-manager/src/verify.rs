@@ -1,11 +1,12 @@
-//! Checks every message from the service before anything acts on it: the Ed25519 signature
-//! with the service key from enrollment, the address (this device and its owner), the
-//! protocol version, and ordering (generation / cmd_seq only move forward, commands expire).
+//! Checks every message from the service before anything acts on it (desired states,
+//! commands and acks): the Ed25519 signature with the service key from enrollment, the
+//! address (this device and its owner), the protocol version, and ordering (generation /
+//! cmd_seq only move forward, commands expire; an ack only ever trims, see `outbox`).
 //!
 //! A refusal carries a sentence for the `refused` status event; it never includes secrets.
 
 use hammer_protocol::signing::{verify, PublicKey, VerifyError};
-use hammer_protocol::{Command, DesiredState};
+use hammer_protocol::{Ack, AddressedAck, Command, DesiredState};
 
 /// Who this device is, for checking signatures and addresses.
 #[derive(Debug, Clone)]
@@ -70,6 +71,14 @@ impl Verifier {
         } else {
             Ok(DesiredVerdict::New(Box::new(d)))
         }
+    }
+
+    /// Checks an ack payload: signed by the service and addressed to this device. Which
+    /// epoch it is for and whether it moves anything is the outbox's business.
+    pub fn ack(&self, payload: &[u8]) -> Result<Ack, Refusal> {
+        let a: AddressedAck = verify(payload, &self.service_key, &self.device_id, &self.owner)
+            .map_err(|e| Refusal::plain(describe("ack", e)))?;
+        Ok(a.ack())
     }
 
     /// Checks a command payload against the last accepted cmd_seq and the clock (`now_ms`).
@@ -175,5 +184,38 @@ mod tests {
             .command(&key.sign_to_vec(&cmd(2, 100)).unwrap(), 1, 5000)
             .unwrap_err();
         assert!(r.reason.contains("expired"));
+    }
+
+    #[test]
+    fn acks_must_be_signed_by_the_service_and_name_this_device() {
+        let key = SigningKeyPair::generate().unwrap();
+        let other = SigningKeyPair::generate().unwrap();
+        let v = Verifier {
+            service_key: key.public(),
+            device_id: "d1".into(),
+            owner: "o1".into(),
+        };
+        let good = key
+            .sign_to_vec(&AddressedAck::new("d1", "o1", 5, 9))
+            .unwrap();
+        assert_eq!(v.ack(&good).unwrap().seq, 9);
+        let foreign = other
+            .sign_to_vec(&AddressedAck::new("d1", "o1", 5, 9))
+            .unwrap();
+        assert!(v.ack(&foreign).unwrap_err().reason.contains("ack refused"));
+        for (dev, owner) in [("d2", "o1"), ("d1", "o2")] {
+            let wire = key
+                .sign_to_vec(&AddressedAck::new(dev, owner, 5, 9))
+                .unwrap();
+            let r = v.ack(&wire).unwrap_err();
+            assert!(r.reason.contains("not to this device"), "{}", r.reason);
+        }
+        let unsigned = hammer_protocol::encode(&Ack {
+            v: PROTOCOL_VERSION,
+            epoch: 5,
+            seq: 9,
+        })
+        .unwrap();
+        assert!(v.ack(&unsigned).is_err());
     }
 }

@@ -12,6 +12,15 @@ use hammer_protocol::*;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The service's ack as it sends it: signed, addressed to this device and its owner.
+async fn signed_ack(svc: &Service, epoch: u64, seq: u64) {
+    let wire = svc
+        .key
+        .sign_to_vec(&AddressedAck::new(DEVICE, OWNER, epoch, seq))
+        .unwrap();
+    svc.publish(Channel::Ack, false, wire).await;
+}
+
 fn ev(n: u64) -> EventBody {
     EventBody {
         generation: Some(1),
@@ -80,11 +89,11 @@ async fn outbox_survives_disconnect_and_restart_and_acks_trim_it() {
     assert_eq!(got.len(), 5, "nothing lost");
 
     // The service acks 3: the outbox keeps only 4 and 5, durably.
-    svc.ack(epoch, 3).await;
+    signed_ack(&svc, epoch, 3).await;
     wait_until("outbox trimmed to 2", || outbox.len() == 2).await;
     assert_eq!(outbox.store().get(Counter::AckedSeq), 3);
     // An ack of another epoch (a wiped device's old life) changes nothing.
-    svc.ack(epoch.wrapping_add(1), 5).await;
+    signed_ack(&svc, epoch.wrapping_add(1), 5).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(outbox.len(), 2);
 
@@ -124,7 +133,7 @@ async fn outbox_survives_disconnect_and_restart_and_acks_trim_it() {
         "acked events are not re-sent"
     );
 
-    svc.ack(epoch, 6).await;
+    signed_ack(&svc, epoch, 6).await;
     wait_until("outbox empty", || outbox.is_empty()).await;
     agent.stop();
 }
@@ -158,7 +167,7 @@ async fn an_ack_behind_the_outbox_triggers_a_resend() {
     svc.wait_status(&[1, 2, 3, 4]).await;
 
     // A prompt ack (the normal flow) re-sends nothing.
-    svc.ack(epoch, 1).await;
+    signed_ack(&svc, epoch, 1).await;
     let seen = svc.drain(Duration::from_millis(150)).await;
     assert!(
         !seen.iter().any(|s| matches!(s, Seen::Status(_))),
@@ -168,7 +177,7 @@ async fn an_ack_behind_the_outbox_triggers_a_resend() {
     // The service "restarted" and lost 3 and 4: its republished ack (2) is behind events
     // sent long ago, so the device re-sends the rest.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    svc.ack(epoch, 2).await;
+    signed_ack(&svc, epoch, 2).await;
     let got = svc.wait_status(&[3, 4]).await;
     assert_eq!(got.len(), 2);
     wait_until("trimmed to 2", || outbox.len() == 2).await;

@@ -1,6 +1,7 @@
 //! What the service sends is verified before anything acts on it, against a real broker:
 //! replayed or badly signed desired states and stale or expired commands are refused with a
-//! `refused` event and change nothing; setup stores the sealed credentials at 0600 and the
+//! `refused` event and change nothing; acks that are forged, tampered, unsigned or addressed
+//! to another device are refused and never trim the outbox; setup stores the sealed credentials at 0600 and the
 //! secret never shows up in logs or events.
 
 mod agent_support;
@@ -300,4 +301,74 @@ async fn setup_stores_credentials_0600_and_never_logs_them() {
     for e in s.outbox.unacked().unwrap() {
         assert!(!format!("{e:?}").contains(SECRET));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_or_misaddressed_acks_are_refused_and_never_trim_the_outbox() {
+    let mut s = setup().await;
+    let epoch = s.outbox.store().epoch();
+    for n in 1..=3 {
+        s.outbox
+            .append(hammer_manager::outbox::EventBody {
+                generation: None,
+                deployment_id: None,
+                phase: Phase::Restarted,
+                commit: None,
+                detail: Some(format!("event {n}")),
+                log_tail: vec![],
+            })
+            .unwrap();
+    }
+    s.svc.wait_status(&[1, 2, 3]).await;
+    assert_eq!(s.outbox.len(), 3);
+
+    // Signed by another key.
+    let forger = SigningKeyPair::generate().unwrap();
+    let forged = forger
+        .sign_to_vec(&AddressedAck::new(DEVICE, OWNER, epoch, 3))
+        .unwrap();
+    s.svc.publish(Channel::Ack, false, forged).await;
+    // The service's key, but for another device, and for another owner.
+    for (dev, owner) in [("dev2", OWNER), (DEVICE, "mallory1")] {
+        let wire = s
+            .svc
+            .key
+            .sign_to_vec(&AddressedAck::new(dev, owner, epoch, 3))
+            .unwrap();
+        s.svc.publish(Channel::Ack, false, wire).await;
+    }
+    // The right key id over a tampered body (seq 1 → another value).
+    let mut t: Signed = s
+        .svc
+        .key
+        .sign(&AddressedAck::new(DEVICE, OWNER, epoch, 3))
+        .unwrap();
+    let n = t.body.len();
+    t.body[n - 1] ^= 1;
+    s.svc
+        .publish(Channel::Ack, false, encode(&t).unwrap())
+        .await;
+    // The old unsigned form.
+    let plain = encode(&Ack {
+        v: PROTOCOL_VERSION,
+        epoch,
+        seq: 3,
+    })
+    .unwrap();
+    s.svc.publish(Channel::Ack, false, plain).await;
+
+    // Then a good ack of 1 only: acks are handled in order, so once it trimmed one event,
+    // every refused one before it has been handled, and none trimmed anything.
+    let good = s
+        .svc
+        .key
+        .sign_to_vec(&AddressedAck::new(DEVICE, OWNER, epoch, 1))
+        .unwrap();
+    s.svc.publish(Channel::Ack, false, good).await;
+    wait_until("the good ack trimmed event 1", || s.outbox.len() == 2).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(s.outbox.len(), 2, "a refused ack trimmed the outbox");
+    assert_eq!(s.outbox.store().get(Counter::AckedSeq), 1);
+    let logs = String::from_utf8_lossy(&captured_logs().lock().unwrap()).into_owned();
+    assert!(logs.contains("refused an ack"), "refusals are logged");
 }
