@@ -7,7 +7,8 @@
 //! storm. A signed desired state with a newer generation starts a simulated
 //! rollout (received → fetching → fetched → starting → verifying → running, or rolled_back at
 //! the configured rate) with the configured delays; every status event goes to the outbox
-//! first and is trimmed when the service acks it. A setup command is answered `configured`.
+//! first and is trimmed when the service acks it (a signed ack addressed to this device; any
+//! other counts as a bad signature and trims nothing). A setup command is answered `configured`.
 
 use crate::fleet::FleetStats;
 use anyhow::Context;
@@ -15,7 +16,7 @@ use hammer_protocol::api::{ManagerConfigFile, ProvisionResponse};
 use hammer_protocol::signing::{verify, PublicKey};
 use hammer_protocol::topics::topic;
 use hammer_protocol::{
-    decode, encode, now_ms, Ack, Channel, Command, CommandKind, DesiredState, Health, Phase,
+    encode, now_ms, AddressedAck, Channel, Command, CommandKind, DesiredState, Health, Phase,
     Presence, StatusEvent, Topic, MAX_PACKET, PROTOCOL_VERSION,
 };
 use rand::Rng;
@@ -404,8 +405,13 @@ impl Ctx {
     }
 
     fn on_ack(&self, payload: &[u8]) {
-        let Ok(a) = decode::<Ack>(payload) else {
-            return;
+        let a = match verify::<AddressedAck>(payload, &self.key, &self.id, &self.owner) {
+            Ok(a) => a,
+            Err(e) => {
+                self.stats.bad_signatures.fetch_add(1, Relaxed);
+                tracing::warn!(device = %self.id, error = %e, "refused an ack");
+                return;
+            }
         };
         if a.epoch != self.epoch {
             return;
