@@ -2,10 +2,17 @@
 //!
 //! It publishes each target's signed desired state as `max_in_flight` allows, follows the
 //! targets' status events (running → succeeded; failed / rolled back / refused → the attempt
-//! failed), times out silent devices, retries, pins the first `fetched` commit for the
-//! remaining targets and retries, aborts at the failure threshold (targets not yet started
-//! are skipped and keep their release), and ends each deployment succeeded, failed or
-//! canceled with a reason. Every transition is persisted (and flushed) before anything is
+//! failed), times out silent devices, retries, aborts at the failure threshold (targets not
+//! yet started are skipped and keep their release), and ends each deployment succeeded,
+//! failed or canceled with a reason.
+//!
+//! One deployment, one commit. The commit is the user's when they name one (a full commit id
+//! as the ref, which `hammer deploy` resolves with the user's own git access). Otherwise the
+//! first report naming a commit pins it, and every target launched without it that has not
+//! fetched yet is republished at once (new generation) naming it; later launches name it too.
+//! A target that reports another commit never counts as a success: launched before the pin,
+//! it is relaunched once with the pinned commit; told the pinned commit, it fails. The
+//! decisions are pure functions ([`check_commit`], [`awaiting_pin`]). Every transition is persisted (and flushed) before anything is
 //! published. It is driven by messages and one timer for the nearest deadline; after a
 //! restart it reloads running deployments, replays stored status events it may have missed
 //! and recomputes timers from the persisted deadlines.
@@ -16,7 +23,7 @@ use crate::service::Service;
 use crate::store::{DeploymentRecord, TargetRecord};
 use hammer_protocol::api::{DeploymentState, Event, TargetState};
 use hammer_protocol::{now_ms, DesiredState, Phase, RunState, StatusEvent, PROTOCOL_VERSION};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -57,6 +64,13 @@ pub struct Engine {
     unsaved: HashMap<String, u64>,
     /// Running deployment → device id → index of its target (targets never move).
     target_index: HashMap<String, HashMap<String, usize>>,
+    /// Device id → generation of its live desired state when that one names its deployment's
+    /// pinned commit (a device is in at most one running deployment).
+    names_pin: HashMap<String, u64>,
+    /// Running deployment → targets to relaunch with the pinned commit at the next step.
+    relaunch: HashMap<String, Vec<usize>>,
+    /// Running deployments pinned since their last step: republish what awaits the pin.
+    pinned_now: HashSet<String>,
 }
 
 /// Status-driven target changes of a running deployment are persisted at most this long after
@@ -81,14 +95,30 @@ impl Engine {
             by_device: HashMap::new(),
             unsaved: HashMap::new(),
             target_index: HashMap::new(),
+            names_pin: HashMap::new(),
+            relaunch: HashMap::new(),
+            pinned_now: HashSet::new(),
         };
         let mut replay = Vec::new();
         for dep in svc.store.deployments()? {
             if dep.state != DeploymentState::Running {
                 continue;
             }
+            if dep.commit.is_some() {
+                // A restart between the pin and its republish must not leave a target behind.
+                eng.pinned_now.insert(dep.id.clone());
+            }
             for t in dep.targets.iter().filter(|t| is_active(t)) {
                 eng.by_device.insert(t.device_id.clone(), dep.id.clone());
+                if let (Some(pin), Some(g)) = (&dep.commit, t.generation) {
+                    let live = svc.store.device(&t.device_id)?.and_then(|d| d.desired);
+                    if live.is_some_and(|d| {
+                        d.generation == g
+                            && d.commit.as_deref().is_some_and(|c| same_commit(c, pin))
+                    }) {
+                        eng.names_pin.insert(t.device_id.clone(), g);
+                    }
+                }
                 if t.state == TargetState::InFlight {
                     for s in svc.store.statuses_of(&t.device_id)? {
                         if s.event.deployment_id.as_deref() == Some(dep.id.as_str())
@@ -223,7 +253,7 @@ impl Engine {
             .min()
     }
 
-    async fn create(&mut self, dep: DeploymentRecord) -> Result<DeploymentRecord, ApiError> {
+    async fn create(&mut self, mut dep: DeploymentRecord) -> Result<DeploymentRecord, ApiError> {
         for t in &dep.targets {
             if let Some(other) = self.by_device.get(&t.device_id) {
                 return Err(ApiError::conflict(format!(
@@ -231,6 +261,10 @@ impl Engine {
                     t.device
                 )));
             }
+        }
+        if dep.commit.is_none() {
+            // The user named the commit: no device gets to choose it.
+            dep.commit = commit_named_by(dep.git_ref.as_deref());
         }
         for t in &dep.targets {
             self.by_device.insert(t.device_id.clone(), dep.id.clone());
@@ -318,7 +352,8 @@ impl Engine {
                 .map(|(i, t)| (t.device_id.clone(), i))
                 .collect()
         });
-        let t = dep.targets.get_mut(*index.get(device_id)?)?;
+        let i = *index.get(device_id)?;
+        let t = dep.targets.get_mut(i)?;
         if t.state != TargetState::InFlight
             || (ev.generation.is_some() && ev.generation != t.generation)
         {
@@ -327,20 +362,51 @@ impl Engine {
         t.last_phase = Some(ev.phase);
         t.updated_at = now_ms();
         match ev.phase {
-            Phase::Fetched => {
-                if let Some(c) = &ev.commit {
-                    t.commit = Some(c.clone());
-                    if dep.commit.is_none() {
-                        tracing::info!(deployment = %dep_id, commit = %c, "pinned commit");
-                        dep.commit = Some(c.clone());
+            Phase::Fetched | Phase::Running => {
+                let running = ev.phase == Phase::Running;
+                let reported = match (&ev.commit, running) {
+                    (Some(c), _) => Some(c.clone()),
+                    // Running names no commit: the one it fetched (and that was checked).
+                    (None, true) => t.commit.clone(),
+                    (None, false) => None,
+                };
+                let names_pin = t.generation.is_some()
+                    && self.names_pin.get(device_id) == t.generation.as_ref();
+                let verdict = check_commit(
+                    dep.commit.as_deref(),
+                    reported.as_deref(),
+                    names_pin,
+                    running,
+                );
+                if reported.is_some() {
+                    t.commit = reported.clone();
+                }
+                match verdict {
+                    CommitCheck::Pin => {
+                        tracing::info!(deployment = %dep_id, commit = ?reported, device = %device_id, "pinned commit from the first report naming one");
+                        dep.commit = reported;
+                        self.pinned_now.insert(dep_id.clone());
+                    }
+                    CommitCheck::Agrees | CommitCheck::Unknown => {}
+                    CommitCheck::Relaunch(detail) => {
+                        tracing::info!(deployment = %dep_id, device = %device_id, "{detail}");
+                        t.detail = Some(detail);
+                        self.relaunch.entry(dep_id.clone()).or_default().push(i);
+                        return Some(dep_id);
+                    }
+                    CommitCheck::Fail(detail) => {
+                        tracing::warn!(deployment = %dep_id, device = %device_id, "{detail}");
+                        t.state = TargetState::Failed;
+                        t.deadline = None;
+                        t.detail = Some(detail);
+                        return Some(dep_id);
                     }
                 }
-            }
-            Phase::Running => {
-                t.state = TargetState::Succeeded;
-                t.commit = ev.commit.clone().or(t.commit.take());
-                t.detail = None;
-                t.deadline = None;
+                if running {
+                    t.state = TargetState::Succeeded;
+                    t.detail = None;
+                    t.deadline = None;
+                }
             }
             Phase::Failed | Phase::RolledBack | Phase::Refused => {
                 let what = match ev.phase {
@@ -414,6 +480,27 @@ impl Engine {
         if dep.state == DeploymentState::Running {
             check_abort(&mut dep);
         }
+        let mut again = self.relaunch.remove(id).unwrap_or_default();
+        if self.pinned_now.remove(id) && dep.commit.is_some() {
+            again.extend(awaiting_pin(&dep.targets, |t| {
+                t.generation.is_some() && self.names_pin.get(&t.device_id) == t.generation.as_ref()
+            }));
+        }
+        if dep.state == DeploymentState::Running && !again.is_empty() {
+            again.sort_unstable();
+            again.dedup();
+            for i in again {
+                if dep.targets[i].state != TargetState::InFlight {
+                    continue;
+                }
+                // The same attempt, now naming the pinned commit: a new generation.
+                if let Some(desired) = self.stage(&mut dep, i, false) {
+                    staged.push((i, desired));
+                }
+                launched += 1;
+            }
+            check_abort(&mut dep);
+        }
         if dep.state == DeploymentState::Running {
             let max = dep
                 .strategy
@@ -435,7 +522,7 @@ impl Engine {
                     break;
                 };
                 next_pending = i + 1;
-                if let Some(desired) = self.stage(&mut dep, i) {
+                if let Some(desired) = self.stage(&mut dep, i, true) {
                     staged.push((i, desired));
                 }
                 launched += 1;
@@ -481,13 +568,17 @@ impl Engine {
             for t in &dep.targets {
                 if self.by_device.get(&t.device_id).map(String::as_str) == Some(id) {
                     self.by_device.remove(&t.device_id);
+                    self.names_pin.remove(&t.device_id);
                 }
             }
+            self.relaunch.remove(id);
+            self.pinned_now.remove(id);
             tracing::info!(deployment = %id, state = ?dep.state, reason = ?dep.reason, "deployment ended");
         } else {
             for t in dep.targets.iter().filter(|t| !is_active(t)) {
                 if self.by_device.get(&t.device_id).map(String::as_str) == Some(id) {
                     self.by_device.remove(&t.device_id);
+                    self.names_pin.remove(&t.device_id);
                 }
             }
         }
@@ -551,9 +642,15 @@ impl Engine {
         Ok(())
     }
 
-    /// Stages target `i`'s desired state (a new generation) and marks the target in flight;
-    /// the caller flushes and publishes it.
-    fn stage(&mut self, dep: &mut DeploymentRecord, i: usize) -> Option<DesiredState> {
+    /// Stages target `i`'s desired state (a new generation, naming the deployment's commit if
+    /// it has one) and marks the target in flight; the caller flushes and publishes it.
+    /// `new_attempt` is false for a republish with the pinned commit (same attempt).
+    fn stage(
+        &mut self,
+        dep: &mut DeploymentRecord,
+        i: usize,
+        new_attempt: bool,
+    ) -> Option<DesiredState> {
         let now = now_ms();
         let device_id = dep.targets[i].device_id.clone();
         let (dep_id, git_ref, commit) = (dep.id.clone(), dep.git_ref.clone(), dep.commit.clone());
@@ -578,9 +675,16 @@ impl Engine {
         });
         let t = &mut dep.targets[i];
         t.updated_at = now;
-        t.attempts += 1;
+        if new_attempt {
+            t.attempts += 1;
+        }
         match result {
             Ok(Some(rec)) => {
+                if dep.commit.is_some() {
+                    self.names_pin.insert(device_id.clone(), rec.generation);
+                } else {
+                    self.names_pin.remove(&device_id);
+                }
                 t.state = TargetState::InFlight;
                 t.generation = Some(rec.generation);
                 t.last_phase = None;
@@ -602,6 +706,88 @@ impl Engine {
             }
         }
     }
+}
+
+/// Whether two commit ids are the same commit (hex is case-insensitive).
+fn same_commit(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+/// The commit a deployment's ref names by itself: a full commit id (40 hex digits for SHA-1,
+/// 64 for SHA-256), lowercased. Branches, tags and abbreviated ids name none.
+pub fn commit_named_by(git_ref: Option<&str>) -> Option<String> {
+    let r = git_ref?.trim();
+    (matches!(r.len(), 40 | 64) && r.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| r.to_ascii_lowercase())
+}
+
+/// What a target's `fetched` or `running` report means for the deployment's commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CommitCheck {
+    /// Nothing is pinned and the report names no commit: nothing to check.
+    Unknown,
+    /// The first report naming a commit: it pins the deployment.
+    Pin,
+    /// The report names the pinned commit.
+    Agrees,
+    /// Launched before the pin, the device resolved another commit: relaunch it with the pin.
+    Relaunch(String),
+    /// Told the pinned commit, the device reports another one: the target fails.
+    Fail(String),
+}
+
+/// Decides on a report of `reported` (None: the report named no commit) given the
+/// deployment's `pinned` commit and whether the desired state the device acted on named it.
+fn check_commit(
+    pinned: Option<&str>,
+    reported: Option<&str>,
+    desired_named_pin: bool,
+    running: bool,
+) -> CommitCheck {
+    let Some(pin) = pinned else {
+        return match reported {
+            Some(_) => CommitCheck::Pin,
+            None => CommitCheck::Unknown,
+        };
+    };
+    match reported {
+        Some(r) if same_commit(r, pin) => CommitCheck::Agrees,
+        _ => {
+            let verb = if running { "ran" } else { "fetched" };
+            let what = reported.map_or_else(|| "no commit".to_owned(), |r| format!("commit {r}"));
+            if desired_named_pin {
+                CommitCheck::Fail(format!(
+                    "device {verb} {what}, the deployment is pinned to {pin}"
+                ))
+            } else {
+                CommitCheck::Relaunch(format!(
+                    "device {verb} {what} before the deployment was pinned to {pin}; relaunched with {pin}"
+                ))
+            }
+        }
+    }
+}
+
+/// Whether a target's last phase says it already fetched its release.
+fn past_fetch(p: Option<Phase>) -> bool {
+    matches!(
+        p,
+        Some(Phase::Fetched | Phase::Starting | Phase::Verifying | Phase::Running)
+    )
+}
+
+/// The targets to republish naming a commit just pinned: in flight, not yet past `fetched`,
+/// and acting on a desired state that does not name the pin. (Those past `fetched` are
+/// checked by [`check_commit`] when they report.)
+fn awaiting_pin(targets: &[TargetRecord], names_pin: impl Fn(&TargetRecord) -> bool) -> Vec<usize> {
+    targets
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| {
+            t.state == TargetState::InFlight && !past_fetch(t.last_phase) && !names_pin(t)
+        })
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// Ends the current attempt of a target: back to pending for a retry while retries remain,
@@ -680,4 +866,109 @@ pub async fn holder(svc: &Service, device_id: &str) -> Option<String> {
         .await
         .ok()?;
     rx.await.ok().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    fn target(n: usize, state: TargetState, last_phase: Option<Phase>) -> TargetRecord {
+        TargetRecord {
+            device_id: format!("id{n}"),
+            device: format!("d{n}"),
+            state,
+            attempts: 1,
+            last_phase,
+            commit: None,
+            detail: None,
+            updated_at: 0,
+            generation: Some(1),
+            deadline: None,
+        }
+    }
+
+    #[test]
+    fn the_first_report_naming_a_commit_pins_it() {
+        assert_eq!(check_commit(None, Some(A), false, false), CommitCheck::Pin);
+        assert_eq!(check_commit(None, Some(A), false, true), CommitCheck::Pin);
+        assert_eq!(check_commit(None, None, false, false), CommitCheck::Unknown);
+    }
+
+    #[test]
+    fn a_report_of_the_pinned_commit_agrees_whatever_the_case() {
+        let upper = A.to_ascii_uppercase();
+        assert_eq!(
+            check_commit(Some(A), Some(&upper), true, true),
+            CommitCheck::Agrees
+        );
+        assert_eq!(
+            check_commit(Some(A), Some(A), false, false),
+            CommitCheck::Agrees
+        );
+    }
+
+    #[test]
+    fn another_commit_before_the_pin_reached_the_device_means_relaunch() {
+        match check_commit(Some(A), Some(B), false, false) {
+            CommitCheck::Relaunch(d) => {
+                assert!(d.contains(B) && d.contains(A), "{d}");
+            }
+            other => panic!("expected a relaunch, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn another_commit_after_the_device_was_told_the_pin_fails_the_target() {
+        assert_eq!(
+            check_commit(Some(A), Some(B), true, true),
+            CommitCheck::Fail(format!(
+                "device ran commit {B}, the deployment is pinned to {A}"
+            ))
+        );
+        // Naming no commit at all is no way around the check.
+        assert!(matches!(
+            check_commit(Some(A), None, true, true),
+            CommitCheck::Fail(d) if d.contains("no commit")
+        ));
+        assert!(matches!(
+            check_commit(Some(A), None, false, false),
+            CommitCheck::Relaunch(_)
+        ));
+    }
+
+    #[test]
+    fn only_a_full_commit_id_as_ref_names_the_commit() {
+        assert_eq!(commit_named_by(Some(A)).as_deref(), Some(A));
+        assert_eq!(
+            commit_named_by(Some(&A.to_ascii_uppercase())).as_deref(),
+            Some(A)
+        );
+        let sha256 = "c".repeat(64);
+        assert_eq!(commit_named_by(Some(&sha256)), Some(sha256.clone()));
+        for r in ["main", "v1.0", "aaaaaaa", &"g".repeat(40), &"a".repeat(41)] {
+            assert_eq!(commit_named_by(Some(r)), None, "{r}");
+        }
+        assert_eq!(commit_named_by(None), None);
+    }
+
+    #[test]
+    fn after_a_pin_only_launched_targets_that_have_not_fetched_are_republished() {
+        let targets = vec![
+            target(0, TargetState::InFlight, Some(Phase::Fetched)), // the pinning one
+            target(1, TargetState::InFlight, None),
+            target(2, TargetState::InFlight, Some(Phase::Received)),
+            target(3, TargetState::InFlight, Some(Phase::Fetching)),
+            target(4, TargetState::InFlight, Some(Phase::Running)),
+            target(5, TargetState::Pending, None), // its launch will name the pin
+            target(6, TargetState::Succeeded, Some(Phase::Running)),
+            target(7, TargetState::Failed, Some(Phase::Failed)),
+            target(8, TargetState::InFlight, None), // already told the pin
+        ];
+        let named = |t: &TargetRecord| t.device_id == "id8";
+        assert_eq!(awaiting_pin(&targets, named), vec![1, 2, 3]);
+        assert!(awaiting_pin(&targets[4..=7], |_| false).is_empty());
+    }
 }

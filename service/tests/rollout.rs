@@ -18,6 +18,36 @@ fn targets(v: &Value) -> Vec<Value> {
     v["targets"].as_array().unwrap().clone()
 }
 
+fn target(v: &Value, device: &str) -> Value {
+    targets(v)
+        .into_iter()
+        .find(|t| t["device"] == device)
+        .unwrap_or_else(|| panic!("no target {device} in {v}"))
+}
+
+/// Polls a deployment until `pred` holds (10 s).
+async fn wait_for_deployment(
+    h: &Harness,
+    token: &str,
+    id: &str,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..200 {
+        let (_, v) = h.get(&format!("/api/v1/deployments/{id}"), token).await;
+        if pred(&v) {
+            return v;
+        }
+        last = v;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("deployment {id}: {what} never happened: {last}");
+}
+
+const C1: &str = "c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1";
+const C2: &str = "c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn success_pins_commit_and_records_history() {
     let h = Harness::start().await;
@@ -326,11 +356,17 @@ async fn progress_just_before_a_restart_survives_it() {
         .unwrap();
     assert_eq!(fast["state"], "succeeded", "{v}");
 
-    let desired = slow.wait_desired().await;
+    // `fast` fetched first and pinned its commit: `slow` was republished naming it.
+    let desired = slow.wait_desired_commit().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     for phase in [Phase::Fetched, Phase::Running] {
-        slow.report(slow.next_seq(), Some(&desired), phase, Some("abc"))
-            .await;
+        slow.report(
+            slow.next_seq(),
+            Some(&desired),
+            phase,
+            desired.commit.as_deref(),
+        )
+        .await;
     }
     let v = h.wait_deployment(&t, &id, 30).await;
     assert_eq!(v["state"], "succeeded", "{v}");
@@ -425,4 +461,172 @@ async fn event_stream_shows_only_own_devices() {
     assert!(!text.contains("\"ad\""), "{text}");
     assert!(!text.contains("crashed"), "{text}");
     let _ = ta;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_device_reporting_another_commit_than_the_user_named_fails_and_is_not_counted() {
+    let h = Harness::start().await;
+    let t = h.user("alice").await;
+    let _honest = h
+        .ready_device("alice", &t, "honest", json!({}), Behavior::Succeed)
+        .await;
+    let liar = h
+        .ready_device("alice", &t, "liar", json!({}), Behavior::Silent)
+        .await;
+    let id = deploy(
+        &h,
+        &t,
+        json!({"targets": {"names": ["honest", "liar"]}, "git_ref": C1}),
+    )
+    .await;
+    let d = liar.wait_desired().await;
+    assert_eq!(d.commit.as_deref(), Some(C1), "the user's commit is named");
+    for phase in [Phase::Fetched, Phase::Running] {
+        liar.report(liar.next_seq(), Some(&d), phase, Some(C2))
+            .await;
+    }
+    let v = h.wait_deployment(&t, &id, 20).await;
+    assert_eq!(v["state"], "failed", "{v}");
+    assert_eq!(v["commit"], C1, "a device never moves the pin: {v}");
+    assert!(v["reason"].as_str().unwrap().contains("1 of 2"), "{v}");
+    let l = target(&v, "liar");
+    assert_eq!(l["state"], "failed", "{v}");
+    assert_eq!(
+        l["detail"],
+        format!("device fetched commit {C2}, the deployment is pinned to {C1}"),
+        "{v}"
+    );
+    let honest = target(&v, "honest");
+    assert_eq!(honest["state"], "succeeded", "{v}");
+    assert_eq!(honest["commit"], C1, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_target_launched_before_the_pin_that_ran_another_commit_is_relaunched_once_then_failed() {
+    let h = Harness::start().await;
+    let t = h.user("alice").await;
+    let early = h
+        .ready_device("alice", &t, "early", json!({}), Behavior::Silent)
+        .await;
+    let pinner = h
+        .ready_device("alice", &t, "pinner", json!({}), Behavior::Silent)
+        .await;
+    let id = deploy(&h, &t, json!({"targets": {"names": ["early", "pinner"]}})).await;
+    let de = early.wait_desired().await;
+    let dp = pinner.wait_desired().await;
+    assert_eq!((de.commit.clone(), dp.commit.clone()), (None, None));
+
+    // `early` fetched without naming a commit, before anything was pinned.
+    early
+        .report(early.next_seq(), Some(&de), Phase::Fetched, None)
+        .await;
+    wait_for_deployment(&h, &t, &id, "early fetched", |v| {
+        target(v, "early")["last_phase"] == "fetched"
+    })
+    .await;
+    pinner
+        .report(pinner.next_seq(), Some(&dp), Phase::Fetched, Some(C1))
+        .await;
+    wait_for_deployment(&h, &t, &id, "the pin", |v| v["commit"] == C1).await;
+
+    // `early` then runs another commit: not a success, relaunched with the pin.
+    early
+        .report(early.next_seq(), Some(&de), Phase::Running, Some(C2))
+        .await;
+    let again = early.wait_desired_commit().await;
+    assert_eq!(again.commit.as_deref(), Some(C1));
+    assert!(again.generation > de.generation);
+    let (_, v) = h.get(&format!("/api/v1/deployments/{id}"), &t).await;
+    let e = target(&v, "early");
+    assert_eq!(e["state"], "in_flight", "{v}");
+    assert!(e["detail"].as_str().unwrap().contains("relaunched"), "{v}");
+
+    // Told the pin, it runs another commit again: the target fails, once and for all.
+    early
+        .report(early.next_seq(), Some(&again), Phase::Running, Some(C2))
+        .await;
+    pinner
+        .report(pinner.next_seq(), Some(&dp), Phase::Running, Some(C1))
+        .await;
+    let v = h.wait_deployment(&t, &id, 20).await;
+    assert_eq!(v["state"], "failed", "{v}");
+    let e = target(&v, "early");
+    assert_eq!(e["state"], "failed", "{v}");
+    assert_eq!(
+        e["detail"],
+        format!("device ran commit {C2}, the deployment is pinned to {C1}"),
+        "{v}"
+    );
+    assert_eq!(
+        e["attempts"], 1,
+        "a relaunch for the pin is not a retry: {v}"
+    );
+    assert_eq!(target(&v, "pinner")["state"], "succeeded", "{v}");
+    assert_eq!(
+        early.desired.lock().unwrap().len(),
+        2,
+        "relaunched exactly once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn all_at_once_without_a_commit_names_the_first_fetched_commit_to_every_other_target() {
+    let h = Harness::start().await;
+    let t = h.user("alice").await;
+    let first = h
+        .ready_device("alice", &t, "first", json!({}), Behavior::Silent)
+        .await;
+    let second = h
+        .ready_device("alice", &t, "second", json!({}), Behavior::Silent)
+        .await;
+    // `late` is offline for the deployment's start.
+    let bundle = h.provision("alice", "late", json!({})).await;
+    let late = common::SimDevice::connect(h.svc().mqtt_addr, &bundle, Behavior::Succeed).await;
+    h.setup_device(&t, "late", "https://example.com/app.git")
+        .await;
+    drop(late);
+    h.wait_device(&t, "late", |d| d["online"] == false).await;
+
+    let id = deploy(
+        &h,
+        &t,
+        json!({"targets": {"names": ["first", "second", "late"]}}),
+    )
+    .await;
+    let d1 = first.wait_desired().await;
+    let d2 = second.wait_desired().await;
+    assert_eq!((d1.commit.clone(), d2.commit.clone()), (None, None));
+    first
+        .report(first.next_seq(), Some(&d1), Phase::Fetched, Some(C1))
+        .await;
+
+    // Every other target is republished at once, naming the commit.
+    let again = second.wait_desired_commit().await;
+    assert_eq!(again.commit.as_deref(), Some(C1));
+    assert!(again.generation > d2.generation);
+    // The device that connects later finds the commit in its retained desired state: it
+    // never resolves the ref itself (its own head would be 1111…).
+    let late = common::SimDevice::connect(h.svc().mqtt_addr, &bundle, Behavior::Succeed).await;
+    let dl = late.wait_desired().await;
+    assert_eq!(dl.commit.as_deref(), Some(C1));
+    assert_eq!(
+        late.desired.lock().unwrap()[0].commit.as_deref(),
+        Some(C1),
+        "the first desired state it saw (the retained one) names the commit"
+    );
+
+    first
+        .report(first.next_seq(), Some(&d1), Phase::Running, Some(C1))
+        .await;
+    for phase in [Phase::Fetched, Phase::Running] {
+        second
+            .report(second.next_seq(), Some(&again), phase, Some(C1))
+            .await;
+    }
+    let v = h.wait_deployment(&t, &id, 20).await;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_eq!(v["commit"], C1);
+    for tg in targets(&v) {
+        assert_eq!(tg["commit"], C1, "one deployment, one commit: {v}");
+    }
 }

@@ -114,8 +114,9 @@ async fn store_batch(
     }
     svc.store.flush().await?;
     for (device, (epoch, seq)) in acks {
-        if seq > 0 {
-            crate::mqtt::publish::publish_ack(svc, &device, epoch, seq).await?;
+        // Every acked device is in the batch's cache (unknown devices are never acked).
+        if let (true, Some(Some((owner, _)))) = (seq > 0, devices.get(&device)) {
+            crate::mqtt::publish::publish_ack(svc, &device, owner, epoch, seq).await?;
         }
     }
     let listening = svc.listening();

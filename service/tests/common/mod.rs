@@ -6,8 +6,8 @@ use hammer_protocol::api::{ManagerConfigFile, ProvisionResponse};
 use hammer_protocol::signing::{verify, PublicKey};
 use hammer_protocol::topics::topic;
 use hammer_protocol::{
-    decode, encode, now_ms, Ack, Channel, Command, CommandKind, DesiredState, Phase, Presence,
-    StatusEvent, MAX_PACKET, PROTOCOL_VERSION,
+    encode, now_ms, Ack, AddressedAck, Channel, Command, CommandKind, DesiredState, Phase,
+    Presence, StatusEvent, MAX_PACKET, PROTOCOL_VERSION,
 };
 use hammer_service::{RunningService, ServeConfig};
 use reqwest::{Method, StatusCode};
@@ -34,6 +34,7 @@ pub fn config(dir: &Path) -> ServeConfig {
     let mut cfg = ServeConfig::new(dir);
     cfg.http = "127.0.0.1:0".parse().unwrap();
     cfg.mqtt = "127.0.0.1:0".parse().unwrap();
+    cfg.enroll = "127.0.0.1:0".parse().unwrap();
     cfg.public_host = Some("127.0.0.1".into());
     cfg
 }
@@ -143,21 +144,26 @@ impl Harness {
     ) -> SimDevice {
         let bundle = self.provision(owner, name, tags).await;
         let dev = SimDevice::connect(self.svc().mqtt_addr, &bundle, behavior).await;
+        self.setup_device(token, name, "https://example.com/app.git")
+            .await;
+        dev
+    }
+
+    /// Sets up a connected device with `repo_url` (credentials included); waits until the
+    /// device confirmed it (ready).
+    pub async fn setup_device(&self, token: &str, name: &str, repo_url: &str) {
         let (s, v) = self
             .call(
                 Method::PUT,
                 &format!("/api/v1/devices/{name}/setup"),
                 token,
-                Some(
-                    json!({"repo_url": "https://example.com/app.git", "start": "./run.sh",
-                            "credentials": {"type": "https", "username": "u", "token": "s3cret"}}),
-                ),
+                Some(json!({"repo_url": repo_url, "start": "./run.sh",
+                            "credentials": {"type": "https", "username": "u", "token": "s3cret"}})),
             )
             .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         self.wait_device(token, name, |d| d["state"] == "ready")
             .await;
-        dev
     }
 
     /// Polls a device view until `pred` holds (10 s).
@@ -415,7 +421,9 @@ impl SimDevice {
                                 cmds.lock().unwrap().push(c);
                             }
                             Channel::Ack => {
-                                acks.lock().unwrap().push(decode(&p.payload).unwrap());
+                                let a: AddressedAck = verify(&p.payload, &key, &id, &owner)
+                                    .expect("ack signature and address");
+                                acks.lock().unwrap().push(a.ack());
                             }
                             _ => {}
                         }
@@ -504,6 +512,21 @@ impl SimDevice {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("no desired state arrived at {}", self.id);
+    }
+
+    /// Waits until a desired state naming a commit arrived (10 s).
+    pub async fn wait_desired_commit(&self) -> DesiredState {
+        for _ in 0..200 {
+            if let Some(d) = self.last_desired().filter(|d| d.commit.is_some()) {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "no desired state naming a commit arrived at {} (got {:?})",
+            self.id,
+            self.last_desired()
+        );
     }
 
     pub fn last_ack(&self) -> Option<Ack> {
