@@ -1,5 +1,11 @@
 //! `hammer deploy` (with `--wait`: a live progress bar on a terminal, plain lines otherwise)
 //! and `hammer deployment show|list|cancel`.
+//!
+//! `hammer deploy` names the commit itself when it can: if every targeted device uses the
+//! same repository (and ref), it runs `git ls-remote` with the user's own git access and
+//! deploys the full commit id, so that no device (and no later push) chooses what the fleet
+//! runs. If that is not possible it says so in one line and the service pins the commit
+//! from the first device that fetched.
 
 use super::client::{is_unreachable, Client};
 use super::config::Conn;
@@ -7,7 +13,7 @@ use super::output::{self, fmt_time, or_dash, short_commit, wire_name, Table};
 use super::{check_id, check_name, tag_string, DeployArgs};
 use anyhow::{bail, Result};
 use hammer_protocol::api::{
-    CreateDeployment, DeploymentState, DeploymentView, Strategy, TargetState, Targets,
+    CreateDeployment, DeploymentState, DeploymentView, DeviceView, Strategy, TargetState, Targets,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
@@ -18,6 +24,8 @@ use std::time::{Duration, Instant};
 const POLL: Duration = Duration::from_millis(500);
 /// How long `--wait` keeps trying while the service cannot be reached (it may be restarting).
 const UNREACHABLE_GRACE: Duration = Duration::from_secs(300);
+/// How long `git ls-remote` may take before the CLI leaves the commit to the service.
+const LS_REMOTE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Builds the `POST /deployments` body from the arguments, checking names first.
 pub fn request(a: &DeployArgs) -> Result<CreateDeployment> {
@@ -53,10 +61,157 @@ pub fn request(a: &DeployArgs) -> Result<CreateDeployment> {
     })
 }
 
+/// Whether a ref is a full commit id (SHA-1 or SHA-256): it names the commit by itself.
+pub fn is_full_commit(r: &str) -> bool {
+    matches!(r.len(), 40 | 64) && r.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The devices a deployment request targets, among `all` (the caller's devices).
+pub fn targeted<'a>(all: &'a [DeviceView], targets: &Targets) -> Vec<&'a DeviceView> {
+    match targets {
+        Targets::Names(names) => all.iter().filter(|d| names.contains(&d.name)).collect(),
+        Targets::Tag(sel) => match sel.split_once('=') {
+            Some((k, v)) => all
+                .iter()
+                .filter(|d| d.tags.get(k).map(String::as_str) == Some(v))
+                .collect(),
+            None => Vec::new(),
+        },
+    }
+}
+
+/// The repository and ref to resolve for `devices`: one repository for all of them and one
+/// ref (`git_ref`, else their common setup ref). `Err` says why the CLI cannot resolve it.
+pub fn resolution_plan(
+    devices: &[&DeviceView],
+    git_ref: Option<&str>,
+) -> std::result::Result<(String, String), String> {
+    let mut repo: Option<&str> = None;
+    let mut setup_ref: Option<&str> = None;
+    if devices.is_empty() {
+        return Err("no targeted device is visible to this token".into());
+    }
+    for d in devices {
+        let Some(s) = &d.setup else {
+            return Err(format!("device {} has no setup", d.name));
+        };
+        match repo {
+            Some(r) if r != s.repo_url => {
+                return Err("the devices do not all use the same repository".into())
+            }
+            _ => repo = Some(&s.repo_url),
+        }
+        match setup_ref {
+            Some(r) if r != s.git_ref && git_ref.is_none() => {
+                return Err("the devices do not all use the same ref; pass --ref".into())
+            }
+            _ => setup_ref = Some(&s.git_ref),
+        }
+    }
+    let (Some(repo), Some(setup_ref)) = (repo, setup_ref) else {
+        return Err("no targeted device is visible to this token".into());
+    };
+    if repo.starts_with('-') {
+        return Err(format!("repository {repo:?} is not a URL"));
+    }
+    let git_ref = git_ref.unwrap_or(setup_ref);
+    if git_ref.starts_with('-') {
+        return Err(format!("ref {git_ref:?} is not a branch or tag"));
+    }
+    Ok((repo.to_owned(), git_ref.to_owned()))
+}
+
+/// Reads the commit `git_ref` names from `git ls-remote` output, the way the device
+/// resolves it: a full ref name as is, else the branch `refs/heads/REF`, else the tag
+/// `refs/tags/REF` (an annotated tag peeled to its commit).
+pub fn parse_ls_remote(out: &str, git_ref: &str) -> std::result::Result<String, String> {
+    let refs: Vec<(&str, &str)> = out
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(sha, name)| (sha.trim(), name.trim()))
+        .filter(|(sha, _)| is_full_commit(sha))
+        .collect();
+    let find = |name: &str| {
+        let peeled = format!("{name}^{{}}");
+        refs.iter()
+            .find(|(_, n)| *n == peeled)
+            .or_else(|| refs.iter().find(|(_, n)| *n == name))
+            .map(|(sha, _)| sha.to_ascii_lowercase())
+    };
+    let found = if git_ref.starts_with("refs/") {
+        find(git_ref)
+    } else {
+        find(&format!("refs/heads/{git_ref}")).or_else(|| find(&format!("refs/tags/{git_ref}")))
+    };
+    found.ok_or_else(|| format!("the repository has no branch or tag {git_ref:?}"))
+}
+
+/// Runs `git ls-remote REPO REF` as the user (their credentials, agent and config), without
+/// prompting, and reads the commit from it.
+async fn ls_remote(repo: &str, git_ref: &str) -> std::result::Result<String, String> {
+    let child = tokio::process::Command::new("git")
+        .arg("ls-remote")
+        .arg(repo)
+        .arg(git_ref)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = match tokio::time::timeout(LS_REMOTE_TIMEOUT, child).await {
+        Err(_) => return Err(format!("git ls-remote took over {LS_REMOTE_TIMEOUT:?}")),
+        Ok(Err(e)) => return Err(format!("cannot run git ({e})")),
+        Ok(Ok(out)) => out,
+    };
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let line = err.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+        return Err(format!(
+            "git ls-remote failed ({}){}",
+            out.status,
+            if line.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", line.trim())
+            }
+        ));
+    }
+    parse_ls_remote(&String::from_utf8_lossy(&out.stdout), git_ref)
+}
+
+/// Resolves the request's ref to a commit with the user's git access and puts the full
+/// commit id in the request (the service then names it in every desired state). Prints one
+/// line either way; never fails the deploy.
+async fn name_the_commit(client: &Client, req: &mut CreateDeployment) {
+    if req.git_ref.as_deref().is_some_and(is_full_commit) {
+        return;
+    }
+    let resolved = async {
+        let (_, all): (_, Vec<DeviceView>) = client
+            .get("/devices", &[])
+            .await
+            .map_err(|e| format!("cannot list the devices ({e:#})"))?;
+        let (repo, git_ref) =
+            resolution_plan(&targeted(&all, &req.targets), req.git_ref.as_deref())?;
+        let commit = ls_remote(&repo, &git_ref).await?;
+        Ok::<_, String>((git_ref, commit))
+    }
+    .await;
+    match resolved {
+        Ok((git_ref, commit)) => {
+            eprintln!("{git_ref} is commit {commit} (resolved with your git access); deploying that commit");
+            req.git_ref = Some(commit);
+        }
+        Err(why) => eprintln!(
+            "warning: could not resolve the commit here ({why}); the service will pin the commit from the first device that fetches"
+        ),
+    }
+}
+
 /// `hammer deploy`.
 pub async fn deploy(conn: &Conn, a: DeployArgs, json: bool) -> Result<()> {
-    let req = request(&a)?;
+    let mut req = request(&a)?;
     let client = Client::new(conn)?;
+    name_the_commit(&client, &mut req).await;
     let (v, dep): (_, DeploymentView) = client.post("/deployments", &req).await?;
     if !a.wait {
         if json {
@@ -392,4 +547,124 @@ pub async fn cancel(conn: &Conn, id: &str, json: bool) -> Result<()> {
         println!("deployment {id}: {state}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hammer_protocol::api::{DeviceState, SetupView};
+    use hammer_protocol::RunState;
+
+    const C1: &str = "1111111111111111111111111111111111111111";
+    const C2: &str = "2222222222222222222222222222222222222222";
+    const C3: &str = "3333333333333333333333333333333333333333";
+
+    fn device(name: &str, repo: Option<&str>, git_ref: &str, tag: &str) -> DeviceView {
+        DeviceView {
+            id: format!("id-{name}"),
+            name: name.into(),
+            tags: BTreeMap::from([("g".to_owned(), tag.to_owned())]),
+            state: DeviceState::Ready,
+            online: true,
+            last_seen: None,
+            current_commit: None,
+            app_phase: None,
+            run_state: RunState::Running,
+            generation: 0,
+            current_deployment: None,
+            setup: repo.map(|r| SetupView {
+                repo_url: r.into(),
+                git_ref: git_ref.into(),
+                start: "./run".into(),
+                env: BTreeMap::new(),
+                health_window_secs: 1,
+                health_cmd: None,
+                credentials: "none".into(),
+            }),
+            last_health: None,
+        }
+    }
+
+    #[test]
+    fn a_branch_resolves_before_a_tag_and_an_annotated_tag_to_its_commit() {
+        let out = format!(
+            "{C1}\trefs/heads/main\n{C2}\trefs/remotes/origin/main\n{C3}\trefs/tags/v1\n{C1}\trefs/tags/v1^{{}}\n"
+        );
+        assert_eq!(parse_ls_remote(&out, "main").unwrap(), C1);
+        assert_eq!(parse_ls_remote(&out, "v1").unwrap(), C1, "peeled");
+        assert_eq!(parse_ls_remote(&out, "refs/tags/v1").unwrap(), C1);
+        let both = format!("{C2}\trefs/tags/x\n{C3}\trefs/heads/x\n");
+        assert_eq!(
+            parse_ls_remote(&both, "x").unwrap(),
+            C3,
+            "the device's order"
+        );
+        let lightweight = format!("{C2}\trefs/tags/v2\n");
+        assert_eq!(parse_ls_remote(&lightweight, "v2").unwrap(), C2);
+    }
+
+    #[test]
+    fn a_ref_the_repository_lacks_or_garbage_output_resolves_to_nothing() {
+        let out = format!("{C1}\trefs/heads/main\n");
+        assert!(parse_ls_remote(&out, "dev")
+            .unwrap_err()
+            .contains("\"dev\""));
+        assert!(parse_ls_remote("", "main").is_err());
+        assert!(parse_ls_remote("zzzz\trefs/heads/main\n", "main").is_err());
+        // `ls-remote main` also lists refs/remotes/x/main: a tail match is not the branch.
+        assert!(parse_ls_remote(&format!("{C1}\trefs/remotes/o/main\n"), "main").is_err());
+    }
+
+    #[test]
+    fn only_devices_sharing_one_repository_and_ref_are_resolved() {
+        let a = device("a", Some("file:///r"), "main", "x");
+        let b = device("b", Some("file:///r"), "main", "x");
+        let other_repo = device("c", Some("file:///other"), "main", "x");
+        let other_ref = device("d", Some("file:///r"), "dev", "x");
+        let no_setup = device("e", None, "", "x");
+        assert_eq!(
+            resolution_plan(&[&a, &b], None).unwrap(),
+            ("file:///r".into(), "main".into())
+        );
+        assert!(resolution_plan(&[&a, &other_repo], None).is_err());
+        assert!(resolution_plan(&[&a, &other_ref], None)
+            .unwrap_err()
+            .contains("--ref"));
+        // --ref overrides the setup refs.
+        assert_eq!(
+            resolution_plan(&[&a, &other_ref], Some("v2")).unwrap(),
+            ("file:///r".into(), "v2".into())
+        );
+        assert!(resolution_plan(&[&a, &no_setup], None).is_err());
+        assert!(resolution_plan(&[], None).is_err());
+        let dash = device("f", Some("--upload-pack=x"), "main", "x");
+        assert!(resolution_plan(&[&dash], None).is_err());
+    }
+
+    #[test]
+    fn targets_are_picked_by_name_or_by_tag() {
+        let all = vec![
+            device("a", Some("r"), "main", "x"),
+            device("b", Some("r"), "main", "y"),
+        ];
+        let names: Vec<&str> = targeted(&all, &Targets::Names(vec!["b".into()]))
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect();
+        assert_eq!(names, ["b"]);
+        let tagged: Vec<&str> = targeted(&all, &Targets::Tag("g=x".into()))
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect();
+        assert_eq!(tagged, ["a"]);
+        assert!(targeted(&all, &Targets::Tag("nonsense".into())).is_empty());
+    }
+
+    #[test]
+    fn a_full_commit_id_is_recognised_and_a_short_one_is_not() {
+        assert!(is_full_commit(C1));
+        assert!(is_full_commit(&"a".repeat(64)));
+        assert!(!is_full_commit("1111111"));
+        assert!(!is_full_commit("main"));
+    }
 }

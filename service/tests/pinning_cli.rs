@@ -1,0 +1,93 @@
+//! `hammer deploy` names the commit itself: it resolves the ref with the user's own git
+//! access (`git ls-remote`, here against a real local repository) and the service puts that
+//! commit in every desired state. When it cannot, it says so in one line and deploys anyway.
+
+mod common;
+
+use common::{Behavior, Harness, SimDevice};
+use serde_json::json;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+        .args(args)
+        .output()
+        .expect("git runs");
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A repository whose `main` has two commits; returns its `main` commit.
+fn repo_with_main(dir: &Path) -> String {
+    git(dir, &["init", "-q", "-b", "main"]);
+    git(dir, &["commit", "-q", "--allow-empty", "-m", "one"]);
+    git(dir, &["commit", "-q", "--allow-empty", "-m", "two"]);
+    git(dir, &["rev-parse", "HEAD"])
+}
+
+async fn hammer(h: &Harness, token: &str, home: &Path, args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hammer"));
+    cmd.args(args)
+        .env("HAMMER_URL", &h.base)
+        .env("HAMMER_TOKEN", token)
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env_remove("RUST_LOG");
+    cmd.output().await.expect("hammer runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hammer_deploy_without_a_commit_deploys_the_commit_the_ref_names_in_the_users_repository() {
+    let h = Harness::start().await;
+    let t = h.user("alice").await;
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("app");
+    std::fs::create_dir(&repo).unwrap();
+    let main = repo_with_main(&repo);
+    let bundle = h.provision("alice", "d1", json!({})).await;
+    let dev = SimDevice::connect(h.svc().mqtt_addr, &bundle, Behavior::Silent).await;
+    h.setup_device(&t, "d1", &format!("file://{}", repo.display()))
+        .await;
+
+    let out = hammer(&h, &t, work.path(), &["deploy", "d1"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stderr.contains(&main), "says which commit: {stderr}");
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+
+    let d = dev.wait_desired().await;
+    assert_eq!(d.commit.as_deref(), Some(main.as_str()), "{d:?}");
+    let (_, v) = h.get(&format!("/api/v1/deployments/{id}"), &t).await;
+    assert_eq!(v["commit"], main.as_str(), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hammer_deploy_that_cannot_resolve_the_ref_warns_once_and_leaves_the_pin_to_the_service() {
+    let h = Harness::start().await;
+    let t = h.user("alice").await;
+    let work = tempfile::tempdir().unwrap();
+    let missing = work.path().join("no-such-repo");
+    let bundle = h.provision("alice", "d1", json!({})).await;
+    let dev = SimDevice::connect(h.svc().mqtt_addr, &bundle, Behavior::Silent).await;
+    h.setup_device(&t, "d1", &format!("file://{}", missing.display()))
+        .await;
+
+    let out = hammer(&h, &t, work.path(), &["deploy", "d1"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(
+        warnings[0].contains("the service will pin the commit"),
+        "{stderr}"
+    );
+    let d = dev.wait_desired().await;
+    assert_eq!(d.commit, None);
+    assert_eq!(d.git_ref, "main");
+}
