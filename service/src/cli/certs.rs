@@ -4,7 +4,7 @@
 use super::check_name;
 use super::client::Client;
 use super::config::Conn;
-use super::output;
+use super::output::{self, safe};
 use anyhow::{bail, Context, Result};
 use hammer_certs::files::{create_private_dir, write_private, write_public};
 use hammer_protocol::api::{ProvisionRequest, ProvisionResponse};
@@ -81,16 +81,18 @@ pub async fn issue_device(
         output::print_json(&v);
     } else {
         println!(
-            "issued device {name} (id {}) for {owner}; bundle written to {}:",
-            bundle.device.id,
-            out.display()
+            "issued device {} (id {}) for {}; bundle written to {}:",
+            safe(name),
+            safe(&bundle.device.id),
+            safe(owner),
+            safe(&out.display().to_string())
         );
         for f in [CA_FILE, CERT_FILE, KEY_FILE, SEALING_KEY_FILE, CONFIG_FILE] {
-            println!("  {}", out.join(f).display());
+            println!("  {}", safe(&out.join(f).display().to_string()));
         }
         println!(
             "on the device: hammer-manager run --data-dir {}",
-            out.display()
+            safe(&out.display().to_string())
         );
     }
     Ok(())

@@ -183,7 +183,9 @@ impl Client {
                     text.chars().take(200).collect()
                 }
             });
-        let msg = msg.trim_end_matches('.').to_string();
+        // The answer may come from anything at that URL (a proxy, another program): it goes
+        // to a terminal, so it is escaped like device text.
+        let msg = super::output::safe(msg.trim_end_matches('.')).into_owned();
         match status {
             StatusCode::UNAUTHORIZED => anyhow!(
                 "{msg} (HTTP 401): the token was refused; run `hammer login --url {} --token TOKEN` or set HAMMER_TOKEN",

@@ -3,7 +3,7 @@
 
 use super::client::Client;
 use super::config::Conn;
-use super::output::{self, ago, fmt_time, or_dash, short_commit, wire_name, Table};
+use super::output::{self, ago, fmt_time, or_dash, safe, short_commit, wire_name, Table};
 use super::{check_name, tag_string, DeviceCmd, SetupArgs};
 use anyhow::{anyhow, bail, Context, Result};
 use hammer_protocol::api::{
@@ -38,26 +38,30 @@ async fn add(conn: &Conn, name: &str, tags: Vec<(String, String)>, json: bool) -
     }
     println!(
         "registered device {} (id {})",
-        created.device.name, created.device.id
+        safe(&created.device.name),
+        safe(&created.device.id)
     );
     println!(
         "enrollment token (one use, valid until {} UTC): {}",
         fmt_time(created.enrollment_expires_at),
-        created.enrollment_token
+        safe(&created.enrollment_token)
     );
     println!("run this on the device:");
-    println!("  {}", enroll_command(client.url(), &created));
+    println!("  {}", safe(&enroll_command(&created)));
     println!(
         "then start the manager: hammer-manager run (add --data-dir DIR to both if you chose one)"
     );
     Ok(())
 }
 
-/// The exact `hammer-manager enroll` command for a freshly registered device.
-pub fn enroll_command(url: &str, created: &CreatedDevice) -> String {
+/// The exact `hammer-manager enroll` command for a freshly registered device. `--url` is
+/// the service's HTTPS enrollment listener as the service reports it (`enroll_url`), not
+/// the API URL this CLI talks to; `--ca-sha256` pins the fleet CA that signed its
+/// certificate.
+pub fn enroll_command(created: &CreatedDevice) -> String {
     format!(
-        "hammer-manager enroll --url {url} --token {} --ca-sha256 {}",
-        created.enrollment_token, created.ca_sha256
+        "hammer-manager enroll --url {} --token {} --ca-sha256 {}",
+        created.enroll_url, created.enrollment_token, created.ca_sha256
     )
 }
 
@@ -87,6 +91,7 @@ async fn list(conn: &Conn, tag: Option<String>, json: bool) -> Result<()> {
         "LAST SEEN",
         "TAGS",
     ]);
+    // Table::row escapes every cell.
     for d in devices {
         t.row(vec![
             d.name,
@@ -108,7 +113,7 @@ fn fmt_tags(tags: &BTreeMap<String, String>) -> String {
         return "-".into();
     }
     tags.iter()
-        .map(|(k, v)| format!("{k}={v}"))
+        .map(|(k, v)| format!("{}={}", safe(k), safe(v)))
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -122,8 +127,8 @@ async fn show(conn: &Conn, name: &str, json: bool) -> Result<()> {
         return Ok(());
     }
     let now = hammer_protocol::now_ms();
-    println!("name:        {}", d.name);
-    println!("id:          {}", d.id);
+    println!("name:        {}", safe(&d.name));
+    println!("id:          {}", safe(&d.id));
     println!("tags:        {}", fmt_tags(&d.tags));
     println!("state:       {}", wire_name(&d.state));
     println!(
@@ -143,27 +148,27 @@ async fn show(conn: &Conn, name: &str, json: bool) -> Result<()> {
     println!("deployment:  {}", or_dash(d.current_deployment));
     match d.setup {
         Some(s) => {
-            println!("repo:        {}", s.repo_url);
-            println!("ref:         {}", s.git_ref);
-            println!("start:       {}", s.start);
+            println!("repo:        {}", safe(&s.repo_url));
+            println!("ref:         {}", safe(&s.git_ref));
+            println!("start:       {}", safe(&s.start));
             if !s.env.is_empty() {
                 println!(
                     "env:         {}",
-                    s.env.keys().cloned().collect::<Vec<_>>().join(", ")
+                    s.env.keys().map(|k| safe(k)).collect::<Vec<_>>().join(", ")
                 );
             }
             println!(
                 "health:      {}s window{}",
                 s.health_window_secs,
                 s.health_cmd
-                    .map(|c| format!(", check `{c}`"))
+                    .map(|c| format!(", check `{}`", safe(&c)))
                     .unwrap_or_default()
             );
-            println!("credentials: {}", s.credentials);
+            println!("credentials: {}", safe(&s.credentials));
         }
         None => println!(
             "setup:       none yet (hammer setup {} --repo URL --start CMD)",
-            d.name
+            safe(&d.name)
         ),
     }
     if let Some(h) = d.last_health {
@@ -180,7 +185,7 @@ async fn show(conn: &Conn, name: &str, json: bool) -> Result<()> {
             h.uptime_secs,
             h.app_rss_kb,
             h.app_cpu_ms,
-            h.manager_version
+            safe(&h.manager_version)
         );
     }
     Ok(())
@@ -196,7 +201,7 @@ async fn history(conn: &Conn, name: &str, json: bool) -> Result<()> {
         return Ok(());
     }
     if entries.is_empty() {
-        println!("no history for {name} yet");
+        println!("no history for {} yet", safe(name));
         return Ok(());
     }
     let mut t = Table::new(&[
@@ -209,6 +214,7 @@ async fn history(conn: &Conn, name: &str, json: bool) -> Result<()> {
         "DETAIL",
     ]);
     let mut tails = Vec::new();
+    // Table::row escapes every cell (detail, deployer, commit come from the device).
     for e in &entries {
         t.row(vec![
             fmt_time(e.time),
@@ -231,7 +237,7 @@ async fn history(conn: &Conn, name: &str, json: bool) -> Result<()> {
             fmt_time(e.time)
         );
         for line in &e.log_tail {
-            println!("  | {line}");
+            println!("  | {}", safe(line));
         }
     }
     Ok(())
@@ -246,7 +252,10 @@ async fn remove(conn: &Conn, name: &str, json: bool) -> Result<()> {
     if json {
         output::print_json(&v);
     } else {
-        println!("removed device {name}: its certificate is revoked and it can no longer connect");
+        println!(
+            "removed device {}: its certificate is revoked and it can no longer connect",
+            safe(name)
+        );
     }
     Ok(())
 }
@@ -326,17 +335,17 @@ pub async fn setup(conn: &Conn, a: SetupArgs, json: bool) -> Result<()> {
     } else {
         println!(
             "setup sent to {}: {} ({}), start `{}`{}",
-            a.name,
-            req.repo_url,
-            req.git_ref,
-            req.start,
+            safe(&a.name),
+            safe(&req.repo_url),
+            safe(&req.git_ref),
+            safe(&req.start),
             match &req.credentials {
                 Some(GitCredentials::Https { .. }) => ", https credentials sealed to the device",
                 Some(GitCredentials::Ssh { .. }) => ", ssh key sealed to the device",
                 None => "",
             }
         );
-        println!("deploy it with: hammer deploy {} --wait", a.name);
+        println!("deploy it with: hammer deploy {} --wait", safe(&a.name));
     }
     Ok(())
 }
@@ -351,12 +360,12 @@ pub async fn action(conn: &Conn, name: &str, action: &str, json: bool) -> Result
     if json {
         output::print_json(&v);
     } else {
-        let mut line = format!("{action} sent to {}", acc.device);
+        let mut line = format!("{action} sent to {}", safe(&acc.device));
         if let Some(g) = acc.generation {
             line.push_str(&format!(" (generation {g})"));
         }
         if let Some(d) = acc.deployment_id {
-            line.push_str(&format!(", deployment {d}"));
+            line.push_str(&format!(", deployment {}", safe(&d)));
         }
         println!("{line}");
     }

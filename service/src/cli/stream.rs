@@ -3,7 +3,7 @@
 
 use super::client::{is_unreachable, Client};
 use super::config::Conn;
-use super::output::{self, fmt_clock, short_commit, wire_name};
+use super::output::{self, fmt_clock, safe, short_commit, wire_name};
 use super::{check_id, check_name};
 use anyhow::Result;
 use hammer_protocol::api::{Event, LogLines};
@@ -12,13 +12,16 @@ use std::time::Duration;
 /// How often `logs -f` renews the service's one-minute log watch.
 const LOG_KEEPALIVE: Duration = Duration::from_secs(30);
 
-/// One readable line for an event (`None` for kinds this CLI does not know).
+/// One readable line for an event (`None` for kinds this CLI does not know); a logs event
+/// is one line per log line. Everything the event carries is passed through [`safe`], so a
+/// device cannot put an escape sequence or a line break of its own on the terminal.
 pub fn describe(ev: &Event) -> Option<String> {
     Some(match ev {
         Event::Status { device, entry } => {
             let mut s = format!(
-                "{} {device} {}",
+                "{} {} {}",
                 fmt_clock(entry.time),
+                safe(device),
                 wire_name(&entry.phase)
             );
             if entry.commit.is_some() {
@@ -28,13 +31,13 @@ pub fn describe(ev: &Event) -> Option<String> {
                 s.push_str(&format!(" gen {g}"));
             }
             if let Some(d) = &entry.deployment_id {
-                s.push_str(&format!(" deployment {d}"));
+                s.push_str(&format!(" deployment {}", safe(d)));
                 if let Some(by) = &entry.deployer {
-                    s.push_str(&format!(" by {by}"));
+                    s.push_str(&format!(" by {}", safe(by)));
                 }
             }
             if let Some(d) = &entry.detail {
-                s.push_str(&format!(": {d}"));
+                s.push_str(&format!(": {}", safe(d)));
             }
             s
         }
@@ -43,13 +46,15 @@ pub fn describe(ev: &Event) -> Option<String> {
             online,
             time,
         } => format!(
-            "{} {device} {}",
+            "{} {} {}",
             fmt_clock(*time),
+            safe(device),
             if *online { "online" } else { "offline" }
         ),
         Event::Health { device, health: h } => format!(
-            "{} {device} health: app {}, {} restarts, up {}s, rss {} KiB",
+            "{} {} health: app {}, {} restarts, up {}s, rss {} KiB",
             fmt_clock(h.time),
+            safe(device),
             if h.app_running {
                 "running"
             } else {
@@ -61,18 +66,18 @@ pub fn describe(ev: &Event) -> Option<String> {
         ),
         Event::Logs { device, lines } => lines
             .iter()
-            .map(|l| format!("{device} | {l}"))
+            .map(|l| format!("{} | {}", safe(device), safe(l)))
             .collect::<Vec<_>>()
             .join("\n"),
         Event::Deployment { deployment: d } => format!(
             "{} deployment {} {}: {}{}",
             fmt_clock(hammer_protocol::now_ms()),
-            d.id,
+            safe(&d.id),
             wire_name(&d.state),
-            super::deploy::summary(d),
+            safe(&super::deploy::summary(d)),
             d.reason
                 .as_deref()
-                .map(|r| format!(" ({r})"))
+                .map(|r| format!(" ({})", safe(r)))
                 .unwrap_or_default()
         ),
         Event::Unknown => return None,
@@ -148,7 +153,7 @@ pub async fn logs(conn: &Conn, name: &str, follow_on: bool, json: bool) -> Resul
         }
     } else {
         for l in &lines.lines {
-            println!("{l}");
+            println!("{}", safe(l));
         }
     }
     if !follow_on {
@@ -173,7 +178,7 @@ pub async fn logs(conn: &Conn, name: &str, follow_on: bool, json: bool) -> Resul
                 println!("{raw}");
             } else {
                 for l in lines {
-                    println!("{l}");
+                    println!("{}", safe(&l));
                 }
             }
         }
@@ -209,5 +214,31 @@ mod tests {
             "01:00:00 d1 rolled_back 0123456789 gen 2 deployment dep1 by alice: app exited"
         );
         assert!(describe(&Event::Unknown).is_none());
+    }
+
+    #[test]
+    fn describe_escapes_what_the_device_sent() {
+        let ev = Event::Status {
+            device: "d1".into(),
+            entry: HistoryEntry {
+                time: 0,
+                deployment_id: None,
+                deployer: None,
+                generation: None,
+                phase: Phase::RolledBack,
+                commit: Some("\x1b[2J".into()),
+                detail: Some("bad\x1b]0;pwned\x07\n00:00:00 d1 running".into()),
+                log_tail: vec![],
+            },
+        };
+        assert_eq!(
+            describe(&ev).unwrap(),
+            "00:00:00 d1 rolled_back \\x1b[2J: bad\\x1b]0;pwned\\x07\\n00:00:00 d1 running"
+        );
+        let logs = Event::Logs {
+            device: "d1".into(),
+            lines: vec!["one\rtwo".into(), "\u{9b}2J".into()],
+        };
+        assert_eq!(describe(&logs).unwrap(), "d1 | one\\rtwo\nd1 | \\u{9b}2J");
     }
 }

@@ -1,8 +1,9 @@
 //! `hammer login` and `hammer user add`.
 
+use super::check_name;
 use super::client::Client;
 use super::config::{self, Conn, Saved};
-use super::{check_name, output};
+use super::output::{self, safe};
 use anyhow::{bail, Result};
 use hammer_protocol::api::{CreateUser, NewToken, UserView};
 
@@ -27,8 +28,8 @@ pub async fn login(conn: &Conn, json: bool) -> Result<()> {
     } else {
         println!(
             "logged in to {} as {}{}; saved in {} (mode 0600)",
-            conn.url,
-            me.name,
+            safe(&conn.url),
+            safe(&me.name),
             if me.admin { " (admin)" } else { "" },
             path.display()
         );
@@ -53,13 +54,14 @@ pub async fn add_user(conn: &Conn, name: &str, json: bool) -> Result<()> {
     } else {
         eprintln!(
             "created user {} (id {}); their API token follows, it is shown only once:",
-            created.user.name, created.user.id
+            safe(&created.user.name),
+            safe(&created.user.id)
         );
-        println!("{}", created.token);
+        println!("{}", safe(&created.token));
         eprintln!(
             "they log in with: hammer login --url {} --token {}",
-            client.url(),
-            created.token
+            safe(client.url()),
+            safe(&created.token)
         );
     }
     Ok(())
