@@ -101,10 +101,7 @@ fn key_type_name(spki: &Spki<'_>) -> String {
         "1.3.101.113" => "Ed448".into(),
         "1.3.101.110" => "X25519".into(),
         "1.2.840.10040.4.1" => "DSA".into(),
-        other => format!(
-            "of the algorithm {}",
-            crate::error::truncate(other)
-        ),
+        other => format!("of the algorithm {}", crate::error::truncate(other)),
     }
 }
 
