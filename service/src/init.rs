@@ -5,6 +5,9 @@
 //! Layout: `ca/{ca.pem,ca.key}`, `broker/{server.pem,server.key,sans.json}`,
 //! `service/{client.pem,client.key}`, `signing.key` (32-byte seed, 0600), `revoked.json`,
 //! `admin.token` (0600), `store/` (sled).
+//!
+//! The data dir itself is made 0700 on every start ([`ensure_private_dir`]), not only when
+//! it is created: a dir someone opened up (`chmod 755`) is closed again, with a log line.
 
 use anyhow::Context;
 use hammer_certs::{files, Ca, RevocationList};
@@ -89,13 +92,38 @@ fn read(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
+/// Creates `dir` (0700) if missing; an existing dir that others may read, write or enter
+/// is set back to 0700 and a warning says so. Returns whether the mode was changed.
+pub fn ensure_private_dir(dir: &Path) -> anyhow::Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    files::create_private_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let meta = std::fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode == 0o700 {
+        return Ok(false);
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(|| {
+        format!(
+            "the data dir {} has mode {mode:04o} and cannot be made private (0700); run `chmod 700 {}` as its owner",
+            dir.display(),
+            dir.display()
+        )
+    })?;
+    tracing::warn!(
+        dir = %dir.display(),
+        was = format!("{mode:04o}"),
+        "the data dir was not private (it holds the CA key and the admin token); set it back to 0700"
+    );
+    Ok(true)
+}
+
 /// Loads the data dir's material, creating what is missing.
 pub fn load_or_create(
     dir: &Path,
     public: Option<&str>,
     mqtt: SocketAddr,
 ) -> anyhow::Result<Material> {
-    files::create_private_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    ensure_private_dir(dir)?;
     let ca = Ca::load_or_create(&dir.join("ca"), "Hammer IoT fleet CA")?;
     let ca_pem = ca.cert().pem().to_owned();
 
@@ -185,5 +213,31 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn an_opened_up_data_dir_is_made_private_again_on_start() {
+        use std::os::unix::fs::PermissionsExt;
+        hammer_certs::tls::install_default_provider();
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("data");
+        let mqtt: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        load_or_create(&dir, None, mqtt).unwrap();
+        assert_eq!(mode(&dir), 0o700, "a new data dir is private");
+        for opened in [0o755, 0o701, 0o770, 0o1777] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(opened)).unwrap();
+            load_or_create(&dir, None, mqtt).unwrap();
+            assert_eq!(mode(&dir), 0o700, "{opened:o} was not set back to 0700");
+        }
+        assert!(
+            !ensure_private_dir(&dir).unwrap(),
+            "a private dir is left alone"
+        );
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(
+            ensure_private_dir(&dir).unwrap(),
+            "the change is reported (and logged)"
+        );
     }
 }
