@@ -1,7 +1,8 @@
 //! Who is calling: the bearer token (or the `hammer_session` cookie a browser sends on an
 //! EventSource) looked up by its SHA-256. Cookie-authenticated state-changing requests must
-//! carry an `Origin` that matches the `Host` (CSRF). The cookie holds a session id made by
-//! [`crate::web::session`] (an API token in it is still accepted).
+//! carry an `Origin` that matches the `Host` (CSRF). The cookie holds only a session id made
+//! by [`crate::web::session`]; an API token put in the cookie is not accepted (a cookie must
+//! never be a place where a token works).
 
 use crate::api::errors::ApiError;
 use crate::ids::hash_token;
@@ -83,10 +84,11 @@ impl FromRequestParts<Arc<Service>> for Caller {
         }
         let invalid = || ApiError::unauthorized("invalid or revoked token");
         let hash = match from_cookie {
-            true => svc
-                .sessions
-                .token_hash(&token)
-                .unwrap_or_else(|| hash_token(&token)),
+            true => svc.sessions.token_hash(&token).ok_or_else(|| {
+                ApiError::unauthorized(
+                    "your session has ended (signed out, expired, or the service restarted); sign in again at /login",
+                )
+            })?,
             false => hash_token(&token),
         };
         let rec = svc.store.token_by_hash(&hash)?.ok_or_else(invalid)?;

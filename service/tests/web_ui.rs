@@ -360,6 +360,15 @@ async fn dashboard_in_headless_chromium() {
         Value::Bool(false),
         "the token or session is visible to the page"
     );
+    // Back on the sign-in page while signed in (a bookmark, the back button): no form with
+    // a restored token, straight home instead.
+    b.goto(&format!("{base}/login")).await;
+    b.wait_for(
+        "the devices page instead of the sign-in form",
+        "return location.pathname === '/devices' && !document.getElementById('token');",
+        json!([]),
+    )
+    .await;
     let text = b.text().await;
     assert!(
         text.contains("kiosk-1") && text.contains("kiosk-2"),

@@ -1,5 +1,6 @@
 //! Users (admin creates them; their first token is shown once) and API tokens (create, list,
-//! revoke your own). Tokens are stored only as SHA-256 hashes.
+//! revoke your own). Tokens are stored only as SHA-256 hashes. Answers that carry a token
+//! are `Cache-Control: no-store` ([`NO_STORE`]), so no cache or back button keeps one.
 
 use super::errors::{ApiError, ApiJson, ApiResult};
 use crate::auth::Caller;
@@ -8,11 +9,14 @@ use crate::service::Service;
 use crate::store::{Store, TokenRecord, UserRecord};
 use crate::views::user_view;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderName, StatusCode};
 use axum::Json;
 use hammer_protocol::api::{CreateUser, NewToken, TokenView, UserView};
 use hammer_protocol::{now_ms, validate_name};
 use std::sync::Arc;
+
+/// The header of every answer that shows a secret: nothing may keep a copy of it.
+pub const NO_STORE: [(HeaderName, &str); 1] = [(header::CACHE_CONTROL, "no-store")];
 
 /// Makes a new token for `user` (not yet flushed).
 pub fn issue_token(store: &dyn Store, user: &UserRecord) -> crate::store::Result<NewToken> {
@@ -36,7 +40,7 @@ pub async fn create_user(
     State(svc): State<Arc<Service>>,
     caller: Caller,
     ApiJson(req): ApiJson<CreateUser>,
-) -> ApiResult<(StatusCode, Json<NewToken>)> {
+) -> ApiResult<(StatusCode, [(HeaderName, &'static str); 1], Json<NewToken>)> {
     caller.require_admin()?;
     validate_name(&req.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let user = UserRecord {
@@ -54,7 +58,7 @@ pub async fn create_user(
     let token = issue_token(svc.store.as_ref(), &user)?;
     svc.store.flush().await?;
     tracing::info!(user = %user.name, "user created");
-    Ok((StatusCode::CREATED, Json(token)))
+    Ok((StatusCode::CREATED, NO_STORE, Json(token)))
 }
 
 /// `GET /api/v1/users` (admin).
@@ -75,10 +79,10 @@ pub async fn me(caller: Caller) -> Json<UserView> {
 pub async fn create_token(
     State(svc): State<Arc<Service>>,
     caller: Caller,
-) -> ApiResult<(StatusCode, Json<NewToken>)> {
+) -> ApiResult<(StatusCode, [(HeaderName, &'static str); 1], Json<NewToken>)> {
     let token = issue_token(svc.store.as_ref(), &caller.user)?;
     svc.store.flush().await?;
-    Ok((StatusCode::CREATED, Json(token)))
+    Ok((StatusCode::CREATED, NO_STORE, Json(token)))
 }
 
 /// `GET /api/v1/tokens`.

@@ -6,6 +6,11 @@
 //! changes exactly what the caller's token could: the same ownership rules, the same errors.
 //! Layout: [`session`] (cookie sessions), [`pages`] (sign in, devices, device),
 //! [`deploy_pages`] (deployments), [`html`] (helpers).
+//!
+//! Caching: every page, fragment, redirect and sign-in answer is `Cache-Control: no-store`
+//! (they are per user, and the sign-in form held a token); only the static assets may be
+//! kept. [`no_store_by_default`] is the middleware that gives the same header to every API
+//! answer that sets none itself (tokens, enrollment tokens, provisioning bundles).
 
 pub mod deploy_pages;
 pub mod html;
@@ -15,9 +20,10 @@ pub mod session;
 use crate::api::errors::ApiError;
 use crate::auth::Caller;
 use crate::service::Service;
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -30,7 +36,10 @@ const APP_JS: &str = include_str!("assets/app.js");
 /// The dashboard's routes (merged into [`crate::api::router`]).
 pub fn routes() -> Router<Arc<Service>> {
     Router::new()
-        .route("/", get(|| async { Redirect::to("/devices") }))
+        .route(
+            "/",
+            get(|| async { no_store(Redirect::to("/devices").into_response()) }),
+        )
         .route("/login", get(pages::login).post(session::login_form))
         .route("/logout", post(session::logout_form))
         .route(
@@ -63,7 +72,29 @@ fn asset(kind: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// A signed-in page visitor; anyone else is sent to the sign-in page.
+/// `resp` with `Cache-Control: no-store` (replacing any other caching rule).
+pub fn no_store(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Middleware: every answer that does not set `Cache-Control` itself gets `no-store`, so no
+/// browser, proxy or back button keeps an API answer (they carry tokens, enrollment tokens,
+/// provisioning bundles with private keys, and per-user data). Static assets set their own
+/// rule and keep it. Wired over the whole router in [`crate::api::router`] with
+/// `.layer(axum::middleware::from_fn(crate::web::no_store_by_default))`.
+pub async fn no_store_by_default(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    if resp.headers().contains_key(header::CACHE_CONTROL) {
+        resp
+    } else {
+        no_store(resp)
+    }
+}
+
+/// A signed-in page visitor; anyone else is sent to the sign-in page (and a stale or
+/// foreign `hammer_session` cookie is removed from the browser on the way).
 pub struct PageUser(pub Caller);
 
 impl FromRequestParts<Arc<Service>> for PageUser {
@@ -76,7 +107,13 @@ impl FromRequestParts<Arc<Service>> for PageUser {
         match Caller::from_request_parts(parts, svc).await {
             Ok(c) => Ok(PageUser(c)),
             Err(e) if e.status == StatusCode::UNAUTHORIZED => {
-                Err(Redirect::to("/login").into_response())
+                let mut r = no_store(Redirect::to("/login").into_response());
+                if session::cookie_value(&parts.headers).is_some() {
+                    if let Ok(v) = HeaderValue::from_str(&svc.sessions.clear_cookie()) {
+                        r.headers_mut().append(header::SET_COOKIE, v);
+                    }
+                }
+                Err(r)
             }
             Err(e) => Err(error_page(None, e)),
         }

@@ -2,9 +2,10 @@
 //! ([`crate::api::devices`], [`crate::api::actions`]), called with the page's caller.
 
 use super::html::{enc, esc, short, time, word};
-use super::{error_page, fragment, page, PageUser, PartQuery};
+use super::{error_page, fragment, no_store, page, PageUser, PartQuery};
 use crate::api::{actions, devices};
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use hammer_protocol::api::{DeviceView, HealthView, HistoryEntry};
 use serde::Deserialize;
@@ -30,7 +31,7 @@ pub fn login_html(error: Option<&str>) -> Html<String> {
             r#"<section class="card narrow"><h1>Sign in</h1>{err}
 <form method="post" action="/login" id="login-form">
 <label for="token">API token</label>
-<input id="token" name="token" type="password" autocomplete="current-password" required
+<input id="token" name="token" type="password" autocomplete="off" required
  aria-describedby="token-help">
 <p id="token-help" class="help">Paste a token from <code>hammer login</code> or
 <code>hammer token create</code>. It is exchanged for a session cookie and not kept in the page.</p>
@@ -40,9 +41,13 @@ pub fn login_html(error: Option<&str>) -> Html<String> {
     ))
 }
 
-/// `GET /login`.
-pub async fn login() -> Html<String> {
-    login_html(None)
+/// `GET /login`: the sign-in form (`no-store`: the back button must not bring a typed
+/// token back); a visitor already signed in goes to `/` instead.
+pub async fn login(State(svc): State<Arc<Service>>, headers: HeaderMap) -> Response {
+    if super::session::signed_in(&svc, &headers) {
+        return no_store(Redirect::to("/").into_response());
+    }
+    no_store(login_html(None).into_response())
 }
 
 #[derive(Deserialize)]
@@ -95,7 +100,7 @@ pub async fn devices(
     Query(q): Query<devices::ListQuery>,
 ) -> Response {
     if t.tag.as_deref().is_some_and(|t| t.trim().is_empty()) {
-        return Redirect::to("/devices").into_response();
+        return no_store(Redirect::to("/devices").into_response());
     }
     let tag = t.tag.unwrap_or_default();
     let list = match devices::list_devices(State(svc), c.clone(), Query(q)).await {

@@ -151,6 +151,13 @@
     });
   }
 
+  // The sign-in page is no-store and its field autocomplete="off"; should a browser still
+  // restore the page from its back/forward cache, the typed token is wiped.
+  window.addEventListener('pageshow', function (e) {
+    var t = document.getElementById('token');
+    if (e.persisted && t && t.type === 'password') t.value = '';
+  });
+
   document.addEventListener('DOMContentLoaded', function () {
     startEvents();
     keepLogsStreaming();
