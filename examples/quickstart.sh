@@ -33,6 +33,11 @@ MANAGER="$TARGET_DIR/release/hammer-manager"
 START=$(date +%s)
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/hammer-quickstart.XXXXXX")
+if [[ $(id -u) -eq 0 ]]; then
+    # As root the manager runs the app as the unprivileged hammer-app user (decision 0007).
+    id -u hammer-app >/dev/null 2>&1 || { echo "error: running as root: create the app user first: useradd --system --no-create-home --shell /usr/sbin/nologin hammer-app" >&2; exit 1; }
+    chmod 711 "$WORK"   # hammer-app must pass through $WORK to its app dir $WORK/device-apps
+fi
 PIDS=()
 cleanup() {
     local rc=$?
@@ -74,15 +79,16 @@ wait_for() {
 
 HTTP_PORT=$(free_port)
 MQTT_PORT=$(free_port)
+ENROLL_PORT=$(free_port)
 APP_PORT=$(free_port)
 export HAMMER_URL="http://127.0.0.1:$HTTP_PORT"
 # Do not touch the user's saved `hammer login`: this demo uses its own config folder.
 export XDG_CONFIG_HOME="$WORK/config"
 echo "working folder: $WORK"
 
-say "Starting the service: hammer serve (HTTP $HAMMER_URL, MQTT 127.0.0.1:$MQTT_PORT)"
+say "Starting the service: hammer serve (HTTP $HAMMER_URL, MQTT 127.0.0.1:$MQTT_PORT, enrollment https://127.0.0.1:$ENROLL_PORT)"
 setsid "$HAMMER" serve --data-dir "$WORK/service" --http "127.0.0.1:$HTTP_PORT" \
-    --mqtt "127.0.0.1:$MQTT_PORT" >"$WORK/service.log" 2>&1 &
+    --mqtt "127.0.0.1:$MQTT_PORT" --enroll-listen "127.0.0.1:$ENROLL_PORT" >"$WORK/service.log" 2>&1 &
 PIDS+=($!)
 wait_for 60 "the service to answer on $HAMMER_URL/healthz" curl -fsS "$HAMMER_URL/healthz"
 wait_for 10 "the admin token" test -s "$WORK/service/admin.token"

@@ -47,8 +47,8 @@ impl DataDir {
 pub struct BrokerAddr {
     pub host: String,
     pub port: u16,
-    /// `mqtts://` (mutual TLS, the only choice in production) or `mqtt://` (plain TCP, for
-    /// tests on loopback).
+    /// `mqtts://` (mutual TLS, the only choice in production) or `mqtt://` (plain TCP, only
+    /// with `insecure_plain_mqtt_for_tests` in `manager.toml`).
     pub tls: bool,
 }
 
@@ -60,7 +60,7 @@ impl BrokerAddr {
         } else if let Some(r) = url.strip_prefix("mqtt://") {
             (false, r)
         } else {
-            bail!("broker URL {url:?} must start with mqtts:// (or mqtt:// for local tests)");
+            bail!("broker URL {url:?} must start with mqtts://");
         };
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
@@ -145,6 +145,14 @@ impl Identity {
     pub fn load(dir: &DataDir, broker_override: Option<&str>) -> Result<Identity> {
         let cfg = load_config_file(dir)?;
         let broker = BrokerAddr::parse(broker_override.unwrap_or(&cfg.broker_url))?;
+        if !broker.tls && !cfg.insecure_plain_mqtt_for_tests {
+            bail!(
+                "the broker URL is plain mqtt://: no TLS and no device certificate, so anyone on \
+                 the path could read and forge this device's traffic; use mqtts:// (for a local \
+                 test broker only, set `insecure_plain_mqtt_for_tests = true` in {})",
+                dir.file(CONFIG_FILE).display()
+            );
+        }
         let service_key = PublicKey::from_hex(&cfg.service_public_key)
             .map_err(|e| anyhow!("service_public_key in manager.toml is invalid: {e}"))?;
         let sealing_path = dir.file(SEALING_KEY_FILE);
@@ -199,6 +207,49 @@ mod tests {
         assert!(BrokerAddr::parse("http://x:1").is_err());
         assert!(BrokerAddr::parse("mqtts://:1").is_err());
         assert!(BrokerAddr::parse("mqtts://h:notaport").is_err());
+    }
+
+    fn data_dir_with(broker_url: &str, plain_opt_in: bool) -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = ManagerConfigFile {
+            device_id: "dev1".into(),
+            owner: "alice1".into(),
+            broker_url: broker_url.into(),
+            service_public_key: hammer_protocol::signing::SigningKeyPair::generate()
+                .unwrap()
+                .public()
+                .to_hex(),
+            insecure_plain_mqtt_for_tests: plain_opt_in,
+        };
+        std::fs::write(tmp.path().join(CONFIG_FILE), toml::to_string(&cfg).unwrap()).unwrap();
+        let k = SealingKeyPair::generate().unwrap();
+        std::fs::write(
+            tmp.path().join(SEALING_KEY_FILE),
+            hex::encode(k.private_bytes().as_ref()),
+        )
+        .unwrap();
+        tmp
+    }
+
+    #[test]
+    fn plain_mqtt_is_refused_unless_manager_toml_opts_in() {
+        let tmp = data_dir_with("mqtt://127.0.0.1:1883", false);
+        let dir = DataDir::new(tmp.path());
+        let e = Identity::load(&dir, None).unwrap_err().to_string();
+        assert!(e.contains("insecure_plain_mqtt_for_tests"), "{e}");
+        // The override on the command line is held to the same rule.
+        let tmp2 = data_dir_with("mqtts://127.0.0.1:8883", false);
+        let e = Identity::load(&DataDir::new(tmp2.path()), Some("mqtt://127.0.0.1:1883"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("plain mqtt://"), "{e}");
+        let tmp3 = data_dir_with("mqtt://127.0.0.1:1883", true);
+        assert!(
+            !Identity::load(&DataDir::new(tmp3.path()), None)
+                .unwrap()
+                .broker
+                .tls
+        );
     }
 
     #[test]

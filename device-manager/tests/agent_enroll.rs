@@ -1,31 +1,77 @@
-//! `hammer-manager enroll` against a tiny HTTP enrollment endpoint on loopback that signs the
-//! CSR with a real fleet CA: files and modes, the CA pin (match and mismatch), refusing to
-//! overwrite an enrolled data dir, the service's error message, the token from the env.
+//! `hammer-manager enroll` against a tiny HTTPS enrollment endpoint on loopback that signs the
+//! CSR with a real fleet CA and presents a server certificate from it: files and modes, the
+//! CA pin (match and mismatch, at the TLS handshake), refusing plain http before a byte is
+//! sent, refusing to overwrite an enrolled data dir, the service's error message, the token
+//! from the env, and every field of the answer checked against the pinned CA.
 
 use hammer_certs::Ca;
 use hammer_manager::config::{DataDir, Identity};
-use hammer_manager::enroll::{enroll, EnrollArgs};
-use hammer_protocol::api::{EnrollRequest, EnrollResponse, ErrorBody};
+use hammer_manager::enroll::{check_answer, enroll, EnrollArgs};
+use hammer_protocol::api::{
+    EnrollRequest, EnrollResponse, EnrollSignatures, ErrorBody, ENROLL_FIELD_BROKER_URL,
+    ENROLL_FIELD_SERVICE_KEY,
+};
 use hammer_protocol::signing::SigningKeyPair;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 const TOKEN: &str = "enroll-token-1";
+const BROKER: &str = "mqtts://127.0.0.1:8883";
 
-/// Serves `POST /api/v1/enroll` until the test ends. Returns the base URL.
+/// The answer a genuine service gives for `csr_pem`.
+fn answer(ca: &Ca, csr_pem: &str, service_key: &str) -> EnrollResponse {
+    let cert = ca
+        .sign_device_csr(csr_pem, "dev1", "alice1", Duration::from_secs(86_400))
+        .unwrap();
+    EnrollResponse {
+        device_id: "dev1".into(),
+        owner: "alice1".into(),
+        cert_pem: cert.cert_pem,
+        ca_pem: ca.cert().pem().to_owned(),
+        broker_url: BROKER.into(),
+        service_public_key: service_key.to_owned(),
+        ca_signatures: EnrollSignatures {
+            broker_url: ca
+                .sign_statement(ENROLL_FIELD_BROKER_URL, "dev1", BROKER)
+                .unwrap(),
+            service_public_key: ca
+                .sign_statement(ENROLL_FIELD_SERVICE_KEY, "dev1", service_key)
+                .unwrap(),
+        },
+    }
+}
+
+/// Serves `POST /api/v1/enroll` over TLS (a server certificate from `ca` for 127.0.0.1, the
+/// CA in the chain) until the test ends. Returns the base URL.
 async fn endpoint(ca: Arc<Ca>, service_key: String) -> String {
+    let server = ca
+        .issue_server(
+            &[],
+            &["127.0.0.1".parse().unwrap()],
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let cfg = hammer_certs::tls::server_config(
+        &format!("{}{}", server.cert_pem, ca.cert().pem()),
+        server.key_pem.as_deref().unwrap(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
+    let url = format!("https://{}", l.local_addr().unwrap());
     tokio::spawn(async move {
         loop {
-            let (mut s, _) = l.accept().await.unwrap();
-            let ca = ca.clone();
-            let service_key = service_key.clone();
+            let (s, _) = l.accept().await.unwrap();
+            let (ca, service_key, acceptor) = (ca.clone(), service_key.clone(), acceptor.clone());
             tokio::spawn(async move {
+                // A client that refuses our certificate ends the handshake: nothing to serve.
+                let Ok(mut s) = acceptor.accept(s).await else {
+                    return;
+                };
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
                 let (head_end, len) = loop {
@@ -58,25 +104,9 @@ async fn endpoint(ca: Arc<Ca>, service_key: String) -> String {
                     )
                 } else {
                     assert_eq!(req.sealing_public_key.len(), 64);
-                    let cert = ca
-                        .sign_device_csr(
-                            &req.csr_pem,
-                            "dev1",
-                            "alice1",
-                            Duration::from_secs(86_400),
-                        )
-                        .unwrap();
                     (
                         "200 OK",
-                        serde_json::to_string(&EnrollResponse {
-                            device_id: "dev1".into(),
-                            owner: "alice1".into(),
-                            cert_pem: cert.cert_pem,
-                            ca_pem: ca.cert().pem().to_owned(),
-                            broker_url: "mqtts://127.0.0.1:8883".into(),
-                            service_public_key: service_key,
-                        })
-                        .unwrap(),
+                        serde_json::to_string(&answer(&ca, &req.csr_pem, &service_key)).unwrap(),
                     )
                 };
                 let resp = format!(
@@ -115,17 +145,24 @@ async fn enroll_writes_the_data_dir_and_checks_the_ca_pin() {
     let url = endpoint(ca.clone(), service.public().to_hex()).await;
     let tmp = tempfile::tempdir().unwrap();
 
-    // Wrong pin: refused, nothing written.
+    // Wrong pin: the TLS handshake already fails, nothing written.
     let wrong = tmp.path().join("wrong");
     let err = enroll(args(&url, &wrong, Some("ab".repeat(32))))
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("fingerprint") && err.contains(&fp), "{err}");
-    assert!(!wrong.join("manager.toml").exists());
+    assert!(err.contains("pinned by --ca-sha256"), "{err}");
+    assert!(!wrong.exists());
+
+    // No pin and no CA file: refused before connecting.
+    let err = enroll(args(&url, &tmp.path().join("nopin"), None))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--ca-sha256"), "{err}");
 
     // A bad token: the service's sentence reaches the user.
-    let mut a = args(&url, &tmp.path().join("badtoken"), None);
+    let mut a = args(&url, &tmp.path().join("badtoken"), Some(fp.clone()));
     a.token = "nope".into();
     let err = format!("{:#}", enroll(a).await.unwrap_err());
     assert!(
@@ -172,10 +209,10 @@ async fn enroll_writes_the_data_dir_and_checks_the_ca_pin() {
         old_key
     );
 
-    // The binary, with the token from HAMMER_ENROLL_TOKEN (loopback http needs no pin).
+    // The binary, with the token from HAMMER_ENROLL_TOKEN.
     let bin_dir = tmp.path().join("bin");
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hammer-manager"))
-        .args(["enroll", "--url", &url, "--data-dir"])
+        .args(["enroll", "--url", &url, "--ca-sha256", &fp, "--data-dir"])
         .arg(&bin_dir)
         .env("HAMMER_ENROLL_TOKEN", TOKEN)
         .output()
@@ -194,10 +231,83 @@ async fn enroll_writes_the_data_dir_and_checks_the_ca_pin() {
 }
 
 #[tokio::test]
-async fn plain_http_to_a_remote_host_needs_a_pin() {
+async fn plain_http_is_refused_before_the_token_is_sent() {
+    // A listener that records whether anyone connected at all.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
     let tmp = tempfile::tempdir().unwrap();
-    let err = enroll(args("http://10.255.255.1:8080", tmp.path(), None))
+    let err = enroll(args(&url, &tmp.path().join("d"), Some("ab".repeat(32))))
         .await
-        .unwrap_err();
-    assert!(err.to_string().contains("--ca-sha256"), "{err}");
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("in clear") && err.contains("https://"),
+        "{err}"
+    );
+    let accepted = tokio::time::timeout(Duration::from_millis(300), l.accept()).await;
+    assert!(
+        accepted.is_err(),
+        "the manager connected to a plain-http URL"
+    );
+    assert!(!tmp.path().join("d").exists());
+}
+
+/// Each rewritten field of an otherwise genuine answer is refused, naming the field.
+#[test]
+fn every_field_the_device_trusts_is_checked_against_the_pinned_ca() {
+    hammer_certs::tls::install_default_provider();
+    let ca = Ca::create("fleet").unwrap();
+    let evil = Ca::create("relay").unwrap();
+    let pin = ca.cert().fingerprint_sha256();
+    let service = SigningKeyPair::generate().unwrap().public().to_hex();
+    let (_, csr) = hammer_certs::new_device_key_and_csr().unwrap();
+    let now = SystemTime::now();
+    let good = answer(&ca, &csr, &service);
+    check_answer(&good, &pin, &csr, now).unwrap();
+
+    let refused =
+        |a: &EnrollResponse| format!("{:#}", check_answer(a, &pin, &csr, now).unwrap_err());
+
+    let mut a = good.clone();
+    a.broker_url = "mqtts://relay.example:8883".into();
+    let e = refused(&a);
+    assert!(e.contains("broker URL") && e.contains("not signed"), "{e}");
+
+    let mut a = good.clone();
+    a.broker_url = "mqtt://127.0.0.1:1883".into();
+    assert!(refused(&a).contains("plain mqtt://"));
+
+    let mut a = good.clone();
+    a.service_public_key = SigningKeyPair::generate().unwrap().public().to_hex();
+    let e = refused(&a);
+    assert!(
+        e.contains("service signing key") && e.contains("not signed"),
+        "{e}"
+    );
+
+    // The relay's own CA (with the fields signed by it): the pin catches it.
+    let a = answer(&evil, &csr, &service);
+    let e = refused(&a);
+    assert!(e.contains("fingerprint") && e.contains(&pin), "{e}");
+
+    // A certificate from the relay's CA next to the genuine CA.
+    let mut a = good.clone();
+    a.cert_pem = answer(&evil, &csr, &service).cert_pem;
+    let e = refused(&a);
+    assert!(
+        e.contains("device certificate") && e.contains("pinned fleet CA"),
+        "{e}"
+    );
+
+    // A genuine fleet certificate, but for another key (another enrollment's).
+    let (_, other_csr) = hammer_certs::new_device_key_and_csr().unwrap();
+    let mut a = good.clone();
+    a.cert_pem = answer(&ca, &other_csr, &service).cert_pem;
+    let e = refused(&a);
+    assert!(e.contains("not for the key this device just made"), "{e}");
+
+    // Another device id than the certificate's.
+    let mut a = good.clone();
+    a.device_id = "dev2".into();
+    assert!(refused(&a).contains("not for device"));
 }

@@ -67,6 +67,9 @@ pub struct CreatedDevice {
     pub enrollment_expires_at: u64,
     /// SHA-256 of the fleet CA certificate (lowercase hex), for `hammer-manager enroll --ca-sha256`.
     pub ca_sha256: String,
+    /// `https://host:port` of the service's enrollment listener (TLS with a certificate from
+    /// the fleet CA), for `hammer-manager enroll --url`.
+    pub enroll_url: String,
 }
 
 /// Where a device is in its life.
@@ -182,6 +185,23 @@ pub struct EnrollResponse {
     pub broker_url: String,
     /// The service's Ed25519 signing public key, lowercase hex.
     pub service_public_key: String,
+    /// The fleet CA's signatures over the fields above that the device trusts later and that
+    /// its certificate does not already carry (see [`EnrollSignatures`]).
+    pub ca_signatures: EnrollSignatures,
+}
+
+/// Field name signed in [`EnrollSignatures::broker_url`].
+pub const ENROLL_FIELD_BROKER_URL: &str = "broker_url";
+/// Field name signed in [`EnrollSignatures::service_public_key`].
+pub const ENROLL_FIELD_SERVICE_KEY: &str = "service_public_key";
+
+/// ECDSA P-256 signatures by the fleet CA key (DER, lowercase hex), each over
+/// `hammer_certs::statement::message(field, device_id, value)`: they bind the broker URL and
+/// the service key to the CA the device pins, whatever path the answer took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollSignatures {
+    pub broker_url: String,
+    pub service_public_key: String,
 }
 
 /// `POST /api/v1/provision` (admin): register a device for a user and get an offline bundle.
@@ -217,6 +237,15 @@ pub struct ManagerConfigFile {
     pub owner: String,
     pub broker_url: String,
     pub service_public_key: String,
+    /// Accept a plain `mqtt://` broker URL: no TLS, no certificate, anyone on the path reads
+    /// and forges everything. Only for tests against a local plain-TCP broker; never set by
+    /// enrollment or bundles.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub insecure_plain_mqtt_for_tests: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 // ---- deployments ----

@@ -32,6 +32,7 @@ async fn main() -> anyhow::Result<()> {
     let mut cfg = hammer_service::ServeConfig::new(dir.path());
     cfg.http = "127.0.0.1:0".parse()?;
     cfg.mqtt = "127.0.0.1:0".parse()?;
+    cfg.enroll = "127.0.0.1:0".parse()?;
     cfg.public_host = Some("127.0.0.1".into());
     let svc = hammer_service::start(cfg).await?;
     let http = reqwest::Client::new();

@@ -21,7 +21,11 @@ pub struct ServeConfig {
     pub http: SocketAddr,
     /// Embedded broker listen address (default 0.0.0.0:8883; port 0 picks a free one).
     pub mqtt: SocketAddr,
-    /// Host name devices use to reach the broker (also a SAN of its certificate).
+    /// Enrollment listener (HTTPS with the fleet CA's server certificate; default
+    /// 0.0.0.0:8443; port 0 picks a free one).
+    pub enroll: SocketAddr,
+    /// Host name devices use to reach the broker and the enrollment listener (also a SAN of
+    /// the server certificate).
     pub public_host: Option<String>,
     /// `mqtts://host:port` of an external broker; no embedded broker runs when set.
     pub broker_url: Option<String>,
@@ -30,12 +34,14 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
-    /// Defaults: HTTP on 127.0.0.1:8080, MQTT on 0.0.0.0:8883, no TLS on HTTP.
+    /// Defaults: HTTP on 127.0.0.1:8080, MQTT on 0.0.0.0:8883, enrollment (HTTPS) on
+    /// 0.0.0.0:8443, no TLS on HTTP.
     pub fn new(data_dir: impl Into<PathBuf>) -> ServeConfig {
         ServeConfig {
             data_dir: data_dir.into(),
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             mqtt: SocketAddr::from(([0, 0, 0, 0], 8883)),
+            enroll: SocketAddr::from(([0, 0, 0, 0], 8443)),
             public_host: None,
             broker_url: None,
             http_tls: None,

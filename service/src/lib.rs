@@ -52,6 +52,10 @@ pub struct RunningService {
     pub http_addr: SocketAddr,
     /// Where the embedded broker listens (the external broker's address with `--broker-url`).
     pub mqtt_addr: SocketAddr,
+    /// Where the enrollment listener (HTTPS, fleet CA certificate) listens.
+    pub enroll_addr: SocketAddr,
+    /// `https://host:port` of the enrollment listener, as printed in enroll lines.
+    pub enroll_url: String,
     /// The admin token (also in `DIR/admin.token`).
     pub admin_token: String,
     /// `mqtts://host:port` handed to devices.
@@ -103,7 +107,7 @@ impl Drop for RunningService {
 /// `hammer serve`: runs until Ctrl-C or SIGTERM.
 pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let svc = start(cfg).await?;
-    tracing::info!(http = %svc.http_url(), mqtt = %svc.mqtt_addr, broker_url = %svc.device_broker_url, "hammer serve running; admin token in {}", svc.data_dir.join(ADMIN_TOKEN_FILE).display());
+    tracing::info!(http = %svc.http_url(), mqtt = %svc.mqtt_addr, broker_url = %svc.device_broker_url, enroll_url = %svc.enroll_url, "hammer serve running; admin token in {}", svc.data_dir.join(ADMIN_TOKEN_FILE).display());
     wait_for_signal().await?;
     tracing::info!("shutting down");
     svc.shutdown().await;
@@ -130,6 +134,15 @@ pub async fn run_broker(data_dir: PathBuf, listen: SocketAddr) -> anyhow::Result
     let (ca, cert, key, revocations) = init::load_broker_material(&data_dir)?;
     hammer_broker::run_standalone(BrokerConfig::new(ca, cert, key, revocations).with_listen(listen))
         .await
+}
+
+/// `host:port`, with brackets around an IPv6 address.
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// Opens the store, waiting a little while a previous instance in this process lets go.
@@ -245,6 +258,25 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
         }
     };
 
+    // The enrollment listener is bound before anything uses its URL, so port 0 works.
+    let enroll_tcp = tokio::net::TcpListener::bind(cfg.enroll)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} for enrollment (--enroll-listen)",
+                cfg.enroll
+            )
+        })?;
+    let enroll_addr = enroll_tcp.local_addr()?;
+    let enroll_url = format!(
+        "https://{}",
+        // The broker's host: it is in the server certificate's SANs.
+        host_port(
+            &init::public_host(cfg.public_host.as_deref(), cfg.mqtt),
+            enroll_addr.port()
+        )
+    );
+
     let (client, eventloop) = mqtt::link::client(
         &target,
         &material.ca_pem,
@@ -275,6 +307,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
         revocations,
         broker: broker.clone(),
         device_broker_url: device_broker_url.clone(),
+        enroll_url: enroll_url.clone(),
         mqtt: client,
         live: Default::default(),
         counters: Default::default(),
@@ -308,6 +341,22 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
         }));
     }
 
+    // Enrollment: HTTPS with the fleet CA's server certificate, the CA itself sent in the
+    // chain so that a device holding only the CA's fingerprint can verify it (decision 0006).
+    let enroll_tls = hammer_certs::tls::server_config(
+        &format!("{server_cert_pem}{}", svc.ca_pem),
+        &server_key_pem,
+    )
+    .context("cannot build the enrollment listener's TLS configuration")?;
+    let enroll_app = api::enroll_router(svc.clone());
+    let stop = stop_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = http::serve(enroll_tcp, Some(Arc::new(enroll_tls)), enroll_app, stop).await
+        {
+            tracing::error!(error = %e, "enrollment listener failed");
+        }
+    }));
+
     let tls = match &cfg.http_tls {
         None => None,
         Some(HttpTls::FleetCa) => Some(hammer_certs::tls::server_config(
@@ -335,10 +384,12 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
         }
     }));
     drop(svc);
-    tracing::info!(%http_addr, %mqtt_addr, "service started");
+    tracing::info!(%http_addr, %mqtt_addr, %enroll_addr, "service started");
     Ok(RunningService {
         http_addr,
         mqtt_addr,
+        enroll_addr,
+        enroll_url,
         admin_token,
         device_broker_url,
         https,

@@ -52,7 +52,12 @@ struct ServeArgs {
     /// Embedded broker listen address (devices connect here with mTLS)
     #[arg(long, default_value = "0.0.0.0:8883", value_name = "ADDR")]
     mqtt: SocketAddr,
-    /// Host name devices use to reach the broker (put in its certificate)
+    /// Enrollment listen address: HTTPS with a certificate from the fleet CA; devices enroll
+    /// here with the line `hammer device add` prints
+    #[arg(long, default_value = "0.0.0.0:8443", value_name = "ADDR")]
+    enroll_listen: SocketAddr,
+    /// Host name devices use to reach the broker and the enrollment listener (put in the
+    /// server certificate)
     #[arg(long, value_name = "NAME")]
     public_host: Option<String>,
     /// Use an external broker at mqtts://HOST:PORT instead of the embedded one
@@ -120,7 +125,8 @@ fn main() -> ExitCode {
     match runtime.block_on(run(parsed)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
+            // Errors can carry device or server text: never raw to the terminal.
+            let msg = cli::output::safe(&format!("{e:#}").replace('\n', " ")).into_owned();
             eprintln!("error: {msg}");
             ExitCode::FAILURE
         }
@@ -133,6 +139,7 @@ async fn run(parsed: Cli) -> Result<()> {
             let mut cfg = hammer_service::ServeConfig::new(a.data_dir);
             cfg.http = a.http;
             cfg.mqtt = a.mqtt;
+            cfg.enroll = a.enroll_listen;
             cfg.public_host = a.public_host;
             cfg.broker_url = a.broker_url;
             cfg.http_tls = match (a.https, a.tls_cert, a.tls_key) {

@@ -34,6 +34,8 @@ pub struct Service {
     pub broker: Option<BrokerHandle>,
     /// `mqtts://host:port` handed to devices.
     pub device_broker_url: String,
+    /// `https://host:port` of the enrollment listener, printed in enroll lines.
+    pub enroll_url: String,
     pub mqtt: rumqttc::AsyncClient,
     pub live: Live,
     pub counters: Counters,

@@ -86,7 +86,7 @@ async fn users_and_tokens() {
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, _) = h.get("/api/v1/me", &tb).await;
     assert_eq!(s, StatusCode::OK);
-    // Cookie sessions: fine for GET, need a matching Origin to change state.
+    // A raw API token is never a session cookie.
     let r = h
         .http
         .get(format!("{}/api/v1/me", h.base))
@@ -94,11 +94,36 @@ async fn users_and_tokens() {
         .send()
         .await
         .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Cookie sessions (from signing in): fine for GET, need a matching Origin to change state.
+    let r = h
+        .http
+        .post(format!("{}/api/v1/session", h.base))
+        .json(&serde_json::json!({ "token": t }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap()
+        .to_owned();
+    assert!(!cookie.contains(&t), "the cookie holds no token");
+    let r = h
+        .http
+        .get(format!("{}/api/v1/me", h.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let r = h
         .http
         .post(format!("{}/api/v1/tokens", h.base))
-        .header("cookie", format!("hammer_session={t}"))
+        .header("cookie", &cookie)
         .send()
         .await
         .unwrap();
@@ -213,15 +238,17 @@ async fn enrollment_once_then_setup_and_rate_limit() {
     let (_key, csr) = hammer_certs::new_device_key_and_csr().unwrap();
     let sealing = hammer_protocol::sealing::SealingKeyPair::generate().unwrap();
     let body = json!({"token": token, "csr_pem": csr, "sealing_public_key": hex::encode(sealing.public_bytes())});
-    let (s, v) = h
-        .post(
-            "/api/v1/enroll",
-            "",
-            json!({"token": token, "csr_pem": csr, "sealing_public_key": "abcd"}),
-        )
-        .await;
+    // Enrollment is not served on the API port (plain http here): only on the HTTPS
+    // enrollment listener, so the token never crosses the network in clear.
+    let (s, _) = h.post("/api/v1/enroll", "", body.clone()).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, v) = enroll_post(
+        &h,
+        json!({"token": token, "csr_pem": csr, "sealing_public_key": "abcd"}),
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    let (s, v) = h.post("/api/v1/enroll", "", body.clone()).await;
+    let (s, v) = enroll_post(&h, body.clone()).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let dev_id = v["device_id"].as_str().unwrap().to_owned();
     let id = hammer_certs::CaCert::from_pem(v["ca_pem"].as_str().unwrap())
@@ -237,7 +264,7 @@ async fn enrollment_once_then_setup_and_rate_limit() {
         v["broker_url"],
         format!("mqtts://127.0.0.1:{}", h.svc().mqtt_addr.port())
     );
-    let (s, _) = h.post("/api/v1/enroll", "", body.clone()).await;
+    let (s, _) = enroll_post(&h, body.clone()).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "a token works once");
     let (_, v) = h.get("/api/v1/devices/pi", &t).await;
     assert_eq!(v["state"], "enrolled");
@@ -282,9 +309,33 @@ async fn enrollment_once_then_setup_and_rate_limit() {
     // Rate limit of failed enrollments.
     let mut last = StatusCode::OK;
     for _ in 0..12 {
-        last = h.post("/api/v1/enroll", "", body.clone()).await.0;
+        last = enroll_post(&h, body.clone()).await.0;
     }
     assert_eq!(last, StatusCode::TOO_MANY_REQUESTS);
+}
+
+/// `POST /api/v1/enroll` on the enrollment listener, trusting only the fleet CA's pin.
+async fn enroll_post(h: &Harness, body: Value) -> (StatusCode, Value) {
+    let ca_pem = std::fs::read_to_string(h.dir.path().join("ca").join("ca.pem")).unwrap();
+    let pin = hammer_certs::CaCert::from_pem(&ca_pem)
+        .unwrap()
+        .fingerprint_sha256();
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(hammer_certs::tls::client_config_pinned_ca(&pin).unwrap())
+        .build()
+        .unwrap();
+    let resp = client
+        .post(format!("{}/api/v1/enroll", h.svc().enroll_url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 fn walk_contains(dir: &std::path::Path, needle: &[u8]) -> bool {

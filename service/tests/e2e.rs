@@ -57,6 +57,10 @@ impl World {
             .expect("temp dir")
             .keep();
         let root = std::fs::canonicalize(&root).unwrap();
+        // As root the manager runs the app as hammer-app from `device-X-apps` beside the data
+        // dir: that user must pass through the test folder (as through /var/lib on a device).
+        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+            .unwrap();
         for d in ["config", "scratch"] {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
@@ -85,6 +89,7 @@ impl World {
             .arg(self.root.join("service"))
             .args(["--http", &format!("127.0.0.1:{}", self.http)])
             .args(["--mqtt", &format!("127.0.0.1:{}", self.mqtt)])
+            .args(["--enroll-listen", "127.0.0.1:0"])
             .env("RUST_LOG", "info,rumqttd=warn")
             .env("NO_COLOR", "1");
         let log = self.root.join("service.log");
@@ -259,7 +264,8 @@ impl World {
     }
 
     fn app_procs(&self, device: &str) -> Vec<u32> {
-        procs_under(&self.data_dir(device), "app.py")
+        // The app's working folder is its release in the app dir beside the data dir.
+        procs_under(&self.root.join(format!("device-{device}-apps")), "app.py")
     }
 }
 
@@ -287,76 +293,6 @@ impl Drop for World {
             let _ = std::fs::remove_dir_all(&self.root);
         }
     }
-}
-
-/// Finds `hammer-manager` beside `hammer`, running `cargo build -p hammer-manager` first when
-/// it is missing or older than the sources it is built from (`cargo test --workspace` has
-/// usually built it already; rebuilding it alone would redo part of the tree for nothing).
-fn build_manager(hammer: &Path) -> PathBuf {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let manager = hammer.with_file_name("hammer-manager");
-    let built = std::fs::metadata(&manager).and_then(|m| m.modified()).ok();
-    let newest_source = ["device-manager", "protocol", "certs"]
-        .iter()
-        .filter_map(|c| newest_mtime(&workspace.join(c)))
-        .max();
-    let fresh = matches!((built, newest_source), (Some(b), Some(s)) if b >= s);
-    if fresh {
-        return manager;
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace)
-        .args(["build", "-p", "hammer-manager"]);
-    // Cargo sets these for the test process; passed on, they change build scripts' inputs
-    // (ring reruns on CARGO_PKG_*) and the nested build would redo half the tree each time.
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().to_string();
-        if [
-            "CARGO_PKG_",
-            "CARGO_MANIFEST_",
-            "CARGO_CRATE_",
-            "CARGO_BIN_",
-            "CARGO_PRIMARY_",
-        ]
-        .iter()
-        .any(|p| k.starts_with(p))
-            || k == "OUT_DIR"
-            || k == "CARGO_TARGET_TMPDIR"
-        {
-            cmd.env_remove(k);
-        }
-    }
-    let status = cmd
-        .status()
-        .expect("cannot run cargo to build hammer-manager");
-    assert!(status.success(), "cargo build -p hammer-manager failed");
-    assert!(
-        manager.exists(),
-        "{} is missing after `cargo build -p hammer-manager`",
-        manager.display()
-    );
-    manager
-}
-
-/// The newest modification time of `Cargo.toml` and the files under `src/` of a crate.
-fn newest_mtime(krate: &Path) -> Option<std::time::SystemTime> {
-    fn walk(p: &Path, newest: &mut Option<std::time::SystemTime>) {
-        let Ok(meta) = std::fs::metadata(p) else {
-            return;
-        };
-        if meta.is_dir() {
-            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
-                walk(&e.path(), newest);
-            }
-        } else if let Ok(m) = meta.modified() {
-            *newest = (*newest).max(Some(m));
-        }
-    }
-    let mut newest = None;
-    walk(&krate.join("Cargo.toml"), &mut newest);
-    walk(&krate.join("src"), &mut newest);
-    newest
 }
 
 fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
@@ -413,7 +349,7 @@ fn whole_system() {
     let d2_args: Vec<String> = [
         "enroll",
         "--url",
-        &w.url(),
+        str_of(&d2, "enroll_url"),
         "--token",
         str_of(&d2, "enrollment_token"),
         "--ca-sha256",

@@ -286,7 +286,6 @@ async fn a_signed_in_user_opening_the_sign_in_page_is_sent_home() {
 /// handlers in api/devices.rs and api/enroll.rs; their `no-store` comes from
 /// `web::no_store_by_default`, which `api::router` must layer over the whole router.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs `.layer(axum::middleware::from_fn(crate::web::no_store_by_default))` in api::router (service/src/api/mod.rs)"]
 async fn device_creation_and_provisioning_answers_are_no_store() {
     let h = Harness::start().await;
     let token = h.user("alice").await;

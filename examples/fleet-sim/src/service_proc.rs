@@ -115,6 +115,8 @@ impl ServeSpec {
             .arg(self.http.to_string())
             .arg("--mqtt")
             .arg(self.mqtt.to_string())
+            .arg("--enroll-listen")
+            .arg("127.0.0.1:0")
             .arg("--public-host")
             .arg("127.0.0.1");
         if let Some(url) = &self.broker_url {

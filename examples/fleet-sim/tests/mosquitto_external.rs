@@ -29,6 +29,7 @@ async fn deployment_through_mosquitto_with_identity_acls() {
     let mut cfg = hammer_service::ServeConfig::new(dir.path());
     cfg.http = "127.0.0.1:0".parse().unwrap();
     cfg.mqtt = "127.0.0.1:0".parse().unwrap();
+    cfg.enroll = "127.0.0.1:0".parse().unwrap();
     cfg.public_host = Some("127.0.0.1".into());
     hammer_service::init::load_or_create(dir.path(), cfg.public_host.as_deref(), cfg.mqtt)
         .expect("data dir");

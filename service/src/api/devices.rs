@@ -118,6 +118,7 @@ pub async fn create_device(
             enrollment_token: token,
             enrollment_expires_at: expires,
             ca_sha256: svc.ca.cert().fingerprint_sha256(),
+            enroll_url: svc.enroll_url.clone(),
         }),
     ))
 }

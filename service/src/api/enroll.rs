@@ -1,5 +1,6 @@
 //! Enrollment (a device trades its one-time token and CSR for a certificate; failed attempts
-//! are rate-limited per source address) and provisioning (an admin registers a device for a
+//! are rate-limited per source address; served only on the HTTPS enrollment listener, and the
+//! broker URL and service key in the answer are signed by the fleet CA: decision 0006) and provisioning (an admin registers a device for a
 //! user and gets an offline bundle: a ready `hammer-manager` data dir).
 
 use super::devices::{new_device, validate_tags};
@@ -13,8 +14,9 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::Json;
 use hammer_protocol::api::{
-    DeviceState, EnrollRequest, EnrollResponse, ManagerConfigFile, ProvisionRequest,
-    ProvisionResponse,
+    DeviceState, EnrollRequest, EnrollResponse, EnrollSignatures, ManagerConfigFile,
+    ProvisionRequest, ProvisionResponse, ENROLL_FIELD_BROKER_URL as FIELD_BROKER_URL,
+    ENROLL_FIELD_SERVICE_KEY as FIELD_SERVICE_KEY,
 };
 use hammer_protocol::sealing::SealingKeyPair;
 use hammer_protocol::{now_ms, validate_name};
@@ -122,13 +124,24 @@ pub async fn enroll(
         let _ = b.revoke(&old);
     }
     tracing::info!(device = %dev.id, "device enrolled");
+    let service_public_key = svc.signer.public().to_hex();
+    let sign = |field: &str, value: &str| {
+        svc.ca
+            .sign_statement(field, &dev.id, value)
+            .map_err(ApiError::internal)
+    };
+    let ca_signatures = EnrollSignatures {
+        broker_url: sign(FIELD_BROKER_URL, &svc.device_broker_url)?,
+        service_public_key: sign(FIELD_SERVICE_KEY, &service_public_key)?,
+    };
     Ok(Json(EnrollResponse {
         device_id: dev.id,
         owner: dev.owner,
         cert_pem: issued.cert_pem,
         ca_pem: svc.ca_pem.clone(),
         broker_url: svc.device_broker_url.clone(),
-        service_public_key: svc.signer.public().to_hex(),
+        service_public_key,
+        ca_signatures,
     }))
 }
 
@@ -166,6 +179,7 @@ pub async fn provision(
         owner: owner.id.clone(),
         broker_url: svc.device_broker_url.clone(),
         service_public_key: svc.signer.public().to_hex(),
+        insecure_plain_mqtt_for_tests: false,
     };
     tracing::info!(device = %dev.id, "device provisioned");
     Ok((

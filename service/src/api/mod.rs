@@ -75,7 +75,6 @@ fn build() -> Routes {
     .route("/api/v1/devices/{name}/logs", get(a::logs))
     .route("/api/v1/devices/{name}/history", get(a::history))
     .route("/api/v1/provision", post(enroll::provision))
-    .route("/api/v1/enroll", post(enroll::enroll))
     .route(
         "/api/v1/deployments",
         post(dp::create_deployment).get(dp::list_deployments),
@@ -88,9 +87,30 @@ fn build() -> Routes {
     .route("/api/v1/events", get(events::events))
 }
 
-/// Every routed path (for the OpenAPI check).
+/// The enrollment listener's only route: `POST /api/v1/enroll`, served over HTTPS with a
+/// certificate from the fleet CA so that the token never crosses the network in clear and
+/// the device can check the answer against its `--ca-sha256` pin (decision 0006).
+const ENROLL_PATH: &str = "/api/v1/enroll";
+
+/// Every routed path on either listener (for the OpenAPI check).
 pub fn paths() -> Vec<&'static str> {
-    build().paths
+    let mut p = build().paths;
+    p.push(ENROLL_PATH);
+    p
+}
+
+/// The enrollment listener's application.
+pub fn enroll_router(svc: Arc<Service>) -> Router {
+    Router::new()
+        .route(ENROLL_PATH, post(enroll::enroll))
+        .fallback(|| async {
+            ApiError::not_found(
+                "this is the enrollment listener; it serves only POST /api/v1/enroll",
+            )
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(crate::web::no_store_by_default))
+        .with_state(svc)
 }
 
 /// The application.
@@ -102,6 +122,7 @@ pub fn router(svc: Arc<Service>) -> Router {
             ApiError::not_found("no such endpoint; GET /api/v1/openapi.json lists them")
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(crate::web::no_store_by_default))
         .with_state(svc)
 }
 

@@ -313,3 +313,73 @@ pub fn tail(path: &Path, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// Finds `hammer-manager` beside `hammer`, running `cargo build -p hammer-manager` first when
+/// it is missing or older than the sources it is built from (`cargo test --workspace` has
+/// usually built it already; rebuilding it alone would redo part of the tree for nothing).
+pub fn build_manager(hammer: &Path) -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let manager = hammer.with_file_name("hammer-manager");
+    let built = std::fs::metadata(&manager).and_then(|m| m.modified()).ok();
+    let newest_source = ["device-manager", "protocol", "certs"]
+        .iter()
+        .filter_map(|c| newest_mtime(&workspace.join(c)))
+        .max();
+    let fresh = matches!((built, newest_source), (Some(b), Some(s)) if b >= s);
+    if fresh {
+        return manager;
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace)
+        .args(["build", "-p", "hammer-manager"]);
+    // Cargo sets these for the test process; passed on, they change build scripts' inputs
+    // (ring reruns on CARGO_PKG_*) and the nested build would redo half the tree each time.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().to_string();
+        if [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_",
+        ]
+        .iter()
+        .any(|p| k.starts_with(p))
+            || k == "OUT_DIR"
+            || k == "CARGO_TARGET_TMPDIR"
+        {
+            cmd.env_remove(k);
+        }
+    }
+    let status = cmd
+        .status()
+        .expect("cannot run cargo to build hammer-manager");
+    assert!(status.success(), "cargo build -p hammer-manager failed");
+    assert!(
+        manager.exists(),
+        "{} is missing after `cargo build -p hammer-manager`",
+        manager.display()
+    );
+    manager
+}
+
+/// The newest modification time of `Cargo.toml` and the files under `src/` of a crate.
+fn newest_mtime(krate: &Path) -> Option<std::time::SystemTime> {
+    fn walk(p: &Path, newest: &mut Option<std::time::SystemTime>) {
+        let Ok(meta) = std::fs::metadata(p) else {
+            return;
+        };
+        if meta.is_dir() {
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                walk(&e.path(), newest);
+            }
+        } else if let Ok(m) = meta.modified() {
+            *newest = (*newest).max(Some(m));
+        }
+    }
+    let mut newest = None;
+    walk(&krate.join("Cargo.toml"), &mut newest);
+    walk(&krate.join("src"), &mut newest);
+    newest
+}
