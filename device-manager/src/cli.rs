@@ -45,17 +45,20 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct EnrollCmd {
-    /// The service's base URL, e.g. http://hammer.example:8080.
+    /// The service's enrollment URL as `hammer device add` prints it, e.g.
+    /// https://hammer.example:8443 (https only: the token never crosses the network in clear).
     #[arg(long)]
     pub url: String,
     /// The one-time enrollment token from `hammer device add`.
     #[arg(long, env = "HAMMER_ENROLL_TOKEN", hide_env_values = true)]
     pub token: String,
-    /// SHA-256 fingerprint of the fleet CA (printed by `hammer device add`); required over
-    /// plain http to anything but loopback.
+    /// SHA-256 fingerprint of the fleet CA (printed by `hammer device add`): the only thing
+    /// enrollment trusts. The server must present this CA, and the answer must be signed by it.
     #[arg(long)]
     pub ca_sha256: Option<String>,
-    /// CA certificate (PEM) that signed the service's https certificate.
+    /// Trust this CA (PEM) for the TLS connection instead of the pinned fleet CA: for an
+    /// enrollment URL behind a TLS front end of your own. The answer is still checked
+    /// against --ca-sha256 (or, without it, this file must be the fleet CA itself).
     #[arg(long)]
     pub ca_file: Option<PathBuf>,
     /// Enroll again even if the data dir is already enrolled (new keys, new epoch).
