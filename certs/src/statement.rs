@@ -19,7 +19,9 @@ pub const ENROLL_DOMAIN: &str = "hammer-enroll-v1";
 
 /// The exact bytes signed for `field` of `device_id`'s enrollment answer.
 pub fn message(field: &str, device_id: &str, value: &str) -> Vec<u8> {
-    [ENROLL_DOMAIN, field, device_id, value].join("\0").into_bytes()
+    [ENROLL_DOMAIN, field, device_id, value]
+        .join("\0")
+        .into_bytes()
 }
 
 /// The CA's signing half, made from its PKCS#8 key.
@@ -29,11 +31,12 @@ pub(crate) struct StatementSigner {
 
 impl StatementSigner {
     pub(crate) fn from_pkcs8(der: &[u8]) -> Result<StatementSigner> {
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, der, &SystemRandom::new())
-            .map_err(|e| CertError::InvalidInput {
-                what: "the CA key",
-                detail: format!("not a P-256 PKCS#8 key: {e}"),
-            })?;
+        let key =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, der, &SystemRandom::new())
+                .map_err(|e| CertError::InvalidInput {
+                    what: "the CA key",
+                    detail: format!("not a P-256 PKCS#8 key: {e}"),
+                })?;
         Ok(StatementSigner { key })
     }
 
@@ -80,13 +83,17 @@ mod tests {
     fn a_statement_verifies_only_for_its_field_device_value_and_ca() {
         let ca = Ca::create("statement test").unwrap();
         let other = Ca::create("other").unwrap();
-        let sig = ca.sign_statement("broker_url", "dev1", "mqtts://h:8883").unwrap();
+        let sig = ca
+            .sign_statement("broker_url", "dev1", "mqtts://h:8883")
+            .unwrap();
         let c = ca.cert();
         assert!(c.verify_statement("broker_url", "dev1", "mqtts://h:8883", &sig));
         assert!(!c.verify_statement("broker_url", "dev1", "mqtt://h:8883", &sig));
         assert!(!c.verify_statement("broker_url", "dev2", "mqtts://h:8883", &sig));
         assert!(!c.verify_statement("service_public_key", "dev1", "mqtts://h:8883", &sig));
-        assert!(!other.cert().verify_statement("broker_url", "dev1", "mqtts://h:8883", &sig));
+        assert!(!other
+            .cert()
+            .verify_statement("broker_url", "dev1", "mqtts://h:8883", &sig));
         assert!(!c.verify_statement("broker_url", "dev1", "mqtts://h:8883", "zz"));
         assert!(!c.verify_statement("broker_url", "dev1", "mqtts://h:8883", ""));
     }
