@@ -205,6 +205,7 @@ impl Service {
         let (online_tx, online) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let c2 = client.clone();
+        let ack_key = SigningKeyPair::from_seed(key.to_seed().as_ref())?;
         tokio::spawn(async move {
             let mut ready = Some(ready_tx);
             let mut acked: Option<(u64, u64)> = None; // (epoch, highest contiguous seq)
@@ -238,17 +239,16 @@ impl Service {
                                 };
                                 if ev.seq == next {
                                     acked = Some((ev.epoch, ev.seq));
-                                    let ack = Ack {
-                                        v: PROTOCOL_VERSION,
-                                        epoch: ev.epoch,
-                                        seq: ev.seq,
+                                    let ack = AddressedAck::new(DEVICE, OWNER, ev.epoch, ev.seq);
+                                    let Ok(payload) = ack_key.sign_to_vec(&ack) else {
+                                        continue;
                                     };
                                     let _ = c2
                                         .publish(
                                             topic(DEVICE, Channel::Ack),
                                             QoS::AtLeastOnce,
                                             false,
-                                            encode(&ack).unwrap(),
+                                            payload,
                                         )
                                         .await;
                                 }

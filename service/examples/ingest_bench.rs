@@ -5,9 +5,10 @@
 //! `cargo run --release -p hammer-service --example ingest_bench -- [DEVICES] [EVENTS_PER_DEVICE]`
 
 use hammer_protocol::api::{ManagerConfigFile, ProvisionResponse};
+use hammer_protocol::signing::{verify, PublicKey};
 use hammer_protocol::topics::topic;
 use hammer_protocol::{
-    decode, encode, now_ms, Ack, Channel, Phase, StatusEvent, MAX_PACKET, PROTOCOL_VERSION,
+    encode, now_ms, AddressedAck, Channel, Phase, StatusEvent, MAX_PACKET, PROTOCOL_VERSION,
 };
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS, TlsConfiguration, Transport};
 use std::sync::Arc;
@@ -89,6 +90,8 @@ async fn device(b: ProvisionResponse, port: u16, n: u64) -> anyhow::Result<()> {
     opts.set_inflight(100);
     let (client, mut el) = AsyncClient::new(opts, 1024);
     let id = cfg.device_id.clone();
+    let service_key = PublicKey::from_hex(&cfg.service_public_key)
+        .map_err(|e| anyhow::anyhow!("bundle service key: {e}"))?;
     let epoch = now_ms();
     let publisher = client.clone();
     let mut started = false;
@@ -144,7 +147,9 @@ async fn device(b: ProvisionResponse, port: u16, n: u64) -> anyhow::Result<()> {
                 });
             }
             Event::Incoming(Incoming::Publish(p)) => {
-                let ack: Ack = decode(&p.payload)?;
+                let ack = verify::<AddressedAck>(&p.payload, &service_key, &id, &cfg.owner)
+                    .map_err(|e| anyhow::anyhow!("the service's ack does not verify: {e}"))?
+                    .ack();
                 if ack.epoch == epoch {
                     acked.fetch_max(ack.seq, std::sync::atomic::Ordering::SeqCst);
                 }

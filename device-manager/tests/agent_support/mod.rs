@@ -231,13 +231,11 @@ impl Service {
     }
 
     pub async fn ack(&self, epoch: u64, seq: u64) {
-        let ack = Ack {
-            v: PROTOCOL_VERSION,
-            epoch,
-            seq,
-        };
-        self.publish(Channel::Ack, false, encode(&ack).unwrap())
-            .await;
+        let signed = self
+            .key
+            .sign_to_vec(&AddressedAck::new(DEVICE, OWNER, epoch, seq))
+            .unwrap();
+        self.publish(Channel::Ack, false, signed).await;
     }
 
     /// Waits for the next message matching `f`, skipping others.
