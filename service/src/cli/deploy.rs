@@ -9,7 +9,7 @@
 
 use super::client::{is_unreachable, Client};
 use super::config::Conn;
-use super::output::{self, fmt_time, or_dash, short_commit, wire_name, Table};
+use super::output::{self, fmt_time, or_dash, safe, short_commit, wire_name, Table};
 use super::{check_id, check_name, tag_string, DeployArgs};
 use anyhow::{bail, Result};
 use hammer_protocol::api::{
@@ -171,7 +171,7 @@ async fn ls_remote(repo: &str, git_ref: &str) -> std::result::Result<String, Str
             if line.is_empty() {
                 String::new()
             } else {
-                format!(": {}", line.trim())
+                format!(": {}", safe(line.trim()))
             }
         ));
     }
@@ -249,26 +249,26 @@ fn finish(d: &DeploymentView) -> Result<()> {
                 .map(|t| {
                     format!(
                         "{} {}{}",
-                        t.device,
+                        safe(&t.device),
                         wire_name(&t.state),
                         t.detail
                             .as_deref()
-                            .map(|x| format!(" ({x})"))
+                            .map(|x| format!(" ({})", safe(x)))
                             .unwrap_or_default()
                     )
                 })
                 .collect();
             bail!(
                 "deployment {} {}: {}{}; see `hammer deployment show {}` and `hammer device history NAME`",
-                d.id,
+                safe(&d.id),
                 wire_name(&state),
-                d.reason.as_deref().unwrap_or("no reason given"),
+                safe(d.reason.as_deref().unwrap_or("no reason given")),
                 if failed.is_empty() {
                     String::new()
                 } else {
                     format!(" [{}]", failed.join("; "))
                 },
-                d.id
+                safe(&d.id)
             )
         }
     }
@@ -295,8 +295,8 @@ fn bar_message(d: &DeploymentView) -> String {
         .filter(|t| t.state == TargetState::InFlight)
         .take(3)
         .map(|t| match t.last_phase {
-            Some(p) => format!("{} {}", t.device, wire_name(&p)),
-            None => format!("{} waiting", t.device),
+            Some(p) => format!("{} {}", safe(&t.device), wire_name(&p)),
+            None => format!("{} waiting", safe(&t.device)),
         })
         .collect();
     if flying.is_empty() {
@@ -349,13 +349,13 @@ async fn wait(
                     .unwrap_or_default(),
                 t.detail
                     .as_deref()
-                    .map(|d| format!(": {d}"))
+                    .map(|d| format!(": {}", safe(d)))
                     .unwrap_or_default()
             );
             if seen.get(&t.device) != Some(&line) {
                 let msg = format!(
                     "{}: {line}{}",
-                    t.device,
+                    safe(&t.device),
                     t.commit
                         .as_deref()
                         .map(|c| format!(" @ {}", short_commit(Some(c))))
@@ -376,12 +376,12 @@ async fn wait(
         if current.state != DeploymentState::Running {
             let msg = format!(
                 "deployment {} {}{}",
-                current.id,
+                safe(&current.id),
                 wire_name(&current.state),
                 current
                     .reason
                     .as_deref()
-                    .map(|r| format!(": {r}"))
+                    .map(|r| format!(": {}", safe(r)))
                     .unwrap_or_default()
             );
             match &bar {
@@ -448,12 +448,12 @@ pub async fn show(conn: &Conn, id: &str, json: bool) -> Result<()> {
         output::print_json(&v);
         return Ok(());
     }
-    println!("deployment: {}", d.id);
+    println!("deployment: {}", safe(&d.id));
     println!("state:      {}", wire_name(&d.state));
     if let Some(r) = &d.reason {
-        println!("reason:     {r}");
+        println!("reason:     {}", safe(r));
     }
-    println!("deployer:   {}", d.deployer);
+    println!("deployer:   {}", safe(&d.deployer));
     println!("created:    {} UTC", fmt_time(d.created_at));
     if let Some(f) = d.finished_at {
         println!("finished:   {} UTC", fmt_time(f));
