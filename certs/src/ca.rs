@@ -101,13 +101,7 @@ impl Ca {
         params.serial_number = Some(random_serial()?);
         let issuer = params.self_signed(&key)?;
         let cert = CaCert::from_der(issuer.der().as_ref())?;
-        let statements = StatementSigner::from_pkcs8(&key.serialize_der())?;
-        Ok(Ca {
-            cert,
-            key,
-            statements,
-            issuer,
-        })
+        Ca::assemble(cert, key, issuer)
     }
 
     /// Loads the CA from `dir/ca.pem` and `dir/ca.key`, checking that they belong together.
@@ -128,13 +122,7 @@ impl Ca {
             });
         }
         let issuer = CertificateParams::from_ca_cert_der(cert.der())?.self_signed(&key)?;
-        let statements = StatementSigner::from_pkcs8(&key.serialize_der())?;
-        Ok(Ca {
-            cert,
-            key,
-            statements,
-            issuer,
-        })
+        Ca::assemble(cert, key, issuer)
     }
 
     /// Writes `dir/ca.pem` (0644) and `dir/ca.key` (0600) atomically, creating `dir` (0700)
@@ -156,6 +144,16 @@ impl Ca {
             ca.save(dir)?;
             Ok(ca)
         }
+    }
+
+    fn assemble(cert: CaCert, key: KeyPair, issuer: Certificate) -> Result<Ca> {
+        let statements = StatementSigner::from_pkcs8(&key.serialize_der())?;
+        Ok(Ca {
+            cert,
+            key,
+            statements,
+            issuer,
+        })
     }
 
     /// The public half.

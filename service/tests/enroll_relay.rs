@@ -64,6 +64,19 @@ async fn run_enroll(url: &str, created: &Value, dir: &Path, extra: &[&str]) -> (
     )
 }
 
+/// A CA of the relay's own and a server certificate from it for 127.0.0.1.
+fn relay_identity(name: &str) -> (Ca, hammer_certs::Issued) {
+    let ca = Ca::create(name).unwrap();
+    let cert = ca
+        .issue_server(
+            &[],
+            &["127.0.0.1".parse().unwrap()],
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    (ca, cert)
+}
+
 /// Nothing was written: the data dir does not exist or is empty.
 fn assert_untouched(dir: &Path) {
     if let Ok(rd) = std::fs::read_dir(dir) {
@@ -293,14 +306,7 @@ async fn a_relay_without_a_fleet_server_certificate_never_receives_the_token() {
     let tmp = tempfile::tempdir().unwrap();
 
     // 1. Its own CA and a server certificate for 127.0.0.1.
-    let relay_ca = Ca::create("relay").unwrap();
-    let own = relay_ca
-        .issue_server(
-            &[],
-            &["127.0.0.1".parse().unwrap()],
-            Duration::from_secs(3600),
-        )
-        .unwrap();
+    let (relay_ca, own) = relay_identity("relay");
     // 2. A genuine fleet certificate: the attacker's own enrolled device (its bundle), sent
     //    with the fleet CA in the chain.
     h.user("mallory").await;
@@ -364,14 +370,7 @@ async fn a_trusted_front_end_that_rewrites_any_field_makes_enrollment_fail_namin
     let bundle = h.provision("mallory", "m1", json!({})).await;
     let service_url = h.svc().enroll_url.clone();
     // The front end's own TLS identity, which the device is told to trust with --ca-file.
-    let relay_ca = Ca::create("front end").unwrap();
-    let own = relay_ca
-        .issue_server(
-            &[],
-            &["127.0.0.1".parse().unwrap()],
-            Duration::from_secs(3600),
-        )
-        .unwrap();
+    let (relay_ca, own) = relay_identity("front end");
     let tmp = tempfile::tempdir().unwrap();
     let relay_ca_file = tmp.path().join("front-end-ca.pem");
     std::fs::write(&relay_ca_file, relay_ca.cert().pem()).unwrap();
