@@ -5,6 +5,26 @@
 //! Every record type is plain serde data; every state is a typed enum from
 //! `hammer_protocol::api`. Callers [`Store::flush`] before acknowledging anything that
 //! changed state (an HTTP 2xx or an MQTT ack).
+//!
+//! # Bounds ([`Retention`])
+//!
+//! What a device sends is kept within limits, enforced as it is stored, so that one device
+//! (or one user's fleet) cannot fill the disk or make a list request expensive:
+//!
+//! - Status events (history): at most [`Retention::max_events_per_device`] (20,000) and
+//!   [`Retention::max_bytes_per_device`] (16 MiB) per device, none older than
+//!   [`Retention::max_age`] (730 days). When an event is stored, the same device's oldest
+//!   events beyond a bound are removed (at most [`PRUNE_BATCH`] per insert, so the cost of one
+//!   insert stays constant and a backlog is worked off over the following inserts). A normal
+//!   device reports a handful of events per deployment (~300 bytes each): 20,000 events are
+//!   years of daily deployments, and 16 MiB holds them with room for rollbacks' log tails.
+//! - Each stored event is capped by [`cap_status`]: `detail` at [`MAX_DETAIL`] (2 KiB),
+//!   `log_tail` at its last [`MAX_LOG_TAIL_LINES`] (50) lines of at most [`MAX_LOG_TAIL_LINE`]
+//!   (512) bytes; a cut string ends with [`CUT_MARKER`].
+//! - Deployments: a finished deployment older than [`Retention::max_age`] (by its finish
+//!   time) is removed when its owner creates a new one (the owner's oldest few are checked).
+//!   They are indexed by owner and creation time, so a user's list reads only their records.
+//! - Lists are pages: at most [`hammer_protocol::api::MAX_PAGE_LIMIT`] records per request.
 
 pub mod sled;
 
@@ -14,6 +34,108 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::RwLock;
+use std::time::Duration;
+
+/// Most old records removed by one insert (status events or deployments).
+pub const PRUNE_BATCH: usize = 64;
+/// Longest stored `detail` of a status event, in bytes.
+pub const MAX_DETAIL: usize = 2048;
+/// Most `log_tail` lines stored with a status event (the last ones are kept).
+pub const MAX_LOG_TAIL_LINES: usize = 50;
+/// Longest stored `log_tail` line, in bytes.
+pub const MAX_LOG_TAIL_LINE: usize = 512;
+/// Appended to a string that was cut.
+pub const CUT_MARKER: &str = " [cut]";
+
+/// How much history the store keeps. `hammer serve` sets it from its flags; see the module
+/// documentation for the reasons behind the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Most status events kept per device; the oldest go first.
+    pub max_events_per_device: u64,
+    /// Most bytes of status events (as stored) kept per device; the oldest go first.
+    pub max_bytes_per_device: u64,
+    /// Status events, and finished deployments, older than this are removed.
+    pub max_age: Duration,
+}
+
+impl Retention {
+    /// The built-in defaults: 20,000 events, 16 MiB per device, 730 days.
+    pub const BUILT_IN: Retention = Retention {
+        max_events_per_device: 20_000,
+        max_bytes_per_device: 16 * 1024 * 1024,
+        max_age: Duration::from_secs(730 * 24 * 3600),
+    };
+
+    /// Replaces what [`Retention::default`] returns in this process (embedding and tests: a
+    /// test binary shrinks the bounds before it starts a service). `hammer serve` passes its
+    /// flags explicitly instead.
+    pub fn set_process_default(r: Retention) {
+        *PROCESS_DEFAULT.write().unwrap_or_else(|p| p.into_inner()) = r;
+    }
+
+    /// `max_age` in milliseconds.
+    pub fn max_age_ms(&self) -> u64 {
+        u64::try_from(self.max_age.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+static PROCESS_DEFAULT: RwLock<Retention> = RwLock::new(Retention::BUILT_IN);
+
+impl Default for Retention {
+    fn default() -> Self {
+        *PROCESS_DEFAULT.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// `s` cut to at most `max` bytes (on a character boundary) with [`CUT_MARKER`] appended
+/// when it was longer.
+pub fn cut(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut end = max.saturating_sub(CUT_MARKER.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}{CUT_MARKER}", &s[..end]))
+}
+
+/// Applies the per-event caps: `detail` to [`MAX_DETAIL`] bytes, `log_tail` to its last
+/// [`MAX_LOG_TAIL_LINES`] lines of at most [`MAX_LOG_TAIL_LINE`] bytes.
+pub fn cap_status(e: &mut StatusEvent) {
+    if let Some(d) = &mut e.detail {
+        if d.len() > MAX_DETAIL {
+            *d = cut(d, MAX_DETAIL).into_owned();
+        }
+    }
+    if e.log_tail.len() > MAX_LOG_TAIL_LINES {
+        e.log_tail.drain(..e.log_tail.len() - MAX_LOG_TAIL_LINES);
+    }
+    for l in &mut e.log_tail {
+        if l.len() > MAX_LOG_TAIL_LINE {
+            *l = cut(l, MAX_LOG_TAIL_LINE).into_owned();
+        }
+    }
+}
+
+/// One page of a list, and where the next (older) page starts when there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T, C> {
+    pub items: Vec<T>,
+    pub next: Option<C>,
+}
+
+/// Position in a device's history: the order in which events were stored (increasing).
+pub type HistoryCursor = u64;
+
+/// Position in an owner's deployments: (created_at, id) of the last one returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentCursor {
+    pub created_at: u64,
+    pub id: String,
+}
 
 /// A failure of the storage backend (disk, corruption). Never a "not found".
 #[derive(Debug, thiserror::Error)]
@@ -175,12 +297,103 @@ pub trait Store: Send + Sync + 'static {
 
     fn put_deployment(&self, d: &DeploymentRecord) -> Result<()>;
     fn deployment(&self, id: &str) -> Result<Option<DeploymentRecord>>;
+    /// Every deployment of every owner (the rollout engine's start). Request handlers use
+    /// [`Store::deployments_of`].
     fn deployments(&self) -> Result<Vec<DeploymentRecord>>;
+    /// One page of `owner`'s deployments, newest first, starting after `after`; reads only
+    /// that owner's records. (The default reads every record: a backend overrides it, and a
+    /// wrapper delegates it.)
+    fn deployments_of(
+        &self,
+        owner: &str,
+        after: Option<&DeploymentCursor>,
+        limit: usize,
+    ) -> Result<Page<DeploymentRecord, DeploymentCursor>> {
+        let mut v: Vec<DeploymentRecord> = self
+            .deployments()?
+            .into_iter()
+            .filter(|d| d.owner == owner)
+            .filter(|d| {
+                after.is_none_or(|c| (d.created_at, d.id.as_str()) < (c.created_at, c.id.as_str()))
+            })
+            .collect();
+        v.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+        let more = v.len() > limit;
+        v.truncate(limit);
+        let next = more.then(|| v.last()).flatten().map(|d| DeploymentCursor {
+            created_at: d.created_at,
+            id: d.id.clone(),
+        });
+        Ok(Page { items: v, next })
+    }
 
-    /// Stores a status event once per (device, epoch, seq).
+    /// Stores a status event once per (device, epoch, seq), capped by [`cap_status`], and
+    /// removes the device's oldest events beyond the [`Retention`] bounds.
     fn insert_status(&self, s: &StoredStatus) -> Result<Inserted>;
     /// The device's current epoch and its highest contiguous stored seq.
     fn ack_of(&self, device_id: &str) -> Result<Option<(u64, u64)>>;
-    /// Every stored status event of a device, in (epoch, seq) order.
+    /// Every stored status event of a device (at most the retention bound), in (epoch, seq)
+    /// order.
     fn statuses_of(&self, device_id: &str) -> Result<Vec<StoredStatus>>;
+    /// One page of a device's history: the newest `limit` events stored before `before`
+    /// (all when `None`), oldest first; `next` continues with older ones.
+    /// (The default pages over [`Store::statuses_of`] by position: a backend overrides it, and
+    /// a wrapper delegates it.)
+    fn history_page(
+        &self,
+        device_id: &str,
+        before: Option<HistoryCursor>,
+        limit: usize,
+    ) -> Result<Page<StoredStatus, HistoryCursor>> {
+        let all = self.statuses_of(device_id)?;
+        let end = before.map_or(all.len(), |b| (b as usize).min(all.len()));
+        let start = end.saturating_sub(limit);
+        Ok(Page {
+            items: all[start..end].to_vec(),
+            next: (start > 0).then_some(start as u64),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hammer_protocol::PROTOCOL_VERSION;
+
+    #[test]
+    fn cut_keeps_short_strings_and_marks_long_ones_within_the_bound() {
+        assert_eq!(cut("abc", 10), "abc");
+        let long = "é".repeat(100);
+        let c = cut(&long, 21);
+        assert!(c.len() <= 21, "{}", c.len());
+        assert!(c.ends_with(CUT_MARKER));
+        assert!(c.starts_with("éé"));
+    }
+
+    #[test]
+    fn cap_status_cuts_detail_and_keeps_the_last_log_tail_lines() {
+        let mut e = StatusEvent {
+            v: PROTOCOL_VERSION,
+            epoch: 1,
+            seq: 1,
+            generation: None,
+            deployment_id: None,
+            phase: Phase::RolledBack,
+            commit: None,
+            time: 1,
+            detail: Some("x".repeat(10_000)),
+            log_tail: (0..80)
+                .map(|i| format!("{i}:{}", "y".repeat(1000)))
+                .collect(),
+        };
+        cap_status(&mut e);
+        let d = e.detail.unwrap();
+        assert!(d.len() <= MAX_DETAIL && d.ends_with(CUT_MARKER));
+        assert_eq!(e.log_tail.len(), MAX_LOG_TAIL_LINES);
+        assert!(e.log_tail[0].starts_with("30:"), "the last lines are kept");
+        assert!(e
+            .log_tail
+            .iter()
+            .all(|l| l.len() <= MAX_LOG_TAIL_LINE && l.ends_with(CUT_MARKER)));
+    }
 }

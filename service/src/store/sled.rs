@@ -8,6 +8,14 @@
 //! - `deployments` id → deployment
 //! - `status` device\0epoch\0seq (big endian) → stored status
 //! - `contig` device\0epoch → highest contiguous seq; `epochs` device → current epoch
+//! - `status_order` device\0order (big endian, from `generate_id`, so increasing in the
+//!   order events were stored) → epoch, seq, stored size, received_at (4 × u64 BE): the
+//!   history's page order and the oldest-first pruning order
+//! - `status_usage` device → count, bytes (2 × u64 BE) of its stored events
+//! - `deployment_owner` owner\0created_at (BE) id → id: a user's deployments, by age
+//! - `meta` name → marker: indexes built for records stored before they existed
+//!
+//! Bounds ([`Retention`]) are enforced as records are stored; see the [`super`] docs.
 
 use super::*;
 use serde::de::DeserializeOwned;
@@ -26,6 +34,11 @@ pub struct SledStore {
     status: ::sled::Tree,
     contig: ::sled::Tree,
     epochs: ::sled::Tree,
+    status_order: ::sled::Tree,
+    status_usage: ::sled::Tree,
+    deployment_owner: ::sled::Tree,
+    meta: ::sled::Tree,
+    retention: Retention,
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -74,15 +87,76 @@ fn be_u64(b: &[u8]) -> u64 {
     u64::from_be_bytes(a)
 }
 
+/// The `i`th big-endian u64 of `b` (0 when `b` is too short).
+fn be_at(b: &[u8], i: usize) -> u64 {
+    b.get(i * 8..i * 8 + 8).map_or(0, be_u64)
+}
+
+fn be_concat(vals: &[u64]) -> Vec<u8> {
+    vals.iter().flat_map(|v| v.to_be_bytes()).collect()
+}
+
+/// The first key after every key that starts with `prefix(a)`.
+fn prefix_end(a: &str) -> Vec<u8> {
+    let mut k = a.as_bytes().to_vec();
+    k.push(1);
+    k
+}
+
+fn order_key(device: &str, order: u64) -> Vec<u8> {
+    let mut k = prefix(device);
+    k.extend_from_slice(&order.to_be_bytes());
+    k
+}
+
+fn owner_key(owner: &str, created_at: u64, id: &str) -> Vec<u8> {
+    let mut k = prefix(owner);
+    k.extend_from_slice(&created_at.to_be_bytes());
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// One entry of `status_order`.
+#[derive(Debug, Clone, Copy)]
+struct OrderEntry {
+    epoch: u64,
+    seq: u64,
+    size: u64,
+    received_at: u64,
+}
+
+impl OrderEntry {
+    fn encode(&self) -> Vec<u8> {
+        be_concat(&[self.epoch, self.seq, self.size, self.received_at])
+    }
+
+    fn decode(b: &[u8]) -> OrderEntry {
+        OrderEntry {
+            epoch: be_at(b, 0),
+            seq: be_at(b, 1),
+            size: be_at(b, 2),
+            received_at: be_at(b, 3),
+        }
+    }
+}
+
+const STATUS_ORDER_BUILT: &str = "status_order_v1";
+const DEPLOYMENT_OWNER_BUILT: &str = "deployment_owner_v1";
+
 impl SledStore {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir` with [`Retention::default`].
     pub fn open(dir: &std::path::Path) -> Result<SledStore> {
+        Self::open_with(dir, Retention::default())
+    }
+
+    /// Opens (or creates) the store in `dir`, keeping history within `retention`.
+    pub fn open_with(dir: &std::path::Path, retention: Retention) -> Result<SledStore> {
         let db = ::sled::Config::new()
             .path(dir)
             .open()
             .map_err(|e| StoreError(format!("cannot open the store in {}: {e}", dir.display())))?;
         let t = |n: &str| db.open_tree(n).map_err(err);
-        Ok(SledStore {
+        let store = SledStore {
             users: t("users")?,
             user_names: t("user_names")?,
             tokens: t("tokens")?,
@@ -94,8 +168,187 @@ impl SledStore {
             status: t("status")?,
             contig: t("contig")?,
             epochs: t("epochs")?,
+            status_order: t("status_order")?,
+            status_usage: t("status_usage")?,
+            deployment_owner: t("deployment_owner")?,
+            meta: t("meta")?,
+            retention,
             db,
-        })
+        };
+        store.build_indexes()?;
+        Ok(store)
+    }
+
+    /// Builds the history order and the owner index for records stored by an older version
+    /// (once; a marker in `meta` says it is done).
+    fn build_indexes(&self) -> Result<()> {
+        if !self.meta.contains_key(STATUS_ORDER_BUILT).map_err(err)? {
+            let mut built = 0u64;
+            let mut device: Option<String> = None;
+            let mut entries: Vec<(u64, OrderEntry)> = Vec::new();
+            let mut flush = |dev: &str, entries: &mut Vec<(u64, OrderEntry)>| -> Result<()> {
+                entries.sort_by_key(|(t, e)| (*t, e.epoch, e.seq));
+                let (mut count, mut bytes) = (0u64, 0u64);
+                for (_, e) in entries.drain(..) {
+                    let order = self.db.generate_id().map_err(err)?;
+                    self.status_order
+                        .insert(order_key(dev, order), e.encode())
+                        .map_err(err)?;
+                    count += 1;
+                    bytes += e.size;
+                }
+                self.status_usage
+                    .insert(dev.as_bytes(), be_concat(&[count, bytes]))
+                    .map_err(err)?;
+                built += count;
+                Ok(())
+            };
+            for r in self.status.iter() {
+                let (k, v) = r.map_err(err)?;
+                let Some(split) = k.iter().position(|b| *b == 0) else {
+                    continue;
+                };
+                let dev = String::from_utf8_lossy(&k[..split]).into_owned();
+                let rec: StoredStatus = from_json(&v)?;
+                if device.as_deref() != Some(dev.as_str()) {
+                    if let Some(prev) = device.take() {
+                        flush(&prev, &mut entries)?;
+                    }
+                    device = Some(dev);
+                }
+                entries.push((
+                    rec.received_at,
+                    OrderEntry {
+                        epoch: rec.event.epoch,
+                        seq: rec.event.seq,
+                        size: v.len() as u64,
+                        received_at: rec.received_at,
+                    },
+                ));
+            }
+            if let Some(prev) = device.take() {
+                flush(&prev, &mut entries)?;
+            }
+            self.meta.insert(STATUS_ORDER_BUILT, &[1u8]).map_err(err)?;
+            if built > 0 {
+                tracing::info!(events = built, "indexed stored status events by arrival");
+            }
+        }
+        if !self
+            .meta
+            .contains_key(DEPLOYMENT_OWNER_BUILT)
+            .map_err(err)?
+        {
+            let mut built = 0u64;
+            for r in self.deployments.iter() {
+                let (_, v) = r.map_err(err)?;
+                let d: DeploymentRecord = from_json(&v)?;
+                self.deployment_owner
+                    .insert(owner_key(&d.owner, d.created_at, &d.id), d.id.as_bytes())
+                    .map_err(err)?;
+                built += 1;
+            }
+            self.meta
+                .insert(DEPLOYMENT_OWNER_BUILT, &[1u8])
+                .map_err(err)?;
+            if built > 0 {
+                tracing::info!(deployments = built, "indexed stored deployments by owner");
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `(count, bytes)` (each possibly negative) to a device's history usage; returns
+    /// the new usage.
+    fn add_usage(&self, device: &str, count: i64, bytes: i64) -> Result<(u64, u64)> {
+        let new = self
+            .status_usage
+            .update_and_fetch(device.as_bytes(), |old| {
+                let old = old.unwrap_or(&[]);
+                let c = be_at(old, 0).saturating_add_signed(count);
+                let b = be_at(old, 1).saturating_add_signed(bytes);
+                Some(be_concat(&[c, b]))
+            })
+            .map_err(err)?
+            .unwrap_or_default();
+        Ok((be_at(&new, 0), be_at(&new, 1)))
+    }
+
+    /// Removes a device's oldest events while it is over a bound (at most [`PRUNE_BATCH`];
+    /// the newest event always stays).
+    fn prune_history(&self, device: &str, now: u64) -> Result<usize> {
+        let r = &self.retention;
+        let oldest_kept = now.saturating_sub(r.max_age_ms());
+        let mut removed = 0;
+        while removed < PRUNE_BATCH {
+            let (count, bytes) = match self.status_usage.get(device.as_bytes()).map_err(err)? {
+                Some(u) => (be_at(&u, 0), be_at(&u, 1)),
+                None => break,
+            };
+            if count <= 1 {
+                break;
+            }
+            let Some(first) = self.status_order.scan_prefix(prefix(device)).next() else {
+                break;
+            };
+            let (k, v) = first.map_err(err)?;
+            let e = OrderEntry::decode(&v);
+            let over = count > r.max_events_per_device
+                || bytes > r.max_bytes_per_device
+                || e.received_at < oldest_kept;
+            if !over {
+                break;
+            }
+            // Whoever removes the order entry accounts for it (concurrent inserts).
+            if self.status_order.remove(&k).map_err(err)?.is_some() {
+                self.status
+                    .remove(status_key(device, e.epoch, e.seq))
+                    .map_err(err)?;
+                self.add_usage(device, -1, -(e.size as i64))?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::debug!(device, removed, "pruned old status events");
+        }
+        Ok(removed)
+    }
+
+    /// Removes `owner`'s oldest finished deployments whose finish is older than the
+    /// retention age (checks at most [`PRUNE_BATCH`] of the oldest).
+    fn prune_deployments(&self, owner: &str, now: u64) -> Result<usize> {
+        let oldest_kept = now.saturating_sub(self.retention.max_age_ms());
+        let mut removed = 0;
+        let mut doomed = Vec::new();
+        for r in self
+            .deployment_owner
+            .scan_prefix(prefix(owner))
+            .take(PRUNE_BATCH)
+        {
+            let (k, id) = r.map_err(err)?;
+            let Some(d) = Self::get::<DeploymentRecord>(&self.deployments, &id)? else {
+                doomed.push((k, None));
+                continue;
+            };
+            if d.created_at >= oldest_kept {
+                break; // every later one was created (so finished) later still
+            }
+            if d.finished_at.is_some_and(|f| f < oldest_kept) && d.state != DeploymentState::Running
+            {
+                doomed.push((k, Some(id)));
+            }
+        }
+        for (k, id) in doomed {
+            self.deployment_owner.remove(k).map_err(err)?;
+            if let Some(id) = id {
+                self.deployments.remove(id).map_err(err)?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(owner, removed, "pruned old finished deployments");
+        }
+        Ok(removed)
     }
 
     fn get<T: DeserializeOwned>(tree: &::sled::Tree, key: impl AsRef<[u8]>) -> Result<Option<T>> {
@@ -266,12 +519,13 @@ impl Store for SledStore {
         self.device_names
             .remove(key2(&rec.owner, &rec.name))
             .map_err(err)?;
-        for tree in [&self.status, &self.contig] {
+        for tree in [&self.status, &self.contig, &self.status_order] {
             for r in tree.scan_prefix(prefix(id)).keys() {
                 tree.remove(r.map_err(err)?).map_err(err)?;
             }
         }
         self.epochs.remove(id).map_err(err)?;
+        self.status_usage.remove(id).map_err(err)?;
         self.delete_enrollments_of(id)?;
         Ok(Some(rec))
     }
@@ -303,7 +557,48 @@ impl Store for SledStore {
 
     fn put_deployment(&self, d: &DeploymentRecord) -> Result<()> {
         self.deployments.insert(&d.id, to_json(d)?).map_err(err)?;
+        let first = self
+            .deployment_owner
+            .insert(owner_key(&d.owner, d.created_at, &d.id), d.id.as_bytes())
+            .map_err(err)?
+            .is_none();
+        if first {
+            self.prune_deployments(&d.owner, hammer_protocol::now_ms())?;
+        }
         Ok(())
+    }
+
+    fn deployments_of(
+        &self,
+        owner: &str,
+        after: Option<&DeploymentCursor>,
+        limit: usize,
+    ) -> Result<Page<DeploymentRecord, DeploymentCursor>> {
+        let end = match after {
+            Some(c) => owner_key(owner, c.created_at, &c.id),
+            None => prefix_end(owner),
+        };
+        let mut items = Vec::new();
+        let mut more = false;
+        for r in self.deployment_owner.range(prefix(owner)..end).rev() {
+            let (_, id) = r.map_err(err)?;
+            let Some(d) = Self::get::<DeploymentRecord>(&self.deployments, &id)? else {
+                continue;
+            };
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            items.push(d);
+        }
+        let next = more
+            .then(|| items.last())
+            .flatten()
+            .map(|d: &DeploymentRecord| DeploymentCursor {
+                created_at: d.created_at,
+                id: d.id.clone(),
+            });
+        Ok(Page { items, next })
     }
 
     fn deployment(&self, id: &str) -> Result<Option<DeploymentRecord>> {
@@ -317,13 +612,37 @@ impl Store for SledStore {
     fn insert_status(&self, s: &StoredStatus) -> Result<Inserted> {
         let dev = &s.device_id;
         let (epoch, seq) = (s.event.epoch, s.event.seq);
-        let new = Self::claim(&self.status, &status_key(dev, epoch, seq), &to_json(s)?)?;
         let ekey = epoch_key(dev, epoch);
         let mut contiguous = self
             .contig
             .get(&ekey)
             .map_err(err)?
             .map_or(0, |v| be_u64(&v));
+        if seq <= contiguous {
+            // Stored before (and maybe pruned since): a resend, not a new event.
+            return Ok(Inserted {
+                new: false,
+                contiguous,
+            });
+        }
+        let mut rec = s.clone();
+        cap_status(&mut rec.event);
+        let bytes = to_json(&rec)?;
+        let new = Self::claim(&self.status, &status_key(dev, epoch, seq), &bytes)?;
+        if new {
+            let order = self.db.generate_id().map_err(err)?;
+            let entry = OrderEntry {
+                epoch,
+                seq,
+                size: bytes.len() as u64,
+                received_at: s.received_at,
+            };
+            self.status_order
+                .insert(order_key(dev, order), entry.encode())
+                .map_err(err)?;
+            self.add_usage(dev, 1, bytes.len() as i64)?;
+            self.prune_history(dev, s.received_at)?;
+        }
         let start = contiguous;
         while self
             .status
@@ -360,6 +679,43 @@ impl Store for SledStore {
 
     fn statuses_of(&self, device_id: &str) -> Result<Vec<StoredStatus>> {
         Self::all(self.status.scan_prefix(prefix(device_id)))
+    }
+
+    fn history_page(
+        &self,
+        device_id: &str,
+        before: Option<HistoryCursor>,
+        limit: usize,
+    ) -> Result<Page<StoredStatus, HistoryCursor>> {
+        let end = match before {
+            Some(o) => order_key(device_id, o),
+            None => prefix_end(device_id),
+        };
+        let start = prefix(device_id);
+        let mut items: Vec<(u64, StoredStatus)> = Vec::new();
+        let mut more = false;
+        for r in self.status_order.range(start.clone()..end).rev() {
+            let (k, v) = r.map_err(err)?;
+            let e = OrderEntry::decode(&v);
+            let Some(s) = Self::get(&self.status, status_key(device_id, e.epoch, e.seq))? else {
+                continue; // pruned meanwhile
+            };
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            items.push((be_u64(&k[start.len()..]), s));
+        }
+        let next = if more {
+            items.last().map(|(o, _)| *o)
+        } else {
+            None
+        };
+        items.reverse();
+        Ok(Page {
+            items: items.into_iter().map(|(_, s)| s).collect(),
+            next,
+        })
     }
 }
 
@@ -407,6 +763,224 @@ mod tests {
         let i = s.insert_status(&status("d", 9, 1)).unwrap();
         assert_eq!((i.new, i.contiguous), (true, 1));
         assert_eq!(s.ack_of("d").unwrap(), Some((9, 1)));
+    }
+
+    fn small(max_events: u64) -> Retention {
+        Retention {
+            max_events_per_device: max_events,
+            ..Retention::BUILT_IN
+        }
+    }
+
+    fn status_at(dev: &str, seq: u64, at: u64) -> StoredStatus {
+        StoredStatus {
+            received_at: at,
+            ..status(dev, 3, seq)
+        }
+    }
+
+    #[test]
+    fn history_keeps_at_most_the_configured_count_and_the_oldest_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open_with(dir.path(), small(5)).unwrap();
+        for seq in 1..=12 {
+            s.insert_status(&status_at("d", seq, 1000 + seq)).unwrap();
+        }
+        s.insert_status(&status_at("other", 1, 1)).unwrap();
+        let seqs: Vec<u64> = s
+            .statuses_of("d")
+            .unwrap()
+            .iter()
+            .map(|x| x.event.seq)
+            .collect();
+        assert_eq!(seqs, vec![8, 9, 10, 11, 12]);
+        assert_eq!(s.statuses_of("other").unwrap().len(), 1);
+        assert_eq!(s.ack_of("d").unwrap(), Some((3, 12)));
+        // A resend of a pruned event is a duplicate, not a new event.
+        let i = s.insert_status(&status_at("d", 2, 2000)).unwrap();
+        assert_eq!((i.new, i.contiguous), (false, 12));
+        assert_eq!(s.statuses_of("d").unwrap().len(), 5);
+    }
+
+    #[test]
+    fn history_drops_events_older_than_the_age_bound_and_bytes_beyond_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Retention {
+            max_events_per_device: 1000,
+            max_bytes_per_device: 1000,
+            max_age: std::time::Duration::from_secs(10),
+        };
+        let s = SledStore::open_with(dir.path(), r).unwrap();
+        s.insert_status(&status_at("d", 1, 1_000)).unwrap();
+        s.insert_status(&status_at("d", 2, 2_000)).unwrap();
+        // 20 s later: both are older than 10 s.
+        s.insert_status(&status_at("d", 3, 22_000)).unwrap();
+        let seqs: Vec<u64> = s
+            .statuses_of("d")
+            .unwrap()
+            .iter()
+            .map(|x| x.event.seq)
+            .collect();
+        assert_eq!(seqs, vec![3]);
+        // Each event is ~250 bytes: a 1,000 byte budget keeps the newest few.
+        for seq in 4..=20 {
+            s.insert_status(&status_at("d", seq, 22_000)).unwrap();
+        }
+        let kept = s.statuses_of("d").unwrap();
+        let bytes: usize = kept.iter().map(|x| to_json(x).unwrap().len()).sum();
+        assert!(bytes <= 1000, "{bytes}");
+        assert!(kept.len() >= 2 && kept.last().unwrap().event.seq == 20);
+    }
+
+    #[test]
+    fn stored_events_are_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let mut st = status("d", 1, 1);
+        st.event.detail = Some("x".repeat(100_000));
+        st.event.log_tail = vec!["y".repeat(100_000); 500];
+        s.insert_status(&st).unwrap();
+        let got = &s.statuses_of("d").unwrap()[0].event;
+        assert!(got.detail.as_ref().unwrap().len() <= MAX_DETAIL);
+        assert_eq!(got.log_tail.len(), MAX_LOG_TAIL_LINES);
+        assert!(got.log_tail.iter().all(|l| l.len() <= MAX_LOG_TAIL_LINE));
+    }
+
+    #[test]
+    fn history_pages_walk_every_event_once_newest_page_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        for seq in 1..=23 {
+            s.insert_status(&status("d", 1, seq)).unwrap();
+            s.insert_status(&status("d2", 1, seq)).unwrap();
+        }
+        let mut pages = Vec::new();
+        let mut cursor = None;
+        loop {
+            let p = s.history_page("d", cursor, 5).unwrap();
+            assert!(p.items.len() <= 5);
+            pages.push(p.items.iter().map(|x| x.event.seq).collect::<Vec<_>>());
+            match p.next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(pages[0], vec![19, 20, 21, 22, 23]);
+        let all: Vec<u64> = pages.into_iter().rev().flatten().collect();
+        assert_eq!(all, (1..=23).collect::<Vec<_>>());
+        assert_eq!(s.history_page("none", None, 5).unwrap().items.len(), 0);
+    }
+
+    fn deployment(id: &str, owner: &str, created_at: u64) -> DeploymentRecord {
+        DeploymentRecord {
+            id: id.into(),
+            owner: owner.into(),
+            deployer: owner.into(),
+            created_at,
+            finished_at: None,
+            git_ref: None,
+            commit: None,
+            strategy: Strategy::default(),
+            state: DeploymentState::Running,
+            reason: None,
+            targets: vec![],
+        }
+    }
+
+    #[test]
+    fn deployments_of_reads_only_the_owners_index_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        for i in 0..7u64 {
+            s.put_deployment(&deployment(&format!("a{i}"), "alice", 100 + i))
+                .unwrap();
+            s.put_deployment(&deployment(&format!("b{i}"), "bob", 100 + i))
+                .unwrap();
+        }
+        // Bob's records are corrupt: a list of Alice's would fail if it read them.
+        for i in 0..7u64 {
+            s.deployments
+                .insert(format!("b{i}"), b"not json".to_vec())
+                .unwrap();
+        }
+        let mut ids = Vec::new();
+        let mut after = None;
+        loop {
+            let p = s.deployments_of("alice", after.as_ref(), 3).unwrap();
+            assert!(p.items.len() <= 3);
+            ids.extend(p.items.iter().map(|d| d.id.clone()));
+            match p.next {
+                Some(c) => after = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(ids, ["a6", "a5", "a4", "a3", "a2", "a1", "a0"]);
+        assert!(s.deployments_of("bob", None, 3).is_err());
+        assert!(s.deployments_of("carol", None, 3).unwrap().items.is_empty());
+    }
+
+    #[test]
+    fn old_finished_deployments_are_pruned_when_the_owner_deploys_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Retention {
+            max_age: std::time::Duration::from_secs(60),
+            ..Retention::BUILT_IN
+        };
+        let s = SledStore::open_with(dir.path(), r).unwrap();
+        let now = hammer_protocol::now_ms();
+        let mut old = deployment("old", "alice", now - 600_000);
+        old.state = DeploymentState::Succeeded;
+        old.finished_at = Some(now - 500_000);
+        s.put_deployment(&old).unwrap();
+        let running = deployment("old-running", "alice", now - 500_000);
+        s.put_deployment(&running).unwrap();
+        let mut bobs = deployment("bobs", "bob", now - 600_000);
+        s.put_deployment(&bobs).unwrap();
+        bobs.state = DeploymentState::Failed;
+        bobs.finished_at = Some(now - 500_000);
+        s.put_deployment(&bobs).unwrap(); // an update prunes nothing
+        s.put_deployment(&deployment("new", "alice", now)).unwrap();
+        let ids: Vec<String> = s
+            .deployments_of("alice", None, 10)
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(ids, ["new", "old-running"]);
+        assert!(s.deployment("old").unwrap().is_none());
+        assert!(
+            s.deployment("bobs").unwrap().is_some(),
+            "only the deployer's own"
+        );
+    }
+
+    #[test]
+    fn indexes_are_built_for_records_stored_before_they_existed() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            s.insert_status(&status("d", 1, 1)).unwrap();
+            s.insert_status(&status("d", 1, 2)).unwrap();
+            s.put_deployment(&deployment("a0", "alice", 5)).unwrap();
+            // As an older version left it: no indexes, no markers.
+            for t in [
+                &s.status_order,
+                &s.status_usage,
+                &s.deployment_owner,
+                &s.meta,
+            ] {
+                t.clear().unwrap();
+            }
+            s.db.flush().unwrap();
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        let p = s.history_page("d", None, 10).unwrap();
+        assert_eq!(
+            p.items.iter().map(|x| x.event.seq).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        assert_eq!(s.deployments_of("alice", None, 10).unwrap().items.len(), 1);
     }
 
     #[test]
