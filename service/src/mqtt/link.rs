@@ -47,6 +47,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut failures = 0u32;
+    let presence = super::presence::PresenceQueue::start(svc.clone(), stop.clone());
     loop {
         let ev = tokio::select! {
             ev = eventloop.poll() => ev,
@@ -98,12 +99,8 @@ pub async fn run(
                             Err(mpsc::error::TrySendError::Closed(_)) => break,
                         }
                     }
-                    Channel::Presence => {
-                        let svc = svc.clone();
-                        tokio::spawn(async move {
-                            super::ingest::on_presence(&svc, &t.device_id, &p.payload).await
-                        });
-                    }
+                    // Coalesced per device, handled by a fixed pool: never a task per message.
+                    Channel::Presence => presence.offer(&t.device_id, &p.payload),
                     Channel::Health => super::ingest::on_health(&svc, &t.device_id, &p.payload),
                     Channel::Logs => super::ingest::on_logs(&svc, &t.device_id, &p.payload),
                     _ => {}
