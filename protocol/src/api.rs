@@ -367,6 +367,17 @@ pub struct DeploymentView {
     pub targets: Vec<DeploymentTargetView>,
 }
 
+// ---- pages ----
+
+/// Response header of a paged list (`GET /api/v1/devices/{name}/history`,
+/// `GET /api/v1/deployments`): pass its value as `cursor` to get the next (older) page. It is
+/// absent on the last page. The body stays a bare JSON array, as before pages existed.
+pub const NEXT_CURSOR_HEADER: &str = "next-cursor";
+/// Records in a page when the request names no `limit`.
+pub const DEFAULT_PAGE_LIMIT: u32 = 100;
+/// Most records in one page (`limit`).
+pub const MAX_PAGE_LIMIT: u32 = 1000;
+
 // ---- history and events ----
 
 /// One line of a device's history: a phase change with its deployment and deployer.

@@ -1,11 +1,95 @@
 //! Conversions from stored records (plus live state) to the API's views.
 
+use crate::api::errors::ApiError;
 use crate::live::Live;
-use crate::store::{DeploymentRecord, DeviceRecord, StoredStatus};
+use crate::store::{
+    cap_status, DeploymentCursor, DeploymentRecord, DeviceRecord, HistoryCursor, StoredStatus,
+};
 use hammer_protocol::api::{
     DeploymentTargetView, DeploymentView, DeviceView, HealthView, HistoryEntry, UserView,
+    DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT,
 };
 use hammer_protocol::Health;
+use serde::Deserialize;
+
+/// `?limit=&cursor=` of a paged list, as given (checked by [`PageParams::limit`] and the
+/// cursor parsers, so that a bad value gets the API's error body).
+#[derive(Debug, Default, Deserialize)]
+pub struct PageParams {
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+impl PageParams {
+    /// The page size: [`DEFAULT_PAGE_LIMIT`] unless given, 1 to [`MAX_PAGE_LIMIT`].
+    pub fn limit(&self) -> Result<usize, ApiError> {
+        let Some(l) = self.limit.as_deref().filter(|l| !l.is_empty()) else {
+            return Ok(DEFAULT_PAGE_LIMIT as usize);
+        };
+        match l.parse::<u32>() {
+            Ok(n) if (1..=MAX_PAGE_LIMIT).contains(&n) => Ok(n as usize),
+            _ => Err(ApiError::bad_request(format!(
+                "limit must be a number from 1 to {MAX_PAGE_LIMIT}, not {:?}",
+                crate::store::cut(l, 40)
+            ))),
+        }
+    }
+
+    fn cursor(&self) -> Option<&str> {
+        self.cursor.as_deref().filter(|c| !c.is_empty())
+    }
+
+    pub fn history_cursor(&self) -> Result<Option<HistoryCursor>, ApiError> {
+        self.cursor().map(decode_history_cursor).transpose()
+    }
+
+    pub fn deployment_cursor(&self) -> Result<Option<DeploymentCursor>, ApiError> {
+        self.cursor().map(decode_deployment_cursor).transpose()
+    }
+}
+
+fn bad_cursor(c: &str) -> ApiError {
+    ApiError::bad_request(format!(
+        "cursor {:?} is not one this list gave out; ask again without cursor to start from the newest",
+        crate::store::cut(c, 60)
+    ))
+}
+
+fn hex16(s: &str) -> Option<u64> {
+    (s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| u64::from_str_radix(s, 16).ok())
+        .flatten()
+}
+
+/// The opaque `cursor` for a device's history: `h` and 16 hex digits.
+pub fn encode_history_cursor(c: HistoryCursor) -> String {
+    format!("h{c:016x}")
+}
+
+pub fn decode_history_cursor(s: &str) -> Result<HistoryCursor, ApiError> {
+    s.strip_prefix('h')
+        .and_then(hex16)
+        .ok_or_else(|| bad_cursor(s))
+}
+
+/// The opaque `cursor` for a deployment list: `d`, 16 hex digits (created_at) and the id.
+pub fn encode_deployment_cursor(c: &DeploymentCursor) -> String {
+    format!("d{:016x}{}", c.created_at, c.id)
+}
+
+pub fn decode_deployment_cursor(s: &str) -> Result<DeploymentCursor, ApiError> {
+    let rest = s.strip_prefix('d').ok_or_else(|| bad_cursor(s))?;
+    let (t, id) = (rest.get(..16), rest.get(16..));
+    match (t.and_then(hex16), id) {
+        (Some(created_at), Some(id)) if hammer_protocol::validate_device_id(id).is_ok() => {
+            Ok(DeploymentCursor {
+                created_at,
+                id: id.to_owned(),
+            })
+        }
+        _ => Err(bad_cursor(s)),
+    }
+}
 
 pub fn user_view(u: &crate::store::UserRecord) -> UserView {
     UserView {
@@ -60,8 +144,23 @@ pub fn deployment_view(d: &DeploymentRecord) -> DeploymentView {
     }
 }
 
+/// A stored status event as a history line, within the store's caps ([`cap_status`]) also
+/// when it has not been stored (a live event).
 pub fn history_entry(s: &StoredStatus) -> HistoryEntry {
-    let e = &s.event;
+    let mut capped;
+    let mut e = &s.event;
+    if e.detail
+        .as_ref()
+        .is_some_and(|d| d.len() > crate::store::MAX_DETAIL)
+        || e.log_tail.len() > crate::store::MAX_LOG_TAIL_LINES
+        || e.log_tail
+            .iter()
+            .any(|l| l.len() > crate::store::MAX_LOG_TAIL_LINE)
+    {
+        capped = e.clone();
+        cap_status(&mut capped);
+        e = &capped;
+    }
     HistoryEntry {
         time: e.time,
         deployment_id: e.deployment_id.clone(),
@@ -84,5 +183,53 @@ pub fn health_view(h: &Health) -> HealthView {
         app_rss_kb: h.app_rss_kb,
         app_cpu_ms: h.app_cpu_ms,
         manager_version: h.manager_version.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_foreign_ones_are_refused() {
+        assert_eq!(
+            decode_history_cursor(&encode_history_cursor(42)).unwrap(),
+            42
+        );
+        let c = DeploymentCursor {
+            created_at: 1_700_000_000_000,
+            id: crate::ids::new_id(),
+        };
+        assert_eq!(
+            decode_deployment_cursor(&encode_deployment_cursor(&c)).unwrap(),
+            c
+        );
+        for bad in [
+            "",
+            "h12",
+            "hzzzzzzzzzzzzzzzz",
+            "d0000000000000001",
+            "d00000000000000001/../x",
+            "x",
+        ] {
+            assert!(decode_history_cursor(bad).is_err(), "{bad}");
+            assert!(decode_deployment_cursor(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn page_limit_defaults_and_refuses_out_of_range() {
+        let p = |l: &str| PageParams {
+            limit: Some(l.into()),
+            cursor: None,
+        };
+        assert_eq!(
+            PageParams::default().limit().unwrap(),
+            DEFAULT_PAGE_LIMIT as usize
+        );
+        assert_eq!(p("7").limit().unwrap(), 7);
+        for bad in ["0", "1001", "-1", "ten"] {
+            assert!(p(bad).limit().is_err(), "{bad}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Device actions: restart (a command), stop / start (a new generation with the run state),
 //! rollback (a new generation pinned to the previous successful commit), logs (recent lines;
-//! asking turns the device's log streaming on for a while) and history.
+//! asking turns the device's log streaming on for a while; lines are kept only while someone
+//! asks, see [`crate::live`]) and history (paged, newest page first; see [`history`]).
 
 use super::devices::owned_device;
 use super::errors::{ApiError, ApiResult};
@@ -8,11 +9,11 @@ use crate::auth::Caller;
 use crate::mqtt::publish::{send_command, set_desired};
 use crate::service::Service;
 use crate::store::DeviceRecord;
-use crate::views::history_entry;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use crate::views::{encode_history_cursor, history_entry, PageParams};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::Json;
-use hammer_protocol::api::{ActionAccepted, HistoryEntry, LogLines};
+use hammer_protocol::api::{ActionAccepted, HistoryEntry, LogLines, NEXT_CURSOR_HEADER};
 use hammer_protocol::{now_ms, CommandKind, DesiredState, RunState};
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,7 +155,13 @@ pub async fn logs(
                 }
                 tokio::time::sleep(Duration::from_millis(until - now)).await;
             }
-            let _ = send_command(&svc2, &id, CommandKind::Logs { on: false }).await;
+            // A request in between extends the watch: the next one spawns a new waiter.
+            if !svc2.live.end_log_watch(&id, now_ms()) {
+                return;
+            }
+            if let Err(e) = send_command(&svc2, &id, CommandKind::Logs { on: false }).await {
+                tracing::debug!(device = %id, "could not send logs off: {e:#}");
+            }
         });
     }
     Ok(Json(LogLines {
@@ -163,19 +170,42 @@ pub async fn logs(
     }))
 }
 
-/// `GET /api/v1/devices/{name}/history`: every stored phase change, oldest first.
+/// One page of a device's history: the newest `limit` events stored before `cursor`, oldest
+/// first, and the cursor of the next (older) page.
+pub fn history_page(
+    svc: &Service,
+    caller: &Caller,
+    name: &str,
+    q: &PageParams,
+) -> ApiResult<(Vec<HistoryEntry>, Option<String>)> {
+    let dev = owned_device(svc, caller, name)?;
+    let limit = q.limit()?;
+    let before = q.history_cursor()?;
+    let page = svc.store.history_page(&dev.id, before, limit)?;
+    Ok((
+        page.items.iter().map(history_entry).collect(),
+        page.next.map(encode_history_cursor),
+    ))
+}
+
+/// The `next-cursor` header of a paged answer (none on the last page).
+pub fn next_cursor_headers(next: Option<String>) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    if let Some(v) = next.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        h.insert(NEXT_CURSOR_HEADER, v);
+    }
+    h
+}
+
+/// `GET /api/v1/devices/{name}/history?limit=&cursor=`: stored phase changes in the order
+/// they were stored, a page at a time (newest page first, each page oldest first); the
+/// `next-cursor` header names the next, older, page.
 pub async fn history(
     State(svc): State<Arc<Service>>,
     caller: Caller,
     Path(name): Path<String>,
-) -> ApiResult<Json<Vec<HistoryEntry>>> {
-    let dev = owned_device(&svc, &caller, &name)?;
-    let mut v: Vec<HistoryEntry> = svc
-        .store
-        .statuses_of(&dev.id)?
-        .iter()
-        .map(history_entry)
-        .collect();
-    v.sort_by_key(|e| e.time);
-    Ok(Json(v))
+    Query(q): Query<PageParams>,
+) -> ApiResult<(HeaderMap, Json<Vec<HistoryEntry>>)> {
+    let (v, next) = history_page(&svc, &caller, &name, &q)?;
+    Ok((next_cursor_headers(next), Json(v)))
 }

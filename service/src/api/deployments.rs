@@ -8,9 +8,9 @@ use crate::auth::Caller;
 use crate::rollout::RolloutMsg;
 use crate::service::Service;
 use crate::store::{DeploymentRecord, DeviceRecord, TargetRecord};
-use crate::views::deployment_view;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use crate::views::{deployment_view, encode_deployment_cursor, PageParams};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use hammer_protocol::api::{
     CreateDeployment, DeploymentState, DeploymentView, Strategy, TargetState, Targets,
@@ -152,19 +152,33 @@ pub async fn create_deployment(
     Ok((StatusCode::CREATED, Json(deployment_view(&dep))))
 }
 
-/// `GET /api/v1/deployments`: the caller's, newest first.
+/// One page of the caller's deployments, newest first, and the cursor of the next page.
+/// Reads only the caller's records (the store's owner index).
+pub fn deployments_page(
+    svc: &Service,
+    caller: &Caller,
+    q: &PageParams,
+) -> ApiResult<(Vec<DeploymentView>, Option<String>)> {
+    let limit = q.limit()?;
+    let after = q.deployment_cursor()?;
+    let page = svc
+        .store
+        .deployments_of(&caller.user.id, after.as_ref(), limit)?;
+    Ok((
+        page.items.iter().map(deployment_view).collect(),
+        page.next.as_ref().map(encode_deployment_cursor),
+    ))
+}
+
+/// `GET /api/v1/deployments?limit=&cursor=`: the caller's, newest first, a page at a time;
+/// the `next-cursor` header names the next (older) page.
 pub async fn list_deployments(
     State(svc): State<Arc<Service>>,
     caller: Caller,
-) -> ApiResult<Json<Vec<DeploymentView>>> {
-    let mut v: Vec<DeploymentRecord> = svc
-        .store
-        .deployments()?
-        .into_iter()
-        .filter(|d| d.owner == caller.user.id)
-        .collect();
-    v.sort_by_key(|d| std::cmp::Reverse(d.created_at));
-    Ok(Json(v.iter().map(deployment_view).collect()))
+    Query(q): Query<PageParams>,
+) -> ApiResult<(HeaderMap, Json<Vec<DeploymentView>>)> {
+    let (v, next) = deployments_page(&svc, &caller, &q)?;
+    Ok((super::actions::next_cursor_headers(next), Json(v)))
 }
 
 /// The caller's deployment `id`, or 404.

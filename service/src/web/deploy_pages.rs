@@ -6,6 +6,7 @@ use super::html::{enc, esc, short, time, word};
 use super::{error_page, fragment, page, PageUser, PartQuery};
 use crate::api::{deployments, devices};
 use crate::service::Service;
+use crate::views::PageParams;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use hammer_protocol::api::{DeploymentState, DeploymentView, TargetState};
@@ -55,9 +56,10 @@ pub async fn deployments(
     State(svc): State<Arc<Service>>,
     PageUser(c): PageUser,
     Query(part): Query<PartQuery>,
+    Query(pg): Query<PageParams>,
 ) -> Response {
-    let list = match deployments::list_deployments(State(svc), c.clone()).await {
-        Ok(axum::Json(l)) => l,
+    let (list, older) = match deployments::deployments_page(&svc, &c, &pg) {
+        Ok(l) => l,
         Err(e) => return error_page(Some(&c), e),
     };
     let rows = deployment_rows(&list);
@@ -67,7 +69,13 @@ pub async fn deployments(
     let body = format!(
         r#"<h1>Deployments</h1><p><a class="button" href="/deployments/new">New deployment</a></p>
 <table id="deployments" class="list"><thead><tr><th scope="col">Deployment</th><th scope="col">State</th><th scope="col">Progress</th><th scope="col">Ref</th><th scope="col">Commit</th><th scope="col">Started</th></tr></thead>
-<tbody data-live="/deployments?part=rows">{rows}</tbody></table>"#
+<tbody{live}>{rows}</tbody></table>{nav}"#,
+        live = if pg.cursor.is_some() {
+            ""
+        } else {
+            " data-live=\"/deployments?part=rows\""
+        },
+        nav = super::pages::page_nav("/deployments", pg.cursor.is_some(), older.as_deref()),
     );
     page(&c, "Deployments", Some("/api/v1/events"), &body)
 }

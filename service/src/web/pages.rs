@@ -12,6 +12,7 @@ use serde::Deserialize;
 use std::sync::Arc;
 
 use crate::service::Service;
+use crate::views::PageParams;
 
 /// The sign-in page, with an error message after a failed attempt.
 pub fn login_html(error: Option<&str>) -> Html<String> {
@@ -202,13 +203,31 @@ fn device_state(d: &DeviceView) -> String {
     )
 }
 
+/// Links under a paged list: back to the newest page when on an older one, and to the next
+/// older page when there is one.
+pub fn page_nav(base: &str, on_older: bool, older: Option<&str>) -> String {
+    let mut links = Vec::new();
+    if on_older {
+        links.push(format!("<a href=\"{base}\" id=\"newest\">Newest</a>"));
+    }
+    if let Some(c) = older {
+        links.push(format!(
+            "<a href=\"{base}?cursor={}\" id=\"older\" rel=\"next\">Older</a>",
+            enc(c)
+        ));
+    }
+    if links.is_empty() {
+        return String::new();
+    }
+    format!("<p class=\"pager\">{}</p>", links.join(" · "))
+}
+
 fn history_rows(h: &[HistoryEntry]) -> String {
     if h.is_empty() {
         return "<tr><td colspan=\"6\">Nothing yet.</td></tr>".into();
     }
     h.iter()
         .rev()
-        .take(200)
         .map(|e| {
             let dep = match &e.deployment_id {
                 Some(id) => format!(
@@ -237,6 +256,7 @@ pub async fn device(
     PageUser(c): PageUser,
     Path(name): Path<String>,
     Query(part): Query<PartQuery>,
+    Query(pg): Query<PageParams>,
 ) -> Response {
     let d = match devices::show_device(State(svc.clone()), c.clone(), Path(name.clone())).await {
         Ok(axum::Json(d)) => d,
@@ -247,8 +267,8 @@ pub async fn device(
         Some("history") | None => {}
         Some(_) => return fragment(String::new()),
     }
-    let hist = match actions::history(State(svc.clone()), c.clone(), Path(name.clone())).await {
-        Ok(axum::Json(h)) => h,
+    let (hist, older) = match actions::history_page(&svc, &c, &name, &pg) {
+        Ok(h) => h,
         Err(e) => return error_page(Some(&c), e),
     };
     if part.part.is_some() {
@@ -274,7 +294,7 @@ pub async fn device(
 {restart}{stop}{start}{rollback}</div></section>
 <section class="card"><h2>History</h2>
 <table id="history" class="list"><thead><tr><th scope="col">Time</th><th scope="col">Phase</th><th scope="col">Commit</th><th scope="col">Deployment</th><th scope="col">By</th><th scope="col">Detail</th></tr></thead>
-<tbody data-live="/devices/{u}?part=history">{hist}</tbody></table></section>
+<tbody{live}>{hist}</tbody></table>{nav}</section>
 <section class="card"><h2>Logs</h2>
 <pre id="logs" class="logs" data-device="{n}" data-logs="/api/v1/devices/{u}/logs" tabindex="0" aria-label="Recent and live log lines">{logs}</pre></section>"#,
         state = device_state(&d),
@@ -291,6 +311,16 @@ pub async fn device(
             &format!("Roll {} back to its previous release?", d.name)
         ),
         hist = history_rows(&hist),
+        live = if pg.cursor.is_some() {
+            String::new()
+        } else {
+            format!(" data-live=\"/devices/{u}?part=history\"")
+        },
+        nav = page_nav(
+            &format!("/devices/{u}"),
+            pg.cursor.is_some(),
+            older.as_deref()
+        ),
         logs = logs.iter().map(|l| esc(l) + "\n").collect::<String>(),
     );
     let events = format!("/api/v1/events?device={u}");
