@@ -4,7 +4,9 @@
 use super::config::Conn;
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::StreamExt;
-use hammer_protocol::api::{ErrorBody, Event};
+use hammer_protocol::api::{
+    ErrorBody, Event, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, NEXT_CURSOR_HEADER,
+};
 use reqwest::{Method, StatusCode};
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
@@ -19,6 +21,27 @@ pub struct Client {
     http: reqwest::Client,
     url: String,
     token: Option<String>,
+}
+
+/// `--limit N` and `--all` of a command that lists a paged collection.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PageArgs {
+    /// Show at most N records (the newest; 1 to 1000, default 100)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=MAX_PAGE_LIMIT as i64))]
+    pub limit: Option<u32>,
+    /// Show every record, fetching page after page (N at a time)
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// What [`Client::get_list`] fetched.
+#[derive(Debug)]
+pub struct Listed<T> {
+    /// The records as the service sent them (a JSON array), for `--json`.
+    pub raw: Value,
+    pub items: Vec<T>,
+    /// More (older) records exist than were fetched.
+    pub more: bool,
 }
 
 /// A request that could not reach the service (as opposed to an answer that says no).
@@ -91,6 +114,17 @@ impl Client {
         query: &[(&str, &str)],
         body: Option<&B>,
     ) -> Result<Value> {
+        Ok(self.send_full(method, path, query, body).await?.0)
+    }
+
+    /// [`Client::send`], with the answer's `next-cursor` header (paged lists).
+    async fn send_full<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&B>,
+    ) -> Result<(Value, Option<String>)> {
         let token = self.token()?;
         let mut req = self
             .http
@@ -105,19 +139,26 @@ impl Client {
         }
         let resp = req.send().await.map_err(|e| self.unreachable(e))?;
         let status = resp.status();
+        let next = resp
+            .headers()
+            .get(NEXT_CURSOR_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned);
         let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
         if !status.is_success() {
             return Err(self.refusal(status, &bytes));
         }
         if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Value::Null);
+            return Ok((Value::Null, next));
         }
-        serde_json::from_slice(&bytes).map_err(|e| {
+        let v = serde_json::from_slice(&bytes).map_err(|e| {
             anyhow!(
                 "the service answered {method} {path} with something that is not JSON ({e}); is {} a Hammer service?",
                 self.url
             )
-        })
+        })?;
+        Ok((v, next))
     }
 
     /// `GET` returning both the raw JSON (for `--json`) and the typed body.
@@ -129,6 +170,48 @@ impl Client {
         let v = self.send::<()>(Method::GET, path, query, None).await?;
         let t = typed(&v, path)?;
         Ok((v, t))
+    }
+
+    /// A paged list (`GET` with `limit` and `cursor`): the first page, or every page with
+    /// `all`, following `next-cursor`. The service gives newest pages first; with
+    /// `chronological` each page is oldest first and older pages are put in front (history),
+    /// otherwise pages are appended (newest first overall, deployments).
+    pub async fn get_list<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        page: &PageArgs,
+        chronological: bool,
+    ) -> Result<Listed<T>> {
+        let limit = page.limit.unwrap_or(DEFAULT_PAGE_LIMIT).to_string();
+        let mut pages: Vec<Vec<Value>> = Vec::new();
+        let mut cursor: Option<String> = None;
+        let mut seen = std::collections::HashSet::new();
+        let more = loop {
+            let mut q = vec![("limit", limit.as_str())];
+            if let Some(c) = &cursor {
+                q.push(("cursor", c.as_str()));
+            }
+            let (v, next) = self.send_full::<()>(Method::GET, path, &q, None).await?;
+            let items: Vec<Value> = typed(&v, path)?;
+            pages.push(items);
+            match next {
+                Some(n) if page.all => {
+                    if !seen.insert(n.clone()) {
+                        bail!("the service repeated a page cursor for {path}; try again without --all");
+                    }
+                    cursor = Some(n);
+                }
+                Some(_) => break true,
+                None => break false,
+            }
+        };
+        if chronological {
+            pages.reverse();
+        }
+        let raw: Vec<Value> = pages.into_iter().flatten().collect();
+        let raw = Value::Array(raw);
+        let items = typed(&raw, path)?;
+        Ok(Listed { raw, items, more })
     }
 
     /// `POST` with a JSON body.

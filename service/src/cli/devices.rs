@@ -1,7 +1,7 @@
 //! Device commands: `device add|list|show|history|remove`, `setup`, and the app actions
 //! `restart|stop|start|rollback`.
 
-use super::client::Client;
+use super::client::{Client, Listed, PageArgs};
 use super::config::Conn;
 use super::output::{self, ago, fmt_time, or_dash, safe, short_commit, wire_name, Table};
 use super::{check_name, tag_string, DeviceCmd, SetupArgs};
@@ -192,12 +192,27 @@ async fn show(conn: &Conn, name: &str, json: bool) -> Result<()> {
 }
 
 async fn history(conn: &Conn, name: &str, json: bool) -> Result<()> {
+    history_paged(conn, name, &PageArgs::default(), json).await
+}
+
+/// `hammer device history NAME [--limit N] [--all]`: the newest events (100 unless
+/// `--limit`), or every kept event with `--all`, oldest first.
+pub async fn history_paged(conn: &Conn, name: &str, page: &PageArgs, json: bool) -> Result<()> {
     check_name(name)?;
     let client = Client::new(conn)?;
-    let (v, entries): (_, Vec<HistoryEntry>) =
-        client.get(&format!("/devices/{name}/history"), &[]).await?;
+    let listed: Listed<HistoryEntry> = client
+        .get_list(&format!("/devices/{name}/history"), page, true)
+        .await?;
+    if listed.more {
+        eprintln!(
+            "showing the newest {} events of {}; pass --all for every kept one, or --limit N",
+            listed.items.len(),
+            safe(name)
+        );
+    }
+    let entries = listed.items;
     if json {
-        output::print_json(&v);
+        output::print_json(&listed.raw);
         return Ok(());
     }
     if entries.is_empty() {
