@@ -1,0 +1,102 @@
+//! Issue 13, logs: a device's log lines are kept only while someone watches it, and then
+//! within the per-line and per-device caps. A real service, a simulated device over mTLS,
+//! real HTTP.
+
+mod common;
+
+use common::{Behavior, Harness, SimDevice};
+use hammer_protocol::topics::topic;
+use hammer_protocol::{encode, now_ms, Channel, LogBatch, PROTOCOL_VERSION};
+use hammer_service::live::{MAX_LOG_BYTES, MAX_LOG_LINE};
+use hammer_service::store::CUT_MARKER;
+use reqwest::StatusCode;
+use rumqttc::QoS;
+use serde_json::json;
+use std::time::Duration;
+
+async fn send_logs(dev: &SimDevice, lines: Vec<String>) {
+    let batch = LogBatch {
+        v: PROTOCOL_VERSION,
+        time: now_ms(),
+        lines,
+    };
+    dev.client
+        .publish(
+            topic(&dev.id, Channel::Logs),
+            QoS::AtLeastOnce,
+            false,
+            encode(&batch).unwrap(),
+        )
+        .await
+        .unwrap();
+}
+
+/// A counter from `/metrics`.
+async fn metric(h: &Harness, name: &str) -> u64 {
+    let (_, v) = h.get("/metrics", &h.admin).await;
+    let text = v.as_str().unwrap_or_default().to_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics: {text}"))
+}
+
+/// Waits until the service has taken in `n` log batches in all (10 s).
+async fn wait_batches(h: &Harness, n: u64) {
+    for _ in 0..200 {
+        if metric(h, "hammer_log_batches_total").await >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the service never took in {n} log batches");
+}
+
+async fn lines(h: &Harness, token: &str, name: &str) -> Vec<String> {
+    let (s, v) = h.get(&format!("/api/v1/devices/{name}/logs"), token).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    serde_json::from_value(v["lines"].clone()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn log_lines_of_an_unwatched_device_are_dropped_and_watched_ones_are_kept_within_caps() {
+    let h = Harness::start().await;
+    let t = h.user("alice").await;
+    let dev = h
+        .ready_device("alice", &t, "pi", json!({}), Behavior::Succeed)
+        .await;
+    let base = metric(&h, "hammer_log_batches_total").await;
+
+    // Nobody watches: 3 MB of output (a device that ignores `logs off`) leaves nothing kept.
+    for i in 0..50 {
+        send_logs(
+            &dev,
+            vec![format!("unwatched {i} {}", "u".repeat(3000)); 20],
+        )
+        .await;
+    }
+    wait_batches(&h, base + 50).await;
+    assert!(
+        lines(&h, &t, "pi").await.is_empty(),
+        "lines that arrived while nobody watched were kept"
+    );
+
+    // That request is a watch: lines are kept now, a long one cut with the marker.
+    send_logs(&dev, vec!["x".repeat(10 * MAX_LOG_LINE), "hello".into()]).await;
+    wait_batches(&h, base + 51).await;
+    let kept = lines(&h, &t, "pi").await;
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(kept[0].len() <= MAX_LOG_LINE && kept[0].ends_with(CUT_MARKER));
+    assert_eq!(kept[1], "hello");
+
+    // 12 MB while watched: the device's kept lines stay within the ring, newest last.
+    for i in 0..200 {
+        send_logs(&dev, vec![format!("watched {i} {}", "w".repeat(3000)); 20]).await;
+    }
+    wait_batches(&h, base + 251).await;
+    let kept = lines(&h, &t, "pi").await;
+    let bytes: usize = kept.iter().map(String::len).sum();
+    assert!(bytes <= MAX_LOG_BYTES, "{bytes} bytes kept");
+    assert!(kept.len() > 10, "{} lines kept", kept.len());
+    assert!(kept.last().unwrap().starts_with("watched 199 "));
+    assert!(!kept.iter().any(|l| l.starts_with("unwatched")));
+}
