@@ -2,6 +2,63 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// Bounds of each HTTP listener ([`crate::http::serve`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// A request whose head (request line and headers) is not complete this long after the
+    /// server started waiting for it is closed; this also ends idle keep-alive connections
+    /// (`--http-header-timeout`, default 10 s).
+    pub header_read_timeout: Duration,
+    /// A connection waiting on its client (no request being handled, or a request body
+    /// stalled) with no byte moving either way for this long is closed
+    /// (`--http-idle-timeout`, default 60 s). Event streams send a comment at least every
+    /// quarter of it, so a reading client keeps its stream.
+    pub idle_timeout: Duration,
+    /// Open connections per listener; `None` sizes it from the open-file limit
+    /// ([`crate::limits::http_connection_cap`]) (`--max-http-connections`).
+    pub max_connections: Option<usize>,
+    /// Open connections per source IP address per listener (`--max-http-connections-per-address`,
+    /// default 64).
+    pub max_connections_per_address: usize,
+    /// Time allowed for a TLS handshake (10 s).
+    pub handshake_timeout: Duration,
+    /// On shutdown, how long requests in flight may take to finish (10 s).
+    pub shutdown_grace: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> HttpLimits {
+        HttpLimits {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: None,
+            max_connections_per_address: 64,
+            handshake_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Per-user quotas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quotas {
+    /// Devices one user may own (`--max-devices-per-user`, default 10,000).
+    pub max_devices_per_user: u64,
+    /// Event streams (`GET /api/v1/events`) one user may have open at once
+    /// (`--max-streams-per-user`, default 16).
+    pub max_streams_per_user: usize,
+}
+
+impl Default for Quotas {
+    fn default() -> Quotas {
+        Quotas {
+            max_devices_per_user: 10_000,
+            max_streams_per_user: 16,
+        }
+    }
+}
 
 /// How the HTTP listener serves TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +88,14 @@ pub struct ServeConfig {
     pub broker_url: Option<String>,
     /// Serve HTTPS instead of HTTP.
     pub http_tls: Option<HttpTls>,
+    /// Connection bounds of every HTTP listener.
+    pub http_limits: HttpLimits,
+    /// Per-user quotas.
+    pub quotas: Quotas,
+    /// A file holding the bearer token `/metrics` requires (none: `/metrics` is open).
+    pub metrics_token_file: Option<PathBuf>,
+    /// Serve `/metrics` (and `/healthz`) on this address only, instead of on the API's.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServeConfig {
@@ -45,6 +110,10 @@ impl ServeConfig {
             public_host: None,
             broker_url: None,
             http_tls: None,
+            http_limits: HttpLimits::default(),
+            quotas: Quotas::default(),
+            metrics_token_file: None,
+            metrics_listen: None,
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod config;
 pub mod http;
 pub mod ids;
 pub mod init;
+pub mod limits;
 pub mod live;
 pub mod metrics;
 pub mod mqtt;
@@ -26,7 +27,7 @@ pub mod store;
 pub mod views;
 pub mod web;
 
-pub use config::{BrokerUrl, HttpTls, ServeConfig};
+pub use config::{BrokerUrl, HttpLimits, HttpTls, Quotas, ServeConfig};
 
 use anyhow::Context;
 use hammer_broker::{Broker, BrokerConfig, BrokerHandle};
@@ -56,6 +57,10 @@ pub struct RunningService {
     pub enroll_addr: SocketAddr,
     /// `https://host:port` of the enrollment listener, as printed in enroll lines.
     pub enroll_url: String,
+    /// Where `/metrics` is served on its own (`--metrics-listen`), if it is.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The connection bounds each HTTP listener applies.
+    pub http_limits: http::ConnLimits,
     /// The admin token (also in `DIR/admin.token`).
     pub admin_token: String,
     /// `mqtts://host:port` handed to devices.
@@ -211,6 +216,26 @@ async fn ensure_admin(store: &dyn Store, dir: &Path) -> anyhow::Result<String> {
     Ok(token.token)
 }
 
+/// Reads the `/metrics` bearer token from `path`; returns its hash.
+fn read_metrics_token(path: &Path) -> anyhow::Result<String> {
+    let t = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read the metrics token file {} (--metrics-token-file); write a token into it, e.g. `openssl rand -hex 32 > {}`",
+            path.display(),
+            path.display()
+        )
+    })?;
+    let t = t.trim();
+    if t.is_empty() {
+        anyhow::bail!(
+            "the metrics token file {} (--metrics-token-file) is empty; write a token into it, e.g. `openssl rand -hex 32 > {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(ids::hash_token(t))
+}
+
 /// Starts everything in background tasks: data dir, store, broker (unless `broker_url`),
 /// MQTT link, ingestion, rollout engine and the HTTP API. Ports may be 0.
 pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
@@ -218,8 +243,30 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
     let dir = cfg.data_dir.clone();
     let material = init::load_or_create(&dir, cfg.public_host.as_deref(), cfg.mqtt)
         .with_context(|| format!("cannot initialise the data dir {}", dir.display()))?;
-    let store: Arc<dyn Store> = Arc::new(open_store(&dir.join("store")).await?);
-    let admin_token = ensure_admin(store.as_ref(), &dir).await?;
+    let sled: Arc<dyn Store> = Arc::new(open_store(&dir.join("store")).await?);
+    let admin_token = ensure_admin(sled.as_ref(), &dir).await?;
+    // Counted once here, then as records are written: `/metrics` never scans the store.
+    let (counting, gauges) = metrics::CountingStore::wrap(sled)
+        .context("cannot count the devices and deployments in the store")?;
+    let store: Arc<dyn Store> = Arc::new(counting);
+    let metrics_token_hash = match &cfg.metrics_token_file {
+        None => None,
+        Some(path) => Some(read_metrics_token(path)?),
+    };
+    let nofile = limits::nofile_soft();
+    let conn_limits = http::ConnLimits::resolve(&cfg.http_limits, nofile);
+    tracing::info!(
+        open_files = nofile
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "unknown".into()),
+        max_connections = conn_limits.max_connections,
+        max_connections_per_address = conn_limits.max_connections_per_address,
+        header_read_timeout_ms = conn_limits.header_read_timeout.as_millis() as u64,
+        idle_timeout_ms = conn_limits.idle_timeout.as_millis() as u64,
+        max_devices_per_user = cfg.quotas.max_devices_per_user,
+        max_streams_per_user = cfg.quotas.max_streams_per_user,
+        "HTTP connection bounds (per listener) and per-user quotas"
+    );
 
     let (broker, target, mqtt_addr, device_broker_url) = match &cfg.broker_url {
         Some(url) => {
@@ -290,6 +337,13 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
     let (rollout_tx, rollout_rx) = mpsc::channel(64 * 1024);
     let (status_tx, status_rx) = mpsc::channel(128 * 1024);
     let (hub, _) = broadcast::channel(4096);
+    let api_stats = http::ListenerStats::new("api");
+    let enroll_stats = http::ListenerStats::new("enroll");
+    let metrics_stats = cfg
+        .metrics_listen
+        .map(|_| http::ListenerStats::new("metrics"));
+    let mut listeners = vec![api_stats.clone(), enroll_stats.clone()];
+    listeners.extend(metrics_stats.clone());
     let init::Material {
         ca,
         ca_pem,
@@ -316,6 +370,14 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
         enroll_limiter: Default::default(),
         shutdown: stop_rx.clone(),
         sessions: web::session::Sessions::new(cfg.http_tls.is_some()),
+        gauges,
+        quotas: cfg.quotas.clone(),
+        streams: service::StreamSlots::new(cfg.quotas.max_streams_per_user),
+        device_insert: Default::default(),
+        metrics_token_hash,
+        metrics_elsewhere: cfg.metrics_listen.is_some(),
+        sse_keep_alive: http::sse_keep_alive(conn_limits.idle_timeout),
+        listeners,
     });
 
     let mut tasks = Vec::new();
@@ -349,10 +411,10 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
     )
     .context("cannot build the enrollment listener's TLS configuration")?;
     let enroll_app = api::enroll_router(svc.clone());
-    let stop = stop_rx.clone();
+    let (stop, limits) = (stop_rx.clone(), conn_limits.clone());
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = http::serve(enroll_tcp, Some(Arc::new(enroll_tls)), enroll_app, stop).await
-        {
+        let tls = Some(Arc::new(enroll_tls));
+        if let Err(e) = http::serve(enroll_tcp, tls, enroll_app, stop, limits, enroll_stats).await {
             tracing::error!(error = %e, "enrollment listener failed");
         }
     }));
@@ -377,12 +439,30 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
         .with_context(|| format!("cannot listen on {} for HTTP", cfg.http))?;
     let http_addr = tcp.local_addr()?;
     let app = api::router(svc.clone());
-    let stop = stop_rx.clone();
+    let (stop, limits) = (stop_rx.clone(), conn_limits.clone());
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = http::serve(tcp, tls.map(Arc::new), app, stop).await {
+        if let Err(e) = http::serve(tcp, tls.map(Arc::new), app, stop, limits, api_stats).await {
             tracing::error!(error = %e, "HTTP server failed");
         }
     }));
+    let metrics_addr = match (cfg.metrics_listen, metrics_stats) {
+        (Some(addr), Some(stats)) => {
+            let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} for metrics (--metrics-listen)")
+            })?;
+            let local = tcp.local_addr()?;
+            let app = api::metrics_router(svc.clone());
+            let (stop, limits) = (stop_rx.clone(), conn_limits.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = http::serve(tcp, None, app, stop, limits, stats).await {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            }));
+            tracing::info!(%local, "metrics served on their own address");
+            Some(local)
+        }
+        _ => None,
+    };
     drop(svc);
     tracing::info!(%http_addr, %mqtt_addr, %enroll_addr, "service started");
     Ok(RunningService {
@@ -390,6 +470,8 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
         mqtt_addr,
         enroll_addr,
         enroll_url,
+        metrics_addr,
+        http_limits: conn_limits,
         admin_token,
         device_broker_url,
         https,

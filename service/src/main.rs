@@ -10,6 +10,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// Hammer IoT: deploy git repositories to fleets of small Linux devices.
 #[derive(Debug, Parser)]
@@ -72,6 +73,32 @@ struct ServeArgs {
     /// Private key of --tls-cert (PEM)
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Open connections per HTTP listener (default: a quarter of the open-file limit left
+    /// after a reserve, at most 1024); more are closed at once
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_http_connections: Option<u64>,
+    /// Open connections per source IP address per HTTP listener; more are closed at once
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_http_connections_per_address: u64,
+    /// Seconds a client has to send a request's head (also ends idle keep-alive connections)
+    #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    http_header_timeout: u64,
+    /// Seconds a connection may stay silent (no request in progress, no byte either way)
+    #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    http_idle_timeout: u64,
+    /// Devices one user may own
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    max_devices_per_user: u64,
+    /// Event streams (dashboard tabs, `hammer logs -f`, `hammer deploy --wait`) one user may
+    /// have open at once
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    max_streams_per_user: u64,
+    /// Require `Authorization: Bearer TOKEN` on /metrics, TOKEN being this file's content
+    #[arg(long, value_name = "FILE")]
+    metrics_token_file: Option<PathBuf>,
+    /// Serve /metrics (and /healthz) on this address instead of the API's
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -133,9 +160,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// Raises the soft open-file limit to the hard one (each device and HTTP connection is a
+/// descriptor); returns the limit in force.
+fn raise_nofile() -> u64 {
+    match hammer_service::limits::raise_nofile() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit; raise `ulimit -n` (LimitNOFILE= under systemd) if connections are refused");
+            hammer_service::limits::nofile_soft().unwrap_or(1024)
+        }
+    }
+}
+
 async fn run(parsed: Cli) -> Result<()> {
     match parsed.command {
         Command::Serve(a) => {
+            let nofile = raise_nofile();
+            tracing::info!(open_files = nofile, "open-file limit");
             let mut cfg = hammer_service::ServeConfig::new(a.data_dir);
             cfg.http = a.http;
             cfg.mqtt = a.mqtt;
@@ -147,9 +188,27 @@ async fn run(parsed: Cli) -> Result<()> {
                 (true, _, _) => Some(hammer_service::HttpTls::FleetCa),
                 _ => None,
             };
+            let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+            cfg.http_limits = hammer_service::HttpLimits {
+                header_read_timeout: Duration::from_secs(a.http_header_timeout),
+                idle_timeout: Duration::from_secs(a.http_idle_timeout),
+                max_connections: a.max_http_connections.map(to_usize),
+                max_connections_per_address: to_usize(a.max_http_connections_per_address),
+                ..Default::default()
+            };
+            cfg.quotas = hammer_service::Quotas {
+                max_devices_per_user: a.max_devices_per_user,
+                max_streams_per_user: to_usize(a.max_streams_per_user),
+            };
+            cfg.metrics_token_file = a.metrics_token_file;
+            cfg.metrics_listen = a.metrics_listen;
             hammer_service::run(cfg).await
         }
-        Command::Broker(a) => hammer_service::run_broker(a.data_dir, a.listen).await,
+        Command::Broker(a) => {
+            let nofile = raise_nofile();
+            tracing::info!(open_files = nofile, "open-file limit");
+            hammer_service::run_broker(a.data_dir, a.listen).await
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "hammer", &mut std::io::stdout());
             Ok(())
@@ -196,5 +255,44 @@ mod tests {
         assert!(Cli::try_parse_from(["hammer", "device", "add", "d1", "--tag", "nope"]).is_err());
         assert!(Cli::try_parse_from(["hammer", "logs", "d1", "-f"]).is_ok());
         assert!(Cli::try_parse_from(["hammer", "completions", "bash"]).is_ok());
+    }
+
+    #[test]
+    fn serve_limits_have_defaults_and_flags() {
+        let c = Cli::try_parse_from(["hammer", "serve"]).unwrap();
+        let Command::Serve(a) = c.command else {
+            panic!("not serve");
+        };
+        assert_eq!(
+            (a.max_devices_per_user, a.max_streams_per_user),
+            (10_000, 16)
+        );
+        assert_eq!((a.http_header_timeout, a.http_idle_timeout), (10, 60));
+        assert_eq!(
+            (a.max_http_connections, a.max_http_connections_per_address),
+            (None, 64)
+        );
+        let c = Cli::try_parse_from([
+            "hammer",
+            "serve",
+            "--max-devices-per-user",
+            "5",
+            "--max-streams-per-user",
+            "2",
+            "--max-http-connections",
+            "100",
+            "--metrics-token-file",
+            "/tmp/t",
+            "--metrics-listen",
+            "127.0.0.1:9100",
+        ])
+        .unwrap();
+        let Command::Serve(a) = c.command else {
+            panic!("not serve");
+        };
+        assert_eq!((a.max_devices_per_user, a.max_streams_per_user), (5, 2));
+        assert_eq!(a.max_http_connections, Some(100));
+        assert!(a.metrics_listen.is_some() && a.metrics_token_file.is_some());
+        assert!(Cli::try_parse_from(["hammer", "serve", "--max-http-connections", "0"]).is_err());
     }
 }

@@ -1,15 +1,17 @@
 //! The shared state every part of the running service works on: store, keys, broker handle,
 //! MQTT client, live device state, the event hub and the rollout engine's inbox.
 
+use crate::config::Quotas;
 use crate::live::Live;
-use crate::metrics::Counters;
+use crate::metrics::{Counters, Gauges};
 use crate::rollout::RolloutMsg;
 use crate::store::Store;
 use hammer_broker::BrokerHandle;
 use hammer_certs::{Ca, RevocationList};
 use hammer_protocol::api::Event;
 use hammer_protocol::signing::SigningKeyPair;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc};
 
 /// One event for the `/api/v1/events` stream, with what the stream filters on.
@@ -46,6 +48,85 @@ pub struct Service {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Browser sessions of the web UI ([`crate::web::session`]).
     pub sessions: crate::web::session::Sessions,
+    /// What the store holds, counted as it changes (for `/metrics` and quotas).
+    pub gauges: Arc<Gauges>,
+    /// Per-user quotas.
+    pub quotas: Quotas,
+    /// Event streams open, by user (`--max-streams-per-user`).
+    pub streams: StreamSlots,
+    /// Held across a device quota check and the insert, so the quota is exact.
+    pub device_insert: std::sync::Mutex<()>,
+    /// SHA-256 (hex) of the bearer token `/metrics` requires, if any.
+    pub metrics_token_hash: Option<String>,
+    /// Whether `/metrics` is served on its own address (`--metrics-listen`) instead.
+    pub metrics_elsewhere: bool,
+    /// How often event streams send a keep-alive comment ([`crate::http::sse_keep_alive`]).
+    pub sse_keep_alive: std::time::Duration,
+    /// Counters of the HTTP listeners, rendered in `/metrics`.
+    pub listeners: Vec<Arc<crate::http::ListenerStats>>,
+}
+
+/// Open event streams per user, at most `max` each.
+#[derive(Debug)]
+pub struct StreamSlots {
+    max: usize,
+    open: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One open stream; given back when dropped (the client went away or the service stops).
+#[derive(Debug)]
+pub struct StreamSlot {
+    open: Arc<Mutex<HashMap<String, usize>>>,
+    user: String,
+}
+
+impl StreamSlots {
+    pub fn new(max: usize) -> StreamSlots {
+        StreamSlots {
+            max,
+            open: Default::default(),
+        }
+    }
+
+    /// The most streams one user may have open.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// A slot for one more stream of `user`, or `None` at the quota.
+    pub fn try_open(&self, user: &str) -> Option<StreamSlot> {
+        let mut g = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = g.entry(user.to_owned()).or_insert(0);
+        if *n >= self.max {
+            if *n == 0 {
+                g.remove(user);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot {
+            open: self.open.clone(),
+            user: user.to_owned(),
+        })
+    }
+
+    /// Streams `user` has open.
+    pub fn open_of(&self, user: &str) -> usize {
+        let g = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        g.get(user).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut g = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = g.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                g.remove(&self.user);
+            }
+        }
+    }
 }
 
 impl Service {
@@ -69,5 +150,30 @@ impl Service {
             deployment,
             event,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_slots_stop_at_the_quota_and_free_on_drop() {
+        let slots = StreamSlots::new(2);
+        let a = slots.try_open("alice").unwrap();
+        let _b = slots.try_open("alice").unwrap();
+        assert!(slots.try_open("alice").is_none());
+        // Another user has their own quota.
+        let _c = slots.try_open("bob").unwrap();
+        drop(a);
+        assert_eq!(slots.open_of("alice"), 1);
+        assert!(slots.try_open("alice").is_some());
+    }
+
+    #[test]
+    fn a_zero_stream_quota_refuses_every_stream() {
+        let slots = StreamSlots::new(0);
+        assert!(slots.try_open("alice").is_none());
+        assert_eq!(slots.open_of("alice"), 0);
     }
 }

@@ -74,6 +74,26 @@ pub fn new_device(
     }
 }
 
+/// Inserts `dev` unless its owner is at `--max-devices-per-user` (429 with the limit and
+/// the flag that raises it); `false` when the owner already has a device of that name. The
+/// check and the insert are one step, so concurrent creations cannot pass the quota.
+pub fn insert_within_quota(svc: &Service, dev: &DeviceRecord) -> ApiResult<bool> {
+    let max = svc.quotas.max_devices_per_user;
+    let _one_at_a_time = svc.device_insert.lock().unwrap_or_else(|p| p.into_inner());
+    let have = svc.gauges.devices_of(&dev.owner);
+    if have >= max {
+        crate::metrics::Counters::inc(&svc.counters.quota_devices_refused);
+        tracing::info!(owner = %dev.owner, have, max, "device refused: at the per-user quota");
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "this user already has {have} devices, the most allowed per user ({max}); remove one (`hammer device remove NAME`) or ask the operator to raise `hammer serve --max-devices-per-user`"
+            ),
+        ));
+    }
+    Ok(svc.store.insert_device(dev)?)
+}
+
 /// `POST /api/v1/devices`.
 pub async fn create_device(
     State(svc): State<Arc<Service>>,
@@ -93,7 +113,7 @@ pub async fn create_device(
         req.tags,
         DeviceState::Registered,
     );
-    if !svc.store.insert_device(&dev)? {
+    if !insert_within_quota(&svc, &dev)? {
         return Err(ApiError::conflict(format!(
             "you already have a device named {:?}",
             req.name

@@ -4,16 +4,17 @@
 
 use super::deployments::owned_deployment;
 use super::devices::owned_device;
-use super::errors::ApiResult;
+use super::errors::{ApiError, ApiResult};
 use crate::auth::Caller;
-use crate::service::Service;
+use crate::metrics::Counters;
+use crate::service::{Service, StreamSlot};
 use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_stream::wrappers::BroadcastStream;
 
 #[derive(Deserialize)]
@@ -36,6 +37,18 @@ pub async fn events(
         Some(id) => Some(owned_deployment(&svc, &caller, id)?.id),
         None => None,
     };
+    let Some(slot) = svc.streams.try_open(&caller.user.id) else {
+        Counters::inc(&svc.counters.quota_streams_refused);
+        tracing::info!(user = %caller.user.name, max = svc.streams.max(), "event stream refused: at the per-user quota");
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "you already have {} event streams open, the most allowed per user; close one (a dashboard tab, `hammer logs -f`, `hammer deploy --wait`) and retry, or ask the operator to raise `hammer serve --max-streams-per-user`",
+                svc.streams.max()
+            ),
+        ));
+    };
+    let open = OpenStream::new(slot, svc.clone());
     let owner = caller.user.id.clone();
     let rx = svc.hub.subscribe();
     let mut stop = svc.shutdown.clone();
@@ -43,6 +56,8 @@ pub async fn events(
         let _ = stop.wait_for(|s| *s).await;
     };
     let stream = BroadcastStream::new(rx).filter_map(move |item| {
+        // Held as long as the stream lives: the quota slot and the open-streams gauge.
+        let _open = &open;
         let out = match item {
             Ok(ev)
                 if ev.owner == owner
@@ -62,5 +77,27 @@ pub async fn events(
         std::future::ready(out)
     });
     let stream = stream.take_until(stopped);
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(svc.sse_keep_alive)))
+}
+
+/// An open event stream: its quota slot and its place in `hammer_event_streams_open`.
+struct OpenStream {
+    _slot: StreamSlot,
+    svc: Arc<Service>,
+}
+
+impl OpenStream {
+    fn new(slot: StreamSlot, svc: Arc<Service>) -> OpenStream {
+        Counters::inc(&svc.counters.streams_open);
+        OpenStream { _slot: slot, svc }
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.svc
+            .counters
+            .streams_open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }

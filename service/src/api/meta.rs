@@ -1,10 +1,10 @@
 //! `/healthz`, Prometheus `/metrics` and the OpenAPI document.
 
+use super::errors::ApiError;
 use crate::service::Service;
 use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
-use hammer_protocol::api::DeploymentState;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
 /// The OpenAPI 3 document of every route.
@@ -20,31 +20,48 @@ pub async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
-/// `GET /metrics`.
-pub async fn metrics(State(svc): State<Arc<Service>>) -> impl IntoResponse {
-    let devices = svc.store.all_devices().map(|d| d.len()).unwrap_or(0);
-    let mut counts = [0u64; 4];
-    for d in svc.store.deployments().unwrap_or_default() {
-        let i = match d.state {
-            DeploymentState::Running => 0,
-            DeploymentState::Succeeded => 1,
-            DeploymentState::Failed => 2,
-            _ => 3,
-        };
-        counts[i] += 1;
+/// `GET /metrics` on the API listener (404 when `--metrics-listen` moved it elsewhere).
+pub async fn metrics(State(svc): State<Arc<Service>>, headers: HeaderMap) -> Response {
+    if svc.metrics_elsewhere {
+        return ApiError::not_found(
+            "metrics are served on the address given to `hammer serve --metrics-listen`",
+        )
+        .into_response();
     }
-    let by_state = [
-        ("running", counts[0]),
-        ("succeeded", counts[1]),
-        ("failed", counts[2]),
-        ("canceled", counts[3]),
-    ];
+    metrics_text(&svc, &headers)
+}
+
+/// `GET /metrics` on the `--metrics-listen` listener.
+pub async fn metrics_listener(State(svc): State<Arc<Service>>, headers: HeaderMap) -> Response {
+    metrics_text(&svc, &headers)
+}
+
+/// The metrics, from counters only (no store read), if the caller may see them.
+fn metrics_text(svc: &Service, headers: &HeaderMap) -> Response {
+    if let Some(want) = &svc.metrics_token_hash {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| crate::ids::hash_token(t.trim()));
+        if given.as_ref() != Some(want) {
+            return (
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                ApiError::unauthorized(
+                    "/metrics needs `Authorization: Bearer TOKEN` with the token in the file given to `hammer serve --metrics-token-file`",
+                ),
+            )
+                .into_response();
+        }
+    }
+    let listeners: Vec<&crate::http::ListenerStats> =
+        svc.listeners.iter().map(|l| l.as_ref()).collect();
     let body = crate::metrics::render(
         &svc.counters,
-        devices,
+        &svc.gauges.snapshot(),
         svc.live.online_count(),
-        &by_state,
         svc.broker.as_ref().map(|b| b.render_prometheus()),
+        &crate::http::render_listeners(&listeners),
     );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -113,6 +113,20 @@ pub fn enroll_router(svc: Arc<Service>) -> Router {
         .with_state(svc)
 }
 
+/// The `--metrics-listen` listener's application: `/metrics` and `/healthz` only.
+pub fn metrics_router(svc: Arc<Service>) -> Router {
+    Router::new()
+        .route("/metrics", get(meta::metrics_listener))
+        .route("/healthz", get(meta::healthz))
+        .fallback(|| async {
+            ApiError::not_found(
+                "this is the metrics listener; it serves GET /metrics and GET /healthz",
+            )
+        })
+        .layer(axum::middleware::from_fn(crate::web::no_store_by_default))
+        .with_state(svc)
+}
+
 /// The application.
 pub fn router(svc: Arc<Service>) -> Router {
     build()
