@@ -259,6 +259,11 @@ pub struct Inserted {
 
 /// The service's persistent state.
 pub trait Store: Send + Sync + 'static {
+    /// The bounds this store keeps history within (a wrapper delegates it).
+    fn retention(&self) -> Retention {
+        Retention::default()
+    }
+
     /// Makes every change so far durable.
     fn flush(&self) -> BoxFuture<'_, Result<()>>;
 

@@ -373,6 +373,10 @@ impl SledStore {
 }
 
 impl Store for SledStore {
+    fn retention(&self) -> Retention {
+        self.retention
+    }
+
     fn flush(&self) -> BoxFuture<'_, Result<()>> {
         // sled 0.34's `flush_async` can stay pending forever when several callers flush at
         // once (seen with 32 concurrent setup requests); the blocking flush does not.
@@ -783,6 +787,7 @@ mod tests {
     fn history_keeps_at_most_the_configured_count_and_the_oldest_go() {
         let dir = tempfile::tempdir().unwrap();
         let s = SledStore::open_with(dir.path(), small(5)).unwrap();
+        assert_eq!(s.retention().max_events_per_device, 5);
         for seq in 1..=12 {
             s.insert_status(&status_at("d", seq, 1000 + seq)).unwrap();
         }
