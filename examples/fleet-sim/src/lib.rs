@@ -4,6 +4,8 @@
 //! outbox with acks, presence with last will, health).
 //!
 //! - [`device`]: one simulated device (its MQTT task, outbox and simulated rollout).
+//! - [`abuse`]: the abuse floods' building blocks (victim ack latency, publish floods,
+//!   stalled connections, RSS sampling, limit counters of `/metrics`).
 //! - [`api`]: the few HTTP API calls the simulator and the benchmarks need.
 //! - [`bench`]: bringing a fleet up on a service, one measured rollout.
 //! - [`storm`]: the reconnect storm (the service process stopped and restarted mid-rollout).
@@ -13,9 +15,11 @@
 //! - [`mosquitto`]: running Debian's `mosquitto` as the external broker (bench and tests).
 //! - [`service_proc`]: `hammer serve` as a child process (start, health, stop, restart).
 //!
-//! Binaries: `fleet-sim` (against a running service) and `rollout-bench` (starts `hammer
-//! serve` as a child process and measures rollouts and a reconnect storm).
+//! Binaries: `fleet-sim` (against a running service), `rollout-bench` (starts `hammer
+//! serve` as a child process and measures rollouts and a reconnect storm) and `abuse-bench`
+//! (starts `hammer serve` and runs the abuse floods of issue 13).
 
+pub mod abuse;
 pub mod api;
 pub mod bench;
 pub mod device;
