@@ -1,6 +1,7 @@
 //! Broker configuration: where the front door listens, its TLS material, its limits, and the
 //! sizing of the embedded rumqttd.
 
+use crate::limits::RateLimit;
 use hammer_certs::RevocationList;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,16 +27,29 @@ pub struct BrokerConfig {
     /// Time allowed from TCP accept to a complete TLS handshake and then again to the MQTT
     /// CONNECT packet (default 10 s).
     pub handshake_timeout: Duration,
-    /// Maximum open client connections, pending ones included (default 20,000).
+    /// Maximum open client connections of every kind: idle, waiting, in their handshake and
+    /// established (default 20,000). [`crate::Broker::start`] cuts it to the descriptor budget
+    /// (see [`crate::limits::ConnectionLimits`] and the crate doc's "Connection budget").
     pub max_connections: usize,
-    /// Maximum connections from one source IP address that have not yet sent their CONNECT
-    /// (default 256: NATed fleets and the simulator connect from a single address).
+    /// Maximum connections from one source IP address in their TLS handshake or CONNECT
+    /// (default 256: NATed fleets and the simulator connect from a single address). A
+    /// connection takes such a slot only once it has sent its first byte. Cut to
+    /// `max_connections` at start.
     pub max_pending_per_ip: usize,
     /// Connections from one source address that may wait for one of those handshake slots
     /// (default 4,096; beyond it they are refused, and a wait ends at `handshake_timeout`).
     /// A fleet reconnecting from behind one address is served as slots free up instead of
-    /// being refused into its backoff.
+    /// being refused into its backoff. Cut to `max_connections` at start.
     pub max_waiting_per_ip: usize,
+    /// Rate limit of each device identity (OU=device): every packet after CONNECT counts
+    /// (default [`RateLimit::DEVICE`]: 50/s burst 1,000, 256 KiB/s burst 4 MiB). Over it the
+    /// session is closed (refusal `rate_limit`). `None`: unlimited.
+    pub device_rate_limit: Option<RateLimit>,
+    /// Rate limit of the service identity (OU=service; default `None`: exempt). The service
+    /// republishes a signed desired state and an ack for every device of the fleet after each
+    /// start and in rollouts (tens of thousands of messages at once); it is our own process
+    /// and bounds its own queues, and cutting it off would stall every device's resync.
+    pub service_rate_limit: Option<RateLimit>,
     /// Largest MQTT packet accepted from a client, in bytes of remaining length (default
     /// [`hammer_protocol::MAX_PACKET`]).
     pub max_packet: usize,
@@ -107,6 +121,8 @@ impl BrokerConfig {
             max_connections: 20_000,
             max_pending_per_ip: 256,
             max_waiting_per_ip: 4096,
+            device_rate_limit: Some(RateLimit::DEVICE),
+            service_rate_limit: None,
             max_packet: hammer_protocol::MAX_PACKET,
             revocation_sweep: Duration::from_millis(500),
             event_capacity: 8192,
@@ -130,6 +146,8 @@ impl std::fmt::Debug for BrokerConfig {
             .field("max_connections", &self.max_connections)
             .field("max_pending_per_ip", &self.max_pending_per_ip)
             .field("max_waiting_per_ip", &self.max_waiting_per_ip)
+            .field("device_rate_limit", &self.device_rate_limit)
+            .field("service_rate_limit", &self.service_rate_limit)
             .field("max_packet", &self.max_packet)
             .field("revocation_sweep", &self.revocation_sweep)
             .field("event_capacity", &self.event_capacity)

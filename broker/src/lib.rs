@@ -19,6 +19,37 @@
 //! close. TLS failures (no client certificate, another CA, expired) and revoked serials are
 //! refused before any MQTT byte is read. Payloads are never logged.
 //!
+//! Rate: every identity has token buckets for packets and bytes per second (every packet it
+//! sends after CONNECT counts; [`BrokerConfig::device_rate_limit`], default
+//! [`RateLimit::DEVICE`]; the service is exempt unless [`BrokerConfig::service_rate_limit`] is
+//! set). Over either, the session is closed like an ACL refusal (`rate_limit`, logged once
+//! with the identity: the session ends there). The buckets belong to the identity, not the
+//! connection: a reconnect starts with the buckets as the last session left them.
+//!
+//! # Connection budget
+//! Every accepted socket costs a file descriptor, so the front door holds at most
+//! `max_connections` connections of every kind together (idle, waiting for a handshake slot,
+//! in the TLS handshake or CONNECT, established), and [`Broker::start`] cuts
+//! `max_connections`, `max_pending_per_ip` and `max_waiting_per_ip` to the budget of the soft
+//! `RLIMIT_NOFILE` minus a reserve for the rest of the process (`max(limit / 10, 256)`;
+//! [`limits::ConnectionLimits`], logged at start and on [`BrokerHandle::connection_limits`]).
+//! Call [`limits::raise_nofile`] before starting the broker to get the hard limit's budget.
+//!
+//! At the bound a new connection is accepted and then:
+//! - if some connection has not authenticated yet (no CONNECT read), the oldest such one is
+//!   closed to make room (`evicted`) and the new one takes its slot. An idle flood thus
+//!   evicts itself while a real device, which completes its handshake in milliseconds, gets
+//!   in: it would be evicted only if a whole budget's worth of newer connections arrived
+//!   during its own handshake;
+//! - if every connection is an authenticated session, the new one is closed at once (`limit`).
+//!
+//! A connection takes a handshake slot of its source address only once it has sent its first
+//! byte, so idle sockets never hold those slots; a source address that sends bytes and then
+//! stalls can still fill its own address's slots and waiting room (`limit`), delaying devices
+//! behind the same address (NAT) until the handshake timeout ends the stalled ones. Warnings at
+//! the bound are logged at most once a second, with the number left out; every case is
+//! counted.
+//!
 //! # Use
 //! In process: [`Broker::start`] (inside a tokio runtime) returns a [`BrokerHandle`] for
 //! events, metrics, revocation and kicks. Standalone (`hammer broker`): [`run_standalone`].
@@ -29,6 +60,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod front_door;
+pub mod limits;
 pub mod metrics;
 pub mod mqtt;
 pub mod registry;
@@ -40,6 +72,7 @@ pub use acl::Acl;
 pub use config::{BrokerConfig, InternalConfig, DEFAULT_PORT};
 pub use error::BrokerError;
 pub use events::ConnectionEvent;
+pub use limits::{raise_nofile, ConnectionLimits, RateLimit};
 pub use metrics::{MetricsSnapshot, RefusalReason};
 pub use registry::Kick;
 
@@ -56,7 +89,7 @@ pub struct Broker;
 
 impl Broker {
     /// Starts the rumqttd router and the front door. Must run inside a tokio runtime.
-    pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
+    pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         let ca = CaCert::from_pem(&config.ca_pem)
             .map_err(|e| BrokerError::Tls(format!("fleet CA: {e}")))?;
         let server = hammer_certs::tls::server_config_mtls(
@@ -67,6 +100,7 @@ impl Broker {
         .map_err(|e| BrokerError::Tls(e.to_string()))?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
 
+        let limits = apply_budget(&mut config, limits::soft_nofile());
         let max_connections = config.max_connections;
         let sizing = config.internal.clone();
         let router = router::start(max_connections, &sizing)?;
@@ -95,14 +129,71 @@ impl Broker {
             events,
             router,
             next_session: AtomicU64::new(1),
+            next_connection: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             shutdown,
+            limits,
+            slots: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+            unauthenticated: Mutex::new(Default::default()),
+            rates: Mutex::new(Default::default()),
+            limit_log: Default::default(),
+            evict_log: Default::default(),
         });
         tokio::spawn(front_door::accept_loop(shared.clone(), listener));
         tokio::spawn(front_door::revocation_sweep(shared.clone()));
-        tracing::info!(listen = %local_addr, "broker front door listening");
+        tracing::info!(
+            listen = %local_addr,
+            nofile = limits.nofile,
+            reserve = limits.reserve,
+            max_connections = limits.max_connections,
+            max_pending_per_ip = limits.max_pending_per_ip,
+            max_waiting_per_ip = limits.max_waiting_per_ip,
+            "broker front door listening"
+        );
         Ok(BrokerHandle { shared, local_addr })
     }
+}
+
+/// Cuts the configuration's connection limits to the descriptor budget of `nofile` and
+/// makes every rate limit able to pass a maximal packet.
+fn apply_budget(config: &mut BrokerConfig, nofile: u64) -> ConnectionLimits {
+    let limits = ConnectionLimits::size(
+        nofile,
+        config.max_connections,
+        config.max_pending_per_ip,
+        config.max_waiting_per_ip,
+    );
+    if limits.max_connections < config.max_connections {
+        tracing::warn!(
+            nofile,
+            reserve = limits.reserve,
+            wanted = config.max_connections,
+            max_connections = limits.max_connections,
+            "connection limit cut to the file descriptor budget; raise LimitNOFILE= (systemd) or `ulimit -n` for more"
+        );
+    }
+    config.max_connections = limits.max_connections;
+    config.max_pending_per_ip = limits.max_pending_per_ip;
+    config.max_waiting_per_ip = limits.max_waiting_per_ip;
+    let max_packet = config.max_packet as u64;
+    for (role, limit) in [
+        ("device", &mut config.device_rate_limit),
+        ("service", &mut config.service_rate_limit),
+    ] {
+        if let Some(l) = limit {
+            if l.byte_burst < max_packet || l.message_burst == 0 {
+                tracing::warn!(
+                    role,
+                    byte_burst = l.byte_burst,
+                    max_packet,
+                    "rate limit burst raised so that one maximal packet can pass"
+                );
+                l.byte_burst = l.byte_burst.max(max_packet);
+                l.message_burst = l.message_burst.max(1);
+            }
+        }
+    }
+    limits
 }
 
 /// One live authenticated session.
@@ -143,6 +234,11 @@ impl BrokerHandle {
                 peer,
             })
             .collect()
+    }
+
+    /// The connection limits in force, cut to the file descriptor budget at start.
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        self.shared.limits
     }
 
     /// A copy of the counters.

@@ -26,10 +26,15 @@ pub enum RefusalReason {
     Limit,
     /// No TLS handshake or CONNECT within the handshake timeout.
     Timeout,
+    /// The identity sent more packets or bytes per second than its rate limit allows.
+    RateLimit,
+    /// The connection budget was full and this connection was the oldest one not yet
+    /// authenticated: closed to make room for a new one.
+    Evicted,
 }
 
 impl RefusalReason {
-    pub const ALL: [RefusalReason; 9] = [
+    pub const ALL: [RefusalReason; 11] = [
         RefusalReason::Tls,
         RefusalReason::Revoked,
         RefusalReason::AclSubscribe,
@@ -39,6 +44,8 @@ impl RefusalReason {
         RefusalReason::Malformed,
         RefusalReason::Limit,
         RefusalReason::Timeout,
+        RefusalReason::RateLimit,
+        RefusalReason::Evicted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +59,8 @@ impl RefusalReason {
             RefusalReason::Malformed => "malformed",
             RefusalReason::Limit => "limit",
             RefusalReason::Timeout => "timeout",
+            RefusalReason::RateLimit => "rate_limit",
+            RefusalReason::Evicted => "evicted",
         }
     }
 
@@ -227,6 +236,7 @@ mod tests {
         let m = Metrics::default();
         m.refuse(RefusalReason::AclPublish);
         m.refuse(RefusalReason::AclPublish);
+        m.refuse(RefusalReason::RateLimit);
         let s = m.snapshot();
         assert_eq!(s.refused(RefusalReason::AclPublish), 2);
         let text = s.render_prometheus();
@@ -234,6 +244,8 @@ mod tests {
             assert!(text.contains(&format!("reason=\"{r}\"")), "{r}");
         }
         assert!(text.contains("hammer_broker_refusals_total{reason=\"acl_publish\"} 2"));
+        assert!(text.contains("hammer_broker_refusals_total{reason=\"rate_limit\"} 1"));
+        assert!(text.contains("hammer_broker_refusals_total{reason=\"evicted\"} 0"));
         assert!(text.contains("hammer_broker_connections_open 0"));
     }
 }

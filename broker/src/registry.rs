@@ -51,7 +51,7 @@ pub(crate) struct Sessions {
     slots: HashMap<(bool, String), Weak<PrincipalSlot>>,
 }
 
-fn principal(identity: &Identity) -> (bool, String) {
+pub(crate) fn principal(identity: &Identity) -> (bool, String) {
     (matches!(identity.role, Role::Device), identity.id.clone())
 }
 

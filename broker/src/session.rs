@@ -11,14 +11,15 @@
 use crate::acl::Acl;
 use crate::events::ConnectionEvent;
 use crate::front_door::{PendingGuard, Shared};
+use crate::limits::{Exceeded, Limiter};
 use crate::metrics::RefusalReason;
 use crate::mqtt::{self, MqttError};
-use crate::registry::Kick;
+use crate::registry::{self, Kick};
 use crate::router::LinkRequest;
 use crate::will;
 use bytes::BytesMut;
 use futures_util::FutureExt;
-use hammer_certs::Identity;
+use hammer_certs::{Identity, Role};
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{Disconnect, DisconnectReasonCode, LastWill, Packet};
 use rumqttd::Notification;
@@ -76,28 +77,30 @@ fn mqtt_refusal(e: &MqttError) -> RefusalReason {
 }
 
 /// The client's side of a session.
-struct Client<S> {
+pub(crate) struct Client<S> {
     rx: ReadHalf<S>,
     tx: WriteHalf<S>,
     buf: BytesMut,
 }
 
 /// What the CONNECT asked for, once checked.
-struct Hello {
+pub(crate) struct Hello {
     clean_session: bool,
     keep_alive: u16,
     will: Option<LastWill>,
 }
 
-/// Runs the session until either side closes or the front door closes it.
-pub(crate) async fn run<S>(
-    shared: Arc<Shared>,
+/// Reads and checks the CONNECT of a connection fresh from its TLS handshake. `None`:
+/// refused (counted, logged, answered where the protocol has an answer). Nothing here has an
+/// effect beyond the connection, so the front door may drop it at any point.
+pub(crate) async fn hello<S>(
+    shared: &Shared,
     tls: S,
-    identity: Identity,
+    identity: &Identity,
     peer: SocketAddr,
-    pending: PendingGuard,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+) -> Option<(Client<S>, Hello)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let (rx, tx) = tokio::io::split(tls);
     let mut client = Client {
@@ -105,10 +108,23 @@ pub(crate) async fn run<S>(
         tx,
         buf: BytesMut::with_capacity(4096),
     };
+    let acl = Acl::for_identity(identity);
+    let hello = read_connect(shared, &acl, identity, peer, &mut client).await?;
+    Some((client, hello))
+}
+
+/// Runs the session until either side closes or the front door closes it.
+pub(crate) async fn run<S>(
+    shared: Arc<Shared>,
+    mut client: Client<S>,
+    hello: Hello,
+    identity: Identity,
+    peer: SocketAddr,
+    pending: PendingGuard,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     let acl = Acl::for_identity(&identity);
-    let Some(hello) = read_connect(&shared, &acl, &identity, peer, &mut client).await else {
-        return;
-    };
 
     // Takeover: supersede the identity's earlier connections and wait until the one in the
     // router has left it.
@@ -129,6 +145,14 @@ pub(crate) async fn run<S>(
         tracing::debug!(id = %identity.id, %peer, "superseded by a newer connection before it started");
         return;
     }
+    // The identity's rate buckets, as its previous session left them (taken under the turn,
+    // so successive sessions of one identity share them and reconnecting refills nothing).
+    let rate_key = registry::principal(&identity);
+    let limit = match identity.role {
+        Role::Device => shared.config.device_rate_limit,
+        Role::Service => shared.config.service_rate_limit,
+    };
+    let mut limiter = limit.map(|l| shared.rates().take(&rate_key, l, std::time::Instant::now()));
 
     let router = shared.router.clone();
     let request = LinkRequest {
@@ -205,9 +229,18 @@ pub(crate) async fn run<S>(
             ticket,
         };
         relay
-            .run(&mut client, &mut link_tx, &mut link_rx, &mut stop)
+            .run(
+                &mut client,
+                &mut link_tx,
+                &mut link_rx,
+                &mut stop,
+                &mut limiter,
+            )
             .await
     };
+    if let Some(l) = limiter {
+        shared.rates().put(rate_key, l, std::time::Instant::now());
+    }
 
     // Leave the router first (with the will where one is due), then let a waiting successor
     // in, then close the client.
@@ -351,6 +384,20 @@ fn packet_name(p: &Packet) -> &'static str {
     }
 }
 
+/// The refusal detail of a rate limit (the identity is logged beside it, never a payload).
+fn over(which: Exceeded, l: &Limiter) -> String {
+    match which {
+        Exceeded::Messages => format!(
+            "more than {} packets/s (burst {})",
+            l.limit.messages_per_sec, l.limit.message_burst
+        ),
+        Exceeded::Bytes => format!(
+            "more than {} bytes/s (burst {})",
+            l.limit.bytes_per_sec, l.limit.byte_burst
+        ),
+    }
+}
+
 /// What to do with one client packet.
 enum Verdict {
     Forward,
@@ -440,6 +487,7 @@ impl Relay<'_> {
         link_tx: &mut LinkTx,
         link_rx: &mut LinkRx,
         stop: &mut Stop<'_>,
+        limiter: &mut Option<Limiter>,
     ) -> End
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -463,7 +511,9 @@ impl Relay<'_> {
                     if let Some(idle) = idle {
                         deadline = Instant::now() + idle;
                     }
-                    let step = self.client_packets(first, &mut client.buf, link_tx, &mut out).await;
+                    let step = self
+                        .client_packets(first, &mut client.buf, link_tx, &mut out, limiter)
+                        .await;
                     if let Err(end) = stop.write(&mut client.tx, &out).await {
                         return end;
                     }
@@ -512,15 +562,24 @@ impl Relay<'_> {
         buf: &mut BytesMut,
         link_tx: &mut LinkTx,
         out: &mut BytesMut,
+        limiter: &mut Option<Limiter>,
     ) -> Option<End> {
         let batch_max = self.shared.config.internal.client_batch.max(1);
         let max_packet = self.shared.config.max_packet;
+        // Packets buffered together arrived together.
+        let now = std::time::Instant::now();
         let mut batch = Vec::new();
         let mut end = None;
         let mut next = Some(first);
         while let Some((packet, len)) = next.take() {
             self.shared.metrics.bytes_in.fetch_add(len as u64, Relaxed);
-            match check(self.acl, &packet) {
+            let mut verdict = check(self.acl, &packet);
+            if let (Verdict::Forward | Verdict::Ping, Some(l)) = (&verdict, limiter.as_mut()) {
+                if let Err(which) = l.allow(len, now) {
+                    verdict = Verdict::Refuse(RefusalReason::RateLimit, over(which, l));
+                }
+            }
+            match verdict {
                 Verdict::Forward => {
                     if matches!(packet, Packet::Publish(..)) {
                         self.shared.metrics.messages_in.fetch_add(1, Relaxed);
