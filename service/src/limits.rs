@@ -15,6 +15,8 @@ pub const MAX_HTTP_CONNECTIONS: usize = 1024;
 pub const MIN_HTTP_CONNECTIONS: usize = 16;
 
 /// The current soft limit on open files, when the platform has one.
+// `rlim_t` is not `u64` on every platform.
+#[allow(clippy::unnecessary_cast)]
 pub fn nofile_soft() -> Option<u64> {
     #[cfg(unix)]
     {
@@ -34,6 +36,7 @@ pub fn nofile_soft() -> Option<u64> {
 
 /// Raises the soft open-file limit to the hard limit and returns the new soft limit (the old
 /// one when it cannot be raised; the reason is logged).
+#[allow(clippy::unnecessary_cast)]
 pub fn raise_nofile() -> std::io::Result<u64> {
     #[cfg(unix)]
     {
