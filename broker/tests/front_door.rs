@@ -451,10 +451,13 @@ async fn pending_handshakes_per_address_are_capped() {
         c.max_waiting_per_ip = 1;
     })
     .await;
-    // Five idle sockets hold the address's five handshake slots.
+    // Five stalled handshakes (one byte of a TLS record, then nothing) hold the address's
+    // five handshake slots; a socket takes a slot only once it has sent a byte.
     let mut idle = Vec::new();
     for _ in 0..5 {
-        idle.push(TcpStream::connect(handle.local_addr()).await.unwrap());
+        let mut s = TcpStream::connect(handle.local_addr()).await.unwrap();
+        s.write_all(&[0x16]).await.unwrap();
+        idle.push(s);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     // A device waits for a slot (the waiting room holds one)...
