@@ -281,7 +281,8 @@ pub struct FloodReport {
     pub written: u64,
     /// PUBACKs received (QoS 1).
     pub acked: u64,
-    pub bytes_written: u64,
+    /// Payload bytes handed to the client.
+    pub bytes_produced: u64,
     /// Established connections the broker closed.
     pub cut_offs: u64,
     /// PUBLISH packets written before the first cut-off.
@@ -299,9 +300,9 @@ impl FloodReport {
     pub fn line(&self, want: u64) -> String {
         let secs = self.elapsed.as_secs_f64().max(1e-3);
         let mut s = format!(
-            "{} of {want} messages written ({:.1} MB) in {:.1} s ({:.0}/s)",
+            "{} of {want} messages written ({:.1} MB of payload handed to the client) in {:.1} s ({:.0}/s)",
             self.written,
-            self.bytes_written as f64 / 1e6,
+            self.bytes_produced as f64 / 1e6,
             secs,
             self.written as f64 / secs
         );
@@ -354,17 +355,20 @@ pub async fn flood(
     let (client, mut el) = mqtt_client(creds, broker, 1024, Duration::from_secs(10))?;
     let t0 = Instant::now();
     let produced = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
     let producer_done = Arc::new(AtomicBool::new(false));
     let producer = {
-        let (produced, done) = (produced.clone(), producer_done.clone());
+        let (produced, done, bytes) = (produced.clone(), producer_done.clone(), bytes.clone());
         let client = client.clone();
         tokio::spawn(async move {
             for i in 0..count {
                 let payload = make(i);
+                let len = payload.len() as u64;
                 let fut = client.publish(topic.clone(), qos, retain, payload);
                 match tokio::time::timeout_at(deadline.into(), fut).await {
                     Ok(Ok(())) => {
                         produced.fetch_add(1, Relaxed);
+                        bytes.fetch_add(len, Relaxed);
                     }
                     _ => break,
                 }
@@ -430,6 +434,7 @@ pub async fn flood(
         r.timed_out = true;
     }
     r.produced = produced.load(Relaxed);
+    r.bytes_produced = bytes.load(Relaxed);
     r.elapsed = t0.elapsed();
     // Close without a DISCONNECT racing the queue: dropping the loop closes the socket.
     drop(el);
@@ -446,7 +451,8 @@ pub struct Stalled {
     pub opened: usize,
     pub failed: usize,
     pub first_failure: Option<String>,
-    opened_at: Instant,
+    /// How long opening them all took.
+    pub opening: Duration,
     /// Seconds after opening at which the server closed each one it closed.
     closed: Arc<Mutex<Vec<f64>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -474,7 +480,7 @@ impl Stalled {
             "{} of {} opened in {:.1} s",
             self.opened,
             self.wanted,
-            self.opened_at.elapsed().as_secs_f64()
+            self.opening.as_secs_f64()
         );
         if self.failed > 0 {
             s += &format!(
@@ -496,6 +502,7 @@ impl Stalled {
 /// `head` on each and keeps them open, noting when the server closes one.
 pub async fn hold_stalled(addr: SocketAddr, n: usize, head: &'static [u8]) -> Stalled {
     let closed: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let t0 = Instant::now();
     let results: Vec<Result<tokio::task::JoinHandle<()>, String>> = stream::iter(0..n)
         .map(|_| {
             let closed = closed.clone();
@@ -537,7 +544,7 @@ pub async fn hold_stalled(addr: SocketAddr, n: usize, head: &'static [u8]) -> St
         opened: 0,
         failed: 0,
         first_failure: None,
-        opened_at: Instant::now(),
+        opening: t0.elapsed(),
         closed,
         tasks: Vec::with_capacity(n),
     };

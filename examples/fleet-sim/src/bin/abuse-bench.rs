@@ -27,7 +27,8 @@
 //!
 //! For each phase it prints the service's RSS (`/proc/<pid>/status`, sampled every 100 ms)
 //! before, at its peak and 3 s after; the victim's ack latency (p50, p99, max) and missed
-//! acks (sent during the phase, not acked 3 s after it); whether the flooder was cut off and
+//! acks (events sent from the flood's start until 3 s after its end, at least 5 s, and not
+//! acked 2 s after that); whether the flooder was cut off and
 //! after how many messages (it reconnects after 1 s, as an attacker would); and the limits
 //! hit: the `/metrics` samples that changed whose name or labels contain one of
 //! [`abuse::LIMIT_WORDS`] (refus, shed, drop, reject, limit, coalesc, evict, timeout, quota).
@@ -57,6 +58,16 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// After a flood: the service settles this long before RSS "after" and the metrics.
+const SETTLE: Duration = Duration::from_secs(3);
+/// The victim is observed at least this long per phase.
+const MIN_WINDOW: Duration = Duration::from_secs(5);
+/// An event of the victim's not acked this long after its phase's window is missed.
+const ACK_GRACE: Duration = Duration::from_secs(2);
+
+/// Latency sampling after a flood stops after this long.
+const SAMPLING: Duration = Duration::from_secs(30);
 
 const PHASES: [&str; 6] = ["presence", "logs", "status", "http", "mqtt-idle", "devices"];
 
@@ -366,12 +377,16 @@ async fn run_phase(ctx: &Ctx, n: usize, name: &'static str) -> PhaseRow {
         lines: vec![format!("phase setup failed: {e:#}")],
     });
     let t1 = Instant::now();
-    // Let the victim's last acks arrive and the service settle.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The victim is measured from the start of the flood until 3 s after it (at least 5 s:
+    // the service may still be working through what it was sent).
+    let observed = (t1 + SETTLE).max(t0 + MIN_WINDOW);
+    tokio::time::sleep_until(observed.into()).await;
     let rss_after = ctx.rss.now();
     let rss_peak = ctx.rss.peak(t0, Instant::now()).max(rss_before);
     let after = scrape(ctx, "after").await;
-    let victim = ctx.victim.window(t0, t1);
+    // Events sent at the end of the window get their time to be acked.
+    tokio::time::sleep(ACK_GRACE).await;
+    let victim = ctx.victim.window(t0, observed);
     let limits = limit_changes(&before, &after);
     let row = PhaseRow {
         name,
@@ -414,7 +429,7 @@ fn summary(base: &AckStats, rows: &[PhaseRow]) {
         base.p50_ms, base.p99_ms, base.max_ms
     );
     println!(
-        "{:<10} {:>22} {:>26} {:<30} {:<34} limits hit",
+        "{:<10} {:>25} {:>26}  {:<30} {:<46} limits hit",
         "phase", "RSS MiB before/peak/after", "victim ack p50/p99/max ms", "flooder", "probe"
     );
     for r in rows {
@@ -424,7 +439,7 @@ fn summary(base: &AckStats, rows: &[PhaseRow]) {
             .map(|(k, b, a)| format!("{k} +{}", a - b))
             .collect();
         println!(
-            "{:<10} {:>22} {:>26} {:<30} {:<34} {}",
+            "{:<10} {:>25} {:>26}  {:<30} {:<46} {}",
             r.name,
             format!(
                 "{:.0}/{:.0}/{:.0}",
@@ -452,6 +467,29 @@ fn summary(base: &AckStats, rows: &[PhaseRow]) {
             }
         );
     }
+}
+
+/// Waits until the counter `name` of `/metrics` stopped moving for 1 s (at most 15 s) and
+/// returns how much it grew since `from` (None if it cannot be read).
+async fn settled_counter(ctx: &Ctx, name: &str, from: Option<f64>) -> Option<f64> {
+    let end = Instant::now() + Duration::from_secs(15);
+    let mut last = None;
+    loop {
+        let now = scrape(ctx, name).await.get(name).copied();
+        if now.is_some() && now == last {
+            break;
+        }
+        last = now;
+        if Instant::now() > end {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Some(last? - from.unwrap_or(0.0))
+}
+
+async fn counter(ctx: &Ctx, name: &str) -> Option<f64> {
+    scrape(ctx, name).await.get(name).copied()
 }
 
 fn flood_outcome(r: &FloodReport, want: u64) -> Outcome {
@@ -498,6 +536,8 @@ async fn presence(ctx: &Ctx) -> anyhow::Result<Outcome> {
 
 /// Lines per batch and bytes per line: 240 × 1 KiB, under the 256 KiB payload limit.
 const LOG_LINES: usize = 240;
+const LOG_COUNTER: &str = "hammer_log_batches_total";
+const STATUS_COUNTER: &str = "hammer_status_events_ingested_total";
 const LOG_LINE: usize = 1024;
 
 async fn logs(ctx: &Ctx) -> anyhow::Result<Outcome> {
@@ -516,6 +556,7 @@ async fn logs(ctx: &Ctx) -> anyhow::Result<Outcome> {
         payload.len(),
         count as f64 * payload.len() as f64 / 1e6
     );
+    let from = counter(ctx, LOG_COUNTER).await;
     let r = abuse::flood(
         &ctx.attacker,
         ctx.broker(),
@@ -528,7 +569,13 @@ async fn logs(ctx: &Ctx) -> anyhow::Result<Outcome> {
     )
     .await?;
     let mut o = flood_outcome(&r, count);
-    // What the service kept (this request starts a watch, after the flood).
+    let got = settled_counter(ctx, LOG_COUNTER, from).await;
+    o.lines.push(format!(
+        "the service received {} of the {} batches written ({LOG_COUNTER})",
+        got.map_or("?".into(), |n| n.to_string()),
+        r.written
+    ));
+    // What the service kept (this request starts a watch, after the flood was ingested).
     let url = format!("{}/api/v1/devices/flooder/logs", ctx.base);
     match timed_get(&ctx.http, &url, &ctx.alice_token).await {
         Ok(g) => {
@@ -582,6 +629,7 @@ async fn status(ctx: &Ctx) -> anyhow::Result<Outcome> {
         "  {count} status events of {size} bytes ({:.1} MB, QoS 1)",
         count as f64 * size as f64 / 1e6
     );
+    let from = counter(ctx, STATUS_COUNTER).await;
     let r = abuse::flood(
         &ctx.attacker,
         ctx.broker(),
@@ -595,12 +643,20 @@ async fn status(ctx: &Ctx) -> anyhow::Result<Outcome> {
     .await?;
     let mut o = flood_outcome(&r, count);
     // Let ingestion finish before reading the history.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = settled_counter(ctx, STATUS_COUNTER, from).await;
+    o.lines.push(format!(
+        "the service stored {} status events during the flood (all tenants, {STATUS_COUNTER})",
+        got.map_or("?".into(), |n| n.to_string())
+    ));
     let url = format!("{}/api/v1/devices/flooder/history", ctx.base);
     let mut s = Samples::default();
     let mut entries = None;
     let mut paged = false;
+    let end = Instant::now() + SAMPLING;
     for _ in 0..5 {
+        if Instant::now() > end {
+            break;
+        }
         let g = timed_get(&ctx.http, &url, &ctx.alice_token).await;
         if let Ok(g) = &g {
             entries = serde_json::from_str::<Vec<serde_json::Value>>(&g.body)
@@ -826,7 +882,11 @@ async fn devices(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let mut deps = Samples::default();
     let murl = format!("{}/metrics", ctx.base);
     let durl = format!("{}/api/v1/deployments", ctx.base);
+    let end = Instant::now() + SAMPLING;
     for _ in 0..20 {
+        if Instant::now() > end {
+            break;
+        }
         metrics.push(timed_get(&ctx.http, &murl, &ctx.admin_token).await);
         deps.push(timed_get(&ctx.http, &durl, &carol_token).await);
     }
