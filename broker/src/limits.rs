@@ -31,7 +31,7 @@ pub fn raise_nofile() -> u64 {
             return 1024;
         }
         if lim.rlim_cur >= lim.rlim_max {
-            return lim.rlim_cur as u64;
+            return rlim(lim.rlim_cur);
         }
         let before = lim.rlim_cur;
         lim.rlim_cur = lim.rlim_max;
@@ -39,19 +39,26 @@ pub fn raise_nofile() -> u64 {
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
             let e = std::io::Error::last_os_error();
             tracing::warn!(error = %e, soft = before, hard = lim.rlim_max, "cannot raise the file descriptor limit to the hard limit; raise LimitNOFILE= (systemd) or `ulimit -n`");
-            return before as u64;
+            return rlim(before);
         }
         tracing::info!(
             from = before,
             to = lim.rlim_cur,
             "raised the file descriptor limit"
         );
-        lim.rlim_cur as u64
+        rlim(lim.rlim_cur)
     }
     #[cfg(not(unix))]
     {
         u64::MAX
     }
+}
+
+/// `rlim_t` is `u64` on Linux but not on every unix.
+#[cfg(unix)]
+#[allow(clippy::unnecessary_cast)]
+fn rlim(v: libc::rlim_t) -> u64 {
+    v as u64
 }
 
 /// The soft `RLIMIT_NOFILE` in force now (1024 when it cannot be read; unlimited counts as
@@ -67,7 +74,7 @@ pub fn soft_nofile() -> u64 {
         if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
             return 1024;
         }
-        lim.rlim_cur as u64
+        rlim(lim.rlim_cur)
     }
     #[cfg(not(unix))]
     {

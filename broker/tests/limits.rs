@@ -89,7 +89,10 @@ async fn a_device_over_its_rate_limit_is_disconnected_and_others_keep_going() {
     assert_eq!(ev.reason.as_deref(), Some("rate_limit"));
     // The flood was cut near the burst: far from all 300 reached the service.
     let got = count_publishes(&mut svc, &topic(A, Channel::Status)).await;
-    assert!(got >= 1 && got < 150, "{got} of A's messages were relayed");
+    assert!(
+        (1..150).contains(&got),
+        "{got} of A's messages were relayed"
+    );
     // Counted once, and it stays once.
     eventually("rate_limit counted", || {
         handle.metrics().refused(RefusalReason::RateLimit) == 1
