@@ -32,7 +32,8 @@
 //! after how many messages (it reconnects after 1 s, as an attacker would); and the limits
 //! hit: the `/metrics` samples that changed whose name or labels contain one of
 //! [`abuse::LIMIT_WORDS`] (refus, shed, drop, reject, limit, coalesc, evict, timeout, quota).
-//! A summary table ends the run. The service's behaviour is never an error here: a refused
+//! (The idle connections of phase 5 are closed by the bench at the end of the hold; the
+//! embedded broker counts those as `reason="tls"` refusals.) A summary table ends the run. The service's behaviour is never an error here: a refused
 //! connection, a cut-off or a failed request is a result; only setup failures stop the run.
 //!
 //! At full scale it takes about 6-8 minutes on a 2-core machine. The work dir (data dir,
@@ -469,15 +470,20 @@ fn summary(base: &AckStats, rows: &[PhaseRow]) {
     }
 }
 
-/// Waits until the counter `name` of `/metrics` stopped moving for 1 s (at most 15 s) and
-/// returns how much it grew since `from` (None if it cannot be read).
+/// Waits until the counter `name` of `/metrics` grew by no more than the victim's own
+/// events in 1 s (at most 15 s) and returns how much it grew since `from` (None if it
+/// cannot be read).
 async fn settled_counter(ctx: &Ctx, name: &str, from: Option<f64>) -> Option<f64> {
     let end = Instant::now() + Duration::from_secs(15);
-    let mut last = None;
+    let quiet = 1000.0 / ctx.args.victim_ms.max(1) as f64 + 2.0;
+    let mut last: Option<f64> = None;
     loop {
         let now = scrape(ctx, name).await.get(name).copied();
-        if now.is_some() && now == last {
-            break;
+        if let (Some(n), Some(l)) = (now, last) {
+            if n - l <= quiet {
+                last = now;
+                break;
+            }
         }
         last = now;
         if Instant::now() > end {
