@@ -253,7 +253,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
         None => None,
         Some(path) => Some(read_metrics_token(path)?),
     };
-    let nofile = limits::nofile_soft();
+    let nofile = Some(hammer_broker::limits::soft_nofile());
     let conn_limits = http::ConnLimits::resolve(&cfg.http_limits, nofile);
     tracing::info!(
         open_files = nofile

@@ -161,15 +161,9 @@ fn main() -> ExitCode {
 }
 
 /// Raises the soft open-file limit to the hard one (each device and HTTP connection is a
-/// descriptor); returns the limit in force.
+/// descriptor; the broker and the HTTP caps are sized from it); returns the limit in force.
 fn raise_nofile() -> u64 {
-    match hammer_service::limits::raise_nofile() {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the open-file limit; raise `ulimit -n` (LimitNOFILE= under systemd) if connections are refused");
-            hammer_service::limits::nofile_soft().unwrap_or(1024)
-        }
-    }
+    hammer_broker::limits::raise_nofile()
 }
 
 async fn run(parsed: Cli) -> Result<()> {
