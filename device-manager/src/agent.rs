@@ -9,6 +9,11 @@
 //! epoch the outbox is trimmed; if events already sent beyond the ack have been waiting longer than
 //! `resend_after`, the rest is re-sent (the service restarted or lost them). Duplicates are
 //! harmless (the service dedups by epoch and seq), loss is not.
+//!
+//! Status events go out at most [`EVENTS_PER_SEC`] a second after a burst of
+//! [`EVENT_BURST`] ([`crate::pace`]): well under the broker's per-device limit, which
+//! disconnects a device that goes over it. A long backlog (a device that was offline while
+//! its app crash-looped) drains at that pace instead of getting the device cut off in a loop.
 
 use crate::backend::Backend;
 use crate::commands::{Followup, Handler};
@@ -17,6 +22,7 @@ use crate::health_report::{health, MANAGER_VERSION};
 use crate::link::{Backoff, LinkEvent};
 use crate::logstream::{LogStream, Step};
 use crate::outbox::Outbox;
+use crate::pace::TokenBucket;
 use crate::store::Counter;
 use crate::verify::Verifier;
 use anyhow::Result;
@@ -28,6 +34,12 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Status events published per second, sustained (the broker allows a device 50 packets/s,
+/// and each event also brings back an ack to PUBACK).
+pub const EVENTS_PER_SEC: u64 = 20;
+/// Status events published at once after a quiet time (the broker's packet burst is 1,000).
+pub const EVENT_BURST: u64 = 300;
 use tokio::time::Instant;
 
 /// Tunables of the agent loop (defaults are the production values).
@@ -70,6 +82,10 @@ struct Agent {
     logs: Option<LogStream>,
     /// Acks refused since the start (bad signature, another device, unreadable).
     refused_acks: u64,
+    /// Paces status events under the broker's limit.
+    pace: TokenBucket,
+    /// When the pace allows the next event after it ran dry.
+    resume_at: Option<Instant>,
 }
 
 /// Runs the agent until `shutdown` resolves. `outbox` must be the same one the backend's
@@ -105,6 +121,8 @@ pub async fn run(
         sent: BTreeMap::new(),
         logs: None,
         refused_acks: 0,
+        pace: TokenBucket::new(EVENTS_PER_SEC, EVENT_BURST, Instant::now()),
+        resume_at: None,
     };
     tracing::info!(device = %agent.id_device, epoch, unacked = outbox.len(), "agent started");
     let mut health_tick = tokio::time::interval_at(
@@ -117,6 +135,7 @@ pub async fn run(
         let logs_on = agent.logs.is_some();
         let flush_at = agent.logs.as_ref().and_then(|l| l.flush_at);
         let deadline = agent.logs.as_ref().map(|l| l.deadline);
+        let resume_at = agent.resume_at;
         tokio::select! {
             _ = &mut shutdown => break,
             ev = link.recv() => match ev {
@@ -136,6 +155,10 @@ pub async fn run(
                 }
             }
             _ = sleep_until_opt(flush_at), if flush_at.is_some() => agent.flush_logs().await,
+            _ = sleep_until_opt(resume_at), if resume_at.is_some() => {
+                agent.resume_at = None;
+                agent.publish_new().await;
+            }
             _ = sleep_until_opt(deadline), if deadline.is_some() => {
                 tracing::info!("live logs timed out");
                 agent.stop_logs().await;
@@ -269,6 +292,9 @@ impl Agent {
                 "ack is behind the outbox; re-sending"
             );
             self.publish_events(rest).await?;
+        } else if self.resume_at.is_none() {
+            // Events the pace held back go out as their turn comes.
+            self.publish_new().await;
         }
         Ok(())
     }
@@ -297,6 +323,12 @@ impl Agent {
     async fn publish_events(&mut self, events: Vec<StatusEvent>) -> Result<()> {
         let t = self.topic(Channel::Status);
         for ev in events {
+            let now = Instant::now();
+            if !self.pace.admit(1, now) {
+                // The rest goes out when the pace allows (`resume_at`), oldest first.
+                self.resume_at = Some(self.pace.ready_at(1, now));
+                break;
+            }
             self.client
                 .publish(&t, QoS::AtLeastOnce, false, hammer_protocol::encode(&ev)?)
                 .await?;

@@ -17,6 +17,7 @@ pub mod health_report;
 pub mod link;
 pub mod logstream;
 pub mod outbox;
+pub mod pace;
 pub mod runtime;
 pub mod runtime_glue;
 pub mod store;

@@ -6,6 +6,7 @@
 //! broker allows a device before it disconnects it: an app that prints faster loses lines,
 //! not the device's connection, and the watcher sees a line saying how many were dropped.
 
+use crate::pace::TokenBucket;
 use hammer_protocol::{LogBatch, PROTOCOL_VERSION};
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -20,11 +21,10 @@ pub const MAX_BYTES_PER_SEC: u64 = 64 * 1024;
 /// Live log bytes sent at once after a quiet moment.
 pub const BURST_BYTES: u64 = 256 * 1024;
 
-/// The byte budget of a stream: a token bucket, pure (time passed in).
+/// The byte budget of a stream, and the lines it refused.
 #[derive(Debug, Clone)]
 pub struct Budget {
-    allowance: u64,
-    refilled_at: Instant,
+    bucket: TokenBucket,
     /// Lines refused since the last batch.
     pub dropped: u64,
 }
@@ -32,28 +32,18 @@ pub struct Budget {
 impl Budget {
     pub fn new(now: Instant) -> Budget {
         Budget {
-            allowance: BURST_BYTES,
-            refilled_at: now,
+            bucket: TokenBucket::new(MAX_BYTES_PER_SEC, BURST_BYTES, now),
             dropped: 0,
         }
     }
 
     /// Whether a line of `len` bytes may go out at `now` (else it is counted as dropped).
     pub fn admit(&mut self, len: usize, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.refilled_at);
-        let refill = (elapsed.as_millis() as u64).saturating_mul(MAX_BYTES_PER_SEC) / 1000;
-        if refill > 0 {
-            self.allowance = self.allowance.saturating_add(refill).min(BURST_BYTES);
-            self.refilled_at = now;
-        }
-        let len = len as u64;
-        if len <= self.allowance {
-            self.allowance -= len;
-            true
-        } else {
+        let ok = self.bucket.admit(len as u64, now);
+        if !ok {
             self.dropped += 1;
-            false
         }
+        ok
     }
 }
 
