@@ -36,7 +36,8 @@
 //! embedded broker counts those as `reason="tls"` refusals.) A summary table ends the run. The service's behaviour is never an error here: a refused
 //! connection, a cut-off or a failed request is a result; only setup failures stop the run.
 //!
-//! At full scale it takes about 6-8 minutes on a 2-core machine. The work dir (data dir,
+//! Every wait is bounded: at full scale a run takes a few minutes on a 2-core machine and
+//! at most about 8 (each flood 60 s, each settle 3-15 s, each latency sampling 30 s). The work dir (data dir,
 //! `service.log`) is removed at the end unless the run fails or `--keep` is given.
 
 use anyhow::Context;
