@@ -135,6 +135,15 @@ impl BrokerConfig {
         self.listen = listen;
         self
     }
+
+    /// The same config with another per-device rate limit (`None`: unlimited).
+    pub fn with_device_rate_limit(
+        mut self,
+        limit: Option<crate::limits::RateLimit>,
+    ) -> BrokerConfig {
+        self.device_rate_limit = limit;
+        self
+    }
 }
 
 impl std::fmt::Debug for BrokerConfig {

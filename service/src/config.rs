@@ -96,6 +96,12 @@ pub struct ServeConfig {
     pub metrics_token_file: Option<PathBuf>,
     /// Serve `/metrics` (and `/healthz`) on this address only, instead of on the API's.
     pub metrics_listen: Option<SocketAddr>,
+    /// How much history the store keeps per device (`--history-max-events`,
+    /// `--history-max-mib`, `--history-max-days`).
+    pub retention: crate::store::Retention,
+    /// The embedded broker's per-device publish limit (`--device-packets-per-sec` and
+    /// friends; `None`: unlimited).
+    pub device_rate_limit: Option<hammer_broker::limits::RateLimit>,
 }
 
 impl ServeConfig {
@@ -114,6 +120,8 @@ impl ServeConfig {
             quotas: Quotas::default(),
             metrics_token_file: None,
             metrics_listen: None,
+            retention: crate::store::Retention::default(),
+            device_rate_limit: Some(hammer_broker::limits::RateLimit::DEVICE),
         }
     }
 }

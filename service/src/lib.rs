@@ -134,11 +134,19 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 }
 
 /// `hammer broker`: the broker alone, with the certificates of a serve data dir.
-pub async fn run_broker(data_dir: PathBuf, listen: SocketAddr) -> anyhow::Result<()> {
+pub async fn run_broker(
+    data_dir: PathBuf,
+    listen: SocketAddr,
+    device_rate_limit: Option<hammer_broker::limits::RateLimit>,
+) -> anyhow::Result<()> {
     hammer_certs::tls::install_default_provider();
     let (ca, cert, key, revocations) = init::load_broker_material(&data_dir)?;
-    hammer_broker::run_standalone(BrokerConfig::new(ca, cert, key, revocations).with_listen(listen))
-        .await
+    hammer_broker::run_standalone(
+        BrokerConfig::new(ca, cert, key, revocations)
+            .with_listen(listen)
+            .with_device_rate_limit(device_rate_limit),
+    )
+    .await
 }
 
 /// `host:port`, with brackets around an IPv6 address.
@@ -151,10 +159,10 @@ fn host_port(host: &str, port: u16) -> String {
 }
 
 /// Opens the store, waiting a little while a previous instance in this process lets go.
-async fn open_store(dir: &Path) -> anyhow::Result<SledStore> {
+async fn open_store(dir: &Path, retention: store::Retention) -> anyhow::Result<SledStore> {
     let mut last = None;
     for _ in 0..50 {
-        match SledStore::open(dir) {
+        match SledStore::open_with(dir, retention) {
             Ok(s) => return Ok(s),
             Err(e) => last = Some(e),
         }
@@ -243,7 +251,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
     let dir = cfg.data_dir.clone();
     let material = init::load_or_create(&dir, cfg.public_host.as_deref(), cfg.mqtt)
         .with_context(|| format!("cannot initialise the data dir {}", dir.display()))?;
-    let sled: Arc<dyn Store> = Arc::new(open_store(&dir.join("store")).await?);
+    let sled: Arc<dyn Store> = Arc::new(open_store(&dir.join("store"), cfg.retention).await?);
     let admin_token = ensure_admin(sled.as_ref(), &dir).await?;
     // Counted once here, then as records are written: `/metrics` never scans the store.
     let (counting, gauges) = metrics::CountingStore::wrap(sled)
@@ -285,7 +293,8 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
                 material.server_key_pem.clone(),
                 material.revocations.clone(),
             )
-            .with_listen(cfg.mqtt);
+            .with_listen(cfg.mqtt)
+            .with_device_rate_limit(cfg.device_rate_limit);
             let handle = start_broker(bc).await?;
             let addr = handle.local_addr();
             let local_ip = if addr.ip().is_unspecified() {

@@ -99,6 +99,45 @@ struct ServeArgs {
     /// Serve /metrics (and /healthz) on this address instead of the API's
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Status events kept per device (the oldest go first)
+    #[arg(long, default_value_t = 20_000, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    history_max_events: u64,
+    /// MiB of status events kept per device (the oldest go first)
+    #[arg(long, default_value_t = 16, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    history_max_mib: u64,
+    /// Days status events, and finished deployments, are kept
+    #[arg(long, default_value_t = 730, value_name = "DAYS", value_parser = clap::value_parser!(u64).range(1..))]
+    history_max_days: u64,
+    #[command(flatten)]
+    device_rate: DeviceRateArgs,
+}
+
+/// The broker's per-device limit: a device over it is disconnected (counted as `rate_limit`).
+#[derive(Debug, Args)]
+struct DeviceRateArgs {
+    /// MQTT packets per second a device may send, sustained (0: no limit)
+    #[arg(long, default_value_t = hammer_broker::limits::RateLimit::DEVICE.messages_per_sec, value_name = "N")]
+    device_packets_per_sec: u64,
+    /// MQTT packets a device may send at once
+    #[arg(long, default_value_t = hammer_broker::limits::RateLimit::DEVICE.message_burst, value_name = "N")]
+    device_packet_burst: u64,
+    /// KiB per second a device may send, sustained
+    #[arg(long, default_value_t = hammer_broker::limits::RateLimit::DEVICE.bytes_per_sec / 1024, value_name = "KIB")]
+    device_kib_per_sec: u64,
+    /// KiB a device may send at once
+    #[arg(long, default_value_t = hammer_broker::limits::RateLimit::DEVICE.byte_burst / 1024, value_name = "KIB")]
+    device_kib_burst: u64,
+}
+
+impl DeviceRateArgs {
+    fn limit(&self) -> Option<hammer_broker::limits::RateLimit> {
+        (self.device_packets_per_sec > 0).then(|| hammer_broker::limits::RateLimit {
+            messages_per_sec: self.device_packets_per_sec,
+            message_burst: self.device_packet_burst.max(1),
+            bytes_per_sec: self.device_kib_per_sec.saturating_mul(1024).max(1),
+            byte_burst: self.device_kib_burst.saturating_mul(1024),
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -114,6 +153,8 @@ struct BrokerArgs {
     /// Listen address
     #[arg(long, default_value = "0.0.0.0:8883", value_name = "ADDR")]
     listen: SocketAddr,
+    #[command(flatten)]
+    device_rate: DeviceRateArgs,
 }
 
 fn main() -> ExitCode {
@@ -196,12 +237,18 @@ async fn run(parsed: Cli) -> Result<()> {
             };
             cfg.metrics_token_file = a.metrics_token_file;
             cfg.metrics_listen = a.metrics_listen;
+            cfg.retention = hammer_service::store::Retention {
+                max_events_per_device: a.history_max_events,
+                max_bytes_per_device: a.history_max_mib.saturating_mul(1024 * 1024),
+                max_age: Duration::from_secs(a.history_max_days.saturating_mul(24 * 3600)),
+            };
+            cfg.device_rate_limit = a.device_rate.limit();
             hammer_service::run(cfg).await
         }
         Command::Broker(a) => {
             let nofile = raise_nofile();
             tracing::info!(open_files = nofile, "open-file limit");
-            hammer_service::run_broker(a.data_dir, a.listen).await
+            hammer_service::run_broker(a.data_dir, a.listen, a.device_rate.limit()).await
         }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "hammer", &mut std::io::stdout());

@@ -328,13 +328,16 @@ impl Store for CountingStore {
     fn delete_enrollments_of(&self, device_id: &str) -> Result<()> {
         self.inner.delete_enrollments_of(device_id)
     }
+    fn retention(&self) -> Retention {
+        self.inner.retention()
+    }
     fn put_deployment(&self, d: &DeploymentRecord) -> Result<()> {
         self.inner.put_deployment(d)?;
         if self.gauges.deployment_written(d) {
             // The store prunes the owner's old finished deployments when a new one is
             // written: forget those it removed (only the few old enough are looked up).
             let before =
-                hammer_protocol::now_ms().saturating_sub(Retention::default().max_age_ms());
+                hammer_protocol::now_ms().saturating_sub(self.inner.retention().max_age_ms());
             for id in self.gauges.prunable(&d.owner, before, PRUNE_BATCH) {
                 if self.inner.deployment(&id)?.is_none() {
                     self.gauges.deployment_removed(&id);

@@ -390,7 +390,8 @@ impl Engine {
                     CommitCheck::Agrees | CommitCheck::Unknown => {}
                     CommitCheck::Relaunch(detail) => {
                         tracing::info!(deployment = %dep_id, device = %device_id, "{detail}");
-                        t.detail = Some(detail);
+                        t.detail =
+                            Some(crate::store::cut(&detail, crate::store::MAX_DETAIL).into_owned());
                         self.relaunch.entry(dep_id.clone()).or_default().push(i);
                         return Some(dep_id);
                     }
@@ -398,7 +399,8 @@ impl Engine {
                         tracing::warn!(deployment = %dep_id, device = %device_id, "{detail}");
                         t.state = TargetState::Failed;
                         t.deadline = None;
-                        t.detail = Some(detail);
+                        t.detail =
+                            Some(crate::store::cut(&detail, crate::store::MAX_DETAIL).into_owned());
                         return Some(dep_id);
                     }
                 }
@@ -414,8 +416,11 @@ impl Engine {
                     Phase::RolledBack => "rolled back",
                     _ => "refused the desired state",
                 };
+                // Device text, capped as the store caps it.
                 let detail = match &ev.detail {
-                    Some(d) => format!("{what}: {d}"),
+                    Some(d) => {
+                        format!("{what}: {}", crate::store::cut(d, crate::store::MAX_DETAIL))
+                    }
                     None => what.to_owned(),
                 };
                 attempt_over(t, retries, TargetState::Failed, detail);

@@ -174,7 +174,8 @@ async fn device_supplied_escape_sequences_are_printed_escaped_by_the_hammer_cli(
     assert!(out.contains(r"\x1b[2J\u{9b}2J012 "), "{out}");
     assert!(!out.contains('\x1b') && !out.contains('\u{9b}'), "{out:?}");
 
-    // App log lines.
+    // App log lines (kept only while someone watches: `hammer logs` starts watching).
+    run(&h, &alice, home.path(), &["logs", "kiosk-1"]).await;
     let batch = LogBatch {
         v: PROTOCOL_VERSION,
         time: now_ms(),

@@ -154,7 +154,8 @@ impl Api {
         let v: Vec<Value> = self
             .call(
                 Method::GET,
-                &format!("/api/v1/devices/{name}/history"),
+                // One page of the most the API serves; the benches stay far below it.
+                &format!("/api/v1/devices/{name}/history?limit=1000"),
                 None,
             )
             .await?;

@@ -7,7 +7,7 @@
 //! runs. If that is not possible it says so in one line and the service pins the commit
 //! from the first device that fetched.
 
-use super::client::{is_unreachable, Client};
+use super::client::{is_unreachable, Client, Listed, PageArgs};
 use super::config::Conn;
 use super::output::{self, fmt_time, or_dash, safe, short_commit, wire_name, Table};
 use super::{check_id, check_name, tag_string, DeployArgs};
@@ -491,9 +491,16 @@ pub async fn show(conn: &Conn, id: &str, json: bool) -> Result<()> {
 }
 
 /// `hammer deployment list`.
-pub async fn list(conn: &Conn, json: bool) -> Result<()> {
+pub async fn list(conn: &Conn, page: &PageArgs, json: bool) -> Result<()> {
     let client = Client::new(conn)?;
-    let (v, ds): (_, Vec<DeploymentView>) = client.get("/deployments", &[]).await?;
+    let listed: Listed<DeploymentView> = client.get_list("/deployments", page, false).await?;
+    if listed.more {
+        eprintln!(
+            "showing the newest {} deployments; pass --all for every one, or --limit N",
+            listed.items.len()
+        );
+    }
+    let (v, ds) = (listed.raw, listed.items);
     if json {
         output::print_json(&v);
         return Ok(());

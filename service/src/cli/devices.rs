@@ -19,7 +19,7 @@ pub async fn run(conn: &Conn, cmd: DeviceCmd, json: bool) -> Result<()> {
         DeviceCmd::Add { name, tags } => add(conn, &name, tags, json).await,
         DeviceCmd::List { tag } => list(conn, tag.as_ref().map(tag_string), json).await,
         DeviceCmd::Show(a) => show(conn, &a.name, json).await,
-        DeviceCmd::History(a) => history(conn, &a.name, json).await,
+        DeviceCmd::History(a) => history_paged(conn, &a.name, &a.page, json).await,
         DeviceCmd::Remove(a) => remove(conn, &a.name, json).await,
     }
 }
@@ -189,10 +189,6 @@ async fn show(conn: &Conn, name: &str, json: bool) -> Result<()> {
         );
     }
     Ok(())
-}
-
-async fn history(conn: &Conn, name: &str, json: bool) -> Result<()> {
-    history_paged(conn, name, &PageArgs::default(), json).await
 }
 
 /// `hammer device history NAME [--limit N] [--all]`: the newest events (100 unless

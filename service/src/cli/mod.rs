@@ -99,10 +99,18 @@ pub enum DeviceCmd {
     },
     /// Show one device in detail
     Show(NameArg),
-    /// Show a device's deployment history
-    History(NameArg),
+    /// Show a device's deployment history (the newest 100 events unless --limit or --all)
+    History(HistoryArgs),
     /// Remove a device: its certificate is revoked and it is disconnected
     Remove(NameArg),
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Device name
+    pub name: String,
+    #[command(flatten)]
+    pub page: client::PageArgs,
 }
 
 #[derive(Debug, Args)]
@@ -188,8 +196,8 @@ pub enum DeploymentCmd {
         /// Deployment id
         id: String,
     },
-    /// List your deployments
-    List,
+    /// List your deployments (the newest 100 unless --limit or --all)
+    List(client::PageArgs),
     /// Cancel a running deployment (devices not yet updated are skipped)
     Cancel {
         /// Deployment id
@@ -252,7 +260,7 @@ pub async fn run(global: &GlobalArgs, cmd: Command) -> Result<()> {
         Command::Setup(a) => devices::setup(&conn, a, json).await,
         Command::Deploy(a) => deploy::deploy(&conn, a, json).await,
         Command::Deployment(DeploymentCmd::Show { id }) => deploy::show(&conn, &id, json).await,
-        Command::Deployment(DeploymentCmd::List) => deploy::list(&conn, json).await,
+        Command::Deployment(DeploymentCmd::List(page)) => deploy::list(&conn, &page, json).await,
         Command::Deployment(DeploymentCmd::Cancel { id }) => deploy::cancel(&conn, &id, json).await,
         Command::Restart(a) => devices::action(&conn, &a.name, "restart", json).await,
         Command::Stop(a) => devices::action(&conn, &a.name, "stop", json).await,

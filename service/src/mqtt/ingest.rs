@@ -238,15 +238,19 @@ pub fn on_logs(svc: &Service, device_id: &str, payload: &[u8]) {
         return;
     };
     Counters::inc(&svc.counters.log_batches);
-    svc.live.push_logs(device_id, &b.lines);
+    // Kept (and streamed) only while someone watches the device, each line capped.
+    let kept = svc.live.push_logs(device_id, &b.lines);
     svc.live.seen(device_id, now_ms());
+    if kept.is_empty() {
+        return;
+    }
     svc.emit(
         &dev.owner,
         vec![dev.id],
         None,
         Event::Logs {
             device: dev.name,
-            lines: b.lines,
+            lines: kept,
         },
     );
 }
