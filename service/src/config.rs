@@ -24,7 +24,7 @@ pub struct HttpLimits {
     pub max_connections_per_address: usize,
     /// Time allowed for a TLS handshake (10 s).
     pub handshake_timeout: Duration,
-    /// On shutdown, how long requests in flight may take to finish (10 s).
+    /// On shutdown, how long requests in flight may take to finish (5 s).
     pub shutdown_grace: Duration,
 }
 
@@ -36,7 +36,8 @@ impl Default for HttpLimits {
             max_connections: None,
             max_connections_per_address: 64,
             handshake_timeout: Duration::from_secs(10),
-            shutdown_grace: Duration::from_secs(10),
+            // Within the service's whole shutdown deadline (8 s).
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }

@@ -41,6 +41,10 @@ use store::{Store, UserRecord};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
+/// How long a stopping service waits for its tasks (HTTP requests in flight, the rollout
+/// engine's last write, ingestion's last batch) before it aborts the rest.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(8);
+
 /// Name of the admin user created on first start.
 pub const ADMIN_USER: &str = "admin";
 /// File in the data dir holding the admin token (0600).
@@ -81,14 +85,16 @@ impl RunningService {
     }
 
     /// Stops every task, the broker and the HTTP listener, and waits for them.
+    /// One deadline for all of them ([`SHUTDOWN_DEADLINE`]): what has not stopped by then is
+    /// aborted. Nothing acknowledged is lost that way: a status event is acked only after it
+    /// is durable, and the rollout engine writes its state as it stops.
     pub async fn shutdown(mut self) {
         self.signal_stop();
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_DEADLINE;
         for t in std::mem::take(&mut self.tasks) {
             let abort = t.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(5), t)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout_at(deadline, t).await.is_err() {
+                tracing::warn!("a task did not stop before the shutdown deadline; aborted");
                 abort.abort();
             }
         }

@@ -33,6 +33,10 @@ pub struct Counters {
     pub quota_streams_refused: AtomicU64,
     /// Event streams open now.
     pub streams_open: AtomicU64,
+    /// Presence messages folded into a waiting one of the same device ([`crate::mqtt::presence`]).
+    pub presence_coalesced: AtomicU64,
+    /// Presence messages dropped at a bound (oversized, too many devices waiting).
+    pub presence_dropped: AtomicU64,
 }
 
 impl Counters {
@@ -385,6 +389,7 @@ pub fn render(
     c: &Counters,
     gauges: &GaugesSnapshot,
     online: usize,
+    log_lines_dropped: u64,
     broker: Option<String>,
     http: &str,
 ) -> String {
@@ -445,6 +450,24 @@ pub fn render(
         "Log batches received.",
         "counter",
         c.log_batches.load(Relaxed),
+    );
+    gauge(
+        "hammer_log_lines_dropped_total",
+        "Log lines dropped because nobody watched their device.",
+        "counter",
+        log_lines_dropped,
+    );
+    gauge(
+        "hammer_presence_coalesced_total",
+        "Presence messages folded into a waiting one of the same device.",
+        "counter",
+        c.presence_coalesced.load(Relaxed),
+    );
+    gauge(
+        "hammer_presence_dropped_total",
+        "Presence messages dropped at a bound (oversized, or too many devices waiting).",
+        "counter",
+        c.presence_dropped.load(Relaxed),
     );
     gauge(
         "hammer_acks_sent_total",
@@ -651,7 +674,7 @@ mod tests {
         assert!(g.deployment_written(&deployment("d", DeploymentState::Failed)));
         let c = Counters::default();
         Counters::inc(&c.quota_streams_refused);
-        let text = render(&c, &g.snapshot(), 0, None, "");
+        let text = render(&c, &g.snapshot(), 0, 0, None, "");
         for want in [
             "hammer_devices 1\n",
             "hammer_devices_online 0\n",

@@ -167,7 +167,7 @@ pub async fn provision(
     let sealing = SealingKeyPair::generate().map_err(ApiError::internal)?;
     dev.cert_serial = Some(issued.serial.clone());
     dev.sealing_public_key = Some(hex::encode(sealing.public_bytes()));
-    if !svc.store.insert_device(&dev)? {
+    if !super::devices::insert_within_quota(&svc, &dev)? {
         return Err(ApiError::conflict(format!(
             "user {:?} already has a device named {:?}",
             req.owner, req.name

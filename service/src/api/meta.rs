@@ -60,6 +60,7 @@ fn metrics_text(svc: &Service, headers: &HeaderMap) -> Response {
         &svc.counters,
         &svc.gauges.snapshot(),
         svc.live.online_count(),
+        svc.live.dropped_log_lines(),
         svc.broker.as_ref().map(|b| b.render_prometheus()),
         &crate::http::render_listeners(&listeners),
     );

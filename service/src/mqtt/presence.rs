@@ -19,7 +19,7 @@
 
 use crate::service::Service;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 
@@ -92,14 +92,12 @@ impl Coalescer {
     }
 }
 
-/// The coalescer shared between the event loop and the workers, with its counters.
+/// The coalescer shared between the event loop and the workers; counts in the service's
+/// [`crate::metrics::Counters`].
 pub struct PresenceQueue {
     state: Mutex<Coalescer>,
     ready: mpsc::UnboundedSender<String>,
-    /// Presence messages folded into a waiting one.
-    pub coalesced: AtomicU64,
-    /// Presence messages refused at a bound.
-    pub dropped: AtomicU64,
+    svc: Arc<Service>,
 }
 
 impl PresenceQueue {
@@ -111,8 +109,7 @@ impl PresenceQueue {
         let q = Arc::new(PresenceQueue {
             state: Mutex::new(Coalescer::default()),
             ready,
-            coalesced: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
+            svc: svc.clone(),
         });
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         for _ in 0..WORKERS {
@@ -129,10 +126,17 @@ impl PresenceQueue {
                 let _ = self.ready.send(device_id.to_owned());
             }
             Offer::Coalesced => {
-                self.coalesced.fetch_add(1, Ordering::Relaxed);
+                self.svc
+                    .counters
+                    .presence_coalesced
+                    .fetch_add(1, Ordering::Relaxed);
             }
             Offer::Dropped => {
-                let n = self.dropped.fetch_add(1, Ordering::Relaxed);
+                let n = self
+                    .svc
+                    .counters
+                    .presence_dropped
+                    .fetch_add(1, Ordering::Relaxed);
                 if n.is_multiple_of(10_000) {
                     tracing::warn!(
                         device = device_id,
