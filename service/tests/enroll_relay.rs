@@ -101,9 +101,8 @@ type Capture = Arc<Mutex<Vec<u8>>>;
 async fn listening_relay(upstream: SocketAddr) -> (u16, Capture, Capture) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
-    let (up_bytes, down_bytes) = (Arc::default(), Arc::default());
-    let (u, d): (Arc<Mutex<Vec<u8>>>, Arc<Mutex<Vec<u8>>>) =
-        (Arc::clone(&up_bytes), Arc::clone(&down_bytes));
+    let (up_bytes, down_bytes): (Capture, Capture) = (Arc::default(), Arc::default());
+    let (u, d) = (up_bytes.clone(), down_bytes.clone());
     tokio::spawn(async move {
         while let Ok((client, _)) = l.accept().await {
             let Ok(server) = TcpStream::connect(upstream).await else {
