@@ -36,11 +36,12 @@ impl CaCert {
     ///
     /// Refuses a certificate that is not a CA (basicConstraints CA:TRUE).
     pub fn from_pem(pem: &str) -> Result<CaCert> {
-        let der = crate::tls::parse_certs_pem(pem)?.into_iter().next().ok_or(
-            CertError::NoCertificate {
+        let der = crate::pemfile::parse_certs_pem(pem)?
+            .into_iter()
+            .next()
+            .ok_or(CertError::NoCertificate {
                 what: "the CA certificate",
-            },
-        )?;
+            })?;
         Self::from_der(der.as_ref())
     }
 
@@ -149,7 +150,7 @@ impl CaCert {
 
     /// Like [`CaCert::identity`], for a leaf certificate given as PEM.
     pub fn identity_pem(&self, leaf_pem: &str, now: SystemTime) -> Result<Identity> {
-        let der = crate::tls::parse_certs_pem(leaf_pem)?
+        let der = crate::pemfile::parse_certs_pem(leaf_pem)?
             .into_iter()
             .next()
             .ok_or(CertError::NoCertificate {
@@ -170,7 +171,7 @@ impl CaCert {
 /// True when the certificate in `cert_pem` carries the public key of the CSR in `csr_pem`:
 /// the certificate an enrollment returned is for the key this device made.
 pub fn cert_matches_csr(cert_pem: &str, csr_pem: &str) -> Result<bool> {
-    let der = crate::tls::parse_certs_pem(cert_pem)?
+    let der = crate::pemfile::parse_certs_pem(cert_pem)?
         .into_iter()
         .next()
         .ok_or(CertError::NoCertificate {

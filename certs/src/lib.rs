@@ -17,6 +17,7 @@ mod csr;
 mod error;
 pub mod files;
 mod identity;
+mod pemfile;
 mod revocation;
 mod serial;
 pub mod statement;

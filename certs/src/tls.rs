@@ -1,16 +1,17 @@
 //! rustls configurations for the fleet, all on the ring provider: mTLS server (clients must
 //! chain to the fleet CA), plain server (HTTPS), and clients with or without a certificate.
-//! Also PEM parsing of certificates and keys.
+//! PEM parsing lives in `pemfile` (re-exported here).
 
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::CertificateDer;
 
 use crate::cacert::CaCert;
 use crate::error::{CertError, Result};
+pub use crate::pemfile::{parse_certs_pem, parse_key_pem};
 
 /// The crypto provider used everywhere in Hammer: ring.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -21,34 +22,6 @@ pub fn provider() -> Arc<CryptoProvider> {
 pub fn install_default_provider() {
     // Err means a provider is already installed, which is what we want.
     let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// All certificates in a PEM text, in order. Errors if there is none.
-pub fn parse_certs_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
-    let certs = rustls_pemfile::certs(&mut pem.as_bytes())
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| CertError::Pem {
-            what: "certificate PEM",
-            detail: e.to_string(),
-        })?;
-    if certs.is_empty() {
-        return Err(CertError::NoCertificate {
-            what: "certificate PEM",
-        });
-    }
-    Ok(certs)
-}
-
-/// The first private key (PKCS#8, SEC1 or PKCS#1) in a PEM text.
-pub fn parse_key_pem(pem: &str) -> Result<PrivateKeyDer<'static>> {
-    rustls_pemfile::private_key(&mut pem.as_bytes())
-        .map_err(|e| CertError::Pem {
-            what: "private key PEM",
-            detail: e.to_string(),
-        })?
-        .ok_or(CertError::NoPrivateKey {
-            what: "private key PEM",
-        })
 }
 
 fn roots(ca_ders: Vec<CertificateDer<'static>>) -> Result<Arc<RootCertStore>> {
