@@ -132,9 +132,14 @@ pub enum Phase {
 }
 
 impl Phase {
-    /// Terminal phases of a deployment on one device.
+    /// Terminal phases of a deployment on one device: it runs (`Running`), or this attempt is
+    /// over (`Failed`, `RolledBack`, or `Refused`: the device refused the desired state and
+    /// will not act on it). The one definition; the service's rollout engine uses it.
     pub fn ends_deployment(self) -> bool {
-        matches!(self, Phase::Running | Phase::Failed | Phase::RolledBack)
+        matches!(
+            self,
+            Phase::Running | Phase::Failed | Phase::RolledBack | Phase::Refused
+        )
     }
 }
 

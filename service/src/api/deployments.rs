@@ -5,7 +5,7 @@
 use super::devices::{owned_device, parse_tag};
 use super::errors::{ApiError, ApiJson, ApiResult};
 use crate::auth::Caller;
-use crate::rollout::RolloutMsg;
+use crate::rollout::{RolloutError, RolloutMsg};
 use crate::service::Service;
 use crate::store::{DeploymentRecord, DeviceRecord, TargetRecord};
 use crate::views::{deployment_view, encode_deployment_cursor, PageParams};
@@ -18,6 +18,21 @@ use hammer_protocol::api::{
 use hammer_protocol::now_ms;
 use std::sync::Arc;
 use tokio::sync::oneshot;
+
+/// The HTTP answer for what the rollout engine refused or could not do.
+impl From<RolloutError> for ApiError {
+    fn from(e: RolloutError) -> ApiError {
+        match e {
+            RolloutError::DeviceBusy { .. } | RolloutError::AlreadyEnded { .. } => {
+                ApiError::conflict(e.to_string())
+            }
+            RolloutError::NoDeployment { id } => ApiError::no_deployment(&id),
+            RolloutError::NotStored { .. }
+            | RolloutError::Vanished { .. }
+            | RolloutError::Store(_) => ApiError::internal(e),
+        }
+    }
+}
 
 /// Most targets of one deployment.
 pub const MAX_TARGETS: usize = 100_000;

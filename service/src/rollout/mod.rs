@@ -1,0 +1,553 @@
+//! The rollout engine: the one owner of running deployments.
+//!
+//! It publishes each target's signed desired state as `max_in_flight` allows, follows the
+//! targets' status events (running → succeeded; failed / rolled back / refused → the attempt
+//! failed), times out silent devices, retries, aborts at the failure threshold (targets not
+//! yet started are skipped and keep their release), and ends each deployment succeeded,
+//! failed or canceled with a reason.
+//!
+//! One deployment, one commit. The commit is the user's when they name one (a full commit id
+//! as the ref, which `hammer deploy` resolves with the user's own git access). Otherwise the
+//! first report naming a commit pins it, and every target launched without it that has not
+//! fetched yet is republished at once (new generation) naming it; later launches name it too.
+//! A target that reports another commit never counts as a success: launched before the pin,
+//! it is relaunched once with the pinned commit; told the pinned commit, it fails.
+//!
+//! # A pure core and an I/O shell
+//!
+//! [`core`] decides; this module does. [`core::Rollout`] holds one running deployment and
+//! turns inputs into decisions with the time passed in: no clock, store, MQTT, logging or
+//! tokio in it, so every transition and every sum is unit-tested there. [`Engine`] (this
+//! module) is the task around it and does every I/O: the inbox, the timer, the store, MQTT,
+//! logs and the events the dashboard and `hammer` follow.
+//!
+//! ```text
+//! inbox (create, status, cancel, holder) ─┐
+//! timer (nearest deadline, persistence) ──┴─▶ Engine ──input, now──▶ core::Rollout
+//!                                               ▲                          │
+//!                                               └──────── decisions ───────┘
+//!   Engine carries them out: stage each decided launch (a new generation in the store) and
+//!   answer the core with the result, flush once, persist the deployment, publish the staged
+//!   desired states, emit the deployment's event, log what happened.
+//! ```
+//!
+//! A step ([`Engine::step`]) is: [`core::Rollout::begin_step`] (abort check, relaunches the
+//! pin calls for), then [`core::Rollout::next_launch`] / [`core::Rollout::launch_done`] for
+//! each launch, one flush of the staged device records, [`core::Rollout::end_step`] (the end
+//! check), then the deployment record is persisted and only then are the desired states
+//! published: a device acts only on what survives a restart. Launches, cancels and ends are
+//! persisted at once; changes driven by status events alone at most [`PERSIST_EVERY_MS`]
+//! later, once per batch of the inbox (the events themselves are durable before they get
+//! here). After a restart [`Engine::load`] reloads running deployments, replays stored status
+//! events it may have missed and recomputes timers from the persisted deadlines.
+//!
+//! Errors for callers are [`RolloutError`]; the HTTP layer maps them to status codes.
+
+pub mod core;
+
+pub use self::core::commit_named_by;
+use self::core::{is_active, same_commit, Applied, Launch, LaunchResult, Rollout, TargetChange};
+use crate::mqtt::publish::{publish_desired, stage_desired};
+use crate::service::Service;
+use crate::store::{DeploymentRecord, StoreError};
+use hammer_protocol::api::{DeploymentState, Event};
+use hammer_protocol::{now_ms, DesiredState, RunState, StatusEvent, PROTOCOL_VERSION};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Why the engine refused or could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    /// A target is already in another running deployment.
+    #[error("device {device:?} is already in running deployment {deployment}; wait for it to end or cancel it")]
+    DeviceBusy { device: String, deployment: String },
+    /// The deployment to cancel has already ended.
+    #[error("deployment {id} already ended ({})", state_name(.state))]
+    AlreadyEnded { id: String, state: DeploymentState },
+    /// No such deployment of this owner.
+    #[error("no deployment {id}")]
+    NoDeployment { id: String },
+    /// The change was made but could not be persisted; it may not survive a restart.
+    #[error("the {what} could not be stored; it may not survive a restart")]
+    NotStored { what: &'static str },
+    /// A deployment just stepped is neither running nor stored (a storage failure).
+    #[error("deployment {id} vanished")]
+    Vanished { id: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn state_name(s: &DeploymentState) -> String {
+    serde_json::to_string(s)
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_owned()
+}
+
+/// What the engine is told.
+pub enum RolloutMsg {
+    /// A new deployment (not yet stored): store it and start it.
+    Create {
+        dep: Box<DeploymentRecord>,
+        reply: oneshot::Sender<Result<DeploymentRecord, RolloutError>>,
+    },
+    /// A stored status event of a device.
+    Status {
+        device_id: String,
+        event: StatusEvent,
+    },
+    /// Cancel a running deployment of `owner`.
+    Cancel {
+        id: String,
+        owner: String,
+        by: String,
+        reply: oneshot::Sender<Result<DeploymentRecord, RolloutError>>,
+    },
+    /// Which running deployment holds a device, if any.
+    Holder {
+        device_id: String,
+        reply: oneshot::Sender<Option<String>>,
+    },
+}
+
+/// The engine's state.
+pub struct Engine {
+    svc: Arc<Service>,
+    running: HashMap<String, Rollout>,
+    /// Device id → running deployment that has it pending or in flight.
+    by_device: HashMap<String, String>,
+    /// Running deployments with status-driven changes not yet persisted → since when (ms).
+    unsaved: HashMap<String, u64>,
+}
+
+/// Status-driven target changes of a running deployment are persisted at most this long after
+/// they happen, not once per batch: at 10,000 targets one write is a multi-megabyte record.
+/// Nothing is lost meanwhile: the status events are durable before they get here and `load`
+/// replays them. Launches, cancels and ends are persisted at once.
+const PERSIST_EVERY_MS: u64 = 250;
+
+/// Most inbox messages handled under one step per deployment.
+const MAX_BATCH: usize = 4096;
+
+impl Engine {
+    /// Loads running deployments and replays stored status events of their in-flight targets.
+    pub async fn load(svc: Arc<Service>) -> anyhow::Result<Engine> {
+        let mut eng = Engine {
+            svc: svc.clone(),
+            running: HashMap::new(),
+            by_device: HashMap::new(),
+            unsaved: HashMap::new(),
+        };
+        let mut replay = Vec::new();
+        for dep in svc.store.deployments()? {
+            if dep.state != DeploymentState::Running {
+                continue;
+            }
+            let mut told_pin = HashMap::new();
+            for t in dep.targets.iter().filter(|t| is_active(t)) {
+                eng.by_device.insert(t.device_id.clone(), dep.id.clone());
+                if let (Some(pin), Some(g)) = (&dep.commit, t.generation) {
+                    let live = svc.store.device(&t.device_id)?.and_then(|d| d.desired);
+                    if live.is_some_and(|d| {
+                        d.generation == g
+                            && d.commit.as_deref().is_some_and(|c| same_commit(c, pin))
+                    }) {
+                        told_pin.insert(t.device_id.clone(), g);
+                    }
+                }
+                if t.state == hammer_protocol::api::TargetState::InFlight {
+                    for s in svc.store.statuses_of(&t.device_id)? {
+                        if s.event.deployment_id.as_deref() == Some(dep.id.as_str())
+                            && s.event.generation.is_some()
+                            && s.event.generation == t.generation
+                        {
+                            replay.push((t.device_id.clone(), s.event));
+                        }
+                    }
+                }
+            }
+            eng.running
+                .insert(dep.id.clone(), Rollout::resume(dep, told_pin));
+        }
+        if !eng.running.is_empty() {
+            tracing::info!(
+                deployments = eng.running.len(),
+                "resuming running deployments"
+            );
+        }
+        for (device_id, event) in replay {
+            eng.on_status(&device_id, event);
+        }
+        let ids: Vec<String> = eng.running.keys().cloned().collect();
+        for id in ids {
+            eng.step(&id).await;
+        }
+        Ok(eng)
+    }
+
+    /// Runs until the inbox closes or `stop` turns true.
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<RolloutMsg>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        loop {
+            let wait = self
+                .next_deadline()
+                .map(|d| Duration::from_millis(d.saturating_sub(now_ms())));
+            let timer = async {
+                match wait {
+                    Some(w) => tokio::time::sleep(w).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(m) => {
+                        let mut batch = vec![m];
+                        while batch.len() < MAX_BATCH {
+                            match rx.try_recv() {
+                                Ok(m) => batch.push(m),
+                                Err(_) => break,
+                            }
+                        }
+                        self.handle_batch(batch).await;
+                    }
+                    None => break,
+                },
+                _ = timer => self.on_timer().await,
+                _ = stop.changed() => break,
+            }
+        }
+        // A graceful stop leaves nothing for `load` to replay.
+        let unsaved: Vec<String> = self.unsaved.keys().cloned().collect();
+        for id in unsaved {
+            self.step(&id).await;
+        }
+    }
+
+    /// Handles what queued up at once. Status events only update targets in memory; each
+    /// deployment they touched is then stepped (and persisted) once, instead of once per
+    /// event: a 1,000-device rollout would otherwise rewrite its record thousands of times.
+    /// The events themselves are already durable in the store (ingest stores, flushes and
+    /// acks them before they get here, and `load` replays them after a restart), so
+    /// persisting the deployment once per batch loses nothing.
+    async fn handle_batch(&mut self, batch: Vec<RolloutMsg>) {
+        let mut touched: Vec<String> = Vec::new();
+        for msg in batch {
+            if !matches!(msg, RolloutMsg::Status { .. }) {
+                // Keep the order: what came before a create or cancel is applied first.
+                for id in touched.drain(..) {
+                    self.step_with(&id, false).await;
+                }
+            }
+            if let Some(id) = self.handle(msg).await {
+                if !touched.contains(&id) {
+                    touched.push(id);
+                }
+            }
+        }
+        for id in touched {
+            self.step_with(&id, false).await;
+        }
+    }
+
+    /// Handles one message; a status event only updates its target in memory and returns the
+    /// deployment to step (the caller steps each touched deployment once per batch).
+    async fn handle(&mut self, msg: RolloutMsg) -> Option<String> {
+        match msg {
+            RolloutMsg::Create { dep, reply } => {
+                let r = self.create(*dep).await;
+                let _ = reply.send(r);
+            }
+            RolloutMsg::Status { device_id, event } => {
+                return self.on_status(&device_id, event);
+            }
+            RolloutMsg::Cancel {
+                id,
+                owner,
+                by,
+                reply,
+            } => {
+                let r = self.cancel(&id, &owner, &by).await;
+                let _ = reply.send(r);
+            }
+            RolloutMsg::Holder { device_id, reply } => {
+                let _ = reply.send(self.by_device.get(&device_id).cloned());
+            }
+        }
+        None
+    }
+
+    /// The nearest timer: a target's deadline or a pending persistence.
+    fn next_deadline(&self) -> Option<u64> {
+        let save = self.unsaved.values().min().map(|t| t + PERSIST_EVERY_MS);
+        self.running
+            .values()
+            .filter_map(Rollout::next_deadline)
+            .chain(save)
+            .min()
+    }
+
+    async fn create(&mut self, dep: DeploymentRecord) -> Result<DeploymentRecord, RolloutError> {
+        for t in &dep.targets {
+            if let Some(other) = self.by_device.get(&t.device_id) {
+                return Err(RolloutError::DeviceBusy {
+                    device: t.device.clone(),
+                    deployment: other.clone(),
+                });
+            }
+        }
+        let rollout = Rollout::start(dep);
+        let id = rollout.record().id.clone();
+        for t in &rollout.record().targets {
+            self.by_device.insert(t.device_id.clone(), id.clone());
+        }
+        tracing::info!(deployment = %id, targets = rollout.record().targets.len(), "deployment created");
+        self.running.insert(id.clone(), rollout);
+        if !self.step(&id).await {
+            return Err(RolloutError::NotStored { what: "deployment" });
+        }
+        self.current(&id).ok_or(RolloutError::Vanished { id })
+    }
+
+    /// The deployment as running or, once ended, as stored.
+    fn current(&self, id: &str) -> Option<DeploymentRecord> {
+        match self.running.get(id) {
+            Some(r) => Some(r.record().clone()),
+            None => self.svc.store.deployment(id).ok().flatten(),
+        }
+    }
+
+    async fn cancel(
+        &mut self,
+        id: &str,
+        owner: &str,
+        by: &str,
+    ) -> Result<DeploymentRecord, RolloutError> {
+        let Some(rollout) = self
+            .running
+            .get_mut(id)
+            .filter(|r| r.record().owner == owner)
+        else {
+            return match self.svc.store.deployment(id)? {
+                Some(d) if d.owner == owner => Err(RolloutError::AlreadyEnded {
+                    id: id.to_owned(),
+                    state: d.state,
+                }),
+                _ => Err(RolloutError::NoDeployment { id: id.to_owned() }),
+            };
+        };
+        rollout.cancel(by, now_ms());
+        tracing::info!(deployment = %id, "deployment canceled");
+        if !self.step(id).await {
+            return Err(RolloutError::NotStored {
+                what: "cancellation",
+            });
+        }
+        self.current(id)
+            .ok_or_else(|| RolloutError::NoDeployment { id: id.to_owned() })
+    }
+
+    /// Applies a status event to the target it belongs to; returns the deployment to step.
+    fn on_status(&mut self, device_id: &str, ev: StatusEvent) -> Option<String> {
+        let dep_id = self.by_device.get(device_id)?.clone();
+        let rollout = self.running.get_mut(&dep_id)?;
+        let Applied { pinned, change } = rollout.on_status(device_id, &ev, now_ms())?;
+        if let Some(commit) = pinned {
+            tracing::info!(deployment = %dep_id, commit = %commit, device = %device_id, "pinned commit from the first report naming one");
+        }
+        match change {
+            TargetChange::RelaunchQueued(detail) => {
+                tracing::info!(deployment = %dep_id, device = %device_id, "{detail}");
+            }
+            TargetChange::WrongCommit(detail) => {
+                tracing::warn!(deployment = %dep_id, device = %device_id, "{detail}");
+            }
+            TargetChange::Progress
+            | TargetChange::Succeeded
+            | TargetChange::Retrying
+            | TargetChange::Failed => {}
+        }
+        Some(dep_id)
+    }
+
+    /// Times out what is due and persists what waited long enough.
+    async fn on_timer(&mut self) {
+        let now = now_ms();
+        let mut touched = Vec::new();
+        for (id, rollout) in self.running.iter_mut() {
+            if rollout.on_tick(now) > 0 {
+                touched.push(id.clone());
+            }
+        }
+        for (id, since) in &self.unsaved {
+            if since + PERSIST_EVERY_MS <= now && !touched.contains(id) {
+                touched.push(id.clone());
+            }
+        }
+        for id in touched {
+            self.step(&id).await;
+        }
+    }
+
+    /// Advances a deployment: abort check, launches as slots allow, end check; then persists
+    /// and announces it. Returns false when the deployment could not be persisted (callers
+    /// that answer a request must not acknowledge it then); other callers retry on the next
+    /// step.
+    async fn step(&mut self, id: &str) -> bool {
+        self.step_with(id, true).await
+    }
+
+    /// [`Engine::step`]; with `always_persist` false, a step that only applied status events
+    /// is persisted within [`PERSIST_EVERY_MS`] instead of at once.
+    async fn step_with(&mut self, id: &str, always_persist: bool) -> bool {
+        let Some(mut rollout) = self.running.remove(id) else {
+            self.unsaved.remove(id);
+            return true;
+        };
+        // Launches share one flush of the device records and are published after the
+        // deployment record is persisted: a device acts only on what survives a restart.
+        let mut staged: Vec<(usize, DesiredState)> = Vec::new();
+        rollout.begin_step(now_ms());
+        while let Some(launch) = rollout.next_launch(now_ms()) {
+            let now = now_ms();
+            let (result, desired) = self.stage(&launch, now);
+            rollout.launch_done(&launch, result, now);
+            if let Some(desired) = desired {
+                staged.push((launch.target, desired));
+            }
+        }
+        if rollout.is_running() && !staged.is_empty() {
+            if let Err(e) = self.svc.store.flush().await {
+                tracing::warn!(deployment = %id, error = %e, "cannot store desired states");
+                let targets: Vec<usize> = staged.drain(..).map(|(i, _)| i).collect();
+                rollout.launches_not_stored(&targets, &e.to_string(), now_ms());
+            }
+        }
+        let summary = rollout.end_step(now_ms());
+        for t in &rollout.record().targets {
+            if (summary.ended || !is_active(t))
+                && self.by_device.get(&t.device_id).map(String::as_str) == Some(id)
+            {
+                self.by_device.remove(&t.device_id);
+            }
+        }
+        if summary.ended {
+            let dep = rollout.record();
+            tracing::info!(deployment = %id, state = ?dep.state, reason = ?dep.reason, "deployment ended");
+        }
+        let now = now_ms();
+        let since = *self.unsaved.entry(id.to_owned()).or_insert(now);
+        let due = always_persist
+            || summary.ended
+            || summary.launched > 0
+            || summary.state_changed
+            || since + PERSIST_EVERY_MS <= now;
+        let persisted = if due {
+            match self.persist(rollout.record()).await {
+                Ok(()) => {
+                    self.unsaved.remove(id);
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(deployment = %id, error = %e, "cannot persist deployment");
+                    false
+                }
+            }
+        } else {
+            true
+        };
+        let mut publish_failed = false;
+        for (i, desired) in staged {
+            if let Err(e) = publish_desired(&self.svc, &desired).await {
+                tracing::warn!(deployment = %id, device = %desired.device_id, error = %e, "cannot publish desired state");
+                rollout.publish_failed(i, &e.to_string());
+                publish_failed = true;
+            }
+        }
+        if publish_failed {
+            // Recorded with the next step (within PERSIST_EVERY_MS, or at the next event).
+            self.unsaved.entry(id.to_owned()).or_insert(now);
+        }
+        if self.svc.listening() {
+            let dep = rollout.record();
+            self.svc.emit(
+                &dep.owner,
+                dep.targets.iter().map(|t| t.device_id.clone()).collect(),
+                Some(dep.id.clone()),
+                Event::Deployment {
+                    deployment: crate::views::deployment_view(dep),
+                },
+            );
+        }
+        if !summary.ended {
+            self.running.insert(id.to_owned(), rollout);
+        }
+        persisted
+    }
+
+    async fn persist(&self, dep: &DeploymentRecord) -> anyhow::Result<()> {
+        self.svc.store.put_deployment(dep)?;
+        self.svc.store.flush().await?;
+        Ok(())
+    }
+
+    /// Stages a launch's desired state in the store (a new generation, naming the
+    /// deployment's commit if it has one); the caller flushes and publishes it.
+    fn stage(&self, launch: &Launch, now: u64) -> (LaunchResult, Option<DesiredState>) {
+        let result = stage_desired(&self.svc, &launch.device_id, |d, generation| {
+            let setup = d.setup.as_ref()?;
+            Some(DesiredState {
+                v: PROTOCOL_VERSION,
+                device_id: d.id.clone(),
+                owner: d.owner.clone(),
+                generation,
+                deployment_id: launch.deployment_id.clone(),
+                repo_url: setup.repo_url.clone(),
+                git_ref: launch
+                    .git_ref
+                    .clone()
+                    .unwrap_or_else(|| setup.git_ref.clone()),
+                commit: launch.commit.clone(),
+                start: setup.start.clone(),
+                env: setup.env.clone(),
+                health_window_secs: setup.health_window_secs,
+                health_cmd: setup.health_cmd.clone(),
+                run_state: RunState::Running,
+                issued_at: now,
+            })
+        });
+        match result {
+            Ok(Some(rec)) => {
+                tracing::debug!(deployment = %launch.deployment_id, device = %launch.device_id, generation = rec.generation, "staged desired state");
+                (
+                    LaunchResult::Staged {
+                        generation: rec.generation,
+                    },
+                    rec.desired,
+                )
+            }
+            Ok(None) => (LaunchResult::NoSetup, None),
+            Err(e) => {
+                tracing::warn!(deployment = %launch.deployment_id, device = %launch.device_id, error = %e, "cannot store desired state");
+                (LaunchResult::NotStored(e.to_string()), None)
+            }
+        }
+    }
+}
+
+/// Asks the engine which running deployment holds `device_id`.
+pub async fn holder(svc: &Service, device_id: &str) -> Option<String> {
+    let (tx, rx) = oneshot::channel();
+    svc.rollout
+        .send(RolloutMsg::Holder {
+            device_id: device_id.to_owned(),
+            reply: tx,
+        })
+        .await
+        .ok()?;
+    rx.await.ok().flatten()
+}
