@@ -42,46 +42,10 @@ impl DataDir {
     }
 }
 
-/// How the manager reaches the broker.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerAddr {
-    pub host: String,
-    pub port: u16,
-    /// `mqtts://` (mutual TLS, the only choice in production) or `mqtt://` (plain TCP, only
-    /// with `insecure_plain_mqtt_for_tests` in `manager.toml`).
-    pub tls: bool,
-}
-
-impl BrokerAddr {
-    /// Parses `mqtts://host:port` or `mqtt://host:port` (default ports 8883 and 1883).
-    pub fn parse(url: &str) -> Result<BrokerAddr> {
-        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
-            (true, r)
-        } else if let Some(r) = url.strip_prefix("mqtt://") {
-            (false, r)
-        } else {
-            bail!("broker URL {url:?} must start with mqtts://");
-        };
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
-                h,
-                p.parse::<u16>()
-                    .map_err(|_| anyhow!("broker URL {url:?} has an invalid port"))?,
-            ),
-            _ => (rest, if tls { 8883 } else { 1883 }),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || host.contains('/') {
-            bail!("broker URL {url:?} has no valid host");
-        }
-        Ok(BrokerAddr {
-            host: host.to_owned(),
-            port,
-            tls,
-        })
-    }
-}
+/// How the manager reaches the broker: the protocol's one broker URL parser
+/// ([`hammer_protocol::BrokerUrl`]; `tls` is false for `mqtt://`, which [`Identity::load`]
+/// accepts only with `insecure_plain_mqtt_for_tests` in `manager.toml`).
+pub use hammer_protocol::BrokerUrl as BrokerAddr;
 
 /// Reads `manager.toml`.
 pub fn load_config_file(dir: &DataDir) -> Result<ManagerConfigFile> {
@@ -193,7 +157,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn broker_urls() {
+    fn the_manager_reads_broker_urls_like_the_service_including_ipv6_without_a_port() {
         assert_eq!(
             BrokerAddr::parse("mqtts://broker.example:8883").unwrap(),
             BrokerAddr {
@@ -204,6 +168,11 @@ mod tests {
         );
         assert_eq!(BrokerAddr::parse("mqtt://127.0.0.1").unwrap().port, 1883);
         assert_eq!(BrokerAddr::parse("mqtts://[::1]:9000").unwrap().host, "::1");
+        // Refused here before, accepted by the service.
+        assert_eq!(
+            BrokerAddr::parse("mqtts://[::1]").unwrap(),
+            BrokerAddr::mqtts("::1", 8883)
+        );
         assert!(BrokerAddr::parse("http://x:1").is_err());
         assert!(BrokerAddr::parse("mqtts://:1").is_err());
         assert!(BrokerAddr::parse("mqtts://h:notaport").is_err());

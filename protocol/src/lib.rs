@@ -1,22 +1,35 @@
 //! Hammer IoT wire protocol, shared by the service, the broker and the device manager.
 //!
-//! Everything here is pure: topic names ([`topics`]), name rules ([`names`]), the message
-//! types ([`messages`]), the CBOR codec with its size limit ([`codec`]), the Ed25519 signing
-//! envelope for service → device messages ([`signing`]) and HPKE-sealed git credentials
-//! ([`sealing`]). No I/O happens in this crate.
+//! Everything here is pure: topic names ([`topics`]), name and id rules ([`names`]), the
+//! rules for tags, environment variables and git refs ([`rules`]), broker URLs
+//! ([`broker_url`]), the wire names of enums ([`wire`]), the message types ([`messages`]),
+//! the CBOR codec with its size limit ([`codec`]), the Ed25519 signing envelope for
+//! service → device messages ([`signing`]) and HPKE-sealed git credentials ([`sealing`]).
+//! No I/O happens in this crate.
+//!
+//! Each input rule has one definition here, used by the CLI, the service and the manager.
 
 pub mod api;
+pub mod broker_url;
 pub mod codec;
 pub mod messages;
 pub mod names;
+pub mod rules;
 pub mod sealing;
 pub mod signing;
 pub mod topics;
+pub mod wire;
 
+pub use broker_url::{BrokerUrl, BrokerUrlError};
 pub use codec::{decode, encode, CodecError};
 pub use messages::*;
-pub use names::{validate_device_id, validate_name, NameError};
+pub use names::{validate_deployment_id, validate_device_id, validate_name, NameError};
+pub use rules::{
+    parse_env, parse_tag, validate_env, validate_env_name, validate_git_ref, validate_tag,
+    validate_tags, EnvError, GitRefError, TagError,
+};
 pub use topics::{Channel, Topic, TopicError};
+pub use wire::WireName;
 
 /// Version carried in every message as field `v`. Decoders refuse any other value.
 pub const PROTOCOL_VERSION: u16 = 1;

@@ -127,63 +127,30 @@ impl ServeConfig {
     }
 }
 
-/// A parsed `mqtts://host:port` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerUrl {
-    pub host: String,
-    pub port: u16,
-}
-
-impl BrokerUrl {
-    /// Parses `mqtts://host:port` (port defaults to 8883). Only TLS is accepted.
-    pub fn parse(url: &str) -> anyhow::Result<BrokerUrl> {
-        let rest = url.strip_prefix("mqtts://").ok_or_else(|| {
-            anyhow::anyhow!("broker URL {url:?} must start with mqtts:// (TLS is required)")
-        })?;
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = if let Some(h) = rest.strip_prefix('[') {
-            let (h, p) = h
-                .split_once(']')
-                .ok_or_else(|| anyhow::anyhow!("broker URL {url:?}: unclosed '['"))?;
-            (h.to_owned(), p.strip_prefix(':'))
-        } else {
-            match rest.rsplit_once(':') {
-                Some((h, p)) => (h.to_owned(), Some(p)),
-                None => (rest.to_owned(), None),
-            }
-        };
-        if host.is_empty() {
-            anyhow::bail!("broker URL {url:?} has no host");
-        }
-        let port = match port {
-            Some(p) => p
-                .parse()
-                .map_err(|_| anyhow::anyhow!("broker URL {url:?}: port {p:?} is not a number"))?,
-            None => hammer_broker::DEFAULT_PORT,
-        };
-        Ok(BrokerUrl { host, port })
-    }
-
-    pub fn to_url(&self) -> String {
-        if self.host.contains(':') {
-            format!("mqtts://[{}]:{}", self.host, self.port)
-        } else {
-            format!("mqtts://{}:{}", self.host, self.port)
-        }
-    }
-}
+/// A broker URL: the protocol's one parser. The service accepts only `mqtts://`
+/// ([`BrokerUrl::parse_mqtts`]).
+pub use hammer_protocol::BrokerUrl;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn broker_urls() {
-        let u = BrokerUrl::parse("mqtts://example.com:1883").unwrap();
+    fn the_service_takes_only_mqtts_broker_urls_and_reads_ipv6_like_the_manager() {
+        let u = BrokerUrl::parse_mqtts("mqtts://example.com:1883").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("example.com", 1883));
-        assert_eq!(BrokerUrl::parse("mqtts://h").unwrap().port, 8883);
-        assert_eq!(BrokerUrl::parse("mqtts://[::1]:9").unwrap().host, "::1");
-        assert!(BrokerUrl::parse("mqtt://h:1").is_err());
-        assert!(BrokerUrl::parse("mqtts://h:x").is_err());
+        assert_eq!(
+            BrokerUrl::parse_mqtts("mqtts://h").unwrap().port,
+            hammer_broker::DEFAULT_PORT
+        );
+        assert_eq!(
+            BrokerUrl::parse_mqtts("mqtts://[::1]:8883").unwrap(),
+            BrokerUrl::mqtts("::1", 8883)
+        );
+        let e = BrokerUrl::parse_mqtts("mqtt://h:1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("TLS is required"), "{e}");
+        assert!(BrokerUrl::parse_mqtts("mqtts://h:x").is_err());
     }
 }

@@ -29,8 +29,9 @@ fn base32(bytes: &[u8]) -> String {
     out
 }
 
-/// A new id: 26 lowercase letters and digits (128 random bits), valid as a device id,
-/// an owner id, a deployment id and in MQTT topics.
+/// A new id: 26 lowercase letters and digits (128 random bits), valid as a device id
+/// ([`hammer_protocol::validate_device_id`]), an owner id, a deployment id
+/// ([`hammer_protocol::validate_deployment_id`]) and in MQTT topics.
 pub fn new_id() -> String {
     base32(&random_bytes::<16>())
 }
@@ -60,10 +61,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_are_valid_device_ids_and_distinct() {
+    fn ids_are_valid_device_and_deployment_ids_and_distinct() {
         let a = new_id();
         assert_eq!(a.len(), 26);
         hammer_protocol::validate_device_id(&a).unwrap();
+        hammer_protocol::validate_deployment_id(&a).unwrap();
         assert_ne!(a, new_id());
         assert!(new_api_token().len() > 50);
         assert_eq!(hash_token("x").len(), 64);

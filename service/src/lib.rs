@@ -284,7 +284,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
 
     let (broker, target, mqtt_addr, device_broker_url) = match &cfg.broker_url {
         Some(url) => {
-            let target = BrokerUrl::parse(url)?;
+            let target = BrokerUrl::parse_mqtts(url)?;
             let addr = tokio::net::lookup_host((target.host.as_str(), target.port))
                 .await
                 .ok()
@@ -308,15 +308,19 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
             } else {
                 addr.ip()
             };
-            let target = BrokerUrl {
-                host: local_ip.to_string(),
-                port: addr.port(),
-            };
-            let public = BrokerUrl {
-                host: init::public_host(cfg.public_host.as_deref(), cfg.mqtt),
-                port: addr.port(),
-            };
-            (Some(handle), target, addr, public.to_url())
+            let target = BrokerUrl::mqtts(local_ip.to_string(), addr.port());
+            let public = BrokerUrl::mqtts(
+                init::public_host(cfg.public_host.as_deref(), cfg.mqtt),
+                addr.port(),
+            );
+            // Devices read this URL with the same parser: refuse a host they would refuse.
+            let device_url = public.to_url();
+            BrokerUrl::parse_mqtts(&device_url).with_context(|| {
+                format!(
+                    "the broker URL devices would get, {device_url:?}, is invalid: set --public-host to a DNS name or an IP address"
+                )
+            })?;
+            (Some(handle), target, addr, device_url)
         }
     };
 

@@ -11,7 +11,7 @@ use crate::probe::Probe;
 use crate::procstat::rss_kib;
 use crate::service_proc::ServiceProc;
 use hammer_protocol::api::DeploymentState;
-use hammer_protocol::Phase;
+use hammer_protocol::{Phase, WireName};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -236,6 +236,6 @@ pub async fn rollout(
         device_p99_ms: percentile(&on_device, 99.0),
         events_stored,
         events_per_sec: events_stored as f64 / all_done.as_secs_f64().max(1e-3),
-        state: format!("{state:?}").to_lowercase(),
+        state: state.wire_name().to_owned(),
     })
 }

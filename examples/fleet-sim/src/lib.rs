@@ -30,9 +30,10 @@ pub mod procstat;
 pub mod service_proc;
 pub mod storm;
 
-/// Parses `mqtts://host:port` into host and port (port defaults to 8883).
+/// Parses `mqtts://host:port` into host and port (port defaults to 8883), by the protocol's
+/// one broker URL parser; simulated devices use TLS, so `mqtt://` is refused.
 pub fn parse_broker_url(url: &str) -> anyhow::Result<(String, u16)> {
-    let u = hammer_service::BrokerUrl::parse(url)?;
+    let u = hammer_protocol::BrokerUrl::parse_mqtts(url)?;
     Ok((u.host, u.port))
 }
 

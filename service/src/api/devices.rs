@@ -30,20 +30,10 @@ pub fn owned_device(svc: &Service, caller: &Caller, name: &str) -> ApiResult<Dev
         .ok_or_else(|| ApiError::no_device(name))
 }
 
-/// Checks tags: keys are names, values 0 to 128 printable characters without `=` or `,`.
+/// Checks tags by the protocol's rule ([`hammer_protocol::validate_tags`]): 400 with what
+/// is allowed.
 pub fn validate_tags(tags: &BTreeMap<String, String>) -> ApiResult<()> {
-    if tags.len() > 32 {
-        return Err(ApiError::bad_request("at most 32 tags per device"));
-    }
-    for (k, v) in tags {
-        validate_name(k).map_err(|e| ApiError::bad_request(format!("tag key: {e}")))?;
-        if v.len() > 128 || v.chars().any(|c| c.is_control() || c == '=' || c == ',') {
-            return Err(ApiError::bad_request(format!(
-                "tag {k}: the value must be at most 128 printable characters without '=' or ','"
-            )));
-        }
-    }
-    Ok(())
+    hammer_protocol::validate_tags(tags).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 /// A new device record for `owner`.
@@ -172,15 +162,9 @@ pub async fn list_devices(
     Ok(Json(v))
 }
 
-/// Parses a `key=value` tag selector.
+/// Parses a `key=value` tag selector by the protocol's rule ([`hammer_protocol::parse_tag`]).
 pub fn parse_tag(t: &str) -> ApiResult<(String, String)> {
-    match t.split_once('=') {
-        Some((k, v)) if validate_name(k).is_ok() => Ok((k.to_owned(), v.to_owned())),
-        _ => Err(ApiError::bad_request(format!(
-            "tag selector {:?} must look like key=value",
-            t.chars().take(80).collect::<String>()
-        ))),
-    }
+    hammer_protocol::parse_tag(t).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 /// `GET /api/v1/devices/{name}`.

@@ -14,7 +14,7 @@ use axum::extract::{Path, State};
 use axum::Json;
 use hammer_protocol::api::{DeviceState, DeviceView, SetupRequest, SetupView};
 use hammer_protocol::sealing::seal_credentials;
-use hammer_protocol::{CommandKind, GitCredentials};
+use hammer_protocol::{validate_env, validate_git_ref, CommandKind, GitCredentials};
 use std::sync::Arc;
 
 /// Longest health window accepted.
@@ -48,14 +48,7 @@ fn check(req: &SetupRequest) -> ApiResult<()> {
             ));
         }
     }
-    if req.git_ref.trim().is_empty()
-        || req.git_ref.len() > 256
-        || req.git_ref.chars().any(|c| c.is_control() || c == ' ')
-    {
-        return Err(ApiError::bad_request(
-            "git_ref must be a branch, tag or commit without spaces",
-        ));
-    }
+    validate_git_ref(&req.git_ref).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if req.start.trim().is_empty() || req.start.len() > 4096 {
         return Err(ApiError::bad_request(
             "start must be a non-empty shell command (at most 4096 bytes)",
@@ -76,21 +69,7 @@ fn check(req: &SetupRequest) -> ApiResult<()> {
         ));
     }
     for (k, v) in &req.env {
-        let ok = !k.is_empty()
-            && k.len() <= 128
-            && !k.as_bytes()[0].is_ascii_digit()
-            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if !ok {
-            return Err(ApiError::bad_request(format!(
-                "env name {:?} is invalid: use letters, digits and _, not starting with a digit",
-                k.chars().take(80).collect::<String>()
-            )));
-        }
-        if v.len() > 8192 || v.contains('\0') {
-            return Err(ApiError::bad_request(format!(
-                "env {k}: value too long or contains NUL"
-            )));
-        }
+        validate_env(k, v).map_err(|e| ApiError::bad_request(e.to_string()))?;
     }
     Ok(())
 }
@@ -133,7 +112,7 @@ pub async fn put_setup(
     drop(credentials);
     let view = SetupView {
         repo_url: repo_url.trim().to_owned(),
-        git_ref: git_ref.trim().to_owned(),
+        git_ref,
         start,
         env,
         health_window_secs,

@@ -1,10 +1,10 @@
 //! `hammer certs issue-device`: registers a device for a user through `POST /provision`
 //! (admin token) and writes an offline bundle that is a ready `hammer-manager --data-dir`.
 
-use super::check_name;
 use super::client::Client;
 use super::config::Conn;
 use super::output::{self, safe};
+use super::{check_name, check_tags};
 use anyhow::{bail, Context, Result};
 use hammer_certs::files::{create_private_dir, write_private, write_public};
 use hammer_protocol::api::{ProvisionRequest, ProvisionResponse};
@@ -50,6 +50,8 @@ pub async fn issue_device(
 ) -> Result<()> {
     check_name(owner)?;
     check_name(name)?;
+    let tags = tags.into_iter().collect();
+    check_tags(&tags)?;
     if out.exists() && !out.is_dir() {
         bail!("--out {} is a file, not a folder", out.display());
     }
@@ -63,7 +65,7 @@ pub async fn issue_device(
     let req = ProvisionRequest {
         owner: owner.to_string(),
         name: name.to_string(),
-        tags: tags.into_iter().collect(),
+        tags,
     };
     let (mut v, bundle): (_, ProvisionResponse) = client.post("/provision", &req).await?;
     write_bundle(out, &bundle).with_context(|| {

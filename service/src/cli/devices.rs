@@ -4,7 +4,7 @@
 use super::client::{Client, Listed, PageArgs};
 use super::config::Conn;
 use super::output::{self, ago, fmt_time, or_dash, safe, short_commit, wire_name, Table};
-use super::{check_name, tag_string, DeviceCmd, SetupArgs};
+use super::{check_name, check_tags, tag_string, DeviceCmd, SetupArgs};
 use anyhow::{anyhow, bail, Context, Result};
 use hammer_protocol::api::{
     ActionAccepted, CreateDevice, CreatedDevice, DeviceView, HistoryEntry, SetupRequest,
@@ -26,10 +26,12 @@ pub async fn run(conn: &Conn, cmd: DeviceCmd, json: bool) -> Result<()> {
 
 async fn add(conn: &Conn, name: &str, tags: Vec<(String, String)>, json: bool) -> Result<()> {
     check_name(name)?;
+    let tags = tags.into_iter().collect();
+    check_tags(&tags)?;
     let client = Client::new(conn)?;
     let body = CreateDevice {
         name: name.to_string(),
-        tags: tags.into_iter().collect(),
+        tags,
     };
     let (v, created): (_, CreatedDevice) = client.post("/devices", &body).await?;
     if json {

@@ -10,8 +10,9 @@ pub mod output;
 pub mod stream;
 pub mod users;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use clap::{Args, Subcommand};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Connection and output flags shared by every client command.
@@ -130,7 +131,7 @@ pub struct SetupArgs {
     #[arg(long, value_name = "CMD")]
     pub start: String,
     /// Branch, tag or commit to deploy by default
-    #[arg(long = "ref", value_name = "REF", default_value = "main")]
+    #[arg(long = "ref", value_name = "REF", default_value = "main", value_parser = parse_git_ref)]
     pub git_ref: String,
     /// Environment variable for the app as KEY=VALUE (repeatable)
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
@@ -169,7 +170,7 @@ pub struct DeployArgs {
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_kv)]
     pub tag: Option<(String, String)>,
     /// Branch, tag or commit (default: each device's setup ref)
-    #[arg(long = "ref", value_name = "REF")]
+    #[arg(long = "ref", value_name = "REF", value_parser = parse_git_ref)]
     pub git_ref: Option<String>,
     /// At most this many devices updating at once (default: all)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -284,63 +285,45 @@ pub fn check_name(name: &str) -> Result<()> {
     hammer_protocol::validate_name(name).map_err(|e| anyhow!("{e}"))
 }
 
-/// Refuses a deployment id that cannot be one (ids are letters, digits, `-` and `_`).
+/// Refuses a deployment id that breaks the protocol's rule, before any request.
 pub fn check_id(id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if !ok {
-        bail!("deployment id {id:?} is invalid: ids are letters and digits, as printed by `hammer deploy`");
-    }
-    Ok(())
+    hammer_protocol::validate_deployment_id(id).map_err(|e| anyhow!("{e}"))
 }
 
-/// Parses a `key=value` tag: the key follows the name rule; the value is at most 128
-/// printable characters without `=` or `,` (the service's rule).
+/// Refuses a device's tags that break the protocol's rule (at most 32, each valid).
+pub fn check_tags(tags: &BTreeMap<String, String>) -> Result<()> {
+    hammer_protocol::validate_tags(tags).map_err(|e| anyhow!("{e}"))
+}
+
+/// Parses a `key=value` tag by the protocol's rule ([`hammer_protocol::parse_tag`]).
 pub fn parse_kv(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("tag {s:?} must look like key=value, e.g. group=lab"))?;
-    hammer_protocol::validate_name(k).map_err(|_| {
-        format!("tag key {k:?} is invalid: use 1 to 63 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit")
-    })?;
-    if v.chars().count() > 128 || v.chars().any(|c| c.is_control() || c == '=' || c == ',') {
-        return Err(format!(
-            "tag value {v:?} is invalid: at most 128 printable characters without '=' or ','"
-        ));
-    }
-    Ok((k.to_string(), v.to_string()))
+    hammer_protocol::parse_tag(s).map_err(|e| e.to_string())
 }
 
-/// Parses an app environment variable `KEY=VALUE` (the value may be empty or hold `=`).
+/// Parses an app environment variable `KEY=VALUE` (the value may be empty or hold `=`) by
+/// the protocol's rule ([`hammer_protocol::parse_env`]).
 pub fn parse_env(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("environment variable {s:?} must look like KEY=VALUE"))?;
-    let ok = !k.is_empty()
-        && !k.as_bytes()[0].is_ascii_digit()
-        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if !ok {
-        return Err(format!(
-            "environment variable name {k:?} is invalid: use letters, digits and _, not starting with a digit"
-        ));
-    }
-    Ok((k.to_string(), v.to_string()))
+    hammer_protocol::parse_env(s).map_err(|e| e.to_string())
+}
+
+/// Parses a git ref (`--ref`) by the protocol's rule ([`hammer_protocol::validate_git_ref`]).
+pub fn parse_git_ref(s: &str) -> Result<String, String> {
+    hammer_protocol::validate_git_ref(s).map_err(|e| e.to_string())?;
+    Ok(s.to_owned())
 }
 
 /// A tag as the API expects it in queries and selectors.
 pub fn tag_string((k, v): &(String, String)) -> String {
-    format!("{k}={v}")
+    hammer_protocol::rules::tag_selector(k, v)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     #[test]
-    fn tags_and_env() {
+    fn tags_and_env_are_parsed_by_the_protocol_rules() {
         assert_eq!(
             parse_kv("group=lab").unwrap(),
             ("group".into(), "lab".into())
@@ -365,11 +348,45 @@ mod tests {
     }
 
     #[test]
-    fn ids_and_names() {
+    fn the_cli_counts_a_tag_value_in_bytes_like_the_service() {
+        // 65 two-byte characters: 65 characters, 130 bytes. The CLI used to send it and the
+        // service refused it; now the CLI refuses it first, saying what is allowed.
+        let e = parse_kv(&format!("room={}", "ä".repeat(65))).unwrap_err();
+        assert!(e.contains("at most 128 bytes"), "{e}");
+        assert!(parse_kv(&format!("room={}", "ä".repeat(64))).is_ok());
+        let many: BTreeMap<String, String> =
+            (0..33).map(|i| (format!("k{i}"), String::new())).collect();
+        assert!(check_tags(&many).is_err());
+    }
+
+    #[test]
+    fn an_env_name_over_128_bytes_is_refused_before_any_request() {
+        assert!(parse_env(&format!("{}=x", "A".repeat(128))).is_ok());
+        assert!(parse_env(&format!("{}=x", "A".repeat(129))).is_err());
+    }
+
+    #[test]
+    fn deployment_ids_and_names_follow_the_protocol_rules() {
         assert!(check_id("01jd3k4m5n6p7q8r9s0t1v2w3x").is_ok());
         assert!(check_id("../etc").is_err());
         assert!(check_id("").is_err());
+        // The service makes lowercase ids only; the CLI used to pass these on.
+        assert!(check_id("Dep_1-x").is_err());
         assert!(check_name("d1").is_ok());
         assert!(check_name("d/1").is_err());
+    }
+
+    #[derive(Debug, Parser)]
+    struct Deploy {
+        #[command(flatten)]
+        args: DeployArgs,
+    }
+
+    #[test]
+    fn a_ref_that_git_would_read_as_an_option_is_refused_by_the_argument_parser() {
+        let ok = Deploy::try_parse_from(["deploy", "d1", "--ref", "v1.2"]).unwrap();
+        assert_eq!(ok.args.git_ref.as_deref(), Some("v1.2"));
+        assert!(Deploy::try_parse_from(["deploy", "d1", "--ref=--upload-pack=x"]).is_err());
+        assert!(Deploy::try_parse_from(["deploy", "d1", "--ref", "a b"]).is_err());
     }
 }

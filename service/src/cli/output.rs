@@ -6,6 +6,7 @@
 //! [`Table`], [`or_dash`] and [`short_commit`] apply it themselves; `--json` output is the
 //! API's exact JSON (serde escapes control characters there).
 
+use hammer_protocol::WireName;
 use serde_json::Value;
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -131,13 +132,10 @@ pub fn short_commit(c: Option<&str>) -> String {
     }
 }
 
-/// A serde enum value as its wire name (`rolled_back`, `in_flight`, …).
-pub fn wire_name<T: serde::Serialize>(v: &T) -> String {
-    match serde_json::to_value(v) {
-        Ok(Value::String(s)) => s,
-        Ok(other) => other.to_string(),
-        Err(_) => "?".into(),
-    }
+/// An enum value as its wire name (`rolled_back`, `in_flight`, …): the protocol's
+/// [`WireName`], the one way every printer names a state or a phase.
+pub fn wire_name<T: WireName>(v: &T) -> String {
+    v.wire_name().to_owned()
 }
 
 /// Milliseconds since the epoch as `YYYY-MM-DD HH:MM:SS` UTC.
@@ -332,10 +330,14 @@ mod tests {
     }
 
     #[test]
-    fn wire_names() {
+    fn states_and_phases_print_as_their_wire_names() {
         assert_eq!(
             wire_name(&hammer_protocol::Phase::RolledBack),
             "rolled_back"
+        );
+        assert_eq!(
+            wire_name(&hammer_protocol::api::TargetState::TimedOut),
+            "timed_out"
         );
     }
 }
