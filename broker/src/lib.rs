@@ -56,6 +56,7 @@
 //! Call `hammer_certs::tls::install_default_provider()` first in either case.
 
 pub mod acl;
+mod admission;
 pub mod config;
 pub mod error;
 pub mod events;
@@ -76,7 +77,7 @@ pub use limits::{raise_nofile, ConnectionLimits, RateLimit};
 pub use metrics::{MetricsSnapshot, RefusalReason};
 pub use registry::Kick;
 
-use front_door::Shared;
+use admission::Shared;
 use hammer_certs::{CaCert, Identity, Role};
 use std::collections::HashMap;
 use std::net::SocketAddr;

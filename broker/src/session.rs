@@ -9,8 +9,8 @@
 //! or a takeover (the device is not offline then), before the link leaves the router.
 
 use crate::acl::Acl;
+use crate::admission::{PendingGuard, Shared};
 use crate::events::ConnectionEvent;
-use crate::front_door::{PendingGuard, Shared};
 use crate::limits::{Exceeded, Limiter};
 use crate::metrics::RefusalReason;
 use crate::mqtt::{self, MqttError};
