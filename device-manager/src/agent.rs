@@ -23,6 +23,7 @@ use crate::link::{Backoff, LinkEvent};
 use crate::logstream::{LogStream, Step};
 use crate::outbox::Outbox;
 use crate::pace::TokenBucket;
+use crate::runtime::Input;
 use crate::store::Counter;
 use crate::verify::Verifier;
 use anyhow::Result;
@@ -339,11 +340,16 @@ impl Agent {
 
     /// Keeps `DATA/status.json` current for `hammer-manager status` (event-driven, no timer).
     fn write_status_snapshot(&self) {
-        if let Some(json) = self.backend.status_json() {
-            let path = self.opts.data_dir.join(crate::config::STATUS_SNAPSHOT_FILE);
-            if let Err(e) = hammer_certs::files::write_public(&path, json) {
-                tracing::debug!(error = %e, "cannot write the status snapshot");
+        let json = match serde_json::to_string_pretty(&self.backend.status()) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot encode the status snapshot");
+                return;
             }
+        };
+        let path = self.opts.data_dir.join(crate::config::STATUS_SNAPSHOT_FILE);
+        if let Err(e) = hammer_certs::files::write_public(&path, json) {
+            tracing::debug!(error = %e, "cannot write the status snapshot");
         }
     }
 
@@ -351,7 +357,7 @@ impl Agent {
         if !self.connected {
             return;
         }
-        let h = health(self.backend.health());
+        let h = health(&self.backend.status());
         match hammer_protocol::encode(&h) {
             Ok(bytes) => {
                 if let Err(e) = self.client.try_publish(
@@ -368,9 +374,7 @@ impl Agent {
     }
 
     async fn start_logs(&mut self) {
-        self.backend
-            .deliver(crate::backend::Action::Logs { on: true })
-            .await;
+        self.backend.deliver(Input::Logs { on: true }).await;
         if let Some(l) = self.logs.as_mut() {
             // Already streaming: extend the timeout.
             l.deadline = Instant::now() + self.opts.logs_timeout;
@@ -393,9 +397,7 @@ impl Agent {
         if self.logs.is_some() {
             self.flush_logs().await;
             self.logs = None;
-            self.backend
-                .deliver(crate::backend::Action::Logs { on: false })
-                .await;
+            self.backend.deliver(Input::Logs { on: false }).await;
             tracing::info!("live logs stopped");
         }
     }

@@ -1,56 +1,47 @@
-//! The boundary between the agent (MQTT, verification, outbox) and whatever does the local
-//! work. In the binary that is the runtime (`crate::runtime`, adapted in
-//! [`crate::runtime_glue`]); tests can plug in a recorder.
+//! The seam between the agent (MQTT, verification, outbox) and the runtime that does the local
+//! work (git, releases, the app).
 //!
-//! Everything a backend reports goes through [`crate::outbox::Outbox::append`] (durable
-//! before it returns), never through this trait.
+//! It speaks the runtime's own vocabulary — [`Input`] in, [`LocalStatus`] and live lines out —
+//! so nothing is translated on the way: the binary's backend is the [`RuntimeHandle`] itself
+//! (implemented below). The trait earns its place as the agent tests' seam: they drive the
+//! agent against a real broker with a recording backend, to see exactly which inputs an
+//! accepted, refused or replayed message produces, without cloning repositories or starting
+//! apps.
+//!
+//! Reports do not cross this trait: the runtime appends them to the durable outbox through
+//! its [`crate::runtime::ReportSink`] (implemented by [`crate::outbox::Outbox`]).
 
-use hammer_protocol::{DesiredState, GitCredentials};
+use crate::runtime::{Input, LocalStatus, RuntimeHandle};
 use std::future::Future;
 use std::pin::Pin;
 use tokio::sync::broadcast;
-
-/// What the agent asks the local side to do, after verifying it.
-#[derive(Debug, Clone)]
-pub enum Action {
-    /// Converge on this desired state (a repeat of the current generation only re-confirms).
-    Desired {
-        desired: Box<DesiredState>,
-        credentials: Option<GitCredentials>,
-    },
-    /// Restart the app of the current release.
-    Restart,
-    /// Someone started or stopped watching live output.
-    Logs { on: bool },
-}
-
-/// Figures for the periodic health report.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HealthFigures {
-    pub app_running: bool,
-    pub pid: Option<u32>,
-    pub restarts: u32,
-    pub uptime_secs: u64,
-    pub app_rss_kb: u64,
-    pub app_cpu_ms: u64,
-    pub commit: Option<String>,
-    pub generation: Option<u64>,
-}
 
 pub type BoxFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// The local side the agent drives.
 pub trait Backend: Send + Sync + 'static {
-    /// Hands over an action. Must not block the caller for long: long work (git) belongs on
+    /// Hands over an input. Must not block the caller for long: long work (git) belongs on
     /// the backend's own tasks or threads.
-    fn deliver(&self, action: Action) -> BoxFuture<'_>;
-    /// Current figures for a health report (cheap, no network).
-    fn health(&self) -> HealthFigures;
+    fn deliver(&self, input: Input) -> BoxFuture<'_>;
+    /// What is deployed and running (cheap, no network): the figures of the periodic health
+    /// report ([`crate::health_report::health`]) and of `DATA/status.json`, which the agent
+    /// writes after each status event so `hammer-manager status` can answer while `run` holds
+    /// the database lock.
+    fn status(&self) -> LocalStatus;
     /// A receiver of live app output lines, while logs are on.
     fn subscribe_logs(&self) -> Option<broadcast::Receiver<String>>;
-    /// A JSON snapshot of what runs locally, written to `DATA/status.json` after each status
-    /// event so `hammer-manager status` can answer while the database is locked by `run`.
-    fn status_json(&self) -> Option<String> {
-        None
+}
+
+impl Backend for RuntimeHandle {
+    fn deliver(&self, input: Input) -> BoxFuture<'_> {
+        Box::pin(self.send(input))
+    }
+
+    fn status(&self) -> LocalStatus {
+        RuntimeHandle::status(self)
+    }
+
+    fn subscribe_logs(&self) -> Option<broadcast::Receiver<String>> {
+        Some(RuntimeHandle::subscribe_logs(self))
     }
 }

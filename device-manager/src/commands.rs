@@ -3,9 +3,15 @@
 //! Order matters for crash safety: the new generation or cmd_seq is persisted *before* the
 //! action is handed on, so a replay after a crash is refused rather than acted on twice.
 //! Refusals become `refused` status events and change nothing.
+//!
+//! This is where the protocol's vocabulary meets the runtime's: a desired state and each
+//! accepted [`CommandKind`] either become one [`Input`] for the backend (desired, restart), are
+//! handled here (setup: the sealed git credentials), or go back to the agent loop as a
+//! [`Followup`] (logs: the agent owns the live stream and tells the backend itself).
 
-use crate::backend::{Action, Backend};
-use crate::outbox::{EventBody, Outbox};
+use crate::backend::Backend;
+use crate::outbox::Outbox;
+use crate::runtime::{Input, Report};
 use crate::store::Counter;
 use crate::verify::{DesiredVerdict, Refusal, Verifier};
 use anyhow::Result;
@@ -33,7 +39,7 @@ pub struct Handler {
 
 fn refused(outbox: &Outbox, r: Refusal) -> Result<()> {
     tracing::warn!(reason = %r.reason, "refused a message from the service");
-    outbox.append(EventBody {
+    outbox.append(Report {
         generation: r.generation,
         deployment_id: r.deployment_id,
         phase: Phase::Refused,
@@ -70,7 +76,7 @@ impl Handler {
         };
         let credentials = crate::credentials::load(&self.data_dir);
         self.backend
-            .deliver(Action::Desired {
+            .deliver(Input::Desired {
                 desired: d,
                 credentials,
             })
@@ -104,7 +110,7 @@ impl Handler {
                 Ok(Followup::None)
             }
             CommandKind::Restart => {
-                self.backend.deliver(Action::Restart).await;
+                self.backend.deliver(Input::Restart).await;
                 Ok(Followup::None)
             }
             // The agent owns the stream and tells the backend (see `agent::start_logs`).
@@ -150,8 +156,7 @@ impl Handler {
             Some(GitCredentials::Ssh { .. }) => "setup stored: ssh git credentials".to_owned(),
         };
         tracing::info!("{detail}");
-        self.outbox
-            .append(EventBody::new(Phase::Configured, detail))?;
+        self.outbox.append(Report::new(Phase::Configured, detail))?;
         Ok(())
     }
 }

@@ -19,6 +19,5 @@ pub mod logstream;
 pub mod outbox;
 pub mod pace;
 pub mod runtime;
-pub mod runtime_glue;
 pub mod store;
 pub mod verify;

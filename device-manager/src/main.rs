@@ -12,7 +12,6 @@ use hammer_manager::enroll::{enroll, EnrollArgs};
 use hammer_manager::outbox::Outbox;
 use hammer_manager::runtime::app::AppUser;
 use hammer_manager::runtime::{self, layout, RuntimeOptions};
-use hammer_manager::runtime_glue::{OutboxSink, RuntimeBackend};
 use hammer_manager::store::{open_db, Store};
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,7 +79,7 @@ async fn cmd_run(c: RunCmd) -> Result<()> {
     layout::secure_data_dir(dir.path())?;
     let db = open_db(dir.path())?;
     let outbox = Outbox::new(Store::open(&db)?);
-    let sink = Arc::new(OutboxSink(outbox.clone()));
+    let sink = Arc::new(outbox.clone());
     let handle = runtime::spawn(
         RuntimeOptions {
             data_dir: dir.path().to_path_buf(),
@@ -104,7 +103,7 @@ async fn cmd_run(c: RunCmd) -> Result<()> {
         broker = %format!("{}:{}", identity.broker.host, identity.broker.port),
         "hammer-manager starting"
     );
-    let backend = Arc::new(RuntimeBackend(handle.clone()));
+    let backend = Arc::new(handle.clone());
     agent::run(identity, opts, outbox, backend, shutdown_signal()).await?;
     // Stopped by SIGTERM/SIGINT: stop the app with its grace period (the systemd unit uses
     // KillMode=process, so the manager, not systemd, stops the app).

@@ -1,42 +1,22 @@
 //! The status outbox: every [`StatusEvent`] is numbered and written here (durably) before it
 //! is published, and stays until the service acks its seq.
 //!
+//! What goes in is a [`Report`] — the runtime's steps (the outbox is the runtime's
+//! [`ReportSink`]) and the agent's own events alike; [`Outbox::append`] adds the epoch, seq and
+//! time.
+//!
 //! Tree `outbox`: key = seq (u64 big-endian, so iteration is in seq order), value = the CBOR
 //! of the event. Seqs start at 1 per epoch and have no gaps. Allocating a seq and storing
 //! the event is one sled transaction over the `agent` and `outbox` trees.
 
+use crate::runtime::{Report, ReportSink};
 use crate::store::{decode_u64, Counter, Store};
 use anyhow::{Context, Result};
-use hammer_protocol::{Phase, StatusEvent, PROTOCOL_VERSION};
+use hammer_protocol::{StatusEvent, PROTOCOL_VERSION};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use std::sync::Arc;
 use tokio::sync::Notify;
-
-/// The content of a status event before it gets its epoch, seq and time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventBody {
-    pub generation: Option<u64>,
-    pub deployment_id: Option<String>,
-    pub phase: Phase,
-    pub commit: Option<String>,
-    pub detail: Option<String>,
-    pub log_tail: Vec<String>,
-}
-
-impl EventBody {
-    /// An event with only a phase and a detail line.
-    pub fn new(phase: Phase, detail: impl Into<String>) -> EventBody {
-        EventBody {
-            generation: None,
-            deployment_id: None,
-            phase,
-            commit: None,
-            detail: Some(detail.into()),
-            log_tail: Vec::new(),
-        }
-    }
-}
 
 /// The persisted outbox, plus a [`Notify`] that wakes the publisher when an event is added.
 #[derive(Clone, Debug)]
@@ -62,8 +42,9 @@ impl Outbox {
         self.wake.notified().await
     }
 
-    /// Numbers the event, stores it durably (flushed) and wakes the publisher.
-    pub fn append(&self, body: EventBody) -> Result<StatusEvent> {
+    /// Turns a report into a status event (numbers it, stamps the epoch and time), stores it
+    /// durably (flushed) and wakes the publisher.
+    pub fn append(&self, body: Report) -> Result<StatusEvent> {
         let event = {
             let _g = self.store.lock.lock().unwrap_or_else(|e| e.into_inner());
             let epoch = self.store.epoch();
@@ -162,6 +143,15 @@ impl Outbox {
     }
 }
 
+/// The runtime's sink in the binary: its reports are durable before `report` returns.
+impl ReportSink for Outbox {
+    fn report(&self, report: Report) {
+        if let Err(e) = self.append(report) {
+            tracing::error!(error = %e, "cannot store a status event; it is lost");
+        }
+    }
+}
+
 fn encode_event(ev: &StatusEvent) -> Result<Vec<u8>> {
     match hammer_protocol::encode(ev) {
         Ok(b) => Ok(b),
@@ -186,6 +176,7 @@ fn encode_event(ev: &StatusEvent) -> Result<Vec<u8>> {
 mod tests {
     use super::*;
     use crate::store::open_db;
+    use hammer_protocol::Phase;
 
     #[test]
     fn append_ack_and_reopen() {
@@ -195,7 +186,7 @@ mod tests {
             let ob = Outbox::new(Store::open(&db).unwrap());
             for i in 0..5 {
                 let ev = ob
-                    .append(EventBody::new(Phase::Running, format!("e{i}")))
+                    .append(Report::new(Phase::Running, format!("e{i}")))
                     .unwrap();
                 assert_eq!(ev.seq, i + 1);
             }
@@ -208,10 +199,7 @@ mod tests {
         let seqs: Vec<u64> = ob.unacked().unwrap().iter().map(|e| e.seq).collect();
         assert_eq!(seqs, vec![3, 4, 5]);
         assert_eq!(ob.store().get(Counter::AckedSeq), 2);
-        assert_eq!(
-            ob.append(EventBody::new(Phase::Stopped, "x")).unwrap().seq,
-            6
-        );
+        assert_eq!(ob.append(Report::new(Phase::Stopped, "x")).unwrap().seq, 6);
         assert_eq!(ob.after(4).unwrap().len(), 2);
         // A hostile ack of u64::MAX neither panics nor trims anything.
         assert!(ob.after(u64::MAX).unwrap().is_empty());
@@ -219,11 +207,37 @@ mod tests {
     }
 
     #[test]
+    fn a_runtime_report_becomes_a_numbered_status_event_with_the_same_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        let ob = Outbox::new(Store::open(&db).unwrap());
+        let report = Report {
+            generation: Some(3),
+            deployment_id: Some("dep3".into()),
+            phase: Phase::RolledBack,
+            commit: Some("abc".into()),
+            detail: Some("health check failed".into()),
+            log_tail: vec!["boom".into()],
+        };
+        ReportSink::report(&ob, report.clone());
+        let evs = ob.unacked().unwrap();
+        assert_eq!(evs.len(), 1);
+        let ev = &evs[0];
+        assert_eq!((ev.epoch, ev.seq), (ob.store().epoch(), 1));
+        assert_eq!(ev.generation, report.generation);
+        assert_eq!(ev.deployment_id, report.deployment_id);
+        assert_eq!(ev.phase, report.phase);
+        assert_eq!(ev.commit, report.commit);
+        assert_eq!(ev.detail, report.detail);
+        assert_eq!(ev.log_tail, report.log_tail);
+    }
+
+    #[test]
     fn oversized_log_tail_is_shortened_not_lost() {
         let dir = tempfile::tempdir().unwrap();
         let db = open_db(dir.path()).unwrap();
         let ob = Outbox::new(Store::open(&db).unwrap());
-        let mut body = EventBody::new(Phase::RolledBack, "boom");
+        let mut body = Report::new(Phase::RolledBack, "boom");
         body.log_tail = vec!["x".repeat(1000); 1000];
         ob.append(body).unwrap();
         let evs = ob.unacked().unwrap();

@@ -10,7 +10,7 @@ use agent_support::*;
 use hammer_broker::Broker;
 use hammer_certs::{Ca, RevocationList};
 use hammer_manager::config::DataDir;
-use hammer_manager::outbox::EventBody;
+use hammer_manager::runtime::Report;
 use hammer_protocol::api::ManagerConfigFile;
 use hammer_protocol::sealing::SealingKeyPair;
 use hammer_protocol::signing::SigningKeyPair;
@@ -108,7 +108,7 @@ async fn agent_over_mtls_through_hammer_broker() {
     wait_until("desired delivered", || backend.desired_generations() == [1]).await;
 
     outbox
-        .append(EventBody::new(Phase::Received, "received generation 1"))
+        .append(Report::new(Phase::Received, "received generation 1"))
         .unwrap();
     svc.wait_status(&[1]).await;
 
@@ -116,7 +116,7 @@ async fn agent_over_mtls_through_hammer_broker() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(broker.kick_device(DEVICE) >= 1);
     outbox
-        .append(EventBody::new(Phase::Fetching, "fetching"))
+        .append(Report::new(Phase::Fetching, "fetching"))
         .unwrap();
     svc.wait_for("presence online again", |s| {
         matches!(s, Seen::Presence(p) if p.online).then_some(())

@@ -5,7 +5,7 @@
 mod agent_support;
 
 use agent_support::*;
-use hammer_manager::outbox::EventBody;
+use hammer_manager::runtime::Report;
 use hammer_manager::store::Counter;
 use hammer_protocol::signing::SigningKeyPair;
 use hammer_protocol::*;
@@ -21,8 +21,8 @@ async fn signed_ack(svc: &Service, epoch: u64, seq: u64) {
     svc.publish(Channel::Ack, false, wire).await;
 }
 
-fn ev(n: u64) -> EventBody {
-    EventBody {
+fn ev(n: u64) -> Report {
+    Report {
         generation: Some(1),
         deployment_id: Some("dep1".into()),
         phase: Phase::Fetching,

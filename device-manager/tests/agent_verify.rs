@@ -7,7 +7,7 @@
 mod agent_support;
 
 use agent_support::*;
-use hammer_manager::backend::Action;
+use hammer_manager::runtime::{Input, Report};
 use hammer_manager::store::Counter;
 use hammer_protocol::sealing::seal_credentials;
 use hammer_protocol::signing::{Signed, SigningKeyPair};
@@ -187,8 +187,8 @@ async fn stale_expired_and_unknown_commands_are_refused() {
     s.svc.command(&command(4, CommandKind::Restart)).await;
     wait_until("restart delivered", || s.backend.count() == 1).await;
     assert!(matches!(
-        s.backend.actions.lock().unwrap()[0],
-        Action::Restart
+        s.backend.inputs.lock().unwrap()[0],
+        Input::Restart
     ));
     assert_eq!(s.outbox.store().get(Counter::CmdSeq), 4);
 
@@ -265,8 +265,8 @@ async fn setup_stores_credentials_0600_and_never_logs_them() {
     // The next desired state carries them to the runtime.
     s.svc.desired(&desired(1)).await;
     wait_until("desired delivered", || s.backend.count() == 1).await;
-    match &s.backend.actions.lock().unwrap()[0] {
-        Action::Desired { credentials, .. } => assert_eq!(credentials.as_ref(), Some(&creds)),
+    match &s.backend.inputs.lock().unwrap()[0] {
+        Input::Desired { credentials, .. } => assert_eq!(credentials.as_ref(), Some(&creds)),
         other => panic!("{other:?}"),
     }
 
@@ -309,7 +309,7 @@ async fn forged_or_misaddressed_acks_are_refused_and_never_trim_the_outbox() {
     let epoch = s.outbox.store().epoch();
     for n in 1..=3 {
         s.outbox
-            .append(hammer_manager::outbox::EventBody {
+            .append(Report {
                 generation: None,
                 deployment_id: None,
                 phase: Phase::Restarted,

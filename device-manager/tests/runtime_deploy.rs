@@ -300,14 +300,14 @@ async fn stop_start_restart_and_crash_supervision() {
 
     // Live lines flow while logs are on.
     let mut live = rt.subscribe_logs();
-    rt.send(Input::LogsOn).await;
+    rt.send(Input::Logs { on: true }).await;
     rt.send(Input::Restart).await;
     let line = tokio::time::timeout(std::time::Duration::from_secs(5), live.recv())
         .await
         .expect("a live line")
         .unwrap();
     assert!(line.contains("hello from"), "{line}");
-    rt.send(Input::LogsOff).await;
+    rt.send(Input::Logs { on: false }).await;
     rt.shutdown(true).await;
     w.no_app().await;
 }

@@ -1,9 +1,12 @@
 //! Local deployment runtime: git mirror, releases, the app process, health gate, rollback.
 //!
 //! [`spawn`] starts one task (the reconciler, [`reconcile`]) that owns all local state and acts
-//! on [`Input`]s from the agent one at a time; it reports every step through a [`ReportSink`]
-//! (durable before it returns). Git work runs on `spawn_blocking`. Idle, the task waits on
-//! its inputs and on the app's exit: no polling, no timers.
+//! on [`Input`]s from the agent one at a time; it reports every step as a [`Report`] through a
+//! [`ReportSink`] (durable before it returns; in the binary the sink is the outbox itself).
+//! [`Input`], [`Report`] and [`LocalStatus`] are the whole vocabulary between the agent and
+//! the runtime: the agent sends the first, the outbox takes the second, and health reports and
+//! `status.json` are read from the third. Git work runs on `spawn_blocking`. Idle, the task
+//! waits on its inputs and on the app's exit: no polling, no timers.
 //!
 //! Modules: [`state`] (persisted typed state), [`git`] (mirror, credentials, checkout),
 //! [`releases`] (release folders, `current`, pruning), [`app`] (start/stop a process group),
@@ -100,7 +103,10 @@ impl Default for RuntimeOptions {
     }
 }
 
-/// One report of a step; the agent turns it into a `StatusEvent` (adds epoch, seq, time).
+/// One step worth telling the service: the content of a status event. The device manager's
+/// one report type — the runtime's steps and the agent's own events (refusals, `configured`)
+/// alike. [`crate::outbox::Outbox::append`] turns it into a `StatusEvent` by adding the epoch,
+/// seq and time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
     pub generation: Option<u64>,
@@ -111,25 +117,43 @@ pub struct Report {
     pub log_tail: Vec<String>,
 }
 
-/// Where reports go. Must be durable when `report` returns.
+impl Report {
+    /// A report with only a phase and a detail line.
+    pub fn new(phase: Phase, detail: impl Into<String>) -> Report {
+        Report {
+            generation: None,
+            deployment_id: None,
+            phase,
+            commit: None,
+            detail: Some(detail.into()),
+            log_tail: Vec::new(),
+        }
+    }
+}
+
+/// Where reports go. Must be durable when `report` returns (in the binary: the
+/// [`crate::outbox::Outbox`]).
 pub trait ReportSink: Send + Sync + 'static {
     fn report(&self, report: Report);
 }
 
-/// What the agent hands to the runtime.
+/// What the agent asks the runtime to do, after verifying it: the one vocabulary across the
+/// agent ↔ runtime boundary. The agent maps each accepted `CommandKind` or desired state to an
+/// input (`crate::commands`), hands it over through [`crate::backend::Backend::deliver`], and
+/// [`RuntimeHandle::send`] acts on it. A new device command that needs the runtime is a new
+/// variant here, its mapping in `commands`, and its handling in `send`.
 #[derive(Debug, Clone)]
-#[allow(clippy::large_enum_variant)] // short-lived; boxing would only complicate callers
 pub enum Input {
-    /// A verified desired state (the latest one wins if several queue up).
+    /// Converge on this verified desired state (the latest one wins if several queue up; a
+    /// repeat of the generation already acted on only re-applies its run state).
     Desired {
-        desired: DesiredState,
+        desired: Box<DesiredState>,
         credentials: Option<GitCredentials>,
     },
     /// Restart the app of the current release.
     Restart,
-    /// Start streaming live output lines to subscribers.
-    LogsOn,
-    LogsOff,
+    /// Someone started (true) or stopped (false) watching live output lines.
+    Logs { on: bool },
 }
 
 /// The deployment step the runtime is in.
@@ -213,6 +237,8 @@ pub(crate) struct Shared {
     pub(crate) restarts: u32,
 }
 
+/// What [`RuntimeHandle`] tells the reconciler besides desired states (which go through a
+/// watch slot so the latest wins): an agent restart, or the runtime's own shutdown.
 pub(crate) enum Control {
     Restart,
     Shutdown {
@@ -242,13 +268,12 @@ impl RuntimeHandle {
                 credentials,
             } => {
                 self.desired
-                    .send_replace(Some(Arc::new((desired, credentials))));
+                    .send_replace(Some(Arc::new((*desired, credentials))));
             }
             Input::Restart => {
                 let _ = self.control.send(Control::Restart).await;
             }
-            Input::LogsOn => self.log.set_live(true),
-            Input::LogsOff => self.log.set_live(false),
+            Input::Logs { on } => self.log.set_live(on),
         }
     }
 

@@ -6,10 +6,11 @@
 #![allow(dead_code)]
 
 use hammer_manager::agent::{self, AgentOptions};
-use hammer_manager::backend::{Action, Backend, BoxFuture, HealthFigures};
+use hammer_manager::backend::{Backend, BoxFuture};
 use hammer_manager::config::{DataDir, Identity, CONFIG_FILE, SEALING_KEY_FILE};
 use hammer_manager::link::Backoff;
 use hammer_manager::outbox::Outbox;
+use hammer_manager::runtime::{Input, LocalStatus, Step};
 use hammer_manager::store::{open_db, Store};
 use hammer_protocol::api::ManagerConfigFile;
 use hammer_protocol::sealing::SealingKeyPair;
@@ -296,25 +297,25 @@ impl Service {
 /// A backend that records what the agent asks for.
 #[derive(Default)]
 pub struct Recorder {
-    pub actions: Mutex<Vec<Action>>,
+    pub inputs: Mutex<Vec<Input>>,
     pub logs: Mutex<Option<broadcast::Sender<String>>>,
 }
 
 impl Recorder {
     pub fn desired_generations(&self) -> Vec<u64> {
-        self.actions
+        self.inputs
             .lock()
             .unwrap()
             .iter()
             .filter_map(|a| match a {
-                Action::Desired { desired, .. } => Some(desired.generation),
+                Input::Desired { desired, .. } => Some(desired.generation),
                 _ => None,
             })
             .collect()
     }
 
     pub fn count(&self) -> usize {
-        self.actions.lock().unwrap().len()
+        self.inputs.lock().unwrap().len()
     }
 
     /// Sends a live log line (only received while logs are on).
@@ -326,22 +327,28 @@ impl Recorder {
 }
 
 impl Backend for Recorder {
-    fn deliver(&self, action: Action) -> BoxFuture<'_> {
+    fn deliver(&self, input: Input) -> BoxFuture<'_> {
         Box::pin(async move {
-            self.actions.lock().unwrap().push(action);
+            self.inputs.lock().unwrap().push(input);
         })
     }
 
-    fn health(&self) -> HealthFigures {
-        HealthFigures {
+    fn status(&self) -> LocalStatus {
+        LocalStatus {
+            generation: Some(1),
+            deployment_id: Some("dep1".into()),
+            commit: Some("abc".into()),
+            release_generation: Some(1),
+            previous_commit: None,
+            step: Step::Idle,
+            run_state: RunState::Running,
             app_running: true,
             pid: Some(42),
             restarts: 1,
             uptime_secs: 7,
-            app_rss_kb: 1000,
-            app_cpu_ms: 5,
-            commit: Some("abc".into()),
-            generation: Some(1),
+            rss_kb: 1000,
+            cpu_ms: 5,
+            rolled_back: Vec::new(),
         }
     }
 

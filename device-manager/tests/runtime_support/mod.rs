@@ -262,7 +262,7 @@ pub async fn send_with(
 ) {
     handle
         .send(Input::Desired {
-            desired,
+            desired: Box::new(desired),
             credentials,
         })
         .await;
