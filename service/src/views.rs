@@ -81,7 +81,7 @@ pub fn decode_deployment_cursor(s: &str) -> Result<DeploymentCursor, ApiError> {
     let rest = s.strip_prefix('d').ok_or_else(|| bad_cursor(s))?;
     let (t, id) = (rest.get(..16), rest.get(16..));
     match (t.and_then(hex16), id) {
-        (Some(created_at), Some(id)) if hammer_protocol::validate_device_id(id).is_ok() => {
+        (Some(created_at), Some(id)) if hammer_protocol::validate_deployment_id(id).is_ok() => {
             Ok(DeploymentCursor {
                 created_at,
                 id: id.to_owned(),

@@ -118,11 +118,7 @@ pub async fn create_deployment(
 ) -> ApiResult<(StatusCode, Json<DeploymentView>)> {
     check_strategy(&req.strategy)?;
     if let Some(r) = &req.git_ref {
-        if r.trim().is_empty() || r.len() > 256 || r.chars().any(|c| c.is_control() || c == ' ') {
-            return Err(ApiError::bad_request(
-                "git_ref must be a branch, tag or commit without spaces",
-            ));
-        }
+        hammer_protocol::validate_git_ref(r).map_err(|e| ApiError::bad_request(e.to_string()))?;
     }
     let devices = resolve(&svc, &caller, &req.targets)?;
     let now = now_ms();
@@ -198,7 +194,7 @@ pub async fn list_deployments(
 
 /// The caller's deployment `id`, or 404.
 pub fn owned_deployment(svc: &Service, caller: &Caller, id: &str) -> ApiResult<DeploymentRecord> {
-    if hammer_protocol::validate_device_id(id).is_err() {
+    if hammer_protocol::validate_deployment_id(id).is_err() {
         return Err(ApiError::no_deployment(id));
     }
     svc.store

@@ -43,11 +43,7 @@ pub fn request(a: &DeployArgs) -> Result<CreateDeployment> {
             Targets::Names(names)
         }
     };
-    if let Some(r) = &a.git_ref {
-        if r.trim().is_empty() || r.starts_with('-') || r.chars().any(char::is_whitespace) {
-            bail!("--ref {r:?} is not a valid git branch, tag or commit");
-        }
-    }
+    // --ref is checked by clap with protocol's rule (`parse_git_ref`).
     Ok(CreateDeployment {
         targets,
         git_ref: a.git_ref.clone(),
@@ -307,10 +303,7 @@ fn bar_message(d: &DeploymentView) -> String {
 }
 
 fn done(t: TargetState) -> bool {
-    matches!(
-        t,
-        TargetState::Succeeded | TargetState::Failed | TargetState::TimedOut | TargetState::Skipped
-    )
+    t.is_finished()
 }
 
 /// Follows `GET /deployments/{id}` until the deployment leaves `running`. Tolerates the

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 
 /// Whether a target still takes part: not yet launched or in flight.
 pub fn is_active(t: &TargetRecord) -> bool {
-    matches!(t.state, TargetState::Pending | TargetState::InFlight)
+    t.state.is_active()
 }
 
 /// One running deployment as the engine holds it.

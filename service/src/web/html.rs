@@ -97,11 +97,8 @@ pub fn time(ms: Option<u64>) -> String {
 }
 
 /// A snake_case enum value as text (`in_flight` → `in flight`).
-pub fn word<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(|s| s.replace('_', " ")))
-        .unwrap_or_else(|| "unknown".into())
+pub fn word<T: hammer_protocol::WireName>(v: &T) -> String {
+    v.wire_name().replace('_', " ")
 }
 
 /// The page around `body`: header, navigation, sign-out, error and status regions. `events`
