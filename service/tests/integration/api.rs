@@ -1,8 +1,6 @@
 //! HTTP API tests: every endpoint, its 400s and 404s, and the cross-user ownership walk.
 
-mod common;
-
-use common::{Behavior, Harness};
+use crate::common::{Behavior, Harness};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 

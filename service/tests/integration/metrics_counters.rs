@@ -2,9 +2,9 @@
 //! enrolled and removed; counted again from the store on restart), and can require a bearer
 //! token (`--metrics-token-file`) or move to its own address (`--metrics-listen`).
 
-mod common;
+use crate::common;
 
-use common::Harness;
+use crate::common::Harness;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 

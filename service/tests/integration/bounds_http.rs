@@ -3,9 +3,9 @@
 //! and counted, and `/healthz` keeps answering another address while one floods the port.
 //! Every flood is bounded in count and time; everything is on 127.0.0.0/8.
 
-mod common;
+use crate::common;
 
-use common::Harness;
+use crate::common::Harness;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

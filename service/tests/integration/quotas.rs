@@ -2,9 +2,9 @@
 //! (`--max-streams-per-user`) answer a clear 429 at the limit, naming the limit and the
 //! flag, are counted in `/metrics`, and work again below the limit.
 
-mod common;
+use crate::common;
 
-use common::Harness;
+use crate::common::Harness;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use std::time::Duration;

@@ -2,9 +2,7 @@
 //! within the per-line and per-device caps. A real service, a simulated device over mTLS,
 //! real HTTP.
 
-mod common;
-
-use common::{Behavior, Harness, SimDevice};
+use crate::common::{Behavior, Harness, SimDevice};
 use hammer_protocol::topics::topic;
 use hammer_protocol::{encode, now_ms, Channel, LogBatch, PROTOCOL_VERSION};
 use hammer_service::live::{MAX_LOG_BYTES, MAX_LOG_LINE};

@@ -1,8 +1,8 @@
 //! Deployments against the real embedded broker with simulated devices over mTLS.
 
-mod common;
+use crate::common;
 
-use common::{Behavior, Harness};
+use crate::common::{Behavior, Harness};
 use hammer_protocol::Phase;
 use reqwest::StatusCode;
 use serde_json::{json, Value};

@@ -9,11 +9,10 @@
 //!   answer (broker URL, service key, CA, certificate) makes enrollment fail with a message
 //!   naming that field, and the data dir stays empty.
 
-mod common;
-#[path = "e2e/support.rs"]
+#[path = "../e2e/support.rs"]
 mod support;
 
-use common::Harness;
+use crate::common::Harness;
 use hammer_certs::Ca;
 use reqwest::StatusCode;
 use serde_json::{json, Value};

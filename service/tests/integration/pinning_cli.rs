@@ -2,9 +2,7 @@
 //! access (`git ls-remote`, here against a real local repository) and the service puts that
 //! commit in every desired state. When it cannot, it says so in one line and deploys anyway.
 
-mod common;
-
-use common::{Behavior, Harness, SimDevice};
+use crate::common::{Behavior, Harness, SimDevice};
 use serde_json::json;
 use std::path::Path;
 use std::process::{Command, Output};

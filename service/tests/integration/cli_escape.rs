@@ -4,9 +4,7 @@
 //! printer (`device history`, `device show`, `device list`, `logs`, `events`), while
 //! `--json` keeps it exact.
 
-mod common;
-
-use common::{Behavior, Harness, SimDevice};
+use crate::common::{Behavior, Harness, SimDevice};
 use hammer_protocol::topics::topic;
 use hammer_protocol::{encode, now_ms, Channel, LogBatch, Phase, StatusEvent, PROTOCOL_VERSION};
 use rumqttc::QoS;

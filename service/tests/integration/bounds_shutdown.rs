@@ -1,9 +1,9 @@
 //! Stopping the service under load (issue 13): it stops within its deadline while a device
 //! floods it, and every status event the device saw acked is still stored afterwards.
 
-mod common;
+use crate::common;
 
-use common::{Behavior, Harness, SimDevice};
+use crate::common::{Behavior, Harness, SimDevice};
 use hammer_protocol::Phase;
 use serde_json::json;
 use std::time::{Duration, Instant};

@@ -2,9 +2,7 @@
 //! cookie never carries the API token, each user's sessions are capped without touching
 //! anyone else's, and every answer that shows or takes a secret is `Cache-Control: no-store`.
 
-mod common;
-
-use common::Harness;
+use crate::common::Harness;
 use hammer_service::web::session::MAX_SESSIONS_PER_USER;
 use reqwest::header::{CACHE_CONTROL, COOKIE, LOCATION, SET_COOKIE};
 use reqwest::{Response, StatusCode};
