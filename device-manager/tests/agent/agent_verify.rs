@@ -4,9 +4,7 @@
 //! to another device are refused and never trim the outbox; setup stores the sealed credentials at 0600 and the
 //! secret never shows up in logs or events.
 
-mod agent_support;
-
-use agent_support::*;
+use crate::agent_support::*;
 use hammer_manager::runtime::{Input, Report};
 use hammer_manager::store::Counter;
 use hammer_protocol::sealing::seal_credentials;

@@ -2,10 +2,8 @@
 //! with `releases/` and `current` inside it, must not brick the device. The runtime moves the
 //! releases into the app dir and starts the current release again from there.
 
-mod runtime_support;
-
+use crate::runtime_support::*;
 use hammer_protocol::Phase;
-use runtime_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_dir_of_the_previous_layout_keeps_running_its_release_from_the_app_dir() {

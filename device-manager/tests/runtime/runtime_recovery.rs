@@ -3,12 +3,10 @@
 //! again on the same data dir and database. It must converge with exactly one app instance
 //! and `current` pointing at a complete release.
 
-mod runtime_support;
-
+use crate::runtime_support::*;
 use hammer_manager::runtime::state::{Deployment, StateStore};
 use hammer_manager::runtime::{local_status, Step};
 use hammer_protocol::Phase;
-use runtime_support::*;
 use std::time::Duration;
 
 fn current_is_complete(w: &World) -> String {

@@ -12,9 +12,7 @@
 //! every pack it finished sending, so the test knows when the fetch is in flight and when the
 //! checkout has begun. The broker is rumqttd on loopback (as in `agent_binary.rs`).
 
-mod agent_support;
-
-use agent_support::*;
+use crate::agent_support::*;
 use hammer_protocol::signing::SigningKeyPair;
 use hammer_protocol::*;
 use nix::sys::signal::{kill, killpg, Signal};

@@ -3,9 +3,7 @@
 //! reports health, `status` answers while it runs (snapshot) and after it stops (database),
 //! and SIGTERM stops the app with the manager (KillMode=process in the unit relies on this).
 
-mod agent_support;
-
-use agent_support::*;
+use crate::agent_support::*;
 use hammer_protocol::signing::SigningKeyPair;
 use hammer_protocol::*;
 use std::path::Path;

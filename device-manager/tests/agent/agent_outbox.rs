@@ -2,9 +2,7 @@
 //! connection and a manager restart, acks trim the outbox, an ack that is behind triggers a
 //! re-send, presence carries the resync request.
 
-mod agent_support;
-
-use agent_support::*;
+use crate::agent_support::*;
 use hammer_manager::runtime::Report;
 use hammer_manager::store::Counter;
 use hammer_protocol::signing::SigningKeyPair;

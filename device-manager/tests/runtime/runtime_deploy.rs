@@ -2,11 +2,9 @@
 //! rollback on crash or failing health command, failures that leave the old app running,
 //! stop/start, restart, crash supervision.
 
-mod runtime_support;
-
+use crate::runtime_support::*;
 use hammer_manager::runtime::Input;
 use hammer_protocol::{Phase, RunState};
-use runtime_support::*;
 
 #[tokio::test]
 async fn first_deploy_then_update_replaces_the_app() {

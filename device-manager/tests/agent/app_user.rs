@@ -10,9 +10,7 @@
 //! Tests that need root skip (saying why) when not root, except under `CI=true`, where a
 //! skipped test fails: CI runs them as root with the `hammer-app` user (`.ci/run` creates it).
 
-mod agent_support;
-
-use agent_support::*;
+use crate::agent_support::*;
 use hammer_protocol::signing::SigningKeyPair;
 use hammer_protocol::*;
 use std::collections::BTreeMap;

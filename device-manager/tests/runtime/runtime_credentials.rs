@@ -2,10 +2,8 @@
 //! small Python server), and SSH keys against a real `sshd` on a loopback port with a
 //! known-hosts check. The SSH test is skipped (with a message) when `/usr/sbin/sshd` is absent.
 
-mod runtime_support;
-
+use crate::runtime_support::*;
 use hammer_protocol::{GitCredentials, Phase};
-use runtime_support::*;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

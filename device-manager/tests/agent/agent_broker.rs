@@ -4,9 +4,7 @@
 //! ACL), receives a signed desired state, reports, is acked, and re-sends after the broker
 //! drops its connection.
 
-mod agent_support;
-
-use agent_support::*;
+use crate::agent_support::*;
 use hammer_broker::Broker;
 use hammer_certs::{Ca, RevocationList};
 use hammer_manager::config::DataDir;
