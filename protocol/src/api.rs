@@ -306,6 +306,11 @@ pub struct CreateDeployment {
     /// Overrides each device's setup ref.
     #[serde(default)]
     pub git_ref: Option<String>,
+    /// The full commit id every target runs (`hammer deploy` resolves the ref with the
+    /// user's own git access and sends it). Without it, the first device report naming a
+    /// commit pins it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
     #[serde(default)]
     pub strategy: Strategy,
 }

@@ -25,8 +25,8 @@ pub use codec::{decode, encode, CodecError};
 pub use messages::*;
 pub use names::{validate_deployment_id, validate_device_id, validate_name, NameError};
 pub use rules::{
-    parse_env, parse_tag, validate_env, validate_env_name, validate_git_ref, validate_tag,
-    validate_tags, EnvError, GitRefError, TagError,
+    full_commit_id, parse_env, parse_tag, validate_env, validate_env_name, validate_git_ref,
+    validate_tag, validate_tags, CommitIdError, EnvError, GitRefError, TagError,
 };
 pub use topics::{Channel, Topic, TopicError};
 pub use wire::WireName;

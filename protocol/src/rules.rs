@@ -139,8 +139,46 @@ pub fn validate_git_ref(r: &str) -> Result<(), GitRefError> {
     }
 }
 
+/// Why a commit id was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("commit {0:?} is not a full commit id: 40 hex digits (SHA-1) or 64 (SHA-256); name a branch or tag with --ref instead, and `hammer deploy` resolves it")]
+pub struct CommitIdError(pub String);
+
+/// A full commit id (40 hex digits for SHA-1, 64 for SHA-256), lowercased; abbreviated ids,
+/// branches and tags are refused.
+pub fn full_commit_id(s: &str) -> Result<String, CommitIdError> {
+    let t = s.trim();
+    if matches!(t.len(), 40 | 64) && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(t.to_ascii_lowercase())
+    } else {
+        Err(CommitIdError(truncate(s)))
+    }
+}
+
 fn truncate(s: &str) -> String {
     s.chars().take(80).collect()
+}
+
+#[cfg(test)]
+mod commit_tests {
+    use super::*;
+
+    #[test]
+    fn only_full_commit_ids_are_commit_ids_and_they_come_back_lowercase() {
+        let a = "A".repeat(40);
+        assert_eq!(full_commit_id(&a).unwrap(), "a".repeat(40));
+        assert!(full_commit_id(&"b".repeat(64)).is_ok());
+        for bad in [
+            "",
+            "main",
+            "abc1234",
+            &"a".repeat(39),
+            &"a".repeat(41),
+            &"g".repeat(40),
+        ] {
+            assert!(full_commit_id(bad).is_err(), "{bad}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -126,6 +126,7 @@ impl Api {
         max_in_flight: Option<u32>,
     ) -> anyhow::Result<String> {
         let body = CreateDeployment {
+            commit: None,
             targets: Targets::Tag(selector.to_owned()),
             git_ref: None,
             strategy: Strategy {

@@ -120,6 +120,12 @@ pub async fn create_deployment(
     if let Some(r) = &req.git_ref {
         hammer_protocol::validate_git_ref(r).map_err(|e| ApiError::bad_request(e.to_string()))?;
     }
+    let commit = match &req.commit {
+        Some(c) => Some(
+            hammer_protocol::full_commit_id(c).map_err(|e| ApiError::bad_request(e.to_string()))?,
+        ),
+        None => None,
+    };
     let devices = resolve(&svc, &caller, &req.targets)?;
     let now = now_ms();
     let dep = DeploymentRecord {
@@ -129,7 +135,7 @@ pub async fn create_deployment(
         created_at: now,
         finished_at: None,
         git_ref: req.git_ref.clone(),
-        commit: None,
+        commit,
         strategy: req.strategy.clone(),
         state: DeploymentState::Running,
         reason: None,

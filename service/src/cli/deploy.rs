@@ -47,6 +47,7 @@ pub fn request(a: &DeployArgs) -> Result<CreateDeployment> {
     Ok(CreateDeployment {
         targets,
         git_ref: a.git_ref.clone(),
+        commit: a.commit.clone(),
         strategy: Strategy {
             max_in_flight: a.max_in_flight,
             abort_at_percent: a.abort_at,
@@ -59,7 +60,7 @@ pub fn request(a: &DeployArgs) -> Result<CreateDeployment> {
 
 /// Whether a ref is a full commit id (SHA-1 or SHA-256): it names the commit by itself.
 pub fn is_full_commit(r: &str) -> bool {
-    matches!(r.len(), 40 | 64) && r.bytes().all(|b| b.is_ascii_hexdigit())
+    hammer_protocol::full_commit_id(r).is_ok()
 }
 
 /// The devices a deployment request targets, among `all` (the caller's devices).
@@ -178,7 +179,7 @@ async fn ls_remote(repo: &str, git_ref: &str) -> std::result::Result<String, Str
 /// commit id in the request (the service then names it in every desired state). Prints one
 /// line either way; never fails the deploy.
 async fn name_the_commit(client: &Client, req: &mut CreateDeployment) {
-    if req.git_ref.as_deref().is_some_and(is_full_commit) {
+    if req.commit.is_some() || req.git_ref.as_deref().is_some_and(is_full_commit) {
         return;
     }
     let resolved = async {
@@ -195,7 +196,7 @@ async fn name_the_commit(client: &Client, req: &mut CreateDeployment) {
     match resolved {
         Ok((git_ref, commit)) => {
             eprintln!("{git_ref} is commit {commit} (resolved with your git access); deploying that commit");
-            req.git_ref = Some(commit);
+            req.commit = Some(commit);
         }
         Err(why) => eprintln!(
             "warning: could not resolve the commit here ({why}); the service will pin the commit from the first device that fetches"

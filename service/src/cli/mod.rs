@@ -172,6 +172,10 @@ pub struct DeployArgs {
     /// Branch, tag or commit (default: each device's setup ref)
     #[arg(long = "ref", value_name = "REF", value_parser = parse_git_ref)]
     pub git_ref: Option<String>,
+    /// The full commit id to run (default: the commit the ref names now, resolved here with
+    /// your git access)
+    #[arg(long, value_name = "SHA", value_parser = parse_commit)]
+    pub commit: Option<String>,
     /// At most this many devices updating at once (default: all)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: Option<u32>,
@@ -307,6 +311,10 @@ pub fn parse_env(s: &str) -> Result<(String, String), String> {
 }
 
 /// Parses a git ref (`--ref`) by the protocol's rule ([`hammer_protocol::validate_git_ref`]).
+pub fn parse_commit(s: &str) -> Result<String, String> {
+    hammer_protocol::full_commit_id(s).map_err(|e| e.to_string())
+}
+
 pub fn parse_git_ref(s: &str) -> Result<String, String> {
     hammer_protocol::validate_git_ref(s).map_err(|e| e.to_string())?;
     Ok(s.to_owned())

@@ -655,9 +655,7 @@ pub fn same_commit(a: &str, b: &str) -> bool {
 /// The commit a deployment's ref names by itself: a full commit id (40 hex digits for SHA-1,
 /// 64 for SHA-256), lowercased. Branches, tags and abbreviated ids name none.
 pub fn commit_named_by(git_ref: Option<&str>) -> Option<String> {
-    let r = git_ref?.trim();
-    (matches!(r.len(), 40 | 64) && r.bytes().all(|b| b.is_ascii_hexdigit()))
-        .then(|| r.to_ascii_lowercase())
+    hammer_protocol::full_commit_id(git_ref?).ok()
 }
 
 /// What a target's `fetched` or `running` report means for the deployment's commit.
