@@ -10,6 +10,7 @@ use crate::store::{
     Inserted, Page, Result, Retention, Store, StoredStatus, TokenRecord, UserRecord, PRUNE_BATCH,
 };
 use hammer_protocol::api::{DeploymentState, DeviceState};
+use hammer_protocol::WireName;
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -45,33 +46,22 @@ impl Counters {
     }
 }
 
-const DEVICE_STATES: [(DeviceState, &str); 5] = [
-    (DeviceState::Registered, "registered"),
-    (DeviceState::Enrolled, "enrolled"),
-    (DeviceState::SetupPending, "setup_pending"),
-    (DeviceState::Ready, "ready"),
-    (DeviceState::Unknown, "unknown"),
-];
-
-const DEPLOYMENT_STATES: [(DeploymentState, &str); 5] = [
-    (DeploymentState::Running, "running"),
-    (DeploymentState::Succeeded, "succeeded"),
-    (DeploymentState::Failed, "failed"),
-    (DeploymentState::Canceled, "canceled"),
-    (DeploymentState::Unknown, "unknown"),
-];
+// The states and their label values come from protocol's one list (`WireName::ALL`); a state
+// this version does not know counts as the last one, `Unknown`.
+const DEVICE_STATES: &[DeviceState] = <DeviceState as WireName>::ALL;
+const DEPLOYMENT_STATES: &[DeploymentState] = <DeploymentState as WireName>::ALL;
 
 fn device_index(s: DeviceState) -> usize {
     DEVICE_STATES
         .iter()
-        .position(|(x, _)| *x == s)
+        .position(|x| *x == s)
         .unwrap_or(DEVICE_STATES.len() - 1)
 }
 
 fn deployment_index(s: DeploymentState) -> usize {
     DEPLOYMENT_STATES
         .iter()
-        .position(|(x, _)| *x == s)
+        .position(|x| *x == s)
         .unwrap_or(DEPLOYMENT_STATES.len() - 1)
 }
 
@@ -220,12 +210,12 @@ impl Gauges {
             devices_by_state: DEVICE_STATES
                 .iter()
                 .zip(g.devices_by_state)
-                .map(|((_, name), n)| (*name, n))
+                .map(|(s, n)| (s.wire_name(), n))
                 .collect(),
             deployments_by_state: DEPLOYMENT_STATES
                 .iter()
                 .zip(g.deployments_by_state)
-                .map(|((_, name), n)| (*name, n))
+                .map(|(s, n)| (s.wire_name(), n))
                 .collect(),
         }
     }
