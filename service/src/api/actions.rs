@@ -139,11 +139,17 @@ pub async fn logs(
     caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<LogLines>> {
-    let dev = owned_device(&svc, &caller, &name)?;
+    watch_logs(&svc, &caller, &name).await.map(Json)
+}
+
+/// The device's kept log lines; asking turns its log streaming on for [`LOG_WATCH`] (the
+/// API and the dashboard both call this).
+pub async fn watch_logs(svc: &Arc<Service>, caller: &Caller, name: &str) -> ApiResult<LogLines> {
+    let dev = owned_device(svc, caller, name)?;
     let now = now_ms();
     let until = now + LOG_WATCH.as_millis() as u64;
     if svc.live.watch_logs(&dev.id, now, until) {
-        send_command(&svc, &dev.id, CommandKind::Logs { on: true }).await?;
+        send_command(svc, &dev.id, CommandKind::Logs { on: true }).await?;
         let svc2 = svc.clone();
         let id = dev.id.clone();
         tokio::spawn(async move {
@@ -164,10 +170,10 @@ pub async fn logs(
             }
         });
     }
-    Ok(Json(LogLines {
+    Ok(LogLines {
         device: dev.name,
         lines: svc.live.logs(&dev.id),
-    }))
+    })
 }
 
 /// One page of a device's history: the newest `limit` events stored before `cursor`, oldest

@@ -215,9 +215,12 @@ pub async fn show_deployment(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<DeploymentView>> {
-    Ok(Json(deployment_view(&owned_deployment(
-        &svc, &caller, &id,
-    )?)))
+    deployment_of(&svc, &caller, &id).map(Json)
+}
+
+/// The caller's deployment `id` as the API shows it, or 404.
+pub fn deployment_of(svc: &Service, caller: &Caller, id: &str) -> ApiResult<DeploymentView> {
+    Ok(deployment_view(&owned_deployment(svc, caller, id)?))
 }
 
 /// `POST /api/v1/deployments/{id}/cancel`.

@@ -144,7 +144,13 @@ pub async fn list_devices(
     caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<DeviceView>>> {
-    let filter = match &q.tag {
+    devices_of(&svc, &caller, q.tag.as_deref()).map(Json)
+}
+
+/// The caller's devices, by name, optionally only those with the tag `key=value` (the API
+/// and the dashboard both call this).
+pub fn devices_of(svc: &Service, caller: &Caller, tag: Option<&str>) -> ApiResult<Vec<DeviceView>> {
+    let filter = match tag {
         Some(t) => Some(parse_tag(t)?),
         None => None,
     };
@@ -159,7 +165,7 @@ pub async fn list_devices(
         .map(|d| device_view(d, &svc.live))
         .collect();
     v.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Json(v))
+    Ok(v)
 }
 
 /// Parses a `key=value` tag selector by the protocol's rule ([`hammer_protocol::parse_tag`]).
@@ -173,8 +179,13 @@ pub async fn show_device(
     caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<DeviceView>> {
-    let d = owned_device(&svc, &caller, &name)?;
-    Ok(Json(device_view(&d, &svc.live)))
+    device_of(&svc, &caller, &name).map(Json)
+}
+
+/// The caller's device `name` as the API shows it, or 404.
+pub fn device_of(svc: &Service, caller: &Caller, name: &str) -> ApiResult<DeviceView> {
+    let d = owned_device(svc, caller, name)?;
+    Ok(device_view(&d, &svc.live))
 }
 
 /// `DELETE /api/v1/devices/{name}`: forget the device, revoke its certificate, kick it.

@@ -156,8 +156,8 @@ pub async fn deployment(
     Path(id): Path<String>,
     Query(part): Query<PartQuery>,
 ) -> Response {
-    let d = match deployments::show_deployment(State(svc), c.clone(), Path(id)).await {
-        Ok(axum::Json(d)) => d,
+    let d = match deployments::deployment_of(&svc, &c, &id) {
+        Ok(d) => d,
         Err(e) => return error_page(Some(&c), e),
     };
     let detail = deployment_detail(&d);
@@ -179,12 +179,8 @@ pub async fn deployment(
 
 /// `GET /deployments/new`: the form to start a deployment (sent by `app.js` as JSON).
 pub async fn new_deployment(State(svc): State<Arc<Service>>, PageUser(c): PageUser) -> Response {
-    let q: devices::ListQuery = match serde_json::from_value(serde_json::json!({})) {
-        Ok(q) => q,
-        Err(e) => return error_page(Some(&c), crate::api::errors::ApiError::internal(e)),
-    };
-    let list = match devices::list_devices(State(svc), c.clone(), Query(q)).await {
-        Ok(axum::Json(l)) => l,
+    let list = match devices::devices_of(&svc, &c, None) {
+        Ok(l) => l,
         Err(e) => return error_page(Some(&c), e),
     };
     let boxes: String = list

@@ -1,5 +1,5 @@
 //! Sign-in, devices and device pages. Data comes from the API handlers themselves
-//! ([`crate::api::devices`], [`crate::api::actions`]), called with the page's caller.
+//! ([`crate::api::devices`], [`crate::api::actions`]: `devices_of`, `device_of`, `history_page`, `watch_logs`), called with the page's caller.
 
 use super::html::{enc, esc, short, time, word};
 use super::{error_page, fragment, no_store, page, PageUser, PartQuery};
@@ -98,16 +98,15 @@ pub async fn devices(
     PageUser(c): PageUser,
     Query(part): Query<PartQuery>,
     Query(t): Query<TagQuery>,
-    Query(q): Query<devices::ListQuery>,
 ) -> Response {
     if t.tag.as_deref().is_some_and(|t| t.trim().is_empty()) {
         return no_store(Redirect::to("/devices").into_response());
     }
-    let tag = t.tag.unwrap_or_default();
-    let list = match devices::list_devices(State(svc), c.clone(), Query(q)).await {
-        Ok(axum::Json(l)) => l,
+    let list = match devices::devices_of(&svc, &c, t.tag.as_deref()) {
+        Ok(l) => l,
         Err(e) => return error_page(Some(&c), e),
     };
+    let tag = t.tag.unwrap_or_default();
     let rows = device_rows(&list);
     if part.part.is_some() {
         return fragment(rows);
@@ -258,8 +257,8 @@ pub async fn device(
     Query(part): Query<PartQuery>,
     Query(pg): Query<PageParams>,
 ) -> Response {
-    let d = match devices::show_device(State(svc.clone()), c.clone(), Path(name.clone())).await {
-        Ok(axum::Json(d)) => d,
+    let d = match devices::device_of(&svc, &c, &name) {
+        Ok(d) => d,
         Err(e) => return error_page(Some(&c), e),
     };
     match part.part.as_deref() {
@@ -275,8 +274,8 @@ pub async fn device(
         return fragment(history_rows(&hist));
     }
     // Asking for the logs turns the device's log streaming on for a while.
-    let logs = match actions::logs(State(svc), c.clone(), Path(name.clone())).await {
-        Ok(axum::Json(l)) => l.lines,
+    let logs = match actions::watch_logs(&svc, &c, &name).await {
+        Ok(l) => l.lines,
         Err(e) => vec![format!("(logs unavailable: {})", e.message)],
     };
     let n = esc(&d.name);
