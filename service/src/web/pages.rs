@@ -1,5 +1,6 @@
-//! Sign-in, devices and device pages. Data comes from the API handlers themselves
-//! ([`crate::api::devices`], [`crate::api::actions`]: `devices_of`, `device_of`, `history_page`, `watch_logs`), called with the page's caller.
+//! Sign-in, devices and device pages. Data comes from the plain functions the API handlers
+//! call too (`api::devices::{devices_of, device_of}`, `api::actions::{history_page,
+//! watch_logs}`), with the page's caller: the same ownership rules, no extractors built here.
 
 use super::html::{enc, esc, short, time, word};
 use super::{error_page, fragment, no_store, page, PageUser, PartQuery};
