@@ -31,12 +31,12 @@
 //!   desired states, emit the deployment's event, log what happened.
 //! ```
 //!
-//! A step ([`Engine::step`]) is: [`core::Rollout::begin_step`] (abort check, relaunches the
+//! A step (`Engine::step`) is: [`core::Rollout::begin_step`] (abort check, relaunches the
 //! pin calls for), then [`core::Rollout::next_launch`] / [`core::Rollout::launch_done`] for
 //! each launch, one flush of the staged device records, [`core::Rollout::end_step`] (the end
 //! check), then the deployment record is persisted and only then are the desired states
 //! published: a device acts only on what survives a restart. Launches, cancels and ends are
-//! persisted at once; changes driven by status events alone at most [`PERSIST_EVERY_MS`]
+//! persisted at once; changes driven by status events alone at most `PERSIST_EVERY_MS`
 //! later, once per batch of the inbox (the events themselves are durable before they get
 //! here). After a restart [`Engine::load`] reloads running deployments, replays stored status
 //! events it may have missed and recomputes timers from the persisted deadlines.
@@ -401,8 +401,8 @@ impl Engine {
         self.step_with(id, true).await
     }
 
-    /// [`Engine::step`]; with `always_persist` false, a step that only applied status events
-    /// is persisted within [`PERSIST_EVERY_MS`] instead of at once.
+    /// `Engine::step`; with `always_persist` false, a step that only applied status events
+    /// is persisted within `PERSIST_EVERY_MS` instead of at once.
     async fn step_with(&mut self, id: &str, always_persist: bool) -> bool {
         let Some(mut rollout) = self.running.remove(id) else {
             self.unsaved.remove(id);
