@@ -33,10 +33,17 @@ MANAGER="$TARGET_DIR/release/hammer-manager"
 START=$(date +%s)
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/hammer-quickstart.XXXXXX")
+APP_USER_ARGS=()
 if [[ $(id -u) -eq 0 ]]; then
     # As root the manager runs the app as the unprivileged hammer-app user (decision 0007).
-    id -u hammer-app >/dev/null 2>&1 || { echo "error: running as root: create the app user first: useradd --system --no-create-home --shell /usr/sbin/nologin hammer-app" >&2; exit 1; }
-    chmod 711 "$WORK"   # hammer-app must pass through $WORK to its app dir $WORK/device-apps
+    if id -u hammer-app >/dev/null 2>&1; then
+        chmod 711 "$WORK"   # hammer-app must pass through $WORK to its app dir $WORK/device-apps
+    else
+        # A demo on a fresh machine: say so rather than create a system user here.
+        echo "note: running as root without a hammer-app user, so this demo runs its app as root (--app-user root)."
+        echo "      On a device, create the user first: useradd --system --no-create-home --shell /usr/sbin/nologin hammer-app"
+        APP_USER_ARGS=(--app-user root)
+    fi
 fi
 PIDS=()
 cleanup() {
@@ -107,7 +114,7 @@ read -r -a ENROLL_ARGS <<<"${ENROLL_LINE#hammer-manager }"
 
 say "Enrolling a local hammer-manager (data dir $WORK/device) and running it"
 RUST_LOG=warn "$MANAGER" "${ENROLL_ARGS[@]}" --data-dir "$WORK/device"
-setsid "$MANAGER" run --data-dir "$WORK/device" >"$WORK/manager.log" 2>&1 &
+setsid "$MANAGER" run --data-dir "$WORK/device" "${APP_USER_ARGS[@]}" >"$WORK/manager.log" 2>&1 &
 PIDS+=($!)
 device_online() { "$HAMMER" --json device show pi | json 'd["online"]' | grep -qx True; }
 wait_for 60 "the device to come online" device_online
