@@ -15,13 +15,9 @@ use futures_util::stream::{self, StreamExt};
 use hammer_protocol::signing::{verify, PublicKey};
 use hammer_protocol::topics::topic;
 use hammer_protocol::{
-    encode, now_ms, AddressedAck, Channel, Phase, Presence, StatusEvent, MAX_PACKET,
-    PROTOCOL_VERSION,
+    encode, now_ms, AddressedAck, Channel, Phase, Presence, StatusEvent, PROTOCOL_VERSION,
 };
-use rumqttc::{
-    AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, QoS, TlsConfiguration,
-    Transport,
-};
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, QoS};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -47,14 +43,7 @@ pub fn mqtt_client(
     cap: usize,
     connect_timeout: Duration,
 ) -> anyhow::Result<(AsyncClient, EventLoop)> {
-    let tls = hammer_certs::tls::client_config(&creds.ca_pem, &creds.cert_pem, &creds.key_pem)
-        .context("cannot build the device's TLS config")?;
-    let mut opts = MqttOptions::new(creds.device_id.clone(), broker.0, broker.1);
-    opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-        Arc::new(tls),
-    )));
-    opts.set_max_packet_size(MAX_PACKET, MAX_PACKET);
-    opts.set_keep_alive(Duration::from_secs(30));
+    let opts = crate::device::mqtt_options(creds, broker, Duration::from_secs(30))?;
     let (client, mut el) = AsyncClient::new(opts, cap);
     el.network_options
         .set_connection_timeout(connect_timeout.as_secs().max(1));

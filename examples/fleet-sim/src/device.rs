@@ -428,6 +428,24 @@ impl Ctx {
     }
 }
 
+/// MQTT options for a device identity: mTLS with its bundle, client id = device id, the
+/// protocol's packet size, the given keep-alive.
+pub fn mqtt_options(
+    creds: &Credentials,
+    broker: (&str, u16),
+    keep_alive: Duration,
+) -> anyhow::Result<MqttOptions> {
+    let tls = hammer_certs::tls::client_config(&creds.ca_pem, &creds.cert_pem, &creds.key_pem)
+        .context("cannot build the device's TLS config")?;
+    let mut opts = MqttOptions::new(creds.device_id.clone(), broker.0, broker.1);
+    opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+        Arc::new(tls),
+    )));
+    opts.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    opts.set_keep_alive(keep_alive);
+    Ok(opts)
+}
+
 /// Connects one device and waits (up to `timeout`) until it is subscribed and announced.
 pub async fn connect(
     index: usize,
@@ -438,14 +456,7 @@ pub async fn connect(
     timeout: Duration,
 ) -> anyhow::Result<SimDevice> {
     let key = PublicKey::from_hex(&creds.service_key).context("bad service public key")?;
-    let tls = hammer_certs::tls::client_config(&creds.ca_pem, &creds.cert_pem, &creds.key_pem)
-        .context("cannot build the device's TLS config")?;
-    let mut opts = MqttOptions::new(creds.device_id.clone(), broker.0, broker.1);
-    opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-        Arc::new(tls),
-    )));
-    opts.set_max_packet_size(MAX_PACKET, MAX_PACKET);
-    opts.set_keep_alive(Duration::from_secs(60));
+    let mut opts = mqtt_options(creds, broker, Duration::from_secs(60))?;
     let mut eb = [0u8; 8];
     getrandom::getrandom(&mut eb).context("no randomness")?;
     let epoch = u64::from_le_bytes(eb) >> 1;
