@@ -172,10 +172,6 @@ impl Rollout {
         &self.dep
     }
 
-    pub fn into_record(self) -> DeploymentRecord {
-        self.dep
-    }
-
     pub fn is_running(&self) -> bool {
         self.dep.state == DeploymentState::Running
     }
