@@ -125,8 +125,12 @@ impl Api {
         selector: &str,
         max_in_flight: Option<u32>,
     ) -> anyhow::Result<String> {
+        // Like `hammer deploy`, which resolves the ref before it creates the deployment:
+        // the release is named up front, so no device's report has to pin it (which would
+        // republish to the devices that had not fetched yet and make some run twice).
+        let commit = format!("{:040x}", rand::random::<u128>());
         let body = CreateDeployment {
-            commit: None,
+            commit: Some(commit),
             targets: Targets::Tag(selector.to_owned()),
             git_ref: None,
             strategy: Strategy {

@@ -172,7 +172,16 @@ pub async fn rollout(
     let created = t0;
     let end = t0 + timeout;
     loop {
-        let done = stats.finishes.lock().map(|f| f.len()).unwrap_or(0);
+        let done = stats
+            .finishes
+            .lock()
+            .map(|f| {
+                f.iter()
+                    .map(|f| f.index)
+                    .collect::<std::collections::HashSet<_>>()
+                    .len()
+            })
+            .unwrap_or(0);
         if done >= n {
             break;
         }
@@ -211,7 +220,14 @@ pub async fn rollout(
         }
         last
     };
-    let fin = stats.finishes(false);
+    // A device may finish more than once (a republished desired state); its last finish counts.
+    let fin = {
+        let mut last = std::collections::BTreeMap::new();
+        for f in stats.finishes(false) {
+            last.insert(f.index, f);
+        }
+        last.into_values().collect::<Vec<_>>()
+    };
     let mut from_create: Vec<f64> = fin
         .iter()
         .map(|f| f.at.saturating_duration_since(created).as_secs_f64() * 1000.0)
