@@ -12,6 +12,7 @@
 pub mod api;
 pub mod broker_url;
 pub mod codec;
+pub mod credentials;
 pub mod messages;
 pub mod names;
 pub mod rules;

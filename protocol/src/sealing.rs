@@ -7,7 +7,7 @@
 //! device that happens to share nothing but the format.
 
 use crate::codec::{decode, encode, CodecError};
-use crate::messages::GitCredentials;
+use crate::credentials::GitCredentials;
 use hpke::aead::ChaCha20Poly1305;
 use hpke::kdf::HkdfSha256;
 use hpke::kem::X25519HkdfSha256;
