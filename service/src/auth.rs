@@ -4,36 +4,27 @@
 //! by [`crate::web::session`]; an API token put in the cookie is not accepted (a cookie must
 //! never be a place where a token works).
 
-use crate::api::errors::ApiError;
+use crate::domain::Caller;
+use crate::error::ServiceError;
 use crate::ids::hash_token;
 use crate::service::Service;
-use crate::store::UserRecord;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, Method};
 use std::sync::Arc;
 
-/// Name of the session cookie.
-pub const SESSION_COOKIE: &str = "hammer_session";
+use crate::sessions::SESSION_COOKIE;
 
-/// An authenticated caller.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub user: UserRecord,
-    pub token_id: String,
-}
-
-impl Caller {
-    /// Only admins pass.
-    pub fn require_admin(&self) -> Result<(), ApiError> {
-        if self.user.admin {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(
-                "this needs an admin token (managing users and provisioning devices)",
-            ))
-        }
-    }
+/// The session cookie's value in a request.
+pub fn cookie_value(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.trim().to_owned())
 }
 
 fn bearer(parts: &Parts) -> Option<&str> {
@@ -61,15 +52,18 @@ fn origin_matches_host(parts: &Parts) -> bool {
 }
 
 impl FromRequestParts<Arc<Service>> for Caller {
-    type Rejection = ApiError;
+    type Rejection = ServiceError;
 
-    async fn from_request_parts(parts: &mut Parts, svc: &Arc<Service>) -> Result<Caller, ApiError> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        svc: &Arc<Service>,
+    ) -> Result<Caller, ServiceError> {
         let (token, from_cookie) =
             match bearer(parts) {
                 Some(t) => (t.to_owned(), false),
-                None => match crate::web::session::cookie_value(&parts.headers) {
+                None => match cookie_value(&parts.headers) {
                     Some(t) => (t, true),
-                    None => return Err(ApiError::unauthorized(
+                    None => return Err(ServiceError::unauthorized(
                         "missing token: send `Authorization: Bearer <token>` (see `hammer login`)",
                     )),
                 },
@@ -78,14 +72,14 @@ impl FromRequestParts<Arc<Service>> for Caller {
             && !matches!(parts.method, Method::GET | Method::HEAD)
             && !origin_matches_host(parts)
         {
-            return Err(ApiError::forbidden(
+            return Err(ServiceError::forbidden(
                 "cookie-authenticated requests that change state need an Origin matching the Host",
             ));
         }
-        let invalid = || ApiError::unauthorized("invalid or revoked token");
+        let invalid = || ServiceError::unauthorized("invalid or revoked token");
         let hash = match from_cookie {
             true => svc.sessions.token_hash(&token).ok_or_else(|| {
-                ApiError::unauthorized(
+                ServiceError::unauthorized(
                     "your session has ended (signed out, expired, or the service restarted); sign in again at /login",
                 )
             })?,

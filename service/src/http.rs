@@ -16,13 +16,13 @@
 //! - on stop: no more accepts, every connection finishes its request in flight (hyper's
 //!   graceful shutdown) within `shutdown_grace`, then the rest are dropped.
 
-use crate::api::enroll::Peer;
 use crate::config::HttpLimits;
+pub use crate::http_stats::ListenerStats;
+use crate::limits::Peer;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -80,124 +80,6 @@ pub enum Refusal {
     MaxConnections,
     /// The source address had `max_connections_per_address` open.
     MaxPerAddress,
-}
-
-/// Counters of one listener, rendered in `/metrics` with `listener="NAME"`.
-#[derive(Debug)]
-pub struct ListenerStats {
-    pub name: &'static str,
-    pub open: AtomicUsize,
-    pub accepted: AtomicU64,
-    pub refused_max_connections: AtomicU64,
-    pub refused_per_address: AtomicU64,
-    pub header_timeouts: AtomicU64,
-    pub idle_timeouts: AtomicU64,
-    pub handshake_failures: AtomicU64,
-    pub accept_errors: AtomicU64,
-}
-
-impl ListenerStats {
-    pub fn new(name: &'static str) -> Arc<ListenerStats> {
-        Arc::new(ListenerStats {
-            name,
-            open: AtomicUsize::new(0),
-            accepted: AtomicU64::new(0),
-            refused_max_connections: AtomicU64::new(0),
-            refused_per_address: AtomicU64::new(0),
-            header_timeouts: AtomicU64::new(0),
-            idle_timeouts: AtomicU64::new(0),
-            handshake_failures: AtomicU64::new(0),
-            accept_errors: AtomicU64::new(0),
-        })
-    }
-
-    /// Prometheus lines of these counters (no HELP/TYPE: see [`render_listeners`]).
-    fn render_into(&self, s: &mut String) {
-        let l = self.name;
-        let _ = writeln!(
-            s,
-            "hammer_http_connections_open{{listener=\"{l}\"}} {}",
-            self.open.load(Relaxed)
-        );
-        let _ = writeln!(
-            s,
-            "hammer_http_connections_accepted_total{{listener=\"{l}\"}} {}",
-            self.accepted.load(Relaxed)
-        );
-        for (reason, c) in [
-            ("max_connections", &self.refused_max_connections),
-            ("max_connections_per_address", &self.refused_per_address),
-        ] {
-            let _ = writeln!(
-                s,
-                "hammer_http_connections_refused_total{{listener=\"{l}\",reason=\"{reason}\"}} {}",
-                c.load(Relaxed)
-            );
-        }
-        for (reason, c) in [
-            ("header_timeout", &self.header_timeouts),
-            ("idle_timeout", &self.idle_timeouts),
-            ("handshake_failed", &self.handshake_failures),
-        ] {
-            let _ = writeln!(
-                s,
-                "hammer_http_connections_closed_total{{listener=\"{l}\",reason=\"{reason}\"}} {}",
-                c.load(Relaxed)
-            );
-        }
-        let _ = writeln!(
-            s,
-            "hammer_http_accept_errors_total{{listener=\"{l}\"}} {}",
-            self.accept_errors.load(Relaxed)
-        );
-    }
-}
-
-/// Prometheus text of every listener's counters.
-pub fn render_listeners(listeners: &[&ListenerStats]) -> String {
-    let mut s = String::new();
-    let mut body = String::new();
-    for l in listeners {
-        l.render_into(&mut body);
-    }
-    let helps = [
-        (
-            "hammer_http_connections_open",
-            "gauge",
-            "HTTP connections open now.",
-        ),
-        (
-            "hammer_http_connections_accepted_total",
-            "counter",
-            "HTTP connections accepted.",
-        ),
-        (
-            "hammer_http_connections_refused_total",
-            "counter",
-            "HTTP connections closed at once because a connection cap was reached, by reason.",
-        ),
-        (
-            "hammer_http_connections_closed_total",
-            "counter",
-            "HTTP connections closed by the server, by reason.",
-        ),
-        (
-            "hammer_http_accept_errors_total",
-            "counter",
-            "Failed accepts (for example: out of file descriptors).",
-        ),
-    ];
-    for (name, kind, help) in helps {
-        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for line in body.lines().filter(|x| {
-            x.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{'))
-        }) {
-            s.push_str(line);
-            s.push('\n');
-        }
-    }
-    s
 }
 
 /// Open connections of one listener, in total and by source address.
@@ -408,7 +290,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 }
 
 /// Serves `app` on `tcp` (TLS when `tls` is set) within `limits` until `stop` turns true;
-/// `stats` counts what happens (see [`render_listeners`]).
+/// `stats` counts what happens (see [`crate::http_stats::render_listeners`]).
 pub async fn serve(
     tcp: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -648,7 +530,7 @@ mod tests {
     fn listener_counters_render_with_their_reason() {
         let stats = ListenerStats::new("api");
         stats.refused_per_address.fetch_add(3, Relaxed);
-        let text = render_listeners(&[&stats]);
+        let text = crate::http_stats::render_listeners(&[&stats]);
         assert!(text.contains(
             "hammer_http_connections_refused_total{listener=\"api\",reason=\"max_connections_per_address\"} 3"
         ), "{text}");

@@ -14,7 +14,10 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod domain;
+pub mod error;
 pub mod http;
+pub mod http_stats;
 pub mod ids;
 pub mod init;
 pub mod limits;
@@ -22,7 +25,9 @@ pub mod live;
 pub mod metrics;
 pub mod mqtt;
 pub mod rollout;
+pub mod router;
 pub mod service;
+pub mod sessions;
 pub mod store;
 pub mod views;
 pub mod web;
@@ -388,7 +393,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
         rollout: rollout_tx,
         enroll_limiter: Default::default(),
         shutdown: stop_rx.clone(),
-        sessions: web::session::Sessions::new(cfg.http_tls.is_some()),
+        sessions: sessions::Sessions::new(cfg.http_tls.is_some()),
         gauges,
         quotas: cfg.quotas.clone(),
         streams: service::StreamSlots::new(cfg.quotas.max_streams_per_user),
@@ -429,7 +434,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
         &server_key_pem,
     )
     .context("cannot build the enrollment listener's TLS configuration")?;
-    let enroll_app = api::enroll_router(svc.clone());
+    let enroll_app = router::enroll(svc.clone());
     let (stop, limits) = (stop_rx.clone(), conn_limits.clone());
     tasks.push(tokio::spawn(async move {
         let tls = Some(Arc::new(enroll_tls));
@@ -457,7 +462,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
         .await
         .with_context(|| format!("cannot listen on {} for HTTP", cfg.http))?;
     let http_addr = tcp.local_addr()?;
-    let app = api::router(svc.clone());
+    let app = router::app(svc.clone());
     let (stop, limits) = (stop_rx.clone(), conn_limits.clone());
     tasks.push(tokio::spawn(async move {
         if let Err(e) = http::serve(tcp, tls.map(Arc::new), app, stop, limits, api_stats).await {
@@ -470,7 +475,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
                 format!("cannot listen on {addr} for metrics (--metrics-listen)")
             })?;
             let local = tcp.local_addr()?;
-            let app = api::metrics_router(svc.clone());
+            let app = router::metrics(svc.clone());
             let (stop, limits) = (stop_rx.clone(), conn_limits.clone());
             tasks.push(tokio::spawn(async move {
                 if let Err(e) = http::serve(tcp, None, app, stop, limits, stats).await {

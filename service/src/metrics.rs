@@ -516,7 +516,7 @@ mod tests {
     use hammer_protocol::api::Strategy;
 
     fn device(owner: &str, name: &str) -> DeviceRecord {
-        crate::api::devices::new_device(owner, name, Default::default(), DeviceState::Registered)
+        crate::domain::devices::new_device(owner, name, Default::default(), DeviceState::Registered)
     }
 
     fn deployment(id: &str, state: DeploymentState) -> DeploymentRecord {

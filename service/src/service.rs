@@ -4,7 +4,7 @@
 use crate::config::Quotas;
 use crate::live::Live;
 use crate::metrics::{Counters, Gauges};
-use crate::rollout::RolloutMsg;
+use crate::rollout::inbox::RolloutMsg;
 use crate::store::Store;
 use hammer_broker::BrokerHandle;
 use hammer_certs::{Ca, RevocationList};
@@ -43,11 +43,11 @@ pub struct Service {
     pub counters: Counters,
     pub hub: broadcast::Sender<HubEvent>,
     pub rollout: mpsc::Sender<RolloutMsg>,
-    pub enroll_limiter: crate::api::enroll::Limiter,
+    pub enroll_limiter: crate::limits::EnrollLimiter,
     /// Turns true when the service shuts down (ends event streams).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
-    /// Browser sessions of the web UI ([`crate::web::session`]).
-    pub sessions: crate::web::session::Sessions,
+    /// Browser sessions of the web UI.
+    pub sessions: crate::sessions::Sessions,
     /// What the store holds, counted as it changes (for `/metrics` and quotas).
     pub gauges: Arc<Gauges>,
     /// Per-user quotas.
@@ -60,10 +60,10 @@ pub struct Service {
     pub metrics_token_hash: Option<String>,
     /// Whether `/metrics` is served on its own address (`--metrics-listen`) instead.
     pub metrics_elsewhere: bool,
-    /// How often event streams send a keep-alive comment ([`crate::http::sse_keep_alive`]).
+    /// How often event streams send a keep-alive comment.
     pub sse_keep_alive: std::time::Duration,
     /// Counters of the HTTP listeners, rendered in `/metrics`.
-    pub listeners: Vec<Arc<crate::http::ListenerStats>>,
+    pub listeners: Vec<Arc<crate::http_stats::ListenerStats>>,
 }
 
 /// Open event streams per user, at most `max` each.

@@ -1,6 +1,6 @@
 //! Conversions from stored records (plus live state) to the API's views.
 
-use crate::api::errors::ApiError;
+use crate::error::ServiceError;
 use crate::live::Live;
 use crate::store::{
     cap_status, DeploymentCursor, DeploymentRecord, DeviceRecord, HistoryCursor, StoredStatus,
@@ -22,13 +22,13 @@ pub struct PageParams {
 
 impl PageParams {
     /// The page size: [`DEFAULT_PAGE_LIMIT`] unless given, 1 to [`MAX_PAGE_LIMIT`].
-    pub fn limit(&self) -> Result<usize, ApiError> {
+    pub fn limit(&self) -> Result<usize, ServiceError> {
         let Some(l) = self.limit.as_deref().filter(|l| !l.is_empty()) else {
             return Ok(DEFAULT_PAGE_LIMIT as usize);
         };
         match l.parse::<u32>() {
             Ok(n) if (1..=MAX_PAGE_LIMIT).contains(&n) => Ok(n as usize),
-            _ => Err(ApiError::bad_request(format!(
+            _ => Err(ServiceError::bad_request(format!(
                 "limit must be a number from 1 to {MAX_PAGE_LIMIT}, not {:?}",
                 crate::store::cut(l, 40)
             ))),
@@ -39,17 +39,17 @@ impl PageParams {
         self.cursor.as_deref().filter(|c| !c.is_empty())
     }
 
-    pub fn history_cursor(&self) -> Result<Option<HistoryCursor>, ApiError> {
+    pub fn history_cursor(&self) -> Result<Option<HistoryCursor>, ServiceError> {
         self.cursor().map(decode_history_cursor).transpose()
     }
 
-    pub fn deployment_cursor(&self) -> Result<Option<DeploymentCursor>, ApiError> {
+    pub fn deployment_cursor(&self) -> Result<Option<DeploymentCursor>, ServiceError> {
         self.cursor().map(decode_deployment_cursor).transpose()
     }
 }
 
-fn bad_cursor(c: &str) -> ApiError {
-    ApiError::bad_request(format!(
+fn bad_cursor(c: &str) -> ServiceError {
+    ServiceError::bad_request(format!(
         "cursor {:?} is not one this list gave out; ask again without cursor to start from the newest",
         crate::store::cut(c, 60)
     ))
@@ -66,7 +66,7 @@ pub fn encode_history_cursor(c: HistoryCursor) -> String {
     format!("h{c:016x}")
 }
 
-pub fn decode_history_cursor(s: &str) -> Result<HistoryCursor, ApiError> {
+pub fn decode_history_cursor(s: &str) -> Result<HistoryCursor, ServiceError> {
     s.strip_prefix('h')
         .and_then(hex16)
         .ok_or_else(|| bad_cursor(s))
@@ -77,7 +77,7 @@ pub fn encode_deployment_cursor(c: &DeploymentCursor) -> String {
     format!("d{:016x}{}", c.created_at, c.id)
 }
 
-pub fn decode_deployment_cursor(s: &str) -> Result<DeploymentCursor, ApiError> {
+pub fn decode_deployment_cursor(s: &str) -> Result<DeploymentCursor, ServiceError> {
     let rest = s.strip_prefix('d').ok_or_else(|| bad_cursor(s))?;
     let (t, id) = (rest.get(..16), rest.get(16..));
     match (t.and_then(hex16), id) {

@@ -3,46 +3,27 @@
 //! asking turns the device's log streaming on for a while; lines are kept only while someone
 //! asks, see [`crate::live`]) and history (paged, newest page first; see [`history`]).
 
-use super::devices::owned_device;
-use super::errors::{ApiError, ApiResult};
-use crate::auth::Caller;
+use crate::domain::activity::{history_page, not_in_rollout, nothing_deployed, watch_logs};
+use crate::domain::devices::owned_device;
+use crate::domain::Caller;
+use crate::error::{ServiceError, ServiceResult};
 use crate::mqtt::publish::{send_command, set_desired};
 use crate::service::Service;
 use crate::store::DeviceRecord;
-use crate::views::{encode_history_cursor, history_entry, PageParams};
+use crate::views::PageParams;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::Json;
 use hammer_protocol::api::{ActionAccepted, HistoryEntry, LogLines, NEXT_CURSOR_HEADER};
 use hammer_protocol::{now_ms, CommandKind, DesiredState, RunState};
 use std::sync::Arc;
-use std::time::Duration;
-
-/// How long one `logs` request keeps the device streaming.
-pub const LOG_WATCH: Duration = Duration::from_secs(60);
-
-async fn not_in_rollout(svc: &Service, dev: &DeviceRecord) -> ApiResult<()> {
-    if let Some(dep) = crate::rollout::holder(svc, &dev.id).await {
-        return Err(ApiError::conflict(format!(
-            "device {:?} is in running deployment {dep}; wait for it or cancel it first",
-            dev.name
-        )));
-    }
-    Ok(())
-}
-
-fn nothing_deployed(name: &str) -> ApiError {
-    ApiError::conflict(format!(
-        "device {name:?} has nothing deployed yet: run `hammer deploy` first"
-    ))
-}
 
 /// `POST /api/v1/devices/{name}/restart`.
 pub async fn restart(
     State(svc): State<Arc<Service>>,
     caller: Caller,
     Path(name): Path<String>,
-) -> ApiResult<(StatusCode, Json<ActionAccepted>)> {
+) -> ServiceResult<(StatusCode, Json<ActionAccepted>)> {
     let dev = owned_device(&svc, &caller, &name)?;
     send_command(&svc, &dev.id, CommandKind::Restart).await?;
     Ok((
@@ -61,7 +42,7 @@ async fn republish_with(
     dev: &DeviceRecord,
     action: &str,
     change: impl Fn(&mut DesiredState) + Send + Sync,
-) -> ApiResult<(StatusCode, Json<ActionAccepted>)> {
+) -> ServiceResult<(StatusCode, Json<ActionAccepted>)> {
     not_in_rollout(svc, dev).await?;
     let rec = set_desired(svc, &dev.id, |d, generation| {
         let mut desired = d.desired.clone()?;
@@ -88,7 +69,7 @@ pub async fn stop(
     State(svc): State<Arc<Service>>,
     caller: Caller,
     Path(name): Path<String>,
-) -> ApiResult<(StatusCode, Json<ActionAccepted>)> {
+) -> ServiceResult<(StatusCode, Json<ActionAccepted>)> {
     let dev = owned_device(&svc, &caller, &name)?;
     republish_with(&svc, &dev, "stop", |d| d.run_state = RunState::Stopped).await
 }
@@ -98,7 +79,7 @@ pub async fn start(
     State(svc): State<Arc<Service>>,
     caller: Caller,
     Path(name): Path<String>,
-) -> ApiResult<(StatusCode, Json<ActionAccepted>)> {
+) -> ServiceResult<(StatusCode, Json<ActionAccepted>)> {
     let dev = owned_device(&svc, &caller, &name)?;
     republish_with(&svc, &dev, "start", |d| d.run_state = RunState::Running).await
 }
@@ -108,7 +89,7 @@ pub async fn rollback(
     State(svc): State<Arc<Service>>,
     caller: Caller,
     Path(name): Path<String>,
-) -> ApiResult<(StatusCode, Json<ActionAccepted>)> {
+) -> ServiceResult<(StatusCode, Json<ActionAccepted>)> {
     let dev = owned_device(&svc, &caller, &name)?;
     if dev.desired.is_none() {
         return Err(nothing_deployed(&name));
@@ -120,7 +101,7 @@ pub async fn rollback(
         .find(|c| Some(*c) != dev.current_commit.as_ref())
         .cloned()
         .ok_or_else(|| {
-            ApiError::conflict(format!(
+            ServiceError::conflict(format!(
                 "device {name:?} has no earlier successful release to roll back to"
             ))
         })?;
@@ -138,60 +119,8 @@ pub async fn logs(
     State(svc): State<Arc<Service>>,
     caller: Caller,
     Path(name): Path<String>,
-) -> ApiResult<Json<LogLines>> {
+) -> ServiceResult<Json<LogLines>> {
     watch_logs(&svc, &caller, &name).await.map(Json)
-}
-
-/// The device's kept log lines; asking turns its log streaming on for [`LOG_WATCH`] (the
-/// API and the dashboard both call this).
-pub async fn watch_logs(svc: &Arc<Service>, caller: &Caller, name: &str) -> ApiResult<LogLines> {
-    let dev = owned_device(svc, caller, name)?;
-    let now = now_ms();
-    let until = now + LOG_WATCH.as_millis() as u64;
-    if svc.live.watch_logs(&dev.id, now, until) {
-        send_command(svc, &dev.id, CommandKind::Logs { on: true }).await?;
-        let svc2 = svc.clone();
-        let id = dev.id.clone();
-        tokio::spawn(async move {
-            loop {
-                let until = svc2.live.logs_until(&id);
-                let now = now_ms();
-                if until <= now {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(until - now)).await;
-            }
-            // A request in between extends the watch: the next one spawns a new waiter.
-            if !svc2.live.end_log_watch(&id, now_ms()) {
-                return;
-            }
-            if let Err(e) = send_command(&svc2, &id, CommandKind::Logs { on: false }).await {
-                tracing::debug!(device = %id, "could not send logs off: {e:#}");
-            }
-        });
-    }
-    Ok(LogLines {
-        device: dev.name,
-        lines: svc.live.logs(&dev.id),
-    })
-}
-
-/// One page of a device's history: the newest `limit` events stored before `cursor`, oldest
-/// first, and the cursor of the next (older) page.
-pub fn history_page(
-    svc: &Service,
-    caller: &Caller,
-    name: &str,
-    q: &PageParams,
-) -> ApiResult<(Vec<HistoryEntry>, Option<String>)> {
-    let dev = owned_device(svc, caller, name)?;
-    let limit = q.limit()?;
-    let before = q.history_cursor()?;
-    let page = svc.store.history_page(&dev.id, before, limit)?;
-    Ok((
-        page.items.iter().map(history_entry).collect(),
-        page.next.map(encode_history_cursor),
-    ))
 }
 
 /// The `next-cursor` header of a paged answer (none on the last page).
@@ -211,7 +140,7 @@ pub async fn history(
     caller: Caller,
     Path(name): Path<String>,
     Query(q): Query<PageParams>,
-) -> ApiResult<(HeaderMap, Json<Vec<HistoryEntry>>)> {
+) -> ServiceResult<(HeaderMap, Json<Vec<HistoryEntry>>)> {
     let (v, next) = history_page(&svc, &caller, &name, &q)?;
     Ok((next_cursor_headers(next), Json(v)))
 }

@@ -3,11 +3,13 @@
 //! broker URL and service key in the answer are signed by the fleet CA: decision 0006) and provisioning (an admin registers a device for a
 //! user and gets an offline bundle: a ready `hammer-manager` data dir).
 
-use super::devices::{new_device, validate_tags};
-use super::errors::{ApiError, ApiJson, ApiResult};
-use crate::auth::Caller;
+use crate::api::errors::ApiJson;
+use crate::domain::devices::{insert_within_quota, new_device, validate_tags};
+use crate::domain::Caller;
+use crate::error::{ServiceError, ServiceResult};
 use crate::ids::hash_token;
 use crate::init::DEVICE_CERT_VALIDITY;
+use crate::limits::Peer;
 use crate::service::Service;
 use crate::views::device_view;
 use axum::extract::{ConnectInfo, State};
@@ -20,52 +22,13 @@ use hammer_protocol::api::{
 };
 use hammer_protocol::sealing::SealingKeyPair;
 use hammer_protocol::{now_ms, validate_name};
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
-/// Failed enrollments allowed per source address per window.
-pub const MAX_FAILURES: u32 = 10;
-/// The rate-limit window.
-pub const WINDOW: Duration = Duration::from_secs(60);
-
-/// Counts failed enrollments per source address.
-#[derive(Default)]
-pub struct Limiter {
-    failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
-}
-
-impl Limiter {
-    fn blocked(&self, ip: IpAddr) -> bool {
-        let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&ip)
-            .is_some_and(|(start, n)| start.elapsed() < WINDOW && *n >= MAX_FAILURES)
-    }
-
-    fn fail(&self, ip: IpAddr) {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() > 100_000 {
-            map.retain(|_, (start, _)| start.elapsed() < WINDOW);
-        }
-        let e = map.entry(ip).or_insert((Instant::now(), 0));
-        if e.0.elapsed() >= WINDOW {
-            *e = (Instant::now(), 0);
-        }
-        e.1 += 1;
-    }
-}
-
-/// The peer's address, from the HTTP or HTTPS listener.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer(pub SocketAddr);
-
-fn parse_sealing_key(hex_key: &str) -> ApiResult<String> {
+fn parse_sealing_key(hex_key: &str) -> ServiceResult<String> {
     let bytes = hex::decode(hex_key)
         .ok()
         .filter(|b| b.len() == 32)
         .ok_or_else(|| {
-            ApiError::bad_request("sealing_public_key must be 32 bytes as 64 hex characters")
+            ServiceError::bad_request("sealing_public_key must be 32 bytes as 64 hex characters")
         })?;
     Ok(hex::encode(bytes))
 }
@@ -75,26 +38,25 @@ pub async fn enroll(
     State(svc): State<std::sync::Arc<Service>>,
     ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     ApiJson(req): ApiJson<EnrollRequest>,
-) -> ApiResult<Json<EnrollResponse>> {
+) -> ServiceResult<Json<EnrollResponse>> {
     let ip = peer.ip();
     if svc.enroll_limiter.blocked(ip) {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
+        return Err(ServiceError::too_many(
             "too many failed enrollments from this address; wait a minute",
         ));
     }
-    let fail = |e: ApiError| {
+    let fail = |e: ServiceError| {
         svc.enroll_limiter.fail(ip);
         e
     };
     let sealing = parse_sealing_key(&req.sealing_public_key).map_err(fail)?;
     if req.csr_pem.len() > hammer_certs::MAX_CSR_PEM {
-        return Err(fail(ApiError::bad_request("the CSR is too large")));
+        return Err(fail(ServiceError::bad_request("the CSR is too large")));
     }
     hammer_certs::csr_public_key(&req.csr_pem)
-        .map_err(|e| fail(ApiError::bad_request(format!("invalid CSR: {e}"))))?;
+        .map_err(|e| fail(ServiceError::bad_request(format!("invalid CSR: {e}"))))?;
     let invalid = || {
-        ApiError::unauthorized("the enrollment token is invalid, expired or already used; create the device again or ask for a new token")
+        ServiceError::unauthorized("the enrollment token is invalid, expired or already used; create the device again or ask for a new token")
     };
     let rec = svc
         .store
@@ -110,7 +72,7 @@ pub async fn enroll(
     let issued = svc
         .ca
         .sign_device_csr(&req.csr_pem, &dev.id, &dev.owner, DEVICE_CERT_VALIDITY)
-        .map_err(|e| ApiError::bad_request(format!("cannot sign the CSR: {e}")))?;
+        .map_err(|e| ServiceError::bad_request(format!("cannot sign the CSR: {e}")))?;
     let old_serial = dev.cert_serial.clone();
     svc.store.update_device(&dev.id, &mut |d| {
         d.cert_serial = Some(issued.serial.clone());
@@ -128,7 +90,7 @@ pub async fn enroll(
     let sign = |field: &str, value: &str| {
         svc.ca
             .sign_statement(field, &dev.id, value)
-            .map_err(ApiError::internal)
+            .map_err(ServiceError::internal)
     };
     let ca_signatures = EnrollSignatures {
         broker_url: sign(FIELD_BROKER_URL, &svc.device_broker_url)?,
@@ -150,25 +112,25 @@ pub async fn provision(
     State(svc): State<std::sync::Arc<Service>>,
     caller: Caller,
     ApiJson(req): ApiJson<ProvisionRequest>,
-) -> ApiResult<(StatusCode, Json<ProvisionResponse>)> {
+) -> ServiceResult<(StatusCode, Json<ProvisionResponse>)> {
     caller.require_admin()?;
-    validate_name(&req.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    validate_name(&req.name).map_err(|e| ServiceError::bad_request(e.to_string()))?;
     validate_tags(&req.tags)?;
     let owner = svc
         .store
         .user_by_name(&req.owner)?
         .filter(|u| !u.admin)
-        .ok_or_else(|| ApiError::not_found(format!("no user named {:?}", req.owner)))?;
+        .ok_or_else(|| ServiceError::not_found(format!("no user named {:?}", req.owner)))?;
     let mut dev = new_device(&owner.id, &req.name, req.tags, DeviceState::Enrolled);
     let issued = svc
         .ca
         .issue_device(&dev.id, &owner.id, DEVICE_CERT_VALIDITY)
-        .map_err(ApiError::internal)?;
-    let sealing = SealingKeyPair::generate().map_err(ApiError::internal)?;
+        .map_err(ServiceError::internal)?;
+    let sealing = SealingKeyPair::generate().map_err(ServiceError::internal)?;
     dev.cert_serial = Some(issued.serial.clone());
     dev.sealing_public_key = Some(hex::encode(sealing.public_bytes()));
-    if !super::devices::insert_within_quota(&svc, &dev)? {
-        return Err(ApiError::conflict(format!(
+    if !insert_within_quota(&svc, &dev)? {
+        return Err(ServiceError::conflict(format!(
             "user {:?} already has a device named {:?}",
             req.owner, req.name
         )));
@@ -190,7 +152,7 @@ pub async fn provision(
             cert_pem: issued.cert_pem.clone(),
             key_pem: issued.key_pem.clone().unwrap_or_default(),
             sealing_private_key: hex::encode(sealing.private_bytes().as_ref()),
-            config_toml: toml::to_string(&config).map_err(ApiError::internal)?,
+            config_toml: toml::to_string(&config).map_err(ServiceError::internal)?,
         }),
     ))
 }

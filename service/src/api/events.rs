@@ -2,14 +2,13 @@
 //! only (status, presence, health, logs, deployment progress), each `data:` an api `Event`.
 //! Browsers authenticate with the session cookie (see [`crate::auth`]).
 
-use super::deployments::owned_deployment;
-use super::devices::owned_device;
-use super::errors::{ApiError, ApiResult};
-use crate::auth::Caller;
+use crate::domain::deployments::owned_deployment;
+use crate::domain::devices::owned_device;
+use crate::domain::Caller;
+use crate::error::{ServiceError, ServiceResult};
 use crate::metrics::Counters;
 use crate::service::{Service, StreamSlot};
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
@@ -28,7 +27,7 @@ pub async fn events(
     State(svc): State<Arc<Service>>,
     caller: Caller,
     Query(q): Query<EventsQuery>,
-) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+) -> ServiceResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     let device = match &q.device {
         Some(name) => Some(owned_device(&svc, &caller, name)?.id),
         None => None,
@@ -40,9 +39,7 @@ pub async fn events(
     let Some(slot) = svc.streams.try_open(&caller.user.id) else {
         Counters::inc(&svc.counters.quota_streams_refused);
         tracing::info!(user = %caller.user.name, max = svc.streams.max(), "event stream refused: at the per-user quota");
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
+        return Err(ServiceError::too_many(format!(
                 "you already have {} event streams open, the most allowed per user; close one (a dashboard tab, `hammer logs -f`, `hammer deploy --wait`) and retry, or ask the operator to raise `hammer serve --max-streams-per-user`",
                 svc.streams.max()
             ),

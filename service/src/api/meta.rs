@@ -1,6 +1,6 @@
 //! `/healthz`, Prometheus `/metrics` and the OpenAPI document.
 
-use super::errors::ApiError;
+use crate::error::ServiceError;
 use crate::service::Service;
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
@@ -23,7 +23,7 @@ pub async fn openapi() -> impl IntoResponse {
 /// `GET /metrics` on the API listener (404 when `--metrics-listen` moved it elsewhere).
 pub async fn metrics(State(svc): State<Arc<Service>>, headers: HeaderMap) -> Response {
     if svc.metrics_elsewhere {
-        return ApiError::not_found(
+        return ServiceError::not_found(
             "metrics are served on the address given to `hammer serve --metrics-listen`",
         )
         .into_response();
@@ -47,14 +47,14 @@ fn metrics_text(svc: &Service, headers: &HeaderMap) -> Response {
         if given.as_ref() != Some(want) {
             return (
                 [(header::WWW_AUTHENTICATE, "Bearer")],
-                ApiError::unauthorized(
+                ServiceError::unauthorized(
                     "/metrics needs `Authorization: Bearer TOKEN` with the token in the file given to `hammer serve --metrics-token-file`",
                 ),
             )
                 .into_response();
         }
     }
-    let listeners: Vec<&crate::http::ListenerStats> =
+    let listeners: Vec<&crate::http_stats::ListenerStats> =
         svc.listeners.iter().map(|l| l.as_ref()).collect();
     let body = crate::metrics::render(
         &svc.counters,
@@ -62,7 +62,7 @@ fn metrics_text(svc: &Service, headers: &HeaderMap) -> Response {
         svc.live.online_count(),
         svc.live.dropped_log_lines(),
         svc.broker.as_ref().map(|b| b.render_prometheus()),
-        &crate::http::render_listeners(&listeners),
+        &crate::http_stats::render_listeners(&listeners),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

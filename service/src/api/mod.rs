@@ -1,6 +1,6 @@
 //! The HTTP API (`/api/v1`, JSON, bearer tokens), `/healthz`, `/metrics` and the OpenAPI
-//! document. [`router`] builds every route and records its path, so a test can check that
-//! the OpenAPI document lists them all.
+//! document. [`routes`] lists every route and records its path, so a test can check that
+//! the OpenAPI document lists them all; [`crate::router`] puts them on the listeners.
 
 pub mod actions;
 pub mod deployments;
@@ -13,14 +13,9 @@ pub mod setup;
 pub mod users;
 
 use crate::service::Service;
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put, MethodRouter};
 use axum::Router;
-use errors::ApiError;
 use std::sync::Arc;
-
-/// Largest request body accepted (1 MiB).
-pub const BODY_LIMIT: usize = 1024 * 1024;
 
 struct Routes {
     router: Router<Arc<Service>>,
@@ -99,45 +94,22 @@ pub fn paths() -> Vec<&'static str> {
     p
 }
 
-/// The enrollment listener's application.
-pub fn enroll_router(svc: Arc<Service>) -> Router {
-    Router::new()
-        .route(ENROLL_PATH, post(enroll::enroll))
-        .fallback(|| async {
-            ApiError::not_found(
-                "this is the enrollment listener; it serves only POST /api/v1/enroll",
-            )
-        })
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(axum::middleware::from_fn(crate::web::no_store_by_default))
-        .with_state(svc)
+/// The API's routes on the main listener (the router of [`crate::router::app`] adds the
+/// dashboard, the fallback and the layers).
+pub fn routes() -> Router<Arc<Service>> {
+    build().router
 }
 
-/// The `--metrics-listen` listener's application: `/metrics` and `/healthz` only.
-pub fn metrics_router(svc: Arc<Service>) -> Router {
+/// The enrollment listener's only route.
+pub fn enroll_routes() -> Router<Arc<Service>> {
+    Router::new().route(ENROLL_PATH, post(enroll::enroll))
+}
+
+/// The `--metrics-listen` listener's routes: `/metrics` and `/healthz` only.
+pub fn metrics_routes() -> Router<Arc<Service>> {
     Router::new()
         .route("/metrics", get(meta::metrics_listener))
         .route("/healthz", get(meta::healthz))
-        .fallback(|| async {
-            ApiError::not_found(
-                "this is the metrics listener; it serves GET /metrics and GET /healthz",
-            )
-        })
-        .layer(axum::middleware::from_fn(crate::web::no_store_by_default))
-        .with_state(svc)
-}
-
-/// The application.
-pub fn router(svc: Arc<Service>) -> Router {
-    build()
-        .router
-        .merge(crate::web::routes())
-        .fallback(|| async {
-            ApiError::not_found("no such endpoint; GET /api/v1/openapi.json lists them")
-        })
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(axum::middleware::from_fn(crate::web::no_store_by_default))
-        .with_state(svc)
 }
 
 #[cfg(test)]

@@ -5,9 +5,10 @@
 //! command when its presence says it is online; a service restart before that drops it (run
 //! setup again).
 
-use super::devices::owned_device;
-use super::errors::{ApiError, ApiJson, ApiResult};
-use crate::auth::Caller;
+use crate::api::errors::ApiJson;
+use crate::domain::devices::owned_device;
+use crate::domain::Caller;
+use crate::error::{ServiceError, ServiceResult};
 use crate::service::Service;
 use crate::views::device_view;
 use axum::extract::{Path, State};
@@ -27,14 +28,14 @@ fn url_userinfo(url: &str) -> Option<&str> {
     authority.rsplit_once('@').map(|(userinfo, _)| userinfo)
 }
 
-fn check(req: &SetupRequest) -> ApiResult<()> {
+fn check(req: &SetupRequest) -> ServiceResult<()> {
     let url = req.repo_url.trim();
     let scheme_ok = ["https://", "ssh://", "git://", "file://"]
         .iter()
         .any(|s| url.starts_with(s))
         || (url.contains('@') && url.contains(':') && !url.contains("://"));
     if url.is_empty() || url.len() > 2048 || !scheme_ok || url.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
+        return Err(ServiceError::bad_request(
             "repo_url must be an https://, ssh://, git:// or file:// URL (or user@host:path)",
         ));
     }
@@ -42,20 +43,20 @@ fn check(req: &SetupRequest) -> ApiResult<()> {
         // An https user name can be a token (https://TOKEN@host/...), a password always is
         // secret; the URL is stored and published in the retained desired state.
         if url.starts_with("https://") || userinfo.contains(':') {
-            return Err(ApiError::bad_request(
+            return Err(ServiceError::bad_request(
                 "repo_url must not contain credentials: pass them with --git-user/--git-token-env \
                  or --ssh-key (they are sealed to the device and never stored)",
             ));
         }
     }
-    validate_git_ref(&req.git_ref).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    validate_git_ref(&req.git_ref).map_err(|e| ServiceError::bad_request(e.to_string()))?;
     if req.start.trim().is_empty() || req.start.len() > 4096 {
-        return Err(ApiError::bad_request(
+        return Err(ServiceError::bad_request(
             "start must be a non-empty shell command (at most 4096 bytes)",
         ));
     }
     if req.health_window_secs > MAX_HEALTH_WINDOW {
-        return Err(ApiError::bad_request(format!(
+        return Err(ServiceError::bad_request(format!(
             "health_window_secs must be at most {MAX_HEALTH_WINDOW}"
         )));
     }
@@ -64,12 +65,12 @@ fn check(req: &SetupRequest) -> ApiResult<()> {
         .as_ref()
         .is_some_and(|c| c.trim().is_empty() || c.len() > 4096)
     {
-        return Err(ApiError::bad_request(
+        return Err(ServiceError::bad_request(
             "health_cmd must be a non-empty shell command when given",
         ));
     }
     for (k, v) in &req.env {
-        validate_env(k, v).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        validate_env(k, v).map_err(|e| ServiceError::bad_request(e.to_string()))?;
     }
     Ok(())
 }
@@ -80,11 +81,11 @@ pub async fn put_setup(
     caller: Caller,
     Path(name): Path<String>,
     ApiJson(req): ApiJson<SetupRequest>,
-) -> ApiResult<Json<DeviceView>> {
+) -> ServiceResult<Json<DeviceView>> {
     let dev = owned_device(&svc, &caller, &name)?;
     check(&req)?;
     let Some(pk_hex) = dev.sealing_public_key.clone() else {
-        return Err(ApiError::conflict(format!(
+        return Err(ServiceError::conflict(format!(
             "device {name:?} has not enrolled yet: run `hammer-manager enroll` on it first"
         )));
     };
@@ -95,8 +96,8 @@ pub async fn put_setup(
     };
     let sealed = match &req.credentials {
         Some(c) => {
-            let pk = hex::decode(&pk_hex).map_err(ApiError::internal)?;
-            Some(seal_credentials(&pk, &dev.id, c).map_err(ApiError::internal)?)
+            let pk = hex::decode(&pk_hex).map_err(ServiceError::internal)?;
+            Some(seal_credentials(&pk, &dev.id, c).map_err(ServiceError::internal)?)
         }
         None => None,
     };
@@ -125,7 +126,7 @@ pub async fn put_setup(
             d.setup = Some(view.clone());
             d.state = DeviceState::SetupPending;
         })?
-        .ok_or_else(|| ApiError::no_device(&name))?;
+        .ok_or_else(|| ServiceError::no_device(&name))?;
     svc.store.flush().await?;
     let sent = crate::mqtt::publish::send_command(
         &svc,

@@ -2,8 +2,9 @@
 //! revoke your own). Tokens are stored only as SHA-256 hashes. Answers that carry a token
 //! are `Cache-Control: no-store` ([`NO_STORE`]), so no cache or back button keeps one.
 
-use super::errors::{ApiError, ApiJson, ApiResult};
-use crate::auth::Caller;
+use crate::api::errors::ApiJson;
+use crate::domain::Caller;
+use crate::error::{ServiceError, ServiceResult};
 use crate::ids;
 use crate::service::Service;
 use crate::store::{Store, TokenRecord, UserRecord};
@@ -40,9 +41,9 @@ pub async fn create_user(
     State(svc): State<Arc<Service>>,
     caller: Caller,
     ApiJson(req): ApiJson<CreateUser>,
-) -> ApiResult<(StatusCode, [(HeaderName, &'static str); 1], Json<NewToken>)> {
+) -> ServiceResult<(StatusCode, [(HeaderName, &'static str); 1], Json<NewToken>)> {
     caller.require_admin()?;
-    validate_name(&req.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    validate_name(&req.name).map_err(|e| ServiceError::bad_request(e.to_string()))?;
     let user = UserRecord {
         id: ids::new_id(),
         name: req.name.clone(),
@@ -50,7 +51,7 @@ pub async fn create_user(
         created_at: now_ms(),
     };
     if !svc.store.insert_user(&user)? {
-        return Err(ApiError::conflict(format!(
+        return Err(ServiceError::conflict(format!(
             "user {:?} already exists",
             req.name
         )));
@@ -65,7 +66,7 @@ pub async fn create_user(
 pub async fn list_users(
     State(svc): State<Arc<Service>>,
     caller: Caller,
-) -> ApiResult<Json<Vec<UserView>>> {
+) -> ServiceResult<Json<Vec<UserView>>> {
     caller.require_admin()?;
     Ok(Json(svc.store.users()?.iter().map(user_view).collect()))
 }
@@ -79,7 +80,7 @@ pub async fn me(caller: Caller) -> Json<UserView> {
 pub async fn create_token(
     State(svc): State<Arc<Service>>,
     caller: Caller,
-) -> ApiResult<(StatusCode, [(HeaderName, &'static str); 1], Json<NewToken>)> {
+) -> ServiceResult<(StatusCode, [(HeaderName, &'static str); 1], Json<NewToken>)> {
     let token = issue_token(svc.store.as_ref(), &caller.user)?;
     svc.store.flush().await?;
     Ok((StatusCode::CREATED, NO_STORE, Json(token)))
@@ -89,7 +90,7 @@ pub async fn create_token(
 pub async fn list_tokens(
     State(svc): State<Arc<Service>>,
     caller: Caller,
-) -> ApiResult<Json<Vec<TokenView>>> {
+) -> ServiceResult<Json<Vec<TokenView>>> {
     let mut v: Vec<TokenView> = svc
         .store
         .tokens_of(&caller.user.id)?
@@ -108,9 +109,9 @@ pub async fn revoke_token(
     State(svc): State<Arc<Service>>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<StatusCode> {
+) -> ServiceResult<StatusCode> {
     if !svc.store.delete_token(&caller.user.id, &id)? {
-        return Err(ApiError::not_found(format!(
+        return Err(ServiceError::not_found(format!(
             "you have no token {:?}; `GET /api/v1/tokens` lists yours",
             id.chars().take(40).collect::<String>()
         )));

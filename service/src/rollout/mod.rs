@@ -41,76 +41,24 @@
 //! here). After a restart [`Engine::load`] reloads running deployments, replays stored status
 //! events it may have missed and recomputes timers from the persisted deadlines.
 //!
-//! Errors for callers are [`RolloutError`]; the HTTP layer maps them to status codes.
+//! What the engine is told is a [`RolloutMsg`] ([`inbox`]); errors for callers are
+//! [`RolloutError`], which the domain maps to its refusals.
 
 pub mod core;
+pub mod inbox;
 
 pub use self::core::commit_named_by;
 use self::core::{is_active, same_commit, Applied, Launch, LaunchResult, Rollout, TargetChange};
+pub use self::inbox::{RolloutError, RolloutMsg};
 use crate::mqtt::publish::{publish_desired, stage_desired};
 use crate::service::Service;
-use crate::store::{DeploymentRecord, StoreError};
+use crate::store::DeploymentRecord;
 use hammer_protocol::api::{DeploymentState, Event};
 use hammer_protocol::{now_ms, DesiredState, RunState, StatusEvent, PROTOCOL_VERSION};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
-
-/// Why the engine refused or could not do what it was asked.
-#[derive(Debug, thiserror::Error)]
-pub enum RolloutError {
-    /// A target is already in another running deployment.
-    #[error("device {device:?} is already in running deployment {deployment}; wait for it to end or cancel it")]
-    DeviceBusy { device: String, deployment: String },
-    /// The deployment to cancel has already ended.
-    #[error("deployment {id} already ended ({})", state_name(.state))]
-    AlreadyEnded { id: String, state: DeploymentState },
-    /// No such deployment of this owner.
-    #[error("no deployment {id}")]
-    NoDeployment { id: String },
-    /// The change was made but could not be persisted; it may not survive a restart.
-    #[error("the {what} could not be stored; it may not survive a restart")]
-    NotStored { what: &'static str },
-    /// A deployment just stepped is neither running nor stored (a storage failure).
-    #[error("deployment {id} vanished")]
-    Vanished { id: String },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-fn state_name(s: &DeploymentState) -> String {
-    serde_json::to_string(s)
-        .unwrap_or_default()
-        .trim_matches('"')
-        .to_owned()
-}
-
-/// What the engine is told.
-pub enum RolloutMsg {
-    /// A new deployment (not yet stored): store it and start it.
-    Create {
-        dep: Box<DeploymentRecord>,
-        reply: oneshot::Sender<Result<DeploymentRecord, RolloutError>>,
-    },
-    /// A stored status event of a device.
-    Status {
-        device_id: String,
-        event: StatusEvent,
-    },
-    /// Cancel a running deployment of `owner`.
-    Cancel {
-        id: String,
-        owner: String,
-        by: String,
-        reply: oneshot::Sender<Result<DeploymentRecord, RolloutError>>,
-    },
-    /// Which running deployment holds a device, if any.
-    Holder {
-        device_id: String,
-        reply: oneshot::Sender<Option<String>>,
-    },
-}
 
 /// The engine's state.
 pub struct Engine {

@@ -2,9 +2,9 @@
 //! and the form to start one. Reads go through [`crate::api::deployments`]; starting and
 //! canceling are `fetch()` calls to the JSON API from `app.js`.
 
+use super::frame::{error_page, fragment, page, PageUser, PartQuery};
 use super::html::{enc, esc, short, time, word};
-use super::{error_page, fragment, page, PageUser, PartQuery};
-use crate::api::{deployments, devices};
+use crate::domain::{deployments, devices};
 use crate::service::Service;
 use crate::views::PageParams;
 use axum::extract::{Path, Query, State};

@@ -1,56 +1,18 @@
-//! Sign-in, devices and device pages. Data comes from the plain functions the API handlers
-//! call too (`api::devices::{devices_of, device_of}`, `api::actions::{history_page,
-//! watch_logs}`), with the page's caller: the same ownership rules, no extractors built here.
+//! Devices and device pages. Data comes from the domain functions the API handlers call too
+//! ([`crate::domain::devices`], [`crate::domain::activity`]), with the page's caller: the same
+//! ownership rules, no extractors built here.
 
+use super::frame::{error_page, fragment, no_store, page, PageUser, PartQuery};
 use super::html::{enc, esc, short, time, word};
-use super::{error_page, fragment, no_store, page, PageUser, PartQuery};
-use crate::api::{actions, devices};
+use crate::domain::{activity, devices};
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use hammer_protocol::api::{DeviceView, HealthView, HistoryEntry};
 use serde::Deserialize;
 use std::sync::Arc;
 
 use crate::service::Service;
 use crate::views::PageParams;
-
-/// The sign-in page, with an error message after a failed attempt.
-pub fn login_html(error: Option<&str>) -> Html<String> {
-    let err = error
-        .map(|e| {
-            format!(
-                "<p class=\"error\" role=\"alert\" id=\"login-error\">{}</p>",
-                esc(e)
-            )
-        })
-        .unwrap_or_default();
-    Html(super::html::layout(
-        "Sign in",
-        None,
-        None,
-        &format!(
-            r#"<section class="card narrow"><h1>Sign in</h1>{err}
-<form method="post" action="/login" id="login-form">
-<label for="token">API token</label>
-<input id="token" name="token" type="password" autocomplete="off" required
- aria-describedby="token-help">
-<p id="token-help" class="help">Paste a token from <code>hammer login</code> or
-<code>hammer token create</code>. It is exchanged for a session cookie and not kept in the page.</p>
-<button type="submit">Sign in</button>
-</form></section>"#
-        ),
-    ))
-}
-
-/// `GET /login`: the sign-in form (`no-store`: the back button must not bring a typed
-/// token back); a visitor already signed in goes to `/` instead.
-pub async fn login(State(svc): State<Arc<Service>>, headers: HeaderMap) -> Response {
-    if super::session::signed_in(&svc, &headers) {
-        return no_store(Redirect::to("/").into_response());
-    }
-    no_store(login_html(None).into_response())
-}
 
 #[derive(Deserialize)]
 pub struct TagQuery {
@@ -267,7 +229,7 @@ pub async fn device(
         Some("history") | None => {}
         Some(_) => return fragment(String::new()),
     }
-    let (hist, older) = match actions::history_page(&svc, &c, &name, &pg) {
+    let (hist, older) = match activity::history_page(&svc, &c, &name, &pg) {
         Ok(h) => h,
         Err(e) => return error_page(Some(&c), e),
     };
@@ -275,7 +237,7 @@ pub async fn device(
         return fragment(history_rows(&hist));
     }
     // Asking for the logs turns the device's log streaming on for a while.
-    let logs = match actions::watch_logs(&svc, &c, &name).await {
+    let logs = match activity::watch_logs(&svc, &c, &name).await {
         Ok(l) => l.lines,
         Err(e) => vec![format!("(logs unavailable: {})", e.message)],
     };

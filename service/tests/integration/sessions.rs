@@ -3,7 +3,7 @@
 //! anyone else's, and every answer that shows or takes a secret is `Cache-Control: no-store`.
 
 use crate::common::Harness;
-use hammer_service::web::session::MAX_SESSIONS_PER_USER;
+use hammer_service::sessions::MAX_SESSIONS_PER_USER;
 use reqwest::header::{CACHE_CONTROL, COOKIE, LOCATION, SET_COOKIE};
 use reqwest::{Response, StatusCode};
 use serde_json::json;
@@ -282,7 +282,7 @@ async fn a_signed_in_user_opening_the_sign_in_page_is_sent_home() {
 
 /// Device creation (enrollment token) and provisioning (private keys) are answered by
 /// handlers in api/devices.rs and api/enroll.rs; their `no-store` comes from
-/// `web::no_store_by_default`, which `api::router` must layer over the whole router.
+/// `web::frame::no_store_by_default`, which `router::app` must layer over the whole router.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_creation_and_provisioning_answers_are_no_store() {
     let h = Harness::start().await;

@@ -1,0 +1,89 @@
+//! What a device does and did: its kept log lines (asking turns its log streaming on for a
+//! while) and its history, a page at a time; and the checks device actions share.
+
+use super::devices::owned_device;
+use super::Caller;
+use crate::error::{ServiceError, ServiceResult};
+use crate::mqtt::publish::send_command;
+use crate::service::Service;
+use crate::store::DeviceRecord;
+use crate::views::{encode_history_cursor, history_entry, PageParams};
+use hammer_protocol::api::{HistoryEntry, LogLines};
+use hammer_protocol::{now_ms, CommandKind};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long one `logs` request keeps the device streaming.
+pub const LOG_WATCH: Duration = Duration::from_secs(60);
+
+pub async fn not_in_rollout(svc: &Service, dev: &DeviceRecord) -> ServiceResult<()> {
+    if let Some(dep) = crate::rollout::holder(svc, &dev.id).await {
+        return Err(ServiceError::conflict(format!(
+            "device {:?} is in running deployment {dep}; wait for it or cancel it first",
+            dev.name
+        )));
+    }
+    Ok(())
+}
+
+pub fn nothing_deployed(name: &str) -> ServiceError {
+    ServiceError::conflict(format!(
+        "device {name:?} has nothing deployed yet: run `hammer deploy` first"
+    ))
+}
+
+/// The device's kept log lines; asking turns its log streaming on for [`LOG_WATCH`] (the
+/// API and the dashboard both call this).
+pub async fn watch_logs(
+    svc: &Arc<Service>,
+    caller: &Caller,
+    name: &str,
+) -> ServiceResult<LogLines> {
+    let dev = owned_device(svc, caller, name)?;
+    let now = now_ms();
+    let until = now + LOG_WATCH.as_millis() as u64;
+    if svc.live.watch_logs(&dev.id, now, until) {
+        send_command(svc, &dev.id, CommandKind::Logs { on: true }).await?;
+        let svc2 = svc.clone();
+        let id = dev.id.clone();
+        tokio::spawn(async move {
+            loop {
+                let until = svc2.live.logs_until(&id);
+                let now = now_ms();
+                if until <= now {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(until - now)).await;
+            }
+            // A request in between extends the watch: the next one spawns a new waiter.
+            if !svc2.live.end_log_watch(&id, now_ms()) {
+                return;
+            }
+            if let Err(e) = send_command(&svc2, &id, CommandKind::Logs { on: false }).await {
+                tracing::debug!(device = %id, "could not send logs off: {e:#}");
+            }
+        });
+    }
+    Ok(LogLines {
+        device: dev.name,
+        lines: svc.live.logs(&dev.id),
+    })
+}
+
+/// One page of a device's history: the newest `limit` events stored before `cursor`, oldest
+/// first, and the cursor of the next (older) page.
+pub fn history_page(
+    svc: &Service,
+    caller: &Caller,
+    name: &str,
+    q: &PageParams,
+) -> ServiceResult<(Vec<HistoryEntry>, Option<String>)> {
+    let dev = owned_device(svc, caller, name)?;
+    let limit = q.limit()?;
+    let before = q.history_cursor()?;
+    let page = svc.store.history_page(&dev.id, before, limit)?;
+    Ok((
+        page.items.iter().map(history_entry).collect(),
+        page.next.map(encode_history_cursor),
+    ))
+}

@@ -1,0 +1,144 @@
+//! The caller's deployments: check a strategy, resolve targets among the caller's devices,
+//! look one up, page through them; and what the rollout engine's refusals mean to a caller.
+
+use super::devices::{owned_device, parse_tag};
+use super::Caller;
+use crate::error::{ServiceError, ServiceResult};
+use crate::rollout::RolloutError;
+use crate::service::Service;
+use crate::store::{DeploymentRecord, DeviceRecord};
+use crate::views::{deployment_view, encode_deployment_cursor, PageParams};
+use hammer_protocol::api::{DeploymentView, Strategy, Targets};
+
+/// The caller's answer for what the rollout engine refused or could not do.
+impl From<RolloutError> for ServiceError {
+    fn from(e: RolloutError) -> ServiceError {
+        match e {
+            RolloutError::DeviceBusy { .. } | RolloutError::AlreadyEnded { .. } => {
+                ServiceError::conflict(e.to_string())
+            }
+            RolloutError::NoDeployment { id } => ServiceError::no_deployment(&id),
+            RolloutError::NotStored { .. }
+            | RolloutError::Vanished { .. }
+            | RolloutError::Store(_) => ServiceError::internal(e),
+        }
+    }
+}
+
+/// Most targets of one deployment.
+pub const MAX_TARGETS: usize = 100_000;
+
+pub fn check_strategy(s: &Strategy) -> ServiceResult<()> {
+    if s.max_in_flight == Some(0) {
+        return Err(ServiceError::bad_request(
+            "strategy.max_in_flight must be at least 1",
+        ));
+    }
+    if s.abort_at_percent.is_some_and(|p| p > 100) {
+        return Err(ServiceError::bad_request(
+            "strategy.abort_at_percent must be 0 to 100",
+        ));
+    }
+    if s.timeout_secs == 0 || s.timeout_secs > 7 * 24 * 3600 {
+        return Err(ServiceError::bad_request(
+            "strategy.timeout_secs must be 1 to 604800",
+        ));
+    }
+    if s.retries > 100 {
+        return Err(ServiceError::bad_request(
+            "strategy.retries must be at most 100",
+        ));
+    }
+    Ok(())
+}
+
+pub fn resolve(
+    svc: &Service,
+    caller: &Caller,
+    targets: &Targets,
+) -> ServiceResult<Vec<DeviceRecord>> {
+    let mut out: Vec<DeviceRecord> = match targets {
+        Targets::Names(names) => {
+            if names.is_empty() {
+                return Err(ServiceError::bad_request(
+                    "targets.names is empty: name at least one device",
+                ));
+            }
+            if names.len() > MAX_TARGETS {
+                return Err(ServiceError::bad_request(format!(
+                    "at most {MAX_TARGETS} targets"
+                )));
+            }
+            let mut v = Vec::with_capacity(names.len());
+            for n in names {
+                let d = owned_device(svc, caller, n)?;
+                if !v.iter().any(|x: &DeviceRecord| x.id == d.id) {
+                    v.push(d);
+                }
+            }
+            v
+        }
+        Targets::Tag(sel) => {
+            let (k, val) = parse_tag(sel)?;
+            let mut v: Vec<DeviceRecord> = svc
+                .store
+                .devices_of(&caller.user.id)?
+                .into_iter()
+                .filter(|d| d.tags.get(&k) == Some(&val))
+                .collect();
+            v.sort_by(|a, b| a.name.cmp(&b.name));
+            if v.is_empty() {
+                return Err(ServiceError::bad_request(format!(
+                    "none of your devices has tag {sel}; `hammer device list` shows their tags"
+                )));
+            }
+            v
+        }
+    };
+    if let Some(d) = out.iter().find(|d| d.setup.is_none()) {
+        return Err(ServiceError::conflict(format!(
+            "device {:?} has no setup yet: run `hammer setup {}` first",
+            d.name, d.name
+        )));
+    }
+    out.truncate(MAX_TARGETS);
+    Ok(out)
+}
+
+/// One page of the caller's deployments, newest first, and the cursor of the next page.
+/// Reads only the caller's records (the store's owner index).
+pub fn deployments_page(
+    svc: &Service,
+    caller: &Caller,
+    q: &PageParams,
+) -> ServiceResult<(Vec<DeploymentView>, Option<String>)> {
+    let limit = q.limit()?;
+    let after = q.deployment_cursor()?;
+    let page = svc
+        .store
+        .deployments_of(&caller.user.id, after.as_ref(), limit)?;
+    Ok((
+        page.items.iter().map(deployment_view).collect(),
+        page.next.as_ref().map(encode_deployment_cursor),
+    ))
+}
+
+/// The caller's deployment `id`, or 404.
+pub fn owned_deployment(
+    svc: &Service,
+    caller: &Caller,
+    id: &str,
+) -> ServiceResult<DeploymentRecord> {
+    if hammer_protocol::validate_deployment_id(id).is_err() {
+        return Err(ServiceError::no_deployment(id));
+    }
+    svc.store
+        .deployment(id)?
+        .filter(|d| d.owner == caller.user.id)
+        .ok_or_else(|| ServiceError::no_deployment(id))
+}
+
+/// The caller's deployment `id` as the API shows it, or 404.
+pub fn deployment_of(svc: &Service, caller: &Caller, id: &str) -> ServiceResult<DeploymentView> {
+    Ok(deployment_view(&owned_deployment(svc, caller, id)?))
+}

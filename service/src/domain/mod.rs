@@ -1,0 +1,37 @@
+//! What a user can do and see, as plain functions over the shared state ([`Service`]) and the
+//! [`Caller`]: the API handlers ([`crate::api`]) and the dashboard's pages ([`crate::web`])
+//! both call these, so both apply the same ownership rules and give the same refusals. No HTTP
+//! here: a refusal is a [`crate::error::ServiceError`].
+//!
+//! [`devices`] (look up, list, create within the quota), [`deployments`] (strategy, targets,
+//! pages) and [`activity`] (logs, history, the checks actions share).
+
+pub mod activity;
+pub mod deployments;
+pub mod devices;
+
+use crate::error::ServiceError;
+use crate::store::UserRecord;
+
+#[cfg(doc)]
+use crate::service::Service;
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user: UserRecord,
+    pub token_id: String,
+}
+
+impl Caller {
+    /// Only admins pass.
+    pub fn require_admin(&self) -> Result<(), ServiceError> {
+        if self.user.admin {
+            Ok(())
+        } else {
+            Err(ServiceError::forbidden(
+                "this needs an admin token (managing users and provisioning devices)",
+            ))
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! What the rollout engine is told ([`RolloutMsg`], sent to its inbox by the API and by status
+//! ingestion) and why it refuses ([`RolloutError`]). A leaf: the shared state
+//! ([`crate::service::Service`]) holds the inbox's sender without knowing the engine.
+
+use crate::store::{DeploymentRecord, StoreError};
+use hammer_protocol::api::DeploymentState;
+use hammer_protocol::{StatusEvent, WireName};
+use tokio::sync::oneshot;
+
+/// Why the engine refused or could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    /// A target is already in another running deployment.
+    #[error("device {device:?} is already in running deployment {deployment}; wait for it to end or cancel it")]
+    DeviceBusy { device: String, deployment: String },
+    /// The deployment to cancel has already ended.
+    #[error("deployment {id} already ended ({})", .state.wire_name())]
+    AlreadyEnded { id: String, state: DeploymentState },
+    /// No such deployment of this owner.
+    #[error("no deployment {id}")]
+    NoDeployment { id: String },
+    /// The change was made but could not be persisted; it may not survive a restart.
+    #[error("the {what} could not be stored; it may not survive a restart")]
+    NotStored { what: &'static str },
+    /// A deployment just stepped is neither running nor stored (a storage failure).
+    #[error("deployment {id} vanished")]
+    Vanished { id: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the engine is told.
+pub enum RolloutMsg {
+    /// A new deployment (not yet stored): store it and start it.
+    Create {
+        dep: Box<DeploymentRecord>,
+        reply: oneshot::Sender<Result<DeploymentRecord, RolloutError>>,
+    },
+    /// A stored status event of a device.
+    Status {
+        device_id: String,
+        event: StatusEvent,
+    },
+    /// Cancel a running deployment of `owner`.
+    Cancel {
+        id: String,
+        owner: String,
+        by: String,
+        reply: oneshot::Sender<Result<DeploymentRecord, RolloutError>>,
+    },
+    /// Which running deployment holds a device, if any.
+    Holder {
+        device_id: String,
+        reply: oneshot::Sender<Option<String>>,
+    },
+}
