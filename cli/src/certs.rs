@@ -1,12 +1,12 @@
 //! `hammer certs issue-device`: registers a device for a user through `POST /provision`
 //! (admin token) and writes an offline bundle that is a ready `hammer-manager --data-dir`.
 
-use super::client::Client;
-use super::config::Conn;
-use super::output::{self, safe};
-use super::{check_name, check_tags};
+use crate::commands::{check_name, check_tags};
+use crate::config::Conn;
+use crate::output::{self, safe};
 use anyhow::{bail, Context, Result};
 use hammer_certs::files::{create_private_dir, write_private, write_public};
+use hammer_client::Client;
 use hammer_protocol::api::{ProvisionRequest, ProvisionResponse};
 use std::path::Path;
 
@@ -67,7 +67,8 @@ pub async fn issue_device(
         name: name.to_string(),
         tags,
     };
-    let (mut v, bundle): (_, ProvisionResponse) = client.post("/provision", &req).await?;
+    let answer = client.provision(&req).await?;
+    let (mut v, bundle) = (answer.raw, answer.body);
     write_bundle(out, &bundle).with_context(|| {
         format!(
             "device {name} is registered but its bundle could not be written; remove it with `hammer device remove {name}` (as {owner}) and try again"

@@ -1,17 +1,11 @@
 //! The `hammer` CLI's client commands: argument definitions (clap) and their dispatch.
 //! Each command checks its inputs (names, tags, files) before any request is sent.
 
-pub mod certs;
-pub mod client;
-pub mod config;
-pub mod deploy;
-pub mod devices;
-pub mod output;
-pub mod stream;
-pub mod users;
-
+use crate::{certs, config, deploy, devices, stream, users};
 use anyhow::{anyhow, Result};
 use clap::{Args, Subcommand};
+use hammer_client::{Action, Page};
+use hammer_protocol::api::MAX_PAGE_LIMIT;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -36,6 +30,27 @@ pub struct GlobalArgs {
     /// Print the API's JSON instead of human output
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+/// `--limit N` and `--all` of a command that lists a paged collection.
+#[derive(Debug, Clone, Default, Args)]
+pub struct PageArgs {
+    /// Show at most N records (the newest; 1 to 1000, default 100)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=MAX_PAGE_LIMIT as i64))]
+    pub limit: Option<u32>,
+    /// Show every record, fetching page after page (N at a time)
+    #[arg(long)]
+    pub all: bool,
+}
+
+impl PageArgs {
+    /// The client's page request.
+    pub fn page(&self) -> Page {
+        Page {
+            limit: self.limit,
+            all: self.all,
+        }
+    }
 }
 
 /// The client commands of `hammer`.
@@ -111,7 +126,7 @@ pub struct HistoryArgs {
     /// Device name
     pub name: String,
     #[command(flatten)]
-    pub page: client::PageArgs,
+    pub page: PageArgs,
 }
 
 #[derive(Debug, Args)]
@@ -202,7 +217,7 @@ pub enum DeploymentCmd {
         id: String,
     },
     /// List your deployments (the newest 100 unless --limit or --all)
-    List(client::PageArgs),
+    List(PageArgs),
     /// Cancel a running deployment (devices not yet updated are skipped)
     Cancel {
         /// Deployment id
@@ -267,10 +282,10 @@ pub async fn run(global: &GlobalArgs, cmd: Command) -> Result<()> {
         Command::Deployment(DeploymentCmd::Show { id }) => deploy::show(&conn, &id, json).await,
         Command::Deployment(DeploymentCmd::List(page)) => deploy::list(&conn, &page, json).await,
         Command::Deployment(DeploymentCmd::Cancel { id }) => deploy::cancel(&conn, &id, json).await,
-        Command::Restart(a) => devices::action(&conn, &a.name, "restart", json).await,
-        Command::Stop(a) => devices::action(&conn, &a.name, "stop", json).await,
-        Command::Start(a) => devices::action(&conn, &a.name, "start", json).await,
-        Command::Rollback(a) => devices::action(&conn, &a.name, "rollback", json).await,
+        Command::Restart(a) => devices::action(&conn, &a.name, Action::Restart, json).await,
+        Command::Stop(a) => devices::action(&conn, &a.name, Action::Stop, json).await,
+        Command::Start(a) => devices::action(&conn, &a.name, Action::Start, json).await,
+        Command::Rollback(a) => devices::action(&conn, &a.name, Action::Rollback, json).await,
         Command::Logs(a) => stream::logs(&conn, &a.name, a.follow, json).await,
         Command::Events(a) => {
             stream::events(&conn, a.device.as_deref(), a.deployment.as_deref(), json).await

@@ -1,11 +1,10 @@
 //! `hammer login` and `hammer user add`.
 
-use super::check_name;
-use super::client::Client;
-use super::config::{self, Conn, Saved};
-use super::output::{self, safe};
+use crate::commands::check_name;
+use crate::config::{self, Conn, Saved};
+use crate::output::{self, safe};
 use anyhow::{bail, Result};
-use hammer_protocol::api::{CreateUser, NewToken, UserView};
+use hammer_client::Client;
 
 /// Checks the token against the service (`GET /me`) and saves URL and token.
 pub async fn login(conn: &Conn, json: bool) -> Result<()> {
@@ -13,7 +12,8 @@ pub async fn login(conn: &Conn, json: bool) -> Result<()> {
         bail!("`hammer login` needs a token: hammer login --url URL --token TOKEN");
     }
     let client = Client::new(conn)?;
-    let (v, me): (_, UserView) = client.get("/me", &[]).await?;
+    let answer = client.me().await?;
+    let (v, me) = (answer.raw, answer.body);
     let path = config::config_path()?;
     config::save_to(
         &path,
@@ -41,14 +41,8 @@ pub async fn login(conn: &Conn, json: bool) -> Result<()> {
 pub async fn add_user(conn: &Conn, name: &str, json: bool) -> Result<()> {
     check_name(name)?;
     let client = Client::new(conn)?;
-    let (v, created): (_, NewToken) = client
-        .post(
-            "/users",
-            &CreateUser {
-                name: name.to_string(),
-            },
-        )
-        .await?;
+    let answer = client.create_user(name).await?;
+    let (v, created) = (answer.raw, answer.body);
     if json {
         output::print_json(&v);
     } else {

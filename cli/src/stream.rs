@@ -1,12 +1,12 @@
 //! Live output: `hammer events` and `hammer logs [-f]`, read from the service's Server-Sent
 //! Events stream, one readable line per event. The stream is reopened when it drops.
 
-use super::client::{is_unreachable, Client};
-use super::config::Conn;
-use super::output::{self, fmt_clock, safe, short_commit, wire_name};
-use super::{check_id, check_name};
+use crate::commands::{check_id, check_name};
+use crate::config::Conn;
+use crate::output::{self, fmt_clock, safe, short_commit, wire_name};
 use anyhow::Result;
-use hammer_protocol::api::{Event, LogLines};
+use hammer_client::{Client, EventFilter};
+use hammer_protocol::api::Event;
 use std::time::Duration;
 
 /// How often `logs -f` renews the service's one-minute log watch.
@@ -74,7 +74,7 @@ pub fn describe(ev: &Event) -> Option<String> {
             fmt_clock(hammer_protocol::now_ms()),
             safe(&d.id),
             wire_name(&d.state),
-            safe(&super::deploy::summary(d)),
+            safe(&crate::deploy::summary(d)),
             d.reason
                 .as_deref()
                 .map(|r| format!(" ({})", safe(r)))
@@ -87,13 +87,13 @@ pub fn describe(ev: &Event) -> Option<String> {
 /// Follows the event stream forever, reopening it when it drops or the service restarts.
 async fn follow(
     client: &Client,
-    query: &[(&str, &str)],
+    filter: EventFilter<'_>,
     mut on_event: impl FnMut(&str, Event),
 ) -> Result<()> {
     let mut backoff = Duration::from_millis(500);
     loop {
         match client
-            .events(query, |raw, ev| {
+            .events(filter, |raw, ev| {
                 on_event(raw, ev);
                 true
             })
@@ -103,10 +103,14 @@ async fn follow(
                 eprintln!("(event stream closed by the service; reconnecting)");
                 backoff = Duration::from_millis(500);
             }
-            Err(e) if is_unreachable(&e) => {
-                eprintln!("({e:#}; retrying in {}s)", backoff.as_secs_f32());
+            Err(e) if e.is_unreachable() => {
+                eprintln!(
+                    "({}; retrying in {}s)",
+                    safe(&e.to_string()),
+                    backoff.as_secs_f32()
+                );
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -120,17 +124,15 @@ pub async fn events(
     deployment: Option<&str>,
     json: bool,
 ) -> Result<()> {
-    let mut query = Vec::new();
     if let Some(d) = device {
         check_name(d)?;
-        query.push(("device", d));
     }
     if let Some(d) = deployment {
         check_id(d)?;
-        query.push(("deployment", d));
     }
     let client = Client::new(conn)?;
-    follow(&client, &query, |raw, ev| {
+    let filter = EventFilter { device, deployment };
+    follow(&client, filter, |raw, ev| {
         if json {
             println!("{raw}");
         } else if let Some(line) = describe(&ev) {
@@ -144,7 +146,8 @@ pub async fn events(
 pub async fn logs(conn: &Conn, name: &str, follow_on: bool, json: bool) -> Result<()> {
     check_name(name)?;
     let client = Client::new(conn)?;
-    let (v, lines): (_, LogLines) = client.get(&format!("/devices/{name}/logs"), &[]).await?;
+    let answer = client.logs(name).await?;
+    let (v, lines) = (answer.raw, answer.body);
     if json {
         if follow_on {
             println!("{v}");
@@ -162,17 +165,21 @@ pub async fn logs(conn: &Conn, name: &str, follow_on: bool, json: bool) -> Resul
     // The device streams its output for a minute after each `GET /logs`: keep asking.
     let keepalive = {
         let client = client.clone();
-        let path = format!("/devices/{name}/logs");
+        let name = name.to_owned();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(LOG_KEEPALIVE).await;
-                if let Err(e) = client.get::<LogLines>(&path, &[]).await {
+                if let Err(e) = client.logs(&name).await {
                     tracing::debug!("log keep-alive failed: {e:#}");
                 }
             }
         })
     };
-    let res = follow(&client, &[("device", name)], |raw, ev| {
+    let filter = EventFilter {
+        device: Some(name),
+        deployment: None,
+    };
+    let res = follow(&client, filter, |raw, ev| {
         if let Event::Logs { lines, .. } = ev {
             if json {
                 println!("{raw}");

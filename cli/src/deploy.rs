@@ -7,11 +7,11 @@
 //! runs. If that is not possible it says so in one line and the service pins the commit
 //! from the first device that fetched.
 
-use super::client::{is_unreachable, Client, Listed, PageArgs};
-use super::config::Conn;
-use super::output::{self, fmt_time, or_dash, safe, short_commit, wire_name, Table};
-use super::{check_id, check_name, tag_string, DeployArgs};
+use crate::commands::{check_id, check_name, tag_string, DeployArgs, PageArgs};
+use crate::config::Conn;
+use crate::output::{self, fmt_time, or_dash, safe, short_commit, wire_name, Table};
 use anyhow::{bail, Result};
+use hammer_client::Client;
 use hammer_protocol::api::{
     CreateDeployment, DeploymentState, DeploymentView, DeviceView, Strategy, TargetState, Targets,
 };
@@ -183,10 +183,11 @@ async fn name_the_commit(client: &Client, req: &mut CreateDeployment) {
         return;
     }
     let resolved = async {
-        let (_, all): (_, Vec<DeviceView>) = client
-            .get("/devices", &[])
+        let all = client
+            .devices(None)
             .await
-            .map_err(|e| format!("cannot list the devices ({e:#})"))?;
+            .map_err(|e| format!("cannot list the devices ({e})"))?
+            .body;
         let (repo, git_ref) =
             resolution_plan(&targeted(&all, &req.targets), req.git_ref.as_deref())?;
         let commit = ls_remote(&repo, &git_ref).await?;
@@ -209,7 +210,8 @@ pub async fn deploy(conn: &Conn, a: DeployArgs, json: bool) -> Result<()> {
     let mut req = request(&a)?;
     let client = Client::new(conn)?;
     name_the_commit(&client, &mut req).await;
-    let (v, dep): (_, DeploymentView) = client.post("/deployments", &req).await?;
+    let answer = client.create_deployment(&req).await?;
+    let (v, dep) = (answer.raw, answer.body);
     if !a.wait {
         if json {
             output::print_json(&v);
@@ -313,7 +315,6 @@ async fn wait(
     client: &Client,
     first: DeploymentView,
 ) -> Result<(serde_json::Value, DeploymentView)> {
-    let path = format!("/deployments/{}", first.id);
     let bar = if std::io::stderr().is_terminal() {
         let pb = ProgressBar::new(first.targets.len() as u64);
         pb.set_style(
@@ -391,8 +392,9 @@ async fn wait(
             return Ok((raw, current));
         }
         tokio::time::sleep(POLL).await;
-        match client.get::<DeploymentView>(&path, &[]).await {
-            Ok((v, d)) => {
+        match client.deployment(&current.id).await {
+            Ok(answer) => {
+                let (v, d) = (answer.raw, answer.body);
                 if unreachable_since.take().is_some() {
                     let msg = "service reachable again".to_string();
                     match &bar {
@@ -403,7 +405,7 @@ async fn wait(
                 raw = v;
                 current = d;
             }
-            Err(e) if is_unreachable(&e) => {
+            Err(e) if e.is_unreachable() => {
                 let since = *unreachable_since.get_or_insert_with(|| {
                     let msg = "service unreachable, retrying (the deployment goes on)";
                     match &bar {
@@ -416,7 +418,7 @@ async fn wait(
                     if let Some(pb) = &bar {
                         pb.abandon();
                     }
-                    return Err(e.context(format!(
+                    return Err(anyhow::Error::new(e).context(format!(
                         "gave up waiting for deployment {}; check it later with `hammer deployment show {}`",
                         current.id, current.id
                     )));
@@ -427,7 +429,7 @@ async fn wait(
                 if let Some(pb) = &bar {
                     pb.abandon();
                 }
-                return Err(e);
+                return Err(e.into());
             }
         }
     }
@@ -437,7 +439,8 @@ async fn wait(
 pub async fn show(conn: &Conn, id: &str, json: bool) -> Result<()> {
     check_id(id)?;
     let client = Client::new(conn)?;
-    let (v, d): (_, DeploymentView) = client.get(&format!("/deployments/{id}"), &[]).await?;
+    let answer = client.deployment(id).await?;
+    let (v, d) = (answer.raw, answer.body);
     if json {
         output::print_json(&v);
         return Ok(());
@@ -487,7 +490,7 @@ pub async fn show(conn: &Conn, id: &str, json: bool) -> Result<()> {
 /// `hammer deployment list`.
 pub async fn list(conn: &Conn, page: &PageArgs, json: bool) -> Result<()> {
     let client = Client::new(conn)?;
-    let listed: Listed<DeploymentView> = client.get_list("/deployments", page, false).await?;
+    let listed = client.deployments(page.page()).await?;
     if listed.more {
         eprintln!(
             "showing the newest {} deployments; pass --all for every one, or --limit N",
@@ -531,21 +534,11 @@ pub async fn list(conn: &Conn, page: &PageArgs, json: bool) -> Result<()> {
 pub async fn cancel(conn: &Conn, id: &str, json: bool) -> Result<()> {
     check_id(id)?;
     let client = Client::new(conn)?;
-    let v = client
-        .send::<()>(
-            reqwest::Method::POST,
-            &format!("/deployments/{id}/cancel"),
-            &[],
-            None,
-        )
-        .await?;
+    let answer = client.cancel_deployment(id).await?;
     if json {
-        output::print_json(&v);
+        output::print_json(&answer.raw);
     } else {
-        let state = serde_json::from_value::<DeploymentView>(v)
-            .map(|d| wire_name(&d.state))
-            .unwrap_or_else(|_| "canceled".into());
-        println!("deployment {id}: {state}");
+        println!("deployment {id}: {}", wire_name(&answer.body.state));
     }
     Ok(())
 }

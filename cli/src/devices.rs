@@ -1,16 +1,13 @@
 //! Device commands: `device add|list|show|history|remove`, `setup`, and the app actions
 //! `restart|stop|start|rollback`.
 
-use super::client::{Client, Listed, PageArgs};
-use super::config::Conn;
-use super::output::{self, ago, fmt_time, or_dash, safe, short_commit, wire_name, Table};
-use super::{check_name, check_tags, tag_string, DeviceCmd, SetupArgs};
+use crate::commands::{check_name, check_tags, tag_string, DeviceCmd, PageArgs, SetupArgs};
+use crate::config::Conn;
+use crate::output::{self, ago, fmt_time, or_dash, safe, short_commit, wire_name, Table};
 use anyhow::{anyhow, bail, Context, Result};
-use hammer_protocol::api::{
-    ActionAccepted, CreateDevice, CreatedDevice, DeviceView, HistoryEntry, SetupRequest,
-};
+use hammer_client::{Action, Client};
+use hammer_protocol::api::{CreateDevice, CreatedDevice, SetupRequest};
 use hammer_protocol::GitCredentials;
-use reqwest::Method;
 use std::collections::BTreeMap;
 
 /// Dispatches `hammer device …`.
@@ -33,7 +30,8 @@ async fn add(conn: &Conn, name: &str, tags: Vec<(String, String)>, json: bool) -
         name: name.to_string(),
         tags,
     };
-    let (v, created): (_, CreatedDevice) = client.post("/devices", &body).await?;
+    let answer = client.add_device(&body).await?;
+    let (v, created) = (answer.raw, answer.body);
     if json {
         output::print_json(&v);
         return Ok(());
@@ -69,8 +67,8 @@ pub fn enroll_command(created: &CreatedDevice) -> String {
 
 async fn list(conn: &Conn, tag: Option<String>, json: bool) -> Result<()> {
     let client = Client::new(conn)?;
-    let query: Vec<(&str, &str)> = tag.as_deref().map(|t| ("tag", t)).into_iter().collect();
-    let (v, devices): (_, Vec<DeviceView>) = client.get("/devices", &query).await?;
+    let answer = client.devices(tag.as_deref()).await?;
+    let (v, devices) = (answer.raw, answer.body);
     if json {
         output::print_json(&v);
         return Ok(());
@@ -123,7 +121,8 @@ fn fmt_tags(tags: &BTreeMap<String, String>) -> String {
 async fn show(conn: &Conn, name: &str, json: bool) -> Result<()> {
     check_name(name)?;
     let client = Client::new(conn)?;
-    let (v, d): (_, DeviceView) = client.get(&format!("/devices/{name}"), &[]).await?;
+    let answer = client.device(name).await?;
+    let (v, d) = (answer.raw, answer.body);
     if json {
         output::print_json(&v);
         return Ok(());
@@ -198,9 +197,7 @@ async fn show(conn: &Conn, name: &str, json: bool) -> Result<()> {
 pub async fn history_paged(conn: &Conn, name: &str, page: &PageArgs, json: bool) -> Result<()> {
     check_name(name)?;
     let client = Client::new(conn)?;
-    let listed: Listed<HistoryEntry> = client
-        .get_list(&format!("/devices/{name}/history"), page, true)
-        .await?;
+    let listed = client.history(name, page.page()).await?;
     if listed.more {
         eprintln!(
             "showing the newest {} events of {}; pass --all for every kept one, or --limit N",
@@ -259,9 +256,7 @@ pub async fn history_paged(conn: &Conn, name: &str, page: &PageArgs, json: bool)
 async fn remove(conn: &Conn, name: &str, json: bool) -> Result<()> {
     check_name(name)?;
     let client = Client::new(conn)?;
-    let v = client
-        .send::<()>(Method::DELETE, &format!("/devices/{name}"), &[], None)
-        .await?;
+    let v = client.remove_device(name).await?;
     if json {
         output::print_json(&v);
     } else {
@@ -335,14 +330,7 @@ pub async fn setup(conn: &Conn, a: SetupArgs, json: bool) -> Result<()> {
     check_name(&a.name)?;
     let req = setup_request(&a)?;
     let client = Client::new(conn)?;
-    let v = client
-        .send(
-            Method::PUT,
-            &format!("/devices/{}/setup", a.name),
-            &[],
-            Some(&req),
-        )
-        .await?;
+    let v = client.setup(&a.name, &req).await?.raw;
     if json {
         output::print_json(&v);
     } else {
@@ -364,12 +352,12 @@ pub async fn setup(conn: &Conn, a: SetupArgs, json: bool) -> Result<()> {
 }
 
 /// `hammer restart|stop|start|rollback NAME`.
-pub async fn action(conn: &Conn, name: &str, action: &str, json: bool) -> Result<()> {
+pub async fn action(conn: &Conn, name: &str, action: Action, json: bool) -> Result<()> {
     check_name(name)?;
     let client = Client::new(conn)?;
-    let (v, acc): (_, ActionAccepted) = client
-        .post_empty(&format!("/devices/{name}/{action}"))
-        .await?;
+    let answer = client.action(name, action).await?;
+    let (v, acc) = (answer.raw, answer.body);
+    let action = action.as_str();
     if json {
         output::print_json(&v);
     } else {

@@ -68,13 +68,9 @@ pub fn save_to(path: &Path, saved: &Saved) -> Result<()> {
     Ok(())
 }
 
-/// Connection settings after resolving flags, environment and the saved config.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Conn {
-    pub url: String,
-    pub token: Option<String>,
-    pub ca_cert: Option<PathBuf>,
-}
+/// Connection settings after resolving flags, environment and the saved config: the API
+/// client's plain settings.
+pub use hammer_client::Conn;
 
 /// Flags/environment win over the saved config, which wins over the default URL.
 pub fn resolve(
@@ -96,6 +92,7 @@ pub fn resolve(
         ca_cert: ca_cert
             .map(Path::to_path_buf)
             .or_else(|| saved.ca_cert.clone()),
+        timeout: hammer_client::DEFAULT_TIMEOUT,
     }
 }
 
