@@ -1,91 +1,62 @@
-//! The HTTP API calls the simulator needs: users, provisioning, setup, deployments, metrics.
+//! The API calls the simulator makes, through `hammer_client` (the CLI's typed client): users,
+//! provisioning, setup, deployments, history and metrics. [`Api`] only adds what the
+//! simulator needs on top: its fixed setup, a deploy that names a random commit, a longer
+//! timeout, and a fresh connection pool after a service restart.
 
 use anyhow::Context;
+use hammer_client::{Client, Conn, Page};
 use hammer_protocol::api::{
-    CreateDeployment, DeploymentView, NewToken, ProvisionResponse, Strategy, Targets,
+    CreateDeployment, DeploymentView, ProvisionRequest, ProvisionResponse, SetupRequest, Strategy,
+    Targets,
 };
-use reqwest::Method;
-use serde::de::DeserializeOwned;
-use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+/// How long one request may take (a provisioning burst against a loaded service is slow).
+const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A client of one service's API with one bearer token.
 #[derive(Clone)]
 pub struct Api {
-    http: reqwest::Client,
-    base: String,
-    token: String,
+    conn: Conn,
+    client: Client,
 }
 
 impl Api {
     pub fn new(base: &str, token: &str) -> anyhow::Result<Api> {
-        hammer_certs::tls::install_default_provider();
+        let mut conn = Conn::new(base).token(token);
+        conn.timeout = TIMEOUT;
         Ok(Api {
-            http: Self::client()?,
-            base: base.trim_end_matches('/').to_owned(),
-            token: token.to_owned(),
+            client: Client::new(&conn)?,
+            conn,
         })
     }
 
-    fn client() -> anyhow::Result<reqwest::Client> {
-        reqwest::Client::builder()
-            .timeout(Duration::from_secs(120))
-            .build()
-            .context("cannot set up the HTTP client")
+    /// The typed client underneath, for any other call.
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// The same base and token with a new connection pool (after the service restarted, so
     /// no request goes out on a connection to the old process).
     pub fn fresh(&self) -> anyhow::Result<Api> {
         Ok(Api {
-            http: Self::client()?,
-            ..self.clone()
+            client: Client::new(&self.conn)?,
+            conn: self.conn.clone(),
         })
     }
 
     /// The same client with another token.
     pub fn with_token(&self, token: &str) -> Api {
         Api {
-            token: token.to_owned(),
-            ..self.clone()
+            client: self.client.with_token(token),
+            conn: self.conn.clone().token(token),
         }
-    }
-
-    async fn call<T: DeserializeOwned>(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<T> {
-        let url = format!("{}{path}", self.base);
-        let mut req = self
-            .http
-            .request(method.clone(), &url)
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("{method} {url} failed"))?;
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        if !status.is_success() {
-            anyhow::bail!(
-                "{method} {path}: HTTP {status}: {}",
-                text.chars().take(300).collect::<String>()
-            );
-        }
-        serde_json::from_str(&text).with_context(|| format!("{method} {path}: unexpected body"))
     }
 
     /// Creates a user (admin token); returns its token.
     pub async fn create_user(&self, name: &str) -> anyhow::Result<String> {
-        let t: NewToken = self
-            .call(Method::POST, "/api/v1/users", Some(json!({ "name": name })))
-            .await?;
-        Ok(t.token)
+        Ok(self.client.create_user(name).await?.body.token)
     }
 
     /// Provisions a device for `owner` (admin token) and returns the offline bundle.
@@ -95,27 +66,26 @@ impl Api {
         name: &str,
         tag: (&str, &str),
     ) -> anyhow::Result<ProvisionResponse> {
-        self.call(
-            Method::POST,
-            "/api/v1/provision",
-            Some(json!({ "owner": owner, "name": name, "tags": { tag.0: tag.1 } })),
-        )
-        .await
+        let req = ProvisionRequest {
+            owner: owner.to_owned(),
+            name: name.to_owned(),
+            tags: BTreeMap::from([(tag.0.to_owned(), tag.1.to_owned())]),
+        };
+        Ok(self.client.provision(&req).await?.body)
     }
 
     /// Sends the device its setup (no credentials).
     pub async fn setup(&self, name: &str) -> anyhow::Result<()> {
-        let _: Value = self
-            .call(
-                Method::PUT,
-                &format!("/api/v1/devices/{name}/setup"),
-                Some(json!({
-                    "repo_url": "https://example.com/fleet-sim.git",
-                    "start": "./run.sh",
-                    "health_window_secs": 1
-                })),
-            )
-            .await?;
+        let req = SetupRequest {
+            repo_url: "https://example.com/fleet-sim.git".into(),
+            git_ref: hammer_protocol::api::default_ref(),
+            start: "./run.sh".into(),
+            env: BTreeMap::new(),
+            health_window_secs: 1,
+            health_cmd: None,
+            credentials: None,
+        };
+        self.client.setup(name, &req).await?;
         Ok(())
     }
 
@@ -139,52 +109,24 @@ impl Api {
                 ..Strategy::default()
             },
         };
-        let d: DeploymentView = self
-            .call(
-                Method::POST,
-                "/api/v1/deployments",
-                Some(serde_json::to_value(body)?),
-            )
-            .await?;
-        Ok(d.id)
+        Ok(self.client.create_deployment(&body).await?.body.id)
     }
 
     pub async fn deployment(&self, id: &str) -> anyhow::Result<DeploymentView> {
-        self.call(Method::GET, &format!("/api/v1/deployments/{id}"), None)
-            .await
+        Ok(self.client.deployment(id).await?.body)
     }
 
     /// Number of status events the service stored for a device (its history).
     pub async fn history_len(&self, name: &str) -> anyhow::Result<usize> {
-        let v: Vec<Value> = self
-            .call(
-                Method::GET,
-                // One page of the most the API serves; the benches stay far below it.
-                &format!("/api/v1/devices/{name}/history?limit=1000"),
-                None,
-            )
-            .await?;
-        Ok(v.len())
+        // One page of the most the API serves; the benches stay far below it.
+        let page = Page::first(hammer_protocol::api::MAX_PAGE_LIMIT);
+        Ok(self.client.history(name, page).await?.items.len())
     }
 
     /// A counter or gauge from `/metrics`.
     pub async fn metric(&self, name: &str) -> anyhow::Result<u64> {
-        let url = format!("{}/metrics", self.base);
-        let text = self
-            .http
-            .get(&url)
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .with_context(|| format!("GET {url} failed"))?
-            .text()
-            .await?;
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| {
-                let (n, v) = l.split_once(' ')?;
-                (n == name).then(|| v.trim().parse::<f64>().ok())?
-            })
+        let text = self.client.metrics().await?;
+        hammer_client::metric_value(&text, name)
             .map(|v| v as u64)
             .with_context(|| format!("/metrics has no {name}"))
     }

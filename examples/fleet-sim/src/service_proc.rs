@@ -35,7 +35,7 @@ pub fn locate(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     let bin = dir.join("hammer");
     if !bin.is_file() {
         bail!(
-            "the service binary {} is missing: run `cargo build --release -p hammer-service` \
+            "the service binary {} is missing: run `cargo build --release -p hammer-cli` \
              first (same profile as this bench), or pass --hammer-bin PATH",
             bin.display()
         );

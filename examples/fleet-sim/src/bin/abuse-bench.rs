@@ -3,7 +3,7 @@
 //! dir and free loopback ports. Everything goes to 127.0.0.1 only.
 //!
 //! ```text
-//! cargo build --release -p hammer-service -p hammer-fleet-sim && target/release/abuse-bench
+//! cargo build --release -p hammer-cli -p hammer-fleet-sim && target/release/abuse-bench
 //! target/release/abuse-bench --scale 0.1                      # a quick run
 //! target/release/abuse-bench --phases presence,http           # a subset (names or 1-6)
 //! ```

@@ -3,7 +3,7 @@
 //! on a temp data dir and free loopback ports.
 //!
 //! ```text
-//! cargo build --release -p hammer-service -p hammer-fleet-sim
+//! cargo build --release -p hammer-cli -p hammer-fleet-sim
 //! nice -n 10 target/release/rollout-bench --devices 1000 --mosquitto
 //! ```
 //! 1. Embedded broker: start `hammer serve` (stdout/stderr to `service-embedded.log` in the
