@@ -26,7 +26,7 @@ say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1], {}, {'d': d}))" "$1"; }
 
 say "Building release binaries (hammer, hammer-manager)"
-(cd "$ROOT" && cargo build --release -p hammer-service -p hammer-manager)
+(cd "$ROOT" && cargo build --release -p hammer-cli -p hammer-manager)
 TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | json 'd["target_directory"]')
 HAMMER="$TARGET_DIR/release/hammer"
 MANAGER="$TARGET_DIR/release/hammer-manager"
