@@ -1,10 +1,10 @@
-//! The `hammer` CLI's client commands: argument definitions (clap) and their dispatch.
-//! Each command checks its inputs (names, tags, files) before any request is sent.
+//! The `hammer` CLI's client commands: argument definitions (clap) and the checks of their
+//! inputs by the protocol's rules. Each command checks its inputs (names, tags, files)
+//! before any request is sent. `main.rs` dispatches them to the command modules.
 
-use crate::{certs, config, deploy, devices, stream, users};
 use anyhow::{anyhow, Result};
 use clap::{Args, Subcommand};
-use hammer_client::{Action, Page};
+use hammer_client::Page;
 use hammer_protocol::api::MAX_PAGE_LIMIT;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -261,42 +261,6 @@ pub enum CertsCmd {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
-}
-
-/// Runs one client command.
-pub async fn run(global: &GlobalArgs, cmd: Command) -> Result<()> {
-    let saved = config::load()?;
-    let conn = config::resolve(
-        global.url.as_deref(),
-        global.token.as_deref(),
-        global.ca_cert.as_deref(),
-        &saved,
-    );
-    let json = global.json;
-    match cmd {
-        Command::Login => users::login(&conn, json).await,
-        Command::User(UserCmd::Add { name }) => users::add_user(&conn, &name, json).await,
-        Command::Device(c) => devices::run(&conn, c, json).await,
-        Command::Setup(a) => devices::setup(&conn, a, json).await,
-        Command::Deploy(a) => deploy::deploy(&conn, a, json).await,
-        Command::Deployment(DeploymentCmd::Show { id }) => deploy::show(&conn, &id, json).await,
-        Command::Deployment(DeploymentCmd::List(page)) => deploy::list(&conn, &page, json).await,
-        Command::Deployment(DeploymentCmd::Cancel { id }) => deploy::cancel(&conn, &id, json).await,
-        Command::Restart(a) => devices::action(&conn, &a.name, Action::Restart, json).await,
-        Command::Stop(a) => devices::action(&conn, &a.name, Action::Stop, json).await,
-        Command::Start(a) => devices::action(&conn, &a.name, Action::Start, json).await,
-        Command::Rollback(a) => devices::action(&conn, &a.name, Action::Rollback, json).await,
-        Command::Logs(a) => stream::logs(&conn, &a.name, a.follow, json).await,
-        Command::Events(a) => {
-            stream::events(&conn, a.device.as_deref(), a.deployment.as_deref(), json).await
-        }
-        Command::Certs(CertsCmd::IssueDevice {
-            owner,
-            name,
-            tags,
-            out,
-        }) => certs::issue_device(&conn, &owner, &name, tags, &out, json).await,
-    }
 }
 
 /// Refuses a user or device name that breaks the protocol's rule, before any request.

@@ -16,6 +16,8 @@ mod users;
 
 use anyhow::Result;
 use clap::{Args, CommandFactory, Parser, Subcommand};
+use commands::{CertsCmd, Command as ClientCommand, DeploymentCmd, GlobalArgs, UserCmd};
+use hammer_client::Action;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,7 +28,7 @@ use std::time::Duration;
 #[command(name = "hammer", version, propagate_version = true)]
 struct Cli {
     #[command(flatten)]
-    global: commands::GlobalArgs,
+    global: GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -38,7 +40,7 @@ enum Command {
     /// Run the MQTT broker alone (mTLS front door with per-device ACLs)
     Broker(BrokerArgs),
     #[command(flatten)]
-    Client(commands::Command),
+    Client(ClientCommand),
     /// Print a shell completion script (e.g. `hammer completions bash > /etc/bash_completion.d/hammer`)
     Completions {
         /// bash, zsh, fish, elvish or powershell
@@ -263,7 +265,49 @@ async fn run(parsed: Cli) -> Result<()> {
             clap_complete::generate(shell, &mut Cli::command(), "hammer", &mut std::io::stdout());
             Ok(())
         }
-        Command::Client(cmd) => commands::run(&parsed.global, cmd).await,
+        Command::Client(cmd) => run_client(&parsed.global, cmd).await,
+    }
+}
+
+/// Runs one client command.
+async fn run_client(global: &GlobalArgs, cmd: ClientCommand) -> Result<()> {
+    let saved = config::load()?;
+    let conn = config::resolve(
+        global.url.as_deref(),
+        global.token.as_deref(),
+        global.ca_cert.as_deref(),
+        &saved,
+    );
+    let json = global.json;
+    match cmd {
+        ClientCommand::Login => users::login(&conn, json).await,
+        ClientCommand::User(UserCmd::Add { name }) => users::add_user(&conn, &name, json).await,
+        ClientCommand::Device(c) => devices::run(&conn, c, json).await,
+        ClientCommand::Setup(a) => devices::setup(&conn, a, json).await,
+        ClientCommand::Deploy(a) => deploy::deploy(&conn, a, json).await,
+        ClientCommand::Deployment(DeploymentCmd::Show { id }) => {
+            deploy::show(&conn, &id, json).await
+        }
+        ClientCommand::Deployment(DeploymentCmd::List(page)) => {
+            deploy::list(&conn, &page, json).await
+        }
+        ClientCommand::Deployment(DeploymentCmd::Cancel { id }) => {
+            deploy::cancel(&conn, &id, json).await
+        }
+        ClientCommand::Restart(a) => devices::action(&conn, &a.name, Action::Restart, json).await,
+        ClientCommand::Stop(a) => devices::action(&conn, &a.name, Action::Stop, json).await,
+        ClientCommand::Start(a) => devices::action(&conn, &a.name, Action::Start, json).await,
+        ClientCommand::Rollback(a) => devices::action(&conn, &a.name, Action::Rollback, json).await,
+        ClientCommand::Logs(a) => stream::logs(&conn, &a.name, a.follow, json).await,
+        ClientCommand::Events(a) => {
+            stream::events(&conn, a.device.as_deref(), a.deployment.as_deref(), json).await
+        }
+        ClientCommand::Certs(CertsCmd::IssueDevice {
+            owner,
+            name,
+            tags,
+            out,
+        }) => certs::issue_device(&conn, &owner, &name, tags, &out, json).await,
     }
 }
 
