@@ -1,1 +1,38 @@
-//! A simulated Hammer device.
+//! A simulated Hammer device: one core, two ways to drive it.
+//!
+//! The core ([`session`]) is what every simulated device does as the real `hammer-manager`
+//! does: an MQTT session under its enrolled identity ([`identity`]: mTLS, client id = device
+//! id, the offline presence as last will, a fresh epoch), subscribe after every CONNACK and
+//! announce presence after the SUBACK, verify every message from the service ([`verify`]:
+//! service key, device id, owner), judge a desired state against the generation acted on
+//! ([`decide`]), number status events into an [`outbox`] that is resent until a signed ack
+//! covers it, reconnect with a jittered backoff.
+//!
+//! On top of it, a [`session::Driver`] decides what to do with what was verified:
+//!
+//! - [`scripted`]: the service tests' device — a [`Behavior`] answers each newer desired
+//!   state at once, everything received is kept for the test, and the test publishes raw
+//!   status events with its own seqs.
+//! - [`autonomous`]: the fleet simulator's device — each newer generation is a simulated
+//!   rollout with fetch/start times, jitter and a failure rate, counted into [`FleetStats`].
+//!
+//! Errors are [`SimError`]; a received payload never panics or fails a device — one that
+//! does not verify is handed to the driver as a [`verify::Refused`].
+
+pub mod autonomous;
+pub mod decide;
+pub mod error;
+pub mod identity;
+pub mod outbox;
+pub mod scripted;
+pub mod session;
+pub mod verify;
+
+pub use autonomous::{AutonomousDevice, Finish, FleetStats, SimConfig};
+pub use decide::{Behavior, DesiredDecision, Generations};
+pub use error::SimError;
+pub use identity::{mqtt_options, new_epoch, Credentials};
+pub use outbox::{AckOutcome, Outbox};
+pub use scripted::ScriptedDevice;
+pub use session::{Backoff, Device, Driver, Report, Session, SessionConfig};
+pub use verify::{Refused, Verifier};
