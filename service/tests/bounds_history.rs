@@ -103,7 +103,11 @@ async fn history_keeps_the_newest_configured_count_and_caps_long_text() {
     let other = h
         .ready_device("alice", &t, "other", json!({}), Behavior::Succeed)
         .await;
-    event(&other, "other device".into(), vec![]).await;
+    let other_seq = event(&other, "other device".into(), vec![]).await;
+    assert!(
+        other.wait_ack(other_seq).await,
+        "the other device's event was never acked"
+    );
     let mut last = 0;
     for i in 0..25 {
         last = event(&dev, format!("event {i}"), vec![]).await;

@@ -1,23 +1,15 @@
 //! Test harness: a service on loopback (ports 0, real embedded broker, real certificates), an
-//! HTTP helper, and simulated devices that speak the real protocol over mTLS.
+//! HTTP helper, and simulated devices that speak the real protocol over mTLS (the scripted
+//! device of `hammer-sim-device`).
 #![allow(dead_code)]
 
-use hammer_protocol::api::{ManagerConfigFile, ProvisionResponse};
-use hammer_protocol::signing::{verify, PublicKey};
-use hammer_protocol::topics::topic;
-use hammer_protocol::{
-    encode, now_ms, Ack, AddressedAck, Channel, Command, CommandKind, DesiredState, Phase,
-    Presence, StatusEvent, MAX_PACKET, PROTOCOL_VERSION,
-};
+use hammer_protocol::api::ProvisionResponse;
+use hammer_protocol::{DesiredState, Phase};
 use hammer_service::{RunningService, ServeConfig};
+use hammer_sim_device::ScriptedDevice;
 use reqwest::{Method, StatusCode};
-use rumqttc::{
-    AsyncClient, Event, Incoming, LastWill, MqttOptions, QoS, TlsConfiguration, Transport,
-};
 use serde_json::{json, Value};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub fn init() {
@@ -200,245 +192,31 @@ impl Harness {
     }
 }
 
-/// How a simulated device answers a desired state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Behavior {
-    /// received → fetched → starting → running.
-    Succeed,
-    /// received → fetched → rolled_back.
-    Fail,
-    /// Says nothing.
-    Silent,
-    /// Fails this many times, then succeeds.
-    FailTimes(u32),
-}
+pub use hammer_sim_device::Behavior;
 
-/// A device speaking the real protocol over mTLS.
-pub struct SimDevice {
-    pub id: String,
-    pub owner: String,
-    pub client: AsyncClient,
-    pub desired: Arc<Mutex<Vec<DesiredState>>>,
-    pub cmds: Arc<Mutex<Vec<Command>>>,
-    pub acks: Arc<Mutex<Vec<Ack>>>,
-    pub behavior: Arc<Mutex<Behavior>>,
-    /// The commit the device resolves a ref to when the desired state pins none.
-    pub head: Arc<Mutex<String>>,
-    pub epoch: u64,
-    pub seq: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
+/// A device speaking the real protocol over mTLS: `hammer_sim_device::ScriptedDevice`
+/// (fields and the methods that cannot fail through `Deref`), with the fallible methods
+/// panicking as a test wants.
+pub struct SimDevice(pub ScriptedDevice);
 
-impl Drop for SimDevice {
-    fn drop(&mut self) {
-        self.task.abort();
+impl std::ops::Deref for SimDevice {
+    type Target = ScriptedDevice;
+    fn deref(&self) -> &ScriptedDevice {
+        &self.0
     }
 }
 
 impl SimDevice {
+    /// Connects the bundle's device; waits until it is subscribed and announced (10 s).
     pub async fn connect(
         mqtt: std::net::SocketAddr,
         bundle: &ProvisionResponse,
         behavior: Behavior,
     ) -> SimDevice {
-        let cfg: ManagerConfigFile = toml::from_str(&bundle.config_toml).unwrap();
-        let key = PublicKey::from_hex(&cfg.service_public_key).unwrap();
-        let tls =
-            hammer_certs::tls::client_config(&bundle.ca_pem, &bundle.cert_pem, &bundle.key_pem)
-                .unwrap();
-        let mut opts = MqttOptions::new(cfg.device_id.clone(), "127.0.0.1", mqtt.port());
-        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            Arc::new(tls),
-        )));
-        opts.set_max_packet_size(MAX_PACKET, MAX_PACKET);
-        let mut epoch_b = [0u8; 8];
-        getrandom::getrandom(&mut epoch_b).unwrap();
-        let epoch = u64::from_le_bytes(epoch_b) >> 1;
-        opts.set_last_will(LastWill::new(
-            topic(&cfg.device_id, Channel::Presence),
-            encode(&Presence::offline(epoch)).unwrap(),
-            QoS::AtLeastOnce,
-            true,
-        ));
-        let (client, mut el) = AsyncClient::new(opts, 1000);
-        let dev = SimDevice {
-            id: cfg.device_id.clone(),
-            owner: cfg.owner.clone(),
-            client: client.clone(),
-            desired: Default::default(),
-            cmds: Default::default(),
-            acks: Default::default(),
-            behavior: Arc::new(Mutex::new(behavior)),
-            head: Arc::new(Mutex::new(
-                "1111111111111111111111111111111111111111".into(),
-            )),
-            epoch,
-            seq: Arc::new(AtomicU64::new(0)),
-            task: tokio::spawn(async {}),
-        };
-        let (desired, cmds, acks, beh, head, seq) = (
-            dev.desired.clone(),
-            dev.cmds.clone(),
-            dev.acks.clone(),
-            dev.behavior.clone(),
-            dev.head.clone(),
-            dev.seq.clone(),
-        );
-        let (id, owner) = (dev.id.clone(), dev.owner.clone());
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let mut ready_tx = Some(ready_tx);
-        let task = tokio::spawn(async move {
-            let mut failures = 0u32;
-            loop {
-                let ev = match el.poll().await {
-                    Ok(ev) => ev,
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                match ev {
-                    Event::Incoming(Incoming::ConnAck(_)) => {
-                        let filters = Channel::TO_DEVICE.iter().map(|c| {
-                            rumqttc::SubscribeFilter::new(topic(&id, *c), QoS::AtLeastOnce)
-                        });
-                        client.subscribe_many(filters).await.unwrap();
-                    }
-                    Event::Incoming(Incoming::SubAck(_)) => {
-                        let p = Presence {
-                            v: PROTOCOL_VERSION,
-                            online: true,
-                            epoch,
-                            generation: None,
-                            acked_seq: 0,
-                            manager_version: "sim".into(),
-                            time: now_ms(),
-                        };
-                        client
-                            .publish(
-                                topic(&id, Channel::Presence),
-                                QoS::AtLeastOnce,
-                                true,
-                                encode(&p).unwrap(),
-                            )
-                            .await
-                            .unwrap();
-                        if let Some(tx) = ready_tx.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                    Event::Incoming(Incoming::Publish(p)) => {
-                        let t = hammer_protocol::Topic::parse(&p.topic).unwrap();
-                        match t.channel {
-                            Channel::Desired if !p.payload.is_empty() => {
-                                let d: DesiredState = verify(&p.payload, &key, &id, &owner)
-                                    .expect("desired state signature");
-                                let newer = desired
-                                    .lock()
-                                    .unwrap()
-                                    .last()
-                                    .is_none_or(|l| l.generation < d.generation);
-                                if !newer {
-                                    continue;
-                                }
-                                desired.lock().unwrap().push(d.clone());
-                                let b = beh.lock().unwrap().clone();
-                                let commit = d
-                                    .commit
-                                    .clone()
-                                    .unwrap_or_else(|| head.lock().unwrap().clone());
-                                let phases: Vec<Phase> = match b {
-                                    Behavior::Silent => vec![],
-                                    Behavior::Succeed => vec![
-                                        Phase::Received,
-                                        Phase::Fetched,
-                                        Phase::Starting,
-                                        Phase::Running,
-                                    ],
-                                    Behavior::Fail => {
-                                        vec![Phase::Received, Phase::Fetched, Phase::RolledBack]
-                                    }
-                                    Behavior::FailTimes(n) => {
-                                        failures += 1;
-                                        if failures <= n {
-                                            vec![Phase::Received, Phase::Fetched, Phase::RolledBack]
-                                        } else {
-                                            vec![Phase::Received, Phase::Fetched, Phase::Running]
-                                        }
-                                    }
-                                };
-                                for ph in phases {
-                                    let ev = StatusEvent {
-                                        v: PROTOCOL_VERSION,
-                                        epoch,
-                                        seq: seq.fetch_add(1, Ordering::SeqCst) + 1,
-                                        generation: Some(d.generation),
-                                        deployment_id: Some(d.deployment_id.clone()),
-                                        phase: ph,
-                                        commit: Some(commit.clone()),
-                                        time: now_ms(),
-                                        detail: (ph == Phase::RolledBack)
-                                            .then(|| "health check failed".to_owned()),
-                                        log_tail: vec![],
-                                    };
-                                    client
-                                        .publish(
-                                            topic(&id, Channel::Status),
-                                            QoS::AtLeastOnce,
-                                            false,
-                                            encode(&ev).unwrap(),
-                                        )
-                                        .await
-                                        .unwrap();
-                                }
-                            }
-                            Channel::Cmd => {
-                                let c: Command = verify(&p.payload, &key, &id, &owner)
-                                    .expect("command signature");
-                                if matches!(c.kind, CommandKind::Setup { .. }) {
-                                    let ev = StatusEvent {
-                                        v: PROTOCOL_VERSION,
-                                        epoch,
-                                        seq: seq.fetch_add(1, Ordering::SeqCst) + 1,
-                                        generation: None,
-                                        deployment_id: None,
-                                        phase: Phase::Configured,
-                                        commit: None,
-                                        time: now_ms(),
-                                        detail: None,
-                                        log_tail: vec![],
-                                    };
-                                    client
-                                        .publish(
-                                            topic(&id, Channel::Status),
-                                            QoS::AtLeastOnce,
-                                            false,
-                                            encode(&ev).unwrap(),
-                                        )
-                                        .await
-                                        .unwrap();
-                                }
-                                cmds.lock().unwrap().push(c);
-                            }
-                            Channel::Ack => {
-                                let a: AddressedAck = verify(&p.payload, &key, &id, &owner)
-                                    .expect("ack signature and address");
-                                acks.lock().unwrap().push(a.ack());
-                            }
-                            _ => {}
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        });
-        tokio::time::timeout(Duration::from_secs(10), ready_rx)
-            .await
-            .expect("device connect timed out")
-            .unwrap();
-        let mut dev = dev;
-        dev.task = task;
-        dev
+        match ScriptedDevice::connect(mqtt, bundle, behavior).await {
+            Ok(d) => SimDevice(d),
+            Err(e) => panic!("simulated device {}: {e}", bundle.device.name),
+        }
     }
 
     /// Publishes a raw status event.
@@ -454,82 +232,24 @@ impl SimDevice {
         phase: Phase,
         commit: Option<&str>,
     ) {
-        let ev = StatusEvent {
-            v: PROTOCOL_VERSION,
-            epoch: self.epoch,
-            seq,
-            generation: desired.map(|d| d.generation),
-            deployment_id: desired.map(|d| d.deployment_id.clone()),
-            phase,
-            commit: commit.map(str::to_owned),
-            time: now_ms(),
-            detail: None,
-            log_tail: vec![],
-        };
-        self.client
-            .publish(
-                topic(&self.id, Channel::Status),
-                QoS::AtLeastOnce,
-                false,
-                encode(&ev).unwrap(),
-            )
-            .await
-            .unwrap();
-    }
-
-    /// Waits until an ack of at least `seq` (this epoch) arrived.
-    pub async fn wait_ack(&self, seq: u64) -> bool {
-        for _ in 0..200 {
-            if self
-                .acks
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|a| a.epoch == self.epoch && a.seq >= seq)
-            {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Err(e) = self.0.report(seq, desired, phase, commit).await {
+            panic!("{}: cannot publish a status event: {e}", self.id);
         }
-        false
-    }
-
-    /// The next seq this device would use (and reserves it).
-    pub fn next_seq(&self) -> u64 {
-        self.seq.fetch_add(1, Ordering::SeqCst) + 1
-    }
-
-    pub fn last_desired(&self) -> Option<DesiredState> {
-        self.desired.lock().unwrap().last().cloned()
     }
 
     /// Waits until a desired state arrived (10 s).
     pub async fn wait_desired(&self) -> DesiredState {
-        for _ in 0..200 {
-            if let Some(d) = self.last_desired() {
-                return d;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        match self.0.wait_desired().await {
+            Ok(d) => d,
+            Err(e) => panic!("{e}"),
         }
-        panic!("no desired state arrived at {}", self.id);
     }
 
     /// Waits until a desired state naming a commit arrived (10 s).
     pub async fn wait_desired_commit(&self) -> DesiredState {
-        for _ in 0..200 {
-            if let Some(d) = self.last_desired().filter(|d| d.commit.is_some()) {
-                return d;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        match self.0.wait_desired_commit().await {
+            Ok(d) => d,
+            Err(e) => panic!("{e} (got {:?})", self.last_desired()),
         }
-        panic!(
-            "no desired state naming a commit arrived at {} (got {:?})",
-            self.id,
-            self.last_desired()
-        );
-    }
-
-    pub fn last_ack(&self) -> Option<Ack> {
-        self.acks.lock().unwrap().last().copied()
     }
 }

@@ -48,7 +48,7 @@ async fn a_service_stopped_under_a_flood_stops_in_time_and_loses_nothing_it_acke
         .map(|a| a.seq)
         .max()
         .unwrap_or(0);
-    let sent = dev.seq.load(std::sync::atomic::Ordering::SeqCst);
+    let sent = dev.last_seq();
     drop(dev);
     assert!(
         acked < sent,

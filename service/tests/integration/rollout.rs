@@ -285,11 +285,7 @@ async fn service_restart_in_the_middle_of_a_rollout() {
             Some("abc"),
         )
         .await;
-    assert!(
-        first
-            .wait_ack(first.seq.load(std::sync::atomic::Ordering::SeqCst))
-            .await
-    );
+    assert!(first.wait_ack(first.last_seq()).await);
 
     h.restart().await;
 
