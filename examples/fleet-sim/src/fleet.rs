@@ -1,85 +1,15 @@
 //! A fleet of simulated devices: provisioning through the API, connecting at a ramp rate,
-//! shared counters and per-device completion times.
+//! waiting for every setup. The shared counters and per-device completion times
+//! ([`FleetStats`], [`Finish`]) are `hammer-sim-device`'s, re-exported here.
 
 use crate::api::Api;
 use crate::device::{self, Credentials, SimConfig, SimDevice};
 use anyhow::Context;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
-use hammer_protocol::Phase;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+pub use hammer_sim_device::{Finish, FleetStats};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// One device's end of a rollout.
-#[derive(Debug, Clone, Copy)]
-pub struct Finish {
-    pub index: usize,
-    pub generation: u64,
-    pub phase: Phase,
-    /// When the desired state arrived.
-    pub received: Instant,
-    /// When the terminal phase was published.
-    pub at: Instant,
-}
-
-/// Counters shared by every device of a fleet.
-#[derive(Debug, Default)]
-pub struct FleetStats {
-    pub online: AtomicU64,
-    pub connects: AtomicU64,
-    pub configured: AtomicU64,
-    pub desired_received: AtomicU64,
-    /// Devices that got their current desired state on their current connection.
-    pub confirmed: AtomicU64,
-    pub events_sent: AtomicU64,
-    pub events_acked: AtomicU64,
-    pub events_resent: AtomicU64,
-    pub bad_signatures: AtomicU64,
-    pub sub_refused: AtomicU64,
-    pub foreign_messages: AtomicU64,
-    pub finishes: Mutex<Vec<Finish>>,
-}
-
-impl FleetStats {
-    pub(crate) fn finish(&self, index: usize, generation: u64, phase: Phase, received: Instant) {
-        let f = Finish {
-            index,
-            generation,
-            phase,
-            received,
-            at: Instant::now(),
-        };
-        self.finishes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(f);
-    }
-
-    /// Finishes recorded so far (and clears them with `take`).
-    pub fn finishes(&self, take: bool) -> Vec<Finish> {
-        let mut g = self.finishes.lock().unwrap_or_else(|p| p.into_inner());
-        if take {
-            std::mem::take(&mut *g)
-        } else {
-            g.clone()
-        }
-    }
-
-    pub fn line(&self) -> String {
-        format!(
-            "online {} connects {} configured {} desired {} confirmed {} events sent {} acked {} resent {} bad signatures {}",
-            self.online.load(Relaxed),
-            self.connects.load(Relaxed),
-            self.configured.load(Relaxed),
-            self.desired_received.load(Relaxed),
-            self.confirmed.load(Relaxed),
-            self.events_sent.load(Relaxed),
-            self.events_acked.load(Relaxed),
-            self.events_resent.load(Relaxed),
-            self.bad_signatures.load(Relaxed),
-        )
-    }
-}
 
 /// Creates a user and provisions `n` devices for it (tagged `fleet=<run>`), `par` at a time.
 /// Returns the user's token and the devices' credentials.
@@ -101,7 +31,7 @@ pub async fn provision(
                 let b = admin
                     .provision(&user, &format!("d{i:05}"), ("fleet", &run))
                     .await?;
-                Credentials::from_bundle(&b)
+                anyhow::Ok(Credentials::from_bundle(&b)?)
             }
         })
         .buffered(par)
@@ -134,9 +64,8 @@ pub async fn connect_all(
                     Some(b) => b,
                     None => crate::parse_broker_url(&c.broker_url)?,
                 };
-                device::connect(i, &c, (&host, port), cfg, stats, timeout)
-                    .await
-                    .map(|d| (i, d))
+                let d = device::connect(i, &c, (&host, port), cfg, stats, timeout).await?;
+                anyhow::Ok((i, d))
             }
         })
         // Unordered: a device that is refused and backs off must not hold up the window

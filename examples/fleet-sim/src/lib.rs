@@ -3,7 +3,7 @@
 //! connection, speaking the real protocol (signed desired states and commands, phases,
 //! outbox with acks, presence with last will, health).
 //!
-//! - [`device`]: one simulated device (its MQTT task, outbox and simulated rollout).
+//! - [`device`]: one simulated device (`hammer-sim-device`'s autonomous device, re-exported).
 //! - [`abuse`]: the abuse floods' building blocks (victim ack latency, publish floods,
 //!   stalled connections, RSS sampling, limit counters of `/metrics`).
 //! - [`api`]: the few HTTP API calls the simulator and the benchmarks need.
