@@ -36,3 +36,24 @@ pub use outbox::{AckOutcome, Outbox};
 pub use scripted::ScriptedDevice;
 pub use session::{Backoff, Device, Driver, Report, Session, SessionConfig};
 pub use verify::{Refused, Verifier};
+
+/// A desired state for the unit tests (generation 3 of deployment `dep`, no commit).
+#[cfg(test)]
+pub(crate) fn test_desired(device: &str, owner: &str) -> hammer_protocol::DesiredState {
+    hammer_protocol::DesiredState {
+        v: hammer_protocol::PROTOCOL_VERSION,
+        device_id: device.into(),
+        owner: owner.into(),
+        generation: 3,
+        deployment_id: "dep".into(),
+        repo_url: "file:///x".into(),
+        git_ref: "main".into(),
+        commit: None,
+        start: "true".into(),
+        env: Default::default(),
+        health_window_secs: 1,
+        health_cmd: None,
+        run_state: hammer_protocol::RunState::Running,
+        issued_at: 1,
+    }
+}

@@ -522,20 +522,8 @@ mod tests {
     #[test]
     fn a_report_is_a_status_event_of_its_deployment() {
         let d = DesiredState {
-            v: PROTOCOL_VERSION,
-            device_id: "d".into(),
-            owner: "o".into(),
             generation: 4,
-            deployment_id: "dep".into(),
-            repo_url: "file:///x".into(),
-            git_ref: "main".into(),
-            commit: None,
-            start: "true".into(),
-            env: Default::default(),
-            health_window_secs: 1,
-            health_cmd: None,
-            run_state: hammer_protocol::RunState::Running,
-            issued_at: 1,
+            ..crate::test_desired("d", "o")
         };
         let ev = Report::of(Some(&d), Phase::RolledBack, Some("c".into()))
             .with_detail(Some("why".into()))

@@ -63,25 +63,10 @@ impl Verifier {
 mod tests {
     use super::*;
     use hammer_protocol::signing::SigningKeyPair;
-    use hammer_protocol::{CommandKind, RunState, PROTOCOL_VERSION};
+    use hammer_protocol::{CommandKind, PROTOCOL_VERSION};
 
     fn desired(device: &str, owner: &str) -> DesiredState {
-        DesiredState {
-            v: PROTOCOL_VERSION,
-            device_id: device.into(),
-            owner: owner.into(),
-            generation: 3,
-            deployment_id: "dep".into(),
-            repo_url: "file:///x".into(),
-            git_ref: "main".into(),
-            commit: None,
-            start: "true".into(),
-            env: Default::default(),
-            health_window_secs: 1,
-            health_cmd: None,
-            run_state: RunState::Running,
-            issued_at: 1,
-        }
+        crate::test_desired(device, owner)
     }
 
     fn verifier(key: &SigningKeyPair) -> Verifier {
