@@ -157,6 +157,19 @@ pub struct SetupArgs {
     /// Command that must succeed (exit 0) at the end of the health window
     #[arg(long, value_name = "CMD")]
     pub health_cmd: Option<String>,
+    /// Command run in each new release's folder before it starts, while the running release
+    /// keeps running (e.g. "npm ci --omit=dev"); a failure fails the deployment
+    #[arg(long, value_name = "CMD")]
+    pub install: Option<String>,
+    /// Seconds the install command may take (1 to 3600)
+    #[arg(long, value_name = "SECS", requires = "install",
+          default_value_t = hammer_protocol::install::DEFAULT_INSTALL_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u32).range(1..=hammer_protocol::install::MAX_INSTALL_TIMEOUT_SECS as i64))]
+    pub install_timeout: u32,
+    /// A dependency folder to carry over from the running release when its key file is
+    /// unchanged, as DIR:KEYFILE (e.g. node_modules:package-lock.json; repeatable, at most 8)
+    #[arg(long = "reuse", value_name = "DIR:KEYFILE", requires = "install", value_parser = parse_reuse)]
+    pub reuse: Vec<hammer_protocol::ReuseDir>,
     /// HTTPS git user name (with --git-token-env)
     #[arg(
         long,
@@ -289,6 +302,27 @@ pub fn parse_env(s: &str) -> Result<(String, String), String> {
     hammer_protocol::parse_env(s).map_err(|e| e.to_string())
 }
 
+/// Parses a `--reuse DIR:KEYFILE` folder by the protocol's rule
+/// ([`hammer_protocol::parse_reuse`]).
+pub fn parse_reuse(s: &str) -> Result<hammer_protocol::ReuseDir, String> {
+    hammer_protocol::parse_reuse(s).map_err(|e| e.to_string())
+}
+
+/// The install step of `hammer setup` (`--install`, `--install-timeout`, `--reuse`), checked
+/// by the protocol's rule ([`hammer_protocol::validate_install`]) before any request.
+pub fn install_step(a: &SetupArgs) -> Result<Option<hammer_protocol::InstallStep>> {
+    let Some(command) = &a.install else {
+        return Ok(None);
+    };
+    let step = hammer_protocol::InstallStep {
+        command: command.clone(),
+        timeout_secs: a.install_timeout,
+        reuse: a.reuse.clone(),
+    };
+    hammer_protocol::validate_install(&step).map_err(|e| anyhow!("--install: {e}"))?;
+    Ok(Some(step))
+}
+
 /// Parses a git ref (`--ref`) by the protocol's rule ([`hammer_protocol::validate_git_ref`]).
 pub fn parse_commit(s: &str) -> Result<String, String> {
     hammer_protocol::full_commit_id(s).map_err(|e| e.to_string())
@@ -367,6 +401,62 @@ mod tests {
     struct Deploy {
         #[command(flatten)]
         args: DeployArgs,
+    }
+
+    #[derive(Debug, Parser)]
+    struct Setup {
+        #[command(flatten)]
+        args: SetupArgs,
+    }
+
+    fn setup(extra: &[&str]) -> Result<Option<hammer_protocol::InstallStep>> {
+        let mut argv = vec!["setup", "d1", "--repo", "https://h.example/a.git"];
+        argv.extend(["--start", "node server.js"]);
+        argv.extend(extra);
+        let parsed = Setup::try_parse_from(argv).map_err(|e| anyhow!("{e}"))?;
+        install_step(&parsed.args)
+    }
+
+    #[test]
+    fn the_install_flags_are_checked_by_the_protocol_rule_before_any_request() {
+        assert_eq!(setup(&[]).unwrap(), None);
+        let step = setup(&[
+            "--install",
+            "npm ci --omit=dev",
+            "--reuse",
+            "node_modules:package-lock.json",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(step.command, "npm ci --omit=dev");
+        assert_eq!(step.timeout_secs, 600);
+        assert_eq!(step.reuse[0].spec(), "node_modules:package-lock.json");
+        let t = setup(&["--install", "make", "--install-timeout", "3600"]).unwrap();
+        assert_eq!(t.map(|s| s.timeout_secs), Some(3600));
+        for bad in [
+            // Out of range, or without --install.
+            &["--install", "make", "--install-timeout", "0"][..],
+            &["--install", "make", "--install-timeout", "3601"],
+            &["--install-timeout", "60"],
+            &["--reuse", "node_modules:package-lock.json"],
+            // Outside the release, or not DIR:KEYFILE.
+            &["--install", "make", "--reuse", "../x:k"],
+            &["--install", "make", "--reuse", "/abs:k"],
+            &["--install", "make", "--reuse", "node_modules"],
+            &["--install", "make", "--reuse", "d:d/k"],
+            // A blank command; two folders inside each other.
+            &["--install", "  "],
+            &["--install", "make", "--reuse", "a:k", "--reuse", "a/b:j"],
+        ] {
+            assert!(setup(bad).is_err(), "{bad:?}");
+        }
+        let nine: Vec<String> = (0..9).map(|i| format!("d{i}:k{i}")).collect();
+        let mut argv = vec!["--install", "make"];
+        for r in &nine {
+            argv.extend(["--reuse", r.as_str()]);
+        }
+        let e = setup(&argv).unwrap_err().to_string();
+        assert!(e.contains("at most 8"), "{e}");
     }
 
     #[test]

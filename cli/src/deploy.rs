@@ -574,6 +574,7 @@ mod tests {
                 health_window_secs: 1,
                 health_cmd: None,
                 credentials: "none".into(),
+                install: None,
             }),
             last_health: None,
         }

@@ -1,7 +1,9 @@
 //! Device commands: `device add|list|show|history|remove`, `setup`, and the app actions
 //! `restart|stop|start|rollback`.
 
-use crate::commands::{check_name, check_tags, tag_string, DeviceCmd, PageArgs, SetupArgs};
+use crate::commands::{
+    check_name, check_tags, install_step, tag_string, DeviceCmd, PageArgs, SetupArgs,
+};
 use crate::config::Conn;
 use crate::output::{self, ago, fmt_time, or_dash, safe, short_commit, wire_name, Table};
 use anyhow::{anyhow, bail, Context, Result};
@@ -165,6 +167,23 @@ async fn show(conn: &Conn, name: &str, json: bool) -> Result<()> {
                     .map(|c| format!(", check `{}`", safe(&c)))
                     .unwrap_or_default()
             );
+            if let Some(i) = &s.install {
+                let reuse: Vec<String> = i
+                    .reuse
+                    .iter()
+                    .map(|r| safe(&r.spec()).into_owned())
+                    .collect();
+                println!(
+                    "install:     `{}` (timeout {}s){}",
+                    safe(&i.command),
+                    i.timeout_secs,
+                    if reuse.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", reusing {}", reuse.join(", "))
+                    }
+                );
+            }
             println!("credentials: {}", safe(&s.credentials));
         }
         None => println!(
@@ -279,6 +298,7 @@ pub fn setup_request(a: &SetupArgs) -> Result<SetupRequest> {
     if a.health_window == 0 {
         bail!("--health-window must be at least 1 second");
     }
+    let install = install_step(a)?;
     let credentials = if let (Some(user), Some(var)) = (&a.git_user, &a.git_token_env) {
         let token = std::env::var(var).map_err(|_| {
             anyhow!("environment variable {var} (named by --git-token-env) is not set; export it with the git token first")
@@ -322,6 +342,7 @@ pub fn setup_request(a: &SetupArgs) -> Result<SetupRequest> {
         health_window_secs: a.health_window,
         health_cmd: a.health_cmd.clone(),
         credentials,
+        install,
     })
 }
 
@@ -335,10 +356,14 @@ pub async fn setup(conn: &Conn, a: SetupArgs, json: bool) -> Result<()> {
         output::print_json(&v);
     } else {
         println!(
-            "setup sent to {}: {} ({}), start `{}`{}",
+            "setup sent to {}: {} ({}), {}start `{}`{}",
             safe(&a.name),
             safe(&req.repo_url),
             safe(&req.git_ref),
+            req.install
+                .as_ref()
+                .map(|i| format!("install `{}`, ", safe(&i.command)))
+                .unwrap_or_default(),
             safe(&req.start),
             match &req.credentials {
                 Some(GitCredentials::Https { .. }) => ", https credentials sealed to the device",

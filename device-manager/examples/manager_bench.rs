@@ -613,6 +613,7 @@ async fn run(args: Args) -> Result<()> {
         health_cmd: None,
         run_state: RunState::Running,
         issued_at: now_ms(),
+        install: None,
     };
 
     // First deploy (clone into an empty mirror).

@@ -129,6 +129,7 @@ mod tests {
             health_cmd: None,
             run_state: RunState::Running,
             issued_at: 1,
+            install: None,
         }
     }
 

@@ -4,6 +4,7 @@
 //! Requests refuse unknown fields (a typo is a 400, not a silently ignored option); responses
 //! tolerate them (an older CLI keeps working against a newer service).
 
+use crate::install::InstallStep;
 use crate::messages::{GitCredentials, Phase, RunState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -119,6 +120,9 @@ pub struct SetupView {
     pub health_cmd: Option<String>,
     /// "https", "ssh" or "none": which kind of credentials were sent, never what they are.
     pub credentials: String,
+    /// The install step run in each new release before it starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install: Option<InstallStep>,
 }
 
 /// The last health report of a device.
@@ -151,6 +155,10 @@ pub struct SetupRequest {
     pub health_cmd: Option<String>,
     #[serde(default)]
     pub credentials: Option<GitCredentials>,
+    /// A command run in each new release's folder before it starts (dependencies, a build),
+    /// checked by [`crate::install::validate_install`].
+    #[serde(default)]
+    pub install: Option<InstallStep>,
 }
 
 pub fn default_ref() -> String {

@@ -85,6 +85,14 @@ mod tests {
             health_cmd: Some("curl -f localhost:8080".into()),
             run_state: RunState::Running,
             issued_at: 1,
+            install: Some(crate::install::InstallStep {
+                command: "npm ci --omit=dev".into(),
+                timeout_secs: 600,
+                reuse: vec![crate::install::ReuseDir {
+                    dir: "node_modules".into(),
+                    key: "package-lock.json".into(),
+                }],
+            }),
         }
     }
 
@@ -249,6 +257,27 @@ mod tests {
         ]
     }
 
+    #[test]
+    fn an_install_step_is_left_out_when_unset_and_skipped_by_a_device_that_predates_it() {
+        // What a manager without the install step reads of a desired state: unknown fields
+        // are ignored, so a newer service does not stall it.
+        #[derive(Deserialize)]
+        struct Older {
+            generation: u64,
+            start: String,
+        }
+        let with = desired();
+        let old: Older = decode(&encode(&with).unwrap()).unwrap();
+        assert_eq!((old.generation, old.start.as_str()), (3, "./start.sh"));
+        let without = DesiredState {
+            install: None,
+            ..desired()
+        };
+        let bytes = encode(&without).unwrap();
+        assert!(!bytes.windows(7).any(|w| w == b"install"));
+        assert_eq!(decode::<DesiredState>(&bytes).unwrap().install, None);
+    }
+
     prop_compose! {
         fn arb_status()(epoch in any::<u64>(), seq in any::<u64>(), generation in any::<Option<u64>>(),
                         deployment_id in proptest::option::of("[a-z0-9]{0,30}"), phase in arb_phase(),
@@ -264,10 +293,12 @@ mod tests {
                          repo_url in ".{0,80}", git_ref in ".{0,40}", commit in proptest::option::of("[0-9a-f]{40}"),
                          start in ".{0,80}", env in proptest::collection::btree_map("[A-Z_]{1,10}", ".{0,20}", 0..4),
                          health_window_secs in any::<u32>(), health_cmd in proptest::option::of(".{0,40}"),
-                         stopped in any::<bool>(), issued_at in any::<u64>()) -> DesiredState {
+                         stopped in any::<bool>(), issued_at in any::<u64>(),
+                         install in proptest::option::of((".{0,40}", any::<u32>()))) -> DesiredState {
             DesiredState { v: PROTOCOL_VERSION, device_id, owner, generation, deployment_id: "d".into(), repo_url, git_ref,
                 commit, start, env, health_window_secs, health_cmd,
-                run_state: if stopped { RunState::Stopped } else { RunState::Running }, issued_at }
+                run_state: if stopped { RunState::Stopped } else { RunState::Running }, issued_at,
+                install: install.map(|(command, timeout_secs)| crate::install::InstallStep { command, timeout_secs, reuse: vec![] }) }
         }
     }
 

@@ -1,7 +1,8 @@
 //! Hammer IoT wire protocol, shared by the service, the broker and the device manager.
 //!
 //! Everything here is pure: topic names ([`topics`]), name and id rules ([`names`]), the
-//! rules for tags, environment variables and git refs ([`rules`]), broker URLs
+//! rules for tags, environment variables and git refs ([`rules`]), the install step of a
+//! release ([`install`]), broker URLs
 //! ([`broker_url`]), the wire names of enums ([`wire`]), the message types ([`messages`]),
 //! the CBOR codec with its size limit ([`codec`]), the Ed25519 signing envelope for
 //! service → device messages ([`signing`]) and HPKE-sealed git credentials ([`sealing`]).
@@ -13,6 +14,7 @@ pub mod api;
 pub mod broker_url;
 pub mod codec;
 pub mod credentials;
+pub mod install;
 pub mod messages;
 pub mod names;
 pub mod rules;
@@ -23,6 +25,7 @@ pub mod wire;
 
 pub use broker_url::{BrokerUrl, BrokerUrlError};
 pub use codec::{decode, encode, CodecError};
+pub use install::{parse_reuse, validate_install, InstallError, InstallStep, ReuseDir};
 pub use messages::*;
 pub use names::{validate_deployment_id, validate_device_id, validate_name, NameError};
 pub use rules::{

@@ -5,6 +5,7 @@
 //! stalls on a newer device's event.
 
 pub use crate::credentials::GitCredentials;
+use crate::install::InstallStep;
 use crate::sealing::SealedSecret;
 use crate::PROTOCOL_VERSION;
 use serde::{Deserialize, Serialize};
@@ -52,6 +53,10 @@ pub struct DesiredState {
     pub run_state: RunState,
     /// Milliseconds since the Unix epoch.
     pub issued_at: u64,
+    /// Run in the new release's folder before it starts (`installing`), while the running
+    /// release keeps running. Absent on the wire when not set, so older devices read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install: Option<InstallStep>,
 }
 
 impl Addressed for DesiredState {
@@ -109,12 +114,15 @@ pub enum Phase {
     Fetching,
     /// The ref resolved to `commit` and the release is checked out.
     Fetched,
+    /// The install command runs in the new release's folder; the old release still runs.
+    Installing,
     Starting,
     /// The new release runs and is inside its health window.
     Verifying,
     /// The release passed its health window (or was confirmed) and runs.
     Running,
-    /// The deployment failed before a release was started (fetch, checkout, bad input).
+    /// The deployment failed before a release was started (fetch, checkout, install, bad
+    /// input).
     Failed,
     /// The new release failed its health gate; the previous release runs again.
     RolledBack,

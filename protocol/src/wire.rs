@@ -34,6 +34,7 @@ wire_names!(Phase {
     Received => "received",
     Fetching => "fetching",
     Fetched => "fetched",
+    Installing => "installing",
     Starting => "starting",
     Verifying => "verifying",
     Running => "running",
@@ -135,7 +136,7 @@ mod tests {
     fn all_lists_every_variant_so_a_new_one_cannot_be_forgotten() {
         // `wire_name` matches exhaustively, so a new variant fails to compile until it is
         // named; these counts make `ALL` keep up as well.
-        assert_eq!(Phase::ALL.len(), 14);
+        assert_eq!(Phase::ALL.len(), 15);
         assert_eq!(RunState::ALL.len(), 3);
         assert_eq!(DeviceState::ALL.len(), 5);
         assert_eq!(DeploymentState::ALL.len(), 5);

@@ -465,6 +465,7 @@ pub fn desired(generation: u64) -> DesiredState {
         health_cmd: None,
         run_state: RunState::Running,
         issued_at: now_ms(),
+        install: None,
     }
 }
 

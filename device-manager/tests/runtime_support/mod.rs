@@ -216,6 +216,7 @@ impl World {
             health_cmd: None,
             run_state: RunState::Running,
             issued_at: 0,
+            install: None,
         }
     }
 

@@ -84,6 +84,7 @@ impl Api {
             health_window_secs: 1,
             health_cmd: None,
             credentials: None,
+            install: None,
         };
         self.client.setup(name, &req).await?;
         Ok(())

@@ -15,7 +15,9 @@ use axum::extract::{Path, State};
 use axum::Json;
 use hammer_protocol::api::{DeviceState, DeviceView, SetupRequest, SetupView};
 use hammer_protocol::sealing::seal_credentials;
-use hammer_protocol::{validate_env, validate_git_ref, CommandKind, GitCredentials};
+use hammer_protocol::{
+    validate_env, validate_git_ref, validate_install, CommandKind, GitCredentials,
+};
 use std::sync::Arc;
 
 /// Longest health window accepted.
@@ -72,6 +74,9 @@ fn check(req: &SetupRequest) -> ServiceResult<()> {
     for (k, v) in &req.env {
         validate_env(k, v).map_err(|e| ServiceError::bad_request(e.to_string()))?;
     }
+    if let Some(step) = &req.install {
+        validate_install(step).map_err(|e| ServiceError::bad_request(format!("install: {e}")))?;
+    }
     Ok(())
 }
 
@@ -109,6 +114,7 @@ pub async fn put_setup(
         health_window_secs,
         health_cmd,
         credentials,
+        install,
     } = req;
     drop(credentials);
     let view = SetupView {
@@ -119,6 +125,7 @@ pub async fn put_setup(
         health_window_secs,
         health_cmd,
         credentials: kind.to_owned(),
+        install,
     };
     let rec = svc
         .store

@@ -526,6 +526,7 @@ fn phase_name(p: Phase) -> &'static str {
         Phase::Received => "received",
         Phase::Fetching => "fetching",
         Phase::Fetched => "fetched",
+        Phase::Installing => "installing",
         Phase::Starting => "starting",
         Phase::Verifying => "verifying",
         Phase::Running => "running",
@@ -705,7 +706,13 @@ pub fn check_commit(
 fn past_fetch(p: Option<Phase>) -> bool {
     matches!(
         p,
-        Some(Phase::Fetched | Phase::Starting | Phase::Verifying | Phase::Running)
+        Some(
+            Phase::Fetched
+                | Phase::Installing
+                | Phase::Starting
+                | Phase::Verifying
+                | Phase::Running
+        )
     )
 }
 
@@ -855,6 +862,7 @@ mod tests {
             Phase::Received,
             Phase::Fetching,
             Phase::Fetched,
+            Phase::Installing,
             Phase::Starting,
             Phase::Verifying,
             Phase::Running,
@@ -872,6 +880,7 @@ mod tests {
                 Phase::Received
                 | Phase::Fetching
                 | Phase::Fetched
+                | Phase::Installing
                 | Phase::Starting
                 | Phase::Verifying
                 | Phase::Running

@@ -466,6 +466,7 @@ impl Engine {
                 health_cmd: setup.health_cmd.clone(),
                 run_state: RunState::Running,
                 issued_at: now,
+                install: setup.install.clone(),
             })
         });
         match result {
