@@ -1,9 +1,12 @@
-//! Test harness: a service on loopback (ports 0, real embedded broker, real certificates), an
-//! HTTP helper, and simulated devices that speak the real protocol over mTLS (the scripted
+//! Test harness: a service on loopback (ports 0, real embedded broker, real certificates), the
+//! typed API client (`hammer-client`, what the CLI and fleet-sim use) for the ordinary steps,
+//! a raw HTTP helper for what a typed client cannot send (bad bodies, missing tokens, other
+//! users' tokens checked for the exact status), and simulated devices that speak the real protocol over mTLS (the scripted
 //! device of `hammer-sim-device`).
 #![allow(dead_code)]
 
-use hammer_protocol::api::ProvisionResponse;
+use hammer_client::{Client, Conn};
+use hammer_protocol::api::{ProvisionRequest, ProvisionResponse, SetupRequest};
 use hammer_protocol::{DesiredState, Phase};
 use hammer_service::{RunningService, ServeConfig};
 use hammer_sim_device::ScriptedDevice;
@@ -103,26 +106,22 @@ impl Harness {
         self.call(Method::POST, path, token, Some(body)).await
     }
 
+    /// The typed API client (`hammer-client`) with `token`.
+    pub fn client(&self, token: &str) -> Client {
+        Client::new(&Conn::new(self.base.clone()).token(token)).unwrap()
+    }
+
     /// Creates a user; returns its token.
     pub async fn user(&self, name: &str) -> String {
-        let (s, v) = self
-            .post("/api/v1/users", &self.admin, json!({"name": name}))
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
-        v["token"].as_str().unwrap().to_owned()
+        let t = self.client(&self.admin).create_user(name).await.unwrap();
+        t.body.token
     }
 
     /// Provisions a device for `owner` with tags; returns the bundle.
     pub async fn provision(&self, owner: &str, name: &str, tags: Value) -> ProvisionResponse {
-        let (s, v) = self
-            .post(
-                "/api/v1/provision",
-                &self.admin,
-                json!({"owner": owner, "name": name, "tags": tags}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
-        serde_json::from_value(v).unwrap()
+        let req: ProvisionRequest =
+            serde_json::from_value(json!({"owner": owner, "name": name, "tags": tags})).unwrap();
+        self.client(&self.admin).provision(&req).await.unwrap().body
     }
 
     /// Provisions, connects and sets up a device; waits until it is ready.
@@ -144,16 +143,12 @@ impl Harness {
     /// Sets up a connected device with `repo_url` (credentials included); waits until the
     /// device confirmed it (ready).
     pub async fn setup_device(&self, token: &str, name: &str, repo_url: &str) {
-        let (s, v) = self
-            .call(
-                Method::PUT,
-                &format!("/api/v1/devices/{name}/setup"),
-                token,
-                Some(json!({"repo_url": repo_url, "start": "./run.sh",
-                            "credentials": {"type": "https", "username": "u", "token": "s3cret"}})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
+        let req: SetupRequest = serde_json::from_value(json!({
+            "repo_url": repo_url, "start": "./run.sh",
+            "credentials": {"type": "https", "username": "u", "token": "s3cret"}
+        }))
+        .unwrap();
+        self.client(token).setup(name, &req).await.unwrap();
         self.wait_device(token, name, |d| d["state"] == "ready")
             .await;
     }
@@ -166,8 +161,9 @@ impl Harness {
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
         let mut last = Value::Null;
+        let client = self.client(token);
         for _ in 0..200 {
-            let (_, v) = self.get(&format!("/api/v1/devices/{name}"), token).await;
+            let v = client.device(name).await.unwrap().raw;
             if pred(&v) {
                 return v;
             }
@@ -180,8 +176,9 @@ impl Harness {
     /// Polls a deployment until it is no longer running (`secs`).
     pub async fn wait_deployment(&self, token: &str, id: &str, secs: u64) -> Value {
         let mut last = Value::Null;
+        let client = self.client(token);
         for _ in 0..secs * 20 {
-            let (_, v) = self.get(&format!("/api/v1/deployments/{id}"), token).await;
+            let v = client.deployment(id).await.unwrap().raw;
             if v["state"] != "running" {
                 return v;
             }
