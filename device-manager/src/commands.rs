@@ -16,7 +16,7 @@ use crate::store::Counter;
 use crate::verify::{DesiredVerdict, Refusal, Verifier};
 use anyhow::Result;
 use hammer_protocol::sealing::SealingKeyPair;
-use hammer_protocol::{Command, CommandKind, GitCredentials, Phase};
+use hammer_protocol::{Command, CommandKind, GitCredentials, Phase, WireName};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -38,7 +38,13 @@ pub struct Handler {
 }
 
 fn refused(outbox: &Outbox, r: Refusal) -> Result<()> {
-    tracing::warn!(reason = %r.reason, "refused a message from the service");
+    tracing::warn!(
+        phase = Phase::Refused.wire_name(),
+        deployment = r.deployment_id.as_deref().unwrap_or("-"),
+        generation = r.generation.map(|g| g.to_string()).unwrap_or_else(|| "-".into()),
+        reason = %r.reason,
+        "refused a message from the service; nothing was acted on"
+    );
     outbox.append(Report {
         generation: r.generation,
         deployment_id: r.deployment_id,

@@ -3,7 +3,7 @@
 //! to the whole group, SIGKILL after the grace period, and returns only when no member of the
 //! group is left.
 
-use super::applog::AppLog;
+use super::applog::{AppLog, Tail};
 use super::procinfo;
 use super::state::AppRecord;
 use nix::sys::signal::{killpg, Signal};
@@ -202,8 +202,39 @@ pub struct RunningApp {
     exit: Option<ExitStatus>,
 }
 
+/// How a process is started besides its [`AppSpec`]: the app itself takes the default; the
+/// install step of a release prefixes its lines, keeps its own tail and runs at low priority.
+#[derive(Debug, Default)]
+pub struct Launch {
+    /// Put before each output line in the [`AppLog`].
+    pub log_prefix: &'static str,
+    /// Nice [`LOW_PRIORITY_NICE`] and the lowest best-effort I/O priority, so the running app
+    /// keeps the CPU and the disk it needs.
+    pub low_priority: bool,
+    /// Also keep the last output lines here.
+    pub tail: Option<Tail>,
+}
+
+/// The nice value of a low-priority process (the install step).
+pub const LOW_PRIORITY_NICE: i32 = 10;
+
+/// Lowers the calling process's CPU and I/O priority (best effort; errors are ignored).
+fn lower_priority() {
+    // SAFETY: plain system calls without pointers; run in the forked child before exec.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, LOW_PRIORITY_NICE);
+        // ioprio_set(IOPRIO_WHO_PROCESS, self, class best-effort (2) << 13 | level 7).
+        libc::syscall(libc::SYS_ioprio_set, 1, 0, (2 << 13) | 7);
+    }
+}
+
 /// Starts the app. The caller records [`RunningApp::record`] durably.
 pub fn start(spec: &AppSpec<'_>, log: &AppLog) -> Result<RunningApp, AppError> {
+    launch(spec, log, Launch::default())
+}
+
+/// Starts `/bin/sh -c spec.start` as [`start`] does, the way `how` says.
+pub fn launch(spec: &AppSpec<'_>, log: &AppLog, how: Launch) -> Result<RunningApp, AppError> {
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(spec.start)
@@ -214,6 +245,15 @@ pub fn start(spec: &AppSpec<'_>, log: &AppLog) -> Result<RunningApp, AppError> {
         .process_group(0)
         .kill_on_drop(false);
     strip_private_env(&mut cmd);
+    if how.low_priority {
+        // SAFETY: the closure only makes async-signal-safe system calls (see lower_priority).
+        unsafe {
+            cmd.pre_exec(|| {
+                lower_priority();
+                Ok(())
+            });
+        }
+    }
     set_user(&mut cmd, spec.user, spec.app_data);
     cmd.envs(spec.env)
         .env(APP_DATA_ENV, spec.app_data)
@@ -232,12 +272,16 @@ pub fn start(spec: &AppSpec<'_>, log: &AppLog) -> Result<RunningApp, AppError> {
     };
     let mut pumps = Vec::new();
     if let Some(out) = child.stdout.take() {
-        pumps.push(tokio::spawn(log.clone().pump(out, "")));
+        let pump = log.clone().pump(out, how.log_prefix, how.tail.clone());
+        pumps.push(tokio::spawn(pump));
     }
     if let Some(err) = child.stderr.take() {
-        pumps.push(tokio::spawn(log.clone().pump(err, "")));
+        let pump = log.clone().pump(err, how.log_prefix, how.tail.clone());
+        pumps.push(tokio::spawn(pump));
     }
-    tracing::info!(pid, commit = spec.commit, "app started");
+    if how.log_prefix.is_empty() {
+        tracing::info!(pid, commit = spec.commit, "app started");
+    }
     Ok(RunningApp {
         child,
         pgid: pid,

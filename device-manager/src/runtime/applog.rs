@@ -130,8 +130,14 @@ impl AppLog {
         self.live.subscribe()
     }
 
-    /// Reads `stream` line by line into the log until it closes.
-    pub async fn pump<R: AsyncRead + Unpin>(self, stream: R, prefix: &'static str) {
+    /// Reads `stream` line by line into the log until it closes; each line also goes to
+    /// `tail` (without the prefix) when given.
+    pub async fn pump<R: AsyncRead + Unpin>(
+        self,
+        stream: R,
+        prefix: &'static str,
+        tail: Option<Tail>,
+    ) {
         let mut reader = BufReader::new(stream);
         let mut line: Vec<u8> = Vec::new();
         while let Ok(buf) = reader.fill_buf().await {
@@ -147,19 +153,45 @@ impl AppLog {
             line.extend_from_slice(&buf[..take.min(room)]);
             reader.consume(used);
             if complete || line.len() >= MAX_LINE {
-                self.emit(prefix, &line);
+                self.emit(prefix, &line, tail.as_ref());
                 line.clear();
             }
         }
         if !line.is_empty() {
-            self.emit(prefix, &line);
+            self.emit(prefix, &line, tail.as_ref());
         }
     }
 
-    fn emit(&self, prefix: &str, bytes: &[u8]) {
+    fn emit(&self, prefix: &str, bytes: &[u8], tail: Option<&Tail>) {
         let text = String::from_utf8_lossy(bytes);
         let text = text.trim_end_matches('\r');
+        if let Some(tail) = tail {
+            tail.push(text.to_string());
+        }
         self.push(format!("{prefix}{text}"));
+    }
+}
+
+/// The last lines of one process's output, apart from the shared ring buffer (which the
+/// running app may fill meanwhile): what a failed install reports. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Tail {
+    lines: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Tail {
+    fn push(&self, line: String) {
+        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        if lines.len() == TAIL_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line);
+    }
+
+    /// The last [`TAIL_LINES`] lines, oldest first.
+    pub fn lines(&self) -> Vec<String> {
+        let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        lines.iter().cloned().collect()
     }
 }
 
@@ -188,5 +220,24 @@ mod tests {
             .expect("rotated")
             .len();
         assert!(size <= 1024 && rotated <= 1024, "{size} {rotated}");
+    }
+
+    #[tokio::test]
+    async fn a_tail_keeps_the_last_lines_of_its_own_stream_only() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = AppLog::new(dir.path().join("app.log"), 1 << 20);
+        let tail = Tail::default();
+        let text: String = (0..30).map(|i| format!("step {i}\n")).collect();
+        log.push("the running app says hi".into());
+        log.clone()
+            .pump(text.as_bytes(), "[install] ", Some(tail.clone()))
+            .await;
+        let lines = tail.lines();
+        assert_eq!(lines.len(), TAIL_LINES);
+        assert_eq!(lines[0], "step 10");
+        assert_eq!(lines[TAIL_LINES - 1], "step 29");
+        let all = log.tail_since(0, 100);
+        assert_eq!(all[0], "the running app says hi");
+        assert_eq!(all[1], "[install] step 0");
     }
 }

@@ -9,7 +9,8 @@
 //! waits on its inputs and on the app's exit: no polling, no timers.
 //!
 //! Modules: [`state`] (persisted typed state), [`git`] (mirror, credentials, checkout),
-//! [`releases`] (release folders, `current`, pruning), [`app`] (start/stop a process group),
+//! [`releases`] (release folders, `current`, pruning), [`install`] (the install step's
+//! folder, reused dependency folders, sealing), [`app`] (start/stop a process group),
 //! [`procinfo`] (`/proc`), [`applog`] (log file, ring buffer, live lines), [`supervisor`]
 //! (crash restarts with backoff), [`health_gate`], [`reconcile`] (the state machine),
 //! [`layout`] (the data dir, the app dir, and who may read what).
@@ -25,12 +26,33 @@
 //! - The generation already acted on: only its run state is re-applied (no fetch, no event
 //!   unless the run state changed).
 //! - It names (pinned, or after resolving its ref) the commit that runs with the same start
-//!   command and env: `running` is reported at once, nothing restarts.
-//! - Otherwise: received, fetching, fetched, starting, verifying, then running or
-//!   rolled_back; failed when the fetch, checkout or start-script check fails (the old app
-//!   keeps running untouched), or when a first release fails with nothing to go back to.
+//!   command, env and install step: `running` is reported at once, nothing restarts.
+//! - Otherwise: received, fetching, fetched, installing (when it has an install step),
+//!   starting, verifying, then running or rolled_back; failed when the fetch, checkout,
+//!   install or start-script check fails (the old app keeps running untouched, same pid), or
+//!   when a first release fails with nothing to go back to.
 //! - Run state `stopped`: the app stops (`stopped`); `running` again starts it (`starting`,
 //!   `running`).
+//!
+//! # The install step (decision 0009)
+//! With [`hammer_protocol::InstallStep`] in the desired state, the new release is installed
+//! before the old app is stopped: `/bin/sh -c CMD` in a temporary folder
+//! `releases/.tmp-<commit>-*` holding the fresh checkout (a copy of the commit's folder when
+//! that is the running or the previous release, which stays as it is), as the app user, at
+//! nice 10 and the lowest best-effort I/O priority, in its own process group, within
+//! `timeout_secs`; its output goes to the app log (prefixed `[install] `) and its last 20
+//! lines to the `failed` event. Declared folders (`node_modules` keyed on
+//! `package-lock.json`) are first copied from the running release when the key file is
+//! unchanged ([`install::choose_reuse`]); the running release keeps its own. The command
+//! runs whether or not folders were reused. When it succeeds the folder is made read-only
+//! for the app and renamed to `releases/<commit>`; then the switch goes on as without an
+//! install. While it runs the old app stays supervised, restarts are served, and a shutdown
+//! of the manager stops it (the deployment is then redone from the fetch on the next
+//! start).
+//!
+//! Every failed deployment and every rollback is also one line in the manager's log (error
+//! or warn) naming the deployment id, generation, commit, the step it failed in (`during`),
+//! what runs now and the reason; the agent logs each refused message the same way.
 //!
 //! # Crash safety
 //! Each deployment step is persisted (sled tree `runtime`, flushed) before it is taken. On
@@ -40,9 +62,18 @@
 //! - idle: starts the app of `current` again (reports `restarted`), unless stopped;
 //! - fetching: starts the current app again and redoes the deployment from the fetch (using
 //!   [`RuntimeOptions::recovery_credentials`]);
+//! - installing: the install command left by the previous run is stopped (it carries the
+//!   same tag as the app) and its temporary folder removed; the current app starts again and
+//!   the deployment is redone from the fetch, so the install runs again from scratch in a
+//!   fresh checkout. A deployment whose install was cut short [`install::MAX_ATTEMPTS`]
+//!   (2) times fails instead ("cut short 2 times ... deploy again"): an install that brings
+//!   the device down must not do so on every start;
 //! - switching or verifying: switches to the new release again and **restarts its health
 //!   window** from the beginning (the new release gets a full window);
 //! - rolling back: finishes the rollback.
+//!
+//! Which of these applies is [`reconcile::recovery_plan`], a pure function of the persisted
+//! step. Leftover processes are stopped before `releases/.tmp-*` folders are removed.
 //!
 //! The runtime does not adopt a surviving app (its output pipes are gone): it stops it and
 //! starts it again, so exactly one instance runs, with its output captured. The systemd unit
@@ -53,6 +84,7 @@ pub mod app;
 pub mod applog;
 pub mod git;
 pub mod health_gate;
+pub mod install;
 pub mod layout;
 pub mod procinfo;
 pub mod reconcile;
@@ -162,6 +194,7 @@ pub enum Input {
 pub enum Step {
     Idle,
     Fetching,
+    Installing,
     Switching,
     Verifying,
     RollingBack,
@@ -208,6 +241,7 @@ impl LocalStatus {
             step: match state.deployment {
                 state::Deployment::Idle => Step::Idle,
                 state::Deployment::Fetching { .. } => Step::Fetching,
+                state::Deployment::Installing { .. } => Step::Installing,
                 state::Deployment::Switching { .. } => Step::Switching,
                 state::Deployment::Verifying { .. } => Step::Verifying,
                 state::Deployment::RollingBack { .. } => Step::RollingBack,

@@ -4,7 +4,7 @@
 //! SIGKILL at any point leaves a state that [`crate::runtime::reconcile`] can finish or roll
 //! back on the next start. Phases are enums, never strings.
 
-use hammer_protocol::DesiredState;
+use hammer_protocol::{DesiredState, InstallStep};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -28,6 +28,9 @@ pub struct Release {
     pub deployment_id: String,
     pub start: String,
     pub env: BTreeMap<String, String>,
+    /// The install step its folder was made with (absent in states written before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install: Option<InstallStep>,
 }
 
 impl Release {
@@ -38,12 +41,16 @@ impl Release {
             deployment_id: desired.deployment_id.clone(),
             start: desired.start.clone(),
             env: desired.env.clone(),
+            install: desired.install.clone(),
         }
     }
 
-    /// Same commit and same way of starting it.
+    /// Same commit, installed the same way, and the same way of starting it.
     pub fn same_run(&self, other: &Release) -> bool {
-        self.commit == other.commit && self.start == other.start && self.env == other.env
+        self.commit == other.commit
+            && self.start == other.start
+            && self.env == other.env
+            && self.install == other.install
     }
 }
 
@@ -65,6 +72,16 @@ pub enum Deployment {
     Idle,
     /// Fetching and checking out; nothing visible changed yet (redo from the start).
     Fetching { desired: Box<DesiredState> },
+    /// `commit` is checked out; its install command runs in a temporary folder beside it
+    /// while the old app keeps running. After a restart of the manager the install is run
+    /// again from a fresh checkout (`attempt` + 1), or, once [`super::install::MAX_ATTEMPTS`]
+    /// attempts were cut short, the deployment fails (see [`super::reconcile::recovery_plan`]).
+    Installing {
+        desired: Box<DesiredState>,
+        commit: String,
+        /// 1 for the first run of the install command of this deployment.
+        attempt: u32,
+    },
     /// The release `commit` is complete under `releases/`; the old app is being stopped and
     /// `current` swapped to it.
     Switching {

@@ -1,6 +1,6 @@
 //! Crash safety of the real `hammer-manager` binary: it is killed with SIGKILL during the
-//! fetch, during the checkout, during the switch to the new release and during the health
-//! window, then started again on the same data dir. After each restart it must converge:
+//! fetch, during the checkout, during the install step, during the switch to the new release
+//! and during the health window, then started again on the same data dir. After each restart it must converge:
 //! `running` on the new commit, `current` pointing at a complete release, exactly one app
 //! instance, and the receiving side (a service-side MQTT client that stores status events by
 //! (epoch, seq) and acks the highest contiguous seq, as the real service does) holding every
@@ -773,4 +773,89 @@ async fn sigkill_during_verification_restarts_the_window_and_converges() {
         pid, survivor,
         "the surviving instance is replaced, not adopted"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_install_runs_it_again_and_converges() {
+    let mut f = Fleet::new("install").await;
+    // The install command (run as the app user) holds while `hold` exists; the test folder
+    // is 0711, so the app user can test for the file without listing the folder.
+    let hold = f.tmp.path().join("hold");
+    let script = format!(
+        "#!/bin/sh\necho install of $HAMMER_COMMIT\nwhile [ -f {} ]; do sleep 0.05; done\nmkdir -p node_modules && echo ok > node_modules/marker\n",
+        hold.display()
+    );
+    std::fs::write(f.work.join("install.sh"), script).unwrap();
+    Command::new("chmod")
+        .arg("755")
+        .arg(f.work.join("install.sh"))
+        .status()
+        .unwrap();
+    let v1 = f.commit("v1", 0);
+    f.first_deploy(&v1).await;
+
+    let v2 = f.commit("v2", 0);
+    std::fs::write(&hold, "").unwrap();
+    let from = f.ledger.arrivals.len();
+    let mut d2 = f.desired(2, 1);
+    d2.install = Some(InstallStep {
+        command: "./install.sh".into(),
+        timeout_secs: 120,
+        reuse: Vec::new(),
+    });
+    f.send(&d2).await;
+    f.ledger.wait_phase(from, 2, Phase::Installing).await;
+    // The install runs (its own process group, marked like the app) beside the old app.
+    let until = Instant::now() + DEADLINE;
+    let install: Vec<i32> = loop {
+        let procs = marked_processes(&f.marker);
+        let of_v2: Vec<i32> = procs
+            .iter()
+            .filter(|p| p.commit.as_deref() == Some(v2.as_str()))
+            .map(|p| p.pid)
+            .collect();
+        if !of_v2.is_empty() {
+            assert!(
+                procs
+                    .iter()
+                    .any(|p| p.commit.as_deref() == Some(v1.as_str())),
+                "the old app runs during the install: {procs:?}"
+            );
+            break of_v2;
+        }
+        assert!(Instant::now() < until, "the install never ran: {procs:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    f.kill_manager();
+    assert_eq!(f.current_complete(), v1, "the old release stays current");
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| !r.trim().starts_with('Z'))
+        })
+    };
+    assert!(
+        install.iter().any(|p| alive(*p)),
+        "the install outlives the killed manager"
+    );
+
+    // The next start stops the orphaned install and runs it again from a fresh checkout.
+    let from = f.ledger.arrivals.len();
+    f.start_manager();
+    // (The first run's `installing` may arrive again: it was maybe not acked yet.)
+    f.ledger
+        .wait("the second run of the install", from, |e| {
+            e.generation == Some(2)
+                && e.phase == Phase::Installing
+                && e.detail.as_deref().is_some_and(|d| d.contains("run 2"))
+        })
+        .await;
+    assert!(
+        !install.iter().any(|p| alive(*p)),
+        "the orphaned install was stopped"
+    );
+    std::fs::remove_file(&hold).unwrap();
+    f.converged(from, 2, &v2).await;
+    let marker = f.releases_dir().join(&v2).join("node_modules/marker");
+    assert!(marker.is_file(), "the release is the installed folder");
 }

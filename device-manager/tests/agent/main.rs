@@ -11,5 +11,6 @@ mod agent_broker;
 mod agent_enroll;
 mod agent_outbox;
 mod agent_sigkill;
+mod agent_story;
 mod agent_verify;
 mod app_user;

@@ -1,6 +1,7 @@
 //! The runtime's integration tests in one test binary: real git repositories (file://, HTTPS
 //! through `git http-backend`, SSH against a real sshd), real child processes, recovery after
-//! an abandoned reconciler, and the migration of an old data dir.
+//! an abandoned reconciler, the install step of a release, and the migration of an old data
+//! dir.
 
 #[path = "../runtime_support/mod.rs"]
 mod runtime_support;
@@ -8,4 +9,5 @@ mod runtime_support;
 mod app_user_migration;
 mod runtime_credentials;
 mod runtime_deploy;
+mod runtime_install;
 mod runtime_recovery;

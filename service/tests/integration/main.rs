@@ -15,6 +15,7 @@ mod api;
 mod bounds_http;
 mod bounds_logs;
 mod bounds_shutdown;
+mod install;
 mod layering;
 mod metrics_counters;
 mod quotas;
