@@ -409,3 +409,116 @@ async fn an_install_cut_short_twice_fails_and_the_old_app_runs() {
     rt.shutdown(true).await;
     w.no_app().await;
 }
+
+#[tokio::test]
+async fn a_shutdown_during_the_install_stops_it_and_the_next_start_redoes_the_deployment() {
+    let w = World::new();
+    let rt = w.spawn();
+    let (_, _) = first_release(&w, &rt).await;
+    let v2 = commit(&w, "lock v2", "v2");
+    std::fs::write(w.out.join("hold"), "").unwrap();
+    let n = w.sink.count();
+    send(&rt, with_install(&w, 2, "hold", 30)).await;
+    w.sink.wait_for(2, Phase::Installing, n).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while installs(&w).len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the install did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let asked = std::time::Instant::now();
+    rt.shutdown(true).await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+    w.no_app().await;
+    let status = hammer_manager::runtime::local_status(&w.layout(), &w.db).unwrap();
+    assert_eq!(status.step, Step::Fetching, "redone on the next start");
+    assert!(
+        temporary_folders(&w).is_empty(),
+        "{:?}",
+        temporary_folders(&w)
+    );
+
+    std::fs::remove_file(w.out.join("hold")).unwrap();
+    let n = w.sink.count();
+    let rt = w.spawn();
+    let r = w.sink.wait_for(2, Phase::Installing, n).await;
+    let detail = r.detail.unwrap_or_default();
+    assert!(
+        !detail.contains("run 2"),
+        "a shutdown is not a crash: {detail}"
+    );
+    w.sink.wait_for(2, Phase::Running, n).await;
+    w.one_app(&v2).await;
+    rt.shutdown(true).await;
+    w.no_app().await;
+}
+
+/// The example app of `examples/node-app`, with a stand-in for `npm ci` (no network): the
+/// install step puts a tiny `ms` into `node_modules`, the app starts with `node server.js`
+/// and answers.
+#[tokio::test]
+async fn the_node_example_app_runs_after_its_install_step() {
+    if std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI has node for this test"
+        );
+        eprintln!("skipped: no node on PATH");
+        return;
+    }
+    let w = World::new();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/node-app");
+    for file in ["package.json", "package-lock.json", "server.js"] {
+        std::fs::copy(example.join(file), w.repo.dir.join(file)).unwrap();
+    }
+    git(&w.repo.dir, &["add", "-A"]);
+    git(&w.repo.dir, &["commit", "-q", "-m", "node app"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut d = w.desired(1, "main");
+    d.start = "node server.js".into();
+    d.env.insert("PORT".into(), port.to_string());
+    d.health_window_secs = 2;
+    d.health_cmd = Some(format!(
+        "node -e \"require('http').get('http://127.0.0.1:{port}/', r => process.exit(r.statusCode === 200 ? 0 : 1)).on('error', () => process.exit(1))\""
+    ));
+    d.install = Some(InstallStep {
+        command: "mkdir -p node_modules/ms && echo 'module.exports = (n) => n + \" ms\";' > node_modules/ms/index.js".into(),
+        timeout_secs: 60,
+        reuse: vec![parse_reuse("node_modules:package-lock.json").unwrap()],
+    });
+    let rt = w.spawn();
+    send(&rt, d).await;
+    let r = w
+        .sink
+        .wait_any(1, &[Phase::Running, Phase::Failed, Phase::RolledBack], 0)
+        .await;
+    assert_eq!(r.phase, Phase::Running, "{r:?}");
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.contains("hello from hammer node-app 1.0.0"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains(" ms\n"),
+        "the dependency answered: {answer}"
+    );
+    rt.shutdown(true).await;
+}
