@@ -522,3 +522,47 @@ async fn the_node_example_app_runs_after_its_install_step() {
     );
     rt.shutdown(true).await;
 }
+
+#[tokio::test]
+async fn a_kept_release_deployed_again_is_installed_from_a_fresh_checkout() {
+    let w = World::new();
+    let rt = w.spawn();
+    let (v1, _) = first_release(&w, &rt).await;
+    // Something the earlier install left, which a fresh checkout does not have.
+    std::fs::write(release(&w, &v1).join("left-by-the-old-install"), "x").unwrap();
+    for (generation, lock) in [(2, "lock v2"), (3, "lock v3")] {
+        commit(&w, lock, &format!("v{generation}"));
+        let n = w.sink.count();
+        send(&rt, with_install(&w, generation, "", 30)).await;
+        let r = w
+            .sink
+            .wait_any(generation, &[Phase::Running, Phase::Failed], n)
+            .await;
+        assert_eq!(r.phase, Phase::Running, "{r:?}");
+    }
+    // v1 is kept (neither current nor previous) and deployed again, pinned.
+    assert!(release(&w, &v1).is_dir());
+    let mut d4 = with_install(&w, 4, "", 30);
+    d4.commit = Some(v1.clone());
+    let n = w.sink.count();
+    send(&rt, d4).await;
+    let r = w
+        .sink
+        .wait_any(4, &[Phase::Running, Phase::Failed, Phase::RolledBack], n)
+        .await;
+    assert_eq!(r.phase, Phase::Running, "{r:?}");
+    w.one_app(&v1).await;
+    assert!(!release(&w, &v1).join("left-by-the-old-install").exists());
+    assert_eq!(
+        marker(&release(&w, &v1)),
+        v1,
+        "made anew (lock v1 is not v3's)"
+    );
+    assert!(
+        temporary_folders(&w).is_empty(),
+        "{:?}",
+        temporary_folders(&w)
+    );
+    rt.shutdown(true).await;
+    w.no_app().await;
+}
