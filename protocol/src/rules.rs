@@ -155,6 +155,261 @@ pub fn full_commit_id(s: &str) -> Result<String, CommitIdError> {
     }
 }
 
+/// Longest repository URL, in bytes.
+pub const MAX_REMOTE_URL: usize = 2048;
+
+/// The transports a repository URL may name. One rule, [`parse_remote_url`], decides for
+/// the service (setup), the CLI and the device manager (the repository and its submodules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteScheme {
+    Https,
+    /// `ssh://`, `git+ssh://`, `ssh+git://` and the scp-like `[user@]host:path`.
+    Ssh,
+    /// Plain `http://`: allowed, with [`RemoteUrl::warning`].
+    Http,
+    /// `git://` (the git daemon): allowed, with [`RemoteUrl::warning`].
+    Git,
+    /// `file:///absolute/path`: a repository on the device itself (tests, local mirrors).
+    File,
+}
+
+/// A repository URL that passed [`parse_remote_url`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteUrl {
+    pub scheme: RemoteScheme,
+    /// Lowercase, without brackets for IPv6; `None` for `file://`.
+    pub host: Option<String>,
+    /// The port, defaulted by scheme (443, 22, 80, 9418); `None` for `file://`.
+    pub port: Option<u16>,
+    /// The user name of the URL, if any.
+    pub user: Option<String>,
+    /// The URL carries a password (`user:password@`).
+    pub has_password: bool,
+}
+
+impl RemoteUrl {
+    /// The warning a user (API answer, CLI) and the device's log get for a transport that
+    /// neither encrypts nor authenticates the server (`http://`, `git://`); `None` otherwise.
+    pub fn warning(&self) -> Option<String> {
+        let scheme = match self.scheme {
+            RemoteScheme::Http => "http",
+            RemoteScheme::Git => "git",
+            _ => return None,
+        };
+        Some(format!(
+            "{scheme}:// is neither encrypted nor authenticated: anyone on the network path can \
+             read what is sent (a token included) and change the code the devices fetch; use \
+             https:// or ssh:// unless this network is trusted"
+        ))
+    }
+
+    /// Do both URLs name the same server (scheme family, host and port)? Git credentials
+    /// given for one are used for the other only then (submodules).
+    pub fn same_server(&self, other: &RemoteUrl) -> bool {
+        let family = |s: RemoteScheme| match s {
+            RemoteScheme::Https | RemoteScheme::Http => 0,
+            RemoteScheme::Ssh => 1,
+            RemoteScheme::Git => 2,
+            RemoteScheme::File => 3,
+        };
+        family(self.scheme) == family(other.scheme)
+            && self.host.is_some()
+            && self.host == other.host
+            && self.port == other.port
+    }
+
+    /// May a submodule of a repository at `self` be fetched from `sub`? The same schemes as
+    /// for the repository itself, except `file://`: a submodule may name a path on the device
+    /// only when the repository is itself on the device (a hostile `.gitmodules` must not
+    /// read the device's own files).
+    pub fn allows_submodule(&self, sub: &RemoteUrl) -> bool {
+        sub.scheme != RemoteScheme::File || self.scheme == RemoteScheme::File
+    }
+}
+
+/// Why a repository URL was refused. The message says what is accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RemoteUrlError {
+    #[error("the repository URL is empty: give an https://, ssh:// or user@host:path URL")]
+    Empty,
+    #[error("the repository URL is longer than {MAX_REMOTE_URL} bytes")]
+    TooLong,
+    #[error("the repository URL {0:?} contains whitespace or control characters")]
+    Whitespace(String),
+    #[error("the repository URL {0:?} starts with '-' (it would be read as an option)")]
+    LeadingDash(String),
+    #[error("the repository URL {0:?} has no host (or a host starting with '-')")]
+    NoHost(String),
+    #[error("the repository URL {0:?} has a port that is not a number from 1 to 65535")]
+    BadPort(String),
+    #[error("the repository URL {0:?} has no path")]
+    NoPath(String),
+    #[error("the scheme of {0:?} is not accepted: use https://, ssh:// or user@host:path (http:// and git:// with a warning, file:///path for a repository on the device)")]
+    Scheme(String),
+    #[error("{0:?} is not a repository URL: use https://host/path, ssh://[user@]host[:port]/path, user@host:path or file:///absolute/path")]
+    NotAUrl(String),
+}
+
+/// Checks a repository URL (no network): the one rule for remotes. Accepted: `https://`,
+/// `ssh://` (also `git+ssh://`, `ssh+git://`), scp-like `[user@]host:path`, `http://` and
+/// `git://` (both with the same [`RemoteUrl::warning`]), and `file:///absolute/path`.
+/// Refused: anything else (`ftp://`, `ext::`, bare paths), whitespace and control
+/// characters, a leading `-`, a missing host or path, a bad port. Credentials in the URL are
+/// reported ([`RemoteUrl::user`], [`RemoteUrl::has_password`]), not judged here.
+pub fn parse_remote_url(url: &str) -> Result<RemoteUrl, RemoteUrlError> {
+    if url.is_empty() {
+        return Err(RemoteUrlError::Empty);
+    }
+    if url.len() > MAX_REMOTE_URL {
+        return Err(RemoteUrlError::TooLong);
+    }
+    let shown = || truncate(url);
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(RemoteUrlError::Whitespace(shown()));
+    }
+    if url.starts_with('-') {
+        return Err(RemoteUrlError::LeadingDash(shown()));
+    }
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let (scheme, default_port) = match scheme.to_ascii_lowercase().as_str() {
+            "https" => (RemoteScheme::Https, 443),
+            "http" => (RemoteScheme::Http, 80),
+            "git" => (RemoteScheme::Git, 9418),
+            "ssh" | "git+ssh" | "ssh+git" => (RemoteScheme::Ssh, 22),
+            "file" => {
+                // file:///path (an empty host) or file://localhost/path.
+                let path = rest.strip_prefix("localhost").unwrap_or(rest);
+                if !path.starts_with('/') || path.len() < 2 {
+                    return Err(RemoteUrlError::NotAUrl(shown()));
+                }
+                return Ok(RemoteUrl {
+                    scheme: RemoteScheme::File,
+                    host: None,
+                    port: None,
+                    user: None,
+                    has_password: false,
+                });
+            }
+            _ => return Err(RemoteUrlError::Scheme(shown())),
+        };
+        let authority = match rest.find(['/', '?', '#']) {
+            Some(i) => &rest[..i],
+            None => rest,
+        };
+        let (userinfo, host_port) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        let (host, port) =
+            split_host_port(host_port).ok_or_else(|| RemoteUrlError::BadPort(shown()))?;
+        if host.is_empty() || host.starts_with('-') {
+            return Err(RemoteUrlError::NoHost(shown()));
+        }
+        let (user, has_password) = match userinfo {
+            Some(u) => match u.split_once(':') {
+                Some((name, _)) => (Some(name.to_owned()), true),
+                None => (Some(u.to_owned()), false),
+            },
+            None => (None, false),
+        };
+        return Ok(RemoteUrl {
+            scheme,
+            host: Some(host.to_ascii_lowercase()),
+            port: Some(port.unwrap_or(default_port)),
+            user,
+            has_password,
+        });
+    }
+    // scp-like: [user@]host:path, where the first ':' comes before any '/'.
+    let (user, rest) = match url.split_once('@') {
+        Some((u, r)) if !u.contains([':', '/']) => (Some(u), r),
+        _ => (None, url),
+    };
+    let (host, path) = if let Some(inner) = rest.strip_prefix('[') {
+        match inner.split_once("]:") {
+            Some((h, p)) => (h, p),
+            None => return Err(RemoteUrlError::NotAUrl(shown())),
+        }
+    } else {
+        match rest.split_once(':') {
+            Some((h, p)) if !h.contains('/') => (h, p),
+            _ => return Err(RemoteUrlError::NotAUrl(shown())),
+        }
+    };
+    if path.starts_with(':') {
+        // `transport::address`: a remote helper (`ext::` runs a command).
+        return Err(RemoteUrlError::Scheme(shown()));
+    }
+    if host.is_empty() || host.starts_with('-') {
+        return Err(RemoteUrlError::NoHost(shown()));
+    }
+    if path.is_empty() {
+        return Err(RemoteUrlError::NoPath(shown()));
+    }
+    Ok(RemoteUrl {
+        scheme: RemoteScheme::Ssh,
+        host: Some(host.to_ascii_lowercase()),
+        port: Some(22),
+        user: user.map(str::to_owned),
+        has_password: false,
+    })
+}
+
+/// Repository URLs (without credentials) and whether [`parse_remote_url`] accepts them: the
+/// one table that the service's setup check and the device manager are both tested against,
+/// so that the two sides agree.
+pub const REMOTE_URL_TABLE: &[(&str, bool)] = &[
+    ("https://git.example.com/team/app.git", true),
+    ("https://git.example.com:8443/app.git", true),
+    ("ssh://git@git.example.com/team/app.git", true),
+    ("ssh://git@git.example.com:2222/app.git", true),
+    ("git+ssh://git.example.com/app.git", true),
+    ("ssh://git@[::1]:2222/srv/app.git", true),
+    ("git@github.com:team/app.git", true),
+    ("git.example.com:app.git", true),
+    ("http://192.168.1.10/app.git", true),
+    ("http://127.0.0.1:8080/app.git", true),
+    ("git://git.example.com/app.git", true),
+    ("file:///srv/git/app.git", true),
+    ("", false),
+    ("ftp://git.example.com/app.git", false),
+    ("rsync://git.example.com/app.git", false),
+    ("ext::sh", false),
+    ("fd::17", false),
+    ("/srv/git/app.git", false),
+    ("../app.git", false),
+    ("-oProxyCommand=touch:x", false),
+    ("ssh://-oProxyCommand=x/app", false),
+    ("https:///app.git", false),
+    ("https://git.example.com:0/app.git", false),
+    ("https://git.example.com/a b.git", false),
+    ("https://git.example.com/a\u{7}.git", false),
+    ("file://relative/app.git", false),
+];
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port`; `None` when the port is not 1 to 65535.
+fn split_host_port(s: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port) = if let Some(inner) = s.strip_prefix('[') {
+        let (h, after) = inner.split_once(']')?;
+        match after {
+            "" => (h, None),
+            p => (h, Some(p.strip_prefix(':')?)),
+        }
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        }
+    };
+    match port {
+        None => Some((host, None)),
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => Some((host, Some(n))),
+            _ => None,
+        },
+    }
+}
+
 fn truncate(s: &str) -> String {
     s.chars().take(80).collect()
 }
@@ -303,5 +558,136 @@ mod tests {
         ] {
             assert!(validate_git_ref(bad).is_err(), "{bad:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod remote_tests {
+    use super::*;
+
+    fn scheme(url: &str) -> Option<RemoteScheme> {
+        parse_remote_url(url).ok().map(|u| u.scheme)
+    }
+
+    #[test]
+    fn accepted_schemes_and_their_hosts_and_ports() {
+        let u = parse_remote_url("https://Git.Example.com/team/app.git").unwrap();
+        assert_eq!(u.scheme, RemoteScheme::Https);
+        assert_eq!(u.host.as_deref(), Some("git.example.com"));
+        assert_eq!(u.port, Some(443));
+        let u = parse_remote_url("ssh://git@h.example:2222/r").unwrap();
+        assert_eq!((u.scheme, u.port), (RemoteScheme::Ssh, Some(2222)));
+        assert_eq!(u.user.as_deref(), Some("git"));
+        let u = parse_remote_url("git@github.com:o/r.git").unwrap();
+        assert_eq!(u.scheme, RemoteScheme::Ssh);
+        assert_eq!(u.host.as_deref(), Some("github.com"));
+        assert_eq!(u.user.as_deref(), Some("git"));
+        let u = parse_remote_url("ssh://[::1]:2200/srv/r").unwrap();
+        assert_eq!((u.host.as_deref(), u.port), (Some("::1"), Some(2200)));
+        assert_eq!(scheme("git+ssh://h/r"), Some(RemoteScheme::Ssh));
+        assert_eq!(scheme("host:r.git"), Some(RemoteScheme::Ssh));
+        assert_eq!(
+            scheme("http://127.0.0.1:8080/r.git"),
+            Some(RemoteScheme::Http)
+        );
+        assert_eq!(scheme("git://h/r.git"), Some(RemoteScheme::Git));
+        assert_eq!(scheme("file:///srv/r.git"), Some(RemoteScheme::File));
+        assert_eq!(
+            scheme("file://localhost/srv/r.git"),
+            Some(RemoteScheme::File)
+        );
+    }
+
+    #[test]
+    fn refused_urls_say_why() {
+        type Check = fn(&RemoteUrlError) -> bool;
+        let cases: &[(&str, Check)] = &[
+            ("", |e| matches!(e, RemoteUrlError::Empty)),
+            ("ftp://h/r", |e| matches!(e, RemoteUrlError::Scheme(_))),
+            ("ext::sh -c x", |e| {
+                matches!(e, RemoteUrlError::Whitespace(_))
+            }),
+            ("ext::cmd", |e| matches!(e, RemoteUrlError::Scheme(_))),
+            ("https://h/r x", |e| {
+                matches!(e, RemoteUrlError::Whitespace(_))
+            }),
+            ("https://h/\u{7f}", |e| {
+                matches!(e, RemoteUrlError::Whitespace(_))
+            }),
+            ("-oProxyCommand=x:r", |e| {
+                matches!(e, RemoteUrlError::LeadingDash(_))
+            }),
+            ("ssh://-oProxyCommand=x/r", |e| {
+                matches!(e, RemoteUrlError::NoHost(_))
+            }),
+            ("https:///r", |e| matches!(e, RemoteUrlError::NoHost(_))),
+            ("ssh://h:99999/r", |e| {
+                matches!(e, RemoteUrlError::BadPort(_))
+            }),
+            ("ssh://h:x/r", |e| matches!(e, RemoteUrlError::BadPort(_))),
+            ("/srv/r.git", |e| matches!(e, RemoteUrlError::NotAUrl(_))),
+            ("file://r.git", |e| matches!(e, RemoteUrlError::NotAUrl(_))),
+            ("not a url", |e| matches!(e, RemoteUrlError::Whitespace(_))),
+            ("host:", |e| matches!(e, RemoteUrlError::NoPath(_))),
+            ("../sibling.git", |e| {
+                matches!(e, RemoteUrlError::NotAUrl(_))
+            }),
+        ];
+        for (url, ok) in cases {
+            let e = parse_remote_url(url).unwrap_err();
+            assert!(ok(&e), "{url:?}: {e:?}");
+        }
+        assert!(parse_remote_url(&format!("https://h/{}", "a".repeat(2048))).is_err());
+    }
+
+    #[test]
+    fn the_shared_table_holds() {
+        for (url, ok) in REMOTE_URL_TABLE {
+            assert_eq!(parse_remote_url(url).is_ok(), *ok, "{url:?}");
+        }
+    }
+
+    #[test]
+    fn http_and_git_get_the_same_warning_and_the_others_none() {
+        let w = |u: &str| parse_remote_url(u).unwrap().warning();
+        let http = w("http://h/r").unwrap();
+        let git = w("git://h/r").unwrap();
+        assert_eq!(
+            http.replacen("http://", "", 1),
+            git.replacen("git://", "", 1)
+        );
+        assert!(http.contains("use https:// or ssh://"), "{http}");
+        for quiet in ["https://h/r", "ssh://h/r", "h:r", "file:///r"] {
+            assert_eq!(w(quiet), None, "{quiet}");
+        }
+    }
+
+    #[test]
+    fn credentials_in_the_url_are_reported() {
+        let u = parse_remote_url("https://bob:s3cret@h/r").unwrap();
+        assert_eq!(u.user.as_deref(), Some("bob"));
+        assert!(u.has_password);
+        assert!(!parse_remote_url("ssh://git@h/r").unwrap().has_password);
+    }
+
+    #[test]
+    fn same_server_needs_scheme_family_host_and_port() {
+        let p = |u: &str| parse_remote_url(u).unwrap();
+        assert!(p("https://h/a").same_server(&p("https://H/b")));
+        assert!(p("https://h/a").same_server(&p("http://h:443/b")));
+        assert!(!p("https://h/a").same_server(&p("https://h:8443/b")));
+        assert!(!p("https://h/a").same_server(&p("https://other/b")));
+        assert!(p("git@h:a").same_server(&p("ssh://h/b")));
+        assert!(!p("git@h:a").same_server(&p("https://h/b")));
+        assert!(!p("file:///a").same_server(&p("file:///b")));
+    }
+
+    #[test]
+    fn a_submodule_on_the_device_only_under_a_repository_on_the_device() {
+        let p = |u: &str| parse_remote_url(u).unwrap();
+        assert!(p("file:///a").allows_submodule(&p("file:///b")));
+        assert!(!p("https://h/a").allows_submodule(&p("file:///etc")));
+        assert!(p("https://h/a").allows_submodule(&p("git@h:b")));
+        assert!(p("https://h/a").allows_submodule(&p("http://h/b")));
     }
 }

@@ -1,6 +1,22 @@
 //! The git side: a bare mirror `repo.git` (init on first use, fetch after), resolving a ref or
-//! pinned commit, and checking a commit out into a temporary folder that
-//! [`super::releases::Releases::install`] renames into place.
+//! pinned commit, and checking a commit out — submodules included — into a temporary folder
+//! that [`super::releases::Releases::install`] renames into place.
+//!
+//! **What is fetched.** Only the ref being deployed (`refs/heads/X` and `refs/tags/X` for a
+//! short name, the ref itself for a full name such as `refs/pull/7/head`, or a full commit
+//! id), with a depth of 1 unless [`FetchRequest::full_history`] is set (`file://` repositories
+//! are always fetched whole: libgit2's local transport has no shallow fetch). A pinned commit
+//! that is not the ref's tip is then asked for by id, and at last with the ref's whole history.
+//! A ref the server no longer advertises is deleted from the mirror, so it is never deployed
+//! from a stale copy.
+//!
+//! **Submodules** are checked out recursively at the commits the superproject pins, each
+//! from its own bare mirror under `repo.git/hammer-modules/`, with the same URL rule as the
+//! repository ([`hammer_protocol::rules::parse_remote_url`]; `file://` only under a
+//! repository that is itself on the device), the same credentials only for the same server
+//! ([`hammer_protocol::rules::RemoteUrl::same_server`]), and relative URLs resolved against
+//! the superproject's. See [`checkout`] for attributes, LFS and the files shared with the
+//! previous release.
 //!
 //! Credentials come from [`GitCredentials`] through git2 callbacks: HTTPS user + token
 //! (`userpass_plaintext`), or an SSH private key from memory with the server's host key
@@ -9,33 +25,47 @@
 //! No credentials: public and `file://` repositories. Everything here blocks: call it from
 //! `spawn_blocking`. Messages never contain secrets; URLs have their userinfo redacted.
 
+pub mod checkout;
+pub mod submodules;
+
 use super::releases::{ReleaseError, Releases};
-use git2::build::CheckoutBuilder;
 use git2::{
-    AutotagOption, CertificateCheckStatus, Cred, CredentialType, FetchOptions, FetchPrune, Oid,
+    AutotagOption, CertificateCheckStatus, Cred, CredentialType, FetchOptions, Oid,
     RemoteCallbacks, Repository,
 };
+use hammer_protocol::rules::{parse_remote_url, RemoteScheme, RemoteUrl};
 use hammer_protocol::GitCredentials;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-const REFSPECS: &[&str] = &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
 /// Records (as a hash) which URL the mirror was fetched from.
 const URL_KEY: &str = "hammer.urlsha256";
+/// libgit2's depth that turns a shallow repository into a complete one.
+const UNSHALLOW: i32 = i32::MAX;
+/// Refspecs of a submodule whose pinned commit could not be fetched by id.
+const ALL_BRANCHES_AND_TAGS: [&str; 2] = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
     #[error("bad repository URL {0:?}: {1}")]
-    BadUrl(String, &'static str),
+    BadUrl(String, String),
     #[error("fetching {url} failed: {message}")]
     Fetch { url: String, message: String },
-    #[error("ref {0:?} not found in the repository (no such branch, tag or commit)")]
+    #[error("ref {0:?} not found on the server (no such branch, tag or ref): push it, or deploy a ref that `git ls-remote` lists")]
     RefNotFound(String),
-    #[error("commit {0} not found in the repository")]
-    CommitNotFound(String),
+    #[error("commit {commit} is not on the server under {git_ref:?} (fetched by id and with the ref's whole history): push it, or deploy the ref again so that it resolves anew")]
+    CommitNotFound { commit: String, git_ref: String },
     #[error("checking out {commit} failed: {message}")]
     Checkout { commit: String, message: String },
+    #[error("submodule {path} ({url}): {message}")]
+    Submodule {
+        path: String,
+        url: String,
+        message: String,
+    },
+    #[error("the repository uses Git LFS ({count} file(s) are LFS pointers, e.g. {example}) and the device manager does not fetch LFS objects: commit those files to git itself (`git lfs migrate export --include=PATTERN --everything`), or let the app download them at start")]
+    Lfs { count: usize, example: String },
     #[error("local mirror {path}: {message}")]
     Mirror { path: String, message: String },
     #[error(transparent)]
@@ -43,12 +73,48 @@ pub enum GitError {
 }
 
 /// What to fetch and check out.
+#[derive(Debug, Clone, Default)]
 pub struct FetchRequest {
     pub url: String,
     pub git_ref: String,
     /// A pinned commit: used instead of resolving `git_ref`.
     pub commit: Option<String>,
     pub credentials: Option<GitCredentials>,
+    /// Fetch the ref's whole history instead of its tip (the setup's `history: full`).
+    pub full_history: bool,
+    /// Hard-link files unchanged since the running release instead of writing them again:
+    /// only when the app runs as another user than the manager
+    /// ([`super::install::may_link`]), so it cannot write into a file two releases share.
+    pub share_unchanged: bool,
+}
+
+/// A remote and how to reach it.
+pub(crate) struct Remote<'a> {
+    pub url: &'a str,
+    pub parsed: RemoteUrl,
+    pub creds: Option<&'a GitCredentials>,
+}
+
+impl Remote<'_> {
+    /// The depth of a fetch: 1 (shallow) unless the whole history is wanted or the transport
+    /// is local; [`UNSHALLOW`] when the whole history is wanted in a shallow mirror.
+    fn depth(&self, repo: &Repository, full_history: bool) -> i32 {
+        fetch_depth(
+            self.parsed.scheme == RemoteScheme::File,
+            full_history,
+            repo.is_shallow(),
+        )
+    }
+}
+
+/// The fetch depth (0: everything) for a transport, a wish and the mirror's state.
+pub fn fetch_depth(local: bool, full_history: bool, mirror_shallow: bool) -> i32 {
+    match (local, full_history, mirror_shallow) {
+        (true, _, _) => 0,
+        (false, false, _) => 1,
+        (false, true, true) => UNSHALLOW,
+        (false, true, false) => 0,
+    }
 }
 
 /// Fetches (unless a pinned commit is already present), resolves, and checks out into
@@ -58,40 +124,195 @@ pub fn fetch_and_checkout(
     releases: &Releases,
     req: &FetchRequest,
 ) -> Result<String, GitError> {
-    let kind = classify_url(&req.url)?;
-    let repo = open_mirror(mirror, &req.url)?;
-    let pinned = match &req.commit {
-        Some(c) => Some(
-            Oid::from_str(c)
-                .ok()
-                .filter(|_| super::releases::is_commit_id(c))
-                .ok_or_else(|| GitError::CommitNotFound(c.clone()))?,
-        ),
-        None => None,
+    let remote = Remote {
+        url: &req.url,
+        parsed: classify_url(&req.url)?,
+        creds: req.credentials.as_ref(),
     };
-    let have_pinned = pinned.is_some_and(|oid| repo.find_commit(oid).is_ok());
-    if !have_pinned {
-        fetch(&repo, &req.url, kind, req.credentials.as_ref())?;
+    if let Some(warning) = remote.parsed.warning() {
+        tracing::warn!(url = %redact_url(&req.url), "{warning}");
     }
-    let oid = match pinned {
-        Some(oid) => {
-            repo.find_commit(oid)
-                .map_err(|_| GitError::CommitNotFound(oid.to_string()))?;
-            oid
-        }
-        None => resolve(&repo, &req.git_ref)?,
-    };
+    let repo = open_mirror(mirror, &req.url)?;
+    let oid = fetch_commit(&repo, &remote, req)?;
     let commit = oid.to_string();
     if releases.exists(&commit) {
         return Ok(commit);
     }
+    // Files unchanged since the running release are hard links to its files.
+    let previous = releases
+        .current()
+        .filter(|_| req.share_unchanged)
+        .and_then(|c| Oid::from_str(&c).ok().map(|oid| (releases.path(&c), oid)));
     let temp = releases.temp_path(&commit)?;
-    if let Err(e) = checkout(&repo, oid, &temp) {
+    let ctx = checkout::Context {
+        main: &remote.parsed,
+        creds: req.credentials.as_ref(),
+        modules_dir: mirror.join("hammer-modules"),
+        full_history: req.full_history,
+    };
+    let source = checkout::Source {
+        repo: &repo,
+        url: &req.url,
+        parsed: &remote.parsed,
+    };
+    let prev = previous.as_ref().map(|(dir, oid)| (dir.as_path(), *oid));
+    if let Err(e) = checkout::checkout_commit(&source, oid, &temp, prev, &ctx, 0) {
         let _ = std::fs::remove_dir_all(&temp);
         return Err(e);
     }
     releases.install(&temp, &commit)?;
     Ok(commit)
+}
+
+/// The local refs a ref name may be fetched into, in the order they win: a full ref name is
+/// itself; a short name is a branch, then a tag.
+pub fn ref_candidates(git_ref: &str) -> Vec<String> {
+    if git_ref.starts_with("refs/") {
+        vec![git_ref.to_string()]
+    } else {
+        vec![
+            format!("refs/heads/{git_ref}"),
+            format!("refs/tags/{git_ref}"),
+        ]
+    }
+}
+
+/// Fetches what `req` names into the mirror and answers its commit.
+fn fetch_commit(repo: &Repository, remote: &Remote, req: &FetchRequest) -> Result<Oid, GitError> {
+    let has = |oid: Oid| repo.find_commit(oid).is_ok();
+    let pinned = match &req.commit {
+        Some(c) => Some(
+            Oid::from_str(c)
+                .ok()
+                .filter(|_| super::releases::is_commit_id(c))
+                .ok_or_else(|| GitError::CommitNotFound {
+                    commit: c.clone(),
+                    git_ref: req.git_ref.clone(),
+                })?,
+        ),
+        None => None,
+    };
+    // A full history is wanted, and the mirror is shallow: fetch even a pinned commit's ref.
+    let deepen =
+        req.full_history && repo.is_shallow() && remote.parsed.scheme != RemoteScheme::File;
+    if let Some(pin) = pinned {
+        if has(pin) && !deepen {
+            return Ok(pin);
+        }
+    }
+    let depth = remote.depth(repo, req.full_history);
+    let candidates = ref_candidates(&req.git_ref);
+    let specs: Vec<String> = candidates.iter().map(|r| format!("+{r}:{r}")).collect();
+    let advertised = fetch(repo, remote, &specs, depth)?;
+    // A candidate the server does not advertise (any more) must not resolve from the mirror.
+    for name in candidates.iter().filter(|c| !advertised.contains(c)) {
+        if let Ok(mut reference) = repo.find_reference(name) {
+            let _ = reference.delete();
+        }
+    }
+    let tip = candidates
+        .iter()
+        .filter(|c| advertised.contains(c))
+        .find_map(|name| {
+            let reference = repo.find_reference(name).ok()?;
+            reference.peel_to_commit().ok().map(|c| c.id())
+        });
+    let Some(pin) = pinned else {
+        if let Some(tip) = tip {
+            return Ok(tip);
+        }
+        return resolve_commit_id(repo, remote, &req.git_ref, depth);
+    };
+    if has(pin) {
+        return Ok(pin);
+    }
+    // Not the ref's tip (the branch moved on since the deployment was made): ask for it by id,
+    // then for the ref's whole history.
+    if fetch(repo, remote, &[pin.to_string()], depth).is_ok() && has(pin) {
+        return Ok(pin);
+    }
+    if depth != 0 && tip.is_some() {
+        fetch(repo, remote, &specs, UNSHALLOW)?;
+        if has(pin) {
+            return Ok(pin);
+        }
+    }
+    Err(GitError::CommitNotFound {
+        commit: pin.to_string(),
+        git_ref: req.git_ref.clone(),
+    })
+}
+
+/// A ref no server ref matched: a full commit id is fetched by id; an abbreviated one is
+/// looked up in the mirror (what earlier deployments fetched).
+fn resolve_commit_id(
+    repo: &Repository,
+    remote: &Remote,
+    git_ref: &str,
+    depth: i32,
+) -> Result<Oid, GitError> {
+    let not_found = || GitError::RefNotFound(git_ref.to_string());
+    if super::releases::is_commit_id(git_ref) {
+        let oid = Oid::from_str(git_ref).map_err(|_| not_found())?;
+        if repo.find_commit(oid).is_err() {
+            let _ = fetch(repo, remote, &[oid.to_string()], depth);
+        }
+        return repo
+            .find_commit(oid)
+            .map(|c| c.id())
+            .map_err(|_| not_found());
+    }
+    let hex = git_ref.len() >= 7 && git_ref.bytes().all(|b| b.is_ascii_hexdigit());
+    if hex {
+        if let Ok(obj) = repo.revparse_single(git_ref) {
+            if let Ok(c) = obj.peel_to_commit() {
+                return Ok(c.id());
+            }
+        }
+    }
+    Err(not_found())
+}
+
+/// Makes sure `oid` is in `repo` (a submodule's mirror): fetched by id, else with every
+/// branch and tag. The message of the last failure when it is not found.
+pub(crate) fn ensure_commit(
+    repo: &Repository,
+    remote: &Remote,
+    oid: Oid,
+    full_history: bool,
+) -> Result<(), String> {
+    let has = |oid: Oid| repo.find_commit(oid).is_ok();
+    if has(oid) {
+        return Ok(());
+    }
+    let depth = remote.depth(repo, full_history);
+    let mut last = match fetch(repo, remote, &[oid.to_string()], depth) {
+        Ok(_) if has(oid) => return Ok(()),
+        Ok(_) => None,
+        Err(e) => Some(e),
+    };
+    let specs: Vec<String> = ALL_BRANCHES_AND_TAGS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let whole = if remote.parsed.scheme == RemoteScheme::File || !repo.is_shallow() {
+        0
+    } else {
+        UNSHALLOW
+    };
+    match fetch(repo, remote, &specs, whole) {
+        Ok(_) if has(oid) => return Ok(()),
+        Ok(_) => {}
+        Err(e) => last = Some(e),
+    }
+    Err(match last {
+        Some(GitError::Fetch { message, .. }) => {
+            format!("fetching commit {oid} failed: {message}")
+        }
+        _ => format!(
+            "commit {oid} is not on its server (asked for by id and in every branch and tag): push it to the submodule's repository"
+        ),
+    })
 }
 
 /// The kinds of repository URL accepted.
@@ -103,47 +324,20 @@ pub enum UrlKind {
     File,
 }
 
-/// Checks the URL's form (no network).
-pub fn classify_url(url: &str) -> Result<UrlKind, GitError> {
-    let bad = |why| GitError::BadUrl(redact_url(url), why);
-    if url.trim().is_empty() {
-        return Err(bad("it is empty"));
-    }
-    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(bad("it contains whitespace"));
-    }
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let authority = rest.split('/').next().unwrap_or("");
-        let host_port = authority.rsplit('@').next().unwrap_or("");
-        return match scheme {
-            "https" | "http" | "git" if host_port.is_empty() => Err(bad("it has no host")),
-            "https" | "http" => Ok(UrlKind::Http),
-            "git" => Ok(UrlKind::Git),
-            "ssh" | "git+ssh" | "ssh+git" => {
-                let port = match host_port.rsplit_once(':') {
-                    Some((_, p)) if !host_port.ends_with(']') => {
-                        p.parse().map_err(|_| bad("its port is not a number"))?
-                    }
-                    _ => 22,
-                };
-                if host_port.is_empty() {
-                    return Err(bad("it has no host"));
-                }
-                Ok(UrlKind::Ssh { port })
-            }
-            "file" => Ok(UrlKind::File),
-            _ => Err(bad("the scheme is not one of https, http, ssh, git, file")),
-        };
-    }
-    if url.starts_with('/') {
-        return Ok(UrlKind::File);
-    }
-    // scp-style: [user@]host:path
-    match url.split_once(':') {
-        Some((host, path)) if !host.is_empty() && !host.contains('/') && !path.is_empty() => {
-            Ok(UrlKind::Ssh { port: 22 })
-        }
-        _ => Err(bad("not a URL, scp-style address or absolute path")),
+/// Checks the URL by the one rule for remotes ([`parse_remote_url`], also the service's).
+pub fn classify_url(url: &str) -> Result<RemoteUrl, GitError> {
+    parse_remote_url(url).map_err(|e| GitError::BadUrl(redact_url(url), e.to_string()))
+}
+
+/// The [`UrlKind`] of a checked URL.
+pub fn url_kind(parsed: &RemoteUrl) -> UrlKind {
+    match parsed.scheme {
+        RemoteScheme::Https | RemoteScheme::Http => UrlKind::Http,
+        RemoteScheme::Ssh => UrlKind::Ssh {
+            port: parsed.port.unwrap_or(22),
+        },
+        RemoteScheme::Git => UrlKind::Git,
+        RemoteScheme::File => UrlKind::File,
     }
 }
 
@@ -186,12 +380,12 @@ pub fn redact(text: &str, creds: Option<&GitCredentials>) -> String {
     out
 }
 
-fn url_hash(url: &str) -> String {
+pub(crate) fn url_hash(url: &str) -> String {
     hex::encode(Sha256::digest(url.as_bytes()))
 }
 
 /// Opens the mirror, or (re)creates it when missing, broken or fetched from another URL.
-fn open_mirror(path: &Path, url: &str) -> Result<Repository, GitError> {
+pub(crate) fn open_mirror(path: &Path, url: &str) -> Result<Repository, GitError> {
     let want = url_hash(url);
     if let Ok(repo) = Repository::open_bare(path) {
         let same = repo
@@ -229,23 +423,32 @@ fn temp_sibling(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Fetches `refspecs` at `depth` (0: everything; tags are not followed). Answers the names of
+/// the refs the server advertised.
 fn fetch(
     repo: &Repository,
-    url: &str,
-    kind: UrlKind,
-    creds: Option<&GitCredentials>,
-) -> Result<(), GitError> {
+    remote: &Remote,
+    refspecs: &[String],
+    depth: i32,
+) -> Result<Vec<String>, GitError> {
     let problem: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
     let mut callbacks = RemoteCallbacks::new();
-    install_credentials(&mut callbacks, creds, problem.clone());
-    install_host_check(&mut callbacks, creds, kind, problem.clone());
+    install_credentials(&mut callbacks, remote.creds, problem.clone());
+    install_host_check(
+        &mut callbacks,
+        remote.creds,
+        url_kind(&remote.parsed),
+        problem.clone(),
+    );
     let mut opts = FetchOptions::new();
     opts.remote_callbacks(callbacks)
-        .prune(FetchPrune::On)
-        .download_tags(AutotagOption::All);
-    let result = repo
-        .remote_anonymous(url)
-        .and_then(|mut remote| remote.fetch(REFSPECS, Some(&mut opts), None));
+        .download_tags(AutotagOption::None)
+        .depth(depth);
+    let result = repo.remote_anonymous(remote.url).and_then(|mut r| {
+        r.fetch(refspecs, Some(&mut opts), None)?;
+        let names = r.list()?.iter().map(|h| h.name().to_string()).collect();
+        Ok(names)
+    });
     result.map_err(|e| {
         let ours = problem.lock().ok().and_then(|p| p.clone());
         let message = match ours {
@@ -253,8 +456,8 @@ fn fetch(
             None => e.message().to_string(),
         };
         GitError::Fetch {
-            url: redact_url(url),
-            message: redact(&message, creds),
+            url: redact_url(remote.url),
+            message: redact(&message, remote.creds),
         }
     })
 }
@@ -411,57 +614,6 @@ fn base64(data: &[u8]) -> String {
     out
 }
 
-/// Resolves a branch, tag, full ref name or (abbreviated) commit id to a commit.
-fn resolve(repo: &Repository, git_ref: &str) -> Result<Oid, GitError> {
-    let not_found = || GitError::RefNotFound(git_ref.to_string());
-    let candidates: Vec<String> = if git_ref.starts_with("refs/") {
-        vec![git_ref.to_string()]
-    } else {
-        vec![
-            format!("refs/heads/{git_ref}"),
-            format!("refs/tags/{git_ref}"),
-        ]
-    };
-    for name in &candidates {
-        if let Ok(reference) = repo.find_reference(name) {
-            return reference
-                .peel_to_commit()
-                .map(|c| c.id())
-                .map_err(|_| not_found());
-        }
-    }
-    let hex = git_ref.len() >= 7 && git_ref.bytes().all(|b| b.is_ascii_hexdigit());
-    if hex {
-        if let Ok(obj) = repo.revparse_single(git_ref) {
-            if let Ok(c) = obj.peel_to_commit() {
-                return Ok(c.id());
-            }
-        }
-    }
-    Err(not_found())
-}
-
-fn checkout(repo: &Repository, oid: Oid, target: &Path) -> Result<(), GitError> {
-    let err = |e: git2::Error| GitError::Checkout {
-        commit: oid.to_string(),
-        message: e.message().to_string(),
-    };
-    let commit = repo.find_commit(oid).map_err(err)?;
-    let tree = commit.tree().map_err(err)?;
-    std::fs::create_dir_all(target).map_err(|e| GitError::Checkout {
-        commit: oid.to_string(),
-        message: e.to_string(),
-    })?;
-    let mut builder = CheckoutBuilder::new();
-    builder
-        .target_dir(target)
-        .force()
-        .recreate_missing(true)
-        .update_index(false);
-    repo.checkout_tree(tree.as_object(), Some(&mut builder))
-        .map_err(err)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -478,19 +630,40 @@ mod tests {
 
     #[test]
     fn classifies_urls() {
-        assert_eq!(classify_url("https://h/r.git").ok(), Some(UrlKind::Http));
+        let kind = |u: &str| classify_url(u).ok().map(|p| url_kind(&p));
+        assert_eq!(kind("https://h/r.git"), Some(UrlKind::Http));
         assert_eq!(
-            classify_url("ssh://git@h:2222/r").ok(),
+            kind("ssh://git@h:2222/r"),
             Some(UrlKind::Ssh { port: 2222 })
         );
         assert_eq!(
-            classify_url("git@github.com:o/r.git").ok(),
+            kind("git@github.com:o/r.git"),
             Some(UrlKind::Ssh { port: 22 })
         );
-        assert_eq!(classify_url("file:///tmp/r").ok(), Some(UrlKind::File));
+        assert_eq!(kind("file:///tmp/r"), Some(UrlKind::File));
         assert!(classify_url("").is_err());
         assert!(classify_url("ftp://h/r").is_err());
         assert!(classify_url("not a url").is_err());
+    }
+
+    #[test]
+    fn a_short_ref_is_a_branch_then_a_tag_and_a_full_ref_itself() {
+        assert_eq!(
+            ref_candidates("main"),
+            ["refs/heads/main", "refs/tags/main"]
+        );
+        assert_eq!(ref_candidates("refs/pull/7/head"), ["refs/pull/7/head"]);
+        assert_eq!(ref_candidates("refs/tags/v1"), ["refs/tags/v1"]);
+    }
+
+    #[test]
+    fn shallow_unless_local_or_full_history_is_wanted() {
+        assert_eq!(fetch_depth(false, false, false), 1);
+        assert_eq!(fetch_depth(false, false, true), 1);
+        assert_eq!(fetch_depth(false, true, false), 0);
+        assert_eq!(fetch_depth(false, true, true), UNSHALLOW);
+        assert_eq!(fetch_depth(true, false, false), 0);
+        assert_eq!(fetch_depth(true, true, true), 0);
     }
 
     #[test]

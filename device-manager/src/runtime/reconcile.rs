@@ -403,6 +403,8 @@ impl Reconciler {
             git_ref: desired.git_ref.clone(),
             commit: desired.commit.clone(),
             credentials: creds,
+            full_history: false,
+            share_unchanged: install::may_link(self.user.as_ref()),
         };
         // Release folders kept from earlier deployments: an install starts from a fresh
         // checkout instead of one of them.
@@ -1187,6 +1189,8 @@ fn prepare_stage(
                     git_ref: commit.to_string(),
                     commit: Some(commit.to_string()),
                     credentials: None,
+                    full_history: false,
+                    share_unchanged: link,
                 };
                 git::fetch_and_checkout(mirror, releases, &request)
                     .map_err(|e| git::redact(&e.to_string(), None))?;

@@ -9,5 +9,6 @@ mod runtime_support;
 mod app_user_migration;
 mod runtime_credentials;
 mod runtime_deploy;
+mod runtime_git;
 mod runtime_install;
 mod runtime_recovery;

@@ -2,6 +2,8 @@
 //! CLI, desired states, and finding the test's app processes in /proc.
 #![allow(dead_code)]
 
+pub mod git_http;
+
 use hammer_manager::runtime::layout::Layout;
 use hammer_manager::runtime::{self, Input, Report, ReportSink, RuntimeHandle, RuntimeOptions};
 use hammer_protocol::{DesiredState, GitCredentials, Phase, RunState};

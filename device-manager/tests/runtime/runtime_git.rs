@@ -1,0 +1,511 @@
+//! The git side against real repositories made by the `git` CLI: submodules (nested, updated
+//! between releases, over HTTP with credentials, hostile or missing), lean mirrors (shallow vs
+//! whole history, pull refs and tags), files shared between releases, LFS pointers,
+//! `.gitattributes` line endings, and the one rule for repository URLs.
+
+use crate::runtime_support::git_http::http_git_server;
+use crate::runtime_support::*;
+use hammer_manager::runtime::git::{self, FetchRequest, GitError};
+use hammer_manager::runtime::releases::Releases;
+use hammer_protocol::GitCredentials;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// A temp dir with a mirror path and an app dir.
+struct Place {
+    tmp: tempfile::TempDir,
+}
+
+impl Place {
+    fn new() -> Place {
+        Place {
+            tmp: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn path(&self, p: &str) -> PathBuf {
+        self.tmp.path().join(p)
+    }
+    fn mirror(&self) -> PathBuf {
+        self.path("data/repo.git")
+    }
+    fn releases(&self) -> Releases {
+        Releases::new(&self.path("apps"))
+    }
+    /// Fetches and checks out `git_ref` of `url` and makes it `current`.
+    fn deploy(&self, url: &str, git_ref: &str) -> Result<String, GitError> {
+        self.deploy_with(FetchRequest {
+            url: url.into(),
+            git_ref: git_ref.into(),
+            share_unchanged: true,
+            ..FetchRequest::default()
+        })
+    }
+    fn deploy_with(&self, req: FetchRequest) -> Result<String, GitError> {
+        std::fs::create_dir_all(self.path("data")).unwrap();
+        let commit = git::fetch_and_checkout(&self.mirror(), &self.releases(), &req)?;
+        self.releases().set_current(&commit).unwrap();
+        Ok(commit)
+    }
+    fn release(&self, commit: &str) -> PathBuf {
+        self.releases().path(commit)
+    }
+}
+
+fn write(dir: &Path, rel: &str, content: &[u8]) {
+    let path = dir.join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, content).unwrap();
+}
+
+fn commit_all(dir: &Path, message: &str) -> String {
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", message]);
+    git(dir, &["rev-parse", "HEAD"])
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `git submodule add` of a local repository (file transport allowed for the test only).
+fn submodule_add(dir: &Path, url: &str, path: &str) {
+    git(
+        dir,
+        &[
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "add",
+            "-q",
+            url,
+            path,
+        ],
+    );
+}
+
+fn bump_submodule(dir: &Path, path: &str) {
+    let sub = dir.join(path);
+    git(
+        &sub,
+        &[
+            "-c",
+            "protocol.file.allow=always",
+            "pull",
+            "-q",
+            "origin",
+            "main",
+        ],
+    );
+}
+
+#[test]
+fn nested_submodules_are_checked_out_at_their_pinned_commits_and_follow_an_update() {
+    let p = Place::new();
+    let deep = Repo::new(p.path("deep"));
+    write(&deep.dir, "deep.txt", b"deep v1\n");
+    commit_all(&deep.dir, "deep v1");
+    let lib = Repo::new(p.path("lib"));
+    write(&lib.dir, "lib.txt", b"lib v1\n");
+    commit_all(&lib.dir, "lib v1");
+    submodule_add(&lib.dir, &deep.url(), "vendor/deep");
+    commit_all(&lib.dir, "lib with deep");
+    let app = Repo::new(p.path("app"));
+    write(&app.dir, "app.txt", b"app\n");
+    commit_all(&app.dir, "app");
+    submodule_add(&app.dir, &lib.url(), "lib");
+    let c1 = commit_all(&app.dir, "app with lib");
+
+    assert_eq!(p.deploy(&app.url(), "main").unwrap(), c1);
+    let r1 = p.release(&c1);
+    assert_eq!(read(&r1.join("app.txt")), "app\n");
+    assert_eq!(read(&r1.join("lib/lib.txt")), "lib v1\n");
+    assert_eq!(read(&r1.join("lib/vendor/deep/deep.txt")), "deep v1\n");
+    assert!(
+        !r1.join("lib/.git").exists(),
+        "no git metadata in a release"
+    );
+
+    // The submodule moves on; the superproject pins the new commit.
+    write(&lib.dir, "lib.txt", b"lib v2\n");
+    commit_all(&lib.dir, "lib v2");
+    bump_submodule(&app.dir, "lib");
+    let c2 = commit_all(&app.dir, "app with lib v2");
+    assert_eq!(p.deploy(&app.url(), "main").unwrap(), c2);
+    let r2 = p.release(&c2);
+    assert_eq!(read(&r2.join("lib/lib.txt")), "lib v2\n");
+    assert_eq!(read(&r2.join("lib/vendor/deep/deep.txt")), "deep v1\n");
+    // The first release is intact, and the unchanged files of the second are its files.
+    assert_eq!(read(&r1.join("lib/lib.txt")), "lib v1\n");
+    let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+    assert_eq!(ino(&r1.join("app.txt")), ino(&r2.join("app.txt")));
+    assert_eq!(
+        ino(&r1.join("lib/vendor/deep/deep.txt")),
+        ino(&r2.join("lib/vendor/deep/deep.txt"))
+    );
+    assert_ne!(ino(&r1.join("lib/lib.txt")), ino(&r2.join("lib/lib.txt")));
+}
+
+/// Writes a gitlink at `path` pinned to `commit` and the given `.gitmodules`, and commits.
+fn commit_gitlink(repo: &Repo, path: &str, commit: &str, gitmodules: &str) -> String {
+    write(&repo.dir, ".gitmodules", gitmodules.as_bytes());
+    git(
+        &repo.dir,
+        &[
+            "update-index",
+            "--add",
+            "--cacheinfo",
+            &format!("160000,{commit},{path}"),
+        ],
+    );
+    git(&repo.dir, &["add", ".gitmodules"]);
+    git(&repo.dir, &["commit", "-q", "-m", "gitlink"]);
+    git(&repo.dir, &["rev-parse", "HEAD"])
+}
+
+#[test]
+fn a_gitmodules_path_that_leaves_the_repository_is_refused() {
+    let p = Place::new();
+    let lib = Repo::new(p.path("lib"));
+    let lc = lib.commit_app(GOOD_APP, true, "lib");
+    let app = Repo::new(p.path("app"));
+    app.commit_app(GOOD_APP, true, "app");
+    let gm = format!(
+        "[submodule \"evil\"]\n\tpath = ../../etc\n\turl = {}\n[submodule \"lib\"]\n\tpath = lib\n\turl = {}\n",
+        lib.url(),
+        lib.url()
+    );
+    commit_gitlink(&app, "lib", &lc, &gm);
+    let e = p.deploy(&app.url(), "main").unwrap_err().to_string();
+    assert!(
+        e.contains("evil") && e.contains("leaves the repository"),
+        "{e}"
+    );
+    assert!(!p.path("apps/releases").read_dir().unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .len()
+        == 40));
+}
+
+#[test]
+fn a_submodule_that_cannot_be_fetched_is_named() {
+    let p = Place::new();
+    let app = Repo::new(p.path("app"));
+    let lc = app.commit_app(GOOD_APP, true, "app");
+    let gm = format!(
+        "[submodule \"gone\"]\n\tpath = vendor/gone\n\turl = file://{}\n",
+        p.path("no-such-repo").display()
+    );
+    commit_gitlink(&app, "vendor/gone", &lc, &gm);
+    let e = p.deploy(&app.url(), "main").unwrap_err();
+    assert!(matches!(e, GitError::Submodule { .. }), "{e:?}");
+    let e = e.to_string();
+    assert!(e.starts_with("submodule vendor/gone ("), "{e}");
+}
+
+#[test]
+fn submodules_over_http_use_the_credentials_of_the_same_server_and_relative_urls() {
+    let p = Place::new();
+    let root = p.path("served");
+    std::fs::create_dir_all(&root).unwrap();
+    let lib = Repo::new(p.path("lib"));
+    write(&lib.dir, "lib.txt", b"one\n");
+    let old = commit_all(&lib.dir, "one");
+    write(&lib.dir, "lib.txt", b"two\n");
+    commit_all(&lib.dir, "two");
+    let app = Repo::new(p.path("app"));
+    app.commit_app(GOOD_APP, true, "app");
+    // Pinned to a commit that is not the tip of any branch: fetched by id is refused by
+    // this server (no allowReachableSHA1InWant), so every branch is fetched.
+    let c = commit_gitlink(
+        &app,
+        "lib",
+        &old,
+        "[submodule \"lib\"]\n\tpath = lib\n\turl = ../lib.git\n",
+    );
+    for (src, name) in [(&app.dir, "app.git"), (&lib.dir, "lib.git")] {
+        let src = src.display().to_string();
+        git(&root, &["clone", "-q", "--bare", &src, name]);
+    }
+    let (_server, port) = http_git_server(&root, "deploy", "s3cret");
+    let creds = GitCredentials::Https {
+        username: "deploy".into(),
+        token: "s3cret".into(),
+    };
+    let req = FetchRequest {
+        url: format!("http://127.0.0.1:{port}/app.git"),
+        git_ref: "main".into(),
+        credentials: Some(creds),
+        ..FetchRequest::default()
+    };
+    assert_eq!(p.deploy_with(req.clone()).unwrap(), c);
+    assert_eq!(read(&p.release(&c).join("lib/lib.txt")), "one\n");
+
+    // The same submodule on another server (localhost is not 127.0.0.1): no credentials.
+    let p2 = Place::new();
+    let app2 = Repo::new(p2.path("app"));
+    app2.commit_app(GOOD_APP, true, "app");
+    let gm =
+        format!("[submodule \"lib\"]\n\tpath = lib\n\turl = http://localhost:{port}/lib.git\n");
+    let c2 = commit_gitlink(&app2, "lib", &old, &gm);
+    git(
+        &root,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &app2.dir.display().to_string(),
+            "app2.git",
+        ],
+    );
+    let e = p2
+        .deploy_with(FetchRequest {
+            url: format!("http://127.0.0.1:{port}/app2.git"),
+            ..req.clone()
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("submodule lib") && e.contains("no git credentials"),
+        "{e} ({c2})"
+    );
+    assert!(!e.contains("s3cret"), "{e}");
+
+    // A file:// submodule under a repository fetched over the network is refused.
+    let p3 = Place::new();
+    let app3 = Repo::new(p3.path("app"));
+    app3.commit_app(GOOD_APP, true, "app");
+    let gm = format!("[submodule \"lib\"]\n\tpath = lib\n\turl = {}\n", lib.url());
+    commit_gitlink(&app3, "lib", &old, &gm);
+    git(
+        &root,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &app3.dir.display().to_string(),
+            "app3.git",
+        ],
+    );
+    let e = p3
+        .deploy_with(FetchRequest {
+            url: format!("http://127.0.0.1:{port}/app3.git"),
+            ..req
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("file:// submodule") && e.contains("refused"),
+        "{e}"
+    );
+}
+
+/// Bytes of every file under `dir`.
+fn du(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let m = e.metadata().unwrap();
+        total += if m.is_dir() { du(&e.path()) } else { m.len() };
+    }
+    total
+}
+
+/// Incompressible bytes (xorshift), different for each seed.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_shallow_mirror_is_much_smaller_than_the_whole_history_and_any_advertised_ref_deploys() {
+    let p = Place::new();
+    let src = Repo::new(p.path("src"));
+    for i in 0..30 {
+        write(&src.dir, "data.bin", &noise(i, 64 * 1024));
+        commit_all(&src.dir, &format!("c{i}"));
+    }
+    let tip = git(&src.dir, &["rev-parse", "HEAD"]);
+    let first = git(&src.dir, &["rev-list", "--max-parents=0", "HEAD"]);
+    git(&src.dir, &["tag", "-a", "-m", "v1", "v1", &first]);
+    let root = p.path("served");
+    std::fs::create_dir_all(&root).unwrap();
+    git(
+        &root,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &src.dir.display().to_string(),
+            "app.git",
+        ],
+    );
+    let served = root.join("app.git");
+    // A pull request's head, only under refs/pull/.
+    write(&src.dir, "pr.txt", b"pull request 7\n");
+    let pr = commit_all(&src.dir, "pr");
+    git(
+        &src.dir,
+        &[
+            "push",
+            "-q",
+            &served.display().to_string(),
+            "HEAD:refs/pull/7/head",
+        ],
+    );
+    git(&src.dir, &["reset", "-q", "--hard", &tip]);
+    let (_server, port) = http_git_server(&root, "", "");
+    let url = format!("http://127.0.0.1:{port}/app.git");
+
+    let shallow = Place::new();
+    assert_eq!(shallow.deploy(&url, "main").unwrap(), tip);
+    let full = Place::new();
+    let req = FetchRequest {
+        url: url.clone(),
+        git_ref: "main".into(),
+        full_history: true,
+        ..FetchRequest::default()
+    };
+    assert_eq!(full.deploy_with(req).unwrap(), tip);
+    let (s, f) = (du(&shallow.mirror()), du(&full.mirror()));
+    eprintln!("mirror bytes: shallow {s}, full {f}");
+    assert!(s * 5 < f, "shallow {s} vs full {f}");
+
+    // A pull ref, an annotated tag (its commit), a full commit id, each into the shallow
+    // mirror.
+    assert_eq!(shallow.deploy(&url, "refs/pull/7/head").unwrap(), pr);
+    assert_eq!(
+        read(&shallow.release(&pr).join("pr.txt")),
+        "pull request 7\n"
+    );
+    assert_eq!(shallow.deploy(&url, "v1").unwrap(), first);
+    assert_eq!(shallow.deploy(&url, "refs/tags/v1").unwrap(), first);
+    let e = shallow.deploy(&url, "refs/pull/8/head").unwrap_err();
+    assert!(matches!(e, GitError::RefNotFound(_)), "{e:?}");
+    // A pinned commit that is no branch's tip any more: fetched by id or with the history.
+    let middle = git(&src.dir, &["rev-parse", "HEAD~3"]);
+    let pinned = FetchRequest {
+        url: url.clone(),
+        git_ref: "main".into(),
+        commit: Some(middle.clone()),
+        ..FetchRequest::default()
+    };
+    assert_eq!(shallow.deploy_with(pinned).unwrap(), middle);
+
+    // A branch deleted on the server is not deployed from the mirror's old copy.
+    git(&served, &["branch", "gone", &tip]);
+    assert_eq!(shallow.deploy(&url, "gone").unwrap(), tip);
+    git(&served, &["branch", "-D", "gone"]);
+    let e = shallow.deploy(&url, "gone").unwrap_err();
+    assert!(matches!(e, GitError::RefNotFound(_)), "{e:?}");
+}
+
+#[test]
+fn unchanged_files_are_hard_links_to_the_running_release_which_stays_intact() {
+    let p = Place::new();
+    let src = Repo::new(p.path("src"));
+    write(&src.dir, "big.bin", &noise(1, 256 * 1024));
+    write(&src.dir, "dir/same.txt", b"same\n");
+    write(&src.dir, "changes.txt", b"v1\n");
+    let c1 = commit_all(&src.dir, "v1");
+    write(&src.dir, "changes.txt", b"v2\n");
+    let c2 = commit_all(&src.dir, "v2");
+    p.deploy(&src.url(), &c1).unwrap();
+    p.deploy(&src.url(), "main").unwrap();
+    let (r1, r2) = (p.release(&c1), p.release(&c2));
+    let meta = |p: PathBuf| std::fs::metadata(p).unwrap();
+    for same in ["big.bin", "dir/same.txt"] {
+        assert_eq!(
+            meta(r1.join(same)).ino(),
+            meta(r2.join(same)).ino(),
+            "{same}"
+        );
+        assert_eq!(meta(r2.join(same)).nlink(), 2, "{same}");
+    }
+    assert_ne!(
+        meta(r1.join("changes.txt")).ino(),
+        meta(r2.join("changes.txt")).ino()
+    );
+    assert_eq!(read(&r1.join("changes.txt")), "v1\n");
+    assert_eq!(read(&r2.join("changes.txt")), "v2\n");
+
+    // Not shared when the app could write into the files (it runs as the manager's user).
+    let q = Place::new();
+    let req = |git_ref: &str| FetchRequest {
+        url: src.url(),
+        git_ref: git_ref.into(),
+        share_unchanged: false,
+        ..FetchRequest::default()
+    };
+    q.deploy_with(req(&c1)).unwrap();
+    q.deploy_with(req("main")).unwrap();
+    assert_eq!(meta(q.release(&c2).join("big.bin")).nlink(), 1);
+}
+
+#[test]
+fn an_lfs_pointer_fails_the_deployment_with_what_to_do() {
+    let p = Place::new();
+    let src = Repo::new(p.path("src"));
+    write(
+        &src.dir,
+        ".gitattributes",
+        b"*.bin filter=lfs diff=lfs merge=lfs -text\n",
+    );
+    write(&src.dir, "start.sh", b"#!/bin/sh\n");
+    // A file that merely looks like a pointer, without the attribute, is a file.
+    let pointer = b"version https://git-lfs.github.com/spec/v1\noid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 12345\n";
+    write(&src.dir, "doc/pointer-example.txt", pointer);
+    let ok = commit_all(&src.dir, "no lfs file yet");
+    assert_eq!(p.deploy(&src.url(), "main").unwrap(), ok);
+    write(&src.dir, "assets/model.bin", pointer);
+    commit_all(&src.dir, "lfs");
+    let e = p.deploy(&src.url(), "main").unwrap_err();
+    assert!(matches!(e, GitError::Lfs { count: 1, .. }), "{e:?}");
+    let e = e.to_string();
+    assert!(
+        e.contains("Git LFS") && e.contains("assets/model.bin") && e.contains("git lfs migrate"),
+        "{e}"
+    );
+}
+
+#[test]
+fn gitattributes_line_endings_are_applied_as_git_checkout_does() {
+    let p = Place::new();
+    let src = Repo::new(p.path("src"));
+    write(
+        &src.dir,
+        ".gitattributes",
+        b"crlf.txt text eol=crlf\nlf.txt text eol=lf\nraw.txt -text\nauto/* text=auto eol=crlf\n",
+    );
+    for f in ["crlf.txt", "lf.txt", "raw.txt", "plain.txt", "auto/t.txt"] {
+        write(&src.dir, f, b"a\nb\n");
+    }
+    write(&src.dir, "auto/b.bin", b"a\n\0b\n");
+    write(&src.dir, "sub/.gitattributes", b"*.bat text eol=crlf\n");
+    write(&src.dir, "sub/x.bat", b"echo\n");
+    let c = commit_all(&src.dir, "attributes");
+    p.deploy(&src.url(), "main").unwrap();
+    let r = p.release(&c);
+    let bytes = |f: &str| std::fs::read(r.join(f)).unwrap();
+    assert_eq!(bytes("crlf.txt"), b"a\r\nb\r\n");
+    assert_eq!(bytes("lf.txt"), b"a\nb\n");
+    assert_eq!(bytes("raw.txt"), b"a\nb\n");
+    assert_eq!(bytes("plain.txt"), b"a\nb\n");
+    assert_eq!(bytes("auto/t.txt"), b"a\r\nb\r\n");
+    assert_eq!(bytes("auto/b.bin"), b"a\n\0b\n", "binary: left alone");
+    assert_eq!(bytes("sub/x.bat"), b"echo\r\n");
+}
+
+#[test]
+fn the_manager_accepts_exactly_the_urls_of_the_shared_table() {
+    for (url, ok) in hammer_protocol::rules::REMOTE_URL_TABLE {
+        assert_eq!(git::classify_url(url).is_ok(), *ok, "{url:?}");
+    }
+}
