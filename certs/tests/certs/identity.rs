@@ -1,7 +1,7 @@
 //! Issuing certificates and reading identities back: CSR round trip, what the CA refuses to
 //! copy from a CSR, and every way a client certificate is refused.
 
-mod common;
+use crate::common;
 
 use std::time::SystemTime;
 

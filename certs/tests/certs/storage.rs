@@ -1,6 +1,6 @@
 //! CA files on disk, revocation persistence and the signed CRL.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

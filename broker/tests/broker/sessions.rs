@@ -1,7 +1,7 @@
 //! Session semantics the front door provides on top of rumqttd's router: wills, takeover by a
 //! new connection of the same identity, persistent sessions, keep-alive. Real TLS, loopback.
 
-mod common;
+use crate::common;
 
 use common::*;
 use hammer_protocol::topics::{topic, Channel};

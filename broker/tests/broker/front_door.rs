@@ -1,6 +1,6 @@
 //! End-to-end tests of the front door: real TLS, real rumqttc clients, loopback only.
 
-mod common;
+use crate::common;
 
 use common::*;
 use hammer_broker::{ConnectionEvent, RefusalReason};

@@ -2,7 +2,7 @@
 //! `mosquitto-clients`) with a device certificate gets exactly the device ACL. Skipped, with a
 //! message, when the tools are not on PATH.
 
-mod common;
+use crate::common;
 
 use common::*;
 use hammer_protocol::topics::{topic, Channel};

@@ -1,6 +1,6 @@
 //! Real TLS handshakes over loopback with the configurations from `hammer_certs::tls`.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
