@@ -26,6 +26,7 @@
 //!   They are indexed by owner and creation time, so a user's list reads only their records.
 //! - Lists are pages: at most [`hammer_protocol::api::MAX_PAGE_LIMIT`] records per request.
 
+pub mod pg;
 pub mod sled;
 
 use hammer_protocol::api::{DeploymentState, DeviceState, SetupView, Strategy, TargetState};

@@ -1,0 +1,562 @@
+//! The PostgreSQL implementation of [`Store`] (`hammer serve --database postgres://…`): the
+//! only module that touches PostgreSQL. Decision 0010 says why it looks like this.
+//!
+//! - [`pool`]: the calls run on a bounded pool of OS threads, each with its own synchronous
+//!   connection; the trait stays synchronous and its callers unchanged.
+//! - [`migrate`]: the schema as embedded versioned migrations (`migrations/*.sql`), applied
+//!   on open; a newer schema than this build knows is refused.
+//! - [`target`]: the URL (never shown with its password) and the TLS rule.
+//! - [`status`]: status events (exactly-once insert, acks, history, retention).
+//!
+//! Records are stored whole as JSON (`rec`), with the columns the store looks them up, orders
+//! or prunes by beside them. Every write is committed when the call returns, so
+//! [`Store::flush`] has nothing left to do. Concurrency holds across processes: unique keys
+//! with `ON CONFLICT DO NOTHING` decide "is it new" (users, device names, status events),
+//! `DELETE … RETURNING` gives an enrollment token to one caller, a version column makes
+//! [`Store::update_device`] a compare-and-swap, and one device's status inserts are
+//! serialized on its `status_heads` row.
+
+pub mod migrate;
+pub mod pool;
+pub mod status;
+pub mod target;
+
+use super::*;
+use pool::{Db, Failure, Pool, Retry};
+use postgres::types::Json;
+use postgres::Row;
+use std::sync::{Arc, Mutex};
+use target::Target;
+
+/// How `hammer serve` reaches PostgreSQL (`--database` and its bounds).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PgConfig {
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` — a secret: shown only redacted.
+    pub url: String,
+    /// Connections (pool threads), `--database-pool` (default 8).
+    pub pool: usize,
+    /// Calls waiting for a connection; beyond, a call fails at once (default 1,024).
+    pub queue: usize,
+    /// Bound of every statement, `--database-statement-timeout` (default 10 s); a caller
+    /// waits at most twice this long for its answer.
+    pub statement_timeout: Duration,
+}
+
+impl PgConfig {
+    pub const DEFAULT_POOL: usize = 8;
+    pub const DEFAULT_QUEUE: usize = 1024;
+    pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// `url` with the default bounds.
+    pub fn new(url: impl Into<String>) -> PgConfig {
+        PgConfig {
+            url: url.into(),
+            pool: Self::DEFAULT_POOL,
+            queue: Self::DEFAULT_QUEUE,
+            statement_timeout: Self::DEFAULT_STATEMENT_TIMEOUT,
+        }
+    }
+}
+
+impl std::fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConfig")
+            .field("url", &target::redact_url(&self.url))
+            .field("pool", &self.pool)
+            .field("queue", &self.queue)
+            .field("statement_timeout", &self.statement_timeout)
+            .finish()
+    }
+}
+
+/// The store in a PostgreSQL database.
+pub struct PgStore {
+    pool: Pool,
+    target: Arc<Target>,
+    retention: Retention,
+}
+
+/// The pool counters of the store opened last in this process: they go to `/metrics`.
+static IN_USE: Mutex<Option<Arc<pool::PoolStats>>> = Mutex::new(None);
+
+/// `/metrics` lines of the PostgreSQL store in use (nothing with the sled store).
+pub fn render_metrics(out: &mut String) {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(t) = IN_USE.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+        return;
+    };
+    for (name, help, v) in [
+        (
+            "hammer_database_queue_full_total",
+            "Store calls refused because every database connection was busy and the queue full.",
+            &t.queue_full,
+        ),
+        (
+            "hammer_database_timeouts_total",
+            "Store calls the database did not answer in time.",
+            &t.timeouts,
+        ),
+        (
+            "hammer_database_reconnects_total",
+            "Database connections opened again after one was lost.",
+            &t.reconnects,
+        ),
+        (
+            "hammer_database_errors_total",
+            "Store calls that failed.",
+            &t.errors,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            v.load(Relaxed)
+        );
+    }
+}
+
+/// A u64 (epoch, seq) as a BIGINT that sorts the same way (shifted by 2^63).
+fn o(v: u64) -> i64 {
+    (v ^ (1 << 63)) as i64
+}
+
+/// The inverse of [`o`].
+fn u(v: i64) -> u64 {
+    (v as u64) ^ (1 << 63)
+}
+
+/// A time or position as BIGINT (values beyond i64 stay at its maximum).
+fn ts(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The record in the first column of `row`.
+fn json<T: serde::de::DeserializeOwned>(row: &Row) -> std::result::Result<T, Failure> {
+    Ok(row.try_get::<_, Json<T>>(0)?.0)
+}
+
+fn one<T: serde::de::DeserializeOwned>(
+    row: Option<Row>,
+) -> std::result::Result<Option<T>, Failure> {
+    row.as_ref().map(json).transpose()
+}
+
+fn all<T: serde::de::DeserializeOwned>(rows: Vec<Row>) -> std::result::Result<Vec<T>, Failure> {
+    rows.iter().map(json).collect()
+}
+
+impl PgStore {
+    /// Connects, applies the migrations the database lacks and starts the pool. Blocking:
+    /// from async code call it on a blocking thread.
+    pub fn open(cfg: &PgConfig, retention: Retention) -> Result<PgStore> {
+        let target = Arc::new(Target::parse(&cfg.url, cfg.statement_timeout)?);
+        let pool = Pool::start(target.clone(), cfg.pool, cfg.queue);
+        let (from, to) = pool
+            .run(Retry::Once, |db| migrate::migrate(db, migrate::MIGRATIONS))
+            .map_err(|e| StoreError(format!("cannot open the database {target}: {}", e.0)))?;
+        if from != to {
+            tracing::info!(database = %target, from, to, "database schema migrated");
+        }
+        tracing::info!(database = %target, connections = cfg.pool.max(1), queue = cfg.queue.max(1), statement_timeout_ms = cfg.statement_timeout.as_millis() as u64, schema = to, "store: PostgreSQL");
+        *IN_USE.lock().unwrap_or_else(|p| p.into_inner()) = Some(pool.stats());
+        Ok(PgStore {
+            pool,
+            target,
+            retention,
+        })
+    }
+
+    /// The database as shown in logs: `user@host:port/db`.
+    pub fn name(&self) -> String {
+        self.target.to_string()
+    }
+
+    fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut Db) -> std::result::Result<T, Failure> + Send + 'static,
+    {
+        self.pool.run(Retry::Once, f)
+    }
+
+    fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut Db) -> std::result::Result<T, Failure> + Send + 'static,
+    {
+        self.pool.run(Retry::Never, f)
+    }
+
+    /// Removes `owner`'s oldest finished deployments whose finish is older than the
+    /// retention age (checks at most [`PRUNE_BATCH`] of the oldest).
+    fn prune_deployments(
+        db: &mut Db,
+        owner: &str,
+        oldest_kept: i64,
+    ) -> std::result::Result<u64, Failure> {
+        let removed = db.execute(
+            "DELETE FROM deployments WHERE id IN ( \
+               SELECT id FROM ( \
+                 SELECT id, created_at, finished_at, running FROM deployments \
+                 WHERE owner = $1 ORDER BY created_at, id LIMIT $3) oldest \
+               WHERE created_at < $2 AND finished_at < $2 AND NOT running)",
+            &[&owner, &oldest_kept, &(PRUNE_BATCH as i64)],
+        )?;
+        if removed > 0 {
+            tracing::info!(owner, removed, "pruned old finished deployments");
+        }
+        Ok(removed)
+    }
+}
+
+/// Owned copies of a call's arguments, moved into the closure the pool runs.
+fn s(v: &str) -> String {
+    v.to_owned()
+}
+
+impl Store for PgStore {
+    fn retention(&self) -> Retention {
+        self.retention
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<()>> {
+        // Every call commits before it returns.
+        Box::pin(async { Ok(()) })
+    }
+
+    fn insert_user(&self, user: &UserRecord) -> Result<bool> {
+        let user = user.clone();
+        self.write(move |db| {
+            Ok(db.execute(
+                "INSERT INTO users (id, name, rec) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[&user.id, &user.name, &Json(&user)],
+            )? == 1)
+        })
+    }
+
+    fn user(&self, id: &str) -> Result<Option<UserRecord>> {
+        let id = s(id);
+        self.read(move |db| one(db.query_opt("SELECT rec FROM users WHERE id = $1", &[&id])?))
+    }
+
+    fn user_by_name(&self, name: &str) -> Result<Option<UserRecord>> {
+        let name = s(name);
+        self.read(move |db| one(db.query_opt("SELECT rec FROM users WHERE name = $1", &[&name])?))
+    }
+
+    fn users(&self) -> Result<Vec<UserRecord>> {
+        self.read(|db| all(db.query("SELECT rec FROM users ORDER BY id", &[])?))
+    }
+
+    fn insert_token(&self, token: &TokenRecord) -> Result<()> {
+        let t = token.clone();
+        self.read(move |db| {
+            db.execute(
+                "INSERT INTO tokens (hash, user_id, id, rec) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (hash) DO UPDATE \
+                 SET user_id = EXCLUDED.user_id, id = EXCLUDED.id, rec = EXCLUDED.rec",
+                &[&t.hash, &t.user_id, &t.id, &Json(&t)],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>> {
+        let hash = s(hash);
+        self.read(move |db| one(db.query_opt("SELECT rec FROM tokens WHERE hash = $1", &[&hash])?))
+    }
+
+    fn tokens_of(&self, user_id: &str) -> Result<Vec<TokenRecord>> {
+        let user = s(user_id);
+        self.read(move |db| {
+            all(db.query(
+                "SELECT rec FROM tokens WHERE user_id = $1 ORDER BY id",
+                &[&user],
+            )?)
+        })
+    }
+
+    fn delete_token(&self, user_id: &str, token_id: &str) -> Result<bool> {
+        let (user, id) = (s(user_id), s(token_id));
+        self.write(move |db| {
+            Ok(db.execute(
+                "DELETE FROM tokens WHERE user_id = $1 AND id = $2",
+                &[&user, &id],
+            )? > 0)
+        })
+    }
+
+    fn insert_device(&self, device: &DeviceRecord) -> Result<bool> {
+        let d = device.clone();
+        self.write(move |db| {
+            Ok(db.execute(
+                "INSERT INTO devices (id, owner, name, rec) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT DO NOTHING",
+                &[&d.id, &d.owner, &d.name, &Json(&d)],
+            )? == 1)
+        })
+    }
+
+    fn device(&self, id: &str) -> Result<Option<DeviceRecord>> {
+        let id = s(id);
+        self.read(move |db| one(db.query_opt("SELECT rec FROM devices WHERE id = $1", &[&id])?))
+    }
+
+    fn device_by_name(&self, owner: &str, name: &str) -> Result<Option<DeviceRecord>> {
+        let (owner, name) = (s(owner), s(name));
+        self.read(move |db| {
+            one(db.query_opt(
+                "SELECT rec FROM devices WHERE owner = $1 AND name = $2",
+                &[&owner, &name],
+            )?)
+        })
+    }
+
+    fn devices_of(&self, owner: &str) -> Result<Vec<DeviceRecord>> {
+        let owner = s(owner);
+        self.read(move |db| {
+            all(db.query(
+                "SELECT rec FROM devices WHERE owner = $1 ORDER BY name",
+                &[&owner],
+            )?)
+        })
+    }
+
+    fn all_devices(&self) -> Result<Vec<DeviceRecord>> {
+        self.read(|db| all(db.query("SELECT rec FROM devices ORDER BY id", &[])?))
+    }
+
+    fn update_device(
+        &self,
+        id: &str,
+        f: &mut (dyn FnMut(&mut DeviceRecord) + Send),
+    ) -> Result<Option<DeviceRecord>> {
+        // Read, apply `f` here, write only over the version read; again on contention.
+        loop {
+            let key = s(id);
+            let Some((version, mut rec)) = self.read(move |db| {
+                let Some(row) =
+                    db.query_opt("SELECT version, rec FROM devices WHERE id = $1", &[&key])?
+                else {
+                    return Ok(None);
+                };
+                let version: i64 = row.try_get(0)?;
+                let rec: Json<DeviceRecord> = row.try_get(1)?;
+                Ok(Some((version, rec.0)))
+            })?
+            else {
+                return Ok(None);
+            };
+            f(&mut rec);
+            let (key, new) = (s(id), rec.clone());
+            let written = self.write(move |db| {
+                Ok(db.execute(
+                    "UPDATE devices SET rec = $3, version = version + 1 \
+                     WHERE id = $1 AND version = $2",
+                    &[&key, &version, &Json(&new)],
+                )? == 1)
+            })?;
+            if written {
+                return Ok(Some(rec));
+            }
+        }
+    }
+
+    fn delete_device(&self, id: &str) -> Result<Option<DeviceRecord>> {
+        let id = s(id);
+        self.write(move |db| {
+            let del = db.st("DELETE FROM devices WHERE id = $1 RETURNING rec")?;
+            let rest = [
+                db.st("DELETE FROM status_events WHERE device_id = $1")?,
+                db.st("DELETE FROM status_contig WHERE device_id = $1")?,
+                db.st("DELETE FROM status_heads WHERE device_id = $1")?,
+                db.st("DELETE FROM enrollments WHERE device_id = $1")?,
+            ];
+            let mut tx = db.client.transaction()?;
+            let Some(row) = tx.query_opt(&del, &[&id])? else {
+                return Ok(None);
+            };
+            let rec: DeviceRecord = json(&row)?;
+            for st in &rest {
+                tx.execute(st, &[&id])?;
+            }
+            tx.commit()?;
+            Ok(Some(rec))
+        })
+    }
+
+    fn insert_enrollment(&self, token_hash: &str, rec: &EnrollmentRecord) -> Result<()> {
+        let (hash, rec) = (s(token_hash), rec.clone());
+        self.read(move |db| {
+            db.execute(
+                "INSERT INTO enrollments (token_hash, device_id, rec) VALUES ($1, $2, $3) \
+                 ON CONFLICT (token_hash) DO UPDATE \
+                 SET device_id = EXCLUDED.device_id, rec = EXCLUDED.rec",
+                &[&hash, &rec.device_id, &Json(&rec)],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn take_enrollment(&self, token_hash: &str) -> Result<Option<EnrollmentRecord>> {
+        let hash = s(token_hash);
+        self.write(move |db| {
+            one(db.query_opt(
+                "DELETE FROM enrollments WHERE token_hash = $1 RETURNING rec",
+                &[&hash],
+            )?)
+        })
+    }
+
+    fn delete_enrollments_of(&self, device_id: &str) -> Result<()> {
+        let dev = s(device_id);
+        self.read(move |db| {
+            db.execute("DELETE FROM enrollments WHERE device_id = $1", &[&dev])?;
+            Ok(())
+        })
+    }
+
+    fn put_deployment(&self, d: &DeploymentRecord) -> Result<()> {
+        let d = d.clone();
+        let oldest_kept = ts(hammer_protocol::now_ms().saturating_sub(self.retention.max_age_ms()));
+        self.read(move |db| {
+            let finished = d.finished_at.map(ts);
+            let running = d.state == DeploymentState::Running;
+            let inserted: bool = db
+                .query_opt(
+                    "INSERT INTO deployments (id, owner, created_at, finished_at, running, rec) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (id) DO UPDATE SET owner = EXCLUDED.owner, \
+                       created_at = EXCLUDED.created_at, finished_at = EXCLUDED.finished_at, \
+                       running = EXCLUDED.running, rec = EXCLUDED.rec \
+                     RETURNING (xmax = 0)",
+                    &[
+                        &d.id,
+                        &d.owner,
+                        &ts(d.created_at),
+                        &finished,
+                        &running,
+                        &Json(&d),
+                    ],
+                )?
+                .map(|r| r.try_get(0))
+                .transpose()?
+                .unwrap_or(false);
+            if inserted {
+                Self::prune_deployments(db, &d.owner, oldest_kept)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn deployment(&self, id: &str) -> Result<Option<DeploymentRecord>> {
+        let id = s(id);
+        self.read(move |db| one(db.query_opt("SELECT rec FROM deployments WHERE id = $1", &[&id])?))
+    }
+
+    fn deployments(&self) -> Result<Vec<DeploymentRecord>> {
+        self.read(|db| all(db.query("SELECT rec FROM deployments ORDER BY id", &[])?))
+    }
+
+    fn deployments_of(
+        &self,
+        owner: &str,
+        after: Option<&DeploymentCursor>,
+        limit: usize,
+    ) -> Result<Page<DeploymentRecord, DeploymentCursor>> {
+        let owner = s(owner);
+        let after = after.map(|c| (ts(c.created_at), c.id.clone()));
+        let take = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
+        let mut items: Vec<DeploymentRecord> = self.read(move |db| {
+            all(match &after {
+                Some((at, id)) => db.query(
+                    "SELECT rec FROM deployments WHERE owner = $1 AND (created_at, id) < ($2, $3) \
+                     ORDER BY created_at DESC, id DESC LIMIT $4",
+                    &[&owner, at, id, &take],
+                )?,
+                None => db.query(
+                    "SELECT rec FROM deployments WHERE owner = $1 \
+                     ORDER BY created_at DESC, id DESC LIMIT $2",
+                    &[&owner, &take],
+                )?,
+            })
+        })?;
+        let more = items.len() > limit;
+        items.truncate(limit);
+        let next = more
+            .then(|| items.last())
+            .flatten()
+            .map(|d| DeploymentCursor {
+                created_at: d.created_at,
+                id: d.id.clone(),
+            });
+        Ok(Page { items, next })
+    }
+
+    fn insert_status(&self, st: &StoredStatus) -> Result<Inserted> {
+        let mut rec = st.clone();
+        cap_status(&mut rec.event);
+        let bytes = serde_json::to_vec(&rec)
+            .map_err(|e| StoreError(e.to_string()))?
+            .len() as i64;
+        let r = self.retention;
+        self.write(move |db| status::insert(db, &rec, bytes, &r))
+    }
+
+    fn ack_of(&self, device_id: &str) -> Result<Option<(u64, u64)>> {
+        let dev = s(device_id);
+        self.read(move |db| status::ack_of(db, &dev))
+    }
+
+    fn statuses_of(&self, device_id: &str) -> Result<Vec<StoredStatus>> {
+        let dev = s(device_id);
+        self.read(move |db| status::all_of(db, &dev))
+    }
+
+    fn history_page(
+        &self,
+        device_id: &str,
+        before: Option<HistoryCursor>,
+        limit: usize,
+    ) -> Result<Page<StoredStatus, HistoryCursor>> {
+        let dev = s(device_id);
+        self.read(move |db| status::page(db, &dev, before, limit))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_and_seqs_keep_their_order_as_bigint() {
+        let vals = [
+            0u64,
+            1,
+            2,
+            1 << 62,
+            (1 << 63) - 1,
+            1 << 63,
+            u64::MAX - 1,
+            u64::MAX,
+        ];
+        for w in vals.windows(2) {
+            assert!(o(w[0]) < o(w[1]), "{} {}", w[0], w[1]);
+        }
+        for v in vals {
+            assert_eq!(u(o(v)), v);
+        }
+        // The contiguity query relies on the shift being linear: o(a) - o(b) == a - b.
+        assert_eq!(o(10) - o(7), 3);
+        assert_eq!(o(u64::MAX) - o(u64::MAX - 5), 5);
+        assert_eq!(ts(u64::MAX), i64::MAX);
+    }
+
+    #[test]
+    fn the_config_never_shows_the_password() {
+        let c = PgConfig::new("postgres://hammer:hunter2@127.0.0.1:5432/hammer");
+        let d = format!("{c:?}");
+        assert!(!d.contains("hunter2") && d.contains("hammer:***@"), "{d}");
+    }
+}
