@@ -121,6 +121,47 @@ struct ServeArgs {
     history_max_days: u64,
     #[command(flatten)]
     device_rate: DeviceRateArgs,
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
+/// Where the store lives: sled under the data dir unless `--database` names PostgreSQL.
+#[derive(Args)]
+struct DatabaseArgs {
+    /// Keep the store in PostgreSQL instead of under the data dir:
+    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DB (a secret: never logged whole)
+    #[arg(
+        long,
+        env = "HAMMER_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    database: Option<String>,
+    /// Connections to the database (each on its own thread)
+    #[arg(long, default_value_t = hammer_service::store::pg::PgConfig::DEFAULT_POOL as u64, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=256))]
+    database_pool: u64,
+    /// Seconds a database statement may take (a store call waits at most twice as long)
+    #[arg(long, default_value_t = hammer_service::store::pg::PgConfig::DEFAULT_STATEMENT_TIMEOUT.as_secs(), value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    database_statement_timeout: u64,
+}
+
+impl std::fmt::Debug for DatabaseArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password.
+        f.debug_struct("DatabaseArgs")
+            .field("database", &self.config())
+            .finish()
+    }
+}
+
+impl DatabaseArgs {
+    fn config(&self) -> Option<hammer_service::store::pg::PgConfig> {
+        let url = self.database.as_ref()?;
+        let mut c = hammer_service::store::pg::PgConfig::new(url.clone());
+        c.pool = usize::try_from(self.database_pool).unwrap_or(usize::MAX);
+        c.statement_timeout = Duration::from_secs(self.database_statement_timeout);
+        Some(c)
+    }
 }
 
 /// The broker's per-device limit: a device over it is disconnected (counted as `rate_limit`).
@@ -254,6 +295,7 @@ async fn run(parsed: Cli) -> Result<()> {
                 max_age: Duration::from_secs(a.history_max_days.saturating_mul(24 * 3600)),
             };
             cfg.device_rate_limit = a.device_rate.limit();
+            cfg.database = a.database.config();
             hammer_service::run(cfg).await
         }
         Command::Broker(a) => {
@@ -388,5 +430,33 @@ mod tests {
         assert_eq!(a.max_http_connections, Some(100));
         assert!(a.metrics_listen.is_some() && a.metrics_token_file.is_some());
         assert!(Cli::try_parse_from(["hammer", "serve", "--max-http-connections", "0"]).is_err());
+    }
+
+    #[test]
+    fn serve_keeps_sled_unless_a_database_is_named() {
+        let c = Cli::try_parse_from(["hammer", "serve"]).unwrap();
+        let Command::Serve(a) = c.command else {
+            panic!("not serve");
+        };
+        if std::env::var_os("HAMMER_DATABASE_URL").is_none() {
+            assert!(a.database.config().is_none());
+        }
+        let c = Cli::try_parse_from([
+            "hammer",
+            "serve",
+            "--database",
+            "postgres://hammer:pw@127.0.0.1:5432/hammer",
+            "--database-pool",
+            "3",
+        ])
+        .unwrap();
+        let Command::Serve(a) = c.command else {
+            panic!("not serve");
+        };
+        let pg = a.database.config().unwrap();
+        assert_eq!((pg.pool, pg.statement_timeout.as_secs()), (3, 10));
+        assert!(!format!("{pg:?}").contains("pw@"));
+        assert!(!format!("{:?}", a.database).contains("pw@"));
+        assert!(Cli::try_parse_from(["hammer", "serve", "--database-pool", "0"]).is_err());
     }
 }

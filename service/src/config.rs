@@ -75,6 +75,8 @@ pub enum HttpTls {
 pub struct ServeConfig {
     /// Data directory: CA, certificates, signing key, admin token, sled store.
     pub data_dir: PathBuf,
+    /// Keep the store in PostgreSQL instead of sled under the data dir (`--database`).
+    pub database: Option<crate::store::pg::PgConfig>,
     /// HTTP API listen address (default 127.0.0.1:8080; port 0 picks a free one).
     pub http: SocketAddr,
     /// Embedded broker listen address (default 0.0.0.0:8883; port 0 picks a free one).
@@ -111,6 +113,7 @@ impl ServeConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> ServeConfig {
         ServeConfig {
             data_dir: data_dir.into(),
+            database: None,
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             mqtt: SocketAddr::from(([0, 0, 0, 0], 8883)),
             enroll: SocketAddr::from(([0, 0, 0, 0], 8443)),

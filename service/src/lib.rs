@@ -1,5 +1,5 @@
-//! Hammer IoT cloud service (`hammer serve`): the HTTP API, the embedded broker, the sled
-//! store, status ingestion and the rollout engine.
+//! Hammer IoT cloud service (`hammer serve`): the HTTP API, the embedded broker, the store
+//! (sled, or PostgreSQL with `--database`), status ingestion and the rollout engine.
 //!
 //! Entry points: [`run`] (until Ctrl-C / SIGTERM), [`start`] (background tasks, for tests
 //! and embedding; returns a [`RunningService`]) and [`run_broker`] (`hammer broker`: the
@@ -184,6 +184,17 @@ async fn open_store(dir: &Path, retention: store::Retention) -> anyhow::Result<S
         .unwrap_or_else(|| anyhow::anyhow!("cannot open the store")))
 }
 
+/// Opens the PostgreSQL store (`--database`): connects, migrates, starts its pool.
+async fn open_database(
+    pg: store::pg::PgConfig,
+    retention: store::Retention,
+) -> anyhow::Result<store::pg::PgStore> {
+    tokio::task::spawn_blocking(move || store::pg::PgStore::open(&pg, retention))
+        .await
+        .context("the database store's opening task failed")?
+        .map_err(anyhow::Error::from)
+}
+
 /// Starts the embedded broker, waiting a little for a previous instance in this process to
 /// release a fixed port.
 async fn start_broker(bc: BrokerConfig) -> anyhow::Result<BrokerHandle> {
@@ -262,10 +273,13 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
     let dir = cfg.data_dir.clone();
     let material = init::load_or_create(&dir, cfg.public_host.as_deref(), cfg.mqtt)
         .with_context(|| format!("cannot initialise the data dir {}", dir.display()))?;
-    let sled: Arc<dyn Store> = Arc::new(open_store(&dir.join("store"), cfg.retention).await?);
-    let admin_token = ensure_admin(sled.as_ref(), &dir).await?;
+    let backend: Arc<dyn Store> = match &cfg.database {
+        None => Arc::new(open_store(&dir.join("store"), cfg.retention).await?),
+        Some(pg) => Arc::new(open_database(pg.clone(), cfg.retention).await?),
+    };
+    let admin_token = ensure_admin(backend.as_ref(), &dir).await?;
     // Counted once here, then as records are written: `/metrics` never scans the store.
-    let (counting, gauges) = metrics::CountingStore::wrap(sled)
+    let (counting, gauges) = metrics::CountingStore::wrap(backend)
         .context("cannot count the devices and deployments in the store")?;
     let store: Arc<dyn Store> = Arc::new(counting);
     let metrics_token_hash = match &cfg.metrics_token_file {

@@ -499,6 +499,7 @@ pub fn render(
     for (state, n) in &gauges.deployments_by_state {
         let _ = writeln!(s, "hammer_deployments{{state=\"{state}\"}} {n}");
     }
+    crate::store::pg::render_metrics(&mut s);
     s.push_str(http);
     if let Some(b) = broker {
         s.push_str(&b);
