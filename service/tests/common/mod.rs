@@ -62,6 +62,37 @@ impl Harness {
         }
     }
 
+    /// A harness whose service's config is changed by `tweak` (e.g. a `--database`).
+    pub async fn start_with(tweak: impl Fn(&mut ServeConfig)) -> Harness {
+        init();
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path());
+        tweak(&mut cfg);
+        let svc = hammer_service::start(cfg).await.unwrap();
+        Harness {
+            base: svc.http_url(),
+            admin: svc.admin_token.clone(),
+            svc: Some(svc),
+            dir,
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// [`Harness::restart`] with the config changed by `tweak`.
+    pub async fn restart_with(&mut self, tweak: impl Fn(&mut ServeConfig)) {
+        let old = self.svc.take().unwrap();
+        let mut cfg = config(self.dir.path());
+        cfg.mqtt = old.mqtt_addr;
+        tweak(&mut cfg);
+        old.shutdown().await;
+        let svc = hammer_service::start(cfg).await.unwrap();
+        self.base = svc.http_url();
+        self.svc = Some(svc);
+    }
+
     pub fn svc(&self) -> &RunningService {
         self.svc.as_ref().unwrap()
     }

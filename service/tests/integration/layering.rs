@@ -33,6 +33,7 @@ const SERVICE_LAYERS: &[(&str, &[&str])] = &[
             "rollout::core",
             "rollout::inbox",
             "store",
+            "store::pg",
             "ids",
             "config",
             "limits",

@@ -1,0 +1,681 @@
+//! The `Store` contract, one suite run on every back end: sled (the embedded default) and
+//! PostgreSQL (`--database`, on a throwaway cluster: `pg_server`). Each case gets a fresh,
+//! empty store from the back end's opener, with the retention it asks for.
+//!
+//! What only one back end can show stays with it: sled's index rebuild for records of older
+//! versions is a unit test in `store/sled.rs`; two processes on one database, migrations,
+//! reconnecting and the URL's secrecy are the PostgreSQL tests at the end.
+
+use crate::pg_server::TestPg;
+use hammer_protocol::api::{DeploymentState, DeviceState, Strategy};
+use hammer_protocol::{Phase, StatusEvent, PROTOCOL_VERSION};
+use hammer_service::domain::devices::new_device;
+use hammer_service::store::pg::{PgConfig, PgStore};
+use hammer_service::store::sled::SledStore;
+use hammer_service::store::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Opens a fresh, empty store keeping history within the given bounds.
+type Open<'a> = &'a (dyn Fn(Retention) -> Arc<dyn Store> + Sync);
+
+fn fresh(open: Open) -> Arc<dyn Store> {
+    open(Retention::BUILT_IN)
+}
+
+fn status(dev: &str, epoch: u64, seq: u64) -> StoredStatus {
+    StoredStatus {
+        device_id: dev.into(),
+        received_at: 1,
+        deployer: None,
+        event: StatusEvent {
+            v: PROTOCOL_VERSION,
+            epoch,
+            seq,
+            generation: None,
+            deployment_id: None,
+            phase: Phase::Running,
+            commit: None,
+            time: 1,
+            detail: None,
+            log_tail: vec![],
+        },
+    }
+}
+
+fn status_at(dev: &str, seq: u64, at: u64) -> StoredStatus {
+    StoredStatus {
+        received_at: at,
+        ..status(dev, 3, seq)
+    }
+}
+
+fn seqs(s: &dyn Store, dev: &str) -> Vec<u64> {
+    s.statuses_of(dev)
+        .unwrap()
+        .iter()
+        .map(|x| x.event.seq)
+        .collect()
+}
+
+fn deployment(id: &str, owner: &str, created_at: u64) -> DeploymentRecord {
+    DeploymentRecord {
+        id: id.into(),
+        owner: owner.into(),
+        deployer: owner.into(),
+        created_at,
+        finished_at: None,
+        git_ref: None,
+        commit: None,
+        strategy: Strategy::default(),
+        state: DeploymentState::Running,
+        reason: None,
+        targets: vec![],
+    }
+}
+
+fn user(id: &str, name: &str) -> UserRecord {
+    UserRecord {
+        id: id.into(),
+        name: name.into(),
+        admin: false,
+        created_at: 0,
+    }
+}
+
+fn status_is_stored_once_and_the_ack_is_the_highest_contiguous_seq(open: Open) {
+    let s = fresh(open);
+    assert_eq!(s.ack_of("d").unwrap(), None);
+    let i = s.insert_status(&status("d", 7, 2)).unwrap();
+    assert_eq!((i.new, i.contiguous), (true, 0));
+    let i = s.insert_status(&status("d", 7, 1)).unwrap();
+    assert_eq!((i.new, i.contiguous), (true, 2));
+    let i = s.insert_status(&status("d", 7, 1)).unwrap();
+    assert_eq!((i.new, i.contiguous), (false, 2));
+    let i = s.insert_status(&status("d", 7, 2)).unwrap();
+    assert_eq!((i.new, i.contiguous), (false, 2));
+    assert_eq!(s.ack_of("d").unwrap(), Some((7, 2)));
+    // A gap holds the ack back until it is filled.
+    s.insert_status(&status("d", 7, 4)).unwrap();
+    assert_eq!(s.ack_of("d").unwrap(), Some((7, 2)));
+    let i = s.insert_status(&status("d", 7, 3)).unwrap();
+    assert_eq!((i.new, i.contiguous), (true, 4));
+    // Another device with a name prefix of "d" is separate.
+    s.insert_status(&status("dd", 1, 1)).unwrap();
+    assert_eq!(s.statuses_of("d").unwrap().len(), 4);
+    // A new epoch (wiped device) starts over.
+    let i = s.insert_status(&status("d", 9, 1)).unwrap();
+    assert_eq!((i.new, i.contiguous), (true, 1));
+    assert_eq!(s.ack_of("d").unwrap(), Some((9, 1)));
+}
+
+fn events_come_in_epoch_and_seq_order_over_the_whole_u64_range(open: Open) {
+    let s = fresh(open);
+    let big = u64::MAX - 1;
+    s.insert_status(&status("d", big, 2)).unwrap();
+    s.insert_status(&status("d", 5, u64::MAX)).unwrap();
+    s.insert_status(&status("d", big, 1)).unwrap();
+    s.insert_status(&status("d", 5, 1)).unwrap();
+    let got: Vec<(u64, u64)> = s
+        .statuses_of("d")
+        .unwrap()
+        .iter()
+        .map(|x| (x.event.epoch, x.event.seq))
+        .collect();
+    assert_eq!(got, [(5, 1), (5, u64::MAX), (big, 1), (big, 2)]);
+    // The current epoch is the one of the last new event.
+    assert_eq!(s.ack_of("d").unwrap(), Some((5, 1)));
+    let i = s.insert_status(&status("d", big, 3)).unwrap();
+    assert_eq!((i.new, i.contiguous), (true, 3));
+    assert_eq!(s.ack_of("d").unwrap(), Some((big, 3)));
+}
+
+fn history_keeps_at_most_the_configured_count_and_the_oldest_go(open: Open) {
+    let s = open(Retention {
+        max_events_per_device: 5,
+        ..Retention::BUILT_IN
+    });
+    assert_eq!(s.retention().max_events_per_device, 5);
+    for seq in 1..=12 {
+        s.insert_status(&status_at("d", seq, 1000 + seq)).unwrap();
+    }
+    s.insert_status(&status_at("other", 1, 1)).unwrap();
+    assert_eq!(seqs(s.as_ref(), "d"), vec![8, 9, 10, 11, 12]);
+    assert_eq!(s.statuses_of("other").unwrap().len(), 1);
+    assert_eq!(s.ack_of("d").unwrap(), Some((3, 12)));
+    // A resend of a pruned event is a duplicate, not a new event.
+    let i = s.insert_status(&status_at("d", 2, 2000)).unwrap();
+    assert_eq!((i.new, i.contiguous), (false, 12));
+    assert_eq!(s.statuses_of("d").unwrap().len(), 5);
+}
+
+fn history_drops_events_older_than_the_age_bound_and_bytes_beyond_the_budget(open: Open) {
+    let s = open(Retention {
+        max_events_per_device: 1000,
+        max_bytes_per_device: 1000,
+        max_age: Duration::from_secs(10),
+    });
+    s.insert_status(&status_at("d", 1, 1_000)).unwrap();
+    s.insert_status(&status_at("d", 2, 2_000)).unwrap();
+    // 20 s later: both are older than 10 s.
+    s.insert_status(&status_at("d", 3, 22_000)).unwrap();
+    assert_eq!(seqs(s.as_ref(), "d"), vec![3]);
+    // Each event is ~250 bytes: a 1,000 byte budget keeps the newest few.
+    for seq in 4..=20 {
+        s.insert_status(&status_at("d", seq, 22_000)).unwrap();
+    }
+    let kept = s.statuses_of("d").unwrap();
+    let bytes: usize = kept
+        .iter()
+        .map(|x| serde_json::to_vec(x).unwrap().len())
+        .sum();
+    assert!(bytes <= 1000, "{bytes}");
+    assert!(kept.len() >= 2 && kept.last().unwrap().event.seq == 20);
+    // The newest event stays even when it alone is over the budget.
+    let mut huge = status_at("d", 21, 22_000);
+    huge.event.detail = Some("x".repeat(MAX_DETAIL));
+    s.insert_status(&huge).unwrap();
+    assert_eq!(seqs(s.as_ref(), "d"), vec![21]);
+}
+
+fn stored_events_are_capped(open: Open) {
+    let s = fresh(open);
+    let mut st = status("d", 1, 1);
+    st.event.detail = Some("x".repeat(100_000));
+    st.event.log_tail = vec!["y".repeat(100_000); 500];
+    s.insert_status(&st).unwrap();
+    let got = &s.statuses_of("d").unwrap()[0].event;
+    assert!(got.detail.as_ref().unwrap().len() <= MAX_DETAIL);
+    assert_eq!(got.log_tail.len(), MAX_LOG_TAIL_LINES);
+    assert!(got.log_tail.iter().all(|l| l.len() <= MAX_LOG_TAIL_LINE));
+}
+
+fn history_pages_walk_every_event_once_newest_page_first(open: Open) {
+    let s = fresh(open);
+    for seq in 1..=23 {
+        s.insert_status(&status("d", 1, seq)).unwrap();
+        s.insert_status(&status("d2", 1, seq)).unwrap();
+    }
+    let mut pages = Vec::new();
+    let mut cursor = None;
+    loop {
+        let p = s.history_page("d", cursor, 5).unwrap();
+        assert!(p.items.len() <= 5);
+        pages.push(p.items.iter().map(|x| x.event.seq).collect::<Vec<_>>());
+        match p.next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(pages[0], vec![19, 20, 21, 22, 23]);
+    assert_eq!(pages.len(), 5);
+    let all: Vec<u64> = pages.into_iter().rev().flatten().collect();
+    assert_eq!(all, (1..=23).collect::<Vec<_>>());
+    assert_eq!(s.history_page("none", None, 5).unwrap().items.len(), 0);
+    // Pages follow the order of storing, not of seqs.
+    s.insert_status(&status("late", 1, 2)).unwrap();
+    s.insert_status(&status("late", 1, 1)).unwrap();
+    let p = s.history_page("late", None, 10).unwrap();
+    let got: Vec<u64> = p.items.iter().map(|x| x.event.seq).collect();
+    assert_eq!((got, p.next), (vec![2, 1], None));
+}
+
+fn an_owners_deployments_come_newest_first_in_pages(open: Open) {
+    let s = fresh(open);
+    for i in 0..7u64 {
+        s.put_deployment(&deployment(&format!("a{i}"), "alice", 100 + i))
+            .unwrap();
+        s.put_deployment(&deployment(&format!("b{i}"), "bob", 100 + i))
+            .unwrap();
+    }
+    // Two created in the same millisecond: the id decides.
+    s.put_deployment(&deployment("a7", "alice", 106)).unwrap();
+    let mut ids = Vec::new();
+    let mut after = None;
+    loop {
+        let p = s.deployments_of("alice", after.as_ref(), 3).unwrap();
+        assert!(p.items.len() <= 3);
+        ids.extend(p.items.iter().map(|d| d.id.clone()));
+        match p.next {
+            Some(c) => after = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(ids, ["a7", "a6", "a5", "a4", "a3", "a2", "a1", "a0"]);
+    assert!(s.deployments_of("carol", None, 3).unwrap().items.is_empty());
+    assert_eq!(s.deployments().unwrap().len(), 15);
+    // A write of the same id replaces the record.
+    let mut d = deployment("a0", "alice", 100);
+    d.state = DeploymentState::Succeeded;
+    d.finished_at = Some(150);
+    s.put_deployment(&d).unwrap();
+    assert_eq!(s.deployment("a0").unwrap(), Some(d));
+    assert_eq!(s.deployments().unwrap().len(), 15);
+    assert_eq!(s.deployment("nope").unwrap(), None);
+}
+
+fn old_finished_deployments_are_pruned_when_the_owner_deploys_again(open: Open) {
+    let s = open(Retention {
+        max_age: Duration::from_secs(60),
+        ..Retention::BUILT_IN
+    });
+    let now = hammer_protocol::now_ms();
+    let mut old = deployment("old", "alice", now - 600_000);
+    old.state = DeploymentState::Succeeded;
+    old.finished_at = Some(now - 500_000);
+    s.put_deployment(&old).unwrap();
+    let running = deployment("old-running", "alice", now - 500_000);
+    s.put_deployment(&running).unwrap();
+    let mut bobs = deployment("bobs", "bob", now - 600_000);
+    s.put_deployment(&bobs).unwrap();
+    bobs.state = DeploymentState::Failed;
+    bobs.finished_at = Some(now - 500_000);
+    s.put_deployment(&bobs).unwrap(); // an update prunes nothing
+    s.put_deployment(&deployment("new", "alice", now)).unwrap();
+    let ids: Vec<String> = s
+        .deployments_of("alice", None, 10)
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(ids, ["new", "old-running"]);
+    assert!(s.deployment("old").unwrap().is_none());
+    assert!(
+        s.deployment("bobs").unwrap().is_some(),
+        "only the deployer's own"
+    );
+}
+
+fn users_have_unique_names(open: Open) {
+    let s = fresh(open);
+    let u = user("u1", "alice");
+    assert!(s.insert_user(&u).unwrap());
+    assert!(!s.insert_user(&user("u2", "alice")).unwrap());
+    assert!(s.insert_user(&user("u0", "bob")).unwrap());
+    assert_eq!(s.user("u1").unwrap(), Some(u.clone()));
+    assert_eq!(s.user("u2").unwrap(), None);
+    assert_eq!(s.user_by_name("alice").unwrap(), Some(u));
+    assert_eq!(s.user_by_name("carol").unwrap(), None);
+    let ids: Vec<String> = s.users().unwrap().into_iter().map(|u| u.id).collect();
+    assert_eq!(ids, ["u0", "u1"]);
+}
+
+fn tokens_are_found_by_hash_listed_per_user_and_deleted_once(open: Open) {
+    let s = fresh(open);
+    let tok = |id: &str, user: &str, hash: &str| TokenRecord {
+        id: id.into(),
+        user_id: user.into(),
+        hash: hash.into(),
+        created_at: 1,
+    };
+    s.insert_token(&tok("t2", "u1", "h2")).unwrap();
+    s.insert_token(&tok("t1", "u1", "h1")).unwrap();
+    s.insert_token(&tok("t3", "u2", "h3")).unwrap();
+    assert_eq!(s.token_by_hash("h1").unwrap(), Some(tok("t1", "u1", "h1")));
+    assert_eq!(s.token_by_hash("nope").unwrap(), None);
+    let ids: Vec<String> = s
+        .tokens_of("u1")
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(ids, ["t1", "t2"]);
+    assert!(!s.delete_token("u2", "t1").unwrap(), "only the user's own");
+    assert!(s.delete_token("u1", "t1").unwrap());
+    assert!(!s.delete_token("u1", "t1").unwrap());
+    assert_eq!(s.token_by_hash("h1").unwrap(), None);
+    assert_eq!(s.tokens_of("u1").unwrap().len(), 1);
+}
+
+fn devices_have_unique_names_per_owner_and_are_updated_and_deleted_whole(open: Open) {
+    let s = fresh(open);
+    let a = new_device("alice", "pi", Default::default(), DeviceState::Registered);
+    assert!(s.insert_device(&a).unwrap());
+    assert!(!s
+        .insert_device(&new_device(
+            "alice",
+            "pi",
+            Default::default(),
+            DeviceState::Registered
+        ))
+        .unwrap());
+    let b = new_device("bob", "pi", Default::default(), DeviceState::Registered);
+    assert!(s.insert_device(&b).unwrap(), "names are per owner");
+    let a2 = new_device(
+        "alice",
+        "a-first",
+        Default::default(),
+        DeviceState::Registered,
+    );
+    assert!(s.insert_device(&a2).unwrap());
+    assert_eq!(s.device(&a.id).unwrap(), Some(a.clone()));
+    assert_eq!(s.device_by_name("alice", "pi").unwrap(), Some(a.clone()));
+    assert_eq!(s.device_by_name("carol", "pi").unwrap(), None);
+    let names: Vec<String> = s
+        .devices_of("alice")
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(names, ["a-first", "pi"]);
+    assert_eq!(s.all_devices().unwrap().len(), 3);
+
+    let got = s
+        .update_device(&a.id, &mut |d| {
+            d.generation += 1;
+            d.state = DeviceState::Ready;
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!((got.generation, got.state), (1, DeviceState::Ready));
+    assert_eq!(s.device(&a.id).unwrap(), Some(got));
+    assert_eq!(s.update_device("nope", &mut |_| {}).unwrap(), None);
+
+    // Deleting a device removes its history, its ack and its enrollment tokens.
+    s.insert_status(&status(&a.id, 1, 1)).unwrap();
+    s.insert_status(&status(&b.id, 1, 1)).unwrap();
+    let e = EnrollmentRecord {
+        device_id: a.id.clone(),
+        owner: "alice".into(),
+        expires_at: 5,
+    };
+    s.insert_enrollment("h", &e).unwrap();
+    let gone = s.delete_device(&a.id).unwrap().unwrap();
+    assert_eq!(gone.id, a.id);
+    assert_eq!(s.delete_device(&a.id).unwrap(), None);
+    assert_eq!(s.device(&a.id).unwrap(), None);
+    assert_eq!(s.device_by_name("alice", "pi").unwrap(), None);
+    assert!(s.statuses_of(&a.id).unwrap().is_empty());
+    assert_eq!(s.ack_of(&a.id).unwrap(), None);
+    assert_eq!(s.take_enrollment("h").unwrap(), None);
+    assert_eq!(
+        s.statuses_of(&b.id).unwrap().len(),
+        1,
+        "another device keeps its own"
+    );
+    // The name is free again; the new device starts with no history.
+    let again = new_device("alice", "pi", Default::default(), DeviceState::Registered);
+    assert!(s.insert_device(&again).unwrap());
+    let i = s.insert_status(&status(&a.id, 1, 1)).unwrap();
+    assert_eq!((i.new, i.contiguous), (true, 1));
+}
+
+fn an_enrollment_token_is_taken_once(open: Open) {
+    let s = fresh(open);
+    let e = EnrollmentRecord {
+        device_id: "d".into(),
+        owner: "u1".into(),
+        expires_at: 5,
+    };
+    s.insert_enrollment("h", &e).unwrap();
+    assert_eq!(s.take_enrollment("h").unwrap(), Some(e.clone()));
+    assert_eq!(s.take_enrollment("h").unwrap(), None);
+    s.insert_enrollment("h1", &e).unwrap();
+    s.insert_enrollment("h2", &e).unwrap();
+    let other = EnrollmentRecord {
+        device_id: "d2".into(),
+        ..e.clone()
+    };
+    s.insert_enrollment("h3", &other).unwrap();
+    s.delete_enrollments_of("d").unwrap();
+    assert_eq!(s.take_enrollment("h1").unwrap(), None);
+    assert_eq!(s.take_enrollment("h2").unwrap(), None);
+    assert_eq!(s.take_enrollment("h3").unwrap(), Some(other));
+}
+
+/// `n` threads run `f(i)` at once.
+fn at_once<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let barrier = std::sync::Barrier::new(n);
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..n)
+            .map(|i| {
+                let (f, barrier) = (&f, &barrier);
+                sc.spawn(move || {
+                    barrier.wait();
+                    f(i)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn concurrent_writers_store_each_event_once_take_a_token_once_and_lose_no_update(open: Open) {
+    let s = fresh(open);
+    // Every thread sends the same 30 events (in its own order): 30 are new, once each.
+    let news: usize = at_once(6, |t| {
+        let mut new = 0;
+        for k in 0..30u64 {
+            let seq = (k + t as u64 * 7) % 30 + 1;
+            if s.insert_status(&status("d", 4, seq)).unwrap().new {
+                new += 1;
+            }
+        }
+        new
+    })
+    .into_iter()
+    .sum();
+    assert_eq!(news, 30);
+    assert_eq!(seqs(s.as_ref(), "d"), (1..=30).collect::<Vec<_>>());
+    assert_eq!(s.ack_of("d").unwrap(), Some((4, 30)));
+
+    let e = EnrollmentRecord {
+        device_id: "d".into(),
+        owner: "u".into(),
+        expires_at: 5,
+    };
+    s.insert_enrollment("once", &e).unwrap();
+    let taken = at_once(6, |_| s.take_enrollment("once").unwrap().is_some());
+    assert_eq!(taken.iter().filter(|t| **t).count(), 1);
+
+    let d = new_device("alice", "pi", Default::default(), DeviceState::Registered);
+    s.insert_device(&d).unwrap();
+    at_once(6, |_| {
+        for _ in 0..10 {
+            s.update_device(&d.id, &mut |r| r.cmd_seq += 1).unwrap();
+        }
+    });
+    assert_eq!(s.device(&d.id).unwrap().unwrap().cmd_seq, 60);
+    let names = at_once(6, |i| {
+        s.insert_user(&user(&format!("u{i}"), "same")).unwrap()
+    });
+    assert_eq!(names.iter().filter(|n| **n).count(), 1);
+}
+
+type Case = (&'static str, fn(Open));
+
+const CASES: &[Case] = &[
+    (
+        "status_is_stored_once_and_the_ack_is_the_highest_contiguous_seq",
+        status_is_stored_once_and_the_ack_is_the_highest_contiguous_seq,
+    ),
+    (
+        "events_come_in_epoch_and_seq_order_over_the_whole_u64_range",
+        events_come_in_epoch_and_seq_order_over_the_whole_u64_range,
+    ),
+    (
+        "history_keeps_at_most_the_configured_count_and_the_oldest_go",
+        history_keeps_at_most_the_configured_count_and_the_oldest_go,
+    ),
+    (
+        "history_drops_events_older_than_the_age_bound_and_bytes_beyond_the_budget",
+        history_drops_events_older_than_the_age_bound_and_bytes_beyond_the_budget,
+    ),
+    ("stored_events_are_capped", stored_events_are_capped),
+    (
+        "history_pages_walk_every_event_once_newest_page_first",
+        history_pages_walk_every_event_once_newest_page_first,
+    ),
+    (
+        "an_owners_deployments_come_newest_first_in_pages",
+        an_owners_deployments_come_newest_first_in_pages,
+    ),
+    (
+        "old_finished_deployments_are_pruned_when_the_owner_deploys_again",
+        old_finished_deployments_are_pruned_when_the_owner_deploys_again,
+    ),
+    ("users_have_unique_names", users_have_unique_names),
+    (
+        "tokens_are_found_by_hash_listed_per_user_and_deleted_once",
+        tokens_are_found_by_hash_listed_per_user_and_deleted_once,
+    ),
+    (
+        "devices_have_unique_names_per_owner_and_are_updated_and_deleted_whole",
+        devices_have_unique_names_per_owner_and_are_updated_and_deleted_whole,
+    ),
+    (
+        "an_enrollment_token_is_taken_once",
+        an_enrollment_token_is_taken_once,
+    ),
+    (
+        "concurrent_writers_store_each_event_once_take_a_token_once_and_lose_no_update",
+        concurrent_writers_store_each_event_once_take_a_token_once_and_lose_no_update,
+    ),
+];
+
+/// Runs every case on the back end; prints each case's time and the total.
+fn run_contract(backend: &str, open: Open) {
+    let start = Instant::now();
+    for (name, case) in CASES {
+        let t = Instant::now();
+        case(open);
+        println!("store contract on {backend}: {name} ({:?})", t.elapsed());
+    }
+    println!(
+        "store contract on {backend}: {} cases in {:?}",
+        CASES.len(),
+        start.elapsed()
+    );
+}
+
+#[test]
+fn store_contract_on_sled() {
+    let dirs = Mutex::new(Vec::new());
+    run_contract("sled", &|r| {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open_with(dir.path(), r).unwrap();
+        dirs.lock().unwrap().push(dir);
+        Arc::new(s)
+    });
+}
+
+/// A store on a new, empty database of `pg`.
+fn pg_store(pg: &TestPg, n: &AtomicUsize, r: Retention) -> Arc<dyn Store> {
+    let url = pg.create_db(&format!("contract_{}", n.fetch_add(1, Ordering::Relaxed)));
+    Arc::new(PgStore::open(&PgConfig::new(url), r).unwrap())
+}
+
+#[test]
+fn store_contract_on_postgres() {
+    let Some(pg) = TestPg::start() else {
+        return;
+    };
+    let n = AtomicUsize::new(0);
+    run_contract("postgres", &|r| pg_store(&pg, &n, r));
+}
+
+#[test]
+fn postgres_two_processes_store_each_event_once_and_agree_on_the_ack() {
+    let Some(pg) = TestPg::start() else {
+        return;
+    };
+    let url = pg.create_db("two");
+    // Two stores with their own pools: as two `hammer serve` on one database.
+    let a = PgStore::open(&PgConfig::new(url.clone()), Retention::BUILT_IN).unwrap();
+    let b = PgStore::open(&PgConfig::new(url), Retention::BUILT_IN).unwrap();
+    let stores: [&dyn Store; 2] = [&a, &b];
+    let news: usize = at_once(8, |t| {
+        let s = stores[t % 2];
+        (1..=50u64)
+            .filter(|seq| s.insert_status(&status("d", 11, *seq)).unwrap().new)
+            .count()
+    })
+    .into_iter()
+    .sum();
+    assert_eq!(news, 50);
+    assert_eq!(a.ack_of("d").unwrap(), Some((11, 50)));
+    assert_eq!(b.statuses_of("d").unwrap().len(), 50);
+    // The per-device counts the retention works from are exact: 50 stored, bound 50 → none go.
+    pg.sql("two", "SELECT 1");
+    assert_eq!(
+        pg.sql(
+            "two",
+            "SELECT count || ',' || (bytes > 0) FROM status_heads WHERE device_id = 'd'"
+        ),
+        "50,true"
+    );
+}
+
+#[test]
+fn postgres_schema_is_migrated_once_and_a_newer_one_is_refused() {
+    let Some(pg) = TestPg::start() else {
+        return;
+    };
+    let url = pg.create_db("mig");
+    drop(PgStore::open(&PgConfig::new(url.clone()), Retention::BUILT_IN).unwrap());
+    drop(PgStore::open(&PgConfig::new(url.clone()), Retention::BUILT_IN).unwrap());
+    assert_eq!(
+        pg.sql(
+            "mig",
+            "SELECT string_agg(version::text, ',') FROM schema_migrations"
+        ),
+        "1"
+    );
+    pg.sql("mig", "INSERT INTO schema_migrations VALUES (999, 0)");
+    let e = PgStore::open(&PgConfig::new(url), Retention::BUILT_IN)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("version 999") && e.contains("upgrade hammer"),
+        "{e}"
+    );
+}
+
+#[test]
+fn postgres_errors_never_show_the_password_and_a_lost_database_is_reconnected() {
+    let Some(mut pg) = TestPg::start() else {
+        return;
+    };
+    let url = pg.create_db("lost");
+    let wrong = "not-the-Pa55word";
+    let bad = url.replace(&pg.password, wrong);
+    let e = PgStore::open(&PgConfig::new(bad), Retention::BUILT_IN)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("password authentication failed"), "{e}");
+    assert!(e.contains("hammer@127.0.0.1"), "{e}");
+    assert!(!e.contains(wrong) && !e.contains(&pg.password), "{e}");
+
+    let s = PgStore::open(&PgConfig::new(url), Retention::BUILT_IN).unwrap();
+    assert!(s.insert_user(&user("u1", "alice")).unwrap());
+    pg.stop();
+    let e = s.user("u1").unwrap_err().to_string();
+    assert!(
+        e.contains("database") && e.contains("hammer@127.0.0.1"),
+        "{e}"
+    );
+    assert!(!e.contains(&pg.password), "{e}");
+    pg.start_again();
+    // Within a few seconds every connection of the pool is open again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match s.user("u1") {
+            Ok(u) => {
+                assert_eq!(u.unwrap().name, "alice");
+                break;
+            }
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("the store did not reconnect: {e}"),
+        }
+    }
+    for _ in 0..20 {
+        s.user("u1").unwrap();
+    }
+}
