@@ -24,6 +24,17 @@ fn fresh(open: Open) -> Arc<dyn Store> {
     open(Retention::BUILT_IN)
 }
 
+/// Waits for `Store::flush` (an async call) from a plain test thread.
+fn flush(s: &dyn Store) {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(s.flush())
+        .unwrap();
+}
+
 fn status(dev: &str, epoch: u64, seq: u64) -> StoredStatus {
     StoredStatus {
         device_id: dev.into(),
@@ -107,6 +118,7 @@ fn status_is_stored_once_and_the_ack_is_the_highest_contiguous_seq(open: Open) {
     // A new epoch (wiped device) starts over.
     let i = s.insert_status(&status("d", 9, 1)).unwrap();
     assert_eq!((i.new, i.contiguous), (true, 1));
+    flush(s.as_ref());
     assert_eq!(s.ack_of("d").unwrap(), Some((9, 1)));
 }
 

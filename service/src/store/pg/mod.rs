@@ -9,8 +9,9 @@
 //! - [`status`]: status events (exactly-once insert, acks, history, retention).
 //!
 //! Records are stored whole as JSON (`rec`), with the columns the store looks them up, orders
-//! or prunes by beside them. Every write is committed when the call returns, so
-//! [`Store::flush`] has nothing left to do. Concurrency holds across processes: unique keys
+//! or prunes by beside them. Every write is committed when the call returns (visible to every
+//! process) without waiting for the disk; [`Store::flush`] waits, once, for all of them.
+//! Concurrency holds across processes: unique keys
 //! with `ON CONFLICT DO NOTHING` decide "is it new" (users, device names, status events),
 //! `DELETE … RETURNING` gives an enrollment token to one caller, a version column makes
 //! [`Store::update_device`] a compare-and-swap, and one device's status inserts are
@@ -221,8 +222,18 @@ impl Store for PgStore {
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<()>> {
-        // Every call commits before it returns.
-        Box::pin(async { Ok(()) })
+        // Every connection commits without waiting for the disk; this commit waits (it
+        // writes a commit record, `txid_current`), and the WAL is one sequence: everything
+        // committed before it, by any connection, is on disk (and on synchronous standbys)
+        // when it returns. One wait per batch of writes instead of one per write.
+        Box::pin(async move {
+            self.read(|db| {
+                db.client.batch_execute(
+                    "BEGIN; SET LOCAL synchronous_commit = on; SELECT txid_current(); COMMIT",
+                )?;
+                Ok(())
+            })
+        })
     }
 
     fn insert_user(&self, user: &UserRecord) -> Result<bool> {

@@ -335,7 +335,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_full_queue_and_an_unreachable_database_fail_with_sentences_and_are_counted() {
+    fn an_unreachable_database_fails_with_a_sentence_without_the_password_and_is_counted() {
         // Port 9 on loopback: nothing listens, connecting fails at once.
         let target = Arc::new(
             Target::parse(
@@ -352,5 +352,45 @@ mod tests {
         let again = pool.run(Retry::Once, |_c| Ok(())).unwrap_err().0;
         assert_eq!(e, again);
         assert_eq!(pool.stats().errors.load(Relaxed), 2);
+    }
+
+    #[test]
+    fn a_call_beyond_the_queue_fails_at_once_and_a_silent_database_within_the_wait_bound() {
+        // A listener that never answers: connecting hangs until connect_timeout (3 s).
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "postgres://u:pw@{}/db?connect_timeout=3",
+            silent.local_addr().unwrap()
+        );
+        let target = Arc::new(Target::parse(&url, Duration::from_millis(500)).unwrap());
+        let pool = Arc::new(Pool::start(target, 1, 1));
+        let busy = {
+            let pool = pool.clone();
+            std::thread::spawn(move || pool.run(Retry::Never, |_db| Ok(())))
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        let queued = {
+            let pool = pool.clone();
+            std::thread::spawn(move || pool.run(Retry::Never, |_db| Ok(())))
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        let t = Instant::now();
+        let e = pool.run(Retry::Never, |_db| Ok(())).unwrap_err().0;
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(
+            e.contains("queue is full") && e.contains("--database-pool"),
+            "{e}"
+        );
+        assert_eq!(pool.stats().queue_full.load(Relaxed), 1);
+        // The caller stuck behind the connection attempt gives up after twice the
+        // statement timeout.
+        let e = busy.join().unwrap().unwrap_err().0;
+        assert!(e.contains("did not answer within"), "{e}");
+        assert!(queued.join().unwrap().is_err());
+        assert!(pool.stats().timeouts.load(Relaxed) >= 1);
     }
 }

@@ -7,114 +7,36 @@ use crate::store::{HistoryCursor, Inserted, Page, Retention, StoredStatus, PRUNE
 use postgres::types::Json;
 
 /// Stores `rec` (already capped; `bytes` is its size as stored) once per (device, epoch,
-/// seq), advances the contiguous position and prunes the device's oldest events beyond
-/// `r`. The device's `status_heads` row is locked first: one device's inserts run one at a
-/// time across processes, so the counts and the contiguous position stay exact; the unique
-/// key (device, epoch, seq) with `ON CONFLICT DO NOTHING` is what makes the insert happen
-/// once.
+/// seq), advances the contiguous position and prunes the device's oldest events beyond `r`:
+/// one call of the schema's `hammer_insert_status` (one round trip, one transaction). It
+/// locks the device's `status_heads` row first, so one device's inserts run one at a time
+/// across processes and its counts and contiguous position stay exact; the unique key
+/// (device, epoch, seq) with `ON CONFLICT DO NOTHING` is what makes the insert happen once.
 pub fn insert(
     db: &mut Db,
     rec: &StoredStatus,
     bytes: i64,
     r: &Retention,
 ) -> Result<Inserted, Failure> {
-    let dev = rec.device_id.as_str();
-    let (epoch, seq) = (o(rec.event.epoch), o(rec.event.seq));
-    let ensure =
-        db.st("INSERT INTO status_heads (device_id) VALUES ($1) ON CONFLICT DO NOTHING")?;
-    let lock = db.st("SELECT count, bytes FROM status_heads WHERE device_id = $1 FOR UPDATE")?;
-    let contig =
-        db.st("SELECT contiguous FROM status_contig WHERE device_id = $1 AND epoch = $2")?;
-    let add = db.st(
-        "INSERT INTO status_events (device_id, epoch, seq, received_at, size, rec) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    let oldest_kept = ts(rec.received_at.saturating_sub(r.max_age_ms()));
+    let row = db.query_opt(
+        "SELECT o_new, o_contiguous FROM hammer_insert_status($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        &[
+            &rec.device_id,
+            &o(rec.event.epoch),
+            &o(rec.event.seq),
+            &ts(rec.received_at),
+            &bytes,
+            &Json(rec),
+            &ts(r.max_events_per_device),
+            &ts(r.max_bytes_per_device),
+            &oldest_kept,
+            &(PRUNE_BATCH as i32),
+        ],
     )?;
-    // The longest run of seqs after `$3` with no gap: rows where seq - row_number() is
-    // still `$3` (seq is shifted by a constant, so the difference is the same).
-    let advance = db.st("SELECT COALESCE(MAX(seq), $3) FROM ( \
-           SELECT seq, seq - ROW_NUMBER() OVER (ORDER BY seq) AS base FROM status_events \
-           WHERE device_id = $1 AND epoch = $2 AND seq > $3) s \
-         WHERE base = $3")?;
-    let set_contig = db.st(
-        "INSERT INTO status_contig (device_id, epoch, contiguous) VALUES ($1, $2, $3) \
-         ON CONFLICT (device_id, epoch) DO UPDATE \
-         SET contiguous = GREATEST(status_contig.contiguous, EXCLUDED.contiguous)",
-    )?;
-    let oldest = db.st(
-        "SELECT ord, size, received_at FROM status_events WHERE device_id = $1 \
-         ORDER BY ord LIMIT $2",
-    )?;
-    let drop_upto = db.st("DELETE FROM status_events WHERE device_id = $1 AND ord <= $2")?;
-    let set_head =
-        db.st("UPDATE status_heads SET epoch = $2, count = $3, bytes = $4 WHERE device_id = $1")?;
-
-    let mut tx = db.client.transaction()?;
-    tx.execute(&ensure, &[&dev])?;
-    let head = tx.query_one(&lock, &[&dev])?;
-    let (mut count, mut size_sum): (i64, i64) = (head.try_get(0)?, head.try_get(1)?);
-    let start: i64 = tx
-        .query_opt(&contig, &[&dev, &epoch])?
-        .map(|row| row.try_get(0))
-        .transpose()?
-        .unwrap_or(o(0));
-    if seq <= start {
-        // Stored before (and maybe pruned since): a resend, not a new event.
-        tx.commit()?;
-        return Ok(Inserted {
-            new: false,
-            contiguous: u(start),
-        });
-    }
-    let received = ts(rec.received_at);
-    let new = tx.execute(&add, &[&dev, &epoch, &seq, &received, &bytes, &Json(rec)])? == 1;
-    let contiguous: i64 = tx
-        .query_one(&advance, &[&dev, &epoch, &start])?
-        .try_get(0)?;
-    if contiguous != start {
-        tx.execute(&set_contig, &[&dev, &epoch, &contiguous])?;
-    }
-    if new {
-        count += 1;
-        size_sum += bytes;
-        // Remove the oldest events while over a bound (at most PRUNE_BATCH; the newest stays).
-        let oldest_kept = ts(rec.received_at.saturating_sub(r.max_age_ms()));
-        let over_size = |c: i64, b: i64| {
-            c as u64 > r.max_events_per_device || b as u64 > r.max_bytes_per_device
-        };
-        let mut limit: i64 = if over_size(count, size_sum) {
-            PRUNE_BATCH as i64
-        } else {
-            1
-        };
-        loop {
-            let rows = tx.query(&oldest, &[&dev, &limit])?;
-            let (mut c, mut b, mut upto) = (count, size_sum, None);
-            for row in &rows {
-                let (ord, sz, at): (i64, i64, i64) =
-                    (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-                if c <= 1 || !(over_size(c, b) || at < oldest_kept) {
-                    break;
-                }
-                c -= 1;
-                b -= sz;
-                upto = Some(ord);
-            }
-            // Only the oldest was read and it is too old: read a whole batch.
-            if limit == 1 && upto.is_some() {
-                limit = PRUNE_BATCH as i64;
-                continue;
-            }
-            if let Some(ord) = upto {
-                let removed = tx.execute(&drop_upto, &[&dev, &ord])?;
-                tracing::debug!(device = dev, removed, "pruned old status events");
-                count = c;
-                size_sum = b;
-            }
-            break;
-        }
-        tx.execute(&set_head, &[&dev, &epoch, &count, &size_sum])?;
-    }
-    tx.commit()?;
+    let row = row.ok_or_else(|| Failure::Other("hammer_insert_status answered no row".into()))?;
+    let new: bool = row.try_get(0)?;
+    let contiguous: i64 = row.try_get(1)?;
     Ok(Inserted {
         new,
         contiguous: u(contiguous),

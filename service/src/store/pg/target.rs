@@ -130,7 +130,8 @@ impl Target {
         })
     }
 
-    /// Opens a connection with the statement bounds set.
+    /// Opens a connection with the statement bounds set and commits that do not wait for
+    /// the disk.
     pub fn connect(&self) -> Result<Client> {
         let mut c = self.config.connect(NoTls).map_err(|e| {
             StoreError(format!(
@@ -139,8 +140,11 @@ impl Target {
             ))
         })?;
         let ms = self.statement_timeout.as_millis();
+        // Commits do not wait for the disk: `Store::flush` does, once for everything before
+        // it (see `PgStore::flush`).
         c.batch_execute(&format!(
-            "SET statement_timeout = {ms}; SET idle_in_transaction_session_timeout = {}",
+            "SET statement_timeout = {ms}; SET idle_in_transaction_session_timeout = {}; \
+             SET synchronous_commit = off",
             ms.saturating_mul(2)
         ))
         .map_err(|e| StoreError(format!("database {self}: {}", describe(&e, self))))?;

@@ -78,3 +78,81 @@ CREATE TABLE status_contig (
     contiguous BIGINT NOT NULL,
     PRIMARY KEY (device_id, epoch)
 );
+
+-- Stores one status event (the store's `insert_status`, in one round trip): once per
+-- (device, epoch, seq), advancing the contiguous position, then removing the device's oldest
+-- events while it is over a bound (at most `p_batch` of them; the newest always stays).
+-- The device's `status_heads` row is locked first, so one device's inserts run one at a time
+-- in every process and its counts stay exact. Answers whether the event is new and the
+-- contiguous position (both shifted like seq).
+CREATE FUNCTION hammer_insert_status(
+    p_device      TEXT,
+    p_epoch       BIGINT,
+    p_seq         BIGINT,
+    p_received_at BIGINT,
+    p_size        BIGINT,
+    p_rec         JSONB,
+    p_max_events  BIGINT,
+    p_max_bytes   BIGINT,
+    p_oldest_kept BIGINT,
+    p_batch       INTEGER,
+    OUT o_new        BOOLEAN,
+    OUT o_contiguous BIGINT
+) LANGUAGE plpgsql AS $$
+DECLARE
+    v_count BIGINT;
+    v_bytes BIGINT;
+    v_start BIGINT;
+    v_upto  BIGINT;
+    v_rows  INTEGER;
+    r       RECORD;
+BEGIN
+    INSERT INTO status_heads (device_id) VALUES (p_device) ON CONFLICT DO NOTHING;
+    SELECT h.count, h.bytes INTO v_count, v_bytes
+        FROM status_heads h WHERE h.device_id = p_device FOR UPDATE;
+    SELECT c.contiguous INTO v_start
+        FROM status_contig c WHERE c.device_id = p_device AND c.epoch = p_epoch;
+    v_start := COALESCE(v_start, -9223372036854775808);  -- seq 0, shifted
+    IF p_seq <= v_start THEN
+        -- Stored before (and maybe pruned since): a resend, not a new event.
+        o_new := false;
+        o_contiguous := v_start;
+        RETURN;
+    END IF;
+    INSERT INTO status_events (device_id, epoch, seq, received_at, size, rec)
+        VALUES (p_device, p_epoch, p_seq, p_received_at, p_size, p_rec)
+        ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS v_rows = ROW_COUNT;
+    o_new := v_rows = 1;
+    -- The longest run of seqs after v_start with no gap: the rows where seq - row_number()
+    -- is still v_start (the shift is a constant, so differences are those of the seqs).
+    SELECT COALESCE(MAX(s.seq), v_start) INTO o_contiguous FROM (
+        SELECT e.seq, e.seq - ROW_NUMBER() OVER (ORDER BY e.seq) AS base
+        FROM status_events e
+        WHERE e.device_id = p_device AND e.epoch = p_epoch AND e.seq > v_start
+    ) s WHERE s.base = v_start;
+    IF o_contiguous <> v_start THEN
+        INSERT INTO status_contig AS c (device_id, epoch, contiguous)
+            VALUES (p_device, p_epoch, o_contiguous)
+            ON CONFLICT (device_id, epoch)
+            DO UPDATE SET contiguous = GREATEST(c.contiguous, EXCLUDED.contiguous);
+    END IF;
+    IF o_new THEN
+        v_count := v_count + 1;
+        v_bytes := v_bytes + p_size;
+        FOR r IN SELECT e.ord, e.size, e.received_at FROM status_events e
+                 WHERE e.device_id = p_device ORDER BY e.ord LIMIT p_batch LOOP
+            EXIT WHEN v_count <= 1 OR NOT (v_count > p_max_events OR v_bytes > p_max_bytes
+                                           OR r.received_at < p_oldest_kept);
+            v_count := v_count - 1;
+            v_bytes := v_bytes - r.size;
+            v_upto := r.ord;
+        END LOOP;
+        IF v_upto IS NOT NULL THEN
+            DELETE FROM status_events e WHERE e.device_id = p_device AND e.ord <= v_upto;
+        END IF;
+        UPDATE status_heads h SET epoch = p_epoch, count = v_count, bytes = v_bytes
+            WHERE h.device_id = p_device;
+    END IF;
+END
+$$;
