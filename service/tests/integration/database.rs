@@ -59,8 +59,13 @@ async fn database_serves_the_api_and_keeps_everything_across_a_restart() {
     assert_eq!(list.as_array().map(|a| a.len()), Some(1), "{list}");
     let (_, hist2) = h.get("/api/v1/devices/d0/history", &t).await;
     assert_eq!(hist2.as_array().map_or(0, |a| a.len()), phases, "{hist2}");
-    let (s, _) = h.get("/metrics", "").await;
+    let (s, metrics) = h.get("/metrics", "").await;
     assert_eq!(s, StatusCode::OK);
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    assert!(
+        metrics.contains("hammer_database_queue_full_total 0"),
+        "{metrics}"
+    );
     h.svc.take().unwrap().shutdown().await;
 }
 

@@ -1,7 +1,9 @@
 //! The service's API-level integration tests, in one test binary (one link instead of eleven):
 //! each test starts a real service on loopback ports (real broker, real certificates, real
 //! sled store) and talks to it over real HTTP and real mTLS MQTT; `layering` reads the source
-//! and checks the layering rule of ARCHITECTURE.md.
+//! and checks the layering rule of ARCHITECTURE.md. `store_contract` runs the `Store` contract
+//! on sled and on PostgreSQL, and `database` the whole service on PostgreSQL, both on a
+//! throwaway cluster (`pg_server`).
 //!
 //! Kept in binaries of their own: `web_ui` (headless Chromium), `bounds_history` (sets a
 //! process-wide retention default) and `bounds_presence` (measures this process's memory).
