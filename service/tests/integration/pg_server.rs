@@ -23,6 +23,8 @@ pub struct TestPg {
     child: Option<Child>,
     pub port: u16,
     pub password: String,
+    /// With TLS: the file of the CA that issued the server's certificate.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A test that cannot run here says why; under `CI=true` that fails.
@@ -101,6 +103,16 @@ fn free_port() -> u16 {
 impl TestPg {
     /// Starts a cluster, or says why it cannot (see [`skip`]) and answers `None`.
     pub fn start() -> Option<TestPg> {
+        Self::start_with(false)
+    }
+
+    /// [`TestPg::start`] with TLS on (a server certificate for 127.0.0.1 and localhost from a
+    /// CA of its own, in [`TestPg::ca_file`]).
+    pub fn start_tls() -> Option<TestPg> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Option<TestPg> {
         let Some(bin) = bindir() else {
             skip("PostgreSQL is not installed (apt-get install postgresql)");
             return None;
@@ -129,6 +141,7 @@ impl TestPg {
             child: None,
             port: 0,
             password,
+            ca_file: None,
         };
         let out = pg
             .command("initdb")
@@ -152,6 +165,38 @@ impl TestPg {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        if tls {
+            let ca = hammer_certs::Ca::create("hammer test PostgreSQL").unwrap();
+            let server = ca
+                .issue_server(
+                    &["localhost".to_owned()],
+                    &["127.0.0.1".parse().unwrap()],
+                    Duration::from_secs(3600),
+                )
+                .unwrap();
+            let ca_file = pg.dir.path().join("ca.pem");
+            std::fs::write(&ca_file, ca.cert().pem()).unwrap();
+            let data = pg.data();
+            std::fs::write(data.join("server.crt"), &server.cert_pem).unwrap();
+            std::fs::write(data.join("server.key"), server.key_pem.unwrap()).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                data.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+            if let Some((uid, gid)) = owner {
+                for f in ["server.crt", "server.key"] {
+                    std::os::unix::fs::chown(data.join(f), Some(uid), Some(gid)).unwrap();
+                }
+            }
+            std::fs::write(
+                data.join("postgresql.auto.conf"),
+                "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+            )
+            .unwrap();
+            pg.ca_file = Some(ca_file);
+        }
         pg.port = free_port();
         pg.run();
         Some(pg)

@@ -662,6 +662,23 @@ fn postgres_errors_never_show_the_password_and_a_lost_database_is_reconnected() 
     assert!(e.contains("hammer@127.0.0.1"), "{e}");
     assert!(!e.contains(wrong) && !e.contains(&pg.password), "{e}");
 
+    // This server has no TLS: a URL asking for it is refused, saying so.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = hammer_certs::Ca::create("another").unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca.cert().pem()).unwrap();
+    let e = PgStore::open(
+        &PgConfig::new(format!(
+            "{url}?sslmode=require&sslrootcert={}",
+            dir.path().join("ca.pem").display()
+        )),
+        Retention::BUILT_IN,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("does not support TLS"), "{e}");
+    assert!(!e.contains(&pg.password), "{e}");
+
     let s = PgStore::open(&PgConfig::new(url), Retention::BUILT_IN).unwrap();
     assert!(s.insert_user(&user("u1", "alice")).unwrap());
     pg.stop();
@@ -690,4 +707,48 @@ fn postgres_errors_never_show_the_password_and_a_lost_database_is_reconnected() 
     for _ in 0..20 {
         s.user("u1").unwrap();
     }
+}
+
+#[test]
+fn postgres_over_tls_verifies_the_servers_certificate() {
+    let Some(pg) = TestPg::start_tls() else {
+        return;
+    };
+    let url = pg.create_db("tls");
+    let ca = pg.ca_file.clone().unwrap();
+    let s = PgStore::open(
+        &PgConfig::new(format!(
+            "{url}?sslmode=verify-full&sslrootcert={}",
+            ca.display()
+        )),
+        Retention::BUILT_IN,
+    )
+    .unwrap();
+    assert!(s.insert_user(&user("u1", "alice")).unwrap());
+    assert_eq!(s.user_by_name("alice").unwrap().unwrap().id, "u1");
+    // Every connection the store holds is encrypted.
+    assert_eq!(
+        pg.sql(
+            "tls",
+            "SELECT bool_and(s.ssl) AND count(*) > 0 FROM pg_stat_ssl s \
+             JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'hammer'"
+        ),
+        "t"
+    );
+    // A server whose certificate is not from the CA named is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let other = hammer_certs::Ca::create("another").unwrap();
+    std::fs::write(dir.path().join("ca.pem"), other.cert().pem()).unwrap();
+    let e = PgStore::open(
+        &PgConfig::new(format!(
+            "{url}?sslrootcert={}",
+            dir.path().join("ca.pem").display()
+        )),
+        Retention::BUILT_IN,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("certificate"), "{e}");
+    assert!(!e.contains(&pg.password), "{e}");
 }

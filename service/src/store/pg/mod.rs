@@ -5,7 +5,8 @@
 //!   connection; the trait stays synchronous and its callers unchanged.
 //! - [`migrate`]: the schema as embedded versioned migrations (`migrations/*.sql`), applied
 //!   on open; a newer schema than this build knows is refused.
-//! - [`target`]: the URL (never shown with its password) and the TLS rule.
+//! - [`target`]: the URL (never shown with its password) and the TLS rule; [`tls`]: rustls
+//!   (ring) under the client library.
 //! - [`status`]: status events (exactly-once insert, acks, history, retention).
 //!
 //! Records are stored whole as JSON (`rec`), with the columns the store looks them up, orders
@@ -21,6 +22,7 @@ pub mod migrate;
 pub mod pool;
 pub mod status;
 pub mod target;
+pub mod tls;
 
 use super::*;
 use pool::{Db, Failure, Pool, Retry};

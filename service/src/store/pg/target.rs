@@ -1,14 +1,18 @@
 //! Where the PostgreSQL store connects: the `--database` URL read once, shown only without
-//! its password, and the rule on TLS.
+//! its password, and the rule on TLS (decision 0010):
 //!
-//! TLS is not supported yet (decision 0010): a database on loopback or a Unix socket is
-//! reached in plain; another host only with `sslmode=disable` written in the URL, which says
-//! the operator provides the protection (a private network or a tunnel). `sslmode=require`
-//! is refused with a sentence saying so.
+//! - a database on loopback or a Unix socket is reached in plain unless the URL asks for TLS;
+//! - another host is reached over TLS unless the URL says `sslmode=disable` (the operator
+//!   then provides the protection: a private network or a tunnel);
+//! - TLS always verifies the server's certificate and host name ([`super::tls`]), against
+//!   `sslrootcert=FILE` or the system's roots: `sslmode=require`, `verify-ca` and
+//!   `verify-full` all mean that.
 
+use super::tls::Rustls;
 use crate::store::{Result, StoreError};
 use postgres::config::{Host, SslMode};
 use postgres::{Client, NoTls};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How long opening a connection may take unless the URL says (`connect_timeout=`).
@@ -23,6 +27,8 @@ pub struct Target {
     secrets: Vec<String>,
     /// Every statement's bound (`SET statement_timeout`); a caller waits twice this long.
     pub statement_timeout: Duration,
+    /// How connections are encrypted (`None`: in plain).
+    tls: Option<Rustls>,
 }
 
 impl std::fmt::Display for Target {
@@ -50,6 +56,75 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// `%XX` escapes of a URL parameter decoded.
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Takes out of `url` what the client library does not read: `sslrootcert=FILE` (answered),
+/// and `sslmode=verify-ca|verify-full` (here the same as `require`: the certificate is
+/// always verified).
+fn take_tls_params(url: &str) -> (String, Option<PathBuf>) {
+    let mut root = None;
+    let mut keep = |k: &str, v: &str| -> Option<String> {
+        match (k, v) {
+            ("sslrootcert", v) => {
+                root = Some(PathBuf::from(percent_decode(v)));
+                None
+            }
+            ("sslmode", "verify-ca" | "verify-full") => Some("sslmode=require".into()),
+            _ => Some(format!("{k}={v}")),
+        }
+    };
+    if url.contains("://") {
+        let Some((base, query)) = url.split_once('?') else {
+            return (url.to_owned(), None);
+        };
+        let params: Vec<String> = query
+            .split('&')
+            .filter_map(|p| match p.split_once('=') {
+                Some((k, v)) => keep(k, v),
+                None => Some(p.to_owned()),
+            })
+            .collect();
+        let url = if params.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", params.join("&"))
+        };
+        (url, root)
+    } else {
+        let pairs: Vec<String> = url
+            .split_whitespace()
+            .filter_map(|p| match p.split_once('=') {
+                Some((k, v)) => keep(k, v),
+                None => Some(p.to_owned()),
+            })
+            .collect();
+        (pairs.join(" "), root)
+    }
+}
+
 fn is_loopback(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
     h == "localhost"
@@ -64,7 +139,8 @@ impl Target {
         if let Some(p) = url_password(url) {
             secrets.push(p.to_owned());
         }
-        let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| {
+        let (plain_url, root) = take_tls_params(url);
+        let mut config: postgres::Config = plain_url.parse().map_err(|e: postgres::Error| {
             let why = scrub(&chain(&e), &secrets);
             StoreError(format!(
                 "the --database URL {} is not a PostgreSQL URL (postgres://USER[:PASSWORD]@HOST[:PORT]/DB): {why}",
@@ -95,26 +171,35 @@ impl Target {
             hosts.join(","),
             config.get_dbname().or(config.get_user()).unwrap_or("?")
         );
-        match config.get_ssl_mode() {
-            SslMode::Disable => {}
-            SslMode::Require => {
-                return Err(StoreError(format!(
-                    "the --database URL for {shown} asks for sslmode=require, and this hammer cannot connect to PostgreSQL over TLS yet: use a database on this machine (or a Unix socket), or reach it through a private network or a TLS tunnel and write sslmode=disable"
-                )))
-            }
-            _ => {
-                let remote = config.get_hosts().iter().any(|h| match h {
-                    Host::Tcp(n) => !is_loopback(n),
-                    Host::Unix(_) => false,
-                });
-                if remote {
-                    return Err(StoreError(format!(
-                        "the database {shown} is on another host and this hammer cannot connect to PostgreSQL over TLS yet: the password and the data would cross the network in plain. Reach it through a private network or a TLS tunnel and add sslmode=disable to the URL to say so"
-                    )));
-                }
-                config.ssl_mode(SslMode::Disable);
-            }
+        let remote = config.get_hosts().iter().any(|h| match h {
+            Host::Tcp(n) => !is_loopback(n),
+            Host::Unix(_) => false,
+        });
+        let unix_only = config
+            .get_hosts()
+            .iter()
+            .all(|h| matches!(h, Host::Unix(_)));
+        let wanted = match config.get_ssl_mode() {
+            SslMode::Disable => false,
+            SslMode::Require => true,
+            // Unset (prefer): TLS to another host, or when a CA file is named.
+            _ => remote || root.is_some(),
+        };
+        if wanted && unix_only {
+            return Err(StoreError(format!(
+                "the --database URL for {shown} asks for TLS over a Unix socket, which PostgreSQL does not offer: drop sslmode and sslrootcert, or name a TCP host"
+            )));
         }
+        let tls = if wanted {
+            config.ssl_mode(SslMode::Require);
+            Some(
+                Rustls::new(root.as_deref())
+                    .map_err(|e| StoreError(format!("the database {shown}: {}", e.0)))?,
+            )
+        } else {
+            config.ssl_mode(SslMode::Disable);
+            None
+        };
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -127,17 +212,25 @@ impl Target {
             shown,
             secrets,
             statement_timeout: statement_timeout.max(Duration::from_millis(100)),
+            tls,
         })
     }
 
     /// Opens a connection with the statement bounds set and commits that do not wait for
     /// the disk.
     pub fn connect(&self) -> Result<Client> {
-        let mut c = self.config.connect(NoTls).map_err(|e| {
-            StoreError(format!(
-                "cannot connect to the database {self}: {}",
-                describe(&e, self)
-            ))
+        let connected = match &self.tls {
+            Some(tls) => self.config.connect(tls.clone()),
+            None => self.config.connect(NoTls),
+        };
+        let mut c = connected.map_err(|e| {
+            let mut why = describe(&e, self);
+            if why.contains("does not support TLS") {
+                why.push_str(
+                    " (a database on another host is reached over TLS; sslmode=disable in the URL connects in plain)",
+                );
+            }
+            StoreError(format!("cannot connect to the database {self}: {why}"))
         })?;
         let ms = self.statement_timeout.as_millis();
         // Commits do not wait for the disk: `Store::flush` does, once for everything before
@@ -217,21 +310,49 @@ mod tests {
     }
 
     #[test]
-    fn tls_is_refused_with_a_sentence_and_a_remote_host_needs_sslmode_disable() {
-        let e = Target::parse("postgres://u:pw@127.0.0.1/db?sslmode=require", T)
+    fn tls_to_another_host_unless_sslmode_disable_and_whenever_the_url_asks() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = hammer_certs::Ca::create("pg test").unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.cert().pem()).unwrap();
+        let root = ca_file.display().to_string();
+        let tls = |url: &str| Target::parse(url, T).map(|t| t.tls.is_some());
+        assert!(!tls("postgres://u:pw@127.0.0.1/db").unwrap());
+        assert!(!tls("postgres://u@localhost/db").unwrap());
+        assert!(!tls("postgres://u@[::1]:5432/db").unwrap());
+        assert!(!tls("host=/run/postgresql user=u dbname=db").unwrap());
+        assert!(!tls("postgres://u:pw@db.example.com/db?sslmode=disable").unwrap());
+        assert!(tls(&format!(
+            "postgres://u:pw@db.example.com/db?sslrootcert={root}"
+        ))
+        .unwrap());
+        assert!(tls(&format!(
+            "postgres://u:pw@127.0.0.1/db?sslmode=verify-full&sslrootcert={root}&connect_timeout=2"
+        ))
+        .unwrap());
+        assert!(tls(&format!(
+            "host=127.0.0.1 user=u sslmode=require sslrootcert={root}"
+        ))
+        .unwrap());
+        let e = Target::parse(
+            "postgres://u:pw@db.example.com/db?sslrootcert=/nope/ca.pem",
+            T,
+        )
+        .err()
+        .unwrap()
+        .0;
+        assert!(e.contains("/nope/ca.pem") && !e.contains("pw@"), "{e}");
+        let e = Target::parse("host=/run/postgresql user=u sslmode=require", T)
             .err()
             .unwrap()
             .0;
-        assert!(e.contains("sslmode=require") && e.contains("TLS"), "{e}");
-        assert!(!e.contains("pw@"), "{e}");
-        let e = Target::parse("postgres://u:pw@db.example.com/db", T)
-            .err()
-            .unwrap()
-            .0;
-        assert!(e.contains("sslmode=disable"), "{e}");
-        assert!(Target::parse("postgres://u:pw@db.example.com/db?sslmode=disable", T).is_ok());
-        assert!(Target::parse("postgres://u@localhost/db", T).is_ok());
-        assert!(Target::parse("postgres://u@[::1]:5432/db", T).is_ok());
-        assert!(Target::parse("host=/run/postgresql user=u dbname=db", T).is_ok());
+        assert!(e.contains("Unix socket"), "{e}");
+        assert_eq!(
+            take_tls_params("postgres://u@h/db?sslrootcert=%2Ftmp%2Fca.pem&sslmode=verify-ca"),
+            (
+                "postgres://u@h/db?sslmode=require".to_owned(),
+                Some(PathBuf::from("/tmp/ca.pem"))
+            )
+        );
     }
 }
