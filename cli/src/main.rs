@@ -129,7 +129,8 @@ struct ServeArgs {
 #[derive(Args)]
 struct DatabaseArgs {
     /// Keep the store in PostgreSQL instead of under the data dir:
-    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DB (a secret: never logged whole)
+    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?sslrootcert=CA.pem] (a secret: never
+    /// logged whole; another host is reached over TLS unless ?sslmode=disable)
     #[arg(
         long,
         env = "HAMMER_DATABASE_URL",
