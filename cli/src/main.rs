@@ -119,6 +119,11 @@ struct ServeArgs {
     /// Days status events, and finished deployments, are kept
     #[arg(long, default_value_t = 730, value_name = "DAYS", value_parser = clap::value_parser!(u64).range(1..))]
     history_max_days: u64,
+    /// On SIGTERM or Ctrl-C, seconds to keep serving with /healthz answering 503 (so a load
+    /// balancer's health check takes this replica out) before new connections are refused
+    /// (0: at once; a second signal skips the rest)
+    #[arg(long, default_value_t = hammer_service::DEFAULT_DRAIN_GRACE.as_secs(), value_name = "SECS")]
+    drain_grace: u64,
     #[command(flatten)]
     device_rate: DeviceRateArgs,
     #[command(flatten)]
@@ -295,6 +300,7 @@ async fn run(parsed: Cli) -> Result<()> {
                 max_bytes_per_device: a.history_max_mib.saturating_mul(1024 * 1024),
                 max_age: Duration::from_secs(a.history_max_days.saturating_mul(24 * 3600)),
             };
+            cfg.drain_grace = Duration::from_secs(a.drain_grace);
             cfg.device_rate_limit = a.device_rate.limit();
             cfg.database = a.database.config();
             hammer_service::run(cfg).await
@@ -405,6 +411,7 @@ mod tests {
             (10_000, 16)
         );
         assert_eq!((a.http_header_timeout, a.http_idle_timeout), (10, 60));
+        assert_eq!(a.drain_grace, 5);
         assert_eq!(
             (a.max_http_connections, a.max_http_connections_per_address),
             (None, 64)

@@ -100,6 +100,8 @@ async fn follow(
             .await
         {
             Ok(()) => {
+                // The service ended the stream (a restart: its last event says to
+                // reconnect, which a load balancer sends to another replica).
                 eprintln!("(event stream closed by the service; reconnecting)");
                 backoff = Duration::from_millis(500);
             }

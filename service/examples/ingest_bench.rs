@@ -35,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
     cfg.mqtt = "127.0.0.1:0".parse()?;
     cfg.enroll = "127.0.0.1:0".parse()?;
     cfg.public_host = Some("127.0.0.1".into());
+    cfg.drain_grace = std::time::Duration::ZERO;
     let svc = hammer_service::start(cfg).await?;
     let http = reqwest::Client::new();
     let base = svc.http_url();

@@ -42,6 +42,9 @@ impl Default for HttpLimits {
     }
 }
 
+/// How long a stopping service keeps serving with `/healthz` unready (`--drain-grace`).
+pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(5);
+
 /// Per-user quotas.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Quotas {
@@ -105,6 +108,10 @@ pub struct ServeConfig {
     /// The embedded broker's per-device publish limit (`--device-packets-per-sec` and
     /// friends; `None`: unlimited).
     pub device_rate_limit: Option<hammer_broker::limits::RateLimit>,
+    /// On stop, how long the service keeps serving after `/healthz` turned unready (503), so
+    /// a load balancer's health check takes it out before it stops accepting connections
+    /// (`--drain-grace`, default 5 s; zero: stop at once).
+    pub drain_grace: Duration,
 }
 
 impl ServeConfig {
@@ -126,6 +133,7 @@ impl ServeConfig {
             metrics_listen: None,
             retention: crate::store::Retention::default(),
             device_rate_limit: Some(hammer_broker::limits::RateLimit::DEVICE),
+            drain_grace: DEFAULT_DRAIN_GRACE,
         }
     }
 }

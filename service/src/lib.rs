@@ -1,7 +1,8 @@
 //! Hammer IoT cloud service (`hammer serve`): the HTTP API, the embedded broker, the store
 //! (sled, or PostgreSQL with `--database`), status ingestion and the rollout engine.
 //!
-//! Entry points: [`run`] (until Ctrl-C / SIGTERM), [`start`] (background tasks, for tests
+//! Entry points: [`run`] (until Ctrl-C / SIGTERM, then it drains: see
+//! [`RunningService::shutdown`]), [`start`] (background tasks, for tests
 //! and embedding; returns a [`RunningService`]) and [`run_broker`] (`hammer broker`: the
 //! broker alone, with the certificates of a serve data dir, so the service can be upgraded
 //! without dropping devices: run `hammer broker` and `hammer serve --broker-url`).
@@ -32,7 +33,7 @@ pub mod store;
 pub mod views;
 pub mod web;
 
-pub use config::{BrokerUrl, HttpLimits, HttpTls, Quotas, ServeConfig};
+pub use config::{BrokerUrl, HttpLimits, HttpTls, Quotas, ServeConfig, DEFAULT_DRAIN_GRACE};
 
 use anyhow::Context;
 use hammer_broker::{Broker, BrokerConfig, BrokerHandle};
@@ -47,7 +48,8 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// How long a stopping service waits for its tasks (HTTP requests in flight, the rollout
-/// engine's last write, ingestion's last batch) before it aborts the rest.
+/// engine's last write, ingestion's last batch) before it aborts the rest; counted from the
+/// end of the drain grace ([`ServeConfig::drain_grace`]).
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(8);
 
 /// Name of the admin user created on first start.
@@ -77,7 +79,11 @@ pub struct RunningService {
     /// Whether HTTP is served over TLS.
     pub https: bool,
     pub data_dir: PathBuf,
+    /// How long [`RunningService::drain`] keeps serving with `/healthz` unready.
+    pub drain_grace: Duration,
     stop: watch::Sender<bool>,
+    phase: watch::Sender<service::RunPhase>,
+    drain_began: std::sync::OnceLock<tokio::time::Instant>,
     broker: Option<BrokerHandle>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -89,11 +95,47 @@ impl RunningService {
         format!("{scheme}://{}", self.http_addr)
     }
 
-    /// Stops every task, the broker and the HTTP listener, and waits for them.
-    /// One deadline for all of them ([`SHUTDOWN_DEADLINE`]): what has not stopped by then is
-    /// aborted. Nothing acknowledged is lost that way: a status event is acked only after it
-    /// is durable, and the rollout engine writes its state as it stops.
-    pub async fn shutdown(mut self) {
+    /// Starts draining, at once: `/healthz` answers 503 (a load balancer's health check
+    /// takes this replica out) while every request is still served. Idempotent.
+    pub fn begin_drain(&self) {
+        let mut first = false;
+        self.drain_began.get_or_init(|| {
+            first = true;
+            tokio::time::Instant::now()
+        });
+        if first {
+            self.phase.send_replace(service::RunPhase::Draining);
+            tracing::info!(
+                grace_ms = self.drain_grace.as_millis() as u64,
+                "draining: /healthz answers 503; serving on for the drain grace"
+            );
+        }
+    }
+
+    /// Drains: [`RunningService::begin_drain`], then waits until the drain grace
+    /// (`--drain-grace`) has passed since draining began, so that requests a load balancer
+    /// routed here before it noticed still succeed.
+    pub async fn drain(&self) {
+        self.begin_drain();
+        if let Some(began) = self.drain_began.get() {
+            tokio::time::sleep_until(*began + self.drain_grace).await;
+        }
+    }
+
+    /// Drains ([`RunningService::drain`]), then stops: the listeners accept no more
+    /// connections and finish the requests in flight, every event stream gets a last
+    /// `reconnect` event and ends, the rollout engine writes its state, ingestion stores its
+    /// last batch, the broker stops. One deadline for all of that after the grace
+    /// ([`SHUTDOWN_DEADLINE`]): what has not stopped by then is aborted. Nothing
+    /// acknowledged is lost that way: a status event is acked only after it is durable, and
+    /// the rollout engine writes its state as it stops.
+    pub async fn shutdown(self) {
+        self.drain().await;
+        self.stop_now().await;
+    }
+
+    /// Stops without waiting for the rest of the drain grace (a second signal).
+    pub async fn stop_now(mut self) {
         self.signal_stop();
         let deadline = tokio::time::Instant::now() + SHUTDOWN_DEADLINE;
         for t in std::mem::take(&mut self.tasks) {
@@ -125,8 +167,15 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let svc = start(cfg).await?;
     tracing::info!(http = %svc.http_url(), mqtt = %svc.mqtt_addr, broker_url = %svc.device_broker_url, enroll_url = %svc.enroll_url, "hammer serve running; admin token in {}", svc.data_dir.join(ADMIN_TOKEN_FILE).display());
     wait_for_signal().await?;
-    tracing::info!("shutting down");
-    svc.shutdown().await;
+    tracing::info!("shutting down (a second Ctrl-C or SIGTERM skips the drain grace)");
+    tokio::select! {
+        _ = svc.drain() => {}
+        r = wait_for_signal() => {
+            r?;
+            tracing::info!("second signal: stopping without the rest of the drain grace");
+        }
+    }
+    svc.stop_now().await;
     Ok(())
 }
 
@@ -369,6 +418,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
         &material.service_key_pem,
     )?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (phase_tx, phase_rx) = watch::channel(service::RunPhase::Serving);
     // Deep enough for a 10,000-device rollout's burst (about 60,000 status events within
     // seconds; ~250 bytes each): what overflows the status queue is shed and resent by the
     // devices seconds later, which is what made the service finish ~5 s after the devices.
@@ -407,6 +457,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
         rollout: rollout_tx,
         enroll_limiter: Default::default(),
         shutdown: stop_rx.clone(),
+        phase: phase_rx,
         sessions: sessions::Sessions::new(cfg.http_tls.is_some()),
         gauges,
         quotas: cfg.quotas.clone(),
@@ -514,7 +565,10 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
         device_broker_url,
         https,
         data_dir: dir,
+        drain_grace: cfg.drain_grace,
         stop: stop_tx,
+        phase: phase_tx,
+        drain_began: std::sync::OnceLock::new(),
         broker,
         tasks,
     })

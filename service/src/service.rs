@@ -25,6 +25,17 @@ pub struct HubEvent {
     pub event: Event,
 }
 
+/// Where the running service is in its life, as far as clients see it. The one place the
+/// draining state lives (`Service::phase`); stopping itself is `Service::shutdown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunPhase {
+    /// Ready: `/healthz` answers 200.
+    Serving,
+    /// Stopping soon: `/healthz` answers 503 so load balancers take this replica out, while
+    /// everything else is still served until the drain grace ends.
+    Draining,
+}
+
 /// Everything shared. Held in an `Arc`.
 pub struct Service {
     pub store: Arc<dyn Store>,
@@ -46,6 +57,8 @@ pub struct Service {
     pub enroll_limiter: crate::limits::EnrollLimiter,
     /// Turns true when the service shuts down (ends event streams).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Serving or draining (set by `RunningService::drain`; read by `/healthz`).
+    pub phase: tokio::sync::watch::Receiver<RunPhase>,
     /// Browser sessions of the web UI.
     pub sessions: crate::sessions::Sessions,
     /// What the store holds, counted as it changes (for `/metrics` and quotas).

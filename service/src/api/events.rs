@@ -1,6 +1,7 @@
 //! `GET /api/v1/events?device=NAME&deployment=ID`: Server-Sent Events of the caller's devices
 //! only (status, presence, health, logs, deployment progress), each `data:` an api `Event`.
-//! Browsers authenticate with the session cookie (see [`crate::auth`]).
+//! Browsers authenticate with the session cookie (see [`crate::auth`]). When the service
+//! stops, every stream ends with [`reconnect_event`].
 
 use crate::domain::deployments::owned_deployment;
 use crate::domain::devices::owned_device;
@@ -73,8 +74,28 @@ pub async fn events(
         };
         std::future::ready(out)
     });
-    let stream = stream.take_until(stopped);
+    // The service is stopping (its drain grace is over): a last event tells the client to
+    // reconnect, which a load balancer sends to another replica, then the stream ends.
+    let stream = stream
+        .take_until(stopped)
+        .chain(futures_util::stream::once(std::future::ready(Ok(
+            reconnect_event(),
+        ))));
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(svc.sse_keep_alive)))
+}
+
+/// How long a client waits before it reconnects after [`reconnect_event`] (the SSE `retry:`).
+pub const RECONNECT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The last event of every stream when the service stops: `event: reconnect`, a `retry:`
+/// and a data line saying why. Browsers' `EventSource` reconnects by itself after `retry`
+/// (and calls no `onmessage` for a named event); `hammer events`/`logs -f` skip data that is
+/// not an API event and reopen a stream that ended.
+pub fn reconnect_event() -> SseEvent {
+    SseEvent::default()
+        .event("reconnect")
+        .retry(RECONNECT_RETRY)
+        .data("the service is restarting; reconnect")
 }
 
 /// An open event stream: its quota slot and its place in `hammer_event_streams_open`.

@@ -1,18 +1,31 @@
 //! `/healthz`, Prometheus `/metrics` and the OpenAPI document.
 
 use crate::error::ServiceError;
-use crate::service::Service;
+use crate::service::{RunPhase, Service};
 use axum::extract::State;
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
 /// The OpenAPI 3 document of every route.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
+/// What `/healthz` answers in `phase`: ready, or 503 while draining so that a load
+/// balancer's health check takes this replica out before it stops accepting connections.
+pub fn health_answer(phase: RunPhase) -> (StatusCode, &'static str) {
+    match phase {
+        RunPhase::Serving => (StatusCode::OK, "ok\n"),
+        RunPhase::Draining => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining: this replica is stopping; send new requests to another one\n",
+        ),
+    }
+}
+
 /// `GET /healthz`.
-pub async fn healthz() -> &'static str {
-    "ok\n"
+pub async fn healthz(State(svc): State<Arc<Service>>) -> Response {
+    let phase = *svc.phase.borrow();
+    health_answer(phase).into_response()
 }
 
 /// `GET /api/v1/openapi.json`.
@@ -65,4 +78,17 @@ fn metrics_text(svc: &Service, headers: &HeaderMap) -> Response {
         &crate::http_stats::render_listeners(&listeners),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn healthz_is_ready_while_serving_and_503_while_draining() {
+        assert_eq!(health_answer(RunPhase::Serving), (StatusCode::OK, "ok\n"));
+        let (status, body) = health_answer(RunPhase::Draining);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.starts_with("draining"), "{body}");
+    }
 }

@@ -31,6 +31,8 @@ pub fn config(dir: &Path) -> ServeConfig {
     cfg.mqtt = "127.0.0.1:0".parse().unwrap();
     cfg.enroll = "127.0.0.1:0".parse().unwrap();
     cfg.public_host = Some("127.0.0.1".into());
+    // No load balancer to wait for: tests stop at once (`drain` tests set their own grace).
+    cfg.drain_grace = Duration::ZERO;
     cfg
 }
 

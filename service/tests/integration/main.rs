@@ -18,6 +18,7 @@ mod bounds_http;
 mod bounds_logs;
 mod bounds_shutdown;
 mod database;
+mod drain;
 mod install;
 mod layering;
 mod metrics_counters;

@@ -71,28 +71,46 @@
     var src = document.body.getAttribute('data-events');
     var live = document.getElementById('live');
     if (!src || !window.EventSource) return;
-    var es = new EventSource(src);
-    es.onopen = function () {
-      if (live) { live.textContent = 'live'; live.className = 'live on'; }
-      schedule(); // catch up on anything between the page render and the stream
-    };
-    es.onerror = function () {
-      if (!live) return;
-      if (es.readyState === EventSource.CLOSED) {
-        live.textContent = 'offline';
-        error('Live updates stopped; reload the page (or sign in again).');
-      } else {
-        live.textContent = 'reconnecting…';
-      }
-      live.className = 'live';
-    };
-    es.onmessage = function (m) {
-      var ev;
-      try { ev = JSON.parse(m.data); } catch (_) { return; }
-      if (ev.kind === 'logs') { appendLogs(ev.device, ev.lines); return; }
-      schedule();
-    };
-    window.addEventListener('pagehide', function () { es.close(); });
+    // restarting: the service said it is stopping (`event: reconnect`, a restart or a replica
+    // leaving the load balancer); EventSource reconnects by itself after the event's retry.
+    var es = null, restarting = false, retries = 0;
+    function reconnecting() {
+      if (live) { live.textContent = 'reconnecting…'; live.className = 'live'; }
+    }
+    function open() {
+      es = new EventSource(src);
+      es.onopen = function () {
+        restarting = false; retries = 0;
+        if (live) { live.textContent = 'live'; live.className = 'live on'; }
+        schedule(); // catch up on anything between the page render and the stream
+      };
+      es.addEventListener('reconnect', function () { restarting = true; reconnecting(); });
+      es.onerror = function () {
+        if (es.readyState === EventSource.CLOSED && restarting && retries < 30) {
+          // The reconnection found no service yet (a 502/503 while replicas restart): retry.
+          retries++;
+          reconnecting();
+          setTimeout(open, Math.min(1000 * retries, 10000));
+          return;
+        }
+        if (!live) return;
+        if (es.readyState === EventSource.CLOSED) {
+          live.textContent = 'offline';
+          error('Live updates stopped; reload the page (or sign in again).');
+        } else {
+          live.textContent = 'reconnecting…';
+        }
+        live.className = 'live';
+      };
+      es.onmessage = function (m) {
+        var ev;
+        try { ev = JSON.parse(m.data); } catch (_) { return; }
+        if (ev.kind === 'logs') { appendLogs(ev.device, ev.lines); return; }
+        schedule();
+      };
+    }
+    open();
+    window.addEventListener('pagehide', function () { if (es) es.close(); });
   }
 
   function keepLogsStreaming() {
