@@ -11,5 +11,6 @@
 mod common;
 
 mod cli_escape;
+mod drain_cli;
 mod enroll_relay;
 mod pinning_cli;
