@@ -1,4 +1,4 @@
-//! A simulated Hammer device: one core, two ways to drive it.
+//! A simulated Hammer device: one core, three ways to drive it.
 //!
 //! The core ([`session`]) is what every simulated device does as the real `hammer-manager`
 //! does: an MQTT session under its enrolled identity ([`identity`]: mTLS, client id = device
@@ -15,6 +15,8 @@
 //!   status events with its own seqs.
 //! - [`autonomous`]: the fleet simulator's device — each newer generation is a simulated
 //!   rollout with fetch/start times, jitter and a failure rate, counted into [`FleetStats`].
+//! - [`probe`]: the abuse bench's victim — a [`LatencyProbe`] reports `running` every period
+//!   and measures each event's time from its first send to the signed ack ([`AckTimes`]).
 //!
 //! Errors are [`SimError`]; a received payload never panics or fails a device — one that
 //! does not verify is handed to the driver as a [`verify::Refused`].
@@ -24,6 +26,7 @@ pub mod decide;
 pub mod error;
 pub mod identity;
 pub mod outbox;
+pub mod probe;
 pub mod scripted;
 pub mod session;
 pub mod verify;
@@ -33,6 +36,7 @@ pub use decide::{Behavior, DesiredDecision, Generations};
 pub use error::SimError;
 pub use identity::{mqtt_options, new_epoch, Credentials};
 pub use outbox::{AckOutcome, Outbox};
+pub use probe::{AckTimes, AckWindow, LatencyProbe};
 pub use scripted::ScriptedDevice;
 pub use session::{Backoff, Device, Driver, Report, Session, SessionConfig};
 pub use verify::{Refused, Verifier};
@@ -55,5 +59,7 @@ pub(crate) fn test_desired(device: &str, owner: &str) -> hammer_protocol::Desire
         health_cmd: None,
         run_state: hammer_protocol::RunState::Running,
         issued_at: 1,
+        install: None,
+        full_history: false,
     }
 }

@@ -9,8 +9,9 @@
 //! ([`Generations`]), an ack trims the [`Outbox`]. Unacked events are resent once they have
 //! waited `resend_after`.
 //!
-//! What to do with a verified message is the [`Driver`]'s: the scripted device of the tests
-//! and the autonomous device of the fleet simulator are two drivers over this core.
+//! What to do with a verified message is the [`Driver`]'s: the scripted device of the tests,
+//! the autonomous device of the fleet simulator and the latency probe of the abuse bench are
+//! three drivers over this core.
 
 use crate::decide::{DesiredDecision, Generations};
 use crate::error::SimError;
@@ -47,11 +48,14 @@ pub struct SessionConfig {
     pub manager_version: String,
     /// How long [`Session::connect`] waits for the first SUBACK.
     pub ready_timeout: Duration,
+    /// How often the session resends what is due and calls [`Driver::tick`] (1 s; at
+    /// least 1 ms).
+    pub tick: Duration,
 }
 
 impl SessionConfig {
     /// The manager's figures: keep-alive 60 s, connect timeout 30 s, backoff 0.5 s to 30 s,
-    /// resend after 5 s; ready within 30 s.
+    /// resend after 5 s; ready within 30 s; a tick every second.
     pub fn new(broker: (String, u16)) -> SessionConfig {
         SessionConfig {
             broker,
@@ -63,6 +67,7 @@ impl SessionConfig {
             resend_after: Duration::from_secs(5),
             manager_version: "sim".into(),
             ready_timeout: Duration::from_secs(30),
+            tick: Duration::from_secs(1),
         }
     }
 }
@@ -92,7 +97,7 @@ pub trait Driver: Send + Sync + Sized + 'static {
     fn foreign(&self, dev: &Arc<Device>) {}
     /// `n` unacked events were sent again.
     fn resent(&self, dev: &Arc<Device>, n: usize) {}
-    /// Once a second.
+    /// Every [`SessionConfig::tick`] (once a second by default), connected or not.
     fn tick(self: &Arc<Self>, dev: &Arc<Device>) {}
 }
 
@@ -387,9 +392,10 @@ impl Session {
         let dev = device.clone();
         let mut backoff = Backoff::new(cfg.reconnect_min, cfg.reconnect_max);
         let resend_after = cfg.resend_after;
+        let tick_every = cfg.tick.max(Duration::from_millis(1));
         let task = tokio::spawn(async move {
             let mut ready_tx = Some(ready_tx);
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut tick = tokio::time::interval(tick_every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 // The tick runs while a poll is pending; the poll itself is never dropped

@@ -2,7 +2,7 @@
 //! door with ACLs), with a device certificate signed by a fresh fleet CA and a stand-in
 //! service that signs what it sends: presence, the phases of a desired state, refusals of
 //! forged messages, the outbox trimmed by a signed ack and resent after the broker drops the
-//! connection.
+//! connection, the latency probe's time to ack.
 
 use hammer_broker::{Broker, BrokerConfig, BrokerHandle};
 use hammer_certs::{Ca, RevocationList};
@@ -11,13 +11,13 @@ use hammer_protocol::topics::topic;
 use hammer_protocol::*;
 use hammer_sim_device::autonomous;
 use hammer_sim_device::{
-    Behavior, Credentials, FleetStats, ScriptedDevice, SessionConfig, SimConfig,
+    Behavior, Credentials, FleetStats, LatencyProbe, ScriptedDevice, SessionConfig, SimConfig,
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -222,6 +222,8 @@ fn desired(device: &str, generation: u64) -> DesiredState {
         health_cmd: None,
         run_state: RunState::Running,
         issued_at: now_ms(),
+        install: None,
+        full_history: false,
     }
 }
 
@@ -390,5 +392,67 @@ async fn the_scripted_device_answers_with_its_behavior_records_what_it_got_and_r
     assert!(dev.wait_ack(4).await);
     assert_eq!(dev.last_ack().map(|a| a.seq), Some(4));
     until("the outbox empty", || dev.unacked() == 0).await;
+    f.broker.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_latency_probe_reports_every_period_and_times_each_event_to_its_ack() {
+    let f = Fleet::start().await;
+    let mut svc = f.service().await;
+    let creds = f.device("dev4");
+    let mut cfg = SessionConfig::new(f.broker());
+    cfg.reconnect_min = Duration::from_millis(50);
+    cfg.reconnect_max = Duration::from_millis(50);
+    let t0 = Instant::now();
+    let probe = LatencyProbe::connect(&creds, cfg, Duration::from_millis(100))
+        .await
+        .unwrap();
+    let p = svc.presence().await;
+    let evs = svc.statuses(3).await;
+    let got: Vec<(u64, u64, Phase)> = evs.iter().map(|e| (e.epoch, e.seq, e.phase)).collect();
+    assert_eq!(
+        got,
+        [
+            (p.epoch, 1, Phase::Running),
+            (p.epoch, 2, Phase::Running),
+            (p.epoch, 3, Phase::Running)
+        ]
+    );
+
+    // A forged ack is refused and times nothing; a signed one times every event up to it.
+    let forged = SigningKeyPair::generate()
+        .unwrap()
+        .sign_to_vec(&AddressedAck::new("dev4", OWNER, p.epoch, 3))
+        .unwrap();
+    svc.publish("dev4", Channel::Ack, false, forged).await;
+    until("the forged ack refused", || probe.refused() == 1).await;
+    assert!(probe.window(t0, Instant::now()).latencies.is_empty());
+    svc.ack("dev4", p.epoch, 2).await;
+    until("two events acked", || {
+        probe.window(t0, Instant::now()).latencies.len() == 2
+    })
+    .await;
+    let w = probe.window(t0, Instant::now());
+    assert!(w.missed >= 1, "seq 3 on is not acked: {w:?}");
+    assert!(w.latencies.iter().all(|d| *d < Duration::from_secs(5)));
+
+    // Cut off: counted; after the reconnect it goes on with the next seqs.
+    assert!(f.broker.kick_device("dev4") >= 1);
+    until("the disconnect counted", || probe.disconnects() == 1).await;
+    svc.presence().await;
+    let mark = Instant::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let last = probe.device().last_seq();
+    svc.ack("dev4", p.epoch, last).await;
+    until("everything sent before the ack acked", || {
+        probe.window(t0, mark).missed == 0
+    })
+    .await;
+    let w = probe.window(t0, mark);
+    assert!(
+        w.sent() >= 3 && w.sent() as u64 <= last,
+        "{w:?}, last {last}"
+    );
+    assert_eq!(probe.refused(), 1);
     f.broker.shutdown();
 }

@@ -1,8 +1,9 @@
 //! Building blocks of `abuse-bench`: a well-behaved device that measures the time from each
-//! status event to its ack ([`Victim`]), a bounded MQTT publish flood from one device
-//! identity ([`flood`]), bounded sets of stalled TCP connections ([`hold_stalled`]), timed
-//! HTTP GETs ([`timed_get`]), the service's RSS sampled every 100 ms ([`RssSampler`]) and the
-//! limit counters of `/metrics` ([`scrape_metrics`], [`limit_changes`]).
+//! status event to its ack ([`Victim`], `hammer-sim-device`'s latency probe), a bounded MQTT
+//! publish flood from one device identity ([`flood`]), bounded sets of stalled TCP
+//! connections ([`hold_stalled`]), timed HTTP GETs ([`timed_get`]), the service's RSS
+//! sampled every 100 ms ([`RssSampler`]) and the limit counters of `/metrics`
+//! ([`scrape_metrics`], [`limit_changes`]).
 //!
 //! Nothing here treats the service's behaviour as an error: a refused or closed connection,
 //! a missing ack or an HTTP error is counted and reported.
@@ -12,11 +13,7 @@ use crate::percentile;
 use crate::procstat::rss_kib;
 use anyhow::Context;
 use futures_util::stream::{self, StreamExt};
-use hammer_protocol::signing::{verify, PublicKey};
-use hammer_protocol::topics::topic;
-use hammer_protocol::{
-    encode, now_ms, AddressedAck, Channel, Phase, Presence, StatusEvent, PROTOCOL_VERSION,
-};
+use hammer_sim_device::{LatencyProbe, SessionConfig};
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, QoS};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -29,14 +26,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A random epoch (as a device's data dir would have).
-pub fn random_epoch() -> anyhow::Result<u64> {
-    let mut b = [0u8; 8];
-    getrandom::getrandom(&mut b).context("no randomness")?;
-    Ok(u64::from_le_bytes(b) >> 1)
-}
-
-/// An MQTT client for a device identity (mTLS with its bundle) and its event loop.
+/// An MQTT client for a device identity (mTLS with its bundle) and its event loop, with none
+/// of a device's manners (no subscriptions, presence, outbox or last will): for the attackers
+/// ([`flood`]), which send what they want. A well-behaved device is a `hammer-sim-device`
+/// session (the [`Victim`]).
 pub fn mqtt_client(
     creds: &Credentials,
     broker: (&str, u16),
@@ -54,36 +47,10 @@ pub fn mqtt_client(
 // The victim
 // ---------------------------------------------------------------------------------------
 
-/// Resend an unacked event after this long (as the manager does).
-const RESEND_AFTER: Duration = Duration::from_secs(5);
-
-#[derive(Default)]
-struct VictimState {
-    seq: u64,
-    /// Unacked: seq → (first sent, last sent, payload).
-    outbox: BTreeMap<u64, (Instant, Instant, Vec<u8>)>,
-    /// Acked: (first sent, latency).
-    done: Vec<(Instant, Duration)>,
-    ready: bool,
-    connects: u64,
-    disconnects: u64,
-    bad_acks: u64,
-    last_error: Option<String>,
-}
-
-/// A well-behaved device of another tenant: publishes a status event every `every`
-/// (QoS 1, outbox, resend after 5 s, like the manager) and measures each event's time to
-/// the service's signed ack.
-pub struct Victim {
-    state: Arc<Mutex<VictimState>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Victim {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+/// A well-behaved device of another tenant: `hammer-sim-device`'s latency probe, which
+/// publishes a `running` status event every `every` (QoS 1, outbox, resend after 5 s, like
+/// the manager) and measures each event's time to the service's signed ack.
+pub struct Victim(LatencyProbe);
 
 /// Ack latency of the victim's events sent in one window.
 #[derive(Debug, Clone, Default)]
@@ -116,143 +83,34 @@ impl Victim {
         every: Duration,
         timeout: Duration,
     ) -> anyhow::Result<Victim> {
-        let key = PublicKey::from_hex(&creds.service_key).context("bad service public key")?;
-        let (client, mut el) = mqtt_client(creds, broker, 256, Duration::from_secs(30))?;
-        let epoch = random_epoch()?;
-        let id = creds.device_id.clone();
-        let owner = creds.owner.clone();
-        let state = Arc::new(Mutex::new(VictimState::default()));
-        let st = state.clone();
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let status_topic = topic(&id, Channel::Status);
-            loop {
-                tokio::select! {
-                    ev = el.poll() => match ev {
-                        Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                            lock(&st).connects += 1;
-                            let _ = client.try_subscribe(topic(&id, Channel::Ack), QoS::AtLeastOnce);
-                        }
-                        Ok(Event::Incoming(Incoming::SubAck(_))) => {
-                            let p = Presence {
-                                v: PROTOCOL_VERSION,
-                                online: true,
-                                epoch,
-                                generation: None,
-                                acked_seq: 0,
-                                manager_version: "abuse-bench victim".into(),
-                                time: now_ms(),
-                            };
-                            if let Ok(b) = encode(&p) {
-                                let _ = client.try_publish(topic(&id, Channel::Presence), QoS::AtLeastOnce, true, b);
-                            }
-                            let mut s = lock(&st);
-                            s.ready = true;
-                            // Resend the whole outbox after every (re)connect.
-                            let now = Instant::now();
-                            for (_, last, b) in s.outbox.values_mut() {
-                                *last = now;
-                                let _ = client.try_publish(status_topic.clone(), QoS::AtLeastOnce, false, b.clone());
-                            }
-                        }
-                        Ok(Event::Incoming(Incoming::Publish(p))) => {
-                            match verify::<AddressedAck>(&p.payload, &key, &id, &owner) {
-                                Ok(a) if a.epoch == epoch => {
-                                    let now = Instant::now();
-                                    let mut s = lock(&st);
-                                    let acked: Vec<u64> = s.outbox.range(..=a.seq).map(|(k, _)| *k).collect();
-                                    for k in acked {
-                                        if let Some((first, _, _)) = s.outbox.remove(&k) {
-                                            s.done.push((first, now - first));
-                                        }
-                                    }
-                                }
-                                Ok(_) => {}
-                                Err(_) => lock(&st).bad_acks += 1,
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            {
-                                let mut s = lock(&st);
-                                if s.ready {
-                                    s.disconnects += 1;
-                                }
-                                s.ready = false;
-                                s.last_error = Some(e.to_string());
-                            }
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                        }
-                    },
-                    _ = tick.tick() => {
-                        let now = Instant::now();
-                        let mut s = lock(&st);
-                        if !s.ready {
-                            continue;
-                        }
-                        s.seq += 1;
-                        let ev = StatusEvent {
-                            v: PROTOCOL_VERSION,
-                            epoch,
-                            seq: s.seq,
-                            generation: None,
-                            deployment_id: None,
-                            phase: Phase::Running,
-                            commit: None,
-                            time: now_ms(),
-                            detail: None,
-                            log_tail: vec![],
-                        };
-                        let Ok(b) = encode(&ev) else { continue };
-                        let seq = s.seq;
-                        s.outbox.insert(seq, (now, now, b.clone()));
-                        let _ = client.try_publish(status_topic.clone(), QoS::AtLeastOnce, false, b);
-                        for (_, last, b) in s.outbox.values_mut() {
-                            if now.duration_since(*last) >= RESEND_AFTER {
-                                *last = now;
-                                let _ = client.try_publish(status_topic.clone(), QoS::AtLeastOnce, false, b.clone());
-                            }
-                        }
-                    }
-                }
-            }
-        });
-        let v = Victim { state, task };
-        let end = Instant::now() + timeout;
-        while !lock(&v.state).ready {
-            if Instant::now() > end {
-                let err = lock(&v.state).last_error.clone().unwrap_or_default();
-                anyhow::bail!("the victim device did not connect within {timeout:?} ({err})");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(v)
+        let cfg = SessionConfig {
+            request_cap: 256,
+            manager_version: "abuse-bench victim".into(),
+            ready_timeout: timeout,
+            ..SessionConfig::new((broker.0.to_owned(), broker.1))
+        };
+        let probe = LatencyProbe::connect(creds, cfg, every)
+            .await
+            .context("the victim device did not connect")?;
+        Ok(Victim(probe))
     }
 
     /// Ack figures of the events first sent in `[from, to)`.
     pub fn window(&self, from: Instant, to: Instant) -> AckStats {
-        let s = lock(&self.state);
-        let mut lat: Vec<f64> = s
-            .done
+        let w = self.0.window(from, to);
+        let lat: Vec<f64> = w
+            .latencies
             .iter()
-            .filter(|(t, _)| *t >= from && *t < to)
-            .map(|(_, d)| d.as_secs_f64() * 1000.0)
+            .map(|d| d.as_secs_f64() * 1000.0)
             .collect();
-        lat.sort_by(f64::total_cmp);
-        let missed = s
-            .outbox
-            .values()
-            .filter(|(t, _, _)| *t >= from && *t < to)
-            .count();
         AckStats {
-            sent: lat.len() + missed,
+            sent: w.sent(),
             acked: lat.len(),
-            missed,
+            missed: w.missed,
             p50_ms: percentile(&lat, 50.0),
             p99_ms: percentile(&lat, 99.0),
             max_ms: lat.last().copied().unwrap_or(0.0),
-            disconnects: s.disconnects,
+            disconnects: self.0.disconnects(),
         }
     }
 }

@@ -43,8 +43,8 @@
 use anyhow::Context;
 use clap::Parser;
 use hammer_fleet_sim::abuse::{
-    self, fresh_client, hold_stalled, limit_changes, random_epoch, scrape_metrics, timed_get,
-    AckStats, FloodReport, RssSampler, Samples, Victim,
+    self, fresh_client, hold_stalled, limit_changes, scrape_metrics, timed_get, AckStats,
+    FloodReport, RssSampler, Samples, Victim,
 };
 use hammer_fleet_sim::api::Api;
 use hammer_fleet_sim::device::{self, Credentials, SimConfig};
@@ -511,7 +511,7 @@ fn flood_outcome(r: &FloodReport, want: u64) -> Outcome {
 
 async fn presence(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let count = ctx.args.scaled(300_000.0);
-    let epoch = random_epoch()?;
+    let epoch = hammer_sim_device::new_epoch()?;
     let id = ctx.attacker.device_id.clone();
     println!("  {count} presence messages (QoS 0, retained) from {id}");
     let r = abuse::flood(
@@ -606,7 +606,7 @@ async fn logs(ctx: &Ctx) -> anyhow::Result<Outcome> {
 // ---- phase 3 ----
 
 async fn status(ctx: &Ctx) -> anyhow::Result<Outcome> {
-    let epoch = random_epoch()?;
+    let epoch = hammer_sim_device::new_epoch()?;
     let detail = "d".repeat(64 * 1024);
     let tail: Vec<String> = (0..100)
         .map(|i| format!("{i:04} {}", "t".repeat(1495)))
