@@ -118,7 +118,11 @@ impl ServeSpec {
             .arg("--enroll-listen")
             .arg("127.0.0.1:0")
             .arg("--public-host")
-            .arg("127.0.0.1");
+            .arg("127.0.0.1")
+            // No load balancer here to take the service out of rotation: a stop is a stop,
+            // and restart figures stay comparable with runs from before draining existed.
+            .arg("--drain-grace")
+            .arg("0");
         if let Some(url) = &self.broker_url {
             cmd.arg("--broker-url").arg(url);
         }
