@@ -157,6 +157,9 @@ pub struct SetupArgs {
     /// Command that must succeed (exit 0) at the end of the health window
     #[arg(long, value_name = "CMD")]
     pub health_cmd: Option<String>,
+    /// Fetch the ref's whole history on the devices (default: only its tip, a shallow fetch)
+    #[arg(long)]
+    pub full_history: bool,
     /// Command run in each new release's folder before it starts, while the running release
     /// keeps running (e.g. "npm ci --omit=dev"); a failure fails the deployment
     #[arg(long, value_name = "CMD")]

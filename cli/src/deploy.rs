@@ -619,6 +619,8 @@ mod tests {
         let no_setup = device("e", None, "", "x");
         assert_eq!(
             resolution_plan(&[&a, &b], None).unwrap(),
+                full_history: false,
+                warnings: Vec::new(),
             ("file:///r".into(), "main".into())
         );
         assert!(resolution_plan(&[&a, &other_repo], None).is_err());

@@ -298,6 +298,8 @@ pub fn setup_request(a: &SetupArgs) -> Result<SetupRequest> {
     if a.health_window == 0 {
         bail!("--health-window must be at least 1 second");
     }
+    // The one rule for repository URLs (the service's and the device manager's).
+    hammer_protocol::rules::parse_remote_url(a.repo.trim()).map_err(|e| anyhow!("--repo: {e}"))?;
     let install = install_step(a)?;
     let credentials = if let (Some(user), Some(var)) = (&a.git_user, &a.git_token_env) {
         let token = std::env::var(var).map_err(|_| {
@@ -343,6 +345,7 @@ pub fn setup_request(a: &SetupArgs) -> Result<SetupRequest> {
         health_cmd: a.health_cmd.clone(),
         credentials,
         install,
+        full_history: a.full_history,
     })
 }
 
@@ -351,10 +354,15 @@ pub async fn setup(conn: &Conn, a: SetupArgs, json: bool) -> Result<()> {
     check_name(&a.name)?;
     let req = setup_request(&a)?;
     let client = Client::new(conn)?;
-    let v = client.setup(&a.name, &req).await?.raw;
+    let answer = client.setup(&a.name, &req).await?;
+    let v = answer.raw;
+    let warnings = answer.body.setup.map(|s| s.warnings).unwrap_or_default();
     if json {
         output::print_json(&v);
     } else {
+        for w in &warnings {
+            eprintln!("warning: {}", safe(w));
+        }
         println!(
             "setup sent to {}: {} ({}), {}start `{}`{}",
             safe(&a.name),

@@ -614,6 +614,7 @@ async fn run(args: Args) -> Result<()> {
         run_state: RunState::Running,
         issued_at: now_ms(),
         install: None,
+        full_history: false,
     };
 
     // First deploy (clone into an empty mirror).

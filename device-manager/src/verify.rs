@@ -130,6 +130,7 @@ mod tests {
             run_state: RunState::Running,
             issued_at: 1,
             install: None,
+            full_history: false,
         }
     }
 

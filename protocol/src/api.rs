@@ -123,6 +123,13 @@ pub struct SetupView {
     /// The install step run in each new release before it starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub install: Option<InstallStep>,
+    /// The whole history of the ref is fetched (not only its tip).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub full_history: bool,
+    /// What the service warned about when the setup was stored (a plain `http://` or
+    /// `git://` repository URL, [`crate::rules::RemoteUrl::warning`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// The last health report of a device.
@@ -159,6 +166,9 @@ pub struct SetupRequest {
     /// checked by [`crate::install::validate_install`].
     #[serde(default)]
     pub install: Option<InstallStep>,
+    /// Fetch the ref's whole history instead of its tip (default: a shallow fetch).
+    #[serde(default)]
+    pub full_history: bool,
 }
 
 pub fn default_ref() -> String {

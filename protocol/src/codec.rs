@@ -93,6 +93,7 @@ mod tests {
                     key: "package-lock.json".into(),
                 }],
             }),
+            full_history: false,
         }
     }
 
@@ -298,7 +299,7 @@ mod tests {
             DesiredState { v: PROTOCOL_VERSION, device_id, owner, generation, deployment_id: "d".into(), repo_url, git_ref,
                 commit, start, env, health_window_secs, health_cmd,
                 run_state: if stopped { RunState::Stopped } else { RunState::Running }, issued_at,
-                install: install.map(|(command, timeout_secs)| crate::install::InstallStep { command, timeout_secs, reuse: vec![] }) }
+                install: install.map(|(command, timeout_secs)| crate::install::InstallStep { command, timeout_secs, reuse: vec![] }), full_history: false }
         }
     }
 

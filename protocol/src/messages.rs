@@ -57,6 +57,10 @@ pub struct DesiredState {
     /// release keeps running. Absent on the wire when not set, so older devices read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub install: Option<InstallStep>,
+    /// Fetch the ref's whole history instead of its tip (the setup's `full_history`). Absent
+    /// on the wire when false, so older devices read it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub full_history: bool,
 }
 
 impl Addressed for DesiredState {

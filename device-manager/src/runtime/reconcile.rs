@@ -403,7 +403,7 @@ impl Reconciler {
             git_ref: desired.git_ref.clone(),
             commit: desired.commit.clone(),
             credentials: creds,
-            full_history: false,
+            full_history: desired.full_history,
             share_unchanged: install::may_link(self.user.as_ref()),
         };
         // Release folders kept from earlier deployments: an install starts from a fresh
@@ -1282,6 +1282,7 @@ mod tests {
             run_state: RunState::Running,
             issued_at: 0,
             install: None,
+            full_history: false,
         })
     }
 

@@ -466,6 +466,7 @@ pub fn desired(generation: u64) -> DesiredState {
         run_state: RunState::Running,
         issued_at: now_ms(),
         install: None,
+        full_history: false,
     }
 }
 

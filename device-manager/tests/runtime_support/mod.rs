@@ -219,6 +219,7 @@ impl World {
             run_state: RunState::Running,
             issued_at: 0,
             install: None,
+            full_history: false,
         }
     }
 

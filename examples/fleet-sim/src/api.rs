@@ -85,6 +85,7 @@ impl Api {
             health_cmd: None,
             credentials: None,
             install: None,
+            full_history: false,
         };
         self.client.setup(name, &req).await?;
         Ok(())

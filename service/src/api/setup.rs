@@ -14,6 +14,7 @@ use crate::views::device_view;
 use axum::extract::{Path, State};
 use axum::Json;
 use hammer_protocol::api::{DeviceState, DeviceView, SetupRequest, SetupView};
+use hammer_protocol::rules::{parse_remote_url, RemoteScheme};
 use hammer_protocol::sealing::seal_credentials;
 use hammer_protocol::{
     validate_env, validate_git_ref, validate_install, CommandKind, GitCredentials,
@@ -23,34 +24,22 @@ use std::sync::Arc;
 /// Longest health window accepted.
 pub const MAX_HEALTH_WINDOW: u32 = 3600;
 
-/// The `user[:password]` part of a `scheme://user[:password]@host/...` URL, if any.
-fn url_userinfo(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split('/').next().unwrap_or(rest);
-    authority.rsplit_once('@').map(|(userinfo, _)| userinfo)
-}
-
-fn check(req: &SetupRequest) -> ServiceResult<()> {
+/// Checks a setup; answers the warnings to store and show with it.
+fn check(req: &SetupRequest) -> ServiceResult<Vec<String>> {
     let url = req.repo_url.trim();
-    let scheme_ok = ["https://", "ssh://", "git://", "file://"]
-        .iter()
-        .any(|s| url.starts_with(s))
-        || (url.contains('@') && url.contains(':') && !url.contains("://"));
-    if url.is_empty() || url.len() > 2048 || !scheme_ok || url.chars().any(char::is_control) {
+    // The one rule for repository URLs, also the device manager's.
+    let remote =
+        parse_remote_url(url).map_err(|e| ServiceError::bad_request(format!("repo_url: {e}")))?;
+    // An http(s) user name can be a token (https://TOKEN@host/...), a password always is
+    // secret; the URL is stored and published in the retained desired state.
+    let http = matches!(remote.scheme, RemoteScheme::Https | RemoteScheme::Http);
+    if remote.has_password || (http && remote.user.is_some()) {
         return Err(ServiceError::bad_request(
-            "repo_url must be an https://, ssh://, git:// or file:// URL (or user@host:path)",
+            "repo_url must not contain credentials: pass them with --git-user/--git-token-env \
+             or --ssh-key (they are sealed to the device and never stored)",
         ));
     }
-    if let Some(userinfo) = url_userinfo(url) {
-        // An https user name can be a token (https://TOKEN@host/...), a password always is
-        // secret; the URL is stored and published in the retained desired state.
-        if url.starts_with("https://") || userinfo.contains(':') {
-            return Err(ServiceError::bad_request(
-                "repo_url must not contain credentials: pass them with --git-user/--git-token-env \
-                 or --ssh-key (they are sealed to the device and never stored)",
-            ));
-        }
-    }
+    let warnings: Vec<String> = remote.warning().into_iter().collect();
     validate_git_ref(&req.git_ref).map_err(|e| ServiceError::bad_request(e.to_string()))?;
     if req.start.trim().is_empty() || req.start.len() > 4096 {
         return Err(ServiceError::bad_request(
@@ -77,7 +66,7 @@ fn check(req: &SetupRequest) -> ServiceResult<()> {
     if let Some(step) = &req.install {
         validate_install(step).map_err(|e| ServiceError::bad_request(format!("install: {e}")))?;
     }
-    Ok(())
+    Ok(warnings)
 }
 
 /// `PUT /api/v1/devices/{name}/setup`.
@@ -88,7 +77,7 @@ pub async fn put_setup(
     ApiJson(req): ApiJson<SetupRequest>,
 ) -> ServiceResult<Json<DeviceView>> {
     let dev = owned_device(&svc, &caller, &name)?;
-    check(&req)?;
+    let warnings = check(&req)?;
     let Some(pk_hex) = dev.sealing_public_key.clone() else {
         return Err(ServiceError::conflict(format!(
             "device {name:?} has not enrolled yet: run `hammer-manager enroll` on it first"
@@ -115,6 +104,7 @@ pub async fn put_setup(
         health_cmd,
         credentials,
         install,
+        full_history,
     } = req;
     drop(credentials);
     let view = SetupView {
@@ -126,6 +116,8 @@ pub async fn put_setup(
         health_cmd,
         credentials: kind.to_owned(),
         install,
+        full_history,
+        warnings,
     };
     let rec = svc
         .store
@@ -148,15 +140,41 @@ pub async fn put_setup(
 }
 
 #[cfg(test)]
-mod userinfo_tests {
-    use super::url_userinfo;
+mod url_tests {
+    use super::check;
+    use hammer_protocol::api::SetupRequest;
+    use hammer_protocol::rules::REMOTE_URL_TABLE;
+
+    fn request(url: &str) -> SetupRequest {
+        serde_json::from_value(serde_json::json!({"repo_url": url, "start": "./run"})).unwrap()
+    }
 
     #[test]
-    fn finds_userinfo_only_in_the_authority() {
-        assert_eq!(url_userinfo("https://t0k@h.example/r.git"), Some("t0k"));
-        assert_eq!(url_userinfo("ssh://git@h.example:22/r.git"), Some("git"));
-        assert_eq!(url_userinfo("https://h.example/a@b/r.git"), None);
-        assert_eq!(url_userinfo("git@h.example:team/r.git"), None);
-        assert_eq!(url_userinfo("file:///srv/r.git"), None);
+    fn the_service_accepts_exactly_the_urls_of_the_shared_table() {
+        // The device manager is tested against the same table (tests/runtime/runtime_git.rs).
+        for (url, ok) in REMOTE_URL_TABLE {
+            assert_eq!(check(&request(url)).is_ok(), *ok, "{url:?}");
+        }
+    }
+
+    #[test]
+    fn http_and_git_urls_are_stored_with_one_warning_and_credentials_are_refused() {
+        for url in ["http://h.example/r.git", "git://h.example/r.git"] {
+            let warnings = check(&request(url)).unwrap();
+            assert_eq!(warnings.len(), 1, "{url}");
+            assert!(warnings[0].contains("neither encrypted nor authenticated"));
+        }
+        assert!(check(&request("https://h.example/r.git"))
+            .unwrap()
+            .is_empty());
+        for url in [
+            "https://t0k@h.example/r.git",
+            "http://t0k@h.example/r.git",
+            "ssh://git:pw@h.example/r.git",
+        ] {
+            assert!(check(&request(url)).is_err(), "{url}");
+        }
+        assert!(check(&request("ssh://git@h.example/r.git")).is_ok());
+        assert!(check(&request("git@h.example:r.git")).is_ok());
     }
 }

@@ -500,3 +500,4 @@ pub async fn holder(svc: &Service, device_id: &str) -> Option<String> {
         .ok()?;
     rx.await.ok().flatten()
 }
+                full_history: setup.full_history,
