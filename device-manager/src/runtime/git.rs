@@ -56,6 +56,8 @@ pub enum GitError {
     RefNotFound(String),
     #[error("commit {commit} is not on the server under {git_ref:?} (fetched by id and with the ref's whole history): push it, or deploy the ref again so that it resolves anew")]
     CommitNotFound { commit: String, git_ref: String },
+    #[error("commit {0} is not the tip of a ref the server advertises, and the server does not send other commits by id: deploy the branch it is on (hammer deploy --ref BRANCH)")]
+    CommitNotServed(String),
     #[error("checking out {commit} failed: {message}")]
     Checkout { commit: String, message: String },
     #[error("submodule {path} ({url}): {message}")]
@@ -124,6 +126,7 @@ pub fn fetch_and_checkout(
     releases: &Releases,
     req: &FetchRequest,
 ) -> Result<String, GitError> {
+    limit_pack_windows();
     let remote = Remote {
         url: &req.url,
         parsed: classify_url(&req.url)?,
@@ -162,6 +165,28 @@ pub fn fetch_and_checkout(
     }
     releases.install(&temp, &commit)?;
     Ok(commit)
+}
+
+/// libgit2 maps pack files in windows of 1 MiB, at most 8 MiB at a time (defaults: 1 GiB
+/// windows, 8 GiB mapped on 64-bit). Mapped pack pages count in the manager's resident memory
+/// while a big object is read; these limits took the peak of deploying a 100 MiB file from
+/// 209 MiB to 117 MiB (BENCHMARKS.md, "Git").
+pub const PACK_WINDOW: usize = 1 << 20;
+/// See [`PACK_WINDOW`].
+pub const PACK_MAPPED_LIMIT: usize = 8 << 20;
+
+/// Sets [`PACK_WINDOW`] and [`PACK_MAPPED_LIMIT`] once, before the first git operation.
+pub fn limit_pack_windows() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: these write libgit2 globals without a lock. They run once, before the
+        // manager's first git operation (all of which run here, one deployment at a time), so
+        // no other thread reads them meanwhile.
+        unsafe {
+            let _ = git2::opts::set_mwindow_size(PACK_WINDOW);
+            let _ = git2::opts::set_mwindow_mapped_limit(PACK_MAPPED_LIMIT);
+        }
+    });
 }
 
 /// The local refs a ref name may be fetched into, in the order they win: a full ref name is
@@ -260,7 +285,7 @@ fn resolve_commit_id(
         return repo
             .find_commit(oid)
             .map(|c| c.id())
-            .map_err(|_| not_found());
+            .map_err(|_| GitError::CommitNotServed(oid.to_string()));
     }
     let hex = git_ref.len() >= 7 && git_ref.bytes().all(|b| b.is_ascii_hexdigit());
     if hex {

@@ -5,13 +5,14 @@
 //!   the commit's own `.gitattributes` as `git checkout` does (`eol=crlf`, `text=auto`, `-text`,
 //!   `ident`; external filter drivers are not run).
 //! - **LFS.** A file that `.gitattributes` gives `filter=lfs` and whose content is an LFS
-//!   pointer fails the deployment with [`GitError::Lfs`], which says what to do (decision 10).
+//!   pointer fails the deployment with [`GitError::Lfs`], which says what to do (decision 13).
 //! - **Shared files.** A regular file whose path, blob id and mode are the same as in the
 //!   running release (and when every `.gitattributes` of both commits is the same, so the
 //!   bytes written would be the same) is a hard link to the running release's file instead of
-//!   a new copy. Releases are read-only for the app (files 0444/0555, see
-//!   [`crate::runtime::releases::make_readable`]), so a link never lets one release change
-//!   another (decision 9).
+//!   a new copy — only when [`super::FetchRequest::share_unchanged`] says the app runs as
+//!   another user: release files are the manager's, 0644/0755
+//!   ([`crate::runtime::releases::make_readable`]), so that app cannot write into a file two
+//!   releases share, and the previous release stays intact (decision 12).
 //! - **Submodules** (gitlinks in the tree) are fetched into their own mirrors and checked out
 //!   at the pinned commit, recursively, at most [`MAX_SUBMODULE_DEPTH`] levels deep.
 
