@@ -239,6 +239,23 @@ pub enum DeploymentCmd {
         /// Deployment id
         id: String,
     },
+    /// Pause a running deployment: no device is started until `resume`; devices already
+    /// updating finish
+    Pause {
+        /// Deployment id
+        id: String,
+    },
+    /// Resume a paused deployment
+    Resume {
+        /// Deployment id
+        id: String,
+    },
+    /// Start a new deployment (same ref, commit and strategy) of the devices that failed or
+    /// timed out in an ended deployment
+    Retry {
+        /// Deployment id
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -446,7 +446,7 @@ pub async fn show(conn: &Conn, id: &str, json: bool) -> Result<()> {
         return Ok(());
     }
     println!("deployment: {}", safe(&d.id));
-    println!("state:      {}", wire_name(&d.state));
+    println!("state:      {}", state_text(&d));
     if let Some(r) = &d.reason {
         println!("reason:     {}", safe(r));
     }
@@ -518,7 +518,7 @@ pub async fn list(conn: &Conn, page: &PageArgs, json: bool) -> Result<()> {
     for d in &ds {
         t.row(vec![
             d.id.clone(),
-            wire_name(&d.state),
+            state_text(d),
             fmt_time(d.created_at),
             d.deployer.clone(),
             or_dash(d.git_ref.as_deref()),
@@ -538,9 +538,54 @@ pub async fn cancel(conn: &Conn, id: &str, json: bool) -> Result<()> {
     if json {
         output::print_json(&answer.raw);
     } else {
-        println!("deployment {id}: {}", wire_name(&answer.body.state));
+        println!("deployment {id}: {}", state_text(&answer.body));
     }
     Ok(())
+}
+
+/// `hammer deployment pause ID` (`paused`) and `hammer deployment resume ID`.
+pub async fn hold(conn: &Conn, id: &str, paused: bool, json: bool) -> Result<()> {
+    check_id(id)?;
+    let client = Client::new(conn)?;
+    let answer = if paused {
+        client.pause_deployment(id).await?
+    } else {
+        client.resume_deployment(id).await?
+    };
+    if json {
+        output::print_json(&answer.raw);
+    } else {
+        println!("deployment {id}: {}", state_text(&answer.body));
+    }
+    Ok(())
+}
+
+/// `hammer deployment retry ID`.
+pub async fn retry(conn: &Conn, id: &str, json: bool) -> Result<()> {
+    check_id(id)?;
+    let client = Client::new(conn)?;
+    let answer = client.retry_deployment(id).await?;
+    if json {
+        output::print_json(&answer.raw);
+    } else {
+        let d = &answer.body;
+        println!(
+            "deployment {} retries {} device(s) of {id}; follow it with `hammer deployment show {}`",
+            safe(&d.id),
+            d.targets.len(),
+            safe(&d.id)
+        );
+    }
+    Ok(())
+}
+
+/// A deployment's state as the terminal shows it: `running (paused)` while paused.
+fn state_text(d: &DeploymentView) -> String {
+    if d.paused {
+        format!("{} (paused)", wire_name(&d.state))
+    } else {
+        wire_name(&d.state)
+    }
 }
 
 #[cfg(test)]
@@ -574,6 +619,8 @@ mod tests {
                 health_window_secs: 1,
                 health_cmd: None,
                 credentials: "none".into(),
+                full_history: false,
+                warnings: Vec::new(),
                 install: None,
             }),
             last_health: None,
@@ -619,8 +666,6 @@ mod tests {
         let no_setup = device("e", None, "", "x");
         assert_eq!(
             resolution_plan(&[&a, &b], None).unwrap(),
-                full_history: false,
-                warnings: Vec::new(),
             ("file:///r".into(), "main".into())
         );
         assert!(resolution_plan(&[&a, &other_repo], None).is_err());

@@ -343,6 +343,15 @@ async fn run_client(global: &GlobalArgs, cmd: ClientCommand) -> Result<()> {
         ClientCommand::Deployment(DeploymentCmd::Cancel { id }) => {
             deploy::cancel(&conn, &id, json).await
         }
+        ClientCommand::Deployment(DeploymentCmd::Pause { id }) => {
+            deploy::hold(&conn, &id, true, json).await
+        }
+        ClientCommand::Deployment(DeploymentCmd::Resume { id }) => {
+            deploy::hold(&conn, &id, false, json).await
+        }
+        ClientCommand::Deployment(DeploymentCmd::Retry { id }) => {
+            deploy::retry(&conn, &id, json).await
+        }
         ClientCommand::Restart(a) => devices::action(&conn, &a.name, Action::Restart, json).await,
         ClientCommand::Stop(a) => devices::action(&conn, &a.name, Action::Stop, json).await,
         ClientCommand::Start(a) => devices::action(&conn, &a.name, Action::Start, json).await,

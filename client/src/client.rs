@@ -528,6 +528,25 @@ impl Client {
         self.post_empty(&format!("/deployments/{}/cancel", deployment_id(id)?))
             .await
     }
+
+    /// `POST /deployments/{id}/pause`: no new launches until resumed.
+    pub async fn pause_deployment(&self, id: &str) -> Result<Answer<DeploymentView>> {
+        self.post_empty(&format!("/deployments/{}/pause", deployment_id(id)?))
+            .await
+    }
+
+    /// `POST /deployments/{id}/resume`.
+    pub async fn resume_deployment(&self, id: &str) -> Result<Answer<DeploymentView>> {
+        self.post_empty(&format!("/deployments/{}/resume", deployment_id(id)?))
+            .await
+    }
+
+    /// `POST /deployments/{id}/retry`: a new deployment of the ended deployment's failed and
+    /// timed-out devices.
+    pub async fn retry_deployment(&self, id: &str) -> Result<Answer<DeploymentView>> {
+        self.post_empty(&format!("/deployments/{}/retry", deployment_id(id)?))
+            .await
+    }
 }
 
 #[cfg(test)]

@@ -388,6 +388,11 @@ pub struct DeploymentView {
     /// Why it failed or was canceled.
     pub reason: Option<String>,
     pub targets: Vec<DeploymentTargetView>,
+    /// A running deployment its owner paused (`POST /deployments/{id}/pause`): no new
+    /// launches until `/resume`; devices in flight finish. A flag, not a state: `state`
+    /// stays `running`, so clients that do not know pausing still read it. False once ended.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 // ---- pages ----

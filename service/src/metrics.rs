@@ -532,6 +532,7 @@ mod tests {
             strategy: Strategy::default(),
             state,
             reason: None,
+            paused: false,
             targets: vec![],
         }
     }

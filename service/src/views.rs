@@ -128,6 +128,7 @@ pub fn deployment_view(d: &DeploymentRecord) -> DeploymentView {
         strategy: d.strategy.clone(),
         state: d.state,
         reason: d.reason.clone(),
+        paused: d.paused,
         targets: d
             .targets
             .iter()

@@ -1,21 +1,22 @@
 //! Deployments: create (device names or a tag selector, optional ref, strategy), list, show,
-//! cancel. The rollout engine ([`crate::rollout`]) owns running deployments; these handlers
+//! cancel, pause, resume, retry. The rollout engine ([`crate::rollout`]) owns running deployments; these handlers
 //! validate, resolve targets among the caller's devices and hand over.
 
 use crate::api::errors::ApiJson;
 use crate::domain::deployments::{
-    check_strategy, deployment_of, deployments_page, owned_deployment, resolve,
+    check_strategy, deployment_of, deployments_page, new_deployment, owned_deployment, resolve,
+    retry_of,
 };
 use crate::domain::Caller;
 use crate::error::{ServiceError, ServiceResult};
 use crate::rollout::RolloutMsg;
 use crate::service::Service;
-use crate::store::{DeploymentRecord, TargetRecord};
+use crate::store::DeploymentRecord;
 use crate::views::{deployment_view, PageParams};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use hammer_protocol::api::{CreateDeployment, DeploymentState, DeploymentView, TargetState};
+use hammer_protocol::api::{CreateDeployment, DeploymentView};
 use hammer_protocol::now_ms;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -39,34 +40,22 @@ pub async fn create_deployment(
         None => None,
     };
     let devices = resolve(&svc, &caller, &req.targets)?;
-    let now = now_ms();
-    let dep = DeploymentRecord {
-        id: crate::ids::new_id(),
-        owner: caller.user.id.clone(),
-        deployer: caller.user.name.clone(),
-        created_at: now,
-        finished_at: None,
-        git_ref: req.git_ref.clone(),
+    let dep = new_deployment(
+        &caller,
+        req.git_ref.clone(),
         commit,
-        strategy: req.strategy.clone(),
-        state: DeploymentState::Running,
-        reason: None,
-        targets: devices
-            .iter()
-            .map(|d| TargetRecord {
-                device_id: d.id.clone(),
-                device: d.name.clone(),
-                state: TargetState::Pending,
-                attempts: 0,
-                last_phase: None,
-                commit: None,
-                detail: None,
-                updated_at: now,
-                generation: None,
-                deadline: None,
-            })
-            .collect(),
-    };
+        req.strategy.clone(),
+        &devices,
+        now_ms(),
+    );
+    start_deployment(&svc, dep).await
+}
+
+/// Hands a new deployment to the rollout engine: 201 with it as started.
+async fn start_deployment(
+    svc: &Service,
+    dep: DeploymentRecord,
+) -> ServiceResult<(StatusCode, Json<DeploymentView>)> {
     let (tx, rx) = oneshot::channel();
     svc.rollout
         .send(RolloutMsg::Create {
@@ -122,4 +111,59 @@ pub async fn cancel_deployment(
         .await
         .map_err(|_| ServiceError::internal("the rollout engine stopped"))??;
     Ok(Json(deployment_view(&dep)))
+}
+
+/// `POST /api/v1/deployments/{id}/pause`: no new launches until resumed; 409 when it ended or
+/// is already paused.
+pub async fn pause_deployment(
+    State(svc): State<Arc<Service>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ServiceResult<Json<DeploymentView>> {
+    hold(&svc, &caller, id, true).await
+}
+
+/// `POST /api/v1/deployments/{id}/resume`: launches again; 409 when it ended or is not
+/// paused.
+pub async fn resume_deployment(
+    State(svc): State<Arc<Service>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ServiceResult<Json<DeploymentView>> {
+    hold(&svc, &caller, id, false).await
+}
+
+async fn hold(
+    svc: &Service,
+    caller: &Caller,
+    id: String,
+    paused: bool,
+) -> ServiceResult<Json<DeploymentView>> {
+    owned_deployment(svc, caller, &id)?;
+    let (tx, rx) = oneshot::channel();
+    svc.rollout
+        .send(RolloutMsg::Hold {
+            id,
+            owner: caller.user.id.clone(),
+            paused,
+            reply: tx,
+        })
+        .await
+        .map_err(|_| ServiceError::internal("the rollout engine is not running"))?;
+    let dep = rx
+        .await
+        .map_err(|_| ServiceError::internal("the rollout engine stopped"))??;
+    Ok(Json(deployment_view(&dep)))
+}
+
+/// `POST /api/v1/deployments/{id}/retry`: 201 with a new deployment of the ended deployment's
+/// failed and timed-out targets (same ref, commit and strategy); 409 while it runs or when
+/// there are none.
+pub async fn retry_deployment(
+    State(svc): State<Arc<Service>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ServiceResult<(StatusCode, Json<DeploymentView>)> {
+    let dep = retry_of(&svc, &caller, &id, now_ms())?;
+    start_deployment(&svc, dep).await
 }

@@ -79,6 +79,12 @@ fn build() -> Routes {
         "/api/v1/deployments/{id}/cancel",
         post(dp::cancel_deployment),
     )
+    .route("/api/v1/deployments/{id}/pause", post(dp::pause_deployment))
+    .route(
+        "/api/v1/deployments/{id}/resume",
+        post(dp::resume_deployment),
+    )
+    .route("/api/v1/deployments/{id}/retry", post(dp::retry_deployment))
     .route("/api/v1/events", get(events::events))
 }
 

@@ -6,17 +6,18 @@ use super::Caller;
 use crate::error::{ServiceError, ServiceResult};
 use crate::rollout::RolloutError;
 use crate::service::Service;
-use crate::store::{DeploymentRecord, DeviceRecord};
+use crate::store::{DeploymentRecord, DeviceRecord, TargetRecord};
 use crate::views::{deployment_view, encode_deployment_cursor, PageParams};
-use hammer_protocol::api::{DeploymentView, Strategy, Targets};
+use hammer_protocol::api::{DeploymentState, DeploymentView, Strategy, TargetState, Targets};
 
 /// The caller's answer for what the rollout engine refused or could not do.
 impl From<RolloutError> for ServiceError {
     fn from(e: RolloutError) -> ServiceError {
         match e {
-            RolloutError::DeviceBusy { .. } | RolloutError::AlreadyEnded { .. } => {
-                ServiceError::conflict(e.to_string())
-            }
+            RolloutError::DeviceBusy { .. }
+            | RolloutError::AlreadyEnded { .. }
+            | RolloutError::AlreadyPaused { .. }
+            | RolloutError::NotPaused { .. } => ServiceError::conflict(e.to_string()),
             RolloutError::NoDeployment { id } => ServiceError::no_deployment(&id),
             RolloutError::NotStored { .. }
             | RolloutError::Vanished { .. }
@@ -141,4 +142,92 @@ pub fn owned_deployment(
 /// The caller's deployment `id` as the API shows it, or 404.
 pub fn deployment_of(svc: &Service, caller: &Caller, id: &str) -> ServiceResult<DeploymentView> {
     Ok(deployment_view(&owned_deployment(svc, caller, id)?))
+}
+
+/// A new deployment record (not yet stored) of `devices`, every target pending.
+pub fn new_deployment(
+    caller: &Caller,
+    git_ref: Option<String>,
+    commit: Option<String>,
+    strategy: Strategy,
+    devices: &[DeviceRecord],
+    now: u64,
+) -> DeploymentRecord {
+    DeploymentRecord {
+        id: crate::ids::new_id(),
+        owner: caller.user.id.clone(),
+        deployer: caller.user.name.clone(),
+        created_at: now,
+        finished_at: None,
+        git_ref,
+        commit,
+        strategy,
+        state: DeploymentState::Running,
+        reason: None,
+        paused: false,
+        targets: devices
+            .iter()
+            .map(|d| TargetRecord {
+                device_id: d.id.clone(),
+                device: d.name.clone(),
+                state: TargetState::Pending,
+                attempts: 0,
+                last_phase: None,
+                commit: None,
+                detail: None,
+                updated_at: now,
+                generation: None,
+                deadline: None,
+            })
+            .collect(),
+    }
+}
+
+/// Whether a target of an ended deployment is retried by `POST /deployments/{id}/retry`:
+/// it failed or timed out. Succeeded targets need nothing; skipped ones (the deployment was
+/// aborted or canceled before or while they ran) never got a verdict, so they are left to a
+/// new deployment the user makes on purpose.
+pub fn is_retried(t: &TargetRecord) -> bool {
+    matches!(t.state, TargetState::Failed | TargetState::TimedOut)
+}
+
+/// A new deployment retrying the caller's ended deployment `id`: the same ref, commit (the
+/// one it pinned, if any) and strategy, for its targets that failed or timed out
+/// ([`is_retried`]) and still exist. 404 when it is not the caller's; 409 while it runs or
+/// when no target is left to retry.
+pub fn retry_of(
+    svc: &Service,
+    caller: &Caller,
+    id: &str,
+    now: u64,
+) -> ServiceResult<DeploymentRecord> {
+    let old = owned_deployment(svc, caller, id)?;
+    if old.state == DeploymentState::Running {
+        return Err(ServiceError::conflict(format!(
+            "deployment {id} is still running; wait for it to end or cancel it"
+        )));
+    }
+    let mut devices = Vec::new();
+    for t in old.targets.iter().filter(|t| is_retried(t)) {
+        if let Some(d) = svc
+            .store
+            .device(&t.device_id)?
+            .filter(|d| d.owner == caller.user.id && d.setup.is_some())
+        {
+            devices.push(d);
+        }
+    }
+    if devices.is_empty() {
+        return Err(ServiceError::conflict(format!(
+            "deployment {id} has no failed or timed-out device left to retry"
+        )));
+    }
+    Ok(new_deployment(
+        caller,
+        old.git_ref.clone(),
+        old.commit.clone(),
+        old.strategy.clone(),
+        &devices,
+        now,
+    ))
 }

@@ -8,6 +8,12 @@
 //!   deployment's commit, and possibly the end of the target's attempt;
 //! - a tick ([`Rollout::on_tick`]): in-flight targets whose deadline is due time out;
 //! - a cancel ([`Rollout::cancel`]);
+//! - a pause or its end ([`Rollout::pause`], [`Rollout::unpause`]): while paused a step
+//!   launches no pending target (neither a first attempt nor a retry); what is in flight goes
+//!   on — its reports count, its deadline still times it out, the abort threshold still
+//!   applies, a pin still republishes it — and a paused deployment still ends once every
+//!   target is terminal (then it is no longer paused). The flag is in the record, so a
+//!   restart keeps it ([`Rollout::resume`] reads it back);
 //! - a step ([`Rollout::begin_step`] … [`Rollout::end_step`]): the abort check, then the
 //!   launches the deployment wants one at a time ([`Rollout::next_launch`]), each answered
 //!   with its result ([`Rollout::launch_done`]) before the next is decided (a launch that fails
@@ -105,6 +111,15 @@ pub struct StepSummary {
     pub state_changed: bool,
     /// The deployment is over (succeeded, failed, aborted or canceled).
     pub ended: bool,
+}
+
+/// Why a pause or unpause was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldRefused {
+    /// The deployment has ended.
+    Ended(DeploymentState),
+    /// It is already paused (pause) or not paused (unpause).
+    Already,
 }
 
 /// What a status event did to its target.
@@ -299,6 +314,31 @@ impl Rollout {
         timed_out
     }
 
+    /// Pauses the running deployment: steps launch nothing new until [`Rollout::unpause`].
+    pub fn pause(&mut self) -> Result<(), HoldRefused> {
+        self.hold(true)
+    }
+
+    /// Ends a pause: the next step launches as slots allow.
+    pub fn unpause(&mut self) -> Result<(), HoldRefused> {
+        self.hold(false)
+    }
+
+    fn hold(&mut self, paused: bool) -> Result<(), HoldRefused> {
+        if !self.is_running() {
+            return Err(HoldRefused::Ended(self.dep.state));
+        }
+        if self.dep.paused == paused {
+            return Err(HoldRefused::Already);
+        }
+        self.dep.paused = paused;
+        Ok(())
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.dep.paused
+    }
+
     /// Cancels the deployment: targets not attempted and in flight are skipped.
     pub fn cancel(&mut self, by: &str, now: u64) {
         finish_early(
@@ -359,7 +399,7 @@ impl Rollout {
 
     /// The next launch of this step, if any: first the relaunches naming the pin, then the
     /// pending targets in order while fewer than `max_in_flight` are in flight and the
-    /// deployment runs.
+    /// deployment runs and is not paused.
     pub fn next_launch(&mut self, now: u64) -> Option<Launch> {
         loop {
             match &mut self.step.cursor {
@@ -387,6 +427,7 @@ impl Rollout {
                     in_flight,
                 } => {
                     if self.dep.state != DeploymentState::Running
+                        || self.dep.paused
                         || *in_flight >= slots(&self.dep.strategy)
                     {
                         self.step.cursor = Cursor::Done;
@@ -478,7 +519,8 @@ impl Rollout {
     }
 
     /// Ends the step: a running deployment with no target left pending or in flight ends,
-    /// succeeded when every target succeeded, else failed.
+    /// succeeded when every target succeeded, else failed, paused or not (an ended
+    /// deployment is never paused).
     pub fn end_step(&mut self, now: u64) -> StepSummary {
         if self.is_running() && !self.dep.targets.iter().any(is_active) {
             let n = self.dep.targets.len();
@@ -497,6 +539,7 @@ impl Rollout {
         }
         let ended = !self.is_running();
         if ended {
+            self.dep.paused = false;
             self.dep.finished_at.get_or_insert(now);
             self.relaunch.clear();
             self.pinned_now = false;
@@ -775,6 +818,7 @@ mod tests {
             strategy,
             state: DeploymentState::Running,
             reason: None,
+            paused: false,
             targets: (0..n)
                 .map(|i| TargetRecord {
                     state: TargetState::Pending,
@@ -1546,6 +1590,158 @@ mod tests {
         );
         assert_eq!(run.dep().state, DeploymentState::Canceled);
         assert_eq!(run.dep().finished_at, Some(T0 + 6));
+    }
+
+    // --- pause -----------------------------------------------------------------------------
+
+    fn one_at_a_time(retries: u32) -> Strategy {
+        Strategy {
+            max_in_flight: Some(1),
+            retries,
+            ..strategy()
+        }
+    }
+
+    #[test]
+    fn a_paused_deployment_launches_nothing_and_resumed_it_launches_again() {
+        let mut run = Run::new(3, one_at_a_time(0));
+        assert_eq!(targets_of(&run.step(T0).0), vec![0]);
+        assert_eq!(run.r.pause(), Ok(()));
+        assert!(run.r.is_paused() && run.dep().paused);
+        run.report(0, Phase::Running, Some(A));
+        let (launches, summary) = run.step(T0 + 1);
+        assert!(launches.is_empty());
+        assert!(!summary.ended);
+        assert_eq!(run.t(0).state, TargetState::Succeeded);
+        assert_eq!(run.t(1).state, TargetState::Pending);
+        assert_eq!(run.dep().state, DeploymentState::Running);
+        assert_eq!(run.r.unpause(), Ok(()));
+        assert!(!run.dep().paused);
+        assert_eq!(targets_of(&run.step(T0 + 2).0), vec![1]);
+    }
+
+    #[test]
+    fn pausing_twice_or_resuming_what_is_not_paused_is_refused() {
+        let mut run = Run::new(2, one_at_a_time(0));
+        run.step(T0);
+        assert_eq!(run.r.unpause(), Err(HoldRefused::Already));
+        assert_eq!(run.r.pause(), Ok(()));
+        assert_eq!(run.r.pause(), Err(HoldRefused::Already));
+        assert!(run.dep().paused);
+    }
+
+    #[test]
+    fn an_ended_deployment_cannot_be_paused_or_resumed() {
+        let mut run = Run::new(1, strategy());
+        run.step(T0);
+        run.report(0, Phase::Running, Some(A));
+        assert!(run.step(T0 + 1).1.ended);
+        assert_eq!(
+            run.r.pause(),
+            Err(HoldRefused::Ended(DeploymentState::Succeeded))
+        );
+        assert_eq!(
+            run.r.unpause(),
+            Err(HoldRefused::Ended(DeploymentState::Succeeded))
+        );
+    }
+
+    #[test]
+    fn in_flight_targets_still_time_out_while_paused_and_a_retry_waits_for_the_resume() {
+        let mut run = Run::new(2, one_at_a_time(1));
+        run.step(T0);
+        run.r.pause().unwrap();
+        let due = run.t(0).deadline.unwrap();
+        assert_eq!(run.r.on_tick(due), 1);
+        assert_eq!(run.t(0).state, TargetState::Pending);
+        assert!(run.step(due).0.is_empty());
+        run.r.unpause().unwrap();
+        let (launches, _) = run.step(due + 1);
+        assert_eq!(targets_of(&launches), vec![0]);
+        assert_eq!(run.t(0).attempts, 2);
+    }
+
+    #[test]
+    fn a_paused_deployment_ends_when_every_target_is_terminal_and_is_no_longer_paused() {
+        let mut run = Run::new(2, strategy());
+        assert_eq!(targets_of(&run.step(T0).0), vec![0, 1]);
+        run.r.pause().unwrap();
+        run.report(0, Phase::Running, Some(A));
+        run.report(1, Phase::Failed, None);
+        let (_, summary) = run.step(T0 + 1);
+        assert!(summary.ended);
+        assert_eq!(run.dep().state, DeploymentState::Failed);
+        assert!(!run.dep().paused);
+    }
+
+    #[test]
+    fn a_paused_deployment_with_targets_not_launched_does_not_end() {
+        let mut run = Run::new(2, one_at_a_time(0));
+        run.step(T0);
+        run.r.pause().unwrap();
+        run.report(0, Phase::Running, Some(A));
+        for now in [T0 + 1, T0 + 1_000_000] {
+            assert!(!run.step(now).1.ended);
+        }
+        assert_eq!(run.dep().state, DeploymentState::Running);
+    }
+
+    #[test]
+    fn the_abort_threshold_still_applies_while_paused() {
+        let mut run = Run::new(
+            3,
+            Strategy {
+                max_in_flight: Some(1),
+                abort_at_percent: Some(50),
+                abort_min_devices: 1,
+                ..strategy()
+            },
+        );
+        run.step(T0);
+        run.r.pause().unwrap();
+        run.report(0, Phase::Failed, None);
+        let (_, summary) = run.step(T0 + 1);
+        assert!(summary.ended);
+        assert_eq!(run.dep().state, DeploymentState::Failed);
+        assert_eq!(run.t(1).state, TargetState::Skipped);
+        assert!(!run.dep().paused);
+    }
+
+    #[test]
+    fn a_paused_deployment_can_be_canceled() {
+        let mut run = Run::new(2, one_at_a_time(0));
+        run.step(T0);
+        run.r.pause().unwrap();
+        run.r.cancel("bob", T0 + 1);
+        assert!(run.step(T0 + 2).1.ended);
+        assert_eq!(run.dep().state, DeploymentState::Canceled);
+        assert!(!run.dep().paused);
+    }
+
+    #[test]
+    fn a_deployment_loaded_paused_after_a_restart_stays_paused() {
+        let mut dep = deployment(2, one_at_a_time(0));
+        dep.paused = true;
+        let mut r = Rollout::resume(dep, HashMap::new());
+        r.begin_step(T0);
+        assert_eq!(r.next_launch(T0), None);
+        let summary = r.end_step(T0);
+        assert!(!summary.ended);
+        assert!(r.is_paused());
+        r.unpause().unwrap();
+        r.begin_step(T0 + 1);
+        assert_eq!(r.next_launch(T0 + 1).map(|l| l.target), Some(0));
+    }
+
+    #[test]
+    fn a_pin_still_republishes_in_flight_targets_while_paused() {
+        let mut run = Run::new(2, strategy());
+        run.step(T0);
+        run.r.pause().unwrap();
+        run.report(0, Phase::Fetched, Some(A));
+        let (launches, _) = run.step(T0 + 1);
+        assert_eq!(targets_of(&launches), vec![1]);
+        assert!(launches.iter().all(|l| !l.new_attempt));
     }
 
     // --- one commit -------------------------------------------------------------------------

@@ -16,6 +16,12 @@ pub enum RolloutError {
     /// The deployment to cancel has already ended.
     #[error("deployment {id} already ended ({})", .state.wire_name())]
     AlreadyEnded { id: String, state: DeploymentState },
+    /// The deployment to pause is already paused.
+    #[error("deployment {id} is already paused")]
+    AlreadyPaused { id: String },
+    /// The deployment to resume is not paused.
+    #[error("deployment {id} is not paused")]
+    NotPaused { id: String },
     /// No such deployment of this owner.
     #[error("no deployment {id}")]
     NoDeployment { id: String },
@@ -46,6 +52,13 @@ pub enum RolloutMsg {
         id: String,
         owner: String,
         by: String,
+        reply: oneshot::Sender<Result<DeploymentRecord, RolloutError>>,
+    },
+    /// Pause (`paused` true) or resume a running deployment of `owner`.
+    Hold {
+        id: String,
+        owner: String,
+        paused: bool,
         reply: oneshot::Sender<Result<DeploymentRecord, RolloutError>>,
     },
     /// Which running deployment holds a device, if any.

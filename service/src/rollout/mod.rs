@@ -22,7 +22,8 @@
 //! logs and the events the dashboard and `hammer` follow.
 //!
 //! ```text
-//! inbox (create, status, cancel, holder) ─┐
+//! inbox (create, status, cancel, ───────┐
+//!        pause/resume, holder)            │
 //! timer (nearest deadline, persistence) ──┴─▶ Engine ──input, now──▶ core::Rollout
 //!                                               ▲                          │
 //!                                               └──────── decisions ───────┘
@@ -35,8 +36,8 @@
 //! pin calls for), then [`core::Rollout::next_launch`] / [`core::Rollout::launch_done`] for
 //! each launch, one flush of the staged device records, [`core::Rollout::end_step`] (the end
 //! check), then the deployment record is persisted and only then are the desired states
-//! published: a device acts only on what survives a restart. Launches, cancels and ends are
-//! persisted at once; changes driven by status events alone at most `PERSIST_EVERY_MS`
+//! published: a device acts only on what survives a restart. Launches, cancels, pauses, resumes
+//! and ends are persisted at once; changes driven by status events alone at most `PERSIST_EVERY_MS`
 //! later, once per batch of the inbox (the events themselves are durable before they get
 //! here). After a restart [`Engine::load`] reloads running deployments, replays stored status
 //! events it may have missed and recomputes timers from the persisted deadlines.
@@ -48,7 +49,9 @@ pub mod core;
 pub mod inbox;
 
 pub use self::core::commit_named_by;
-use self::core::{is_active, same_commit, Applied, Launch, LaunchResult, Rollout, TargetChange};
+use self::core::{
+    is_active, same_commit, Applied, HoldRefused, Launch, LaunchResult, Rollout, TargetChange,
+};
 pub use self::inbox::{RolloutError, RolloutMsg};
 use crate::mqtt::publish::{publish_desired, stage_desired};
 use crate::service::Service;
@@ -222,6 +225,15 @@ impl Engine {
                 let r = self.cancel(&id, &owner, &by).await;
                 let _ = reply.send(r);
             }
+            RolloutMsg::Hold {
+                id,
+                owner,
+                paused,
+                reply,
+            } => {
+                let r = self.hold(&id, &owner, paused).await;
+                let _ = reply.send(r);
+            }
             RolloutMsg::Holder { device_id, reply } => {
                 let _ = reply.send(self.by_device.get(&device_id).cloned());
             }
@@ -293,6 +305,55 @@ impl Engine {
         if !self.step(id).await {
             return Err(RolloutError::NotStored {
                 what: "cancellation",
+            });
+        }
+        self.current(id)
+            .ok_or_else(|| RolloutError::NoDeployment { id: id.to_owned() })
+    }
+
+    /// Pauses (`paused`) or resumes a running deployment of `owner` as the core decides, then
+    /// steps it (a resume launches at once) and persists it before answering.
+    async fn hold(
+        &mut self,
+        id: &str,
+        owner: &str,
+        paused: bool,
+    ) -> Result<DeploymentRecord, RolloutError> {
+        let Some(rollout) = self
+            .running
+            .get_mut(id)
+            .filter(|r| r.record().owner == owner)
+        else {
+            return match self.svc.store.deployment(id)? {
+                Some(d) if d.owner == owner => Err(RolloutError::AlreadyEnded {
+                    id: id.to_owned(),
+                    state: d.state,
+                }),
+                _ => Err(RolloutError::NoDeployment { id: id.to_owned() }),
+            };
+        };
+        let done = if paused {
+            rollout.pause()
+        } else {
+            rollout.unpause()
+        };
+        match done {
+            Ok(()) => {}
+            Err(HoldRefused::Ended(state)) => {
+                return Err(RolloutError::AlreadyEnded {
+                    id: id.to_owned(),
+                    state,
+                })
+            }
+            Err(HoldRefused::Already) if paused => {
+                return Err(RolloutError::AlreadyPaused { id: id.to_owned() })
+            }
+            Err(HoldRefused::Already) => return Err(RolloutError::NotPaused { id: id.to_owned() }),
+        }
+        tracing::info!(deployment = %id, paused, "deployment paused or resumed");
+        if !self.step(id).await {
+            return Err(RolloutError::NotStored {
+                what: if paused { "pause" } else { "resume" },
             });
         }
         self.current(id)
@@ -467,6 +528,7 @@ impl Engine {
                 run_state: RunState::Running,
                 issued_at: now,
                 install: setup.install.clone(),
+                full_history: setup.full_history,
             })
         });
         match result {
@@ -500,4 +562,3 @@ pub async fn holder(svc: &Service, device_id: &str) -> Option<String> {
         .ok()?;
     rx.await.ok().flatten()
 }
-                full_history: setup.full_history,

@@ -238,6 +238,10 @@ pub struct DeploymentRecord {
     pub state: DeploymentState,
     pub reason: Option<String>,
     pub targets: Vec<TargetRecord>,
+    /// Paused by its owner: a running deployment launches nothing new until resumed
+    /// (`rollout::core`). Absent in records written before pausing existed.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// A status event as stored, with when it arrived and who deployed its deployment.

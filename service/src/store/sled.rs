@@ -763,6 +763,7 @@ mod tests {
             strategy: Strategy::default(),
             state: DeploymentState::Running,
             reason: None,
+            paused: false,
             targets: vec![],
         }
     }

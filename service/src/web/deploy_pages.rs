@@ -26,6 +26,18 @@ fn state_badge(s: DeploymentState) -> String {
     format!("<span class=\"badge dep-{w}\">{w}</span>")
 }
 
+/// The state's badge, and a `paused` one while its owner paused it.
+fn dep_badge(d: &DeploymentView) -> String {
+    if d.paused {
+        format!(
+            "{} <span class=\"badge dep-paused\">paused</span>",
+            state_badge(d.state)
+        )
+    } else {
+        state_badge(d.state)
+    }
+}
+
 fn deployment_rows(list: &[DeploymentView]) -> String {
     if list.is_empty() {
         return "<tr><td colspan=\"6\">No deployments yet. <a href=\"/deployments/new\">Start one</a>.</td></tr>".into();
@@ -40,7 +52,7 @@ fn deployment_rows(list: &[DeploymentView]) -> String {
                 id = esc(&d.id),
                 u = enc(&d.id),
                 sid = esc(&d.id.chars().take(8).collect::<String>()),
-                state = state_badge(d.state),
+                state = dep_badge(d),
                 progress = progress(d),
                 r = esc(d.git_ref.as_deref().unwrap_or("setup ref")),
                 commit = short(d.commit.as_deref()),
@@ -104,10 +116,23 @@ fn deployment_detail(d: &DeploymentView) -> String {
             )
         })
         .collect();
+    let id = enc(&d.id);
     let cancel = if d.state == DeploymentState::Running {
+        let hold = if d.paused {
+            format!("<button type=\"button\" id=\"resume\" data-action=\"/api/v1/deployments/{id}/resume\">Resume deployment</button>")
+        } else {
+            format!("<button type=\"button\" id=\"pause\" data-action=\"/api/v1/deployments/{id}/pause\" data-confirm=\"Pause this deployment? No more devices are started until you resume it; devices already updating finish.\">Pause deployment</button>")
+        };
         format!(
-            "<div class=\"actions\"><button type=\"button\" class=\"danger\" id=\"cancel\" data-action=\"/api/v1/deployments/{}/cancel\" data-confirm=\"Cancel this deployment? Devices not yet started keep their release.\">Cancel deployment</button></div>",
-            enc(&d.id)
+            "<div class=\"actions\">{hold} <button type=\"button\" class=\"danger\" id=\"cancel\" data-action=\"/api/v1/deployments/{id}/cancel\" data-confirm=\"Cancel this deployment? Devices not yet started keep their release.\">Cancel deployment</button></div>"
+        )
+    } else if d
+        .targets
+        .iter()
+        .any(|t| matches!(t.state, TargetState::Failed | TargetState::TimedOut))
+    {
+        format!(
+            "<div class=\"actions\"><button type=\"button\" id=\"retry\" data-follow data-action=\"/api/v1/deployments/{id}/retry\" data-confirm=\"Start a new deployment of the devices that failed or timed out?\">Retry failed devices</button></div>"
         )
     } else {
         String::new()
@@ -123,7 +148,7 @@ fn deployment_detail(d: &DeploymentView) -> String {
 <table id="targets" class="list"><caption>Devices</caption><thead><tr><th scope="col">Device</th><th scope="col">State</th><th scope="col">Phase</th><th scope="col">Attempts</th><th scope="col">Commit</th><th scope="col">Detail</th><th scope="col">Updated</th></tr></thead>
 <tbody>{targets}</tbody></table>"#,
         state = esc(&word(&d.state)),
-        badge = state_badge(d.state),
+        badge = dep_badge(d),
         progress = progress(d),
         r = esc(d.git_ref.as_deref().unwrap_or("each device's setup ref")),
         full = esc(d.commit.as_deref().unwrap_or("")),

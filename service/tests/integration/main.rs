@@ -22,6 +22,7 @@ mod drain;
 mod install;
 mod layering;
 mod metrics_counters;
+mod pause_retry;
 mod pg_server;
 mod quotas;
 mod rollout;

@@ -82,6 +82,7 @@ fn deployment(id: &str, owner: &str, created_at: u64) -> DeploymentRecord {
         strategy: Strategy::default(),
         state: DeploymentState::Running,
         reason: None,
+        paused: false,
         targets: vec![],
     }
 }

@@ -130,6 +130,11 @@
     b.disabled = true;
     try {
       var r = await api('POST', b.getAttribute('data-action'));
+      // data-follow: the answer is a new deployment (retry); show it.
+      if (b.hasAttribute('data-follow') && r && r.id) {
+        window.location.href = '/deployments/' + encodeURIComponent(r.id);
+        return;
+      }
       var label = b.textContent.trim();
       notice(label + ': accepted' + (r && r.generation ? ' (generation ' + r.generation + ')' : '') + '.');
       schedule();
