@@ -11,6 +11,7 @@
 mod common;
 
 mod cli_escape;
+mod deployment_cli;
 mod drain_cli;
 mod enroll_relay;
 mod pinning_cli;
