@@ -431,6 +431,24 @@ async fn dashboard_in_headless_chromium() {
         .await;
     assert_eq!(state, "running");
 
+    // Pause and resume from the page: the buttons swap and a badge says paused (live).
+    b.js("window.confirm = function () { return true; };", json!([]))
+        .await;
+    b.click("#pause").await;
+    b.wait_for(
+        "the paused badge and the resume button",
+        "return window.__sameDocument === true && !!document.querySelector('#dep-state .dep-paused') && !!document.getElementById('resume');",
+        json!([]),
+    )
+    .await;
+    b.click("#resume").await;
+    b.wait_for(
+        "the pause button again, without the badge",
+        "return window.__sameDocument === true && !document.querySelector('#dep-state .dep-paused') && !!document.getElementById('pause');",
+        json!([]),
+    )
+    .await;
+
     // The devices report progress; the page follows without a reload.
     let commit = "1111111111111111111111111111111111111111";
     play_deployment(&devs[0], &id, commit).await;
