@@ -333,8 +333,24 @@ async fn wait(
     let mut current = first;
     let mut raw = serde_json::Value::Null;
     let mut unreachable_since: Option<Instant> = None;
+    let mut was_paused = false;
     loop {
         let finished = current.targets.iter().filter(|t| done(t.state)).count();
+        if current.paused != was_paused && current.state == DeploymentState::Running {
+            was_paused = current.paused;
+            let msg = if was_paused {
+                format!(
+                    "deployment {id} paused: no device is started until `hammer deployment resume {id}`",
+                    id = safe(&current.id)
+                )
+            } else {
+                format!("deployment {} resumed", safe(&current.id))
+            };
+            match &bar {
+                Some(pb) => pb.println(msg),
+                None => eprintln!("{msg}"),
+            }
+        }
         for t in &current.targets {
             let line = format!(
                 "{}{}{}",
