@@ -68,7 +68,7 @@ pub enum Command {
     Setup(SetupArgs),
     /// Deploy to devices by name or tag and follow the rollout with --wait
     Deploy(DeployArgs),
-    /// Inspect or cancel a deployment
+    /// Inspect, pause, resume, cancel or retry a deployment
     #[command(subcommand)]
     Deployment(DeploymentCmd),
     /// Restart a device's app

@@ -373,6 +373,48 @@ async fn run_client(global: &GlobalArgs, cmd: ClientCommand) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// Every `hammer …` command the dashboard tells a user to run exists (the pages once
+    /// named `hammer token create` and `hammer devices add`).
+    #[test]
+    fn commands_named_by_the_dashboard_exist() {
+        let web = concat!(env!("CARGO_MANIFEST_DIR"), "/../service/src/web");
+        let mut named = Vec::new();
+        for e in std::fs::read_dir(web).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().and_then(|x| x.to_str()) != Some("rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&p).unwrap();
+            for (i, _) in text.match_indices("<code>hammer ") {
+                let rest = &text[i + "<code>hammer ".len()..];
+                let end = rest.find("</code>").unwrap();
+                named.push(rest[..end].to_owned());
+            }
+        }
+        assert!(named.len() >= 2, "{named:?}");
+        let cli = Cli::command();
+        for cmd in &named {
+            let words: Vec<&str> = cmd
+                .split_whitespace()
+                .take_while(|w| w.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
+                .collect();
+            let mut c = &cli;
+            for w in &words {
+                match c.find_subcommand(w) {
+                    Some(sub) => c = sub,
+                    None => break,
+                }
+            }
+            assert!(
+                !words.is_empty() && cli.find_subcommand(words[0]).is_some(),
+                "the dashboard names `hammer {cmd}`, which does not exist"
+            );
+            if c.has_subcommands() {
+                panic!("the dashboard names `hammer {cmd}`, which is incomplete");
+            }
+        }
+    }
+
     #[test]
     fn cli_definition_is_valid() {
         Cli::command().debug_assert();

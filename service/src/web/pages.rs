@@ -50,7 +50,7 @@ fn device_row(d: &DeviceView) -> String {
 
 fn device_rows(list: &[DeviceView]) -> String {
     if list.is_empty() {
-        return "<tr><td colspan=\"6\">No devices. Register one with <code>hammer devices add</code>.</td></tr>".into();
+        return "<tr><td colspan=\"6\">No devices. Register one with <code>hammer device add NAME</code>.</td></tr>".into();
     }
     list.iter().map(device_row).collect()
 }

@@ -97,8 +97,9 @@ pub fn login_html(error: Option<&str>) -> Html<String> {
 <label for="token">API token</label>
 <input id="token" name="token" type="password" autocomplete="off" required
  aria-describedby="token-help">
-<p id="token-help" class="help">Paste a token from <code>hammer login</code> or
-<code>hammer token create</code>. It is exchanged for a session cookie and not kept in the page.</p>
+<p id="token-help" class="help">Paste your API token: the one <code>hammer user add NAME</code>
+printed for you (the admin's is in the service's <code>admin.token</code>). It is exchanged for a
+session cookie and not kept in the page.</p>
 <button type="submit">Sign in</button>
 </form></section>"#
         ),
