@@ -10,7 +10,8 @@ mod common;
 
 use base64::Engine;
 use common::{Behavior, Harness, SimDevice};
-use hammer_protocol::Phase;
+use hammer_protocol::topics::topic;
+use hammer_protocol::{encode, now_ms, Channel, LogBatch, Phase, PROTOCOL_VERSION};
 use serde_json::{json, Value};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -393,6 +394,61 @@ async fn dashboard_in_headless_chromium() {
     b.wait_for("the live stream", LIVE, json!([])).await;
     b.screenshot(&artifacts().join("devices.png")).await;
 
+    // The fleet overview counts by connection, app state and commit.
+    let overview = b
+        .js(
+            "return document.getElementById('overview').innerText;",
+            json!([]),
+        )
+        .await;
+    let overview = overview.as_str().unwrap();
+    assert!(overview.contains("2 devices in all"), "{overview}");
+    let online = b
+        .js(
+            "var dts = document.querySelectorAll('#ov-connection-list dt'); for (var i = 0; i < dts.length; i++) { if (dts[i].textContent === 'online') return dts[i].nextElementSibling.textContent; } return null;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(online, json!("2"), "{overview}");
+    assert!(
+        b.js(
+            "return !!document.querySelector('#overview h3');",
+            json!([])
+        )
+        .await
+            == Value::Bool(true)
+    );
+
+    // Search by name (any case) keeps the tag filter; the table sorts by column.
+    b.goto(&format!("{base}/devices?tag=site%3Dlobby")).await;
+    b.type_into("#q", "KIOSK-2").await;
+    b.click("form[role=search] button[type=submit]").await;
+    b.wait_for(
+        "only kiosk-2, still filtered by tag",
+        "return location.search.indexOf('q=KIOSK-2') >= 0 && location.search.indexOf('tag=site') >= 0 && document.querySelectorAll('#devices tr[data-device]').length === 1 && !!document.querySelector(\"#devices tr[data-device='kiosk-2']\") && document.getElementById('tag').value === 'site=lobby';",
+        json!([]),
+    )
+    .await;
+    b.goto(&format!("{base}/devices")).await;
+    b.click("#sort-last_seen").await;
+    b.wait_for(
+        "the list sorted by last seen",
+        "var th = document.getElementById('sort-last_seen').parentNode; return location.search.indexOf('sort=last_seen') >= 0 && th.getAttribute('aria-sort') === 'descending' && !document.getElementById('sort-name').parentNode.hasAttribute('aria-sort') && document.querySelectorAll('#devices tr[data-device]').length === 2;",
+        json!([]),
+    )
+    .await;
+    let seen = b
+        .js(
+            "var t = document.querySelector('#devices tr[data-device] td[data-label=\"Last seen\"] time'); return t ? [t.textContent, t.getAttribute('title')] : null;",
+            json!([]),
+        )
+        .await;
+    assert!(
+        seen[0].as_str().unwrap().ends_with("ago") || seen[0] == "just now",
+        "{seen}"
+    );
+    assert!(seen[1].as_str().unwrap().ends_with(" UTC"), "{seen}");
+
     // Start a deployment from the form.
     b.goto(&format!("{base}/deployments/new")).await;
     b.wait_for(
@@ -512,6 +568,51 @@ async fn dashboard_in_headless_chromium() {
     assert!(
         hist.contains(&id[..8]),
         "history lacks the deployment: {hist}"
+    );
+    // The app runs: it reads running, Start is off, Stop on (and styled as a warning).
+    let buttons = b
+        .js(
+            "return [document.getElementById('device-phase').textContent, document.getElementById('action-start').disabled, document.getElementById('action-stop').disabled, document.getElementById('action-stop').className];",
+            json!([]),
+        )
+        .await;
+    assert_eq!(buttons, json!(["running", true, false, "warning"]));
+
+    // Logs: a line printed while the page is open shows live; on opening the page again
+    // the kept lines show at once.
+    b.wait_for("the device's live stream", LIVE, json!([]))
+        .await;
+    let batch = LogBatch {
+        v: PROTOCOL_VERSION,
+        time: now_ms(),
+        lines: vec!["hello from kiosk-1".into()],
+    };
+    devs[0]
+        .client
+        .publish(
+            topic(&devs[0].id, Channel::Logs),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            encode(&batch).unwrap(),
+        )
+        .await
+        .unwrap();
+    b.wait_for(
+        "the live log line",
+        "return document.getElementById('logs').textContent.indexOf('hello from kiosk-1') >= 0;",
+        json!([]),
+    )
+    .await;
+    b.goto(&format!("{base}/devices/kiosk-1")).await;
+    let logs = b
+        .js(
+            "return document.getElementById('logs').textContent;",
+            json!([]),
+        )
+        .await;
+    assert!(
+        logs.as_str().unwrap().contains("hello from kiosk-1"),
+        "the kept lines are not in the page at once: {logs}"
     );
     b.screenshot(&artifacts().join("device.png")).await;
 

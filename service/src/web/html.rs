@@ -78,6 +78,39 @@ pub fn time(ms: Option<u64>) -> String {
     let Some(ms) = ms else {
         return "—".into();
     };
+    let (iso, text) = utc(ms);
+    format!("<time datetime=\"{iso}\">{text}</time>")
+}
+
+/// How long before `now` the time `ms` was, in words: `just now`, `42 s ago`, `3 min ago`,
+/// `5 h ago`, `2 d ago` (a time ahead of `now`, a clock skew, reads `just now`). Pure: the
+/// page passes its `now`; `app.js` refreshes the words with the same rules.
+pub fn ago(ms: u64, now: u64) -> String {
+    let s = now.saturating_sub(ms) / 1000;
+    match s {
+        0..=4 => "just now".into(),
+        5..=59 => format!("{s} s ago"),
+        60..=3599 => format!("{} min ago", s / 60),
+        3600..=86_399 => format!("{} h ago", s / 3600),
+        _ => format!("{} d ago", s / 86_400),
+    }
+}
+
+/// A time relative to `now` (`3 min ago`) in a `<time>` element whose `datetime` and
+/// hover title carry the absolute UTC time; a dash when there is none.
+pub fn time_ago(ms: Option<u64>, now: u64) -> String {
+    let Some(ms) = ms else {
+        return "—".into();
+    };
+    let (iso, text) = utc(ms);
+    format!(
+        "<time datetime=\"{iso}\" title=\"{text}\" data-ago>{}</time>",
+        ago(ms, now)
+    )
+}
+
+/// `(ISO 8601, "YYYY-MM-DD HH:MM:SS UTC")` of a time in ms since the epoch.
+fn utc(ms: u64) -> (String, String) {
     let secs = ms / 1000;
     let (days, rem) = ((secs / 86400) as i64, secs % 86400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -91,8 +124,9 @@ pub fn time(ms: Option<u64>) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     let (h, mi, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    format!(
-        "<time datetime=\"{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z\">{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC</time>"
+    (
+        format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z"),
+        format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC"),
     )
 }
 
@@ -154,6 +188,20 @@ mod tests {
         assert!(time(Some(0)).contains("1970-01-01 00:00:00"));
         assert!(time(Some(1_700_000_000_000)).contains("2023-11-14 22:13:20"));
         assert_eq!(short(Some("0123456789")), "0123456");
+        let t = 1_700_000_000_000;
+        assert_eq!(ago(t, t), "just now");
+        assert_eq!(ago(t + 5_000, t), "just now", "a time ahead of now");
+        assert_eq!(ago(t, t + 4_999), "just now");
+        assert_eq!(ago(t, t + 42_000), "42 s ago");
+        assert_eq!(ago(t, t + 60_000), "1 min ago");
+        assert_eq!(ago(t, t + 3 * 60_000 + 59_000), "3 min ago");
+        assert_eq!(ago(t, t + 5 * 3_600_000), "5 h ago");
+        assert_eq!(ago(t, t + 2 * 86_400_000 + 1), "2 d ago");
+        assert_eq!(
+            time_ago(Some(t), t + 180_000),
+            "<time datetime=\"2023-11-14T22:13:20Z\" title=\"2023-11-14 22:13:20 UTC\" data-ago>3 min ago</time>"
+        );
+        assert_eq!(time_ago(None, t), "—");
         assert_eq!(
             word(&hammer_protocol::api::TargetState::InFlight),
             "in flight"

@@ -3,11 +3,12 @@
 //! ownership rules, no extractors built here.
 
 use super::frame::{error_page, fragment, no_store, page, PageUser, PartQuery};
-use super::html::{enc, esc, short, time, word};
+use super::html::{enc, esc, short, time_ago, word};
 use crate::domain::{activity, devices};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use hammer_protocol::api::{DeviceView, HealthView, HistoryEntry};
+use hammer_protocol::{now_ms, Phase, RunState};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -17,9 +18,140 @@ use crate::views::PageParams;
 #[derive(Deserialize)]
 pub struct TagQuery {
     tag: Option<String>,
+    /// Search: devices whose name contains this (any case).
+    q: Option<String>,
+    /// `name` (default), `state` or `last_seen`.
+    sort: Option<String>,
 }
 
-fn device_row(d: &DeviceView) -> String {
+/// The app state a person reads: the latest phase, except that an app started again
+/// (`restarted`) is simply `running`; a dash before any report.
+pub fn app_state(d: &DeviceView) -> String {
+    match d.app_phase {
+        Some(Phase::Restarted) => "running".into(),
+        Some(p) => word(&p),
+        None => "—".into(),
+    }
+}
+
+/// How the devices list is sorted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sort {
+    /// By name, A to Z.
+    Name,
+    /// By app state, then name.
+    State,
+    /// Most recently seen first; never seen last.
+    LastSeen,
+}
+
+impl Sort {
+    pub fn parse(s: Option<&str>) -> Sort {
+        match s {
+            Some("state") => Sort::State,
+            Some("last_seen") => Sort::LastSeen,
+            _ => Sort::Name,
+        }
+    }
+    fn key(self) -> &'static str {
+        match self {
+            Sort::Name => "name",
+            Sort::State => "state",
+            Sort::LastSeen => "last_seen",
+        }
+    }
+}
+
+/// The devices whose name contains `q` (ignoring case; all when `q` is blank), sorted.
+pub fn search_and_sort(mut list: Vec<DeviceView>, q: &str, sort: Sort) -> Vec<DeviceView> {
+    let q = q.trim().to_lowercase();
+    if !q.is_empty() {
+        list.retain(|d| d.name.to_lowercase().contains(&q));
+    }
+    match sort {
+        Sort::Name => list.sort_by(|a, b| a.name.cmp(&b.name)),
+        Sort::State => list.sort_by(|a, b| (app_state(a), &a.name).cmp(&(app_state(b), &b.name))),
+        Sort::LastSeen => list.sort_by(|a, b| {
+            b.last_seen
+                .cmp(&a.last_seen)
+                .then_with(|| a.name.cmp(&b.name))
+        }),
+    }
+    list
+}
+
+/// Counts over a fleet: by connection, by app state, by commit (most common first).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Overview {
+    pub total: usize,
+    pub online: usize,
+    pub offline: usize,
+    /// (app state as [`app_state`] words it, count), most common first, then by name.
+    pub states: Vec<(String, usize)>,
+    /// (short commit or `—`, count), most common first, then by commit.
+    pub commits: Vec<(String, usize)>,
+}
+
+/// The fleet overview of `list` (pure).
+pub fn fleet_overview(list: &[DeviceView]) -> Overview {
+    fn ranked(m: std::collections::BTreeMap<String, usize>) -> Vec<(String, usize)> {
+        let mut v: Vec<_> = m.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v
+    }
+    let mut states = std::collections::BTreeMap::new();
+    let mut commits = std::collections::BTreeMap::new();
+    let online = list.iter().filter(|d| d.online).count();
+    for d in list {
+        *states.entry(app_state(d)).or_insert(0) += 1;
+        let c = match &d.current_commit {
+            Some(c) => c.chars().take(7).collect(),
+            None => "—".to_owned(),
+        };
+        *commits.entry(c).or_insert(0) += 1;
+    }
+    Overview {
+        total: list.len(),
+        online,
+        offline: list.len() - online,
+        states: ranked(states),
+        commits: ranked(commits),
+    }
+}
+
+fn overview_html(o: &Overview) -> String {
+    let dl = |id: &str, title: &str, rows: &[(String, usize)], code: bool| {
+        let items: String = rows
+            .iter()
+            .map(|(k, n)| {
+                let k = if code && k != "—" {
+                    format!("<code>{}</code>", esc(k))
+                } else {
+                    esc(k)
+                };
+                format!("<div><dt>{k}</dt><dd data-count>{n}</dd></div>")
+            })
+            .collect();
+        format!(
+            "<section class=\"stat\" aria-labelledby=\"{id}\"><h3 id=\"{id}\">{title}</h3><dl id=\"{id}-list\" class=\"counts\">{}</dl></section>",
+            if items.is_empty() { "<div><dt>none</dt><dd>0</dd></div>".into() } else { items }
+        )
+    };
+    let conn = vec![
+        ("online".to_owned(), o.online),
+        ("offline".to_owned(), o.offline),
+    ];
+    format!(
+        "<p class=\"help\">{} device{} in all.</p><div class=\"stats\">{}{}{}</div>",
+        o.total,
+        if o.total == 1 { "" } else { "s" },
+        dl("ov-connection", "Connection", &conn, false),
+        dl("ov-state", "App state", &o.states, false),
+        dl("ov-commit", "Commit", &o.commits, true),
+    )
+}
+
+fn device_row(d: &DeviceView, now: u64) -> String {
     let tags: String = d
         .tags
         .iter()
@@ -42,20 +174,46 @@ fn device_row(d: &DeviceView) -> String {
 <td data-label="Last seen">{seen}</td></tr>"#,
         n = esc(&d.name),
         u = enc(&d.name),
-        phase = d.app_phase.map(|p| word(&p)).unwrap_or_else(|| "—".into()),
+        phase = app_state(d),
         commit = short(d.current_commit.as_deref()),
-        seen = time(d.last_seen),
+        seen = time_ago(d.last_seen, now),
     )
 }
 
-fn device_rows(list: &[DeviceView]) -> String {
+fn device_rows(list: &[DeviceView], searched: bool, now: u64) -> String {
     if list.is_empty() {
+        if searched {
+            return "<tr><td colspan=\"6\">No device matches.</td></tr>".into();
+        }
         return "<tr><td colspan=\"6\">No devices. Register one with <code>hammer device add NAME</code>.</td></tr>".into();
     }
-    list.iter().map(device_row).collect()
+    list.iter().map(|d| device_row(d, now)).collect()
 }
 
-/// `GET /devices?tag=key=value`: the caller's devices (live).
+/// `/devices` with these filters (each left out when empty) and `extra` query pairs.
+fn devices_url(tag: &str, q: &str, sort: Sort, extra: &str) -> String {
+    let mut parts = Vec::new();
+    if !extra.is_empty() {
+        parts.push(extra.to_owned());
+    }
+    if !tag.is_empty() {
+        parts.push(format!("tag={}", enc(tag)));
+    }
+    if !q.is_empty() {
+        parts.push(format!("q={}", enc(q)));
+    }
+    if sort != Sort::Name {
+        parts.push(format!("sort={}", sort.key()));
+    }
+    if parts.is_empty() {
+        "/devices".into()
+    } else {
+        format!("/devices?{}", parts.join("&"))
+    }
+}
+
+/// `GET /devices?tag=key=value&q=NAME&sort=name|state|last_seen`: the caller's devices
+/// (live), under an overview of the whole fleet.
 pub async fn devices(
     State(svc): State<Arc<Service>>,
     PageUser(c): PageUser,
@@ -63,43 +221,108 @@ pub async fn devices(
     Query(t): Query<TagQuery>,
 ) -> Response {
     if t.tag.as_deref().is_some_and(|t| t.trim().is_empty()) {
-        return no_store(Redirect::to("/devices").into_response());
+        let q = t.q.as_deref().unwrap_or("").trim();
+        let to = devices_url("", q, Sort::parse(t.sort.as_deref()), "");
+        return no_store(Redirect::to(&to).into_response());
     }
     let list = match devices::devices_of(&svc, &c, t.tag.as_deref()) {
         Ok(l) => l,
         Err(e) => return error_page(Some(&c), e),
     };
+    let now = now_ms();
     let tag = t.tag.unwrap_or_default();
-    let rows = device_rows(&list);
+    let q = t.q.unwrap_or_default().trim().to_owned();
+    let sort = Sort::parse(t.sort.as_deref());
+    let overview = || -> Result<String, Response> {
+        let all = if tag.is_empty() {
+            fleet_overview(&list)
+        } else {
+            match devices::devices_of(&svc, &c, None) {
+                Ok(all) => fleet_overview(&all),
+                Err(e) => return Err(error_page(Some(&c), e)),
+            }
+        };
+        Ok(overview_html(&all))
+    };
+    if part.part.as_deref() == Some("overview") {
+        return match overview() {
+            Ok(o) => fragment(o),
+            Err(r) => r,
+        };
+    }
+    let shown = search_and_sort(list.clone(), &q, sort);
+    let rows = device_rows(&shown, !q.is_empty(), now);
     if part.part.is_some() {
         return fragment(rows);
     }
-    let live = if tag.is_empty() {
-        "/devices?part=rows".to_owned()
-    } else {
-        format!("/devices?part=rows&tag={}", enc(&tag))
+    let overview = match overview() {
+        Ok(o) => o,
+        Err(r) => return r,
     };
-    let clear = if tag.is_empty() {
+    let live = devices_url(&tag, &q, sort, "part=rows");
+    let clear = if tag.is_empty() && q.is_empty() {
         String::new()
     } else {
         " <a href=\"/devices\">Clear filter</a>".into()
     };
+    let hidden = |name: &str, v: &str| {
+        if v.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "<input type=\"hidden\" name=\"{name}\" value=\"{}\">",
+                esc(v)
+            )
+        }
+    };
+    let sort_hidden = if sort == Sort::Name { "" } else { sort.key() };
+    let th = |label: &str, by: Sort| {
+        let aria = if by == sort {
+            if by == Sort::LastSeen {
+                " aria-sort=\"descending\""
+            } else {
+                " aria-sort=\"ascending\""
+            }
+        } else {
+            ""
+        };
+        format!(
+            "<th scope=\"col\"{aria}><a href=\"{}\" id=\"sort-{}\">{label}</a></th>",
+            esc(&devices_url(&tag, &q, by, "")),
+            by.key()
+        )
+    };
     let body = format!(
         r#"<h1>Devices</h1>
-<form method="get" action="/devices" class="filter" role="search">
+<section class="card" aria-labelledby="overview-h"><h2 id="overview-h">Fleet overview</h2>
+<div id="overview" data-live="/devices?part=overview">{overview}</div></section>
+<div class="filters">
+<form method="get" action="/devices" class="filter" role="search" aria-label="Devices by name">
+<label for="q">Search by name</label>
+<input id="q" name="q" type="search" value="{qv}">{tag_hidden}{sort_h1}
+<button type="submit">Search</button></form>
+<form method="get" action="/devices" class="filter" aria-label="Devices by tag">
 <label for="tag">Filter by tag</label>
-<input id="tag" name="tag" placeholder="key=value" value="{tagv}">
-<button type="submit">Filter</button>{clear}</form>
+<input id="tag" name="tag" placeholder="key=value" value="{tagv}">{q_hidden}{sort_h2}
+<button type="submit">Filter</button>{clear}</form></div>
 <table id="devices" class="list"><caption class="sr-only">Your devices</caption>
-<thead><tr><th scope="col">Name</th><th scope="col">Tags</th><th scope="col">Status</th><th scope="col">App</th><th scope="col">Commit</th><th scope="col">Last seen</th></tr></thead>
+<thead><tr>{th_name}<th scope="col">Tags</th><th scope="col">Status</th>{th_state}<th scope="col">Commit</th>{th_seen}</tr></thead>
 <tbody data-live="{live}">{rows}</tbody></table>"#,
         tagv = esc(&tag),
+        qv = esc(&q),
+        tag_hidden = hidden("tag", &tag),
+        q_hidden = hidden("q", &q),
+        sort_h1 = hidden("sort", sort_hidden),
+        sort_h2 = hidden("sort", sort_hidden),
+        th_name = th("Name", Sort::Name),
+        th_state = th("App", Sort::State),
+        th_seen = th("Last seen", Sort::LastSeen),
         live = esc(&live),
     );
     page(&c, "Devices", Some("/api/v1/events"), &body)
 }
 
-fn health_html(h: Option<&HealthView>) -> String {
+fn health_html(h: Option<&HealthView>, now: u64) -> String {
     let Some(h) = h else {
         return "<p>No health report yet.</p>".into();
     };
@@ -115,11 +338,11 @@ fn health_html(h: Option<&HealthView>) -> String {
         h.app_rss_kb,
         h.app_cpu_ms,
         esc(&h.manager_version),
-        time(Some(h.time)),
+        time_ago(Some(h.time), now),
     )
 }
 
-fn device_state(d: &DeviceView) -> String {
+fn device_state(d: &DeviceView, now: u64) -> String {
     let online = if d.online { "online" } else { "offline" };
     let dep = match &d.current_deployment {
         Some(id) => format!(
@@ -151,17 +374,17 @@ fn device_state(d: &DeviceView) -> String {
 <dt>Source</dt><dd>{setup}</dd></dl></section>
 <section class="card"><h2>Health</h2>{health}</section></div>"#,
         state = word(&d.state),
-        phase = d.app_phase.map(|p| word(&p)).unwrap_or_else(|| "—".into()),
+        phase = app_state(d),
         run = word(&d.run_state),
         full = esc(d.current_commit.as_deref().unwrap_or("")),
         commit = short(d.current_commit.as_deref()),
-        seen = time(d.last_seen),
+        seen = time_ago(d.last_seen, now),
         tags = if tags.is_empty() {
             "—".into()
         } else {
             tags.join(", ")
         },
-        health = health_html(d.last_health.as_ref()),
+        health = health_html(d.last_health.as_ref(), now),
     )
 }
 
@@ -184,7 +407,63 @@ pub fn page_nav(base: &str, on_older: bool, older: Option<&str>) -> String {
     format!("<p class=\"pager\">{}</p>", links.join(" · "))
 }
 
-fn history_rows(h: &[HistoryEntry]) -> String {
+/// Whether the app runs (as far as the device said) and whether it is stopped: Start is
+/// disabled while it runs, Stop while it is stopped.
+fn runs_and_stopped(d: &DeviceView) -> (bool, bool) {
+    let stopped = d.run_state == RunState::Stopped || d.app_phase == Some(Phase::Stopped);
+    let runs = !stopped
+        && matches!(
+            d.app_phase,
+            Some(Phase::Running | Phase::Restarted | Phase::Verifying | Phase::Starting)
+        );
+    (runs, stopped)
+}
+
+/// The action buttons (a live region: which are enabled follows the device's state).
+fn actions_html(d: &DeviceView) -> String {
+    let u = enc(&d.name);
+    let (runs, stopped) = runs_and_stopped(d);
+    let action = |a: &str, label: &str, class: &str, off: bool, q: &str| {
+        format!(
+            "<button type=\"button\" class=\"{class}\" data-action=\"/api/v1/devices/{u}/{a}\" data-confirm=\"{}\" id=\"action-{a}\"{}>{label}</button>",
+            esc(q),
+            if off { " disabled" } else { "" }
+        )
+    };
+    [
+        action(
+            "restart",
+            "Restart",
+            "neutral",
+            false,
+            &format!("Restart the app on {}?", d.name),
+        ),
+        action(
+            "stop",
+            "Stop",
+            "warning",
+            stopped,
+            &format!("Stop the app on {}?", d.name),
+        ),
+        action(
+            "start",
+            "Start",
+            "primary",
+            runs,
+            &format!("Start the app on {}?", d.name),
+        ),
+        action(
+            "rollback",
+            "Roll back",
+            "warning",
+            false,
+            &format!("Roll {} back to its previous release?", d.name),
+        ),
+    ]
+    .concat()
+}
+
+fn history_rows(h: &[HistoryEntry], now: u64) -> String {
     if h.is_empty() {
         return "<tr><td colspan=\"6\">Nothing yet.</td></tr>".into();
     }
@@ -201,7 +480,7 @@ fn history_rows(h: &[HistoryEntry]) -> String {
             };
             format!(
                 r#"<tr><td data-label="Time">{}</td><td data-label="Phase" class="phase">{}</td><td data-label="Commit"><code>{}</code></td><td data-label="Deployment">{}</td><td data-label="By">{}</td><td data-label="Detail">{}</td></tr>"#,
-                time(Some(e.time)),
+                time_ago(Some(e.time), now),
                 word(&e.phase),
                 short(e.commit.as_deref()),
                 dep,
@@ -224,8 +503,10 @@ pub async fn device(
         Ok(d) => d,
         Err(e) => return error_page(Some(&c), e),
     };
+    let now = now_ms();
     match part.part.as_deref() {
-        Some("state") => return fragment(device_state(&d)),
+        Some("state") => return fragment(device_state(&d, now)),
+        Some("actions") => return fragment(actions_html(&d)),
         Some("history") | None => {}
         Some(_) => return fragment(String::new()),
     }
@@ -234,7 +515,7 @@ pub async fn device(
         Err(e) => return error_page(Some(&c), e),
     };
     if part.part.is_some() {
-        return fragment(history_rows(&hist));
+        return fragment(history_rows(&hist, now));
     }
     // Asking for the logs turns the device's log streaming on for a while.
     let logs = match activity::watch_logs(&svc, &c, &name).await {
@@ -243,36 +524,18 @@ pub async fn device(
     };
     let n = esc(&d.name);
     let u = enc(&d.name);
-    let action = |a: &str, label: &str, q: &str| {
-        format!(
-            "<button type=\"button\" data-action=\"/api/v1/devices/{u}/{a}\" data-confirm=\"{}\" id=\"action-{a}\">{label}</button>",
-            esc(q)
-        )
-    };
     let body = format!(
         r#"<h1>Device <span id="device-name">{n}</span></h1>
 <div data-live="/devices/{u}?part=state">{state}</div>
-<section class="card"><h2>Actions</h2><div class="actions">
-{restart}{stop}{start}{rollback}</div></section>
+<section class="card"><h2>Actions</h2><div class="actions" data-live="/devices/{u}?part=actions">{actions}</div></section>
 <section class="card"><h2>History</h2>
 <table id="history" class="list"><thead><tr><th scope="col">Time</th><th scope="col">Phase</th><th scope="col">Commit</th><th scope="col">Deployment</th><th scope="col">By</th><th scope="col">Detail</th></tr></thead>
 <tbody{live}>{hist}</tbody></table>{nav}</section>
 <section class="card"><h2>Logs</h2>
 <pre id="logs" class="logs" data-device="{n}" data-logs="/api/v1/devices/{u}/logs" tabindex="0" aria-label="Recent and live log lines">{logs}</pre></section>"#,
-        state = device_state(&d),
-        restart = action(
-            "restart",
-            "Restart",
-            &format!("Restart the app on {}?", d.name)
-        ),
-        stop = action("stop", "Stop", &format!("Stop the app on {}?", d.name)),
-        start = action("start", "Start", &format!("Start the app on {}?", d.name)),
-        rollback = action(
-            "rollback",
-            "Roll back",
-            &format!("Roll {} back to its previous release?", d.name)
-        ),
-        hist = history_rows(&hist),
+        state = device_state(&d, now),
+        actions = actions_html(&d),
+        hist = history_rows(&hist, now),
         live = if pg.cursor.is_some() {
             String::new()
         } else {
@@ -287,4 +550,141 @@ pub async fn device(
     );
     let events = format!("/api/v1/events?device={u}");
     page(&c, &d.name, Some(&events), &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hammer_protocol::api::DeviceState;
+
+    fn dev(
+        name: &str,
+        online: bool,
+        phase: Option<Phase>,
+        commit: Option<&str>,
+        seen: Option<u64>,
+    ) -> DeviceView {
+        DeviceView {
+            id: format!("id-{name}"),
+            name: name.into(),
+            tags: Default::default(),
+            state: DeviceState::Enrolled,
+            online,
+            last_seen: seen,
+            current_commit: commit.map(str::to_owned),
+            app_phase: phase,
+            run_state: RunState::Running,
+            generation: 1,
+            current_deployment: None,
+            setup: None,
+            last_health: None,
+        }
+    }
+
+    fn fleet() -> Vec<DeviceView> {
+        vec![
+            dev(
+                "kiosk-2",
+                true,
+                Some(Phase::Running),
+                Some("1111111aaaa"),
+                Some(3_000),
+            ),
+            dev(
+                "Kiosk-1",
+                false,
+                Some(Phase::Restarted),
+                Some("1111111bbbb"),
+                Some(5_000),
+            ),
+            dev("pump", true, Some(Phase::Failed), Some("2222222cccc"), None),
+            dev("new", false, None, None, Some(1_000)),
+        ]
+    }
+
+    #[test]
+    fn a_restarted_app_reads_running() {
+        assert_eq!(app_state(&fleet()[1]), "running");
+        assert_eq!(app_state(&fleet()[2]), "failed");
+        assert_eq!(app_state(&fleet()[3]), "—");
+    }
+
+    #[test]
+    fn overview_counts_connection_state_and_commit() {
+        let o = fleet_overview(&fleet());
+        assert_eq!((o.total, o.online, o.offline), (4, 2, 2));
+        assert_eq!(
+            o.states,
+            vec![
+                ("running".to_owned(), 2),
+                ("failed".to_owned(), 1),
+                ("—".to_owned(), 1)
+            ]
+        );
+        assert_eq!(
+            o.commits,
+            vec![
+                ("1111111".to_owned(), 2),
+                ("2222222".to_owned(), 1),
+                ("—".to_owned(), 1)
+            ]
+        );
+        assert_eq!(fleet_overview(&[]), Overview::default());
+        let html = overview_html(&o);
+        assert!(
+            html.contains("<dt><code>1111111</code></dt><dd data-count>2</dd>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<h3 id=\"ov-state\">App state</h3>"),
+            "{html}"
+        );
+    }
+
+    #[test]
+    fn search_ignores_case_and_sorts_by_column() {
+        let names = |l: Vec<DeviceView>| l.into_iter().map(|d| d.name).collect::<Vec<_>>();
+        assert_eq!(
+            names(search_and_sort(fleet(), " KIOSK ", Sort::Name)),
+            ["Kiosk-1", "kiosk-2"]
+        );
+        assert_eq!(
+            names(search_and_sort(fleet(), "", Sort::LastSeen)),
+            ["Kiosk-1", "kiosk-2", "new", "pump"]
+        );
+        assert_eq!(
+            names(search_and_sort(fleet(), "", Sort::State)),
+            ["pump", "Kiosk-1", "kiosk-2", "new"]
+        );
+        assert_eq!(Sort::parse(Some("last_seen")), Sort::LastSeen);
+        assert_eq!(Sort::parse(Some("bogus")), Sort::Name);
+        assert_eq!(
+            devices_url("a=b", "k 1", Sort::State, "part=rows"),
+            "/devices?part=rows&tag=a%3Db&q=k%201&sort=state"
+        );
+        assert_eq!(devices_url("", "", Sort::Name, ""), "/devices");
+    }
+
+    #[test]
+    fn start_is_off_while_the_app_runs_and_stop_while_it_is_stopped() {
+        let mut d = fleet()[0].clone();
+        let html = actions_html(&d);
+        assert!(
+            html.contains("id=\"action-start\" disabled")
+                && !html.contains("id=\"action-stop\" disabled"),
+            "{html}"
+        );
+        d.run_state = RunState::Stopped;
+        d.app_phase = Some(Phase::Stopped);
+        let html = actions_html(&d);
+        assert!(
+            !html.contains("id=\"action-start\" disabled")
+                && html.contains("id=\"action-stop\" disabled"),
+            "{html}"
+        );
+        assert!(
+            html.contains("class=\"warning\" data-action=\"/api/v1/devices/kiosk-2/rollback\""),
+            "{html}"
+        );
+    }
 }

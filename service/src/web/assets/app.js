@@ -55,16 +55,63 @@
     timer = setTimeout(function () { timer = null; refresh(); }, 200);
   }
 
-  // Logs: lines from events are appended to the device's log view.
+  // Times: <time data-ago> shows "3 min ago" (the absolute UTC time in its title); the words
+  // follow the clock with the server's rules (html::ago).
+  function ago(ms, now) {
+    var s = Math.floor(Math.max(0, now - ms) / 1000);
+    if (s < 5) return 'just now';
+    if (s < 60) return s + ' s ago';
+    if (s < 3600) return Math.floor(s / 60) + ' min ago';
+    if (s < 86400) return Math.floor(s / 3600) + ' h ago';
+    return Math.floor(s / 86400) + ' d ago';
+  }
+  function refreshTimes() {
+    var now = Date.now();
+    var els = document.querySelectorAll('time[data-ago]');
+    for (var i = 0; i < els.length; i++) {
+      var t = Date.parse(els[i].getAttribute('datetime'));
+      if (!isNaN(t)) els[i].textContent = ago(t, now);
+    }
+  }
+
+  // Logs: the page opens with the lines the service keeps; lines from events are appended.
+  // When the stream (re)opens the kept lines are fetched again, so nothing printed between
+  // the page render and the stream (or during a reconnection) is missing.
   var MAX_LOG_LINES = 500;
+  var logsSyncing = false, logsHeld = [];
   function appendLogs(device, lines) {
     var pre = document.getElementById('logs');
     if (!pre || pre.getAttribute('data-device') !== device || !lines || !lines.length) return;
+    if (logsSyncing) { logsHeld.push(lines); return; }
     var atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 8;
     var all = (pre.textContent + lines.join('\n') + '\n').split('\n');
     if (all.length > MAX_LOG_LINES + 1) all = all.slice(all.length - MAX_LOG_LINES - 1);
     pre.textContent = all.join('\n');
     if (atEnd) pre.scrollTop = pre.scrollHeight;
+  }
+  async function syncLogs() {
+    var pre = document.getElementById('logs');
+    if (!pre || logsSyncing) return;
+    logsSyncing = true; logsHeld = [];
+    var kept = null;
+    try {
+      var d = await api('GET', pre.getAttribute('data-logs'));
+      kept = (d && d.lines) || [];
+    } catch (e) { error(e.message); }
+    logsSyncing = false;
+    var held = logsHeld; logsHeld = [];
+    var device = pre.getAttribute('data-device');
+    if (kept) {
+      var atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 8;
+      pre.textContent = kept.length ? kept.join('\n') + '\n' : '';
+      if (atEnd) pre.scrollTop = pre.scrollHeight;
+    }
+    // Batches that came while asking: those the answer already ends with are not repeated.
+    held.forEach(function (lines) {
+      var tail = kept ? kept.slice(kept.length - lines.length) : [];
+      if (kept && tail.length === lines.length && tail.join('\n') === lines.join('\n')) return;
+      appendLogs(device, lines);
+    });
   }
 
   function startEvents() {
@@ -83,6 +130,7 @@
         restarting = false; retries = 0;
         if (live) { live.textContent = 'live'; live.className = 'live on'; }
         schedule(); // catch up on anything between the page render and the stream
+        syncLogs();
       };
       es.addEventListener('reconnect', function () { restarting = true; reconnecting(); });
       es.onerror = function () {
@@ -141,7 +189,8 @@
     } catch (err) {
       error(err.message);
     } finally {
-      b.disabled = false;
+      // A live refresh may have replaced the button (enabled or not by the device's state).
+      if (b.isConnected) b.disabled = false;
     }
   });
 
@@ -184,6 +233,7 @@
   document.addEventListener('DOMContentLoaded', function () {
     startEvents();
     keepLogsStreaming();
+    setInterval(refreshTimes, 15000);
     deployForm();
   });
 })();
