@@ -17,6 +17,7 @@ mod api;
 mod bounds_http;
 mod bounds_logs;
 mod bounds_shutdown;
+mod contract;
 mod database;
 mod drain;
 mod install;
