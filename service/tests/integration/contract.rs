@@ -7,7 +7,10 @@
 //! field, huge strings, invalid JSON, no body) — as four callers (no token, a bad token, an
 //! ordinary user, the admin). Every answer must be a status the document lists for that
 //! operation, never a 5xx, and a JSON body must validate against the response schema (a small
-//! validator for the subset of JSON Schema the document uses).
+//! validator for the subset of JSON Schema the document uses: `$ref`, `type`, `nullable`,
+//! `properties`, `required`, `additionalProperties`, `items`, `enum`, `oneOf`/`anyOf`/`allOf`,
+//! `minimum`/`maximum`). One more property: an ordinary user's request naming another user's
+//! device, deployment or token never succeeds.
 //!
 //! Deterministic: a fixed proptest seed and a bounded number of cases, after one sweep that
 //! sends each operation's valid request as each caller. The event stream (`GET
@@ -663,6 +666,22 @@ impl Ctx {
                 ),
             ));
         };
+        // Another user's device, deployment or token is "no such" to an ordinary user.
+        if matches!(c.path, PathKind::Others)
+            && c.caller == 2
+            && op.params.iter().any(|p| p["in"] == "path")
+            && (200..300).contains(&a.status)
+        {
+            return Err((
+                format!("{} {} others", op.id, a.status),
+                format!(
+                    "another user's resource answered {} to {}: {}",
+                    a.status,
+                    what(),
+                    a.body
+                ),
+            ));
+        }
         if a.status >= 500 {
             return Err((
                 format!("{} {}", op.id, a.status),
@@ -797,10 +816,17 @@ fn every_answer_is_in_the_openapi_document() {
                 Behavior::Succeed,
             )
             .await;
-        let (_, d) = h
-            .post("/api/v1/devices", &bob, json!({"name": "bob-dev"}))
+        let bob_dev = h
+            .ready_device("bob", &bob, "bob-dev", json!({}), Behavior::Silent)
             .await;
-        assert!(d["device"]["name"] == "bob-dev", "{d}");
+        let (s, bob_dep) = h
+            .post(
+                "/api/v1/deployments",
+                &bob,
+                json!({"targets": {"names": ["bob-dev"]}}),
+            )
+            .await;
+        assert_eq!(s, 201, "{bob_dep}");
         let (s, dep) = h
             .post(
                 "/api/v1/deployments",
@@ -821,7 +847,7 @@ fn every_answer_is_in_the_openapi_document() {
             o.entry("token").or_insert_with(|| "tok-none".into());
         }
         others.insert("device", "bob-dev".into());
-        others.insert("deployment", "dep-of-nobody".into());
+        others.insert("deployment", bob_dep["id"].as_str().unwrap().to_owned());
         others.insert("token", bob_tok["id"].as_str().unwrap().to_owned());
         // The enrollment listener trusts the fleet CA.
         let bundle = h.provision("bob", "bob-enroll", json!({})).await;
@@ -837,6 +863,7 @@ fn every_answer_is_in_the_openapi_document() {
             .trim_end_matches("/api/v1/enroll")
             .to_owned();
         std::mem::forget(dev);
+        std::mem::forget(bob_dev);
         Ctx {
             doc: doc.clone(),
             ops,
