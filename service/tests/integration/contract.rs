@@ -412,6 +412,8 @@ impl World {
             "deployment"
         } else if path.starts_with("/api/v1/tokens") {
             "token"
+        } else if path.starts_with("/api/v1/commits") {
+            "commit"
         } else {
             let _ = param;
             "device"
@@ -669,7 +671,10 @@ impl Ctx {
         // Another user's device, deployment or token is "no such" to an ordinary user.
         if matches!(c.path, PathKind::Others)
             && c.caller == 2
-            && op.params.iter().any(|p| p["in"] == "path")
+            && op
+                .params
+                .iter()
+                .any(|p| p["in"] == "path" && World::param_kind(&op.path, "") != "commit")
             && (200..300).contains(&a.status)
         {
             return Err((
@@ -845,8 +850,12 @@ fn every_answer_is_in_the_openapi_document() {
             o.insert("device", "alice-dev".into());
             o.insert("deployment", dep["id"].as_str().unwrap().to_owned());
             o.entry("token").or_insert_with(|| "tok-none".into());
+            // The commit the simulated devices report running.
+            o.insert("commit", "1".repeat(40));
         }
         others.insert("device", "bob-dev".into());
+        // Commits are not owned: "another user's" is one nobody runs.
+        others.insert("commit", "2".repeat(40));
         others.insert("deployment", bob_dep["id"].as_str().unwrap().to_owned());
         others.insert("token", bob_tok["id"].as_str().unwrap().to_owned());
         // The enrollment listener trusts the fleet CA.
