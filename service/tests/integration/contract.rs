@@ -508,6 +508,8 @@ impl Ctx {
             let name = p["name"].as_str().unwrap();
             let value = match &c.query {
                 QueryKind::Absent | QueryKind::Unknown => continue,
+                // A valid cursor is one the list gave out: none (the first page).
+                QueryKind::Valid if name == "cursor" => continue,
                 QueryKind::Valid => match (name, p["schema"]["type"].as_str()) {
                     ("device", _) => own.get("device").cloned().unwrap_or_default(),
                     ("deployment", _) => own.get("deployment").cloned().unwrap_or_default(),
