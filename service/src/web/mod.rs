@@ -2,8 +2,12 @@
 //! plus a little vanilla JS (`assets/app.js`) that refreshes live regions on Server-Sent
 //! Events from `/api/v1/events` and sends actions to the JSON API with the session cookie.
 //!
-//! Every page reads through the API's own handlers ([`crate::api`]), so a browser sees and
-//! changes exactly what the caller's token could: the same ownership rules, the same errors.
+//! Every page reads through the domain functions the API's handlers call too
+//! ([`crate::domain`], never [`crate::api`]), so a browser sees and changes exactly what the
+//! caller's token could: the same ownership rules, the same errors. The devices page opens
+//! with a fleet overview ([`pages::fleet_overview`]), searches by name (`?q=`) and sorts by
+//! column (`?sort=name|state|last_seen`); times read "3 min ago" with the UTC time on hover
+//! ([`html::time_ago`]).
 //! Layout: [`session`] (sign in and out, cookie sessions), [`pages`] (devices, device),
 //! [`deploy_pages`] (deployments), [`frame`] (page frame, no-store, the signed-in visitor),
 //! [`html`] (escaping and formatting).

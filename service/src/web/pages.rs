@@ -233,21 +233,19 @@ pub async fn devices(
     let tag = t.tag.unwrap_or_default();
     let q = t.q.unwrap_or_default().trim().to_owned();
     let sort = Sort::parse(t.sort.as_deref());
-    let overview = || -> Result<String, Response> {
+    // The overview is of the whole fleet, whatever the filters.
+    let overview = || -> Result<String, crate::error::ServiceError> {
         let all = if tag.is_empty() {
             fleet_overview(&list)
         } else {
-            match devices::devices_of(&svc, &c, None) {
-                Ok(all) => fleet_overview(&all),
-                Err(e) => return Err(error_page(Some(&c), e)),
-            }
+            fleet_overview(&devices::devices_of(&svc, &c, None)?)
         };
         Ok(overview_html(&all))
     };
     if part.part.as_deref() == Some("overview") {
         return match overview() {
             Ok(o) => fragment(o),
-            Err(r) => r,
+            Err(e) => error_page(Some(&c), e),
         };
     }
     let shown = search_and_sort(list.clone(), &q, sort);
@@ -257,7 +255,7 @@ pub async fn devices(
     }
     let overview = match overview() {
         Ok(o) => o,
-        Err(r) => return r,
+        Err(e) => return error_page(Some(&c), e),
     };
     let live = devices_url(&tag, &q, sort, "part=rows");
     let clear = if tag.is_empty() && q.is_empty() {
