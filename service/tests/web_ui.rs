@@ -626,6 +626,22 @@ async fn dashboard_in_headless_chromium() {
         json!([]),
     )
     .await;
+    // Stop, then Start: which button is enabled follows the run state without a reload.
+    b.js("window.__sameDocument = true;", json!([])).await;
+    b.click("#action-stop").await;
+    b.wait_for(
+        "Stop disabled and Start enabled after stopping (live)",
+        "var s = document.getElementById('action-stop'), t = document.getElementById('action-start'); return window.__sameDocument === true && s.disabled && !t.disabled;",
+        json!([]),
+    )
+    .await;
+    b.click("#action-start").await;
+    b.wait_for(
+        "Start disabled and Stop enabled after starting (live)",
+        "var s = document.getElementById('action-stop'), t = document.getElementById('action-start'); return window.__sameDocument === true && !s.disabled && t.disabled;",
+        json!([]),
+    )
+    .await;
     b.goto(&format!("{base}/devices?tag=nonsense")).await;
     let text = b.text().await;
     assert!(text.contains("must look like key=value"), "{text}");
