@@ -3,7 +3,7 @@
 //! canceling are `fetch()` calls to the JSON API from `app.js`.
 
 use super::frame::{error_page, fragment, page, PageUser, PartQuery};
-use super::html::{enc, esc, short, time, word};
+use super::html::{enc, esc, short, time_ago, word};
 use crate::domain::{deployments, devices};
 use crate::service::Service;
 use crate::views::PageParams;
@@ -11,6 +11,11 @@ use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use hammer_protocol::api::{DeploymentState, DeploymentView, TargetState};
 use std::sync::Arc;
+
+/// A time as "3 min ago" (the UTC time on hover), relative to the moment the page renders.
+fn time(ms: Option<u64>) -> String {
+    time_ago(ms, hammer_protocol::now_ms())
+}
 
 fn progress(d: &DeploymentView) -> String {
     let done = d
