@@ -71,6 +71,9 @@ pub enum Command {
     /// Inspect, pause, resume, cancel or retry a deployment
     #[command(subcommand)]
     Deployment(DeploymentCmd),
+    /// Mark a commit bad (the kill switch), unmark it, list those marked
+    #[command(subcommand)]
+    Commit(CommitCmd),
     /// Restart a device's app
     Restart(NameArg),
     /// Stop a device's app (it stays stopped until `hammer start`)
@@ -256,6 +259,29 @@ pub enum DeploymentCmd {
         /// Deployment id
         id: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CommitCmd {
+    /// Mark a commit bad: your running deployments pinned to it stop and new deployments of it
+    /// are refused until `hammer commit good`
+    Bad {
+        /// Full commit id (40 or 64 hex digits)
+        sha: String,
+        /// Why, shown in refusals and on the stopped deployments
+        #[arg(long, value_name = "R")]
+        reason: Option<String>,
+        /// Also roll your devices running it back to their previous release
+        #[arg(long)]
+        rollback: bool,
+    },
+    /// Unmark a commit marked bad: deployments may name it again
+    Good {
+        /// Full commit id (40 or 64 hex digits)
+        sha: String,
+    },
+    /// List the commits you marked bad
+    ListBad,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@
 
 mod certs;
 mod commands;
+mod commits;
 mod config;
 mod deploy;
 mod devices;
@@ -16,7 +17,7 @@ mod users;
 
 use anyhow::Result;
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use commands::{CertsCmd, Command as ClientCommand, DeploymentCmd, GlobalArgs, UserCmd};
+use commands::{CertsCmd, Command as ClientCommand, CommitCmd, DeploymentCmd, GlobalArgs, UserCmd};
 use hammer_client::Action;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -352,6 +353,13 @@ async fn run_client(global: &GlobalArgs, cmd: ClientCommand) -> Result<()> {
         ClientCommand::Deployment(DeploymentCmd::Retry { id }) => {
             deploy::retry(&conn, &id, json).await
         }
+        ClientCommand::Commit(CommitCmd::Bad {
+            sha,
+            reason,
+            rollback,
+        }) => commits::bad(&conn, &sha, reason, rollback, json).await,
+        ClientCommand::Commit(CommitCmd::Good { sha }) => commits::good(&conn, &sha, json).await,
+        ClientCommand::Commit(CommitCmd::ListBad) => commits::list_bad(&conn, json).await,
         ClientCommand::Restart(a) => devices::action(&conn, &a.name, Action::Restart, json).await,
         ClientCommand::Stop(a) => devices::action(&conn, &a.name, Action::Stop, json).await,
         ClientCommand::Start(a) => devices::action(&conn, &a.name, Action::Start, json).await,

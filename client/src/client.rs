@@ -117,6 +117,11 @@ fn deployment_id(id: &str) -> Result<&str> {
     Ok(id)
 }
 
+/// A full commit id (the protocol's one rule), lowercase.
+fn commit_id(sha: &str) -> Result<String> {
+    hammer_protocol::full_commit_id(sha).map_err(|e| Error::InvalidArgument(e.to_string()))
+}
+
 /// Turns a JSON answer into its API type, with an error that names the endpoint.
 pub fn typed<T: DeserializeOwned>(v: &Value, path: &str) -> Result<T> {
     serde_json::from_value(v.clone()).map_err(|e| Error::UnexpectedAnswer {
@@ -546,6 +551,34 @@ impl Client {
     pub async fn retry_deployment(&self, id: &str) -> Result<Answer<DeploymentView>> {
         self.post_empty(&format!("/deployments/{}/retry", deployment_id(id)?))
             .await
+    }
+
+    /// `POST /commits/{sha}/bad`: marks a commit bad (the kill switch) — running deployments
+    /// pinned to it stop, new ones naming it are refused; with `rollback`, devices running
+    /// it go back to their previous release.
+    pub async fn mark_commit_bad(
+        &self,
+        sha: &str,
+        req: &hammer_protocol::api::MarkBad,
+    ) -> Result<Answer<hammer_protocol::api::MarkedBad>> {
+        self.post(&format!("/commits/{}/bad", commit_id(sha)?), req)
+            .await
+    }
+
+    /// `DELETE /commits/{sha}/bad`: unmarks a commit marked bad.
+    pub async fn unmark_commit_bad(&self, sha: &str) -> Result<Value> {
+        self.send::<()>(
+            Method::DELETE,
+            &format!("/commits/{}/bad", commit_id(sha)?),
+            &[],
+            None,
+        )
+        .await
+    }
+
+    /// `GET /commits/bad`: the commits marked bad, oldest first.
+    pub async fn bad_commits(&self) -> Result<Answer<hammer_protocol::api::BadCommits>> {
+        self.get("/commits/bad", &[]).await
     }
 }
 

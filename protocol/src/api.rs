@@ -432,6 +432,54 @@ pub struct ActionAccepted {
     pub deployment_id: Option<String>,
 }
 
+// ---- bad commits (the kill switch) ----
+
+/// `POST /api/v1/commits/{sha}/bad` body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarkBad {
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Also roll the caller's devices running the commit back to their previous release.
+    #[serde(default)]
+    pub rollback: bool,
+}
+
+/// A commit marked bad.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadCommit {
+    pub commit: String,
+    pub reason: Option<String>,
+    pub marked_at: u64,
+}
+
+/// `GET /api/v1/commits/bad`: the caller's bad commits, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadCommits {
+    pub commits: Vec<BadCommit>,
+}
+
+/// A device that was not rolled back, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotRolledBack {
+    pub device: String,
+    pub reason: String,
+}
+
+/// `POST /api/v1/commits/{sha}/bad` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkedBad {
+    pub commit: BadCommit,
+    /// Running deployments of the caller pinned to the commit, now canceled.
+    pub stopped: Vec<String>,
+    /// With `rollback`: devices sent back to their previous release.
+    #[serde(default)]
+    pub rolled_back: Vec<ActionAccepted>,
+    /// With `rollback`: devices running the commit that could not be rolled back.
+    #[serde(default)]
+    pub not_rolled_back: Vec<NotRolledBack>,
+}
+
 /// `GET /api/v1/devices/{name}/logs`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogLines {

@@ -274,6 +274,7 @@ async fn ensure_admin(store: &dyn Store, dir: &Path) -> anyhow::Result<String> {
                 name: ADMIN_USER.into(),
                 admin: true,
                 created_at: hammer_protocol::now_ms(),
+                bad_commits: Vec::new(),
             };
             store.insert_user(&u)?;
             u

@@ -257,6 +257,13 @@ impl Store for CountingStore {
     fn users(&self) -> Result<Vec<UserRecord>> {
         self.inner.users()
     }
+    fn update_user(
+        &self,
+        id: &str,
+        f: &mut (dyn FnMut(&mut UserRecord) + Send),
+    ) -> Result<Option<UserRecord>> {
+        self.inner.update_user(id, f)
+    }
     fn insert_token(&self, token: &TokenRecord) -> Result<()> {
         self.inner.insert_token(token)
     }

@@ -3,11 +3,11 @@
 //! asking turns the device's log streaming on for a while; lines are kept only while someone
 //! asks, see [`crate::live`]) and history (paged, newest page first; see [`history`]).
 
-use crate::domain::activity::{history_page, not_in_rollout, nothing_deployed, watch_logs};
+use crate::domain::activity::{history_page, republish, rollback_device, watch_logs};
 use crate::domain::devices::owned_device;
 use crate::domain::Caller;
-use crate::error::{ServiceError, ServiceResult};
-use crate::mqtt::publish::{send_command, set_desired};
+use crate::error::ServiceResult;
+use crate::mqtt::publish::send_command;
 use crate::service::Service;
 use crate::store::DeviceRecord;
 use crate::views::PageParams;
@@ -15,7 +15,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::Json;
 use hammer_protocol::api::{ActionAccepted, HistoryEntry, LogLines, NEXT_CURSOR_HEADER};
-use hammer_protocol::{now_ms, CommandKind, DesiredState, RunState};
+use hammer_protocol::{CommandKind, DesiredState, RunState};
 use std::sync::Arc;
 
 /// `POST /api/v1/devices/{name}/restart`.
@@ -43,25 +43,8 @@ async fn republish_with(
     action: &str,
     change: impl Fn(&mut DesiredState) + Send + Sync,
 ) -> ServiceResult<(StatusCode, Json<ActionAccepted>)> {
-    not_in_rollout(svc, dev).await?;
-    let rec = set_desired(svc, &dev.id, |d, generation| {
-        let mut desired = d.desired.clone()?;
-        desired.generation = generation;
-        desired.issued_at = now_ms();
-        change(&mut desired);
-        Some(desired)
-    })
-    .await?
-    .ok_or_else(|| nothing_deployed(&dev.name))?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(ActionAccepted {
-            device: dev.name.clone(),
-            action: action.into(),
-            generation: Some(rec.generation),
-            deployment_id: rec.desired.map(|d| d.deployment_id),
-        }),
-    ))
+    let accepted = republish(svc, dev, action, change).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
 /// `POST /api/v1/devices/{name}/stop`.
@@ -91,27 +74,8 @@ pub async fn rollback(
     Path(name): Path<String>,
 ) -> ServiceResult<(StatusCode, Json<ActionAccepted>)> {
     let dev = owned_device(&svc, &caller, &name)?;
-    if dev.desired.is_none() {
-        return Err(nothing_deployed(&name));
-    }
-    let previous = dev
-        .good_commits
-        .iter()
-        .rev()
-        .find(|c| Some(*c) != dev.current_commit.as_ref())
-        .cloned()
-        .ok_or_else(|| {
-            ServiceError::conflict(format!(
-                "device {name:?} has no earlier successful release to roll back to"
-            ))
-        })?;
-    let rollback_id = crate::ids::new_id();
-    republish_with(&svc, &dev, "rollback", move |d| {
-        d.commit = Some(previous.clone());
-        d.deployment_id = rollback_id.clone();
-        d.run_state = RunState::Running;
-    })
-    .await
+    let accepted = rollback_device(&svc, &dev, &caller.user.bad_commits).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
 /// `GET /api/v1/devices/{name}/logs`: recent lines; streaming stays on for a minute.

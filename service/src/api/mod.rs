@@ -3,6 +3,7 @@
 //! the OpenAPI document lists them all; [`crate::router`] puts them on the listeners.
 
 pub mod actions;
+pub mod commits;
 pub mod deployments;
 pub mod devices;
 pub mod enroll;
@@ -86,6 +87,11 @@ fn build() -> Routes {
     )
     .route("/api/v1/deployments/{id}/retry", post(dp::retry_deployment))
     .route("/api/v1/events", get(events::events))
+    .route("/api/v1/commits/bad", get(commits::list))
+    .route(
+        "/api/v1/commits/{sha}/bad",
+        post(commits::mark).delete(commits::unmark),
+    )
 }
 
 /// The enrollment listener's only route: `POST /api/v1/enroll`, served over HTTPS with a

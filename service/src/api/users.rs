@@ -49,6 +49,7 @@ pub async fn create_user(
         name: req.name.clone(),
         admin: false,
         created_at: now_ms(),
+        bad_commits: Vec::new(),
     };
     if !svc.store.insert_user(&user)? {
         return Err(ServiceError::conflict(format!(

@@ -4,12 +4,12 @@
 use super::devices::owned_device;
 use super::Caller;
 use crate::error::{ServiceError, ServiceResult};
-use crate::mqtt::publish::send_command;
+use crate::mqtt::publish::{send_command, set_desired};
 use crate::service::Service;
-use crate::store::DeviceRecord;
+use crate::store::{BadCommitRecord, DeviceRecord};
 use crate::views::{encode_history_cursor, history_entry, PageParams};
-use hammer_protocol::api::{HistoryEntry, LogLines};
-use hammer_protocol::{now_ms, CommandKind};
+use hammer_protocol::api::{ActionAccepted, HistoryEntry, LogLines};
+use hammer_protocol::{now_ms, CommandKind, DesiredState, RunState};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +30,72 @@ pub fn nothing_deployed(name: &str) -> ServiceError {
     ServiceError::conflict(format!(
         "device {name:?} has nothing deployed yet: run `hammer deploy` first"
     ))
+}
+
+/// Publishes a new generation of the device's desired state changed by `change` (stop,
+/// start, rollback); refused while the device is in a running deployment or has nothing
+/// deployed.
+pub async fn republish(
+    svc: &Service,
+    dev: &DeviceRecord,
+    action: &str,
+    change: impl Fn(&mut DesiredState) + Send + Sync,
+) -> ServiceResult<ActionAccepted> {
+    not_in_rollout(svc, dev).await?;
+    let rec = set_desired(svc, &dev.id, |d, generation| {
+        let mut desired = d.desired.clone()?;
+        desired.generation = generation;
+        desired.issued_at = now_ms();
+        change(&mut desired);
+        Some(desired)
+    })
+    .await?
+    .ok_or_else(|| nothing_deployed(&dev.name))?;
+    Ok(ActionAccepted {
+        device: dev.name.clone(),
+        action: action.into(),
+        generation: Some(rec.generation),
+        deployment_id: rec.desired.map(|d| d.deployment_id),
+    })
+}
+
+/// The previous commit that ran successfully on the device, other than its current one and
+/// than the commits its owner marked `bad`.
+pub fn previous_good_commit(dev: &DeviceRecord, bad: &[BadCommitRecord]) -> Option<String> {
+    dev.good_commits
+        .iter()
+        .rev()
+        .find(|c| {
+            Some(*c) != dev.current_commit.as_ref()
+                && !bad.iter().any(|b| b.commit.eq_ignore_ascii_case(c))
+        })
+        .cloned()
+}
+
+/// Rolls the device back to its previous successful commit ([`previous_good_commit`], never
+/// one of the owner's `bad` commits): a new generation pinned to it. 409 when it has nothing
+/// deployed or no earlier release.
+pub async fn rollback_device(
+    svc: &Service,
+    dev: &DeviceRecord,
+    bad: &[BadCommitRecord],
+) -> ServiceResult<ActionAccepted> {
+    if dev.desired.is_none() {
+        return Err(nothing_deployed(&dev.name));
+    }
+    let previous = previous_good_commit(dev, bad).ok_or_else(|| {
+        ServiceError::conflict(format!(
+            "device {:?} has no earlier successful release to roll back to",
+            dev.name
+        ))
+    })?;
+    let rollback_id = crate::ids::new_id();
+    republish(svc, dev, "rollback", move |d| {
+        d.commit = Some(previous.clone());
+        d.deployment_id = rollback_id.clone();
+        d.run_state = RunState::Running;
+    })
+    .await
 }
 
 /// The device's kept log lines; asking turns its log streaming on for [`LOG_WATCH`] (the

@@ -17,7 +17,8 @@ impl From<RolloutError> for ServiceError {
             RolloutError::DeviceBusy { .. }
             | RolloutError::AlreadyEnded { .. }
             | RolloutError::AlreadyPaused { .. }
-            | RolloutError::NotPaused { .. } => ServiceError::conflict(e.to_string()),
+            | RolloutError::NotPaused { .. }
+            | RolloutError::BadCommit(_) => ServiceError::conflict(e.to_string()),
             RolloutError::NoDeployment { id } => ServiceError::no_deployment(&id),
             RolloutError::NotStored { .. }
             | RolloutError::Vanished { .. }

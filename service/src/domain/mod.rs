@@ -4,9 +4,11 @@
 //! here: a refusal is a [`crate::error::ServiceError`].
 //!
 //! [`devices`] (look up, list, create within the quota), [`deployments`] (strategy, targets,
-//! pages) and [`activity`] (logs, history, the checks actions share).
+//! pages), [`activity`] (logs, history, the checks actions share) and [`commits`] (the
+//! commits a user marked bad: the kill switch).
 
 pub mod activity;
+pub mod commits;
 pub mod deployments;
 pub mod devices;
 

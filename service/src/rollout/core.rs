@@ -8,6 +8,9 @@
 //!   deployment's commit, and possibly the end of the target's attempt;
 //! - a tick ([`Rollout::on_tick`]): in-flight targets whose deadline is due time out;
 //! - a cancel ([`Rollout::cancel`]);
+//! - a commit marked bad by the owner ([`Rollout::stop_if_bad`]): a running deployment pinned
+//!   to it is canceled with a reason naming it; a new deployment naming it is refused
+//!   ([`bad_commit_refusal`]), and one that pins it from a first report is stopped;
 //! - a pause or its end ([`Rollout::pause`], [`Rollout::unpause`]): while paused a step
 //!   launches no pending target (neither a first attempt nor a retry); what is in flight goes
 //!   on — its reports count, its deadline still times it out, the abort threshold still
@@ -26,7 +29,7 @@
 //! [`check_commit`] and [`awaiting_pin`] (one-commit pinning). Terminal phases are
 //! [`Phase::ends_deployment`]'s, the protocol's one definition.
 
-use crate::store::{cut, DeploymentRecord, TargetRecord, MAX_DETAIL};
+use crate::store::{cut, BadCommitRecord, DeploymentRecord, TargetRecord, MAX_DETAIL};
 use hammer_protocol::api::{DeploymentState, Strategy, TargetState};
 use hammer_protocol::{Phase, StatusEvent};
 use std::collections::HashMap;
@@ -349,6 +352,31 @@ impl Rollout {
         );
         self.dep.state = DeploymentState::Canceled;
         self.dep.reason = Some(format!("canceled by {by}"));
+    }
+
+    /// Stops the deployment when it runs pinned to `bad` (a commit its owner marked bad):
+    /// canceled like [`Rollout::cancel`], with a reason naming the commit. Returns whether it
+    /// stopped.
+    pub fn stop_if_bad(&mut self, bad: &BadCommitRecord, now: u64) -> bool {
+        let pinned = self
+            .dep
+            .commit
+            .as_deref()
+            .is_some_and(|c| same_commit(c, &bad.commit));
+        if !self.is_running() || !pinned {
+            return false;
+        }
+        finish_early(
+            &mut self.dep,
+            now,
+            "not attempted: the deployment's commit was marked bad",
+            "canceled while in flight (the commit was marked bad); the device may still apply this release",
+        );
+        self.dep.state = DeploymentState::Canceled;
+        self.dep.paused = false;
+        self.dep.reason =
+            Some(cut(&format!("canceled: {}", bad_commit_text(bad)), MAX_DETAIL).into_owned());
+        true
     }
 
     /// Starts a step: the abort check, then the relaunches the pin calls for. Follow with
@@ -698,6 +726,33 @@ pub fn commit_named_by(git_ref: Option<&str>) -> Option<String> {
     hammer_protocol::full_commit_id(git_ref?).ok()
 }
 
+/// `commit X is marked bad (reason)`.
+fn bad_commit_text(bad: &BadCommitRecord) -> String {
+    match bad.reason.as_deref() {
+        Some(r) if !r.is_empty() => format!("commit {} is marked bad ({r})", bad.commit),
+        _ => format!("commit {} is marked bad", bad.commit),
+    }
+}
+
+/// The owner's bad commit that `commit` is, if any.
+pub fn bad_commit<'a>(
+    commit: Option<&str>,
+    bad: &'a [BadCommitRecord],
+) -> Option<&'a BadCommitRecord> {
+    let commit = commit?;
+    bad.iter().find(|b| same_commit(&b.commit, commit))
+}
+
+/// Why a new deployment naming `commit` is refused: its owner marked it bad.
+pub fn bad_commit_refusal(commit: Option<&str>, bad: &[BadCommitRecord]) -> Option<String> {
+    let b = bad_commit(commit, bad)?;
+    Some(format!(
+        "{}; unmark it with `hammer commit good {}`",
+        bad_commit_text(b),
+        b.commit
+    ))
+}
+
 /// What a target's `fetched` or `running` report means for the deployment's commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommitCheck {
@@ -779,6 +834,69 @@ pub fn awaiting_pin(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bad(commit: &str, reason: Option<&str>) -> BadCommitRecord {
+        BadCommitRecord {
+            commit: commit.to_owned(),
+            reason: reason.map(str::to_owned),
+            marked_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_deployment_naming_a_bad_commit_is_refused_with_how_to_unmark_it() {
+        let list = [bad(A, Some("boot loop"))];
+        assert_eq!(
+            bad_commit_refusal(Some(A), &list).unwrap(),
+            format!(
+                "commit {A} is marked bad (boot loop); unmark it with `hammer commit good {A}`"
+            )
+        );
+        assert_eq!(
+            bad_commit_refusal(Some(&A.to_uppercase()), &list).is_some(),
+            true
+        );
+        assert_eq!(bad_commit_refusal(Some(B), &list), None);
+        assert_eq!(bad_commit_refusal(None, &list), None);
+        let plain = [bad(B, None)];
+        assert_eq!(
+            bad_commit_refusal(Some(B), &plain).unwrap(),
+            format!("commit {B} is marked bad; unmark it with `hammer commit good {B}`")
+        );
+    }
+
+    #[test]
+    fn a_running_deployment_pinned_to_a_bad_commit_is_canceled_naming_it() {
+        let mut run = Run::new(
+            3,
+            Strategy {
+                max_in_flight: Some(1),
+                ..strategy()
+            },
+        );
+        run.step(T0);
+        run.report(0, Phase::Fetched, Some(A));
+        assert!(!run.r.stop_if_bad(&bad(B, None), T0 + 1));
+        assert_eq!(run.dep().state, DeploymentState::Running);
+        assert!(run.r.stop_if_bad(&bad(A, Some("boot loop")), T0 + 2));
+        let dep = run.dep();
+        assert_eq!(dep.state, DeploymentState::Canceled);
+        assert_eq!(
+            dep.reason.as_deref(),
+            Some(format!("canceled: commit {A} is marked bad (boot loop)").as_str())
+        );
+        assert!(dep.targets.iter().all(|t| t.state == TargetState::Skipped));
+        // Once ended, nothing more happens.
+        assert!(!run.r.stop_if_bad(&bad(A, None), T0 + 3));
+    }
+
+    #[test]
+    fn a_deployment_not_yet_pinned_is_not_stopped_by_a_bad_commit() {
+        let mut run = Run::new(2, strategy());
+        run.step(T0);
+        assert!(!run.r.stop_if_bad(&bad(A, None), T0 + 1));
+        assert_eq!(run.dep().state, DeploymentState::Running);
+    }
 
     const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";

@@ -2,7 +2,7 @@
 //! ingestion) and why it refuses ([`RolloutError`]). A leaf: the shared state
 //! ([`crate::service::Service`]) holds the inbox's sender without knowing the engine.
 
-use crate::store::{DeploymentRecord, StoreError};
+use crate::store::{BadCommitRecord, DeploymentRecord, StoreError};
 use hammer_protocol::api::DeploymentState;
 use hammer_protocol::{StatusEvent, WireName};
 use tokio::sync::oneshot;
@@ -22,6 +22,9 @@ pub enum RolloutError {
     /// The deployment to resume is not paused.
     #[error("deployment {id} is not paused")]
     NotPaused { id: String },
+    /// The new deployment names a commit its owner marked bad.
+    #[error("{0}")]
+    BadCommit(String),
     /// No such deployment of this owner.
     #[error("no deployment {id}")]
     NoDeployment { id: String },
@@ -60,6 +63,13 @@ pub enum RolloutMsg {
         owner: String,
         paused: bool,
         reply: oneshot::Sender<Result<DeploymentRecord, RolloutError>>,
+    },
+    /// `owner` marked `bad` bad: stop their running deployments pinned to it; answers the
+    /// ids of those stopped.
+    BadCommit {
+        owner: String,
+        bad: BadCommitRecord,
+        reply: oneshot::Sender<Vec<String>>,
     },
     /// Which running deployment holds a device, if any.
     Holder {

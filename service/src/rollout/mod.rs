@@ -55,7 +55,7 @@ use self::core::{
 pub use self::inbox::{RolloutError, RolloutMsg};
 use crate::mqtt::publish::{publish_desired, stage_desired};
 use crate::service::Service;
-use crate::store::DeploymentRecord;
+use crate::store::{BadCommitRecord, DeploymentRecord};
 use hammer_protocol::api::{DeploymentState, Event};
 use hammer_protocol::{now_ms, DesiredState, RunState, StatusEvent, PROTOCOL_VERSION};
 use std::collections::HashMap;
@@ -234,6 +234,10 @@ impl Engine {
                 let r = self.hold(&id, &owner, paused).await;
                 let _ = reply.send(r);
             }
+            RolloutMsg::BadCommit { owner, bad, reply } => {
+                let stopped = self.stop_bad(&owner, &bad).await;
+                let _ = reply.send(stopped);
+            }
             RolloutMsg::Holder { device_id, reply } => {
                 let _ = reply.send(self.by_device.get(&device_id).cloned());
             }
@@ -261,6 +265,12 @@ impl Engine {
             }
         }
         let rollout = Rollout::start(dep);
+        // The commit it names (given, or a full commit id as its ref) may not be marked bad.
+        let bad = self.bad_commits_of(&rollout.record().owner);
+        let named = rollout.record().commit.as_deref();
+        if let Some(refusal) = self::core::bad_commit_refusal(named, &bad) {
+            return Err(RolloutError::BadCommit(refusal));
+        }
         let id = rollout.record().id.clone();
         for t in &rollout.record().targets {
             self.by_device.insert(t.device_id.clone(), id.clone());
@@ -271,6 +281,34 @@ impl Engine {
             return Err(RolloutError::NotStored { what: "deployment" });
         }
         self.current(&id).ok_or(RolloutError::Vanished { id })
+    }
+
+    /// The commits `owner` marked bad (none if the user cannot be read: logged).
+    fn bad_commits_of(&self, owner: &str) -> Vec<BadCommitRecord> {
+        match self.svc.store.user(owner) {
+            Ok(u) => u.map(|u| u.bad_commits).unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(owner = %owner, "could not read the bad commits: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Stops `owner`'s running deployments pinned to `bad` as the core decides; returns
+    /// their ids.
+    async fn stop_bad(&mut self, owner: &str, bad: &BadCommitRecord) -> Vec<String> {
+        let now = now_ms();
+        let mut stopped = Vec::new();
+        for (id, rollout) in self.running.iter_mut() {
+            if rollout.record().owner == owner && rollout.stop_if_bad(bad, now) {
+                tracing::info!(deployment = %id, commit = %bad.commit, "deployment stopped: commit marked bad");
+                stopped.push(id.clone());
+            }
+        }
+        for id in &stopped {
+            self.step(id).await;
+        }
+        stopped
     }
 
     /// The deployment as running or, once ended, as stored.
@@ -367,6 +405,15 @@ impl Engine {
         let Applied { pinned, change } = rollout.on_status(device_id, &ev, now_ms())?;
         if let Some(commit) = pinned {
             tracing::info!(deployment = %dep_id, commit = %commit, device = %device_id, "pinned commit from the first report naming one");
+            let owner = rollout.record().owner.clone();
+            let bad = self.bad_commits_of(&owner);
+            if let Some(b) = self::core::bad_commit(Some(&commit), &bad) {
+                if let Some(rollout) = self.running.get_mut(&dep_id) {
+                    if rollout.stop_if_bad(b, now_ms()) {
+                        tracing::info!(deployment = %dep_id, commit = %commit, "deployment stopped: pinned a commit marked bad");
+                    }
+                }
+            }
         }
         match change {
             TargetChange::RelaunchQueued(detail) => {
@@ -561,4 +608,23 @@ pub async fn holder(svc: &Service, device_id: &str) -> Option<String> {
         .await
         .ok()?;
     rx.await.ok().flatten()
+}
+
+/// Tells the engine `owner` marked `bad` bad; answers the ids of the running deployments it
+/// stopped (none if the engine is gone).
+pub async fn stop_bad_commit(svc: &Service, owner: &str, bad: BadCommitRecord) -> Vec<String> {
+    let (tx, rx) = oneshot::channel();
+    if svc
+        .rollout
+        .send(RolloutMsg::BadCommit {
+            owner: owner.to_owned(),
+            bad,
+            reply: tx,
+        })
+        .await
+        .is_err()
+    {
+        return Vec::new();
+    }
+    rx.await.unwrap_or_default()
 }

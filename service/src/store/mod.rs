@@ -155,6 +155,18 @@ pub struct UserRecord {
     pub name: String,
     pub admin: bool,
     pub created_at: u64,
+    /// Commits this user marked bad (the kill switch), oldest first. Older records have none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bad_commits: Vec<BadCommitRecord>,
+}
+
+/// A commit a user marked bad: their deployments may not name or pin it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadCommitRecord {
+    /// A full commit id, lowercase.
+    pub commit: String,
+    pub reason: Option<String>,
+    pub marked_at: u64,
 }
 
 /// An API token, stored by the SHA-256 of its secret.
@@ -277,6 +289,12 @@ pub trait Store: Send + Sync + 'static {
     fn user(&self, id: &str) -> Result<Option<UserRecord>>;
     fn user_by_name(&self, name: &str) -> Result<Option<UserRecord>>;
     fn users(&self) -> Result<Vec<UserRecord>>;
+    /// Atomically applies `f` to a user (it may run more than once on contention).
+    fn update_user(
+        &self,
+        id: &str,
+        f: &mut (dyn FnMut(&mut UserRecord) + Send),
+    ) -> Result<Option<UserRecord>>;
 
     fn insert_token(&self, token: &TokenRecord) -> Result<()>;
     fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>>;

@@ -413,6 +413,29 @@ impl Store for SledStore {
         Self::all(self.users.iter())
     }
 
+    fn update_user(
+        &self,
+        id: &str,
+        f: &mut (dyn FnMut(&mut UserRecord) + Send),
+    ) -> Result<Option<UserRecord>> {
+        loop {
+            let Some(old) = self.users.get(id).map_err(err)? else {
+                return Ok(None);
+            };
+            let mut rec: UserRecord = from_json(&old)?;
+            f(&mut rec);
+            let new = to_json(&rec)?;
+            if self
+                .users
+                .compare_and_swap(id, Some(old), Some(new))
+                .map_err(err)?
+                .is_ok()
+            {
+                return Ok(Some(rec));
+            }
+        }
+    }
+
     fn insert_token(&self, token: &TokenRecord) -> Result<()> {
         self.tokens
             .insert(&token.hash, to_json(token)?)

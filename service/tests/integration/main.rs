@@ -21,6 +21,7 @@ mod contract;
 mod database;
 mod drain;
 mod install;
+mod kill_switch;
 mod layering;
 mod metrics_counters;
 mod pause_retry;

@@ -93,6 +93,7 @@ fn user(id: &str, name: &str) -> UserRecord {
         name: name.into(),
         admin: false,
         created_at: 0,
+        bad_commits: Vec::new(),
     }
 }
 
@@ -315,6 +316,27 @@ fn users_have_unique_names(open: Open) {
     assert_eq!(ids, ["u0", "u1"]);
 }
 
+fn a_users_bad_commits_are_updated_in_place_and_kept(open: Open) {
+    let s = fresh(open);
+    assert!(s.insert_user(&user("u1", "alice")).unwrap());
+    let bad = BadCommitRecord {
+        commit: "a".repeat(40),
+        reason: Some("boot loop".into()),
+        marked_at: 5,
+    };
+    let b2 = bad.clone();
+    let got = s
+        .update_user("u1", &mut |u| u.bad_commits.push(b2.clone()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.bad_commits, [bad.clone()]);
+    assert_eq!(s.user("u1").unwrap().unwrap().bad_commits, [bad.clone()]);
+    assert_eq!(s.user_by_name("alice").unwrap().unwrap().bad_commits, [bad]);
+    s.update_user("u1", &mut |u| u.bad_commits.clear()).unwrap();
+    assert_eq!(s.user("u1").unwrap().unwrap(), user("u1", "alice"));
+    assert_eq!(s.update_user("nobody", &mut |_| {}).unwrap(), None);
+}
+
 fn tokens_are_found_by_hash_listed_per_user_and_deleted_once(open: Open) {
     let s = fresh(open);
     let tok = |id: &str, user: &str, hash: &str| TokenRecord {
@@ -500,6 +522,10 @@ fn concurrent_writers_store_each_event_once_take_a_token_once_and_lose_no_update
 type Case = (&'static str, fn(Open));
 
 const CASES: &[Case] = &[
+    (
+        "a_users_bad_commits_are_updated_in_place_and_kept",
+        a_users_bad_commits_are_updated_in_place_and_kept,
+    ),
     (
         "status_is_stored_once_and_the_ack_is_the_highest_contiguous_seq",
         status_is_stored_once_and_the_ack_is_the_highest_contiguous_seq,

@@ -262,6 +262,40 @@ impl Store for PgStore {
         self.read(|db| all(db.query("SELECT rec FROM users ORDER BY id", &[])?))
     }
 
+    fn update_user(
+        &self,
+        id: &str,
+        f: &mut (dyn FnMut(&mut UserRecord) + Send),
+    ) -> Result<Option<UserRecord>> {
+        // Read, apply `f` here, write only over the record read; again on contention.
+        loop {
+            let key = s(id);
+            let Some(old) = self.read(move |db| {
+                let Some(row) = db.query_opt("SELECT rec FROM users WHERE id = $1", &[&key])?
+                else {
+                    return Ok(None);
+                };
+                let rec: Json<UserRecord> = row.try_get(0)?;
+                Ok(Some(rec.0))
+            })?
+            else {
+                return Ok(None);
+            };
+            let mut rec = old.clone();
+            f(&mut rec);
+            let (key, new) = (s(id), rec.clone());
+            let written = self.write(move |db| {
+                Ok(db.execute(
+                    "UPDATE users SET rec = $3 WHERE id = $1 AND rec = $2",
+                    &[&key, &Json(&old), &Json(&new)],
+                )? == 1)
+            })?;
+            if written {
+                return Ok(Some(rec));
+            }
+        }
+    }
+
     fn insert_token(&self, token: &TokenRecord) -> Result<()> {
         let t = token.clone();
         self.read(move |db| {
