@@ -852,10 +852,7 @@ mod tests {
                 "commit {A} is marked bad (boot loop); unmark it with `hammer commit good {A}`"
             )
         );
-        assert_eq!(
-            bad_commit_refusal(Some(&A.to_uppercase()), &list).is_some(),
-            true
-        );
+        assert!(bad_commit_refusal(Some(&A.to_uppercase()), &list).is_some());
         assert_eq!(bad_commit_refusal(Some(B), &list), None);
         assert_eq!(bad_commit_refusal(None, &list), None);
         let plain = [bad(B, None)];

@@ -329,8 +329,11 @@ fn a_users_bad_commits_are_updated_in_place_and_kept(open: Open) {
         .update_user("u1", &mut |u| u.bad_commits.push(b2.clone()))
         .unwrap()
         .unwrap();
-    assert_eq!(got.bad_commits, [bad.clone()]);
-    assert_eq!(s.user("u1").unwrap().unwrap().bad_commits, [bad.clone()]);
+    assert_eq!(got.bad_commits, std::slice::from_ref(&bad));
+    assert_eq!(
+        s.user("u1").unwrap().unwrap().bad_commits,
+        std::slice::from_ref(&bad)
+    );
     assert_eq!(s.user_by_name("alice").unwrap().unwrap().bad_commits, [bad]);
     s.update_user("u1", &mut |u| u.bad_commits.clear()).unwrap();
     assert_eq!(s.user("u1").unwrap().unwrap(), user("u1", "alice"));
