@@ -424,6 +424,44 @@ mod tests {
     }
 
     #[test]
+    fn parses_the_kill_switch_commands() {
+        let sha = "a".repeat(40);
+        let c = Cli::try_parse_from([
+            "hammer",
+            "commit",
+            "bad",
+            &sha,
+            "--reason",
+            "boot loop",
+            "--rollback",
+        ])
+        .unwrap();
+        match c.command {
+            Command::Client(commands::Command::Commit(CommitCmd::Bad {
+                sha: s,
+                reason,
+                rollback,
+            })) => {
+                assert_eq!(s, sha);
+                assert_eq!(reason.as_deref(), Some("boot loop"));
+                assert!(rollback);
+            }
+            other => panic!("{other:?}"),
+        }
+        let c = Cli::try_parse_from(["hammer", "commit", "good", &sha]).unwrap();
+        assert!(matches!(
+            c.command,
+            Command::Client(commands::Command::Commit(CommitCmd::Good { .. }))
+        ));
+        let c = Cli::try_parse_from(["hammer", "commit", "list-bad", "--json"]).unwrap();
+        assert!(matches!(
+            c.command,
+            Command::Client(commands::Command::Commit(CommitCmd::ListBad))
+        ));
+        assert!(Cli::try_parse_from(["hammer", "commit", "bad"]).is_err());
+    }
+
+    #[test]
     fn cli_definition_is_valid() {
         Cli::command().debug_assert();
     }
