@@ -541,7 +541,7 @@ impl Ctx {
             (BodyKind::None, _) => None,
             (BodyKind::InvalidJson, _) => Some(b"{\"name\": \"x\",".to_vec()),
             (BodyKind::NotObject, _) => Some(b"[1, \"two\", null]".to_vec()),
-            (_, None) if !op.body_required && c.op % 2 == 0 => None,
+            (_, None) if !op.body_required && c.op.is_multiple_of(2) => None,
             (_, None) => Some(b"{}".to_vec()),
             (BodyKind::Valid, Some(v)) => Some(v.to_string().into_bytes()),
             (BodyKind::Duplicate, Some(v)) => {
