@@ -37,48 +37,11 @@ const USAGE: &str = "usage: git_bench [--runs N] [--commits N] [--big-mib N] [--
   --big-mib N   size of the big file, MiB (default 100)
   --keep        keep the temporary directory (its path is printed)";
 
-const SERVER: &str = r#"
-import http.server, os, socketserver, subprocess, sys
-ROOT = sys.argv[1]
-class Handler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-    def handle_any(self):
-        path, _, query = self.path.partition("?")
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        env = dict(os.environ, GIT_PROJECT_ROOT=ROOT, GIT_HTTP_EXPORT_ALL="1",
-                   PATH_INFO=path, QUERY_STRING=query, REQUEST_METHOD=self.command,
-                   CONTENT_TYPE=self.headers.get("Content-Type", ""),
-                   CONTENT_LENGTH=str(len(body)), GATEWAY_INTERFACE="CGI/1.1")
-        if self.headers.get("Content-Encoding"):
-            env["HTTP_CONTENT_ENCODING"] = self.headers["Content-Encoding"]
-        out = subprocess.run(["git", "http-backend"], input=body, env=env,
-                             capture_output=True).stdout
-        head, _, payload = out.partition(b"\r\n\r\n")
-        status, headers = 200, []
-        for line in head.decode().split("\r\n"):
-            if not line:
-                continue
-            k, _, v = line.partition(":")
-            if k.lower() == "status":
-                status = int(v.strip().split()[0])
-            else:
-                headers.append((k, v.strip()))
-        self.send_response(status)
-        for k, v in headers:
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-    do_GET = handle_any
-    do_POST = handle_any
-class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-srv = Server(("127.0.0.1", 0), Handler)
-print(srv.server_address[1], flush=True)
-srv.serve_forever()
-"#;
+// The git server the runtime tests use (`git http-backend` behind a small Python server),
+// without auth: one script for both.
+#[allow(dead_code)]
+#[path = "../tests/runtime_support/git_http.rs"]
+mod git_http;
 
 struct Args {
     runs: usize,
@@ -379,10 +342,13 @@ struct Server {
 impl Server {
     fn start(root: &Path) -> Result<Server> {
         let script: PathBuf = root.join("server.py");
-        std::fs::write(&script, SERVER)?;
+        std::fs::write(&script, git_http::HTTP_SERVER)?;
+        // No user and no token: the script then asks for no authorization.
         let mut child = Command::new("python3")
             .arg(&script)
             .arg(root)
+            .arg("")
+            .arg("")
             .stdout(Stdio::piped())
             .spawn()
             .context("python3 runs")?;

@@ -5,7 +5,8 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-const HTTP_SERVER: &str = r#"
+/// The server script: `python3 SCRIPT ROOT USER TOKEN` prints its port, then serves.
+pub const HTTP_SERVER: &str = r#"
 import base64, http.server, os, socketserver, subprocess, sys
 
 ROOT, USER, TOKEN = sys.argv[1], sys.argv[2], sys.argv[3]
