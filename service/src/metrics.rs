@@ -6,8 +6,9 @@
 //! where things happen ([`Counters`]).
 
 use crate::store::{
-    BoxFuture, DeploymentCursor, DeploymentRecord, DeviceRecord, EnrollmentRecord, HistoryCursor,
-    Inserted, Page, Result, Retention, Store, StoredStatus, TokenRecord, UserRecord, PRUNE_BATCH,
+    BoxFuture, DeploymentCursor, DeploymentRecord, DeviceRecord, EnrollmentRecord, Fence,
+    HistoryCursor, Inserted, Lease, Page, Result, Retention, Store, StoredStatus, TokenRecord,
+    UserRecord, PRUNE_BATCH,
 };
 use hammer_protocol::api::{DeploymentState, DeviceState};
 use hammer_protocol::WireName;
@@ -239,6 +240,22 @@ impl CountingStore {
             gauges,
         ))
     }
+
+    /// Counts a deployment the inner store wrote.
+    fn deployment_written(&self, d: &DeploymentRecord) -> Result<()> {
+        if self.gauges.deployment_written(d) {
+            // The store prunes the owner's old finished deployments when a new one is
+            // written: forget those it removed (only the few old enough are looked up).
+            let before =
+                hammer_protocol::now_ms().saturating_sub(self.inner.retention().max_age_ms());
+            for id in self.gauges.prunable(&d.owner, before, PRUNE_BATCH) {
+                if self.inner.deployment(&id)?.is_none() {
+                    self.gauges.deployment_removed(&id);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Store for CountingStore {
@@ -334,18 +351,27 @@ impl Store for CountingStore {
     }
     fn put_deployment(&self, d: &DeploymentRecord) -> Result<()> {
         self.inner.put_deployment(d)?;
-        if self.gauges.deployment_written(d) {
-            // The store prunes the owner's old finished deployments when a new one is
-            // written: forget those it removed (only the few old enough are looked up).
-            let before =
-                hammer_protocol::now_ms().saturating_sub(self.inner.retention().max_age_ms());
-            for id in self.gauges.prunable(&d.owner, before, PRUNE_BATCH) {
-                if self.inner.deployment(&id)?.is_none() {
-                    self.gauges.deployment_removed(&id);
-                }
-            }
-        }
-        Ok(())
+        self.deployment_written(d)
+    }
+    fn put_deployment_fenced(&self, d: &DeploymentRecord, fence: &Fence) -> Result<()> {
+        // Refused (fenced): nothing was written, nothing moves.
+        self.inner.put_deployment_fenced(d, fence)?;
+        self.deployment_written(d)
+    }
+    fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<Option<Lease>> {
+        self.inner.acquire_lease(name, holder, now_ms, ttl_ms)
+    }
+    fn release_lease(&self, name: &str, holder: &str, token: u64) -> Result<()> {
+        self.inner.release_lease(name, holder, token)
+    }
+    fn lease(&self, name: &str) -> Result<Option<Lease>> {
+        self.inner.lease(name)
     }
     fn deployment(&self, id: &str) -> Result<Option<DeploymentRecord>> {
         self.inner.deployment(id)

@@ -138,10 +138,41 @@ pub struct DeploymentCursor {
     pub id: String,
 }
 
-/// A failure of the storage backend (disk, corruption). Never a "not found".
+/// A failed store call. Never a "not found".
 #[derive(Debug, thiserror::Error)]
-#[error("storage error: {0}")]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    /// The storage back end failed (disk, corruption, the database unreachable or refusing).
+    #[error("storage error: {0}")]
+    Backend(String),
+    /// A write under a lease ([`Fence`]) that its writer no longer holds: another holder took
+    /// the lease since (a higher token), so the write was refused and nothing was stored.
+    #[error("lease {lease} was taken over (token {current} > {token}, now held by {holder:?}); this replica no longer holds it and must stop what it drives")]
+    Fenced {
+        /// The lease's name (e.g. `rollout`).
+        lease: String,
+        /// The token the refused write carried.
+        token: u64,
+        /// The lease's token as stored (0 when it was never taken).
+        current: u64,
+        /// Who holds the lease as stored (empty when it was never taken).
+        holder: String,
+    },
+}
+
+impl StoreError {
+    /// A back-end failure described by `e`.
+    pub fn backend(e: impl std::fmt::Display) -> StoreError {
+        StoreError::Backend(e.to_string())
+    }
+
+    /// What went wrong, without the "storage error: " prefix of a back-end failure.
+    pub fn message(&self) -> String {
+        match self {
+            StoreError::Backend(m) => m.clone(),
+            other => other.to_string(),
+        }
+    }
+}
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
@@ -274,6 +305,90 @@ pub struct Inserted {
     pub contiguous: u64,
 }
 
+/// A named lease (e.g. "rollout": the replica that drives running deployments).
+///
+/// Leases are how replicas sharing one database agree on who does a job only one of them may
+/// do: [`Store::acquire_lease`] grants it to one holder until `expires_at`, the holder renews
+/// it well before then, and every write it makes under the lease carries a [`Fence`] so that a
+/// holder that lost it (paused, partitioned, slow) cannot overwrite its successor's work.
+///
+/// Expiry compares the times the callers pass (`now_ms`), never the database's clock: the
+/// replicas' clocks must agree (NTP) to well within the lease's TTL, or a replica whose clock
+/// runs ahead takes a lease that is still valid for its holder. Fencing keeps even that case
+/// safe for the fenced writes: the previous holder's writes are refused from then on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The lease's name.
+    pub name: String,
+    /// Who holds (or last held) it: a replica's id.
+    pub holder: String,
+    /// Increases by one each time another holder takes the lease (1 for the first); a
+    /// renewal keeps it.
+    pub token: u64,
+    /// Valid while `now_ms < expires_at` (ms since the epoch); 0 once released.
+    pub expires_at: u64,
+}
+
+/// Who writes under a lease: a write carrying it is refused once another holder took the lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The lease's name.
+    pub name: String,
+    /// The holder the lease was granted to.
+    pub holder: String,
+    /// The token it was granted with ([`Lease::token`]).
+    pub token: u64,
+}
+
+impl Lease {
+    /// The fence of writes made under this lease.
+    pub fn fence(&self) -> Fence {
+        Fence {
+            name: self.name.clone(),
+            holder: self.holder.clone(),
+            token: self.token,
+        }
+    }
+
+    /// Whether `fence` still matches this lease as stored (same holder and token).
+    pub fn admits(&self, fence: &Fence) -> bool {
+        self.name == fence.name && self.holder == fence.holder && self.token == fence.token
+    }
+
+    /// The refusal of a write under `fence` when `stored` is the lease as stored.
+    pub fn fenced(fence: &Fence, stored: Option<&Lease>) -> StoreError {
+        StoreError::Fenced {
+            lease: fence.name.clone(),
+            token: fence.token,
+            current: stored.map_or(0, |l| l.token),
+            holder: stored.map(|l| l.holder.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// What [`Store::acquire_lease`] grants when `old` is stored: `None` while another
+    /// holder's lease is valid (the rule every back end applies).
+    pub fn grant(
+        old: Option<&Lease>,
+        name: &str,
+        holder: &str,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Option<Lease> {
+        let token = match old {
+            None => 1,
+            Some(l) if l.holder == holder => l.token,
+            Some(l) if l.expires_at <= now_ms => l.token.saturating_add(1),
+            Some(_) => return None,
+        };
+        Some(Lease {
+            name: name.to_owned(),
+            holder: holder.to_owned(),
+            token,
+            expires_at: now_ms.saturating_add(ttl_ms),
+        })
+    }
+}
+
 /// The service's persistent state.
 pub trait Store: Send + Sync + 'static {
     /// The bounds this store keeps history within (a wrapper delegates it).
@@ -324,6 +439,12 @@ pub trait Store: Send + Sync + 'static {
     fn delete_enrollments_of(&self, device_id: &str) -> Result<()>;
 
     fn put_deployment(&self, d: &DeploymentRecord) -> Result<()>;
+    /// Writes a deployment only while `fence` still matches the stored lease (same holder
+    /// and token): [`StoreError::Fenced`] otherwise, and nothing is stored. The check and the
+    /// write are atomic with respect to [`Store::acquire_lease`] (in PostgreSQL one
+    /// transaction holding a row lock on the lease), so once another holder took the lease
+    /// no write under the old fence lands.
+    fn put_deployment_fenced(&self, d: &DeploymentRecord, fence: &Fence) -> Result<()>;
     fn deployment(&self, id: &str) -> Result<Option<DeploymentRecord>>;
     /// Every deployment of every owner (the rollout engine's start). Request handlers use
     /// [`Store::deployments_of`].
@@ -354,6 +475,25 @@ pub trait Store: Send + Sync + 'static {
         });
         Ok(Page { items: v, next })
     }
+
+    /// Takes or renews lease `name` for `holder` until `now_ms + ttl_ms`. Granted when nobody
+    /// holds it, when it expired (`expires_at <= now_ms`), or when `holder` already holds it
+    /// (a renewal keeps the token); a new holder gets the previous token + 1 (1 for the
+    /// first). `None`: another holder's lease is still valid. Atomic across processes sharing
+    /// the database. Times are the caller's clock (see [`Lease`]: replicas need synchronized
+    /// clocks, well within the TTL).
+    fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<Option<Lease>>;
+    /// Ends `holder`'s lease at once (expires_at = 0) if it still holds it with `token`;
+    /// otherwise nothing.
+    fn release_lease(&self, name: &str, holder: &str, token: u64) -> Result<()>;
+    /// The lease as stored (expired or not), if it was ever taken.
+    fn lease(&self, name: &str) -> Result<Option<Lease>>;
 
     /// Stores a status event once per (device, epoch, seq), capped by [`cap_status`], and
     /// removes the device's oldest events beyond the [`Retention`] bounds.

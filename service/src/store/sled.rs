@@ -14,6 +14,8 @@
 //! - `status_usage` device → count, bytes (2 × u64 BE) of its stored events
 //! - `deployment_owner` owner\0created_at (BE) id → id: a user's deployments, by age
 //! - `meta` name → marker: indexes built for records stored before they existed
+//! - `leases` name → lease ([`Lease`]); changed, and checked by fenced writes, under one
+//!   in-process lock (a sled store is opened by one process)
 //!
 //! Bounds ([`Retention`]) are enforced as records are stored; see the [`super`] docs.
 
@@ -38,11 +40,15 @@ pub struct SledStore {
     status_usage: ::sled::Tree,
     deployment_owner: ::sled::Tree,
     meta: ::sled::Tree,
+    leases: ::sled::Tree,
+    /// Held while a lease is changed or checked for a fenced write, so that no lease changes
+    /// between the check and the write.
+    lease_lock: std::sync::Mutex<()>,
     retention: Retention,
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
+    StoreError::Backend(e.to_string())
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
@@ -151,10 +157,9 @@ impl SledStore {
 
     /// Opens (or creates) the store in `dir`, keeping history within `retention`.
     pub fn open_with(dir: &std::path::Path, retention: Retention) -> Result<SledStore> {
-        let db = ::sled::Config::new()
-            .path(dir)
-            .open()
-            .map_err(|e| StoreError(format!("cannot open the store in {}: {e}", dir.display())))?;
+        let db = ::sled::Config::new().path(dir).open().map_err(|e| {
+            StoreError::Backend(format!("cannot open the store in {}: {e}", dir.display()))
+        })?;
         let t = |n: &str| db.open_tree(n).map_err(err);
         let store = SledStore {
             users: t("users")?,
@@ -172,6 +177,8 @@ impl SledStore {
             status_usage: t("status_usage")?,
             deployment_owner: t("deployment_owner")?,
             meta: t("meta")?,
+            leases: t("leases")?,
+            lease_lock: std::sync::Mutex::new(()),
             retention,
             db,
         };
@@ -361,6 +368,12 @@ impl SledStore {
     fn all<T: DeserializeOwned>(iter: ::sled::Iter) -> Result<Vec<T>> {
         iter.map(|r| r.map_err(err).and_then(|(_, v)| from_json(&v)))
             .collect()
+    }
+
+    /// The lock of lease changes and fenced writes (a panic while it was held left no lease
+    /// half written: each change is one insert).
+    fn lock_leases(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lease_lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Claims `key` in a unique index: `true` when it was free.
@@ -580,6 +593,47 @@ impl Store for SledStore {
             }
         }
         Ok(())
+    }
+
+    fn put_deployment_fenced(&self, d: &DeploymentRecord, fence: &Fence) -> Result<()> {
+        let _held = self.lock_leases();
+        let stored: Option<Lease> = Self::get(&self.leases, &fence.name)?;
+        if !stored.as_ref().is_some_and(|l| l.admits(fence)) {
+            return Err(Lease::fenced(fence, stored.as_ref()));
+        }
+        self.put_deployment(d)
+    }
+
+    fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<Option<Lease>> {
+        let _held = self.lock_leases();
+        let old: Option<Lease> = Self::get(&self.leases, name)?;
+        let Some(new) = Lease::grant(old.as_ref(), name, holder, now_ms, ttl_ms) else {
+            return Ok(None);
+        };
+        self.leases.insert(name, to_json(&new)?).map_err(err)?;
+        Ok(Some(new))
+    }
+
+    fn release_lease(&self, name: &str, holder: &str, token: u64) -> Result<()> {
+        let _held = self.lock_leases();
+        let Some(mut l) = Self::get::<Lease>(&self.leases, name)? else {
+            return Ok(());
+        };
+        if l.holder == holder && l.token == token {
+            l.expires_at = 0;
+            self.leases.insert(name, to_json(&l)?).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    fn lease(&self, name: &str) -> Result<Option<Lease>> {
+        Self::get(&self.leases, name)
     }
 
     fn put_deployment(&self, d: &DeploymentRecord) -> Result<()> {

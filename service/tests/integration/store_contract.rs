@@ -522,6 +522,137 @@ fn concurrent_writers_store_each_event_once_take_a_token_once_and_lose_no_update
     assert_eq!(names.iter().filter(|n| **n).count(), 1);
 }
 
+fn a_lease_goes_to_one_holder_at_a_time_and_a_new_holder_gets_the_next_token(open: Open) {
+    let s = fresh(open);
+    assert_eq!(s.lease("rollout").unwrap(), None);
+    // The first holder gets token 1.
+    let a = s
+        .acquire_lease("rollout", "a", 1_000, 500)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        a,
+        Lease {
+            name: "rollout".into(),
+            holder: "a".into(),
+            token: 1,
+            expires_at: 1_500
+        }
+    );
+    assert_eq!(s.lease("rollout").unwrap(), Some(a.clone()));
+    // Another holder is refused while it is valid, up to its last millisecond.
+    assert_eq!(s.acquire_lease("rollout", "b", 1_200, 500).unwrap(), None);
+    assert_eq!(s.acquire_lease("rollout", "b", 1_499, 500).unwrap(), None);
+    // A renewal keeps the token and extends the lease.
+    let renewed = s
+        .acquire_lease("rollout", "a", 1_400, 500)
+        .unwrap()
+        .unwrap();
+    assert_eq!((renewed.token, renewed.expires_at), (1, 1_900));
+    assert_eq!(s.acquire_lease("rollout", "b", 1_600, 500).unwrap(), None);
+    // Another lease name is separate.
+    let other = s.acquire_lease("other", "b", 1_600, 500).unwrap().unwrap();
+    assert_eq!(other.token, 1);
+    // Expired (expires_at <= now): taken by another holder with the next token.
+    let b = s
+        .acquire_lease("rollout", "b", 1_900, 500)
+        .unwrap()
+        .unwrap();
+    assert_eq!((b.holder.as_str(), b.token, b.expires_at), ("b", 2, 2_400));
+    assert_eq!(s.acquire_lease("rollout", "a", 2_000, 500).unwrap(), None);
+    // A release by a holder that lost the lease does nothing.
+    s.release_lease("rollout", "a", 1).unwrap();
+    assert_eq!(s.lease("rollout").unwrap(), Some(b.clone()));
+    // Nor does one with a stale token.
+    s.release_lease("rollout", "b", 1).unwrap();
+    assert_eq!(s.lease("rollout").unwrap(), Some(b.clone()));
+    // The holder's release ends it at once: another takes it, with the next token.
+    s.release_lease("rollout", "b", 2).unwrap();
+    let released = s.lease("rollout").unwrap().unwrap();
+    assert_eq!(
+        (
+            released.holder.as_str(),
+            released.token,
+            released.expires_at
+        ),
+        ("b", 2, 0)
+    );
+    let a2 = s
+        .acquire_lease("rollout", "a", 2_001, 500)
+        .unwrap()
+        .unwrap();
+    assert_eq!((a2.holder.as_str(), a2.token), ("a", 3));
+    // Releasing a lease never taken is nothing.
+    s.release_lease("never", "a", 1).unwrap();
+    assert_eq!(s.lease("never").unwrap(), None);
+}
+
+fn a_fenced_write_lands_only_while_its_fence_matches_the_stored_lease(open: Open) {
+    let s = fresh(open);
+    let d = deployment("dep1", "alice", 10);
+    // No lease taken yet: refused.
+    let never = Fence {
+        name: "rollout".into(),
+        holder: "a".into(),
+        token: 1,
+    };
+    assert!(matches!(
+        s.put_deployment_fenced(&d, &never),
+        Err(StoreError::Fenced { .. })
+    ));
+    assert_eq!(s.deployment("dep1").unwrap(), None);
+
+    let a = s
+        .acquire_lease("rollout", "a", 1_000, 100)
+        .unwrap()
+        .unwrap();
+    s.put_deployment_fenced(&d, &a.fence()).unwrap();
+    assert_eq!(s.deployment("dep1").unwrap(), Some(d.clone()));
+    // Expired but not taken by anyone: the holder's writes still land (nobody else drives).
+    let b = s
+        .acquire_lease("rollout", "b", 2_000, 100)
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.token, 2);
+    // `a` was taken over: its writes fail with Fenced, naming the lease, and store nothing.
+    let mut stale = d.clone();
+    stale.state = DeploymentState::Canceled;
+    let e = s.put_deployment_fenced(&stale, &a.fence()).unwrap_err();
+    match &e {
+        StoreError::Fenced {
+            lease,
+            token,
+            current,
+            holder,
+        } => assert_eq!(
+            (lease.as_str(), *token, *current, holder.as_str()),
+            ("rollout", 1, 2, "b")
+        ),
+        other => panic!("not fenced: {other}"),
+    }
+    let msg = e.to_string();
+    assert!(
+        msg.contains("lease rollout") && msg.contains("token 2 > 1"),
+        "{msg}"
+    );
+    assert_eq!(s.deployment("dep1").unwrap(), Some(d.clone()));
+    let mut new = deployment("dep2", "alice", 11);
+    assert!(s.put_deployment_fenced(&new, &a.fence()).is_err());
+    assert_eq!(s.deployment("dep2").unwrap(), None);
+    // A fence of the right token but another holder is refused too.
+    let forged = Fence {
+        holder: "c".into(),
+        ..b.fence()
+    };
+    assert!(s.put_deployment_fenced(&new, &forged).is_err());
+    // The current fence writes, and the write lists like any other.
+    new.state = DeploymentState::Running;
+    s.put_deployment_fenced(&new, &b.fence()).unwrap();
+    s.put_deployment_fenced(&stale, &b.fence()).unwrap();
+    assert_eq!(s.deployment("dep1").unwrap(), Some(stale));
+    assert_eq!(s.deployments_of("alice", None, 10).unwrap().items.len(), 2);
+}
+
 type Case = (&'static str, fn(Open));
 
 const CASES: &[Case] = &[
@@ -574,6 +705,14 @@ const CASES: &[Case] = &[
     (
         "concurrent_writers_store_each_event_once_take_a_token_once_and_lose_no_update",
         concurrent_writers_store_each_event_once_take_a_token_once_and_lose_no_update,
+    ),
+    (
+        "a_lease_goes_to_one_holder_at_a_time_and_a_new_holder_gets_the_next_token",
+        a_lease_goes_to_one_holder_at_a_time_and_a_new_holder_gets_the_next_token,
+    ),
+    (
+        "a_fenced_write_lands_only_while_its_fence_matches_the_stored_lease",
+        a_fenced_write_lands_only_while_its_fence_matches_the_stored_lease,
     ),
 ];
 
@@ -651,6 +790,40 @@ fn postgres_two_processes_store_each_event_once_and_agree_on_the_ack() {
 }
 
 #[test]
+fn postgres_two_replicas_racing_for_a_lease_never_both_win() {
+    let Some(pg) = TestPg::start() else {
+        return;
+    };
+    let url = pg.create_db("lease_race");
+    // Two stores (two replicas' pools) on one database.
+    let a = PgStore::open(&PgConfig::new(url.clone()), Retention::BUILT_IN).unwrap();
+    let b = PgStore::open(&PgConfig::new(url), Retention::BUILT_IN).unwrap();
+    let stores: [&dyn Store; 2] = [&a, &b];
+    let mut tokens = std::collections::HashMap::new();
+    for round in 0..50u64 {
+        let name = format!("race{}", round % 5);
+        // Each round starts where the previous ones left the lease: expired at `now`.
+        let now = 1_000 * (round + 1);
+        let won = at_once(4, |i| {
+            stores[i % 2]
+                .acquire_lease(&name, &format!("r{i}"), now, 1_000)
+                .unwrap()
+        });
+        let winners: Vec<&Lease> = won.iter().flatten().collect();
+        assert_eq!(winners.len(), 1, "round {round}: {won:?}");
+        let stored = a.lease(&name).unwrap().unwrap();
+        assert_eq!(&stored, winners[0], "round {round}");
+        // A token never goes back.
+        let prev = tokens.insert(name, stored.token).unwrap_or(0);
+        assert!(
+            stored.token >= prev,
+            "round {round}: {} < {prev}",
+            stored.token
+        );
+    }
+}
+
+#[test]
 fn postgres_schema_is_migrated_once_and_a_newer_one_is_refused() {
     let Some(pg) = TestPg::start() else {
         return;
@@ -661,9 +834,13 @@ fn postgres_schema_is_migrated_once_and_a_newer_one_is_refused() {
     assert_eq!(
         pg.sql(
             "mig",
-            "SELECT string_agg(version::text, ',') FROM schema_migrations"
+            "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"
         ),
-        "1"
+        hammer_service::store::pg::migrate::MIGRATIONS
+            .iter()
+            .map(|m| m.0.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     );
     pg.sql("mig", "INSERT INTO schema_migrations VALUES (999, 0)");
     let e = PgStore::open(&PgConfig::new(url), Retention::BUILT_IN)

@@ -9,7 +9,10 @@
 use super::pool::{Db, Failure};
 
 /// Every migration, in order: (version, SQL). Versions are 1, 2, 3, … with no gap.
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_initial.sql"))];
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("migrations/0001_initial.sql")),
+    (2, include_str!("migrations/0002_leases.sql")),
+];
 
 /// Advisory lock key held while migrating ("hammer" in ASCII).
 const LOCK: i64 = 0x68_61_6d_6d_65_72;

@@ -15,8 +15,10 @@
 //! Concurrency holds across processes: unique keys
 //! with `ON CONFLICT DO NOTHING` decide "is it new" (users, device names, status events),
 //! `DELETE … RETURNING` gives an enrollment token to one caller, a version column makes
-//! [`Store::update_device`] a compare-and-swap, and one device's status inserts are
-//! serialized on its `status_heads` row.
+//! [`Store::update_device`] a compare-and-swap, one device's status inserts are
+//! serialized on its `status_heads` row, a lease is taken by one conditional upsert of its
+//! `leases` row, and a fenced write checks that row under a share lock in the transaction
+//! that writes (a takeover waits for it, or the check sees the takeover).
 
 pub mod migrate;
 pub mod pool;
@@ -157,7 +159,12 @@ impl PgStore {
         let pool = Pool::start(target.clone(), cfg.pool, cfg.queue);
         let (from, to) = pool
             .run(Retry::Once, |db| migrate::migrate(db, migrate::MIGRATIONS))
-            .map_err(|e| StoreError(format!("cannot open the database {target}: {}", e.0)))?;
+            .map_err(|e| {
+                StoreError::Backend(format!(
+                    "cannot open the database {target}: {}",
+                    e.message()
+                ))
+            })?;
         if from != to {
             tracing::info!(database = %target, from, to, "database schema migrated");
         }
@@ -191,26 +198,73 @@ impl PgStore {
         self.pool.run(Retry::Never, f)
     }
 
-    /// Removes `owner`'s oldest finished deployments whose finish is older than the
-    /// retention age (checks at most [`PRUNE_BATCH`] of the oldest).
-    fn prune_deployments(
-        db: &mut Db,
-        owner: &str,
-        oldest_kept: i64,
-    ) -> std::result::Result<u64, Failure> {
-        let removed = db.execute(
-            "DELETE FROM deployments WHERE id IN ( \
-               SELECT id FROM ( \
-                 SELECT id, created_at, finished_at, running FROM deployments \
-                 WHERE owner = $1 ORDER BY created_at, id LIMIT $3) oldest \
-               WHERE created_at < $2 AND finished_at < $2 AND NOT running)",
-            &[&owner, &oldest_kept, &(PRUNE_BATCH as i64)],
-        )?;
-        if removed > 0 {
-            tracing::info!(owner, removed, "pruned old finished deployments");
-        }
-        Ok(removed)
+    /// Finished deployments that finished before this time (now, as BIGINT) are pruned.
+    fn oldest_kept(&self) -> i64 {
+        ts(hammer_protocol::now_ms().saturating_sub(self.retention.max_age_ms()))
     }
+}
+
+/// Writes a deployment (insert or replace); a new one prunes its owner's oldest finished
+/// deployments older than `oldest_kept`.
+const UPSERT_DEPLOYMENT: &str =
+    "INSERT INTO deployments (id, owner, created_at, finished_at, running, rec) \
+     VALUES ($1, $2, $3, $4, $5, $6) \
+     ON CONFLICT (id) DO UPDATE SET owner = EXCLUDED.owner, \
+       created_at = EXCLUDED.created_at, finished_at = EXCLUDED.finished_at, \
+       running = EXCLUDED.running, rec = EXCLUDED.rec \
+     RETURNING (xmax = 0)";
+
+/// Removes an owner's oldest finished deployments (at most [`PRUNE_BATCH`] checked) whose
+/// finish is older than the retention age.
+const PRUNE_DEPLOYMENTS: &str = "DELETE FROM deployments WHERE id IN ( \
+       SELECT id FROM ( \
+         SELECT id, created_at, finished_at, running FROM deployments \
+         WHERE owner = $1 ORDER BY created_at, id LIMIT $3) oldest \
+       WHERE created_at < $2 AND finished_at < $2 AND NOT running)";
+
+/// Writes `d` with the prepared [`UPSERT_DEPLOYMENT`] and, when it is new, prunes with
+/// [`PRUNE_DEPLOYMENTS`] (on a connection or within a transaction).
+fn write_deployment(
+    c: &mut impl postgres::GenericClient,
+    upsert: &postgres::Statement,
+    prune: &postgres::Statement,
+    d: &DeploymentRecord,
+    oldest_kept: i64,
+) -> std::result::Result<(), Failure> {
+    let finished = d.finished_at.map(ts);
+    let running = d.state == DeploymentState::Running;
+    let inserted: bool = c
+        .query_opt(
+            upsert,
+            &[
+                &d.id,
+                &d.owner,
+                &ts(d.created_at),
+                &finished,
+                &running,
+                &Json(d),
+            ],
+        )?
+        .map(|r| r.try_get(0))
+        .transpose()?
+        .unwrap_or(false);
+    if inserted {
+        let removed = c.execute(prune, &[&d.owner, &oldest_kept, &(PRUNE_BATCH as i64)])?;
+        if removed > 0 {
+            tracing::info!(owner = %d.owner, removed, "pruned old finished deployments");
+        }
+    }
+    Ok(())
+}
+
+/// A lease from a row of (name, holder, token, expires_at).
+fn lease_of(r: &Row) -> std::result::Result<Lease, Failure> {
+    Ok(Lease {
+        name: r.try_get(0)?,
+        holder: r.try_get(1)?,
+        token: u64::try_from(r.try_get::<_, i64>(2)?).unwrap_or(0),
+        expires_at: u64::try_from(r.try_get::<_, i64>(3)?).unwrap_or(0),
+    })
 }
 
 /// Owned copies of a call's arguments, moved into the closure the pool runs.
@@ -466,34 +520,87 @@ impl Store for PgStore {
 
     fn put_deployment(&self, d: &DeploymentRecord) -> Result<()> {
         let d = d.clone();
-        let oldest_kept = ts(hammer_protocol::now_ms().saturating_sub(self.retention.max_age_ms()));
+        let oldest_kept = self.oldest_kept();
         self.read(move |db| {
-            let finished = d.finished_at.map(ts);
-            let running = d.state == DeploymentState::Running;
-            let inserted: bool = db
-                .query_opt(
-                    "INSERT INTO deployments (id, owner, created_at, finished_at, running, rec) \
-                     VALUES ($1, $2, $3, $4, $5, $6) \
-                     ON CONFLICT (id) DO UPDATE SET owner = EXCLUDED.owner, \
-                       created_at = EXCLUDED.created_at, finished_at = EXCLUDED.finished_at, \
-                       running = EXCLUDED.running, rec = EXCLUDED.rec \
-                     RETURNING (xmax = 0)",
-                    &[
-                        &d.id,
-                        &d.owner,
-                        &ts(d.created_at),
-                        &finished,
-                        &running,
-                        &Json(&d),
-                    ],
-                )?
-                .map(|r| r.try_get(0))
-                .transpose()?
-                .unwrap_or(false);
-            if inserted {
-                Self::prune_deployments(db, &d.owner, oldest_kept)?;
+            let (upsert, prune) = (db.st(UPSERT_DEPLOYMENT)?, db.st(PRUNE_DEPLOYMENTS)?);
+            write_deployment(&mut db.client, &upsert, &prune, &d, oldest_kept)
+        })
+    }
+
+    fn put_deployment_fenced(&self, d: &DeploymentRecord, fence: &Fence) -> Result<()> {
+        let (d, fence) = (d.clone(), fence.clone());
+        let oldest_kept = self.oldest_kept();
+        // Idempotent (the same record written again), so it may be tried again.
+        self.read(move |db| {
+            let (upsert, prune) = (db.st(UPSERT_DEPLOYMENT)?, db.st(PRUNE_DEPLOYMENTS)?);
+            let check = db.st(
+                "SELECT name, holder, token, expires_at FROM leases WHERE name = $1 FOR SHARE",
+            )?;
+            let mut tx = db.client.transaction()?;
+            // The share lock keeps the row as read until the commit: a takeover
+            // (`acquire_lease` updates the row) waits for this write, or this check sees it.
+            let stored = tx
+                .query_opt(&check, &[&fence.name])?
+                .map(|r| lease_of(&r))
+                .transpose()?;
+            if !stored.as_ref().is_some_and(|l| l.admits(&fence)) {
+                return Err(Failure::Store(Lease::fenced(&fence, stored.as_ref())));
             }
+            write_deployment(&mut tx, &upsert, &prune, &d, oldest_kept)?;
+            tx.commit()?;
             Ok(())
+        })
+    }
+
+    fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<Option<Lease>> {
+        let (name, holder) = (s(name), s(holder));
+        let (now, expires) = (ts(now_ms), ts(now_ms.saturating_add(ttl_ms)));
+        // One statement: the insert, or the update of the row (locked, as it is after any
+        // concurrent takeover commits) when `Lease::grant`'s rule allows it. Taken again
+        // after a lost answer it is a renewal by the same holder: same token.
+        self.read(move |db| {
+            db.query_opt(
+                "INSERT INTO leases AS l (name, holder, token, expires_at) \
+                 VALUES ($1, $2, 1, $4) \
+                 ON CONFLICT (name) DO UPDATE SET \
+                   token = CASE WHEN l.holder = EXCLUDED.holder THEN l.token ELSE l.token + 1 END, \
+                   holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at \
+                 WHERE l.holder = EXCLUDED.holder OR l.expires_at <= $3 \
+                 RETURNING name, holder, token, expires_at",
+                &[&name, &holder, &now, &expires],
+            )?
+            .map(|r| lease_of(&r))
+            .transpose()
+        })
+    }
+
+    fn release_lease(&self, name: &str, holder: &str, token: u64) -> Result<()> {
+        let (name, holder) = (s(name), s(holder));
+        let token = ts(token);
+        self.read(move |db| {
+            db.execute(
+                "UPDATE leases SET expires_at = 0 WHERE name = $1 AND holder = $2 AND token = $3",
+                &[&name, &holder, &token],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn lease(&self, name: &str) -> Result<Option<Lease>> {
+        let name = s(name);
+        self.read(move |db| {
+            db.query_opt(
+                "SELECT name, holder, token, expires_at FROM leases WHERE name = $1",
+                &[&name],
+            )?
+            .map(|r| lease_of(&r))
+            .transpose()
         })
     }
 
@@ -545,7 +652,7 @@ impl Store for PgStore {
         let mut rec = st.clone();
         cap_status(&mut rec.event);
         let bytes = serde_json::to_vec(&rec)
-            .map_err(|e| StoreError(e.to_string()))?
+            .map_err(|e| StoreError::Backend(e.to_string()))?
             .len() as i64;
         let r = self.retention;
         self.write(move |db| status::insert(db, &rec, bytes, &r))

@@ -111,7 +111,7 @@ impl Conn {
             if let Some((at, e, connects)) = &self.failed {
                 let back = self.stats.connects.load(Relaxed) != *connects;
                 if at.elapsed() < RECONNECT_BACKOFF && !back {
-                    return Err(StoreError(e.clone()));
+                    return Err(StoreError::Backend(e.clone()));
                 }
             }
             match self.target.connect() {
@@ -130,7 +130,7 @@ impl Conn {
                 }
                 Err(e) => {
                     let connects = self.stats.connects.load(Relaxed);
-                    self.failed = Some((Instant::now(), e.0.clone(), connects));
+                    self.failed = Some((Instant::now(), e.message(), connects));
                     return Err(e);
                 }
             }
@@ -198,7 +198,8 @@ impl Pool {
         F: FnMut(&mut Db) -> std::result::Result<T, Failure> + Send + 'static,
     {
         let r = self.call(retry, f);
-        if r.is_err() {
+        // A fenced write refused is the store's answer, not a database failure.
+        if matches!(r, Err(StoreError::Backend(_))) {
             self.stats.errors.fetch_add(1, Relaxed);
         }
         r
@@ -234,19 +235,19 @@ impl Pool {
         {
             let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
             let Some(tx) = tx.as_ref() else {
-                return Err(StoreError("the database store is closed".into()));
+                return Err(StoreError::Backend("the database store is closed".into()));
             };
             match tx.try_send(job) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => {
                     self.stats.queue_full.fetch_add(1, Relaxed);
-                    return Err(StoreError(format!(
+                    return Err(StoreError::Backend(format!(
                         "the database queue is full ({} calls waiting for {} connections to {}): the database is slower than the load; a larger --database-pool may help",
                         self.queue, self.size, self.target
                     )));
                 }
                 Err(TrySendError::Disconnected(_)) => {
-                    return Err(StoreError("the database store is closed".into()))
+                    return Err(StoreError::Backend("the database store is closed".into()))
                 }
             }
         }
@@ -261,7 +262,7 @@ impl Pool {
             Ok(r) => r,
             Err(_) => {
                 self.stats.timeouts.fetch_add(1, Relaxed);
-                Err(StoreError(format!(
+                Err(StoreError::Backend(format!(
                     "the database ({}) did not answer within {} s",
                     self.target,
                     self.wait.as_secs()
@@ -298,11 +299,14 @@ fn worker(rx: Arc<Mutex<Receiver<Job>>>, target: Arc<Target>, stats: Arc<PoolSta
     }
 }
 
-/// Why a call failed: a database error, or a record that does not read back.
+/// Why a call failed: a database error, a record that does not read back, or the store's
+/// own refusal (a fenced write).
 #[derive(Debug)]
 pub enum Failure {
     Db(postgres::Error),
     Other(String),
+    /// Given to the caller as it is.
+    Store(StoreError),
 }
 
 impl From<postgres::Error> for Failure {
@@ -320,12 +324,15 @@ impl From<serde_json::Error> for Failure {
 impl Failure {
     fn into_store_error(self, target: &Target, lost: bool) -> StoreError {
         match self {
-            Failure::Db(e) if lost => StoreError(format!(
+            Failure::Db(e) if lost => StoreError::Backend(format!(
                 "the connection to the database ({target}) was lost: {}; the next call reconnects",
                 describe(&e, target)
             )),
-            Failure::Db(e) => StoreError(format!("database ({target}): {}", describe(&e, target))),
-            Failure::Other(m) => StoreError(m),
+            Failure::Db(e) => {
+                StoreError::Backend(format!("database ({target}): {}", describe(&e, target)))
+            }
+            Failure::Other(m) => StoreError::Backend(m),
+            Failure::Store(e) => e,
         }
     }
 }
@@ -345,11 +352,11 @@ mod tests {
             .unwrap(),
         );
         let pool = Pool::start(target.clone(), 1, 1);
-        let e = pool.run(Retry::Once, |_c| Ok(())).unwrap_err().0;
+        let e = pool.run(Retry::Once, |_c| Ok(())).unwrap_err().message();
         assert!(e.contains("127.0.0.1:9"), "{e}");
         assert!(!e.contains("hunter2"), "{e}");
         // Within the back-off the same error comes back without a new attempt.
-        let again = pool.run(Retry::Once, |_c| Ok(())).unwrap_err().0;
+        let again = pool.run(Retry::Once, |_c| Ok(())).unwrap_err().message();
         assert_eq!(e, again);
         assert_eq!(pool.stats().errors.load(Relaxed), 2);
     }
@@ -375,7 +382,7 @@ mod tests {
         };
         std::thread::sleep(Duration::from_millis(200));
         let t = Instant::now();
-        let e = pool.run(Retry::Never, |_db| Ok(())).unwrap_err().0;
+        let e = pool.run(Retry::Never, |_db| Ok(())).unwrap_err().message();
         assert!(
             t.elapsed() < Duration::from_millis(100),
             "{:?}",
@@ -388,7 +395,7 @@ mod tests {
         assert_eq!(pool.stats().queue_full.load(Relaxed), 1);
         // The caller stuck behind the connection attempt gives up after twice the
         // statement timeout.
-        let e = busy.join().unwrap().unwrap_err().0;
+        let e = busy.join().unwrap().unwrap_err().message();
         assert!(e.contains("did not answer within"), "{e}");
         assert!(queued.join().unwrap().is_err());
         assert!(pool.stats().timeouts.load(Relaxed) >= 1);

@@ -142,7 +142,7 @@ impl Target {
         let (plain_url, root) = take_tls_params(url);
         let mut config: postgres::Config = plain_url.parse().map_err(|e: postgres::Error| {
             let why = scrub(&chain(&e), &secrets);
-            StoreError(format!(
+            StoreError::Backend(format!(
                 "the --database URL {} is not a PostgreSQL URL (postgres://USER[:PASSWORD]@HOST[:PORT]/DB): {why}",
                 redact_url(url)
             ))
@@ -154,7 +154,7 @@ impl Target {
             }
         }
         if config.get_hosts().is_empty() {
-            return Err(StoreError(format!(
+            return Err(StoreError::Backend(format!(
                 "the --database URL {} names no host (postgres://USER@HOST:PORT/DB)",
                 redact_url(url)
             )));
@@ -186,16 +186,15 @@ impl Target {
             _ => remote || root.is_some(),
         };
         if wanted && unix_only {
-            return Err(StoreError(format!(
+            return Err(StoreError::Backend(format!(
                 "the --database URL for {shown} asks for TLS over a Unix socket, which PostgreSQL does not offer: drop sslmode and sslrootcert, or name a TCP host"
             )));
         }
         let tls = if wanted {
             config.ssl_mode(SslMode::Require);
-            Some(
-                Rustls::new(root.as_deref())
-                    .map_err(|e| StoreError(format!("the database {shown}: {}", e.0)))?,
-            )
+            Some(Rustls::new(root.as_deref()).map_err(|e| {
+                StoreError::Backend(format!("the database {shown}: {}", e.message()))
+            })?)
         } else {
             config.ssl_mode(SslMode::Disable);
             None
@@ -230,7 +229,7 @@ impl Target {
                     " (a database on another host is reached over TLS; sslmode=disable in the URL connects in plain)",
                 );
             }
-            StoreError(format!("cannot connect to the database {self}: {why}"))
+            StoreError::Backend(format!("cannot connect to the database {self}: {why}"))
         })?;
         let ms = self.statement_timeout.as_millis();
         // Commits do not wait for the disk: `Store::flush` does, once for everything before
@@ -240,7 +239,7 @@ impl Target {
              SET synchronous_commit = off",
             ms.saturating_mul(2)
         ))
-        .map_err(|e| StoreError(format!("database {self}: {}", describe(&e, self))))?;
+        .map_err(|e| StoreError::Backend(format!("database {self}: {}", describe(&e, self))))?;
         Ok(c)
     }
 
@@ -305,7 +304,7 @@ mod tests {
         let e = Target::parse("postgres://u:pw1234@127.0.0.1:notaport/db", T)
             .err()
             .unwrap()
-            .0;
+            .message();
         assert!(!e.contains("pw1234") && e.contains("***"), "{e}");
     }
 
@@ -340,12 +339,12 @@ mod tests {
         )
         .err()
         .unwrap()
-        .0;
+        .message();
         assert!(e.contains("/nope/ca.pem") && !e.contains("pw@"), "{e}");
         let e = Target::parse("host=/run/postgresql user=u sslmode=require", T)
             .err()
             .unwrap()
-            .0;
+            .message();
         assert!(e.contains("Unix socket"), "{e}");
         assert_eq!(
             take_tls_params("postgres://u@h/db?sslrootcert=%2Ftmp%2Fca.pem&sslmode=verify-ca"),

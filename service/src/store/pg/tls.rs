@@ -34,21 +34,21 @@ impl Rustls {
             Some(p) => (
                 p.to_path_buf(),
                 std::fs::read_to_string(p).map_err(|e| {
-                    StoreError(format!("cannot read sslrootcert {}: {e}", p.display()))
+                    StoreError::Backend(format!("cannot read sslrootcert {}: {e}", p.display()))
                 })?,
             ),
             None => SYSTEM_ROOTS
                 .iter()
                 .find_map(|p| Some((p.into(), std::fs::read_to_string(p).ok()?)))
                 .ok_or_else(|| {
-                    StoreError(
+                    StoreError::Backend(
                         "no system CA certificates to verify the database's certificate with: add sslrootcert=FILE (the CA's PEM) to the --database URL"
                             .into(),
                     )
                 })?,
         };
         let config = hammer_certs::tls::client_config_no_auth(&pem).map_err(|e| {
-            StoreError(format!(
+            StoreError::Backend(format!(
                 "the CA certificates in {} do not load: {e}",
                 path.display()
             ))
