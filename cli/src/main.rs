@@ -125,6 +125,11 @@ struct ServeArgs {
     /// (0: at once; a second signal skips the rest)
     #[arg(long, default_value_t = hammer_service::DEFAULT_DRAIN_GRACE.as_secs(), value_name = "SECS")]
     drain_grace: u64,
+    /// Run as replica NAME of several `hammer serve` on one --database and one --broker-url
+    /// (behind a load balancer; see examples/cluster/). Each replica has its own MQTT
+    /// identity, CN hammer-service-NAME: list each in the broker's ACL
+    #[arg(long, value_name = "NAME")]
+    replica: Option<String>,
     #[command(flatten)]
     device_rate: DeviceRateArgs,
     #[command(flatten)]
@@ -304,6 +309,7 @@ async fn run(parsed: Cli) -> Result<()> {
             cfg.drain_grace = Duration::from_secs(a.drain_grace);
             cfg.device_rate_limit = a.device_rate.limit();
             cfg.database = a.database.config();
+            cfg.replica = a.replica;
             hammer_service::run(cfg).await
         }
         Command::Broker(a) => {

@@ -112,9 +112,31 @@ pub struct ServeConfig {
     /// a load balancer's health check takes it out before it stops accepting connections
     /// (`--drain-grace`, default 5 s; zero: stop at once).
     pub drain_grace: Duration,
+    /// Run as replica NAME of several (`--replica`): needs `database` and `broker_url` (see
+    /// `crate::cluster`).
+    pub replica: Option<String>,
 }
 
 impl ServeConfig {
+    /// Refuses a replica set-up that cannot work, naming what to add.
+    pub fn check_replica(&self) -> anyhow::Result<()> {
+        let Some(name) = &self.replica else {
+            return Ok(());
+        };
+        crate::init::validate_replica_name(name)?;
+        if self.database.is_none() {
+            anyhow::bail!(
+                "--replica {name} needs a store every replica shares: add --database postgres://… (the embedded sled store belongs to one process)"
+            );
+        }
+        if self.broker_url.is_none() {
+            anyhow::bail!(
+                "--replica {name} needs a broker every replica shares: add --broker-url mqtts://HOST:PORT (e.g. Mosquitto with examples/mosquitto/; the embedded broker belongs to one process)"
+            );
+        }
+        Ok(())
+    }
+
     /// Defaults: HTTP on 127.0.0.1:8080, MQTT on 0.0.0.0:8883, enrollment (HTTPS) on
     /// 0.0.0.0:8443, no TLS on HTTP.
     pub fn new(data_dir: impl Into<PathBuf>) -> ServeConfig {
@@ -134,6 +156,7 @@ impl ServeConfig {
             retention: crate::store::Retention::default(),
             device_rate_limit: Some(hammer_broker::limits::RateLimit::DEVICE),
             drain_grace: DEFAULT_DRAIN_GRACE,
+            replica: None,
         }
     }
 }
@@ -163,5 +186,21 @@ mod tests {
             .to_string();
         assert!(e.contains("TLS is required"), "{e}");
         assert!(BrokerUrl::parse_mqtts("mqtts://h:x").is_err());
+    }
+
+    #[test]
+    fn a_replica_needs_a_shared_database_and_broker_and_a_valid_name() {
+        let mut c = ServeConfig::new("/tmp/x");
+        c.check_replica().unwrap();
+        c.replica = Some("a".into());
+        let e = c.check_replica().unwrap_err().to_string();
+        assert!(e.contains("--database"), "{e}");
+        c.database = Some(crate::store::pg::PgConfig::new("postgres://u@127.0.0.1/db"));
+        let e = c.check_replica().unwrap_err().to_string();
+        assert!(e.contains("--broker-url"), "{e}");
+        c.broker_url = Some("mqtts://127.0.0.1:8883".into());
+        c.check_replica().unwrap();
+        c.replica = Some("Bad Name".into());
+        assert!(c.check_replica().is_err());
     }
 }

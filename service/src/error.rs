@@ -19,6 +19,8 @@ pub enum ErrorKind {
     TooManyRequests,
     /// The service failed; the log has the details, the caller gets none.
     Internal,
+    /// Not possible for a moment (another replica must answer and does not yet); retry.
+    Unavailable,
 }
 
 /// A refusal or failure.
@@ -51,6 +53,9 @@ impl ServiceError {
     }
     pub fn unauthorized(m: impl Into<String>) -> ServiceError {
         Self::new(ErrorKind::Unauthorized, m)
+    }
+    pub fn unavailable(m: impl Into<String>) -> ServiceError {
+        Self::new(ErrorKind::Unavailable, m)
     }
     pub fn too_many(m: impl Into<String>) -> ServiceError {
         Self::new(ErrorKind::TooManyRequests, m)

@@ -4,7 +4,8 @@
 //!
 //! Layout: `ca/{ca.pem,ca.key}`, `broker/{server.pem,server.key,sans.json}`,
 //! `service/{client.pem,client.key}`, `signing.key` (32-byte seed, 0600), `revoked.json`,
-//! `admin.token` (0600), `store/` (sled).
+//! `admin.token` (0600), `store/` (sled), `replicas/NAME/{client.pem,client.key}` (each
+//! replica's own MQTT identity, `hammer serve --replica NAME`).
 //!
 //! The data dir itself is made 0700 on every start ([`ensure_private_dir`]), not only when
 //! it is created: a dir someone opened up (`chmod 755`) is closed again, with a log line.
@@ -177,6 +178,53 @@ pub fn load_or_create(
     })
 }
 
+/// Checks a replica name (`hammer serve --replica NAME`): 1 to 32 characters, lowercase
+/// letters, digits and '-', not starting with '-'. The replica's MQTT identity is
+/// `hammer-service-NAME` ([`replica_id`]).
+pub fn validate_replica_name(name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !ok {
+        anyhow::bail!(
+            "--replica {:?} is not a replica name: use 1 to 32 lowercase letters, digits and '-' (e.g. --replica a)",
+            name.chars().take(40).collect::<String>()
+        );
+    }
+    Ok(())
+}
+
+/// The MQTT client id and certificate CN of replica `name`.
+pub fn replica_id(name: &str) -> String {
+    format!("{SERVICE_ID}-{name}")
+}
+
+/// The MQTT client certificate and key of replica `name` (CN [`replica_id`]), under
+/// `replicas/NAME/` in the data dir: issued by the fleet CA on the replica's first start,
+/// reused later. Each replica has its own identity, so that the broker (with
+/// `use_username_as_clientid`) keeps one session per replica; the broker's ACL lists each.
+pub fn replica_identity(m: &Material, name: &str) -> anyhow::Result<(String, String)> {
+    validate_replica_name(name)?;
+    let dir = m.dir.join("replicas");
+    files::create_private_dir(&dir)?;
+    let dir = dir.join(name);
+    files::create_private_dir(&dir)?;
+    let (cert, key) = (dir.join("client.pem"), dir.join("client.key"));
+    if !cert.exists() || !key.exists() {
+        let issued = m.ca.issue_service(&replica_id(name), 10 * YEAR)?;
+        files::write_private(&key, issued.key_pem.as_deref().unwrap_or_default())?;
+        files::write_public(&cert, &issued.cert_pem)?;
+        tracing::info!(
+            replica = name,
+            "issued the replica's MQTT client certificate"
+        );
+    }
+    Ok((read(&cert)?, read(&key)?))
+}
+
 /// Loads only what the standalone broker needs (`hammer broker`): CA, server certificate,
 /// revocation list. The data dir must have been initialised by `hammer serve`.
 pub fn load_broker_material(
@@ -194,6 +242,26 @@ pub fn load_broker_material(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_replica_gets_its_own_identity_once() {
+        hammer_certs::tls::install_default_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let mqtt: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let m = load_or_create(dir.path(), None, mqtt).unwrap();
+        let a = replica_identity(&m, "a").unwrap();
+        assert_eq!(replica_identity(&m, "a").unwrap(), a, "reused");
+        let b = replica_identity(&m, "b").unwrap();
+        assert_ne!(a.0, b.0);
+        let id =
+            m.ca.cert()
+                .identity_pem(&a.0, std::time::SystemTime::now())
+                .unwrap();
+        assert_eq!(id.id, "hammer-service-a");
+        for bad in ["", "-a", "A", "a/b", &"x".repeat(33)] {
+            assert!(replica_identity(&m, bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn creates_then_reuses() {

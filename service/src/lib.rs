@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod error;
@@ -320,6 +321,7 @@ fn read_metrics_token(path: &Path) -> anyhow::Result<String> {
 /// MQTT link, ingestion, rollout engine and the HTTP API. Ports may be 0.
 pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
     hammer_certs::tls::install_default_provider();
+    cfg.check_replica()?;
     let dir = cfg.data_dir.clone();
     let material = init::load_or_create(&dir, cfg.public_host.as_deref(), cfg.mqtt)
         .with_context(|| format!("cannot initialise the data dir {}", dir.display()))?;
@@ -412,12 +414,26 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
         )
     );
 
-    let (client, eventloop) = mqtt::link::client(
-        &target,
-        &material.ca_pem,
-        &material.service_cert_pem,
-        &material.service_key_pem,
-    )?;
+    // Each replica has its own MQTT identity; a single service has `hammer-service`.
+    let (client_id, (mqtt_cert, mqtt_key)) = match &cfg.replica {
+        Some(name) => (
+            init::replica_id(name),
+            init::replica_identity(&material, name)?,
+        ),
+        None => (
+            init::SERVICE_ID.to_owned(),
+            (
+                material.service_cert_pem.clone(),
+                material.service_key_pem.clone(),
+            ),
+        ),
+    };
+    let (client, eventloop) =
+        mqtt::link::client(&target, &material.ca_pem, &mqtt_cert, &mqtt_key, &client_id)?;
+    let cluster_link = cfg
+        .replica
+        .clone()
+        .map(|name| Arc::new(cluster::outbox::ClusterLink::new(name, client.clone())));
     let (stop_tx, stop_rx) = watch::channel(false);
     let (phase_tx, phase_rx) = watch::channel(service::RunPhase::Serving);
     // Deep enough for a 10,000-device rollout's burst (about 60,000 status events within
@@ -442,6 +458,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
         server_key_pem,
         ..
     } = material;
+    let sessions = sessions::Sessions::new(store.clone(), cfg.http_tls.is_some());
     let svc = Arc::new(Service {
         store,
         ca,
@@ -459,7 +476,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
         enroll_limiter: Default::default(),
         shutdown: stop_rx.clone(),
         phase: phase_rx,
-        sessions: sessions::Sessions::new(cfg.http_tls.is_some()),
+        sessions,
         gauges,
         quotas: cfg.quotas.clone(),
         streams: service::StreamSlots::new(cfg.quotas.max_streams_per_user),
@@ -468,11 +485,29 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
         metrics_elsewhere: cfg.metrics_listen.is_some(),
         sse_keep_alive: http::sse_keep_alive(conn_limits.idle_timeout),
         listeners,
+        cluster: cluster_link.clone(),
     });
 
     let mut tasks = Vec::new();
-    let engine = rollout::Engine::load(svc.clone()).await?;
-    tasks.push(tokio::spawn(engine.run(rollout_rx, stop_rx.clone())));
+    // One engine drives deployments: here, or with replicas on the rollout lease's holder.
+    let cluster_tx = match cluster_link {
+        None => {
+            let engine = rollout::Engine::load(svc.clone()).await?;
+            tasks.push(tokio::spawn(engine.run(rollout_rx, stop_rx.clone())));
+            None
+        }
+        Some(link) => {
+            let (tx, rx) = mpsc::channel(cluster::INBOUND_QUEUE);
+            tasks.push(tokio::spawn(cluster::leader::run(
+                svc.clone(),
+                link,
+                rollout_rx,
+                rx,
+                stop_rx.clone(),
+            )));
+            Some(tx)
+        }
+    };
     tasks.push(tokio::spawn(mqtt::ingest::status_worker(
         svc.clone(),
         status_rx,
@@ -481,6 +516,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
         svc.clone(),
         eventloop,
         status_tx,
+        cluster_tx,
         stop_rx.clone(),
     )));
     if let Some(b) = broker.clone() {

@@ -77,6 +77,8 @@ pub struct Service {
     pub sse_keep_alive: std::time::Duration,
     /// Counters of the HTTP listeners, rendered in `/metrics`.
     pub listeners: Vec<Arc<crate::http_stats::ListenerStats>>,
+    /// With `--replica`: the link to the other replicas (relays, engine requests).
+    pub cluster: Option<Arc<crate::cluster::outbox::ClusterLink>>,
 }
 
 /// Open event streams per user, at most `max` each.

@@ -20,8 +20,10 @@ impl From<RolloutError> for ServiceError {
             | RolloutError::NotPaused { .. }
             | RolloutError::BadCommit(_) => ServiceError::conflict(e.to_string()),
             RolloutError::NoDeployment { id } => ServiceError::no_deployment(&id),
+            RolloutError::Unavailable => ServiceError::unavailable(e.to_string()),
             RolloutError::NotStored { .. }
             | RolloutError::Vanished { .. }
+            | RolloutError::Remote(_)
             | RolloutError::Store(_) => ServiceError::internal(e),
         }
     }

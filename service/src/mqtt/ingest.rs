@@ -119,6 +119,26 @@ async fn store_batch(
             crate::mqtt::publish::publish_ack(svc, &device, owner, epoch, seq).await?;
         }
     }
+    if let Some(link) = &svc.cluster {
+        // The other replicas stream them and the one driving deployments follows them. A
+        // relay lost here is made up for by the engine reading the store (see cluster).
+        if !fresh.is_empty() {
+            let items = fresh
+                .iter()
+                .map(
+                    |(owner, device_name, stored)| crate::cluster::wire::StoredItem {
+                        owner: owner.clone(),
+                        device_name: device_name.clone(),
+                        stored: stored.clone(),
+                    },
+                )
+                .collect();
+            let body = crate::cluster::wire::Body::Stored(items);
+            if let Err(e) = link.send(crate::cluster::wire::RELAY_TOPIC, body).await {
+                tracing::warn!(error = %e, "cannot relay stored status events to the other replicas");
+            }
+        }
+    }
     let listening = svc.listening();
     for (owner, device_name, stored) in fresh {
         if listening {

@@ -1,6 +1,10 @@
 //! The service's MQTT connection (rumqttc over mTLS with the service certificate). After
 //! every CONNACK it subscribes again (rumqttc does not resubscribe) and republishes every
 //! desired state and ack; it hands incoming messages to [`super::ingest`].
+//!
+//! With replicas (`--replica`), status events come through the shared subscription
+//! `hammer_protocol::topics::STATUS_SHARED_SUBSCRIPTION` (each event to one replica), and what other replicas send on
+//! `hammer/v1/svc/…` goes to the cluster task (see `crate::cluster`).
 
 use crate::config::BrokerUrl;
 use crate::service::Service;
@@ -17,15 +21,17 @@ use tokio::sync::{mpsc, watch};
 /// Capacity of the client's request queue.
 const REQUEST_CAPACITY: usize = 16 * 1024;
 
-/// A client for the broker at `target`, authenticated by the service certificate.
+/// A client for the broker at `target`, authenticated by the service certificate whose CN is
+/// `client_id` (`hammer-service`, or a replica's `hammer-service-NAME`).
 pub fn client(
     target: &BrokerUrl,
     ca_pem: &str,
     cert_pem: &str,
     key_pem: &str,
+    client_id: &str,
 ) -> anyhow::Result<(AsyncClient, EventLoop)> {
     let tls = hammer_certs::tls::client_config(ca_pem, cert_pem, key_pem)?;
-    let mut opts = MqttOptions::new(crate::init::SERVICE_ID, target.host.clone(), target.port);
+    let mut opts = MqttOptions::new(client_id, target.host.clone(), target.port);
     opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
         Arc::new(tls),
     )));
@@ -38,12 +44,46 @@ pub fn client(
     Ok(AsyncClient::new(opts, REQUEST_CAPACITY))
 }
 
+/// What the service subscribes to: every device channel it reads; with replicas
+/// (`replica` is this one's name), status through the shared subscription and the replicas'
+/// own topics.
+pub fn subscriptions(replica: Option<&str>) -> Vec<SubscribeFilter> {
+    // QoS 0: what devices send is made reliable end to end (their outbox resends until the
+    // service's ack says stored), so broker-side QoS 1 would only add an in-flight window
+    // (100 messages) between the broker and the service.
+    let mut filters: Vec<SubscribeFilter> = Channel::FROM_DEVICE
+        .iter()
+        .map(|c| {
+            let f = match (replica, c) {
+                (Some(_), Channel::Status) => {
+                    hammer_protocol::topics::STATUS_SHARED_SUBSCRIPTION.to_owned()
+                }
+                _ => c.all_devices_filter(),
+            };
+            SubscribeFilter::new(f, QoS::AtMostOnce)
+        })
+        .collect();
+    if let Some(me) = replica {
+        // QoS 1: relays and engine requests are not resent by anyone else.
+        filters.push(SubscribeFilter::new(
+            crate::cluster::wire::RELAY_TOPIC.to_owned(),
+            QoS::AtLeastOnce,
+        ));
+        filters.push(SubscribeFilter::new(
+            crate::cluster::wire::rpc_topic(me),
+            QoS::AtLeastOnce,
+        ));
+    }
+    filters
+}
+
 /// Runs the connection until `stop` turns true. Status payloads go to `status_tx` (the
 /// batching ingest worker); everything else is handled here.
 pub async fn run(
     svc: Arc<Service>,
     mut eventloop: EventLoop,
     status_tx: mpsc::Sender<(String, Vec<u8>)>,
+    cluster_tx: Option<mpsc::Sender<Vec<u8>>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut failures = 0u32;
@@ -57,13 +97,7 @@ pub async fn run(
             Ok(Event::Incoming(Incoming::ConnAck(_))) => {
                 failures = 0;
                 tracing::info!("connected to the broker");
-                // QoS 0: what devices send is made reliable end to end (their outbox resends
-                // until the service's ack says stored), so broker-side QoS 1 would only add
-                // an in-flight window (100 messages) between the broker and the service.
-                let filters = Channel::FROM_DEVICE
-                    .iter()
-                    .map(|c| SubscribeFilter::new(c.all_devices_filter(), QoS::AtMostOnce))
-                    .collect::<Vec<_>>();
+                let filters = subscriptions(svc.cluster.as_ref().map(|c| c.replica.as_str()));
                 let svc = svc.clone();
                 tokio::spawn(async move {
                     if let Err(e) = svc.mqtt.subscribe_many(filters).await {
@@ -75,6 +109,16 @@ pub async fn run(
                 });
             }
             Ok(Event::Incoming(Incoming::Publish(p))) => {
+                if p.topic.starts_with(crate::cluster::wire::TOPIC_PREFIX) {
+                    if let Some(tx) = &cluster_tx {
+                        if tx.try_send(p.payload.to_vec()).is_err() {
+                            if let Some(c) = &svc.cluster {
+                                c.counters.inbound_shed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    continue;
+                }
                 let Ok(t) = Topic::parse(&p.topic) else {
                     crate::metrics::Counters::inc(&svc.counters.bad_payloads);
                     tracing::debug!(topic = %p.topic.chars().take(100).collect::<String>(), "ignoring unexpected topic");

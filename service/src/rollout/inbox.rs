@@ -36,6 +36,13 @@ pub enum RolloutError {
     Vanished { id: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// With replicas: no replica answered for the rollout engine in time (the rollout lease
+    /// is changing hands, or its holder is unreachable).
+    #[error("no replica drives deployments right now (the rollout lease is changing hands); retry in a few seconds")]
+    Unavailable,
+    /// With replicas: the engine's replica failed to do it (its log has the details).
+    #[error("the replica driving deployments could not do it: {0}")]
+    Remote(String),
 }
 
 /// What the engine is told.

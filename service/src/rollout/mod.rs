@@ -55,7 +55,7 @@ use self::core::{
 pub use self::inbox::{RolloutError, RolloutMsg};
 use crate::mqtt::publish::{publish_desired, stage_desired};
 use crate::service::Service;
-use crate::store::{BadCommitRecord, DeploymentRecord};
+use crate::store::{BadCommitRecord, DeploymentRecord, Fence, StoreError};
 use hammer_protocol::api::{DeploymentState, Event};
 use hammer_protocol::{now_ms, DesiredState, RunState, StatusEvent, PROTOCOL_VERSION};
 use std::collections::HashMap;
@@ -71,6 +71,12 @@ pub struct Engine {
     by_device: HashMap<String, String>,
     /// Running deployments with status-driven changes not yet persisted → since when (ms).
     unsaved: HashMap<String, u64>,
+    /// With replicas: the rollout lease this engine drives under; every deployment write
+    /// carries it and the store refuses it once another replica took the lease over.
+    fence: Option<Fence>,
+    /// A fenced write was refused: another replica drives deployments now; this engine
+    /// publishes nothing more and stops.
+    fenced: bool,
 }
 
 /// Status-driven target changes of a running deployment are persisted at most this long after
@@ -85,11 +91,19 @@ const MAX_BATCH: usize = 4096;
 impl Engine {
     /// Loads running deployments and replays stored status events of their in-flight targets.
     pub async fn load(svc: Arc<Service>) -> anyhow::Result<Engine> {
+        Engine::load_fenced(svc, None).await
+    }
+
+    /// [`Engine::load`] for a replica holding the rollout lease: every deployment write
+    /// carries `fence` (see [`crate::cluster`]).
+    pub async fn load_fenced(svc: Arc<Service>, fence: Option<Fence>) -> anyhow::Result<Engine> {
         let mut eng = Engine {
             svc: svc.clone(),
             running: HashMap::new(),
             by_device: HashMap::new(),
             unsaved: HashMap::new(),
+            fence,
+            fenced: false,
         };
         let mut replay = Vec::new();
         for dep in svc.store.deployments()? {
@@ -170,6 +184,10 @@ impl Engine {
                 },
                 _ = timer => self.on_timer().await,
                 _ = stop.changed() => break,
+            }
+            if self.fenced {
+                tracing::warn!("another replica took the rollout lease over; this one stops driving deployments");
+                return;
             }
         }
         // A graceful stop leaves nothing for `load` to replay.
@@ -256,6 +274,13 @@ impl Engine {
     }
 
     async fn create(&mut self, dep: DeploymentRecord) -> Result<DeploymentRecord, RolloutError> {
+        // A request repeated by another replica (its first answer was lost) gets the same
+        // deployment, not a second one.
+        if let Some(existing) = self.current(&dep.id) {
+            if existing.owner == dep.owner {
+                return Ok(existing);
+            }
+        }
         for t in &dep.targets {
             if let Some(other) = self.by_device.get(&t.device_id) {
                 return Err(RolloutError::DeviceBusy {
@@ -433,6 +458,9 @@ impl Engine {
     /// Times out what is due and persists what waited long enough.
     async fn on_timer(&mut self) {
         let now = now_ms();
+        if self.svc.cluster.is_some() {
+            self.catch_up_before_timeouts(now);
+        }
         let mut touched = Vec::new();
         for (id, rollout) in self.running.iter_mut() {
             if rollout.on_tick(now) > 0 {
@@ -446,6 +474,42 @@ impl Engine {
         }
         for id in touched {
             self.step(&id).await;
+        }
+    }
+
+    /// With replicas, status events reach this engine relayed by the replica that stored
+    /// them; a relay lost on the way (that replica died between storing and relaying) must
+    /// not time a target out that did report. So before deadlines are applied, the stored
+    /// events of the in-flight targets that are due are read back and applied (once more is
+    /// harmless: the core ignores what it already knows).
+    fn catch_up_before_timeouts(&mut self, now: u64) {
+        let mut due: Vec<(String, String, u64)> = Vec::new();
+        for (id, rollout) in &self.running {
+            for t in &rollout.record().targets {
+                if t.state == hammer_protocol::api::TargetState::InFlight
+                    && t.deadline.is_some_and(|d| d <= now)
+                {
+                    if let Some(g) = t.generation {
+                        due.push((id.clone(), t.device_id.clone(), g));
+                    }
+                }
+            }
+        }
+        for (dep, device, generation) in due {
+            let stored = match self.svc.store.statuses_of(&device) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(device = %device, error = %e, "cannot read stored status events before a timeout");
+                    continue;
+                }
+            };
+            for s in stored {
+                if s.event.deployment_id.as_deref() == Some(dep.as_str())
+                    && s.event.generation == Some(generation)
+                {
+                    self.on_status(&device, s.event);
+                }
+            }
         }
     }
 
@@ -516,6 +580,11 @@ impl Engine {
         } else {
             true
         };
+        if self.fenced {
+            // Another replica drives this deployment now: publish nothing.
+            self.running.insert(id.to_owned(), rollout);
+            return false;
+        }
         let mut publish_failed = false;
         for (i, desired) in staged {
             if let Err(e) = publish_desired(&self.svc, &desired).await {
@@ -528,16 +597,23 @@ impl Engine {
             // Recorded with the next step (within PERSIST_EVERY_MS, or at the next event).
             self.unsaved.entry(id.to_owned()).or_insert(now);
         }
-        if self.svc.listening() {
+        if self.svc.listening() || self.svc.cluster.is_some() {
             let dep = rollout.record();
-            self.svc.emit(
-                &dep.owner,
-                dep.targets.iter().map(|t| t.device_id.clone()).collect(),
-                Some(dep.id.clone()),
-                Event::Deployment {
-                    deployment: crate::views::deployment_view(dep),
-                },
-            );
+            let devices: Vec<String> = dep.targets.iter().map(|t| t.device_id.clone()).collect();
+            let event = Event::Deployment {
+                deployment: crate::views::deployment_view(dep),
+            };
+            if let Some(link) = &self.svc.cluster {
+                // The other replicas' event streams see it too (coalesced, see cluster).
+                link.offer_progress(crate::cluster::wire::WireHubEvent {
+                    owner: dep.owner.clone(),
+                    devices: devices.clone(),
+                    deployment: Some(dep.id.clone()),
+                    event: event.clone(),
+                });
+            }
+            self.svc
+                .emit(&dep.owner, devices, Some(dep.id.clone()), event);
         }
         if !summary.ended {
             self.running.insert(id.to_owned(), rollout);
@@ -545,8 +621,18 @@ impl Engine {
         persisted
     }
 
-    async fn persist(&self, dep: &DeploymentRecord) -> anyhow::Result<()> {
-        self.svc.store.put_deployment(dep)?;
+    async fn persist(&mut self, dep: &DeploymentRecord) -> anyhow::Result<()> {
+        match &self.fence {
+            None => self.svc.store.put_deployment(dep)?,
+            Some(fence) => match self.svc.store.put_deployment_fenced(dep, fence) {
+                Ok(()) => {}
+                Err(e @ StoreError::Fenced { .. }) => {
+                    self.fenced = true;
+                    return Err(e.into());
+                }
+                Err(e) => return Err(e.into()),
+            },
+        }
         self.svc.store.flush().await?;
         Ok(())
     }

@@ -24,6 +24,10 @@ const SERVICE_LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("domain", &["domain"]),
+    (
+        "replicas (lease, engine routing, relays received)",
+        &["cluster", "cluster::leader"],
+    ),
     ("rollout engine", &["rollout"]),
     ("transport out", &["mqtt::publish"]),
     ("shared state", &["service"]),
@@ -32,6 +36,9 @@ const SERVICE_LAYERS: &[(&str, &[&str])] = &[
         &[
             "rollout::core",
             "rollout::inbox",
+            "cluster::wire",
+            "cluster::lease",
+            "cluster::outbox",
             "store",
             "store::pg",
             "ids",

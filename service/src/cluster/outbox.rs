@@ -1,0 +1,185 @@
+//! This replica's side of the talk between replicas: sending [`wire`] messages through the
+//! broker, coalescing deployment progress, and matching engine replies to their requests.
+//! Held by the shared state ([`crate::service::Service::cluster`]) so that ingestion and the
+//! rollout engine can relay what they did.
+
+use super::wire::{self, Body, EngineReply, EngineRequest, Envelope, WireHubEvent};
+use rumqttc::{AsyncClient, QoS};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Most engine requests of this replica waiting for their reply; more are refused at once.
+pub const MAX_PENDING_REQUESTS: usize = 1024;
+/// Most deployments whose progress waits to be relayed (one event each, the newest).
+pub const MAX_PENDING_PROGRESS: usize = 4096;
+
+/// Counted events of the cluster link, for `/metrics` and the logs.
+#[derive(Debug, Default)]
+pub struct ClusterCounters {
+    /// Messages sent to other replicas.
+    pub sent: AtomicU64,
+    /// Messages that could not be sent (encoding or the MQTT client's queue).
+    pub send_failed: AtomicU64,
+    /// Frames refused as malformed, of another version or out of bounds.
+    pub bad_frames: AtomicU64,
+    /// Messages dropped half-assembled (late, evicted, over the size bound).
+    pub dropped: AtomicU64,
+    /// Deployment progress events replaced by a newer one before they were relayed.
+    pub progress_coalesced: AtomicU64,
+    /// Engine requests that got no answer in time.
+    pub request_timeouts: AtomicU64,
+    /// Frames from other replicas dropped because the cluster task's queue was full.
+    pub inbound_shed: AtomicU64,
+}
+
+/// Why an engine request to another replica failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("too many engine requests waiting for another replica ({MAX_PENDING_REQUESTS})")]
+    TooMany,
+    #[error("no answer from replica {0} in time")]
+    Timeout(String),
+    #[error("cannot send to replica {replica}: {reason}")]
+    Send { replica: String, reason: String },
+}
+
+/// The link to the other replicas.
+pub struct ClusterLink {
+    /// This replica's name (`--replica`).
+    pub replica: String,
+    mqtt: AsyncClient,
+    next_msg: AtomicU64,
+    next_request: AtomicU64,
+    pending: Mutex<HashMap<u64, oneshot::Sender<EngineReply>>>,
+    progress: Mutex<HashMap<String, WireHubEvent>>,
+    pub counters: ClusterCounters,
+}
+
+impl ClusterLink {
+    pub fn new(replica: String, mqtt: AsyncClient) -> ClusterLink {
+        // Message numbers start from the clock so that a restarted replica does not reuse
+        // the numbers its previous run had in flight.
+        let start = hammer_protocol::now_ms() << 16;
+        ClusterLink {
+            replica,
+            mqtt,
+            next_msg: AtomicU64::new(start),
+            next_request: AtomicU64::new(start),
+            pending: Mutex::new(HashMap::new()),
+            progress: Mutex::new(HashMap::new()),
+            counters: ClusterCounters::default(),
+        }
+    }
+
+    /// Sends `body` to `topic` (QoS 1), framed.
+    pub async fn send(&self, topic: &str, body: Body) -> Result<(), String> {
+        let env = Envelope {
+            from: self.replica.clone(),
+            body,
+        };
+        let msg = self.next_msg.fetch_add(1, Ordering::Relaxed);
+        let frames = match wire::encode(&env, msg) {
+            Ok(f) => f,
+            Err(e) => {
+                self.counters.send_failed.fetch_add(1, Ordering::Relaxed);
+                return Err(e.to_string());
+            }
+        };
+        for f in frames {
+            if let Err(e) = self.mqtt.publish(topic, QoS::AtLeastOnce, false, f).await {
+                self.counters.send_failed.fetch_add(1, Ordering::Relaxed);
+                return Err(e.to_string());
+            }
+        }
+        self.counters.sent.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Relays a deployment's progress event to the other replicas' event streams, coalesced:
+    /// only the newest event of each deployment is sent by the next [`Self::flush_progress`].
+    pub fn offer_progress(&self, ev: WireHubEvent) {
+        let key = ev.deployment.clone().unwrap_or_default();
+        let mut g = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        if g.len() >= MAX_PENDING_PROGRESS && !g.contains_key(&key) {
+            // Bounded: the oldest pending events are not known, so one arbitrary one goes.
+            // Its next step relays it again.
+            if let Some(k) = g.keys().next().cloned() {
+                g.remove(&k);
+            }
+        }
+        if g.insert(key, ev).is_some() {
+            self.counters
+                .progress_coalesced
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends the pending progress events.
+    pub async fn flush_progress(&self) {
+        let pending: Vec<WireHubEvent> = {
+            let mut g = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+            g.drain().map(|(_, v)| v).collect()
+        };
+        for ev in pending {
+            if let Err(e) = self.send(wire::RELAY_TOPIC, Body::Hub(ev)).await {
+                tracing::debug!(error = %e, "cannot relay deployment progress");
+            }
+        }
+    }
+
+    /// Asks replica `to`'s rollout engine; waits at most `timeout` for the answer.
+    pub async fn request(
+        &self,
+        to: &str,
+        request: EngineRequest,
+        timeout: Duration,
+    ) -> Result<EngineReply, RequestError> {
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut g = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if g.len() >= MAX_PENDING_REQUESTS {
+                return Err(RequestError::TooMany);
+            }
+            g.insert(id, tx);
+        }
+        let sent = self
+            .send(&wire::rpc_topic(to), Body::Request { id, request })
+            .await;
+        let out = match sent {
+            Err(reason) => Err(RequestError::Send {
+                replica: to.to_owned(),
+                reason,
+            }),
+            Ok(()) => match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(reply)) => Ok(reply),
+                _ => {
+                    self.counters
+                        .request_timeouts
+                        .fetch_add(1, Ordering::Relaxed);
+                    Err(RequestError::Timeout(to.to_owned()))
+                }
+            },
+        };
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        out
+    }
+
+    /// Hands a reply to the request waiting for it (a late or unknown one is dropped).
+    pub fn on_reply(&self, id: u64, reply: EngineReply) {
+        let tx = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        if let Some(tx) = tx {
+            let _ = tx.send(reply);
+        }
+    }
+}
