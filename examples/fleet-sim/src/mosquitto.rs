@@ -54,10 +54,33 @@ impl Drop for Mosquitto {
     }
 }
 
+/// The documented ACL plus one block per extra user (a certificate CN): `(cn, access)`
+/// gives `user CN` / `topic ACCESS hammer/v1/#`, ACCESS being `read`, `write` or
+/// `readwrite` (e.g. `("hammer-service-a", "readwrite")` for a replica with its own CN, or a
+/// read-only observer).
+pub fn acl_with_users(users: &[(&str, &str)]) -> String {
+    let mut acl = ACL.to_owned();
+    for (cn, access) in users {
+        acl.push_str(&format!("\nuser {cn}\ntopic {access} hammer/v1/#\n"));
+    }
+    acl
+}
+
 /// Writes the CA, server certificate and key, a CRL and the ACL of `data_dir` (a service
 /// data dir, initialised with `hammer_service::init::load_or_create`) into a fresh dir,
 /// then starts mosquitto on `port` and waits until it accepts connections.
 pub async fn start(data_dir: &Path, port: u16) -> anyhow::Result<Mosquitto> {
+    start_with(data_dir, port, ACL, false).await
+}
+
+/// [`start`] with the ACL file `acl` (see [`acl_with_users`]); with `log`, mosquitto logs
+/// into `mosquitto.log` in [`Mosquitto::dir`] (else nowhere).
+pub async fn start_with(
+    data_dir: &Path,
+    port: u16,
+    acl: &str,
+    log: bool,
+) -> anyhow::Result<Mosquitto> {
     let bin = binary().context("the mosquitto binary is not installed")?;
     let dir = tempfile::Builder::new()
         .prefix("hammer-mosquitto")
@@ -83,7 +106,7 @@ pub async fn start(data_dir: &Path, port: u16) -> anyhow::Result<Mosquitto> {
         .crl_pem(&revoked, Duration::from_secs(7 * 24 * 3600))
         .context("cannot sign the CRL")?;
     std::fs::write(d.join("crl.pem"), crl)?;
-    std::fs::write(d.join("acl"), ACL)?;
+    std::fs::write(d.join("acl"), acl)?;
     let prefix = format!("{}/", d.display());
     let mut conf = CONF
         .replace("/etc/mosquitto/hammer/", &prefix)
@@ -93,7 +116,14 @@ pub async fn start(data_dir: &Path, port: u16) -> anyhow::Result<Mosquitto> {
     if unsafe { libc::getuid() } == 0 {
         conf.push_str("user root\n");
     }
-    conf.push_str("log_dest none\n");
+    if log {
+        conf.push_str(&format!(
+            "log_dest file {}\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\nconnection_messages true\n",
+            d.join("mosquitto.log").display()
+        ));
+    } else {
+        conf.push_str("log_dest none\n");
+    }
     let conf_path = d.join("mosquitto.conf");
     std::fs::write(&conf_path, conf)?;
     let mut child = tokio::process::Command::new(&bin)
