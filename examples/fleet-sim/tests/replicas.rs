@@ -20,7 +20,12 @@ use hammer_service::store::pg::PgConfig;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn replica_config(dir: &std::path::Path, name: &str, db: &str, broker: &str) -> hammer_service::ServeConfig {
+fn replica_config(
+    dir: &std::path::Path,
+    name: &str,
+    db: &str,
+    broker: &str,
+) -> hammer_service::ServeConfig {
     let mut cfg = hammer_service::ServeConfig::new(dir);
     cfg.http = "127.0.0.1:0".parse().unwrap();
     cfg.mqtt = "127.0.0.1:0".parse().unwrap();
@@ -114,7 +119,10 @@ async fn two_replicas_share_the_work_and_one_takes_the_rollout_over_when_the_oth
     let b = hammer_service::start(replica_config(dir.path(), "b", &db, &mq.url()))
         .await
         .expect("replica b starts");
-    assert_eq!(a.admin_token, b.admin_token, "one admin user, one token file");
+    assert_eq!(
+        a.admin_token, b.admin_token,
+        "one admin user, one token file"
+    );
 
     // Everything is asked of b, which does not drive deployments.
     let admin_b = Api::new(&b.http_url(), &b.admin_token).unwrap();
@@ -152,7 +160,10 @@ async fn two_replicas_share_the_work_and_one_takes_the_rollout_over_when_the_oth
         .unwrap();
     assert!(stream.status().is_success());
 
-    let id = user_b.deploy("fleet=rep", Some(2)).await.expect("deploy through b");
+    let id = user_b
+        .deploy("fleet=rep", Some(2))
+        .await
+        .expect("deploy through b");
     let end = Instant::now() + Duration::from_secs(90);
     let mut streamed = String::new();
     let state = loop {
@@ -189,10 +200,15 @@ async fn two_replicas_share_the_work_and_one_takes_the_rollout_over_when_the_oth
 
     // A second deployment; a drains in the middle of it; b takes the lease and finishes.
     let before = stats.finishes(false).len();
-    let id2 = user_b.deploy("fleet=rep", Some(1)).await.expect("second deploy");
-    fleet::wait_for(Duration::from_secs(30), "the first device of the second rollout", || {
-        stats.finishes(false).len() > before
-    })
+    let id2 = user_b
+        .deploy("fleet=rep", Some(1))
+        .await
+        .expect("second deploy");
+    fleet::wait_for(
+        Duration::from_secs(30),
+        "the first device of the second rollout",
+        || stats.finishes(false).len() > before,
+    )
     .await
     .unwrap();
     let t_drain = Instant::now();
@@ -208,7 +224,10 @@ async fn two_replicas_share_the_work_and_one_takes_the_rollout_over_when_the_oth
         if d.state != DeploymentState::Running {
             break d;
         }
-        assert!(Instant::now() < end, "deployment {id2} still running: {d:?}");
+        assert!(
+            Instant::now() < end,
+            "deployment {id2} still running: {d:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(state.state, DeploymentState::Succeeded, "{state:?}");
