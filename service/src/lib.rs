@@ -277,8 +277,14 @@ async fn ensure_admin(store: &dyn Store, dir: &Path) -> anyhow::Result<String> {
                 created_at: hammer_protocol::now_ms(),
                 bad_commits: Vec::new(),
             };
-            store.insert_user(&u)?;
-            u
+            if store.insert_user(&u)? {
+                u
+            } else {
+                // Another replica created it at the same moment: use theirs.
+                store.user_by_name(ADMIN_USER)?.context(
+                    "the admin user was created by another process but cannot be read back",
+                )?
+            }
         }
     };
     if let Ok(t) = std::fs::read_to_string(&path) {

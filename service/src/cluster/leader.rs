@@ -128,6 +128,7 @@ pub async fn run(
             _ = engine_done(&mut me.engine) => {
                 tracing::warn!("the rollout engine stopped; following until the lease is free again");
                 me.engine = None;
+                me.link.counters.leading.store(false, Ordering::Relaxed);
                 me.core.on_engine_stopped();
             }
             _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
@@ -217,6 +218,11 @@ impl Leader {
                     token,
                     "took the rollout lease: this replica drives deployments"
                 );
+                self.link
+                    .counters
+                    .lease_taken
+                    .fetch_add(1, Ordering::Relaxed);
+                self.link.counters.leading.store(true, Ordering::Relaxed);
                 self.engine = Some(Running {
                     tx,
                     stop,
@@ -234,6 +240,7 @@ impl Leader {
     /// Stops the engine (it writes its state first); returns the token it ran under.
     async fn stop_engine(&mut self) -> Option<u64> {
         let r = self.engine.take()?;
+        self.link.counters.leading.store(false, Ordering::Relaxed);
         r.stop.send_replace(true);
         if tokio::time::timeout(Duration::from_secs(8), r.task)
             .await
@@ -249,6 +256,7 @@ impl Leader {
         if let Some(r) = &self.engine {
             if let Err(mpsc::error::SendError(msg)) = r.tx.send(msg).await {
                 self.engine = None;
+                self.link.counters.leading.store(false, Ordering::Relaxed);
                 self.core.on_engine_stopped();
                 self.remote(msg);
             }

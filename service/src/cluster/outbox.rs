@@ -33,6 +33,10 @@ pub struct ClusterCounters {
     pub request_timeouts: AtomicU64,
     /// Frames from other replicas dropped because the cluster task's queue was full.
     pub inbound_shed: AtomicU64,
+    /// Times this replica took the rollout lease (and started the engine).
+    pub lease_taken: AtomicU64,
+    /// Whether this replica holds the rollout lease and drives deployments now.
+    pub leading: std::sync::atomic::AtomicBool,
 }
 
 /// Why an engine request to another replica failed.
