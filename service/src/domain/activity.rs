@@ -108,8 +108,13 @@ pub async fn watch_logs(
     let dev = owned_device(svc, caller, name)?;
     let now = now_ms();
     let until = now + LOG_WATCH.as_millis() as u64;
-    if svc.live.watch_logs(&dev.id, now, until) {
+    let new_watch = svc.live.watch_logs(&dev.id, now, until);
+    // With replicas, another replica's watch may have ended and sent `logs off` while this
+    // one's goes on: there every request says `logs on` again.
+    if new_watch || svc.cluster.is_some() {
         send_command(svc, &dev.id, CommandKind::Logs { on: true }).await?;
+    }
+    if new_watch {
         let svc2 = svc.clone();
         let id = dev.id.clone();
         tokio::spawn(async move {
