@@ -160,7 +160,9 @@ pub struct SetupArgs {
     /// Command that must succeed (exit 0) at the end of the health window
     #[arg(long, value_name = "CMD")]
     pub health_cmd: Option<String>,
-    /// Fetch the ref's whole history on the devices (default: only its tip, a shallow fetch)
+    /// Fetch the ref's whole history on the devices and give each release a `.git` with it,
+    /// for apps that run `git describe` or `git log` (default: only the tip, a shallow fetch,
+    /// and no `.git` in the release)
     #[arg(long)]
     pub full_history: bool,
     /// Command run in each new release's folder before it starts, while the running release

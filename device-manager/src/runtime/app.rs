@@ -172,6 +172,24 @@ pub(crate) fn set_user(cmd: &mut Command, user: Option<&AppUser>, app_data: &Pat
     }
 }
 
+/// A release with its history (`--full-history`, a `.git` the manager made) belongs to the
+/// manager, not to the app user, and git refuses to work in a repository of another owner
+/// ("dubious ownership"). The app's git is told that this one release is safe
+/// (`safe.directory`, given as command-line configuration through `GIT_CONFIG_COUNT`, the
+/// only kind git accepts for it besides the system and global files). The app's own env,
+/// set after this, may override it.
+fn trust_release_history(cmd: &mut Command, dir: &Path) {
+    if !dir.join(".git").is_dir() {
+        return;
+    }
+    let Ok(real) = std::fs::canonicalize(dir) else {
+        return;
+    };
+    cmd.env("GIT_CONFIG_COUNT", "1")
+        .env("GIT_CONFIG_KEY_0", "safe.directory")
+        .env("GIT_CONFIG_VALUE_0", real);
+}
+
 /// The env var naming the app's writable folder (also its `HOME`).
 pub const APP_DATA_ENV: &str = "HAMMER_APP_DATA";
 
@@ -255,6 +273,9 @@ pub fn launch(spec: &AppSpec<'_>, log: &AppLog, how: Launch) -> Result<RunningAp
         }
     }
     set_user(&mut cmd, spec.user, spec.app_data);
+    if spec.user.is_some() {
+        trust_release_history(&mut cmd, spec.dir);
+    }
     cmd.envs(spec.env)
         .env(APP_DATA_ENV, spec.app_data)
         .env("HAMMER_COMMIT", spec.commit)

@@ -26,6 +26,7 @@
 //! `spawn_blocking`. Messages never contain secrets; URLs have their userinfo redacted.
 
 pub mod checkout;
+pub mod history;
 pub mod submodules;
 
 use super::releases::{ReleaseError, Releases};
@@ -159,7 +160,14 @@ pub fn fetch_and_checkout(
         parsed: &remote.parsed,
     };
     let prev = previous.as_ref().map(|(dir, oid)| (dir.as_path(), *oid));
-    if let Err(e) = checkout::checkout_commit(&source, oid, &temp, prev, &ctx, 0) {
+    let done = checkout::checkout_commit(&source, oid, &temp, prev, &ctx, 0).and_then(|()| {
+        if req.full_history {
+            history::give_history(&repo, oid, &temp)
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(e) = done {
         let _ = std::fs::remove_dir_all(&temp);
         return Err(e);
     }

@@ -162,6 +162,7 @@ try() { if "$@" >/dev/null 2>&1; then echo 0; else echo 1; fi; }
   echo "release_write=$(try touch ./written-by-the-app)"
   echo "home=$HOME"
   echo "app_data=$HAMMER_APP_DATA"
+  echo "history=$(git rev-list --count HEAD 2>&1 | head -n 1)"
 } > "$HAMMER_APP_DATA/probe.tmp" && mv "$HAMMER_APP_DATA/probe.tmp" "$HAMMER_APP_DATA/probe"
 exec sleep 1000
 "#;
@@ -219,6 +220,8 @@ async fn as_root_the_app_runs_as_hammer_app_and_cannot_read_the_managers_secrets
     d.health_cmd = Some(r#"id -u > "$HAMMER_APP_DATA/health-uid""#.into());
     d.env
         .insert("SECRETS".into(), dev.data.display().to_string());
+    // With the history, which the app's git may read although the manager owns it.
+    d.full_history = true;
     svc.desired(&d).await;
     let end = svc
         .wait_for("the deployment to end", |s| match s {
@@ -254,6 +257,10 @@ async fn as_root_the_app_runs_as_hammer_app_and_cannot_read_the_managers_secrets
         );
     }
     assert_eq!(probe["release_read"], "0", "the app reads its release");
+    assert_eq!(
+        probe["history"], "1",
+        "the app's git reads the release's history (--full-history)"
+    );
     assert_eq!(
         probe["release_write"], "1",
         "the app cannot write its release"

@@ -377,6 +377,16 @@ fn a_shallow_mirror_is_much_smaller_than_the_whole_history_and_any_advertised_re
     let (s, f) = (du(&shallow.mirror()), du(&full.mirror()));
     eprintln!("mirror bytes: shallow {s}, full {f}");
     assert!(s * 5 < f, "shallow {s} vs full {f}");
+    // The app gets the history with --full-history: a `.git` in its release, at the commit,
+    // with every commit, and `git status` clean. Without it, no `.git`.
+    let rel = full.release(&tip);
+    assert_eq!(git(&rel, &["rev-parse", "HEAD"]), tip);
+    assert_eq!(
+        git(&rel, &["rev-list", "--count", "HEAD"]),
+        git(&src.dir, &["rev-list", "--count", &tip])
+    );
+    assert_eq!(git(&rel, &["status", "--porcelain"]), "");
+    assert!(!shallow.release(&tip).join(".git").exists());
 
     // A pull ref, an annotated tag (its commit), a full commit id, each into the shallow
     // mirror.
