@@ -7,8 +7,8 @@
 
 use crate::store::{
     BoxFuture, DeploymentCursor, DeploymentRecord, DeviceRecord, EnrollmentRecord, Fence,
-    HistoryCursor, Inserted, Lease, Page, Result, Retention, Store, StoredStatus, TokenRecord,
-    UserRecord, PRUNE_BATCH,
+    HistoryCursor, Inserted, Lease, Page, Result, Retention, SessionCaps, SessionRecord,
+    SessionsEnded, Store, StoredStatus, TokenRecord, UserRecord, PRUNE_BATCH,
 };
 use hammer_protocol::api::{DeploymentState, DeviceState};
 use hammer_protocol::WireName;
@@ -372,6 +372,23 @@ impl Store for CountingStore {
     }
     fn lease(&self, name: &str) -> Result<Option<Lease>> {
         self.inner.lease(name)
+    }
+    fn insert_session(
+        &self,
+        s: &SessionRecord,
+        now_ms: u64,
+        caps: SessionCaps,
+    ) -> Result<SessionsEnded> {
+        self.inner.insert_session(s, now_ms, caps)
+    }
+    fn session(&self, id_hash: &str, now_ms: u64) -> Result<Option<SessionRecord>> {
+        self.inner.session(id_hash, now_ms)
+    }
+    fn delete_session(&self, id_hash: &str) -> Result<bool> {
+        self.inner.delete_session(id_hash)
+    }
+    fn count_sessions_of(&self, user_id: &str, now_ms: u64) -> Result<u64> {
+        self.inner.count_sessions_of(user_id, now_ms)
     }
     fn deployment(&self, id: &str) -> Result<Option<DeploymentRecord>> {
         self.inner.deployment(id)

@@ -1,17 +1,21 @@
-//! The web sessions table: an API token is exchanged once (by [`crate::web::session`]) for a
-//! random session id carried in the `hammer_session` cookie. The table keeps only the id's
+//! The web sessions: an API token is exchanged once (by [`crate::web::session`]) for a
+//! random session id carried in the `hammer_session` cookie. The store keeps only the id's
 //! SHA-256, the user, the hash of the token it was made from (so revoking the token ends the
-//! session) and an expiry. Sessions live in memory: a service restart signs browsers out.
+//! session) and an expiry ([`SessionRecord`]). Sessions live in the store: they survive
+//! restarts and are shared by replicas on one database (a browser signed in through one
+//! replica is signed in on every other).
 //!
 //! Each user keeps at most [`MAX_SESSIONS_PER_USER`] sessions: signing in once more ends
-//! that user's oldest session, never another user's. The whole table is capped at
-//! [`MAX_SESSIONS`] (memory); when it is full the new session replaces the oldest session
-//! of the user holding the most, so nobody loses a session to someone holding more.
+//! that user's oldest session, never another user's. All sessions together are capped at
+//! [`MAX_SESSIONS`]; when they are all taken the new session replaces the oldest session of
+//! the user holding the most, so nobody loses a session to someone holding more. Expired
+//! sessions are removed as new ones are stored (at most [`crate::store::PRUNE_BATCH`] per
+//! sign-in). [`Store::insert_session`] enforces all of it in one atomic call.
 
 use crate::ids::hash_token;
+use crate::store::{SessionCaps, SessionRecord, Store, StoreError};
 use hammer_protocol::now_ms;
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::Arc;
 
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "hammer_session";
@@ -21,160 +25,106 @@ pub const SESSION_TTL_MS: u64 = 12 * 3600 * 1000;
 /// Most sessions one user keeps at once (a browser per sign-in; 32 leaves room for several
 /// browsers and machines). Signing in once more ends that user's oldest session only.
 pub const MAX_SESSIONS_PER_USER: usize = 32;
-/// Most sessions kept at once over all users (bounds memory). When full, a new session
+/// Most sessions kept at once over all users (bounds the store). When full, a new session
 /// replaces the oldest session of the user who holds the most, the signing-in user's own
 /// when they hold as many as anyone.
 pub const MAX_SESSIONS: usize = 10_000;
 
-struct Session {
-    user_id: String,
-    token_hash: String,
-    expires_at: u64,
-    /// Creation order (a counter: two sign-ins in the same millisecond stay ordered).
-    order: u64,
-}
-
-#[derive(Default)]
-struct Table {
-    /// Keyed by the SHA-256 of the session id.
-    map: HashMap<String, Session>,
-    next: u64,
-}
-
-impl Table {
-    /// The key of the oldest session of `user`.
-    fn oldest_of(&self, user: &str) -> Option<String> {
-        self.map
-            .iter()
-            .filter(|(_, s)| s.user_id == user)
-            .min_by_key(|(_, s)| s.order)
-            .map(|(k, _)| k.clone())
-    }
-
-    /// Frees one place when the whole table is full: from the user holding the most
-    /// sessions (`user` itself on a tie), never from someone holding fewer than `user`.
-    fn evict_for(&mut self, user: &str) {
-        let mut counts: HashMap<&str, usize> = HashMap::new();
-        for s in self.map.values() {
-            *counts.entry(s.user_id.as_str()).or_default() += 1;
-        }
-        let own = counts.get(user).copied().unwrap_or(0);
-        let most = counts.values().copied().max().unwrap_or(0);
-        let victim = if own >= most {
-            Some(user.to_owned())
-        } else {
-            counts
-                .iter()
-                .filter(|(_, n)| **n == most)
-                .map(|(u, _)| (*u).to_owned())
-                .min()
-        };
-        if let Some(k) = victim.and_then(|v| self.oldest_of(&v)) {
-            self.map.remove(&k);
-        }
-    }
-}
-
-/// The session table.
+/// The web sessions, kept in the store.
 pub struct Sessions {
-    inner: Mutex<Table>,
+    store: Arc<dyn Store>,
     /// Cookies get `Secure` (the service is served over TLS).
     secure: bool,
-    per_user: usize,
-    total: usize,
-}
-
-impl Default for Sessions {
-    fn default() -> Sessions {
-        Sessions::new(false)
-    }
+    caps: SessionCaps,
 }
 
 impl Sessions {
-    pub fn new(secure: bool) -> Sessions {
-        Sessions::with_limits(secure, MAX_SESSIONS_PER_USER, MAX_SESSIONS)
+    /// Sessions in `store` with the built-in caps; `secure`: the cookie gets `Secure`.
+    pub fn new(store: Arc<dyn Store>, secure: bool) -> Sessions {
+        Sessions::with_limits(store, secure, MAX_SESSIONS_PER_USER, MAX_SESSIONS)
     }
 
-    /// A table with other caps (tests); both are at least 1.
-    pub fn with_limits(secure: bool, per_user: usize, total: usize) -> Sessions {
+    /// Sessions with other caps (tests); both are at least 1.
+    pub fn with_limits(
+        store: Arc<dyn Store>,
+        secure: bool,
+        per_user: usize,
+        total: usize,
+    ) -> Sessions {
         Sessions {
-            inner: Default::default(),
+            store,
             secure,
-            per_user: per_user.max(1),
-            total: total.max(1),
+            caps: SessionCaps {
+                per_user: per_user.max(1),
+                total: total.max(1),
+            },
         }
-    }
-
-    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A new session for `user_id`, signed in with the token whose hash is `token_hash`;
     /// returns the session id (for the cookie; only its hash is kept).
-    pub fn create(&self, user_id: &str, token_hash: String) -> String {
+    pub fn create(&self, user_id: &str, token_hash: String) -> Result<String, StoreError> {
         let id = format!(
             "hms_{}",
             crate::ids::new_api_token().trim_start_matches("hmr_")
         );
         let now = now_ms();
-        let mut t = self.table();
-        t.map.retain(|_, s| s.expires_at > now);
-        while t.map.values().filter(|s| s.user_id == user_id).count() >= self.per_user {
-            let Some(k) = t.oldest_of(user_id) else { break };
-            t.map.remove(&k);
+        let ended = self.store.insert_session(
+            &SessionRecord {
+                id_hash: hash_token(&id),
+                user_id: user_id.to_owned(),
+                token_hash,
+                created_at: now,
+                expires_at: now.saturating_add(SESSION_TTL_MS),
+            },
+            now,
+            self.caps,
+        )?;
+        if ended.over_user_cap > 0 {
             tracing::info!(
                 user_id,
-                cap = self.per_user,
+                cap = self.caps.per_user,
+                ended = ended.over_user_cap,
                 "a new sign-in ended this user's oldest web session (per-user cap)"
             );
         }
-        while t.map.len() >= self.total {
-            let before = t.map.len();
-            t.evict_for(user_id);
-            if t.map.len() == before {
-                break;
-            }
+        if ended.table_full > 0 {
             tracing::warn!(
-                cap = self.total,
-                "the web session table is full; ended the oldest session of the user holding the most"
+                cap = self.caps.total,
+                ended = ended.table_full,
+                "the web sessions are full; ended the oldest session of the user holding the most"
             );
         }
-        let order = t.next;
-        t.next += 1;
-        t.map.insert(
-            hash_token(&id),
-            Session {
-                user_id: user_id.to_owned(),
-                token_hash,
-                expires_at: now + SESSION_TTL_MS,
-                order,
-            },
-        );
-        id
+        Ok(id)
     }
 
-    /// The token hash behind a live session id.
+    /// The token hash behind a live session id; `Err` only when the store failed.
+    pub fn lookup(&self, id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .store
+            .session(&hash_token(id), now_ms())?
+            .map(|s| s.token_hash))
+    }
+
+    /// The token hash behind a live session id. A store failure counts as no session (the
+    /// request is not signed in; logged): use [`Sessions::lookup`] to tell them apart.
     pub fn token_hash(&self, id: &str) -> Option<String> {
-        let t = self.table();
-        t.map
-            .get(&hash_token(id))
-            .filter(|s| s.expires_at > now_ms())
-            .map(|s| s.token_hash.clone())
+        self.lookup(id).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot look the web session up; treating it as signed out");
+            None
+        })
     }
 
     /// How many live sessions `user_id` has.
-    pub fn count_of(&self, user_id: &str) -> usize {
-        let now = now_ms();
-        self.table()
-            .map
-            .values()
-            .filter(|s| s.user_id == user_id && s.expires_at > now)
-            .count()
+    pub fn count_of(&self, user_id: &str) -> Result<usize, StoreError> {
+        let n = self.store.count_sessions_of(user_id, now_ms())?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
-    /// Ends a session.
-    pub fn remove(&self, id: &str) {
-        self.table().map.remove(&hash_token(id));
+    /// Ends a session (nothing when there is none).
+    pub fn remove(&self, id: &str) -> Result<(), StoreError> {
+        self.store.delete_session(&hash_token(id))?;
+        Ok(())
     }
 
     /// `Set-Cookie` value carrying `id`.
@@ -198,26 +148,42 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::sled::SledStore;
+
+    /// Sessions on a fresh sled store (kept while the directory lives).
+    fn sessions(per_user: usize, total: usize) -> (tempfile::TempDir, Sessions) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        (dir, Sessions::with_limits(store, true, per_user, total))
+    }
 
     #[test]
     fn sessions_expire_and_end() {
-        let s = Sessions::new(true);
-        let id = s.create("u1", "h".into());
+        let (_dir, s) = sessions(MAX_SESSIONS_PER_USER, MAX_SESSIONS);
+        let id = s.create("u1", "h".into()).unwrap();
         assert_eq!(s.token_hash(&id).as_deref(), Some("h"));
         assert!(s.token_hash("hms_other").is_none());
         assert!(s.cookie(&id).contains("HttpOnly; SameSite=Strict"));
         assert!(s.cookie(&id).ends_with("; Secure"));
-        s.remove(&id);
+        s.remove(&id).unwrap();
         assert!(s.token_hash(&id).is_none());
-        assert!(!Sessions::new(false).cookie("x").contains("Secure"));
+        s.remove(&id).unwrap();
+        let (_dir2, plain) = sessions(1, 1);
+        let plain = Sessions {
+            secure: false,
+            ..plain
+        };
+        assert!(!plain.cookie("x").contains("Secure"));
     }
 
     #[test]
     fn signing_in_past_the_per_user_cap_ends_only_that_users_oldest_sessions() {
-        let s = Sessions::with_limits(false, 3, 100);
-        let bob = s.create("bob", "hb".into());
-        let alice: Vec<String> = (0..5).map(|_| s.create("alice", "ha".into())).collect();
-        assert_eq!(s.count_of("alice"), 3);
+        let (_dir, s) = sessions(3, 100);
+        let bob = s.create("bob", "hb".into()).unwrap();
+        let alice: Vec<String> = (0..5)
+            .map(|_| s.create("alice", "ha".into()).unwrap())
+            .collect();
+        assert_eq!(s.count_of("alice").unwrap(), 3);
         assert!(s.token_hash(&alice[0]).is_none() && s.token_hash(&alice[1]).is_none());
         assert!(alice[2..].iter().all(|id| s.token_hash(id).is_some()));
         assert_eq!(s.token_hash(&bob).as_deref(), Some("hb"));
@@ -226,18 +192,20 @@ mod tests {
     #[test]
     fn a_full_table_takes_the_place_from_whoever_holds_the_most() {
         // Room for 4 in all, 3 each: alice fills 3, bob 1.
-        let s = Sessions::with_limits(false, 3, 4);
-        let alice: Vec<String> = (0..3).map(|_| s.create("alice", "ha".into())).collect();
-        let bob = s.create("bob", "hb".into());
+        let (_dir, s) = sessions(3, 4);
+        let alice: Vec<String> = (0..3)
+            .map(|_| s.create("alice", "ha".into()).unwrap())
+            .collect();
+        let bob = s.create("bob", "hb".into()).unwrap();
         // Carol, holding none, takes alice's oldest (alice holds the most), not bob's one.
-        let carol = s.create("carol", "hc".into());
+        let carol = s.create("carol", "hc".into()).unwrap();
         assert!(s.token_hash(&alice[0]).is_none());
         assert!(s.token_hash(&bob).is_some() && s.token_hash(&carol).is_some());
         // Bob signing in again with 1 while alice holds 2: alice's oldest goes.
-        let bob2 = s.create("bob", "hb".into());
+        let bob2 = s.create("bob", "hb".into()).unwrap();
         assert!(s.token_hash(&alice[1]).is_none());
         // Now alice 1, bob 2, carol 1: bob signing in again ends his own oldest.
-        let bob3 = s.create("bob", "hb".into());
+        let bob3 = s.create("bob", "hb".into()).unwrap();
         assert!(s.token_hash(&bob).is_none());
         assert!([&alice[2], &bob2, &bob3, &carol]
             .iter()

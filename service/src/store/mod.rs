@@ -389,6 +389,41 @@ impl Lease {
     }
 }
 
+/// A browser session of the web UI ([`crate::sessions`]), stored by the SHA-256 of its id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// SHA-256 (hex) of the session id the cookie carries.
+    pub id_hash: String,
+    /// The signed-in user.
+    pub user_id: String,
+    /// Hash of the API token the session was made from: revoking the token ends it.
+    pub token_hash: String,
+    /// When it was created (ms since the epoch).
+    pub created_at: u64,
+    /// Live while `now < expires_at` (ms since the epoch).
+    pub expires_at: u64,
+}
+
+/// The caps [`Store::insert_session`] keeps the sessions within.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionCaps {
+    /// Most sessions (live or expired but not yet removed) one user has.
+    pub per_user: usize,
+    /// Most sessions stored over all users.
+    pub total: usize,
+}
+
+/// What [`Store::insert_session`] removed to make room.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionsEnded {
+    /// Expired sessions removed (at most [`PRUNE_BATCH`] per insert).
+    pub expired: usize,
+    /// The same user's oldest sessions ended by the per-user cap.
+    pub over_user_cap: usize,
+    /// Sessions ended because the whole table was full.
+    pub table_full: usize,
+}
+
 /// The service's persistent state.
 pub trait Store: Send + Sync + 'static {
     /// The bounds this store keeps history within (a wrapper delegates it).
@@ -494,6 +529,28 @@ pub trait Store: Send + Sync + 'static {
     fn release_lease(&self, name: &str, holder: &str, token: u64) -> Result<()>;
     /// The lease as stored (expired or not), if it was ever taken.
     fn lease(&self, name: &str) -> Result<Option<Lease>>;
+
+    /// Stores a new web session within `caps`, atomically (across processes sharing the
+    /// database, inserts run one at a time). First up to [`PRUNE_BATCH`] expired sessions are
+    /// removed (oldest expiry first: bounded work per insert, and a backlog is worked off by
+    /// the following ones); then, while `s.user_id` has `caps.per_user` sessions or more, its
+    /// oldest ends; then, while the table holds `caps.total` or more, the oldest session of
+    /// the user holding the most ends (the new session's own user when they hold as many as
+    /// anyone; among others, the smallest user id): nobody loses a session to someone holding
+    /// more. Oldest is the order of insertion. At most [`PRUNE_BATCH`] sessions end for the
+    /// table cap per insert (more only after a cap was lowered).
+    fn insert_session(
+        &self,
+        s: &SessionRecord,
+        now_ms: u64,
+        caps: SessionCaps,
+    ) -> Result<SessionsEnded>;
+    /// The live session (`now_ms < expires_at`) whose id hashes to `id_hash`.
+    fn session(&self, id_hash: &str, now_ms: u64) -> Result<Option<SessionRecord>>;
+    /// Ends a session; `false` if there was none.
+    fn delete_session(&self, id_hash: &str) -> Result<bool>;
+    /// How many live sessions (`now_ms < expires_at`) `user_id` has.
+    fn count_sessions_of(&self, user_id: &str, now_ms: u64) -> Result<u64>;
 
     /// Stores a status event once per (device, epoch, seq), capped by [`cap_status`], and
     /// removes the device's oldest events beyond the [`Retention`] bounds.

@@ -16,6 +16,9 @@
 //! - `meta` name → marker: indexes built for records stored before they existed
 //! - `leases` name → lease ([`Lease`]); changed, and checked by fenced writes, under one
 //!   in-process lock (a sled store is opened by one process)
+//! - `sessions` id_hash → web session and its insertion order; `session_user`
+//!   user\0order (BE) → id_hash; `session_expiry` expires_at (BE) id_hash → (): changed under
+//!   one in-process lock that also holds the number of sessions stored
 //!
 //! Bounds ([`Retention`]) are enforced as records are stored; see the [`super`] docs.
 
@@ -44,7 +47,27 @@ pub struct SledStore {
     /// Held while a lease is changed or checked for a fenced write, so that no lease changes
     /// between the check and the write.
     lease_lock: std::sync::Mutex<()>,
+    sessions: ::sled::Tree,
+    session_user: ::sled::Tree,
+    session_expiry: ::sled::Tree,
+    /// Held while sessions change; holds how many are stored.
+    session_lock: std::sync::Mutex<usize>,
     retention: Retention,
+}
+
+/// A web session as the `sessions` tree stores it.
+#[derive(Serialize, Deserialize)]
+struct StoredSession {
+    #[serde(flatten)]
+    rec: SessionRecord,
+    /// Insertion order (`generate_id`).
+    order: u64,
+}
+
+fn expiry_key(expires_at: u64, id_hash: &str) -> Vec<u8> {
+    let mut k = expires_at.to_be_bytes().to_vec();
+    k.extend_from_slice(id_hash.as_bytes());
+    k
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -179,10 +202,15 @@ impl SledStore {
             meta: t("meta")?,
             leases: t("leases")?,
             lease_lock: std::sync::Mutex::new(()),
+            session_lock: std::sync::Mutex::new(0),
+            sessions: t("sessions")?,
+            session_user: t("session_user")?,
+            session_expiry: t("session_expiry")?,
             retention,
             db,
         };
         store.build_indexes()?;
+        *store.lock_sessions() = store.sessions.len();
         Ok(store)
     }
 
@@ -374,6 +402,39 @@ impl SledStore {
     /// half written: each change is one insert).
     fn lock_leases(&self) -> std::sync::MutexGuard<'_, ()> {
         self.lease_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The lock of session changes, with the number of sessions stored.
+    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.session_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Removes a session and its index entries (the session lock held); `false` if absent.
+    fn remove_session(&self, count: &mut usize, id_hash: &[u8]) -> Result<bool> {
+        let Some(v) = self.sessions.remove(id_hash).map_err(err)? else {
+            return Ok(false);
+        };
+        *count = count.saturating_sub(1);
+        let st: StoredSession = from_json(&v)?;
+        self.session_user
+            .remove(order_key(&st.rec.user_id, st.order))
+            .map_err(err)?;
+        self.session_expiry
+            .remove(expiry_key(st.rec.expires_at, &st.rec.id_hash))
+            .map_err(err)?;
+        Ok(true)
+    }
+
+    /// Ends `user`'s oldest session (the session lock held); `false` if it has none.
+    fn remove_oldest_session_of(&self, count: &mut usize, user: &str) -> Result<bool> {
+        let Some(first) = self.session_user.scan_prefix(prefix(user)).next() else {
+            return Ok(false);
+        };
+        let (k, id) = first.map_err(err)?;
+        if !self.remove_session(count, &id)? {
+            self.session_user.remove(k).map_err(err)?; // a dangling index entry
+        }
+        Ok(true)
     }
 
     /// Claims `key` in a unique index: `true` when it was free.
@@ -593,6 +654,103 @@ impl Store for SledStore {
             }
         }
         Ok(())
+    }
+
+    fn insert_session(
+        &self,
+        s: &SessionRecord,
+        now_ms: u64,
+        caps: SessionCaps,
+    ) -> Result<SessionsEnded> {
+        let mut count = self.lock_sessions();
+        let mut ended = SessionsEnded::default();
+        let expired: Vec<::sled::IVec> = self
+            .session_expiry
+            .range(..expiry_key(now_ms.saturating_add(1), ""))
+            .take(PRUNE_BATCH)
+            .map(|r| r.map(|(k, _)| k).map_err(err))
+            .collect::<Result<_>>()?;
+        for k in expired {
+            let id = &k[8..];
+            if self.remove_session(&mut count, id)? {
+                ended.expired += 1;
+            } else {
+                self.session_expiry.remove(&k).map_err(err)?; // a dangling index entry
+            }
+        }
+        let per_user = caps.per_user.max(1);
+        while self.session_user.scan_prefix(prefix(&s.user_id)).count() >= per_user {
+            if !self.remove_oldest_session_of(&mut count, &s.user_id)? {
+                break;
+            }
+            ended.over_user_cap += 1;
+        }
+        while *count >= caps.total.max(1) && ended.table_full < PRUNE_BATCH {
+            let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+            for r in self.session_user.iter().keys() {
+                let k = r.map_err(err)?;
+                let user = k.split(|b| *b == 0).next().unwrap_or_default();
+                *counts
+                    .entry(String::from_utf8_lossy(user).into_owned())
+                    .or_default() += 1;
+            }
+            let own = counts.get(&s.user_id).copied().unwrap_or(0);
+            let most = counts.values().copied().max().unwrap_or(0);
+            let victim = if own >= most {
+                s.user_id.clone()
+            } else {
+                match counts.iter().find(|(_, n)| **n == most) {
+                    Some((u, _)) => u.clone(),
+                    None => break,
+                }
+            };
+            if !self.remove_oldest_session_of(&mut count, &victim)? {
+                break;
+            }
+            ended.table_full += 1;
+        }
+        // The same id again (never, with random ids) replaces the session whole.
+        self.remove_session(&mut count, s.id_hash.as_bytes())?;
+        let order = self.db.generate_id().map_err(err)?;
+        let stored = StoredSession {
+            rec: s.clone(),
+            order,
+        };
+        self.sessions
+            .insert(&s.id_hash, to_json(&stored)?)
+            .map_err(err)?;
+        *count += 1;
+        self.session_user
+            .insert(order_key(&s.user_id, order), s.id_hash.as_bytes())
+            .map_err(err)?;
+        self.session_expiry
+            .insert(expiry_key(s.expires_at, &s.id_hash), &[])
+            .map_err(err)?;
+        Ok(ended)
+    }
+
+    fn session(&self, id_hash: &str, now_ms: u64) -> Result<Option<SessionRecord>> {
+        Ok(Self::get::<StoredSession>(&self.sessions, id_hash)?
+            .map(|s| s.rec)
+            .filter(|s| now_ms < s.expires_at))
+    }
+
+    fn delete_session(&self, id_hash: &str) -> Result<bool> {
+        let mut count = self.lock_sessions();
+        self.remove_session(&mut count, id_hash.as_bytes())
+    }
+
+    fn count_sessions_of(&self, user_id: &str, now_ms: u64) -> Result<u64> {
+        let mut n = 0;
+        for r in self.session_user.scan_prefix(prefix(user_id)) {
+            let (_, id) = r.map_err(err)?;
+            if Self::get::<StoredSession>(&self.sessions, &id)?
+                .is_some_and(|s| now_ms < s.rec.expires_at)
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     fn put_deployment_fenced(&self, d: &DeploymentRecord, fence: &Fence) -> Result<()> {

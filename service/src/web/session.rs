@@ -3,8 +3,8 @@
 //! only that id, never the token or any part of it, and after sign-in the token is never
 //! sent to the browser again. The service keeps only the id's SHA-256, the user, the hash
 //! of the token it was made from (so revoking the token ends the session) and an expiry.
-//! Sessions live in memory ([`crate::sessions`], with its caps): a service restart signs
-//! browsers out.
+//! Sessions live in the store ([`crate::sessions`], with its caps): they survive restarts
+//! and are shared by replicas.
 //!
 //! Endpoints: `GET /login` (the sign-in form), `POST /api/v1/session` (JSON `{"token": ...}`) and `POST /login` (HTML form)
 //! create one; `DELETE /api/v1/session` and `POST /logout` end it. Every answer that takes
@@ -132,7 +132,7 @@ pub async fn create_session(
         Ok(v) => v,
         Err(e) => return Ok(no_store(e.into_response())),
     };
-    let id = svc.sessions.create(&user.id, hash);
+    let id = svc.sessions.create(&user.id, hash)?;
     Ok(with_cookie(
         (StatusCode::CREATED, Json(user)).into_response(),
         svc.sessions.cookie(&id),
@@ -146,7 +146,7 @@ pub async fn delete_session(
 ) -> ServiceResult<Response> {
     check_origin(&headers)?;
     if let Some(id) = cookie_value(&headers) {
-        svc.sessions.remove(&id);
+        svc.sessions.remove(&id)?;
     }
     Ok(with_cookie(
         StatusCode::NO_CONTENT.into_response(),
@@ -162,15 +162,14 @@ pub async fn login_form(
     body: String,
 ) -> Response {
     let token = super::html::form_field(&body, "token").unwrap_or_default();
-    let result = check_origin(&headers).and_then(|_| sign_in(&svc, &token));
+    let result = check_origin(&headers)
+        .and_then(|_| sign_in(&svc, &token))
+        .and_then(|(hash, user)| Ok(svc.sessions.create(&user.id, hash)?));
     match result {
-        Ok((hash, user)) => {
-            let id = svc.sessions.create(&user.id, hash);
-            with_cookie(
-                Redirect::to("/devices").into_response(),
-                svc.sessions.cookie(&id),
-            )
-        }
+        Ok(id) => with_cookie(
+            Redirect::to("/devices").into_response(),
+            svc.sessions.cookie(&id),
+        ),
         Err(e) => no_store(
             (
                 crate::api::errors::status_of(e.kind),
@@ -190,7 +189,10 @@ pub async fn logout_form(
         return e.into_response();
     }
     if let Some(id) = cookie_value(&headers) {
-        svc.sessions.remove(&id);
+        if let Err(e) = svc.sessions.remove(&id) {
+            // The cookie is cleared anyway; the session ends at its expiry.
+            tracing::warn!(error = %e, "cannot end the web session in the store");
+        }
     }
     with_cookie(
         Redirect::to("/login").into_response(),

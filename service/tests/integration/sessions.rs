@@ -314,3 +314,23 @@ async fn device_creation_and_provisioning_answers_are_no_store() {
         .unwrap();
     assert_eq!(r.headers()[CACHE_CONTROL], "no-cache");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_survives_a_service_restart_on_the_same_data_dir() {
+    let mut h = Harness::start().await;
+    let alice = h.user("alice").await;
+    let cookie = session(&h, &alice).await;
+    let ended = session(&h, &alice).await;
+    let r = client()
+        .delete(format!("{}/api/v1/session", h.base))
+        .header(COOKIE, &ended)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(me_status(&h, &cookie).await, StatusCode::OK);
+    h.restart().await;
+    // Kept in the store: still signed in after the restart; the ended one stays ended.
+    assert_eq!(me_status(&h, &cookie).await, StatusCode::OK);
+    assert_eq!(me_status(&h, &ended).await, StatusCode::UNAUTHORIZED);
+}

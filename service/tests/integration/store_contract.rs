@@ -653,6 +653,143 @@ fn a_fenced_write_lands_only_while_its_fence_matches_the_stored_lease(open: Open
     assert_eq!(s.deployments_of("alice", None, 10).unwrap().items.len(), 2);
 }
 
+fn web_session(id: &str, user: &str, created_at: u64, ttl: u64) -> SessionRecord {
+    SessionRecord {
+        id_hash: id.into(),
+        user_id: user.into(),
+        token_hash: format!("t-{user}"),
+        created_at,
+        expires_at: created_at + ttl,
+    }
+}
+
+const ROOMY: SessionCaps = SessionCaps {
+    per_user: 100,
+    total: 1_000,
+};
+
+fn a_session_is_found_by_its_id_hash_until_it_expires_and_ends_once(open: Open) {
+    let s = fresh(open);
+    let a = web_session("h1", "alice", 1_000, 500);
+    assert_eq!(
+        s.insert_session(&a, 1_000, ROOMY).unwrap(),
+        SessionsEnded::default()
+    );
+    assert_eq!(s.session("h1", 1_000).unwrap(), Some(a.clone()));
+    assert_eq!(s.session("h1", 1_499).unwrap(), Some(a.clone()));
+    // Expired (now >= expires_at): not found, not counted.
+    assert_eq!(s.session("h1", 1_500).unwrap(), None);
+    assert_eq!(s.count_sessions_of("alice", 1_499).unwrap(), 1);
+    assert_eq!(s.count_sessions_of("alice", 1_500).unwrap(), 0);
+    assert_eq!(s.session("nope", 1_000).unwrap(), None);
+    assert!(s.delete_session("h1").unwrap());
+    assert!(!s.delete_session("h1").unwrap());
+    assert_eq!(s.session("h1", 1_000).unwrap(), None);
+    assert_eq!(s.count_sessions_of("alice", 1_000).unwrap(), 0);
+}
+
+fn signing_in_past_the_per_user_cap_ends_that_users_oldest_sessions_only(open: Open) {
+    let s = fresh(open);
+    let caps = SessionCaps {
+        per_user: 3,
+        total: 100,
+    };
+    s.insert_session(&web_session("b0", "bob", 10, 1_000), 10, caps)
+        .unwrap();
+    // Five sign-ins in the same millisecond: the order of insertion decides which is oldest.
+    let mut ended = 0;
+    for i in 0..5 {
+        ended += s
+            .insert_session(&web_session(&format!("a{i}"), "alice", 10, 1_000), 10, caps)
+            .unwrap()
+            .over_user_cap;
+    }
+    assert_eq!(ended, 2);
+    assert_eq!(s.count_sessions_of("alice", 10).unwrap(), 3);
+    let live: Vec<bool> = (0..5)
+        .map(|i| s.session(&format!("a{i}"), 10).unwrap().is_some())
+        .collect();
+    assert_eq!(live, [false, false, true, true, true]);
+    assert!(s.session("b0", 10).unwrap().is_some());
+    assert_eq!(s.count_sessions_of("bob", 10).unwrap(), 1);
+}
+
+fn a_full_session_table_ends_the_oldest_session_of_whoever_holds_the_most(open: Open) {
+    let s = fresh(open);
+    // Room for 4 in all, 3 each: alice fills 3, bob 1.
+    let caps = SessionCaps {
+        per_user: 3,
+        total: 4,
+    };
+    let put = |id: &str, user: &str| {
+        s.insert_session(&web_session(id, user, 10, 1_000), 10, caps)
+            .unwrap()
+    };
+    let live = |id: &str| s.session(id, 10).unwrap().is_some();
+    for i in 0..3 {
+        put(&format!("a{i}"), "alice");
+    }
+    put("b0", "bob");
+    // Carol, holding none, takes alice's oldest (alice holds the most), not bob's one.
+    assert_eq!(put("c0", "carol").table_full, 1);
+    assert!(!live("a0") && live("a1") && live("b0") && live("c0"));
+    // Bob signing in again with 1 while alice holds 2: alice's oldest goes.
+    put("b1", "bob");
+    assert!(!live("a1") && live("b0"));
+    // Now alice 1, bob 2, carol 1: bob signing in again ends his own oldest.
+    put("b2", "bob");
+    assert!(!live("b0"));
+    assert!(["a2", "b1", "b2", "c0"].iter().all(|id| live(id)));
+    // A tie among others (alice 1, carol 1, bob 2 → dave, holding none): bob, the most.
+    put("d0", "dave");
+    assert!(!live("b1") && live("b2"));
+}
+
+fn expired_sessions_are_removed_a_batch_at_a_time_as_new_ones_are_stored(open: Open) {
+    let s = fresh(open);
+    // More expired sessions than one insert removes.
+    let old = PRUNE_BATCH + 10;
+    for i in 0..old {
+        s.insert_session(
+            &web_session(&format!("old{i}"), &format!("u{i}"), 10, 5),
+            10,
+            ROOMY,
+        )
+        .unwrap();
+    }
+    let first = s
+        .insert_session(&web_session("new0", "zed", 100, 1_000), 100, ROOMY)
+        .unwrap();
+    assert_eq!(first.expired, PRUNE_BATCH);
+    let second = s
+        .insert_session(&web_session("new1", "zed", 100, 1_000), 100, ROOMY)
+        .unwrap();
+    assert_eq!(second.expired, 10);
+    let third = s
+        .insert_session(&web_session("new2", "zed", 100, 1_000), 100, ROOMY)
+        .unwrap();
+    assert_eq!(third.expired, 0);
+    // The expired ones are gone, not only hidden: deleting one finds nothing.
+    assert!(!s.delete_session("old0").unwrap());
+    assert!(!s.delete_session(&format!("old{}", old - 1)).unwrap());
+    assert_eq!(s.count_sessions_of("zed", 100).unwrap(), 3);
+    // The table cap counts what is stored: a full table of expired sessions makes room by
+    // removing them, ending nobody's live session.
+    let s = fresh(open);
+    let tight = SessionCaps {
+        per_user: 3,
+        total: 2,
+    };
+    s.insert_session(&web_session("x0", "x", 10, 5), 10, tight)
+        .unwrap();
+    s.insert_session(&web_session("y0", "y", 10, 5), 10, tight)
+        .unwrap();
+    let e = s
+        .insert_session(&web_session("z0", "z", 100, 1_000), 100, tight)
+        .unwrap();
+    assert_eq!((e.expired, e.table_full), (2, 0));
+}
+
 type Case = (&'static str, fn(Open));
 
 const CASES: &[Case] = &[
@@ -713,6 +850,22 @@ const CASES: &[Case] = &[
     (
         "a_fenced_write_lands_only_while_its_fence_matches_the_stored_lease",
         a_fenced_write_lands_only_while_its_fence_matches_the_stored_lease,
+    ),
+    (
+        "a_session_is_found_by_its_id_hash_until_it_expires_and_ends_once",
+        a_session_is_found_by_its_id_hash_until_it_expires_and_ends_once,
+    ),
+    (
+        "signing_in_past_the_per_user_cap_ends_that_users_oldest_sessions_only",
+        signing_in_past_the_per_user_cap_ends_that_users_oldest_sessions_only,
+    ),
+    (
+        "a_full_session_table_ends_the_oldest_session_of_whoever_holds_the_most",
+        a_full_session_table_ends_the_oldest_session_of_whoever_holds_the_most,
+    ),
+    (
+        "expired_sessions_are_removed_a_batch_at_a_time_as_new_ones_are_stored",
+        expired_sessions_are_removed_a_batch_at_a_time_as_new_ones_are_stored,
     ),
 ];
 

@@ -257,6 +257,26 @@ fn write_deployment(
     Ok(())
 }
 
+/// Advisory lock key held by a session insert ("hmsess" in ASCII): the caps hold across
+/// replicas.
+const SESSIONS_LOCK: i64 = 0x68_6d_73_65_73_73;
+
+/// A session from a row of (id_hash, user_id, token_hash, created_at, expires_at).
+fn session_of(r: &Row) -> std::result::Result<SessionRecord, Failure> {
+    Ok(SessionRecord {
+        id_hash: r.try_get(0)?,
+        user_id: r.try_get(1)?,
+        token_hash: r.try_get(2)?,
+        created_at: u64::try_from(r.try_get::<_, i64>(3)?).unwrap_or(0),
+        expires_at: u64::try_from(r.try_get::<_, i64>(4)?).unwrap_or(0),
+    })
+}
+
+/// A count or cap as BIGINT.
+fn n(v: usize) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
 /// A lease from a row of (name, holder, token, expires_at).
 fn lease_of(r: &Row) -> std::result::Result<Lease, Failure> {
     Ok(Lease {
@@ -524,6 +544,110 @@ impl Store for PgStore {
         self.read(move |db| {
             let (upsert, prune) = (db.st(UPSERT_DEPLOYMENT)?, db.st(PRUNE_DEPLOYMENTS)?);
             write_deployment(&mut db.client, &upsert, &prune, &d, oldest_kept)
+        })
+    }
+
+    fn insert_session(
+        &self,
+        s: &SessionRecord,
+        now_ms: u64,
+        caps: SessionCaps,
+    ) -> Result<SessionsEnded> {
+        let s = s.clone();
+        let now = ts(now_ms);
+        let (per_user, total) = (n(caps.per_user.max(1)), n(caps.total.max(1)));
+        // Not tried again: a lost answer after the commit would end one more session.
+        self.write(move |db| {
+            let lock = db.st("SELECT pg_advisory_xact_lock($1)")?;
+            let expired = db.st("DELETE FROM sessions WHERE id_hash IN ( \
+                   SELECT id_hash FROM sessions WHERE expires_at <= $1 \
+                   ORDER BY expires_at LIMIT $2)")?;
+            // Keeps the user's newest `per_user - 1`: room for the new one.
+            let over_user = db.st("DELETE FROM sessions WHERE id_hash IN ( \
+                   SELECT id_hash FROM sessions WHERE user_id = $1 \
+                   ORDER BY seq DESC OFFSET $2)")?;
+            let count = db.st("SELECT count(*) FROM sessions")?;
+            // The user holding the most (the smallest id among equals), and `$1`'s count.
+            let most = db.st(
+                "SELECT user_id, count(*) AS n FROM sessions GROUP BY user_id \
+                 ORDER BY n DESC, user_id LIMIT 1",
+            )?;
+            let own = db.st("SELECT count(*) FROM sessions WHERE user_id = $1")?;
+            let oldest = db.st("DELETE FROM sessions WHERE id_hash = ( \
+                   SELECT id_hash FROM sessions WHERE user_id = $1 ORDER BY seq LIMIT 1)")?;
+            let insert = db.st(
+                "INSERT INTO sessions (id_hash, user_id, token_hash, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (id_hash) DO UPDATE SET user_id = EXCLUDED.user_id, \
+                   token_hash = EXCLUDED.token_hash, created_at = EXCLUDED.created_at, \
+                   expires_at = EXCLUDED.expires_at",
+            )?;
+            let mut tx = db.client.transaction()?;
+            tx.execute(&lock, &[&SESSIONS_LOCK])?;
+            let mut ended = SessionsEnded {
+                expired: tx.execute(&expired, &[&now, &(PRUNE_BATCH as i64)])? as usize,
+                ..Default::default()
+            };
+            ended.over_user_cap = tx.execute(&over_user, &[&s.user_id, &(per_user - 1)])? as usize;
+            while ended.table_full < PRUNE_BATCH {
+                let stored: i64 = tx.query_one(&count, &[])?.try_get(0)?;
+                if stored < total {
+                    break;
+                }
+                let Some(top) = tx.query_opt(&most, &[])? else {
+                    break;
+                };
+                let (top_user, top_n): (String, i64) = (top.try_get(0)?, top.try_get(1)?);
+                let mine: i64 = tx.query_one(&own, &[&s.user_id])?.try_get(0)?;
+                let victim = if mine >= top_n { &s.user_id } else { &top_user };
+                if tx.execute(&oldest, &[victim])? == 0 {
+                    break;
+                }
+                ended.table_full += 1;
+            }
+            tx.execute(
+                &insert,
+                &[
+                    &s.id_hash,
+                    &s.user_id,
+                    &s.token_hash,
+                    &ts(s.created_at),
+                    &ts(s.expires_at),
+                ],
+            )?;
+            tx.commit()?;
+            Ok(ended)
+        })
+    }
+
+    fn session(&self, id_hash: &str, now_ms: u64) -> Result<Option<SessionRecord>> {
+        let (id, now) = (s(id_hash), ts(now_ms));
+        self.read(move |db| {
+            db.query_opt(
+                "SELECT id_hash, user_id, token_hash, created_at, expires_at FROM sessions \
+                 WHERE id_hash = $1 AND expires_at > $2",
+                &[&id, &now],
+            )?
+            .map(|r| session_of(&r))
+            .transpose()
+        })
+    }
+
+    fn delete_session(&self, id_hash: &str) -> Result<bool> {
+        let id = s(id_hash);
+        self.read(move |db| Ok(db.execute("DELETE FROM sessions WHERE id_hash = $1", &[&id])? > 0))
+    }
+
+    fn count_sessions_of(&self, user_id: &str, now_ms: u64) -> Result<u64> {
+        let (user, now) = (s(user_id), ts(now_ms));
+        self.read(move |db| {
+            let c: i64 = db
+                .query_one(
+                    "SELECT count(*) FROM sessions WHERE user_id = $1 AND expires_at > $2",
+                    &[&user, &now],
+                )?
+                .try_get(0)?;
+            Ok(u64::try_from(c).unwrap_or(0))
         })
     }
 

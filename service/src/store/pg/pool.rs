@@ -81,6 +81,15 @@ impl Db {
         self.client.query_opt(&s, p)
     }
 
+    pub fn query_one(
+        &mut self,
+        sql: &'static str,
+        p: Params<'_>,
+    ) -> std::result::Result<Row, postgres::Error> {
+        let s = self.st(sql)?;
+        self.client.query_one(&s, p)
+    }
+
     pub fn execute(
         &mut self,
         sql: &'static str,
