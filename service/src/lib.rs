@@ -465,6 +465,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
         ..
     } = material;
     let sessions = sessions::Sessions::new(store.clone(), cfg.http_tls.is_some());
+    let enroll_limiter = limits::EnrollLimiter::new(store.clone());
     let svc = Arc::new(Service {
         store,
         ca,
@@ -479,7 +480,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
         counters: Default::default(),
         hub,
         rollout: rollout_tx,
-        enroll_limiter: Default::default(),
+        enroll_limiter,
         shutdown: stop_rx.clone(),
         phase: phase_rx,
         sessions,

@@ -390,6 +390,12 @@ impl Store for CountingStore {
     fn count_sessions_of(&self, user_id: &str, now_ms: u64) -> Result<u64> {
         self.inner.count_sessions_of(user_id, now_ms)
     }
+    fn note_failure(&self, key: &str, now_ms: u64, window_ms: u64) -> Result<u32> {
+        self.inner.note_failure(key, now_ms, window_ms)
+    }
+    fn failures(&self, key: &str, now_ms: u64, window_ms: u64) -> Result<u32> {
+        self.inner.failures(key, now_ms, window_ms)
+    }
     fn deployment(&self, id: &str) -> Result<Option<DeploymentRecord>> {
         self.inner.deployment(id)
     }

@@ -552,6 +552,18 @@ pub trait Store: Send + Sync + 'static {
     /// How many live sessions (`now_ms < expires_at`) `user_id` has.
     fn count_sessions_of(&self, user_id: &str, now_ms: u64) -> Result<u64>;
 
+    /// Counts one failure (e.g. a failed enrollment from one address) under `key`; returns
+    /// the failures counted in its current window, this one included. A key's window starts
+    /// at its first failure and lasts `window_ms`: a failure at or after its end starts a new
+    /// window counting 1. Atomic across processes sharing the database. Rows of ended windows
+    /// are removed as failures are noted (at most [`PRUNE_BATCH`] per call, oldest end first),
+    /// so the rows stored are about the keys that failed within the last window or so.
+    fn note_failure(&self, key: &str, now_ms: u64, window_ms: u64) -> Result<u32>;
+    /// The failures counted under `key` in its window that holds `now_ms` (0 when it has
+    /// none, or its window ended). `window_ms` must be the one passed to
+    /// [`Store::note_failure`].
+    fn failures(&self, key: &str, now_ms: u64, window_ms: u64) -> Result<u32>;
+
     /// Stores a status event once per (device, epoch, seq), capped by [`cap_status`], and
     /// removes the device's oldest events beyond the [`Retention`] bounds.
     fn insert_status(&self, s: &StoredStatus) -> Result<Inserted>;

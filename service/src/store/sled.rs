@@ -19,6 +19,8 @@
 //! - `sessions` id_hash → web session and its insertion order; `session_user`
 //!   user\0order (BE) → id_hash; `session_expiry` expires_at (BE) id_hash → (): changed under
 //!   one in-process lock that also holds the number of sessions stored
+//! - `failures` key → window start, window end, count (3 × u64 BE); `failure_ends` window
+//!   end (BE) key → (): changed under one in-process lock
 //!
 //! Bounds ([`Retention`]) are enforced as records are stored; see the [`super`] docs.
 
@@ -52,6 +54,10 @@ pub struct SledStore {
     session_expiry: ::sled::Tree,
     /// Held while sessions change; holds how many are stored.
     session_lock: std::sync::Mutex<usize>,
+    failures: ::sled::Tree,
+    failure_ends: ::sled::Tree,
+    /// Held while failure counts change.
+    failure_lock: std::sync::Mutex<()>,
     retention: Retention,
 }
 
@@ -62,6 +68,13 @@ struct StoredSession {
     rec: SessionRecord,
     /// Insertion order (`generate_id`).
     order: u64,
+}
+
+/// A `failure_ends` key: the window's end, then the failure key.
+fn end_key(end: u64, key: &str) -> Vec<u8> {
+    let mut k = end.to_be_bytes().to_vec();
+    k.extend_from_slice(key.as_bytes());
+    k
 }
 
 fn expiry_key(expires_at: u64, id_hash: &str) -> Vec<u8> {
@@ -206,6 +219,9 @@ impl SledStore {
             sessions: t("sessions")?,
             session_user: t("session_user")?,
             session_expiry: t("session_expiry")?,
+            failures: t("failures")?,
+            failure_ends: t("failure_ends")?,
+            failure_lock: std::sync::Mutex::new(()),
             retention,
             db,
         };
@@ -751,6 +767,53 @@ impl Store for SledStore {
             }
         }
         Ok(n)
+    }
+
+    fn note_failure(&self, key: &str, now_ms: u64, window_ms: u64) -> Result<u32> {
+        let _held = self.failure_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let ended: Vec<::sled::IVec> = self
+            .failure_ends
+            .range(..now_ms.saturating_add(1).to_be_bytes().to_vec())
+            .take(PRUNE_BATCH)
+            .map(|r| r.map(|(k, _)| k).map_err(err))
+            .collect::<Result<_>>()?;
+        for k in ended {
+            self.failure_ends.remove(&k).map_err(err)?;
+            let name = &k[8..];
+            // Only if that row still ends then (not renewed since).
+            if let Some(v) = self.failures.get(name).map_err(err)? {
+                if be_at(&v, 1) == be_u64(&k[..8]) {
+                    self.failures.remove(name).map_err(err)?;
+                }
+            }
+        }
+        let old = self.failures.get(key).map_err(err)?;
+        let (start, end, count) = match old {
+            Some(v) if now_ms < be_at(&v, 1) => (be_at(&v, 0), be_at(&v, 1), be_at(&v, 2) + 1),
+            other => {
+                if let Some(v) = other {
+                    self.failure_ends
+                        .remove(end_key(be_at(&v, 1), key))
+                        .map_err(err)?;
+                }
+                let end = now_ms.saturating_add(window_ms.max(1));
+                self.failure_ends
+                    .insert(end_key(end, key), &[])
+                    .map_err(err)?;
+                (now_ms, end, 1)
+            }
+        };
+        self.failures
+            .insert(key, be_concat(&[start, end, count]))
+            .map_err(err)?;
+        Ok(u32::try_from(count).unwrap_or(u32::MAX))
+    }
+
+    fn failures(&self, key: &str, now_ms: u64, _window_ms: u64) -> Result<u32> {
+        Ok(match self.failures.get(key).map_err(err)? {
+            Some(v) if now_ms < be_at(&v, 1) => u32::try_from(be_at(&v, 2)).unwrap_or(u32::MAX),
+            _ => 0,
+        })
     }
 
     fn put_deployment_fenced(&self, d: &DeploymentRecord, fence: &Fence) -> Result<()> {

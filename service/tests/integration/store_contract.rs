@@ -790,6 +790,62 @@ fn expired_sessions_are_removed_a_batch_at_a_time_as_new_ones_are_stored(open: O
     assert_eq!((e.expired, e.table_full), (2, 0));
 }
 
+fn failures_are_counted_per_key_in_a_window_from_the_first_one(open: Open) {
+    let s = fresh(open);
+    let w = 1_000;
+    assert_eq!(s.failures("ip a", 100, w).unwrap(), 0);
+    assert_eq!(s.note_failure("ip a", 100, w).unwrap(), 1);
+    assert_eq!(s.note_failure("ip a", 600, w).unwrap(), 2);
+    assert_eq!(s.note_failure("ip b", 600, w).unwrap(), 1);
+    assert_eq!(s.failures("ip a", 1_099, w).unwrap(), 2);
+    assert_eq!(s.failures("ip b", 1_099, w).unwrap(), 1);
+    // The window is from the first failure: at its end the count is over.
+    assert_eq!(s.failures("ip a", 1_100, w).unwrap(), 0);
+    // A failure after it starts a new window.
+    assert_eq!(s.note_failure("ip a", 1_100, w).unwrap(), 1);
+    // "ip b"'s window (600..1,600) is unaffected by "ip a"'s.
+    assert_eq!(s.note_failure("ip b", 1_500, w).unwrap(), 2);
+    assert_eq!(s.note_failure("ip a", 2_099, w).unwrap(), 2);
+    assert_eq!(s.failures("ip a", 2_099, w).unwrap(), 2);
+    assert_eq!(s.failures("ip a", 2_100, w).unwrap(), 0);
+    assert_eq!(s.failures("ip b", 2_099, w).unwrap(), 0);
+}
+
+fn ended_failure_windows_are_removed_a_batch_at_a_time_as_failures_are_noted(open: Open) {
+    let s = fresh(open);
+    let w = 100;
+    let old = PRUNE_BATCH + 5;
+    for i in 0..old {
+        s.note_failure(&format!("old {i}"), 10, w).unwrap();
+    }
+    // Each later failure removes at most a batch of ended windows; after two, none is left,
+    // and a key whose rows were removed starts again at 1.
+    s.note_failure("new", 1_000, w).unwrap();
+    s.note_failure("new", 1_001, w).unwrap();
+    for i in [0, old - 1] {
+        assert_eq!(
+            s.failures(&format!("old {i}"), 20, w).unwrap(),
+            0,
+            "old {i}"
+        );
+    }
+    assert_eq!(s.note_failure("old 0", 20, w).unwrap(), 1);
+    assert_eq!(s.failures("new", 1_001, w).unwrap(), 2);
+}
+
+fn concurrent_failures_of_one_key_are_each_counted_once(open: Open) {
+    let s = fresh(open);
+    let counts = at_once(6, |_| {
+        (0..10)
+            .map(|_| s.note_failure("ip", 1_000, 60_000).unwrap())
+            .collect::<Vec<_>>()
+    });
+    let mut all: Vec<u32> = counts.into_iter().flatten().collect();
+    all.sort_unstable();
+    assert_eq!(all, (1..=60).collect::<Vec<u32>>());
+    assert_eq!(s.failures("ip", 1_000, 60_000).unwrap(), 60);
+}
+
 type Case = (&'static str, fn(Open));
 
 const CASES: &[Case] = &[
@@ -866,6 +922,18 @@ const CASES: &[Case] = &[
     (
         "expired_sessions_are_removed_a_batch_at_a_time_as_new_ones_are_stored",
         expired_sessions_are_removed_a_batch_at_a_time_as_new_ones_are_stored,
+    ),
+    (
+        "failures_are_counted_per_key_in_a_window_from_the_first_one",
+        failures_are_counted_per_key_in_a_window_from_the_first_one,
+    ),
+    (
+        "ended_failure_windows_are_removed_a_batch_at_a_time_as_failures_are_noted",
+        ended_failure_windows_are_removed_a_batch_at_a_time_as_failures_are_noted,
+    ),
+    (
+        "concurrent_failures_of_one_key_are_each_counted_once",
+        concurrent_failures_of_one_key_are_each_counted_once,
     ),
 ];
 

@@ -13,6 +13,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_initial.sql")),
     (2, include_str!("migrations/0002_leases.sql")),
     (3, include_str!("migrations/0003_sessions.sql")),
+    (4, include_str!("migrations/0004_failures.sql")),
 ];
 
 /// Advisory lock key held while migrating ("hammer" in ASCII).

@@ -651,6 +651,50 @@ impl Store for PgStore {
         })
     }
 
+    fn note_failure(&self, key: &str, now_ms: u64, window_ms: u64) -> Result<u32> {
+        let key = s(key);
+        let (now, end) = (ts(now_ms), ts(now_ms.saturating_add(window_ms.max(1))));
+        // Not tried again: a lost answer after the commit would count the failure twice.
+        self.write(move |db| {
+            // Rows another call holds are left to a later call: no waiting, no deadlock.
+            let prune = db.st("DELETE FROM failures WHERE key IN ( \
+                   SELECT key FROM failures WHERE ends_at <= $1 ORDER BY ends_at LIMIT $2 \
+                   FOR UPDATE SKIP LOCKED)")?;
+            // One statement: a new row, a new window, or one more in the current window
+            // (the row locked, as it is after any concurrent failure commits).
+            let count = db.st(
+                "INSERT INTO failures AS f (key, window_start, ends_at, count) \
+                 VALUES ($1, $2, $3, 1) \
+                 ON CONFLICT (key) DO UPDATE SET \
+                   window_start = CASE WHEN f.ends_at <= $2 THEN $2 ELSE f.window_start END, \
+                   ends_at = CASE WHEN f.ends_at <= $2 THEN $3 ELSE f.ends_at END, \
+                   count = CASE WHEN f.ends_at <= $2 THEN 1 ELSE f.count + 1 END \
+                 RETURNING count",
+            )?;
+            // Two statements, each on its own: neither holds a row while it waits for another.
+            let n: i64 = db
+                .client
+                .query_one(&count, &[&key, &now, &end])?
+                .try_get(0)?;
+            db.client.execute(&prune, &[&now, &(PRUNE_BATCH as i64)])?;
+            Ok(u32::try_from(n).unwrap_or(u32::MAX))
+        })
+    }
+
+    fn failures(&self, key: &str, now_ms: u64, _window_ms: u64) -> Result<u32> {
+        let (key, now) = (s(key), ts(now_ms));
+        self.read(move |db| {
+            let n: Option<i64> = db
+                .query_opt(
+                    "SELECT count FROM failures WHERE key = $1 AND ends_at > $2",
+                    &[&key, &now],
+                )?
+                .map(|r| r.try_get(0))
+                .transpose()?;
+            Ok(n.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)))
+        })
+    }
+
     fn put_deployment_fenced(&self, d: &DeploymentRecord, fence: &Fence) -> Result<()> {
         let (d, fence) = (d.clone(), fence.clone());
         let oldest_kept = self.oldest_kept();
