@@ -126,6 +126,15 @@ async fn two_replicas_share_the_work_and_one_takes_the_rollout_over_when_the_oth
 
     // Everything is asked of b, which does not drive deployments.
     let admin_b = Api::new(&b.http_url(), &b.admin_token).unwrap();
+    let admin_a = Api::new(&a.http_url(), &a.admin_token).unwrap();
+    assert_eq!(
+        admin_a.metric("hammer_rollout_lease_held").await.unwrap(),
+        1
+    );
+    assert_eq!(
+        admin_b.metric("hammer_rollout_lease_held").await.unwrap(),
+        0
+    );
     let n = 6;
     let (token, creds) = fleet::provision(&admin_b, "rep", n, 3).await.unwrap();
     let user_b = admin_b.with_token(&token);
@@ -232,6 +241,17 @@ async fn two_replicas_share_the_work_and_one_takes_the_rollout_over_when_the_oth
     };
     assert_eq!(state.state, DeploymentState::Succeeded, "{state:?}");
     stopping.await.unwrap();
+    assert_eq!(
+        admin_b.metric("hammer_rollout_lease_held").await.unwrap(),
+        1
+    );
+    assert!(
+        admin_b
+            .metric("hammer_cluster_messages_sent_total")
+            .await
+            .unwrap()
+            > 0
+    );
 
     // No device got two launches for one generation: every device finished each
     // deployment once (its last finish of each deployment, counted by generation).

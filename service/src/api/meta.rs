@@ -69,7 +69,7 @@ fn metrics_text(svc: &Service, headers: &HeaderMap) -> Response {
     }
     let listeners: Vec<&crate::http_stats::ListenerStats> =
         svc.listeners.iter().map(|l| l.as_ref()).collect();
-    let body = crate::metrics::render(
+    let mut body = crate::metrics::render(
         &svc.counters,
         &svc.gauges.snapshot(),
         svc.live.online_count(),
@@ -77,6 +77,9 @@ fn metrics_text(svc: &Service, headers: &HeaderMap) -> Response {
         svc.broker.as_ref().map(|b| b.render_prometheus()),
         &crate::http_stats::render_listeners(&listeners),
     );
+    if let Some(c) = &svc.cluster {
+        body.push_str(&c.counters.render_prometheus());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

@@ -39,6 +39,73 @@ pub struct ClusterCounters {
     pub leading: std::sync::atomic::AtomicBool,
 }
 
+impl ClusterCounters {
+    /// The replica's lines of `/metrics` (Prometheus text format).
+    pub fn render_prometheus(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let mut line = |name: &str, help: &str, kind: &str, v: u64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        line(
+            "hammer_rollout_lease_held",
+            "1 while this replica holds the rollout lease and drives deployments (exactly one replica should).",
+            "gauge",
+            u64::from(self.leading.load(Ordering::Relaxed)),
+        );
+        line(
+            "hammer_rollout_lease_taken_total",
+            "Times this replica took the rollout lease.",
+            "counter",
+            get(&self.lease_taken),
+        );
+        line(
+            "hammer_cluster_messages_sent_total",
+            "Messages sent to the other replicas (relays, engine requests and replies).",
+            "counter",
+            get(&self.sent),
+        );
+        line(
+            "hammer_cluster_send_failures_total",
+            "Messages to other replicas that could not be sent.",
+            "counter",
+            get(&self.send_failed),
+        );
+        line(
+            "hammer_cluster_bad_frames_total",
+            "Frames from other replicas refused (malformed, another wire version, out of bounds).",
+            "counter",
+            get(&self.bad_frames),
+        );
+        line(
+            "hammer_cluster_messages_dropped_total",
+            "Messages from other replicas dropped half-assembled (late, evicted, too large).",
+            "counter",
+            get(&self.dropped),
+        );
+        line(
+            "hammer_cluster_inbound_shed_total",
+            "Frames from other replicas dropped because this replica's queue was full.",
+            "counter",
+            get(&self.inbound_shed),
+        );
+        line(
+            "hammer_cluster_progress_coalesced_total",
+            "Deployment progress events replaced by a newer one before they were relayed.",
+            "counter",
+            get(&self.progress_coalesced),
+        );
+        line(
+            "hammer_cluster_request_timeouts_total",
+            "Engine requests to the lease holder not answered in time (then retried).",
+            "counter",
+            get(&self.request_timeouts),
+        );
+        s
+    }
+}
+
 /// Why an engine request to another replica failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
