@@ -309,6 +309,9 @@ impl Store for CountingStore {
     fn devices_of(&self, owner: &str) -> Result<Vec<DeviceRecord>> {
         self.inner.devices_of(owner)
     }
+    fn count_devices_of(&self, owner: &str) -> Result<u64> {
+        self.inner.count_devices_of(owner)
+    }
     fn all_devices(&self) -> Result<Vec<DeviceRecord>> {
         self.inner.all_devices()
     }

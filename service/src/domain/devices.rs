@@ -59,12 +59,18 @@ pub fn new_device(
 }
 
 /// Inserts `dev` unless its owner is at `--max-devices-per-user` (429 with the limit and
-/// the flag that raises it); `false` when the owner already has a device of that name. The
-/// check and the insert are one step, so concurrent creations cannot pass the quota.
+/// the flag that raises it); `false` when the owner already has a device of that name.
+///
+/// The count is the store's ([`crate::store::Store::count_devices_of`]), so devices other
+/// replicas added count too. Within one process the check and the insert are one step (a
+/// mutex), so concurrent creations cannot pass the quota; across replicas sharing a database
+/// they are not one transaction: creations racing on several replicas at once can overshoot
+/// the quota by at most one device per replica (each replica inserts one at a time after a
+/// count that includes every committed insert).
 pub fn insert_within_quota(svc: &Service, dev: &DeviceRecord) -> ServiceResult<bool> {
     let max = svc.quotas.max_devices_per_user;
     let _one_at_a_time = svc.device_insert.lock().unwrap_or_else(|p| p.into_inner());
-    let have = svc.gauges.devices_of(&dev.owner);
+    let have = svc.store.count_devices_of(&dev.owner)?;
     if have >= max {
         crate::metrics::Counters::inc(&svc.counters.quota_devices_refused);
         tracing::info!(owner = %dev.owner, have, max, "device refused: at the per-user quota");

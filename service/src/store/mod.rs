@@ -457,6 +457,9 @@ pub trait Store: Send + Sync + 'static {
     fn device(&self, id: &str) -> Result<Option<DeviceRecord>>;
     fn device_by_name(&self, owner: &str, name: &str) -> Result<Option<DeviceRecord>>;
     fn devices_of(&self, owner: &str) -> Result<Vec<DeviceRecord>>;
+    /// How many devices `owner` has, as stored now (every process's inserts counted),
+    /// without reading the records.
+    fn count_devices_of(&self, owner: &str) -> Result<u64>;
     fn all_devices(&self) -> Result<Vec<DeviceRecord>>;
     /// Atomically applies `f` to a device (it may run more than once on contention).
     fn update_device(

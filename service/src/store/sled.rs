@@ -601,6 +601,16 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    fn count_devices_of(&self, owner: &str) -> Result<u64> {
+        // The owner's entries of the name index: no record is read or decoded.
+        let mut n = 0;
+        for r in self.device_names.scan_prefix(prefix(owner)).keys() {
+            r.map_err(err)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     fn all_devices(&self) -> Result<Vec<DeviceRecord>> {
         Self::all(self.devices.iter())
     }

@@ -846,6 +846,27 @@ fn concurrent_failures_of_one_key_are_each_counted_once(open: Open) {
     assert_eq!(s.failures("ip", 1_000, 60_000).unwrap(), 60);
 }
 
+fn an_owners_device_count_follows_inserts_and_deletes_and_no_one_elses(open: Open) {
+    let s = fresh(open);
+    assert_eq!(s.count_devices_of("al").unwrap(), 0);
+    let mut ids = Vec::new();
+    for n in ["a", "b", "c"] {
+        let d = new_device("al", n, Default::default(), DeviceState::Registered);
+        assert!(s.insert_device(&d).unwrap());
+        ids.push(d.id);
+    }
+    // An owner whose id starts with "al", and a name taken (not a new device).
+    let other = new_device("alice", "a", Default::default(), DeviceState::Registered);
+    assert!(s.insert_device(&other).unwrap());
+    let again = new_device("al", "a", Default::default(), DeviceState::Registered);
+    assert!(!s.insert_device(&again).unwrap());
+    assert_eq!(s.count_devices_of("al").unwrap(), 3);
+    assert_eq!(s.count_devices_of("alice").unwrap(), 1);
+    s.delete_device(&ids[0]).unwrap().unwrap();
+    assert_eq!(s.count_devices_of("al").unwrap(), 2);
+    assert_eq!(s.count_devices_of("nobody").unwrap(), 0);
+}
+
 type Case = (&'static str, fn(Open));
 
 const CASES: &[Case] = &[
@@ -934,6 +955,10 @@ const CASES: &[Case] = &[
     (
         "concurrent_failures_of_one_key_are_each_counted_once",
         concurrent_failures_of_one_key_are_each_counted_once,
+    ),
+    (
+        "an_owners_device_count_follows_inserts_and_deletes_and_no_one_elses",
+        an_owners_device_count_follows_inserts_and_deletes_and_no_one_elses,
     ),
 ];
 

@@ -444,6 +444,16 @@ impl Store for PgStore {
         })
     }
 
+    fn count_devices_of(&self, owner: &str) -> Result<u64> {
+        let owner = s(owner);
+        self.read(move |db| {
+            let n: i64 = db
+                .query_one("SELECT count(*) FROM devices WHERE owner = $1", &[&owner])?
+                .try_get(0)?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }
+
     fn all_devices(&self) -> Result<Vec<DeviceRecord>> {
         self.read(|db| all(db.query("SELECT rec FROM devices ORDER BY id", &[])?))
     }
