@@ -719,6 +719,38 @@ mod tests {
     }
 
     #[test]
+    fn a_fenced_write_moves_the_gauges_and_a_refused_one_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let sled: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let (store, gauges) = CountingStore::wrap(sled).unwrap();
+        let a = store.acquire_lease("rollout", "a", 1, 10).unwrap().unwrap();
+        store
+            .put_deployment_fenced(&deployment("d1", DeploymentState::Running), &a.fence())
+            .unwrap();
+        assert_eq!(deployments(&gauges.snapshot(), "running"), 1);
+        let b = store
+            .acquire_lease("rollout", "b", 20, 10)
+            .unwrap()
+            .unwrap();
+        assert!(store
+            .put_deployment_fenced(&deployment("d1", DeploymentState::Failed), &a.fence())
+            .is_err());
+        let s = gauges.snapshot();
+        assert_eq!(
+            (deployments(&s, "running"), deployments(&s, "failed")),
+            (1, 0)
+        );
+        store
+            .put_deployment_fenced(&deployment("d1", DeploymentState::Failed), &b.fence())
+            .unwrap();
+        let s = gauges.snapshot();
+        assert_eq!(
+            (deployments(&s, "running"), deployments(&s, "failed")),
+            (0, 1)
+        );
+    }
+
+    #[test]
     fn render_keeps_the_existing_metric_names() {
         let g = Gauges::default();
         g.device_added(&device("u", "x"));

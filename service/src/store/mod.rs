@@ -25,6 +25,17 @@
 //!   time) is removed when its owner creates a new one (the owner's oldest few are checked).
 //!   They are indexed by owner and creation time, so a user's list reads only their records.
 //! - Lists are pages: at most [`hammer_protocol::api::MAX_PAGE_LIMIT`] records per request.
+//! - Web sessions: within the caps [`Store::insert_session`] is given (per user and in all);
+//!   each insert also removes up to [`PRUNE_BATCH`] expired ones.
+//! - Failure counts ([`Store::note_failure`]): one row per key that failed within its window;
+//!   each note removes up to [`PRUNE_BATCH`] rows of ended windows.
+//!
+//! # Running as a cluster
+//!
+//! Everything replicas must agree on is here, not in a process's memory: leases with fencing
+//! tokens ([`Lease`], [`Fence`]: which replica drives deployments), web sessions, failure
+//! counts and the device counts quotas check. The sled back end serves one process; the
+//! PostgreSQL one keeps each of these atomic across processes sharing the database.
 
 pub mod pg;
 pub mod sled;
