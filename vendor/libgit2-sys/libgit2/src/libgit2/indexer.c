@@ -354,22 +354,32 @@ static int read_object_stream(git_indexer *idx, git_packfile_stream *stream)
 
 static int crc_object(uint32_t *crc_out, git_mwindow_file *mwf, off64_t start, off64_t size)
 {
-	void *ptr;
+	/*
+	 * Read with pread(2) instead of through pack windows: the indexer's
+	 * pack file is no longer registered with the window control once
+	 * git_indexer_append() called git_mwindow_free_all(), so windows opened
+	 * here could not be closed to honour the mapped limit, and a large
+	 * object would be mapped whole (libgit2#6097). Hammer patch: see
+	 * HAMMER-PATCH.md at the root of the vendored libgit2-sys.
+	 */
+	unsigned char buf[64 * 1024];
 	uint32_t crc;
-	unsigned int left, len;
-	git_mwindow *w = NULL;
 
 	crc = crc32(0L, Z_NULL, 0);
 	while (size) {
-		ptr = git_mwindow_open(mwf, &w, start, (size_t)size, &left);
-		if (ptr == NULL)
-			return -1;
+		size_t want = size < (off64_t)sizeof(buf) ? (size_t)size : sizeof(buf);
+		ssize_t got = p_pread(mwf->fd, buf, want, start);
 
-		len = min(left, (unsigned int)size);
-		crc = crc32(crc, ptr, len);
-		size -= len;
-		start += len;
-		git_mwindow_close(&w);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got <= 0) {
+			git_error_set(GIT_ERROR_OS, "failed to read packfile for crc");
+			return -1;
+		}
+
+		crc = crc32(crc, buf, (uInt)got);
+		size -= got;
+		start += got;
 	}
 
 	*crc_out = htonl(crc);
