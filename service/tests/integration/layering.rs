@@ -339,6 +339,6 @@ fn the_checker_finds_a_planted_circle_and_a_layer_breach() {
         vec![vec!["domain".to_owned(), "store".to_owned()]]
     );
     assert!(layer_of("store").unwrap() > layer_of("domain").unwrap());
-    assert_eq!(layer_of("mqtt::publish"), Some(4));
+    assert_eq!(layer_of("mqtt::publish"), Some(5));
     assert_eq!(layer_of("mqtt::ingest"), Some(1));
 }
