@@ -4,7 +4,10 @@
 //! succeeded without a reload, opens a device's history, and checks that a second user sees
 //! none of it. Screenshots go to `target/web-ui-artifacts/` (set `HAMMER_UPDATE_SCREENSHOT=1`
 //! to refresh `docs/dashboard.png`). Skips, with a message, when Chromium or chromedriver is
-//! not installed (`apt-get install chromium chromium-driver`; CI installs them).
+//! not installed (`apt-get install chromium chromium-driver`; CI installs them). Every page
+//! is checked with axe-core (no serious or critical violation) and at phone size (390×844:
+//! nothing scrolls sideways); axe-core comes from the npm registry on first use
+//! ([`axe_source`]).
 
 mod common;
 
@@ -178,6 +181,129 @@ impl Browser {
     }
 }
 
+/// axe-core's `axe.min.js`: `HAMMER_AXE_JS`, else `target/axe-core/`, where it is installed
+/// from the npm registry on first use (`npm install --prefix target/axe-core axe-core@4`).
+/// None, with a message, when it cannot be had; under `CI=true` that fails the test.
+fn axe_source() -> Option<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/axe-core");
+    let candidates = |dir: &Path| {
+        let mut c = Vec::new();
+        if let Some(p) = std::env::var_os("HAMMER_AXE_JS") {
+            c.push(PathBuf::from(p));
+        }
+        c.push(dir.join("axe.min.js"));
+        c.push(dir.join("node_modules/axe-core/axe.min.js"));
+        c
+    };
+    let found = |dir: &Path| {
+        candidates(dir)
+            .into_iter()
+            .find_map(|p| std::fs::read_to_string(p).ok())
+    };
+    if let Some(src) = found(&dir) {
+        return Some(src);
+    }
+    let _ = std::fs::create_dir_all(&dir);
+    let installed = Command::new("npm")
+        .args([
+            "install",
+            "--no-save",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+            "--prefix",
+        ])
+        .arg(&dir)
+        .arg("axe-core@4")
+        .status();
+    if let Some(src) = found(&dir) {
+        return Some(src);
+    }
+    let why = format!(
+        "axe-core is not in {} and `npm install --prefix … axe-core@4` did not get it ({installed:?}); set HAMMER_AXE_JS to an axe.min.js",
+        dir.display()
+    );
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "the accessibility checks cannot run: {why} (CI=true: a skipped check fails CI)"
+    );
+    eprintln!("SKIPPED accessibility checks: {why}");
+    None
+}
+
+/// Runs axe-core on the page shown and fails on any violation of serious or critical impact.
+async fn assert_accessible(b: &Browser, axe: Option<&str>, what: &str) {
+    let Some(axe) = axe else { return };
+    let loaded = b
+        .js(&format!("{axe}\n;return typeof window.axe;"), json!([]))
+        .await;
+    assert_eq!(loaded, "object", "axe-core did not load on {what}");
+    let v = b
+        .post(
+            "/execute/async",
+            json!({"script": "var done = arguments[arguments.length - 1]; \
+                window.axe.run(document, {resultTypes: ['violations']}).then(function (r) { \
+                  done(r.violations.filter(function (v) { return v.impact === 'serious' || v.impact === 'critical'; }) \
+                    .map(function (v) { return { id: v.id, impact: v.impact, help: v.help, \
+                      nodes: v.nodes.slice(0, 5).map(function (n) { return n.target.join(' ') + ': ' + n.failureSummary; }) }; })); \
+                }, function (e) { done('axe failed: ' + e); });",
+                "args": []}),
+        )
+        .await;
+    assert_eq!(
+        v,
+        json!([]),
+        "serious or critical accessibility violations on {what}:\n{}",
+        serde_json::to_string_pretty(&v).unwrap_or_default()
+    );
+}
+
+/// Phone size: the browser window at 390×844.
+async fn phone(b: &Browser) {
+    b.post("/window/rect", json!({"width": 390, "height": 844}))
+        .await;
+    let w = b.js("return window.innerWidth;", json!([])).await;
+    if w.as_u64().is_some_and(|w| w > 400) {
+        // The window could not shrink that far: emulate the phone's viewport instead.
+        b.post(
+            "/goog/cdp/execute",
+            json!({"cmd": "Emulation.setDeviceMetricsOverride", "params": {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": true}}),
+        )
+        .await;
+    }
+}
+
+async fn desktop(b: &Browser) {
+    b.post(
+        "/goog/cdp/execute",
+        json!({"cmd": "Emulation.clearDeviceMetricsOverride", "params": {}}),
+    )
+    .await;
+    b.post("/window/rect", json!({"width": 1280, "height": 900}))
+        .await;
+}
+
+/// The page shown fits the phone's width: nothing scrolls sideways.
+async fn assert_fits_phone(b: &Browser, what: &str) {
+    let v = b
+        .js(
+            "var d = document.documentElement; var wide = []; \
+             document.querySelectorAll('body *').forEach(function (e) { var r = e.getBoundingClientRect(); \
+               if (r.width > 0 && r.right > d.clientWidth + 1 && wide.length < 5) wide.push(e.tagName + (e.id ? '#' + e.id : '') + (e.className ? '.' + e.className : '') + ' right=' + Math.round(r.right)); }); \
+             return {inner: window.innerWidth, client: d.clientWidth, scroll: d.scrollWidth, wide: wide};",
+            json!([]),
+        )
+        .await;
+    assert!(
+        v["inner"].as_u64().unwrap_or(0) <= 400,
+        "not a phone-sized window on {what}: {v}"
+    );
+    assert!(
+        v["scroll"].as_u64() <= v["client"].as_u64() && v["wide"] == json!([]),
+        "{what} scrolls sideways at 390 px: {v}"
+    );
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -348,9 +474,15 @@ async fn dashboard_in_headless_chromium() {
         .timeout(Duration::from_secs(90))
         .build()
         .unwrap();
+    let axe = axe_source();
+    let axe = axe.as_deref();
     let driver = start_driver(&http, driver_exe).await;
     let b = new_browser(&http, &driver).await;
+    b.post("/timeouts", json!({"script": 120_000})).await;
     let base = h.base.clone();
+
+    b.goto(&format!("{base}/login")).await;
+    assert_accessible(&b, axe, "the sign-in page").await;
 
     // Sign in: the token becomes an HttpOnly session cookie, nowhere in the page.
     sign_in(&b, &base, &alice).await;
@@ -393,6 +525,7 @@ async fn dashboard_in_headless_chromium() {
     );
     b.wait_for("the live stream", LIVE, json!([])).await;
     b.screenshot(&artifacts().join("devices.png")).await;
+    assert_accessible(&b, axe, "the devices page").await;
 
     // The fleet overview counts by connection, app state and commit.
     let overview = b
@@ -460,7 +593,31 @@ async fn dashboard_in_headless_chromium() {
     b.click("input[name=names][value='kiosk-1']").await;
     b.click("input[name=names][value='kiosk-2']").await;
     b.type_into("#dep-ref", "main").await;
+    // Before sending: the preview names the devices and what the ref will do.
+    b.wait_for(
+        "the preview of both devices",
+        "var p = document.getElementById('preview-body'); return !!p && p.innerText.indexOf('2 devices selected') >= 0 && p.innerText.indexOf('kiosk-2') >= 0 && p.innerText.indexOf('main resolves') >= 0;",
+        json!([]),
+    )
+    .await;
+    // The strategy is behind "Advanced".
+    let hidden = b
+        .js(
+            "var m = document.getElementById('dep-max'); return !document.getElementById('dep-advanced').open && m.closest('details') !== null && !m.checkVisibility();",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        hidden,
+        Value::Bool(true),
+        "strategy fields shown before Advanced is opened"
+    );
+    b.click("#dep-advanced summary").await;
     b.type_into("#dep-max", "1").await;
+    assert_accessible(&b, axe, "the new-deployment form").await;
+    phone(&b).await;
+    assert_fits_phone(&b, "the new-deployment form").await;
+    desktop(&b).await;
     b.click("#deploy-submit").await;
     b.wait_for(
         "the new deployment's page",
@@ -486,6 +643,24 @@ async fn dashboard_in_headless_chromium() {
         )
         .await;
     assert_eq!(state, "running");
+    // A readable heading (ref, deployer; the id small below), a bar and the time so far.
+    let head = b
+        .js(
+            "return [document.getElementById('dep-title').innerText, document.getElementById('dep-id').textContent, document.querySelector('[role=progressbar]').getAttribute('aria-valuemax'), document.getElementById('dep-duration').innerText];",
+            json!([]),
+        )
+        .await;
+    assert!(
+        head[0].as_str().unwrap().starts_with("Deploy main")
+            && head[0].as_str().unwrap().contains("by alice"),
+        "{head}"
+    );
+    assert_eq!(head[1], json!(id), "{head}");
+    assert_eq!(head[2], "2", "{head}");
+    assert!(
+        head[3].as_str().unwrap().starts_with("running for"),
+        "{head}"
+    );
 
     // Pause and resume from the page: the buttons swap and a badge says paused (live).
     b.js("window.confirm = function () { return true; };", json!([]))
@@ -526,7 +701,38 @@ async fn dashboard_in_headless_chromium() {
         text.contains("2/2 succeeded") && text.contains("1111111"),
         "{text}"
     );
+    let done = b
+        .js(
+            "return [document.querySelector('[role=progressbar]').getAttribute('aria-valuenow'), document.getElementById('dep-duration').innerText, !!document.querySelector('#targets th:nth-child(6)') && document.querySelector('#targets th:nth-child(6)').textContent];",
+            json!([]),
+        )
+        .await;
+    assert_eq!(done[0], "2", "{done}");
+    assert!(done[1].as_str().unwrap().starts_with("took "), "{done}");
+    assert_eq!(
+        done[2], "Updated",
+        "no Detail column without details: {done}"
+    );
     b.screenshot(&artifacts().join("deployment.png")).await;
+    if std::env::var_os("HAMMER_UPDATE_SCREENSHOT").is_some() {
+        // Without the notices of the actions above.
+        b.goto(&format!("{base}/deployments/{id}")).await;
+        b.wait_for("the deployment's live stream", LIVE, json!([]))
+            .await;
+        b.screenshot(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/deployment.png"))
+            .await;
+    }
+    assert_accessible(&b, axe, "the deployment page").await;
+    phone(&b).await;
+    assert_fits_phone(&b, "the deployment page").await;
+    b.screenshot(&artifacts().join("deployment-phone.png"))
+        .await;
+    desktop(&b).await;
+    b.goto(&format!("{base}/deployments")).await;
+    assert_accessible(&b, axe, "the deployments list").await;
+    phone(&b).await;
+    assert_fits_phone(&b, "the deployments list").await;
+    desktop(&b).await;
 
     // The devices page shows the new commit; a phone-sized layout renders too.
     b.goto(&format!("{base}/devices")).await;
@@ -543,32 +749,55 @@ async fn dashboard_in_headless_chromium() {
         b.screenshot(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/dashboard.png"))
             .await;
     }
-    b.post("/window/rect", json!({"width": 390, "height": 844}))
+    phone(&b).await;
+    assert_fits_phone(&b, "the devices list").await;
+    // The sort links stay reachable on a phone (the table's head becomes a row of links).
+    let sort = b
+        .js(
+            "return ['sort-name', 'sort-state', 'sort-last_seen'].map(function (id) { var r = document.getElementById(id).getBoundingClientRect(); return r.width > 0 && r.height > 0 && r.right <= window.innerWidth; });",
+            json!([]),
+        )
         .await;
+    assert_eq!(sort, json!([true, true, true]), "sort links on a phone");
     b.screenshot(&artifacts().join("devices-phone.png")).await;
-    b.post("/window/rect", json!({"width": 1280, "height": 900}))
-        .await;
+    desktop(&b).await;
 
     // A device's page: state and its history with who deployed what.
     b.click("#devices tr[data-device='kiosk-1'] a").await;
+    // The history: one line per release, opening into its phases.
     b.wait_for(
         "kiosk-1's history",
-        "return location.pathname === '/devices/kiosk-1' && document.querySelectorAll('#history tbody tr').length >= 4;",
+        "return location.pathname === '/devices/kiosk-1' && document.querySelectorAll('#history > li > details').length >= 1;",
         json!([]),
     )
     .await;
     let hist = b
         .js(
-            "return document.getElementById('history').innerText;",
+            "return document.querySelector('#history > li > details > summary').innerText;",
             json!([]),
         )
         .await;
     let hist = hist.as_str().unwrap();
-    assert!(hist.contains("running") && hist.contains("alice"), "{hist}");
+    assert!(
+        hist.contains("running") && hist.contains("alice") && hist.contains("1111111"),
+        "{hist}"
+    );
     assert!(
         hist.contains(&id[..8]),
         "history lacks the deployment: {hist}"
     );
+    b.click("#history > li > details > summary").await;
+    b.wait_for(
+        "the release's phases, kept open across live refreshes",
+        "var d = document.querySelector('#history > li > details'); return d.open && d.querySelectorAll('tbody tr').length >= 4 && d.innerText.indexOf('fetched') >= 0;",
+        json!([]),
+    )
+    .await;
+    assert_accessible(&b, axe, "the device page").await;
+    phone(&b).await;
+    assert_fits_phone(&b, "the device page").await;
+    b.screenshot(&artifacts().join("device-phone.png")).await;
+    desktop(&b).await;
     // The app runs: it reads running, Start is off, Stop on (and styled as a warning).
     let buttons = b
         .js(
@@ -645,6 +874,7 @@ async fn dashboard_in_headless_chromium() {
     b.goto(&format!("{base}/devices?tag=nonsense")).await;
     let text = b.text().await;
     assert!(text.contains("must look like key=value"), "{text}");
+    assert_accessible(&b, axe, "an error page").await;
 
     // Sign out ends the session; a second user sees none of alice's fleet.
     b.goto(&format!("{base}/devices")).await;

@@ -1,15 +1,17 @@
-//! Deployment pages: the list, one deployment with per-device progress (live, with cancel),
-//! and the form to start one. Reads go through [`crate::api::deployments`]; starting and
-//! canceling are `fetch()` calls to the JSON API from `app.js`.
+//! Deployment pages: the list, one deployment with a progress bar, its duration and
+//! per-device progress (live, with pause, cancel and retry), and the form to start one with a
+//! preview of the devices it reaches. Reads go through [`crate::domain::deployments`] and
+//! [`crate::domain::devices`]; starting and canceling are `fetch()` calls to the JSON API
+//! from `app.js`.
 
 use super::frame::{error_page, fragment, page, PageUser, PartQuery};
-use super::html::{enc, esc, short, time_ago, word};
+use super::html::{duration, enc, esc, form_field, form_fields, short, time_ago, word};
 use crate::domain::{deployments, devices};
 use crate::service::Service;
 use crate::views::PageParams;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::response::Response;
-use hammer_protocol::api::{DeploymentState, DeploymentView, TargetState};
+use hammer_protocol::api::{DeploymentState, DeploymentView, DeviceView, TargetState};
 use std::sync::Arc;
 
 /// A time as "3 min ago" (the UTC time on hover), relative to the moment the page renders.
@@ -17,13 +19,125 @@ fn time(ms: Option<u64>) -> String {
     time_ago(ms, hammer_protocol::now_ms())
 }
 
+/// How far a deployment got, by target state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub total: usize,
+    pub succeeded: usize,
+    /// Failed or timed out.
+    pub failed: usize,
+    /// Not attempted (aborted or canceled first).
+    pub skipped: usize,
+    pub in_flight: usize,
+}
+
+impl Counts {
+    pub fn of(d: &DeploymentView) -> Counts {
+        let mut c = Counts {
+            total: d.targets.len(),
+            ..Counts::default()
+        };
+        for t in &d.targets {
+            match t.state {
+                TargetState::Succeeded => c.succeeded += 1,
+                TargetState::Failed | TargetState::TimedOut => c.failed += 1,
+                TargetState::Skipped => c.skipped += 1,
+                TargetState::InFlight => c.in_flight += 1,
+                TargetState::Pending | TargetState::Unknown => {}
+            }
+        }
+        c
+    }
+    /// Targets whose attempt is over, whatever the outcome.
+    pub fn done(&self) -> usize {
+        self.succeeded + self.failed + self.skipped
+    }
+}
+
 fn progress(d: &DeploymentView) -> String {
-    let done = d
-        .targets
-        .iter()
-        .filter(|t| t.state == TargetState::Succeeded)
-        .count();
-    format!("{done}/{} succeeded", d.targets.len())
+    let c = Counts::of(d);
+    let mut s = format!("{}/{} succeeded", c.succeeded, c.total);
+    if c.failed > 0 {
+        s.push_str(&format!(", {} failed", c.failed));
+    }
+    if c.skipped > 0 {
+        s.push_str(&format!(", {} skipped", c.skipped));
+    }
+    s
+}
+
+/// A bar of the targets: succeeded, failed, skipped and in flight, with the same in words.
+fn progress_bar(d: &DeploymentView) -> String {
+    let c = Counts::of(d);
+    let pct = |n: usize| {
+        if c.total == 0 {
+            0.0
+        } else {
+            (n as f64) * 100.0 / (c.total as f64)
+        }
+    };
+    let seg = |class: &str, n: usize| {
+        if n == 0 {
+            String::new()
+        } else {
+            format!(
+                "<span class=\"{class}\" style=\"width:{:.2}%\"></span>",
+                pct(n)
+            )
+        }
+    };
+    let words = format!(
+        "{} of {} device{} done: {}",
+        c.done(),
+        c.total,
+        if c.total == 1 { "" } else { "s" },
+        progress(d)
+    );
+    let flight = if c.in_flight > 0 {
+        format!(", {} in flight", c.in_flight)
+    } else {
+        String::new()
+    };
+    format!(
+        r#"<div class="bar" role="progressbar" aria-label="Devices done" aria-valuemin="0" aria-valuemax="{total}" aria-valuenow="{done}" aria-valuetext="{words}">{ok}{bad}{skip}{run}</div><p class="help" id="dep-progress-words">{words}{flight}</p>"#,
+        total = c.total,
+        done = c.done(),
+        ok = seg("ok", c.succeeded),
+        bad = seg("bad", c.failed),
+        skip = seg("skip", c.skipped),
+        run = seg("run", c.in_flight),
+    )
+}
+
+/// How long it ran: in total once ended, so far while it runs (the words follow the clock
+/// in `app.js` through `data-since`).
+fn dep_duration(d: &DeploymentView, now: u64) -> String {
+    match d.finished_at {
+        Some(f) => format!("took {}", duration(f.saturating_sub(d.created_at))),
+        None => format!(
+            "running for <span data-since=\"{}\">{}</span>",
+            d.created_at,
+            duration(now.saturating_sub(d.created_at))
+        ),
+    }
+}
+
+/// The page's heading: the ref and commit and who deployed it; the id small, below.
+fn heading(d: &DeploymentView) -> String {
+    let r = match d.git_ref.as_deref() {
+        Some(r) => esc(r),
+        None => "each device's setup ref".into(),
+    };
+    let commit = match d.commit.as_deref() {
+        Some(c) => format!(" <code title=\"{}\">{}</code>", esc(c), short(Some(c))),
+        None => " <span class=\"muted small\">(commit pinned by the first device)</span>".into(),
+    };
+    format!(
+        r#"<h1 id="dep-title">Deploy {r}{commit} <span class="muted small">by {by}</span></h1>
+<p class="muted small id-line">Deployment <code id="dep-id">{id}</code></p>"#,
+        by = esc(&d.deployer),
+        id = esc(&d.id),
+    )
 }
 
 fn state_badge(s: DeploymentState) -> String {
@@ -99,6 +213,8 @@ pub async fn deployments(
 
 fn deployment_detail(d: &DeploymentView) -> String {
     let s = &d.strategy;
+    let now = hammer_protocol::now_ms();
+    let with_detail = d.targets.iter().any(|t| t.detail.is_some());
     let targets: String = d
         .targets
         .iter()
@@ -107,7 +223,7 @@ fn deployment_detail(d: &DeploymentView) -> String {
                 r#"<tr data-target="{n}"><td data-label="Device"><a href="/devices/{u}">{n}</a></td>
 <td data-label="State" class="target-state" data-state="{st}">{stw}</td>
 <td data-label="Phase">{phase}</td><td data-label="Attempts">{att}</td>
-<td data-label="Commit"><code>{commit}</code></td><td data-label="Detail">{detail}</td>
+<td data-label="Commit"><code>{commit}</code></td>{detail}
 <td data-label="Updated">{upd}</td></tr>"#,
                 n = esc(&t.device),
                 u = enc(&t.device),
@@ -116,7 +232,14 @@ fn deployment_detail(d: &DeploymentView) -> String {
                 phase = t.last_phase.map(|p| word(&p)).unwrap_or_else(|| "—".into()),
                 att = t.attempts,
                 commit = short(t.commit.as_deref()),
-                detail = esc(t.detail.as_deref().unwrap_or("")),
+                detail = if with_detail {
+                    format!(
+                        "<td data-label=\"Detail\">{}</td>",
+                        esc(t.detail.as_deref().unwrap_or(""))
+                    )
+                } else {
+                    String::new()
+                },
                 upd = time(Some(t.updated_at)),
             )
         })
@@ -143,15 +266,24 @@ fn deployment_detail(d: &DeploymentView) -> String {
         String::new()
     };
     format!(
-        r#"<section class="card"><dl class="facts">
+        r#"{heading}<section class="card">{bar}<dl class="facts">
 <dt>State</dt><dd id="dep-state" data-state="{state}">{badge}</dd>
 <dt>Progress</dt><dd id="dep-progress">{progress}</dd>
+<dt>Duration</dt><dd id="dep-duration">{took}</dd>
 <dt>Ref</dt><dd>{r}</dd><dt>Commit</dt><dd><code title="{full}">{commit}</code></dd>
 <dt>Started</dt><dd>{created} by {by}</dd><dt>Finished</dt><dd>{fin}</dd>
 <dt>Strategy</dt><dd>max in flight {mif}, abort {abort}, timeout {to} s, retries {ret}</dd>
 {reason}</dl>{cancel}</section>
-<table id="targets" class="list"><caption>Devices</caption><thead><tr><th scope="col">Device</th><th scope="col">State</th><th scope="col">Phase</th><th scope="col">Attempts</th><th scope="col">Commit</th><th scope="col">Detail</th><th scope="col">Updated</th></tr></thead>
+<table id="targets" class="list"><caption>Devices</caption><thead><tr><th scope="col">Device</th><th scope="col">State</th><th scope="col">Phase</th><th scope="col">Attempts</th><th scope="col">Commit</th>{detail_th}<th scope="col">Updated</th></tr></thead>
 <tbody>{targets}</tbody></table>"#,
+        heading = heading(d),
+        bar = progress_bar(d),
+        took = dep_duration(d, now),
+        detail_th = if with_detail {
+            "<th scope=\"col\">Detail</th>"
+        } else {
+            ""
+        },
         state = esc(&word(&d.state)),
         badge = dep_badge(d),
         progress = progress(d),
@@ -195,30 +327,129 @@ pub async fn deployment(
         return fragment(detail);
     }
     let u = enc(&d.id);
-    let body = format!(
-        r#"<h1>Deployment <code>{}</code></h1><div data-live="/deployments/{u}?part=detail">{detail}</div>"#,
-        esc(&d.id)
+    let body = format!(r#"<div data-live="/deployments/{u}?part=detail">{detail}</div>"#);
+    let title = format!(
+        "Deploy {}",
+        d.git_ref.as_deref().unwrap_or("of the setup ref")
     );
     page(
         &c,
-        "Deployment",
+        &title,
         Some(&format!("/api/v1/events?deployment={u}")),
         &body,
     )
 }
 
-/// `GET /deployments/new`: the form to start a deployment (sent by `app.js` as JSON).
-pub async fn new_deployment(State(svc): State<Arc<Service>>, PageUser(c): PageUser) -> Response {
+/// Most devices the preview lists one by one.
+const PREVIEW_ROWS: usize = 50;
+
+/// What the new-deployment form would reach, before it is sent: the devices the tag or the
+/// ticked names select, the commit each runs now, and what the ref will resolve to. The
+/// service cannot resolve a ref itself (the CLI does, with the user's git access): the first
+/// device's report pins the commit for every device.
+fn preview(all: &[DeviceView], picked: Result<Vec<DeviceView>, String>, git_ref: &str) -> String {
+    let list = match picked {
+        Ok(l) => l,
+        Err(msg) => return format!("<p class=\"error\">{}</p>", esc(&msg)),
+    };
+    if list.is_empty() {
+        return if all.is_empty() {
+            "<p>You have no devices yet.</p>".into()
+        } else {
+            "<p class=\"help\">No device selected yet: tick devices or enter a tag.</p>".into()
+        };
+    }
+    let mut commits: Vec<&str> = list
+        .iter()
+        .map(|d| d.current_commit.as_deref().unwrap_or(""))
+        .collect();
+    commits.sort_unstable();
+    commits.dedup();
+    let runs = match commits.as_slice() {
+        [""] => "None of them runs a release yet.".to_owned(),
+        [c] => format!("All run <code>{}</code> now.", short(Some(c))),
+        _ => format!("They run {} different commits now.", commits.len()),
+    };
+    let to = if git_ref.is_empty() {
+        "Each device gets its setup ref (column Setup ref below); each resolves it itself.".into()
+    } else {
+        format!(
+            "<code>{}</code> resolves to a commit when the first device fetches it; that commit is pinned for every other device.",
+            esc(git_ref)
+        )
+    };
+    let rows: String = list
+        .iter()
+        .take(PREVIEW_ROWS)
+        .map(|d| {
+            let online = if d.online { "online" } else { "offline" };
+            format!(
+                "<tr><td data-label=\"Device\">{n}</td><td data-label=\"Status\"><span class=\"badge {online}\">{online}</span></td><td data-label=\"Runs now\"><code>{c}</code></td><td data-label=\"Setup ref\">{r}</td></tr>",
+                n = esc(&d.name),
+                c = short(d.current_commit.as_deref()),
+                r = d
+                    .setup
+                    .as_ref()
+                    .map(|s| esc(&s.git_ref))
+                    .unwrap_or_else(|| "not set up".into()),
+            )
+        })
+        .collect();
+    let more = if list.len() > PREVIEW_ROWS {
+        format!(
+            "<p class=\"help\">…and {} more.</p>",
+            list.len() - PREVIEW_ROWS
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        r#"<p><strong id="preview-count">{n} device{s}</strong> selected. {runs}</p><p class="help">{to}</p>
+<table class="list" id="preview-devices"><caption class="sr-only">Selected devices</caption><thead><tr><th scope="col">Device</th><th scope="col">Status</th><th scope="col">Runs now</th><th scope="col">Setup ref</th></tr></thead><tbody>{rows}</tbody></table>{more}"#,
+        n = list.len(),
+        s = if list.len() == 1 { "" } else { "s" },
+    )
+}
+
+/// `GET /deployments/new`: the form to start a deployment (sent by `app.js` as JSON), with
+/// a preview of what it reaches; `?part=preview&names=…&tag=…&ref=…` is the preview alone.
+pub async fn new_deployment(
+    State(svc): State<Arc<Service>>,
+    PageUser(c): PageUser,
+    Query(part): Query<PartQuery>,
+    RawQuery(q): RawQuery,
+) -> Response {
     let list = match devices::devices_of(&svc, &c, None) {
         Ok(l) => l,
         Err(e) => return error_page(Some(&c), e),
     };
+    let q = q.unwrap_or_default();
+    let names = form_fields(&q, "names");
+    let tag = form_field(&q, "tag").unwrap_or_default();
+    let tag = tag.trim();
+    let git_ref = form_field(&q, "ref").unwrap_or_default();
+    let picked = if !tag.is_empty() && !names.is_empty() {
+        Err("Choose devices or a tag, not both.".to_owned())
+    } else if !tag.is_empty() {
+        devices::devices_of(&svc, &c, Some(tag)).map_err(|e| e.message)
+    } else {
+        Ok(list
+            .iter()
+            .filter(|d| names.contains(&d.name))
+            .cloned()
+            .collect())
+    };
+    let shown = preview(&list, picked, git_ref.trim());
+    if part.part.as_deref() == Some("preview") {
+        return fragment(shown);
+    }
     let boxes: String = list
         .iter()
         .map(|d| {
             format!(
-                "<label class=\"check\"><input type=\"checkbox\" name=\"names\" value=\"{n}\"> {n}</label>",
-                n = esc(&d.name)
+                "<label class=\"check\"><input type=\"checkbox\" name=\"names\" value=\"{n}\"{on}> {n}</label>",
+                n = esc(&d.name),
+                on = if names.contains(&d.name) { " checked" } else { "" },
             )
         })
         .collect();
@@ -232,19 +463,141 @@ pub async fn new_deployment(State(svc): State<Arc<Service>>, PageUser(c): PageUs
 <form id="deploy-form" class="card" data-deploy>
 <fieldset><legend>Devices (or a tag below)</legend>{boxes}</fieldset>
 <label for="dep-tag">Tag selector</label>
-<input id="dep-tag" name="tag" placeholder="key=value" aria-describedby="dep-tag-help">
+<input id="dep-tag" name="tag" placeholder="key=value" aria-describedby="dep-tag-help" value="{tagv}">
 <p id="dep-tag-help" class="help">Deploy to every device with this tag instead of the ones ticked above.</p>
 <label for="dep-ref">Git ref</label>
-<input id="dep-ref" name="ref" placeholder="each device's setup ref" aria-describedby="dep-ref-help">
+<input id="dep-ref" name="ref" placeholder="each device's setup ref" aria-describedby="dep-ref-help" value="{refv}">
 <p id="dep-ref-help" class="help">A branch, tag or commit; empty keeps each device's setup ref.</p>
+<details id="dep-advanced" class="advanced"><summary>Advanced: rollout strategy</summary>
 <label for="dep-max">Max in flight</label>
 <input id="dep-max" name="max_in_flight" type="number" min="1" placeholder="all">
 <label for="dep-abort">Abort when this % failed</label>
 <input id="dep-abort" name="abort_at_percent" type="number" min="0" max="100" placeholder="never">
 <label for="dep-abort-min">…after at least this many devices finished</label>
 <input id="dep-abort-min" name="abort_min_devices" type="number" min="1" value="1">
+</details>
+<section id="preview" class="preview" aria-labelledby="preview-h" data-preview="/deployments/new?part=preview"><h2 id="preview-h">What this reaches</h2>
+<div id="preview-body" aria-live="polite">{shown}</div></section>
 <button type="submit" id="deploy-submit">Start deployment</button>
-</form>"#
+</form>"#,
+        tagv = esc(tag),
+        refv = esc(git_ref.trim()),
     );
     page(&c, "New deployment", None, &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hammer_protocol::api::{DeploymentTargetView, Strategy};
+
+    fn target(name: &str, state: TargetState, detail: Option<&str>) -> DeploymentTargetView {
+        DeploymentTargetView {
+            device: name.into(),
+            state,
+            attempts: 1,
+            last_phase: None,
+            commit: None,
+            detail: detail.map(str::to_owned),
+            updated_at: 0,
+        }
+    }
+
+    fn dep(targets: Vec<DeploymentTargetView>) -> DeploymentView {
+        DeploymentView {
+            id: "01hzzzzzzzzzzzzzzzzzzzzzzz".into(),
+            deployer: "<b>alice</b>".into(),
+            created_at: 1_000,
+            finished_at: None,
+            git_ref: Some("main<script>".into()),
+            commit: None,
+            strategy: Strategy::default(),
+            state: DeploymentState::Running,
+            reason: None,
+            targets,
+            paused: false,
+        }
+    }
+
+    #[test]
+    fn progress_counts_done_and_failed() {
+        let mut d = dep(vec![
+            target("a", TargetState::Succeeded, None),
+            target("b", TargetState::TimedOut, None),
+            target("c", TargetState::InFlight, None),
+            target("d", TargetState::Pending, None),
+        ]);
+        let c = Counts::of(&d);
+        assert_eq!((c.total, c.succeeded, c.failed, c.done()), (4, 1, 1, 2));
+        assert_eq!(progress(&d), "1/4 succeeded, 1 failed");
+        let bar = progress_bar(&d);
+        assert!(
+            bar.contains("aria-valuenow=\"2\"") && bar.contains("style=\"width:25.00%\""),
+            "{bar}"
+        );
+        assert!(bar.contains("1 in flight"), "{bar}");
+        assert!(
+            dep_duration(&d, 126_000).contains("running for <span data-since=\"1000\">2 min 5 s")
+        );
+        d.finished_at = Some(61_000);
+        assert_eq!(dep_duration(&d, 999_999), "took 1 min 0 s");
+    }
+
+    #[test]
+    fn heading_reads_ref_commit_and_deployer_escaped() {
+        let mut d = dep(vec![target("a", TargetState::Pending, None)]);
+        let h = heading(&d);
+        assert!(h.contains("Deploy main&lt;script&gt;"), "{h}");
+        assert!(h.contains("by &lt;b&gt;alice&lt;/b&gt;"), "{h}");
+        assert!(h.contains("pinned by the first device"), "{h}");
+        d.commit = Some("0123456789abcdef".into());
+        assert!(heading(&d).contains("<code title=\"0123456789abcdef\">0123456</code>"));
+        let page = deployment_detail(&d);
+        assert!(!page.contains(">Detail<"), "no detail, no column: {page}");
+        d.targets
+            .push(target("b", TargetState::Failed, Some("<exit 1>")));
+        let page = deployment_detail(&d);
+        assert!(
+            page.contains(">Detail<") && page.contains("&lt;exit 1&gt;"),
+            "{page}"
+        );
+    }
+
+    fn device(name: &str, commit: Option<&str>) -> DeviceView {
+        DeviceView {
+            id: format!("id-{name}"),
+            name: name.into(),
+            tags: Default::default(),
+            state: hammer_protocol::api::DeviceState::Enrolled,
+            online: true,
+            last_seen: None,
+            current_commit: commit.map(str::to_owned),
+            app_phase: None,
+            run_state: hammer_protocol::RunState::Running,
+            generation: 1,
+            current_deployment: None,
+            setup: None,
+            last_health: None,
+        }
+    }
+
+    #[test]
+    fn preview_names_devices_their_commits_and_the_ref() {
+        let all = vec![
+            device("<k1>", Some("1111111aaaa")),
+            device("k2", Some("1111111aaaa")),
+        ];
+        let p = preview(&all, Ok(all.clone()), "main");
+        assert!(p.contains("2 devices</strong> selected"), "{p}");
+        assert!(p.contains("All run <code>1111111</code>"), "{p}");
+        assert!(p.contains("<code>main</code> resolves"), "{p}");
+        assert!(p.contains("&lt;k1&gt;") && !p.contains("<k1>"), "{p}");
+        let p = preview(&all, Ok(vec![]), "");
+        assert!(p.contains("No device selected"), "{p}");
+        let p = preview(&all, Err("tag <x> must look like key=value".into()), "");
+        assert!(p.contains("tag &lt;x&gt;"), "{p}");
+        let mut two = all.clone();
+        two[1].current_commit = None;
+        assert!(preview(&all, Ok(two), "").contains("2 different commits"));
+    }
 }

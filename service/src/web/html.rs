@@ -65,6 +65,15 @@ pub fn form_field(body: &str, name: &str) -> Option<String> {
         .map(|(_, v)| decode(v))
 }
 
+/// Every value of `name` in an `application/x-www-form-urlencoded` body or query, in order.
+pub fn form_fields(body: &str, name: &str) -> Vec<String> {
+    body.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| decode(k) == name)
+        .map(|(_, v)| decode(v))
+        .collect()
+}
+
 /// The first 7 characters of a commit, or a dash.
 pub fn short(commit: Option<&str>) -> String {
     match commit {
@@ -107,6 +116,18 @@ pub fn time_ago(ms: Option<u64>, now: u64) -> String {
         "<time datetime=\"{iso}\" title=\"{text}\" data-ago>{}</time>",
         ago(ms, now)
     )
+}
+
+/// A length of time in words: `0 s`, `42 s`, `3 min 5 s`, `5 h 2 min`, `2 d 3 h` (`app.js`
+/// words a running deployment's time so far with the same rules).
+pub fn duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min {} s", s / 60, s % 60),
+        3600..=86_399 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        _ => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
+    }
 }
 
 /// `(ISO 8601, "YYYY-MM-DD HH:MM:SS UTC")` of a time in ms since the epoch.
@@ -184,6 +205,7 @@ mod tests {
             "hmr_x+y z"
         );
         assert_eq!(form_field("token=%", "token").unwrap(), "%");
+        assert_eq!(form_fields("n=a&x=1&n=b%20c&n", "n"), ["a", "b c"]);
         assert_eq!(enc("a=b c"), "a%3Db%20c");
         assert!(time(Some(0)).contains("1970-01-01 00:00:00"));
         assert!(time(Some(1_700_000_000_000)).contains("2023-11-14 22:13:20"));
@@ -202,6 +224,11 @@ mod tests {
             "<time datetime=\"2023-11-14T22:13:20Z\" title=\"2023-11-14 22:13:20 UTC\" data-ago>3 min ago</time>"
         );
         assert_eq!(time_ago(None, t), "—");
+        assert_eq!(duration(999), "0 s");
+        assert_eq!(duration(42_500), "42 s");
+        assert_eq!(duration(185_000), "3 min 5 s");
+        assert_eq!(duration(5 * 3_600_000 + 120_000), "5 h 2 min");
+        assert_eq!(duration(2 * 86_400_000 + 3 * 3_600_000), "2 d 3 h");
         assert_eq!(
             word(&hammer_protocol::api::TargetState::InFlight),
             "in flight"

@@ -7,7 +7,11 @@
 //! caller's token could: the same ownership rules, the same errors. The devices page opens
 //! with a fleet overview ([`pages::fleet_overview`]), searches by name (`?q=`) and sorts by
 //! column (`?sort=name|state|last_seen`); times read "3 min ago" with the UTC time on hover
-//! ([`html::time_ago`]).
+//! ([`html::time_ago`]). A device's history reads one line per release ([`pages::attempts`])
+//! that opens (`<details>`) into its phases; a deployment's page has a progress bar and its
+//! duration; the new-deployment form previews the devices it reaches and what they run
+//! (`/deployments/new?part=preview`). The browser test checks every page with axe-core and
+//! at phone size.
 //! Layout: [`session`] (sign in and out, cookie sessions), [`pages`] (devices, device),
 //! [`deploy_pages`] (deployments), [`frame`] (page frame, no-store, the signed-in visitor),
 //! [`html`] (escaping and formatting).

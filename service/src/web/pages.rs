@@ -3,7 +3,7 @@
 //! ownership rules, no extractors built here.
 
 use super::frame::{error_page, fragment, no_store, page, PageUser, PartQuery};
-use super::html::{enc, esc, short, time_ago, word};
+use super::html::{duration, enc, esc, short, time_ago, word};
 use crate::domain::{activity, devices};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -303,8 +303,8 @@ pub async fn devices(
 <label for="tag">Filter by tag</label>
 <input id="tag" name="tag" placeholder="key=value" value="{tagv}">{q_hidden}{sort_h2}
 <button type="submit">Filter</button>{clear}</form></div>
-<table id="devices" class="list"><caption class="sr-only">Your devices</caption>
-<thead><tr>{th_name}<th scope="col">Tags</th><th scope="col">Status</th>{th_state}<th scope="col">Commit</th>{th_seen}</tr></thead>
+<table id="devices" class="list sortable"><caption class="sr-only">Your devices</caption>
+<thead><tr>{th_name}<th scope="col" class="nosort">Tags</th><th scope="col" class="nosort">Status</th>{th_state}<th scope="col" class="nosort">Commit</th>{th_seen}</tr></thead>
 <tbody data-live="{live}">{rows}</tbody></table>"#,
         tagv = esc(&tag),
         qv = esc(&q),
@@ -461,31 +461,170 @@ fn actions_html(d: &DeviceView) -> String {
     .concat()
 }
 
-fn history_rows(h: &[HistoryEntry], now: u64) -> String {
-    if h.is_empty() {
-        return "<tr><td colspan=\"6\">Nothing yet.</td></tr>".into();
+/// One release or deployment attempt in a device's history: the consecutive entries (oldest
+/// first) of one generation and deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt<'a> {
+    pub entries: &'a [HistoryEntry],
+}
+
+impl Attempt<'_> {
+    fn first(&self) -> &HistoryEntry {
+        &self.entries[0]
     }
-    h.iter()
+    fn last(&self) -> &HistoryEntry {
+        &self.entries[self.entries.len() - 1]
+    }
+    /// The commit the attempt is about: the last one named.
+    pub fn commit(&self) -> Option<&str> {
+        self.entries.iter().rev().find_map(|e| e.commit.as_deref())
+    }
+    /// How long the attempt took: from its first phase to the one that ended it (running,
+    /// failed, rolled back, refused), or to its latest phase while none did.
+    pub fn took_ms(&self) -> u64 {
+        let end = self
+            .entries
+            .iter()
+            .find(|e| e.phase.ends_deployment())
+            .unwrap_or(self.last());
+        end.time.saturating_sub(self.first().time)
+    }
+    /// Whether a phase ended it (the duration is final).
+    pub fn ended(&self) -> bool {
+        self.entries.iter().any(|e| e.phase.ends_deployment())
+    }
+}
+
+/// A history page (oldest first) grouped per release: consecutive entries of the same
+/// generation and deployment make one attempt. Pure; an attempt cut by the page boundary shows
+/// its part on each page.
+pub fn attempts(h: &[HistoryEntry]) -> Vec<Attempt<'_>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 1..=h.len() {
+        let cut = i == h.len()
+            || (h[i].generation, &h[i].deployment_id)
+                != (h[start].generation, &h[start].deployment_id);
+        if cut {
+            out.push(Attempt {
+                entries: &h[start..i],
+            });
+            start = i;
+        }
+    }
+    out
+}
+
+/// A phase as a person reads it (an app started again is simply running).
+fn phase_word(p: Phase) -> String {
+    match p {
+        Phase::Restarted => "running".into(),
+        p => word(&p),
+    }
+}
+
+fn phase_class(p: Phase) -> &'static str {
+    match p {
+        Phase::Running | Phase::Restarted => "ok",
+        Phase::Failed | Phase::RolledBack | Phase::Refused | Phase::Crashed => "bad",
+        _ => "",
+    }
+}
+
+fn attempt_html(a: &Attempt, now: u64) -> String {
+    let first = a.first();
+    let last = a.last();
+    let what = match (first.generation, &first.deployment_id) {
+        (_, Some(id)) => format!(
+            "deployment <code>{}</code>",
+            esc(&id.chars().take(8).collect::<String>())
+        ),
+        (Some(g), None) => format!("generation {g}"),
+        (None, None) => "device".into(),
+    };
+    let gen = match (first.generation, &first.deployment_id) {
+        (Some(g), Some(_)) => format!(" <span class=\"muted\">gen {g}</span>"),
+        _ => String::new(),
+    };
+    let by = a
+        .entries
+        .iter()
+        .find_map(|e| e.deployer.as_deref())
+        .map(|d| format!(" <span class=\"muted\">by {}</span>", esc(d)))
+        .unwrap_or_default();
+    let took = if a.entries.len() > 1 {
+        format!(
+            " <span class=\"muted\">{} {}</span>",
+            if a.ended() { "took" } else { "so far" },
+            duration(a.took_ms())
+        )
+    } else {
+        String::new()
+    };
+    let dep = match &first.deployment_id {
+        Some(id) => format!(
+            "<p>Deployment <a href=\"/deployments/{}\"><code>{}</code></a></p>",
+            enc(id),
+            esc(id)
+        ),
+        None => String::new(),
+    };
+    let detail = a.entries.iter().any(|e| e.detail.is_some());
+    let phases: String = a
+        .entries
+        .iter()
         .rev()
         .map(|e| {
-            let dep = match &e.deployment_id {
-                Some(id) => format!(
-                    "<a href=\"/deployments/{}\"><code>{}</code></a>",
-                    enc(id),
-                    esc(&id.chars().take(8).collect::<String>())
-                ),
-                None => "—".into(),
-            };
             format!(
-                r#"<tr><td data-label="Time">{}</td><td data-label="Phase" class="phase">{}</td><td data-label="Commit"><code>{}</code></td><td data-label="Deployment">{}</td><td data-label="By">{}</td><td data-label="Detail">{}</td></tr>"#,
+                "<tr><td data-label=\"Time\">{}</td><td data-label=\"Phase\" class=\"phase\">{}</td><td data-label=\"Commit\"><code>{}</code></td>{}</tr>",
                 time_ago(Some(e.time), now),
                 word(&e.phase),
                 short(e.commit.as_deref()),
-                dep,
-                esc(e.deployer.as_deref().unwrap_or("—")),
-                esc(e.detail.as_deref().unwrap_or("")),
+                if detail {
+                    format!(
+                        "<td data-label=\"Detail\">{}</td>",
+                        esc(e.detail.as_deref().unwrap_or(""))
+                    )
+                } else {
+                    String::new()
+                },
             )
         })
+        .collect();
+    format!(
+        r#"<li><details id="attempt-{key}" data-keep-open><summary><span class="what">{what}</span>{gen} <code>{commit}</code> <span class="badge phase-{cls}">{phase}</span> {when}{took}{by}</summary>
+{dep}<table class="list phases"><caption class="sr-only">Phases, newest first</caption><thead><tr><th scope="col">Time</th><th scope="col">Phase</th><th scope="col">Commit</th>{dh}</tr></thead><tbody>{phases}</tbody></table></details></li>"#,
+        key = esc(&format!(
+            "{}-{}-{}",
+            first.generation.unwrap_or(0),
+            first
+                .deployment_id
+                .as_deref()
+                .map(enc)
+                .unwrap_or_default(),
+            first.time
+        )),
+        commit = short(a.commit()),
+        cls = phase_class(last.phase),
+        phase = phase_word(last.phase),
+        when = time_ago(Some(first.time), now),
+        dh = if detail {
+            "<th scope=\"col\">Detail</th>"
+        } else {
+            ""
+        },
+    )
+}
+
+/// The history as one line per release, newest first, each opening into its phases.
+fn history_html(h: &[HistoryEntry], now: u64) -> String {
+    if h.is_empty() {
+        return "<li class=\"empty\">Nothing yet.</li>".into();
+    }
+    attempts(h)
+        .iter()
+        .rev()
+        .map(|a| attempt_html(a, now))
         .collect()
 }
 
@@ -513,7 +652,7 @@ pub async fn device(
         Err(e) => return error_page(Some(&c), e),
     };
     if part.part.is_some() {
-        return fragment(history_rows(&hist, now));
+        return fragment(history_html(&hist, now));
     }
     // Asking for the logs turns the device's log streaming on for a while.
     let logs = match activity::watch_logs(&svc, &c, &name).await {
@@ -527,13 +666,13 @@ pub async fn device(
 <div data-live="/devices/{u}?part=state">{state}</div>
 <section class="card"><h2>Actions</h2><div class="actions" data-live="/devices/{u}?part=actions">{actions}</div></section>
 <section class="card"><h2>History</h2>
-<table id="history" class="list"><thead><tr><th scope="col">Time</th><th scope="col">Phase</th><th scope="col">Commit</th><th scope="col">Deployment</th><th scope="col">By</th><th scope="col">Detail</th></tr></thead>
-<tbody{live}>{hist}</tbody></table>{nav}</section>
+<p class="help">One line per release; open one to see its phases.</p>
+<ol id="history" class="attempts"{live}>{hist}</ol>{nav}</section>
 <section class="card"><h2>Logs</h2>
-<pre id="logs" class="logs" data-device="{n}" data-logs="/api/v1/devices/{u}/logs" tabindex="0" aria-label="Recent and live log lines">{logs}</pre></section>"#,
+<pre id="logs" class="logs" role="log" data-device="{n}" data-logs="/api/v1/devices/{u}/logs" tabindex="0" aria-label="Recent and live log lines">{logs}</pre></section>"#,
         state = device_state(&d, now),
         actions = actions_html(&d),
-        hist = history_rows(&hist, now),
+        hist = history_html(&hist, now),
         live = if pg.cursor.is_some() {
             String::new()
         } else {
@@ -598,6 +737,58 @@ mod tests {
             dev("pump", true, Some(Phase::Failed), Some("2222222cccc"), None),
             dev("new", false, None, None, Some(1_000)),
         ]
+    }
+
+    fn entry(t: u64, gen: Option<u64>, dep: Option<&str>, phase: Phase) -> HistoryEntry {
+        HistoryEntry {
+            time: t,
+            deployment_id: dep.map(str::to_owned),
+            deployer: dep.map(|_| "alice".to_owned()),
+            generation: gen,
+            phase,
+            commit: (phase != Phase::Received).then(|| "abcdef0123".to_owned()),
+            detail: None,
+            log_tail: vec![],
+        }
+    }
+
+    #[test]
+    fn history_groups_one_line_per_release() {
+        let h = vec![
+            entry(1_000, None, None, Phase::Configured),
+            entry(2_000, Some(1), Some("dep1"), Phase::Received),
+            entry(3_000, Some(1), Some("dep1"), Phase::Fetched),
+            entry(9_000, Some(1), Some("dep1"), Phase::Running),
+            entry(99_000, Some(1), Some("dep1"), Phase::Crashed),
+            entry(100_000, Some(2), None, Phase::Stopped),
+        ];
+        let a = attempts(&h);
+        assert_eq!(
+            a.iter().map(|a| a.entries.len()).collect::<Vec<_>>(),
+            [1, 4, 1]
+        );
+        assert_eq!(a[1].took_ms(), 7_000, "to the phase that ended it");
+        assert!(a[1].ended());
+        assert_eq!(a[1].commit(), Some("abcdef0123"));
+        assert!(attempts(&[]).is_empty());
+        let html = history_html(&h, 200_000);
+        assert_eq!(html.matches("<details").count(), 3, "{html}");
+        assert!(
+            html.find("generation 2") < html.find("dep1"),
+            "newest first: {html}"
+        );
+        assert!(
+            html.contains("took 7 s") && html.contains("by alice"),
+            "{html}"
+        );
+        assert!(html.contains("phase-bad\">crashed"), "{html}");
+        let mut evil = h.clone();
+        evil[1].detail = Some("<script>".into());
+        let html = history_html(&evil, 200_000);
+        assert!(
+            html.contains("&lt;script&gt;") && !html.contains("<script>"),
+            "{html}"
+        );
     }
 
     #[test]

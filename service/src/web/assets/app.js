@@ -42,7 +42,13 @@
           var r = await fetch(el.getAttribute('data-live'), { credentials: 'same-origin' });
           if (r.redirected && /\/login$/.test(r.url)) { location.href = '/login'; return; }
           if (!r.ok) { error('Could not refresh the page (HTTP ' + r.status + ').'); continue; }
+          // Expanded <details> (a release's phases) stay open across the refresh.
+          var open = Array.prototype.map.call(el.querySelectorAll('details[open][id]'), function (d) { return d.id; });
           el.innerHTML = await r.text();
+          open.forEach(function (id) {
+            var d = document.getElementById(id);
+            if (d && el.contains(d)) d.open = true;
+          });
         } catch (e) { error('Could not refresh the page (' + e.message + ').'); }
       }
     } finally {
@@ -65,8 +71,21 @@
     if (s < 86400) return Math.floor(s / 3600) + ' h ago';
     return Math.floor(s / 86400) + ' d ago';
   }
+  // A length of time with the server's words (html::duration).
+  function duration(ms) {
+    var s = Math.floor(Math.max(0, ms) / 1000);
+    if (s < 60) return s + ' s';
+    if (s < 3600) return Math.floor(s / 60) + ' min ' + (s % 60) + ' s';
+    if (s < 86400) return Math.floor(s / 3600) + ' h ' + Math.floor(s % 3600 / 60) + ' min';
+    return Math.floor(s / 86400) + ' d ' + Math.floor(s % 86400 / 3600) + ' h';
+  }
   function refreshTimes() {
     var now = Date.now();
+    var since = document.querySelectorAll('[data-since]');
+    for (var j = 0; j < since.length; j++) {
+      var from = Number(since[j].getAttribute('data-since'));
+      if (from) since[j].textContent = duration(now - from);
+    }
     var els = document.querySelectorAll('time[data-ago]');
     for (var i = 0; i < els.length; i++) {
       var t = Date.parse(els[i].getAttribute('datetime'));
@@ -197,6 +216,27 @@
   function deployForm() {
     var form = document.querySelector('form[data-deploy]');
     if (!form) return;
+    // The preview: which devices the names or tag select, what they run, what the ref does.
+    var box = form.querySelector('[data-preview]'), out = document.getElementById('preview-body');
+    var pTimer = null, pSeq = 0;
+    async function preview() {
+      var q = new URLSearchParams();
+      form.querySelectorAll('input[name=names]:checked').forEach(function (i) { q.append('names', i.value); });
+      q.append('tag', form.elements['tag'].value.trim());
+      q.append('ref', form.elements['ref'].value.trim());
+      var seq = ++pSeq;
+      try {
+        var r = await fetch(box.getAttribute('data-preview') + '&' + q.toString(), { credentials: 'same-origin' });
+        if (r.redirected && /\/login$/.test(r.url)) { location.href = '/login'; return; }
+        var html = await r.text();
+        if (seq === pSeq && r.ok) out.innerHTML = html;
+      } catch (e) { error('Could not show what the deployment reaches (' + e.message + ').'); }
+    }
+    if (box && out) {
+      var later = function () { clearTimeout(pTimer); pTimer = setTimeout(preview, 250); };
+      form.addEventListener('input', later);
+      form.addEventListener('change', later);
+    }
     form.addEventListener('submit', async function (e) {
       e.preventDefault();
       var f = form.elements;
@@ -233,7 +273,7 @@
   document.addEventListener('DOMContentLoaded', function () {
     startEvents();
     keepLogsStreaming();
-    setInterval(refreshTimes, 15000);
+    setInterval(refreshTimes, 5000);
     deployForm();
   });
 })();
