@@ -410,6 +410,27 @@ async fn play_deployment(dev: &SimDevice, deployment: &str, commit: &str) {
     }
 }
 
+/// Plays a device failing a deployment: received, then failed.
+async fn play_failure(dev: &SimDevice, deployment: &str) {
+    let start = Instant::now();
+    let desired = loop {
+        if let Some(d) = dev.last_desired().filter(|d| d.deployment_id == deployment) {
+            break d;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "device {} got no desired state for deployment {deployment}",
+            dev.id
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for phase in [Phase::Received, Phase::Failed] {
+        dev.report(dev.next_seq(), Some(&desired), phase, None)
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 async fn sign_in(b: &Browser, base: &str, token: &str) {
     b.goto(&format!("{base}/devices")).await;
     b.wait_for(
@@ -875,6 +896,57 @@ async fn dashboard_in_headless_chromium() {
     let text = b.text().await;
     assert!(text.contains("must look like key=value"), "{text}");
     assert_accessible(&b, axe, "an error page").await;
+
+    // A failed deployment: the bar shows it, Retry is offered, the history says failed.
+    b.goto(&format!("{base}/deployments/new")).await;
+    b.click("input[name=names][value='kiosk-2']").await;
+    b.type_into("#dep-ref", "broken").await;
+    b.click("#deploy-submit").await;
+    b.wait_for(
+        "the failing deployment's page",
+        "return /^\\/deployments\\/[0-9a-z]{26}$/.test(location.pathname) && location.pathname.indexOf(arguments[0]) < 0;",
+        json!([id]),
+    )
+    .await;
+    let path = b.js("return location.pathname;", json!([])).await;
+    let failing = path
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    b.wait_for("the deployment's live stream", LIVE, json!([]))
+        .await;
+    play_failure(&devs[1], &failing).await;
+    b.wait_for(
+        "the deployment failed, with a red bar and Retry (live)",
+        "var s = document.getElementById('dep-state'); return !!s && s.dataset.state === 'failed' && !!document.querySelector('.bar .bad') && !!document.getElementById('retry');",
+        json!([]),
+    )
+    .await;
+    let words = b
+        .js(
+            "return document.getElementById('dep-progress-words').textContent;",
+            json!([]),
+        )
+        .await;
+    assert!(words.as_str().unwrap().contains("1 failed"), "{words}");
+    b.screenshot(&artifacts().join("deployment-failed.png"))
+        .await;
+    assert_accessible(&b, axe, "a failed deployment's page").await;
+    b.goto(&format!("{base}/devices/kiosk-2")).await;
+    let last = b
+        .js(
+            "return document.querySelector('#history > li > details > summary').innerText;",
+            json!([]),
+        )
+        .await;
+    assert!(
+        last.as_str().unwrap().contains("failed") && last.as_str().unwrap().contains(&failing[..8]),
+        "{last}"
+    );
+    assert_accessible(&b, axe, "a device page after a failure").await;
 
     // Sign out ends the session; a second user sees none of alice's fleet.
     b.goto(&format!("{base}/devices")).await;

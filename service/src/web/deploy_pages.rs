@@ -130,6 +130,9 @@ fn heading(d: &DeploymentView) -> String {
     };
     let commit = match d.commit.as_deref() {
         Some(c) => format!(" <code title=\"{}\">{}</code>", esc(c), short(Some(c))),
+        None if d.finished_at.is_some() => {
+            " <span class=\"muted small\">(no commit pinned)</span>".into()
+        }
         None => " <span class=\"muted small\">(commit pinned by the first device)</span>".into(),
     };
     format!(

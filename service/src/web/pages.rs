@@ -591,17 +591,27 @@ fn attempt_html(a: &Attempt, now: u64) -> String {
             )
         })
         .collect();
+    // The log lines a device sent with a failure (the newest such phase).
+    let tail = a
+        .entries
+        .iter()
+        .rev()
+        .find(|e| !e.log_tail.is_empty())
+        .map(|e| {
+            format!(
+                "<figure class=\"tail\"><figcaption>Last log lines when it was {}</figcaption><pre class=\"logs\" tabindex=\"0\">{}</pre></figure>",
+                word(&e.phase),
+                e.log_tail.iter().map(|l| esc(l) + "\n").collect::<String>()
+            )
+        })
+        .unwrap_or_default();
     format!(
         r#"<li><details id="attempt-{key}" data-keep-open><summary><span class="what">{what}</span>{gen} <code>{commit}</code> <span class="badge phase-{cls}">{phase}</span> {when}{took}{by}</summary>
-{dep}<table class="list phases"><caption class="sr-only">Phases, newest first</caption><thead><tr><th scope="col">Time</th><th scope="col">Phase</th><th scope="col">Commit</th>{dh}</tr></thead><tbody>{phases}</tbody></table></details></li>"#,
+{dep}<table class="list phases"><caption class="sr-only">Phases, newest first</caption><thead><tr><th scope="col">Time</th><th scope="col">Phase</th><th scope="col">Commit</th>{dh}</tr></thead><tbody>{phases}</tbody></table>{tail}</details></li>"#,
         key = esc(&format!(
             "{}-{}-{}",
             first.generation.unwrap_or(0),
-            first
-                .deployment_id
-                .as_deref()
-                .map(enc)
-                .unwrap_or_default(),
+            first.deployment_id.as_deref().map(enc).unwrap_or_default(),
             first.time
         )),
         commit = short(a.commit()),
@@ -784,9 +794,14 @@ mod tests {
         assert!(html.contains("phase-bad\">crashed"), "{html}");
         let mut evil = h.clone();
         evil[1].detail = Some("<script>".into());
+        evil[3].log_tail = vec!["<b>boom</b>".into()];
         let html = history_html(&evil, 200_000);
         assert!(
             html.contains("&lt;script&gt;") && !html.contains("<script>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("when it was running</figcaption><pre class=\"logs\" tabindex=\"0\">&lt;b&gt;boom&lt;/b&gt;\n</pre>"),
             "{html}"
         );
     }
