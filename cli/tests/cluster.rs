@@ -9,11 +9,13 @@
 //! 2. a second deployment runs while the replica holding the rollout lease is SIGKILLed
 //!    (and started again); another replica takes the lease over.
 //!
-//! Passes when no API request through HAProxy failed, both deployments succeeded, every
+//! Passes when no API request through HAProxy failed, every event stream a draining
+//! replica ended said `event: reconnect` first, both deployments succeeded, every
 //! status event a device sent (seen by an MQTT observer) is in the device's stored history
 //! exactly once (and the database holds each (epoch, seq) once), no generation of a
-//! device's desired state was published with two different payloads, and each device
-//! started each release exactly once (counted from the app's own launch log).
+//! device's desired state was published with two different payloads, each device started
+//! each release exactly once (counted from the app's own launch log), and exactly one
+//! replica reports `hammer_rollout_lease_held 1` in /metrics, the one the database names.
 //!
 //! Skips only when haproxy, mosquitto or PostgreSQL is missing; under `CI=true` a skip
 //! fails (`.ci/run` installs them). On failure the logs' last lines are printed and the
@@ -125,8 +127,6 @@ struct Cluster {
     data: PathBuf,
     db_url: String,
     broker_url: String,
-    /// Whether `hammer serve` has --replica (else: one plain service, no upgrade/kill).
-    replica_mode: bool,
     replicas: BTreeMap<String, Replica>,
     lb: u16,
     lb_stats: u16,
@@ -152,11 +152,9 @@ impl Cluster {
             .args(["--mqtt", &format!("127.0.0.1:{}", r.mqtt)])
             .args(["--public-host", "127.0.0.1"])
             .args(["--drain-grace", &DRAIN_GRACE.to_string()])
+            .args(["--replica", name])
             .env("RUST_LOG", "info,rumqttd=warn")
             .env("NO_COLOR", "1");
-        if self.replica_mode {
-            cmd.args(["--replica", name]);
-        }
         let log = r.log.clone();
         let http = r.http;
         let mut p = Proc::spawn(&format!("hammer serve (replica {name})"), cmd, &log);
@@ -241,11 +239,7 @@ impl Cluster {
             .arg(&stats)
             .env("HAMMER_LB_LISTEN", format!("127.0.0.1:{}", self.lb));
         for name in REPLICAS {
-            let port = if self.replica_mode {
-                self.replicas[name].http
-            } else {
-                self.replicas["a"].http
-            };
+            let port = self.replicas[name].http;
             cmd.env(
                 format!("HAMMER_REPLICA_{}", name.to_uppercase()),
                 format!("127.0.0.1:{port}"),
@@ -498,11 +492,6 @@ fn a_rolling_upgrade_and_a_killed_replica_drop_no_request_and_launch_nothing_twi
 
     let hammer = PathBuf::from(env!("CARGO_BIN_EXE_hammer"));
     let manager = build_manager(&hammer);
-    let help = Command::new(&hammer)
-        .args(["serve", "--help"])
-        .output()
-        .unwrap();
-    let replica_mode = String::from_utf8_lossy(&help.stdout).contains("--replica");
     let root = tempfile::Builder::new()
         .prefix("hammer-cluster-")
         .tempdir()
@@ -555,7 +544,6 @@ fn a_rolling_upgrade_and_a_killed_replica_drop_no_request_and_launch_nothing_twi
         data,
         db_url,
         broker_url: mq.url(),
-        replica_mode,
         replicas: REPLICAS
             .iter()
             .map(|r| {
@@ -578,15 +566,9 @@ fn a_rolling_upgrade_and_a_killed_replica_drop_no_request_and_launch_nothing_twi
         token: String::new(),
         root,
     };
-    if !replica_mode {
-        eprintln!("NOTE: `hammer serve` has no --replica yet: one service, no upgrade or kill");
-    }
-
     // The first replica alone (it creates the admin user), then the others, then HAProxy.
     c.start_replica("a");
-    if replica_mode {
-        c.start_replica("b");
-    }
+    c.start_replica("b");
     c.start_haproxy();
     let admin = std::fs::read_to_string(c.data.join("admin.token"))
         .unwrap()
@@ -663,14 +645,19 @@ fn a_rolling_upgrade_and_a_killed_replica_drop_no_request_and_launch_nothing_twi
 
     // Traffic through HAProxy from here to the end.
     let traffic = traffic::Traffic::start(&c.lb_url(), &c.token, 2);
-    traffic.phase("steady");
+    let streams = traffic::EventStreams::start(c.lb, &c.token);
+    let phase = |p: &str| {
+        traffic.phase(p);
+        streams.phase(p);
+    };
+    phase("steady");
     std::thread::sleep(Duration::from_millis(500));
 
     // ---- 1. a rolling upgrade during a deployment ----
     let dep1 = c.deploy();
     let mut upgrade_notes = Vec::new();
-    if replica_mode {
-        traffic.phase("rolling upgrade");
+    {
+        phase("rolling upgrade");
         let t = Instant::now();
         for name in REPLICAS {
             let (status, saw_503, took) = c.stop_replica(name);
@@ -697,7 +684,7 @@ fn a_rolling_upgrade_and_a_killed_replica_drop_no_request_and_launch_nothing_twi
             d["state"], "running",
             "deployment 1 ended before the upgrade did (make the health window longer): {d}"
         );
-        traffic.phase("after upgrade");
+        phase("after upgrade");
     }
     let done1 = c.wait_finished(&dep1);
     assert_eq!(done1["state"], "succeeded", "deployment 1: {done1}");
@@ -708,8 +695,8 @@ fn a_rolling_upgrade_and_a_killed_replica_drop_no_request_and_launch_nothing_twi
     git(&repo, &["commit", "-qam", "v2"]);
     let v2 = git(&repo, &["rev-parse", "HEAD"]);
     let dep2 = c.deploy();
-    let mut takeover = None;
-    if replica_mode {
+    let takeover;
+    {
         let (holder, token) = wait_for("a rollout lease holder", WAIT, |seen| {
             let l = c.lease(&pg);
             *seen = format!("{l:?}");
@@ -719,7 +706,7 @@ fn a_rolling_upgrade_and_a_killed_replica_drop_no_request_and_launch_nothing_twi
             eprintln!("lease holder {holder:?} names no replica; killing a");
             "a".into()
         });
-        traffic.phase("kill -9");
+        phase("kill -9");
         c.kill_replica(&victim);
         let killed = Instant::now();
         let (new_holder, new_token) = wait_for("another replica to take the lease", WAIT, |seen| {
@@ -727,10 +714,10 @@ fn a_rolling_upgrade_and_a_killed_replica_drop_no_request_and_launch_nothing_twi
             *seen = format!("{l:?}");
             l.filter(|(h, t)| *h != holder && *t > token)
         });
-        takeover = Some((victim.clone(), new_holder, new_token, killed.elapsed()));
+        takeover = (victim.clone(), new_holder, new_token, killed.elapsed());
         c.start_replica(&victim);
         c.wait_lb_up(&victim);
-        traffic.phase("after kill");
+        phase("after kill");
     }
     let done2 = c.wait_finished(&dep2);
     assert_eq!(done2["state"], "succeeded", "deployment 2: {done2}");
@@ -746,6 +733,7 @@ fn a_rolling_upgrade_and_a_killed_replica_drop_no_request_and_launch_nothing_twi
         .flat_map(|p| traffic.failures(p))
         .collect();
     rt.block_on(traffic.stop());
+    let stream_ends = streams.stop();
 
     let mut histories = BTreeMap::new();
     wait_for("every sent status event stored", WAIT, |seen| {
@@ -773,8 +761,13 @@ fn a_rolling_upgrade_and_a_killed_replica_drop_no_request_and_launch_nothing_twi
     for n in &upgrade_notes {
         eprintln!("{n}");
     }
-    if let Some((victim, holder, token, took)) = &takeover {
-        eprintln!("killed {victim}; lease taken by {holder} (token {token}) after {took:.1?}");
+    let (victim, new_holder, _, took) = &takeover;
+    eprintln!("killed {victim}; the lease taken by {new_holder} after {took:.1?}");
+    for e in &stream_ends {
+        eprintln!(
+            "event stream ended [{}] {} reconnect event: {}",
+            e.phase, e.status, e.reconnect
+        );
     }
     eprintln!(
         "desired-state publishes {}, status publishes {} ({} distinct events)",
@@ -809,6 +802,21 @@ fn a_rolling_upgrade_and_a_killed_replica_drop_no_request_and_launch_nothing_twi
         "{} API requests failed while nothing was restarting",
         other_failures.len()
     );
+    // Event streams: each one a draining replica ended said `event: reconnect` first.
+    let upgrade_ends: Vec<_> = stream_ends
+        .iter()
+        .filter(|e| e.phase == "rolling upgrade")
+        .collect();
+    assert!(
+        !upgrade_ends.is_empty(),
+        "no event stream ended while both replicas were restarted"
+    );
+    for e in &upgrade_ends {
+        assert!(
+            e.status.contains(" 200 ") && e.reconnect,
+            "an event stream ended during the rolling upgrade without `event: reconnect`: {e:?}"
+        );
+    }
     let sent_total: u64 = summary.values().map(|(s, _)| s).sum();
     assert!(sent_total > 100, "too little traffic: {summary:?}");
     let observer_problems: Vec<_> = seen
@@ -897,6 +905,24 @@ fn a_rolling_upgrade_and_a_killed_replica_drop_no_request_and_launch_nothing_twi
         }
         assert_eq!(launches.len(), 2, "{d} launches: {launches:?}");
     }
+    // /metrics: exactly one replica says it holds the lease, the one the database names.
+    wait_for(
+        "one replica reporting the lease in /metrics",
+        WAIT,
+        |seen| {
+            let held: Vec<&str> = REPLICAS
+                .iter()
+                .copied()
+                .filter(|r| {
+                    http_get_path(c.replicas[*r].http, "/metrics")
+                        .is_ok_and(|m| m.lines().any(|l| l.trim() == "hammer_rollout_lease_held 1"))
+                })
+                .collect();
+            let db = c.lease(&pg).and_then(|(h, _)| c.replica_of(&h));
+            *seen = format!("/metrics: {held:?}, database: {db:?}");
+            (held.len() == 1 && db.as_deref() == Some(held[0])).then_some(())
+        },
+    );
     eprintln!("passed in {:.1?}", started.elapsed());
     drop(c);
     drop(mq);

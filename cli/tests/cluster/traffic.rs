@@ -150,3 +150,97 @@ impl Traffic {
         }
     }
 }
+
+/// One ended event stream.
+#[derive(Debug, Clone)]
+pub struct StreamEnd {
+    pub phase: String,
+    /// The answer's status line.
+    pub status: String,
+    /// Whether `event: reconnect` came before the end.
+    pub reconnect: bool,
+}
+
+/// A client of `GET /api/v1/events` through the load balancer that reconnects whenever its
+/// stream ends (as the dashboard and `hammer events` do), recording how each stream ended.
+pub struct EventStreams {
+    phase: Arc<Mutex<String>>,
+    ends: Arc<Mutex<Vec<StreamEnd>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EventStreams {
+    pub fn start(port: u16, token: &str) -> EventStreams {
+        use std::io::{Read, Write};
+        let phase = Arc::new(Mutex::new("start".to_owned()));
+        let ends = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, e, s, token) = (phase.clone(), ends.clone(), stop.clone(), token.to_owned());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let addr = ([127, 0, 0, 1], port).into();
+                let Ok(mut conn) =
+                    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                else {
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                };
+                conn.set_read_timeout(Some(Duration::from_millis(300))).ok();
+                // `Connection: close`: the end of the stream closes the connection (else the load
+                // balancer keeps it open for the next request).
+                let req = format!(
+                    "GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n"
+                );
+                if conn.write_all(req.as_bytes()).is_err() {
+                    continue;
+                }
+                let mut text = Vec::new();
+                let mut buf = [0u8; 4096];
+                let ended = loop {
+                    if s.load(Ordering::Relaxed) {
+                        break false;
+                    }
+                    match conn.read(&mut buf) {
+                        Ok(0) => break true,
+                        Ok(n) => text.extend_from_slice(&buf[..n]),
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) => {}
+                        Err(_) => break true,
+                    }
+                };
+                if !ended {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&text);
+                e.lock().unwrap().push(StreamEnd {
+                    phase: p.lock().unwrap().clone(),
+                    status: text.lines().next().unwrap_or("").to_owned(),
+                    reconnect: text.contains("event: reconnect"),
+                });
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        EventStreams {
+            phase,
+            ends,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn phase(&self, phase: &str) {
+        *self.phase.lock().unwrap() = phase.to_owned();
+    }
+
+    pub fn stop(mut self) -> Vec<StreamEnd> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.ends.lock().unwrap().clone()
+    }
+}
