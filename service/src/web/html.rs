@@ -118,12 +118,13 @@ pub fn time_ago(ms: Option<u64>, now: u64) -> String {
     )
 }
 
-/// A length of time in words: `0 s`, `42 s`, `3 min 5 s`, `5 h 2 min`, `2 d 3 h` (`app.js`
+/// A length of time in words: `under 1 s`, `42 s`, `3 min 5 s`, `5 h 2 min`, `2 d 3 h` (`app.js`
 /// words a running deployment's time so far with the same rules).
 pub fn duration(ms: u64) -> String {
     let s = ms / 1000;
     match s {
-        0..=59 => format!("{s} s"),
+        0 => "under 1 s".into(),
+        1..=59 => format!("{s} s"),
         60..=3599 => format!("{} min {} s", s / 60, s % 60),
         3600..=86_399 => format!("{} h {} min", s / 3600, s % 3600 / 60),
         _ => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
@@ -224,7 +225,7 @@ mod tests {
             "<time datetime=\"2023-11-14T22:13:20Z\" title=\"2023-11-14 22:13:20 UTC\" data-ago>3 min ago</time>"
         );
         assert_eq!(time_ago(None, t), "—");
-        assert_eq!(duration(999), "0 s");
+        assert_eq!(duration(999), "under 1 s");
         assert_eq!(duration(42_500), "42 s");
         assert_eq!(duration(185_000), "3 min 5 s");
         assert_eq!(duration(5 * 3_600_000 + 120_000), "5 h 2 min");

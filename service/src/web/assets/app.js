@@ -74,6 +74,7 @@
   // A length of time with the server's words (html::duration).
   function duration(ms) {
     var s = Math.floor(Math.max(0, ms) / 1000);
+    if (s < 1) return 'under 1 s';
     if (s < 60) return s + ' s';
     if (s < 3600) return Math.floor(s / 60) + ' min ' + (s % 60) + ' s';
     if (s < 86400) return Math.floor(s / 3600) + ' h ' + Math.floor(s % 3600 / 60) + ' min';
