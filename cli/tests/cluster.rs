@@ -48,7 +48,7 @@ const WAIT: Duration = Duration::from_secs(60);
 /// `--drain-grace` of the replicas: /healthz answers 503 this long before they stop.
 const DRAIN_GRACE: u64 = 3;
 /// Health window of the devices' setup: keeps each device of a rollout in flight this long.
-const HEALTH_WINDOW: &str = "5";
+const HEALTH_WINDOW: &str = "6";
 const DEVICES: [&str; 3] = ["d1", "d2", "d3"];
 const REPLICAS: [&str; 2] = ["a", "b"];
 /// The observer's certificate CN (read-only in the ACL).
@@ -475,7 +475,11 @@ fn a_rolling_upgrade_and_a_killed_replica_drop_no_request_and_launch_nothing_twi
     let started = Instant::now();
     for bin in ["haproxy", "mosquitto"] {
         if have(bin).is_none() {
-            pg_server::skip(&format!("{bin} is not installed (apt-get install {bin})"));
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "the cluster test cannot run: {bin} is not installed (CI=true: a skipped test fails CI; .ci/run installs it)"
+            );
+            eprintln!("SKIPPED: {bin} is not installed (apt-get install {bin})");
             return;
         }
     }
