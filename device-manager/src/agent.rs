@@ -28,7 +28,7 @@ use crate::store::Counter;
 use crate::verify::Verifier;
 use anyhow::Result;
 use hammer_protocol::topics::topic;
-use hammer_protocol::{Channel, Presence, StatusEvent, Topic, PROTOCOL_VERSION};
+use hammer_protocol::{Channel, Phase, Presence, StatusEvent, Topic, PROTOCOL_VERSION};
 use rumqttc::{AsyncClient, QoS};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -323,6 +323,18 @@ impl Agent {
 
     async fn publish_events(&mut self, events: Vec<StatusEvent>) -> Result<()> {
         let t = self.topic(Channel::Status);
+        // The app's state changed: the health report says so at once, not at the next tick
+        // (the dashboard's health card would otherwise lag up to `health_interval`).
+        let app_changed = events.iter().any(|e| {
+            matches!(
+                e.phase,
+                Phase::Running
+                    | Phase::RolledBack
+                    | Phase::Stopped
+                    | Phase::Crashed
+                    | Phase::Restarted
+            )
+        });
         for ev in events {
             let now = Instant::now();
             if !self.pace.admit(1, now) {
@@ -334,6 +346,9 @@ impl Agent {
                 .publish(&t, QoS::AtLeastOnce, false, hammer_protocol::encode(&ev)?)
                 .await?;
             self.sent.insert(ev.seq, Instant::now());
+        }
+        if app_changed {
+            self.publish_health().await;
         }
         Ok(())
     }

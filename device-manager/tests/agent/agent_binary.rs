@@ -84,8 +84,10 @@ async fn run_deploys_reports_and_stops_the_app_on_sigterm() {
     let mut child = Command::new(BIN)
         .args([
             "run",
+            // An hour: the health report showing the app running must come right after
+            // `running`, not from the timer.
             "--health-interval",
-            "1",
+            "3600",
             "--stop-grace",
             "2",
             "--data-dir",
