@@ -27,6 +27,7 @@
 
 pub mod checkout;
 pub mod history;
+pub mod packblob;
 pub mod submodules;
 
 use super::releases::{ReleaseError, Releases};

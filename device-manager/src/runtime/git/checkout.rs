@@ -13,24 +13,37 @@
 //!   another user: release files are the manager's, 0644/0755
 //!   ([`crate::runtime::releases::make_readable`]), so that app cannot write into a file two
 //!   releases share, and the previous release stays intact (decision 12).
+//! - **Big files.** libgit2's checkout loads each blob whole into memory. A regular file of
+//!   at least [`STREAM_MIN`] bytes that no attribute or `core.autocrlf` filters, and that is
+//!   stored whole (not as a delta) in a pack of the mirror, is left out of libgit2's checkout
+//!   and inflated from the pack into the release in 64 KiB pieces, its size and id checked
+//!   ([`super::packblob`], decision 12). A delta or loose object stays with libgit2.
 //! - **Submodules** (gitlinks in the tree) are fetched into their own mirrors and checked out
 //!   at the pinned commit, recursively, at most [`MAX_SUBMODULE_DEPTH`] levels deep.
 
+use super::packblob::{self, Found, Location};
 use super::submodules::{
     check_submodule_path, is_relative_url, parse_gitmodules, resolve_relative_url,
 };
 use super::{classify_url, ensure_commit, open_mirror, redact_url, url_hash, GitError, Remote};
 use git2::build::CheckoutBuilder;
 use git2::TreeWalkResult;
-use git2::{AttrCheckFlags, FileMode, ObjectType, Oid, Repository, Tree, TreeWalkMode};
+use git2::{
+    AttrCheckFlags, AttrValue, FileMode, ObjectType, Odb, Oid, Repository, Tree, TreeWalkMode,
+};
 use hammer_protocol::rules::RemoteUrl;
 use hammer_protocol::GitCredentials;
+use std::collections::HashMap;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Submodules inside submodules, at most this deep.
 pub const MAX_SUBMODULE_DEPTH: usize = 8;
 /// The longest file examined as a possible LFS pointer (a pointer is about 130 bytes).
 const LFS_POINTER_MAX: usize = 1024;
+/// Regular files at least this big are written from the pack by [`packblob`] when they can be
+/// (see the module's documentation); smaller ones cost libgit2 at most this much memory.
+pub const STREAM_MIN: usize = 4 << 20;
 
 /// What every repository of one release shares: where the credentials belong, where
 /// submodule mirrors live, and whether whole histories are wanted.
@@ -96,17 +109,24 @@ pub fn checkout_commit(
         let same_attrs = attributes_files(&entries) == attributes_files(&walk(prev).ok()?);
         same_attrs.then_some((*dir, prev))
     });
-    // The tree to write: without the files that are linked from the running release.
+    // The tree to write: without the files that are linked from the running release, and
+    // without the big files written from the pack.
     let mut shared = Vec::new();
+    let mut streamed = Vec::new();
     let odb = repo.odb().map_err(git_err)?;
+    let big = big_files(repo, &odb, &entries).map_err(git_err)?;
     // Trees made here live in memory only (they are dropped with the repository handle).
     let _mempack = odb.add_new_mempack_backend(1000).map_err(git_err)?;
     let prev_arg = shareable.map(|(dir, prev)| (prev, dir));
-    let write_tree =
-        match strip(repo, &tree, prev_arg, Path::new(""), &mut shared).map_err(git_err)? {
-            Some(stripped) => repo.find_tree(stripped).map_err(git_err)?,
-            None => tree.clone(),
-        };
+    let mut out = Stripped {
+        shared: &mut shared,
+        big: &big,
+        streamed: &mut streamed,
+    };
+    let write_tree = match strip(repo, &tree, prev_arg, Path::new(""), &mut out).map_err(git_err)? {
+        Some(stripped) => repo.find_tree(stripped).map_err(git_err)?,
+        None => tree.clone(),
+    };
 
     std::fs::create_dir_all(target).map_err(|e| err(e.to_string()))?;
     let mut builder = CheckoutBuilder::new();
@@ -117,6 +137,15 @@ pub fn checkout_commit(
         .update_index(false);
     repo.checkout_tree(write_tree.as_object(), Some(&mut builder))
         .map_err(git_err)?;
+    for path in &streamed {
+        if let Some(file) = big.get(path) {
+            write_from_pack(file, &target.join(path))
+                .map_err(|e| err(format!("writing {} from the pack: {e}", path.display())))?;
+        }
+    }
+    if !streamed.is_empty() {
+        tracing::debug!(files = streamed.len(), "big files written from the pack");
+    }
     if let Some((dir, _)) = shareable {
         for path in &shared {
             link_or_copy(&dir.join(path), &target.join(path))
@@ -231,6 +260,7 @@ struct Entry {
     path: String,
     id: Oid,
     kind: Kind,
+    executable: bool,
 }
 
 /// Every blob and gitlink of a tree. Names that could leave the folder are refused (libgit2's
@@ -253,6 +283,7 @@ fn walk(tree: &Tree) -> Result<Vec<Entry>, String> {
                 path: format!("{root}{name}"),
                 id: e.id(),
                 kind,
+                executable: e.filemode() == 0o100755,
             });
         }
         TreeWalkResult::Ok
@@ -286,16 +317,124 @@ fn attributes_files(entries: &[Entry]) -> Vec<(String, Oid)> {
     files
 }
 
+/// A big file that can be written from its pack.
+#[derive(Debug)]
+struct BigFile {
+    id: Oid,
+    executable: bool,
+    location: Location,
+}
+
+/// The regular files of at least [`STREAM_MIN`] bytes, stored whole in a pack, whose bytes
+/// libgit2 would write unchanged: no `filter`, `ident`, `eol`, `text` (other than `-text`)
+/// or `crlf` (other than `-crlf`) attribute, and no `core.autocrlf = true` when neither
+/// `text` nor `crlf` is given. A pack or index this cannot read leaves the file to libgit2.
+fn big_files(
+    repo: &Repository,
+    odb: &Odb,
+    entries: &[Entry],
+) -> Result<HashMap<PathBuf, BigFile>, git2::Error> {
+    let mut found = HashMap::new();
+    let mut autocrlf = None;
+    let objects = repo.path().join("objects");
+    for e in entries.iter().filter(|e| e.kind == Kind::File) {
+        let (size, _) = odb.read_header(e.id)?;
+        if size < STREAM_MIN {
+            continue;
+        }
+        let path = Path::new(&e.path);
+        // Unspecified, false (`-attr`), or anything else.
+        let attr = |name: &str| -> Result<Option<bool>, git2::Error> {
+            let value = repo.get_attr_bytes(path, name, AttrCheckFlags::INDEX_ONLY)?;
+            Ok(match AttrValue::from_bytes(value) {
+                AttrValue::Unspecified => None,
+                AttrValue::False => Some(false),
+                _ => Some(true),
+            })
+        };
+        let text = attr("text")?;
+        let crlf = attr("crlf")?;
+        let unfiltered = attr("filter")?.is_none()
+            && attr("ident")? != Some(true)
+            && attr("eol")?.is_none()
+            && text != Some(true)
+            && crlf != Some(true);
+        if !unfiltered {
+            continue;
+        }
+        if text.is_none() && crlf.is_none() {
+            let converts = *autocrlf.get_or_insert_with(|| {
+                repo.config()
+                    .and_then(|c| c.get_bool("core.autocrlf"))
+                    .unwrap_or(false)
+            });
+            if converts {
+                continue;
+            }
+        }
+        match packblob::locate(&objects, e.id.as_bytes()) {
+            Ok(Found::Whole(location)) if location.size == size as u64 => {
+                found.insert(
+                    PathBuf::from(&e.path),
+                    BigFile {
+                        id: e.id,
+                        executable: e.executable,
+                        location,
+                    },
+                );
+            }
+            Ok(_) => {}
+            Err(why) => tracing::debug!(path = %e.path, %why, "left to libgit2"),
+        }
+    }
+    Ok(found)
+}
+
+/// Writes a big file from its pack (mode 0755 or 0644, like libgit2; created, never
+/// overwritten), or removes what was written on an error.
+fn write_from_pack(file: &BigFile, to: &Path) -> Result<(), String> {
+    if let Some(parent) = to.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .map_err(|e| e.to_string())?;
+    }
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if file.executable { 0o755 } else { 0o644 })
+        .open(to)
+        .map_err(|e| e.to_string())?;
+    let written = packblob::write_blob(&file.location, file.id.as_bytes(), &mut out);
+    drop(out);
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(to);
+        e.to_string()
+    })
+}
+
+/// What [`strip`] takes out of a tree.
+struct Stripped<'a> {
+    /// Out: files hard-linked from the running release.
+    shared: &'a mut Vec<PathBuf>,
+    /// In: the big files that can be written from their pack ([`big_files`]).
+    big: &'a HashMap<PathBuf, BigFile>,
+    /// Out: those of `big` that are not shared.
+    streamed: &'a mut Vec<PathBuf>,
+}
+
 /// A copy of `tree` for libgit2 to write: without gitlinks (submodules are checked out
-/// here, and libgit2 refuses them in a bare repository), and without the regular files that
+/// here, and libgit2 refuses them in a bare repository), without the regular files that
 /// `prev` (the running release's tree and folder) has at the same path with the same blob id
-/// and mode, as a regular file on disk; their paths go to `shared`. `None`: nothing removed.
+/// and mode, as a regular file on disk (their paths go to `out.shared`), and without the
+/// other files of `out.big` (to `out.streamed`). `None`: nothing removed.
 fn strip(
     repo: &Repository,
     tree: &Tree,
     prev: Option<(&Tree, &Path)>,
     prefix: &Path,
-    shared: &mut Vec<PathBuf>,
+    out: &mut Stripped,
 ) -> Result<Option<Oid>, git2::Error> {
     let mut builder = None;
     for entry in tree.iter() {
@@ -308,16 +447,22 @@ fn strip(
         let replacement = match entry.kind() {
             Some(ObjectType::Commit) => None,
             Some(ObjectType::Blob) if mode == 0o100644 || mode == 0o100755 => {
-                let (Some(old), Some((_, dir))) = (&old, prev) else {
-                    continue;
+                let share = match (&old, prev) {
+                    (Some(old), Some((_, dir))) => {
+                        old.id() == entry.id()
+                            && old.filemode() == mode
+                            && std::fs::symlink_metadata(dir.join(&path))
+                                .is_ok_and(|m| m.file_type().is_file())
+                    }
+                    _ => false,
                 };
-                let same = old.id() == entry.id() && old.filemode() == mode;
-                let on_disk = std::fs::symlink_metadata(dir.join(&path))
-                    .is_ok_and(|m| m.file_type().is_file());
-                if !(same && on_disk) {
+                if share {
+                    out.shared.push(path);
+                } else if out.big.contains_key(&path) {
+                    out.streamed.push(path);
+                } else {
                     continue;
                 }
-                shared.push(path);
                 None
             }
             Some(ObjectType::Tree) => {
@@ -329,7 +474,7 @@ fn strip(
                     (Some(t), Some((_, dir))) => Some((t, dir)),
                     _ => None,
                 };
-                match strip(repo, &sub, sub_prev, &path, shared)? {
+                match strip(repo, &sub, sub_prev, &path, out)? {
                     Some(stripped) => Some(stripped),
                     None => continue,
                 }
