@@ -22,6 +22,8 @@ pub struct Fleet {
     pub admin: Api,
     /// The fleet owner's client (deployments, history).
     pub user: Api,
+    /// The fleet owner's bearer token (for a client of another replica).
+    pub token: String,
     /// The run's tag value: every device has `fleet=<run>`.
     pub run: String,
     pub creds: Vec<Credentials>,
@@ -76,6 +78,7 @@ pub async fn bring_up(
     Ok(Fleet {
         admin,
         user,
+        token,
         run,
         creds,
         devices,

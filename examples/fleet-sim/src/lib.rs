@@ -14,6 +14,8 @@
 //! - [`procstat`]: RSS and CPU from `/proc`, and raising the open-file limit.
 //! - [`mosquitto`]: running Debian's `mosquitto` as the external broker (bench and tests).
 //! - [`service_proc`]: `hammer serve` as a child process (start, health, stop, restart).
+//! - [`cluster`]: two replicas on a throwaway PostgreSQL ([`pg_server`]) and Mosquitto, the
+//!   rollouts and a replica failure mid-rollout (`rollout-bench --cluster`).
 //!
 //! Binaries: `fleet-sim` (against a running service), `rollout-bench` (starts `hammer
 //! serve` as a child process and measures rollouts and a reconnect storm) and `abuse-bench`
@@ -22,9 +24,15 @@
 pub mod abuse;
 pub mod api;
 pub mod bench;
+pub mod cluster;
 pub mod device;
 pub mod fleet;
 pub mod mosquitto;
+/// The service tests' throwaway PostgreSQL (`initdb` into a temp dir, `postgres` on a free
+/// loopback port; as root it runs as the user `hammer-pg`), for `rollout-bench --cluster`.
+/// Its helpers panic on failure; [`cluster`] catches that and reports an error.
+#[path = "../../../service/tests/integration/pg_server.rs"]
+pub mod pg_server;
 pub mod probe;
 pub mod procstat;
 pub mod service_proc;

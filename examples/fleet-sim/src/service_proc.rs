@@ -77,6 +77,10 @@ pub struct ServeSpec {
     pub mqtt: SocketAddr,
     /// `--broker-url` (an external broker) instead of the embedded one.
     pub broker_url: Option<String>,
+    /// `--database`: the store in PostgreSQL (a URL that may hold a password: never logged).
+    pub database: Option<String>,
+    /// `--replica NAME`: one of several replicas on one database and one broker.
+    pub replica: Option<String>,
     /// stdout and stderr of every start are appended here.
     pub log: PathBuf,
     /// `RUST_LOG` of the child.
@@ -97,6 +101,8 @@ impl ServeSpec {
             http: SocketAddr::from(([127, 0, 0, 1], crate::mosquitto::free_port()?)),
             mqtt: SocketAddr::from(([127, 0, 0, 1], crate::mosquitto::free_port()?)),
             broker_url: None,
+            database: None,
+            replica: None,
             log,
             rust_log: rust_log.to_owned(),
         })
@@ -125,6 +131,12 @@ impl ServeSpec {
             .arg("0");
         if let Some(url) = &self.broker_url {
             cmd.arg("--broker-url").arg(url);
+        }
+        if let Some(url) = &self.database {
+            cmd.arg("--database").arg(url);
+        }
+        if let Some(name) = &self.replica {
+            cmd.arg("--replica").arg(name);
         }
         cmd.env("RUST_LOG", &self.rust_log)
             .env_remove("HAMMER_DATA_DIR");
@@ -179,11 +191,13 @@ impl ServiceProc {
             .with_context(|| format!("cannot open {}", spec.log.display()))?;
         writeln!(
             log,
-            "==== rollout-bench: starting {} serve (http {}, mqtt {}, broker url {}) at unix ms {}",
+            "==== rollout-bench: starting {} serve (http {}, mqtt {}, broker url {}, store {}, replica {}) at unix ms {}",
             spec.bin.display(),
             spec.http,
             spec.mqtt,
             spec.broker_url.as_deref().unwrap_or("embedded"),
+            if spec.database.is_some() { "PostgreSQL" } else { "sled" },
+            spec.replica.as_deref().unwrap_or("-"),
             hammer_protocol::now_ms()
         )?;
         let err = log.try_clone()?;

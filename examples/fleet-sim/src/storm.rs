@@ -13,13 +13,29 @@ use hammer_protocol::api::DeploymentState;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-/// Runs the storm on `f` and returns the restarted service.
+/// Figures of one storm, each from the stop signal.
+#[derive(Debug, Clone)]
+pub struct StormReport {
+    pub devices: u64,
+    /// The process was gone.
+    pub stopped: Duration,
+    /// The restarted service answered `/healthz`.
+    pub restarted: Duration,
+    /// Every device was back online.
+    pub online: Duration,
+    /// Every device was back and confirmed on its desired state.
+    pub confirmed: Duration,
+    pub events_sent: u64,
+    pub events_stored: u64,
+}
+
+/// Runs the storm on `f` and returns the restarted service and the storm's figures.
 pub async fn run(
     svc: ServiceProc,
     spec: &ServeSpec,
     f: &Fleet,
     sig: StopSignal,
-) -> anyhow::Result<ServiceProc> {
+) -> anyhow::Result<(ServiceProc, StormReport)> {
     let n = f.devices.len() as u64;
     let s = &f.stats;
     s.finishes(true);
@@ -114,5 +130,14 @@ pub async fn run(
             "the storm lost status events: sent {sent}, stored {stored}, unacked {unacked}"
         );
     }
-    Ok(svc)
+    let report = StormReport {
+        devices: n,
+        stopped,
+        restarted: started,
+        online,
+        confirmed,
+        events_sent: sent,
+        events_stored: stored as u64,
+    };
+    Ok((svc, report))
 }

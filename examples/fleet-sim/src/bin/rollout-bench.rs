@@ -17,6 +17,15 @@
 //! 2. With `--mosquitto`: the same all-at-once rollout through Debian's mosquitto as the
 //!    external broker (`examples/mosquitto/`, `hammer serve --broker-url`), in the same run
 //!    so the ratio holds.
+//! 3. With `--cluster`: two replicas (`hammer serve --replica a|b --database … --broker-url
+//!    …`, child processes on one data dir) on a throwaway PostgreSQL (the service tests'
+//!    `pg_server.rs`; skipped with the reason when it cannot start) and Mosquitto; devices
+//!    are brought up and deployed to through replica b while a drives deployments: the
+//!    all-at-once and the batched rollout, then the storm in cluster form (the replica
+//!    holding the rollout lease is SIGKILLed mid-rollout and started again; timed: the
+//!    lease's takeover and the rollout over and confirmed; checked: every status event sent
+//!    is a row of `status_events` exactly once). A table at the end sets the embedded and the
+//!    cluster figures of the same run side by side.
 //!
 //! Service CPU and RSS are the child process's (`/proc/<pid>`); simulator CPU and RSS are
 //! this process's. The simulated devices need about one open file each here (their sockets);
@@ -25,10 +34,11 @@
 
 use anyhow::Context;
 use clap::Parser;
-use hammer_fleet_sim::bench::{bring_up, measured};
+use hammer_fleet_sim::bench::{bring_up, measured, RolloutReport};
 use hammer_fleet_sim::device::SimConfig;
 use hammer_fleet_sim::service_proc::{self, ServeSpec, ServiceProc, StopSignal};
-use hammer_fleet_sim::{mosquitto, procstat, storm};
+use hammer_fleet_sim::storm::StormReport;
+use hammer_fleet_sim::{cluster, mosquitto, procstat, storm};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +65,14 @@ struct Args {
     /// Also run the all-at-once rollout through mosquitto as the external broker.
     #[arg(long)]
     mosquitto: bool,
+    /// Also run two replicas on a throwaway PostgreSQL and mosquitto: the rollouts and the
+    /// storm in cluster form (the lease holder killed mid-rollout).
+    #[arg(long)]
+    cluster: bool,
+    /// In the cluster storm, kill the lease holder once this fraction of the devices got the
+    /// rollout's desired state (1.0: all, as the embedded storm).
+    #[arg(long, default_value_t = 1.0, value_name = "FRACTION")]
+    cluster_kill_after: f64,
     /// Skip the reconnect storm.
     #[arg(long)]
     no_storm: bool,
@@ -179,6 +197,7 @@ async fn main_async(args: &Args, bin: &Path, work: &Path) -> anyhow::Result<()> 
         "rollout-bench: {n} devices, fetch {} ms, start {} ms, jitter {} ms, fail rate {}",
         args.fetch_ms, args.start_ms, args.jitter_ms, args.fail_rate
     );
+    let batch = args.batch.unwrap_or((n as u32 / 10).max(1));
     // ---- embedded broker ----
     let spec = ServeSpec::new(
         bin,
@@ -188,41 +207,209 @@ async fn main_async(args: &Args, bin: &Path, work: &Path) -> anyhow::Result<()> 
     )?;
     let svc = start_service("embedded", &spec).await?;
     let f = bring_up("embedded", &svc, n, args.ramp, sim_config(args)).await?;
-    measured("embedded, all at once", &f, None, svc.pid(), None).await?;
-    let batch = args.batch.unwrap_or((n as u32 / 10).max(1));
-    measured("embedded, batched", &f, Some(batch), svc.pid(), None).await?;
-    let svc = if args.no_storm {
-        svc
+    let all = measured("embedded, all at once", &f, None, svc.pid(), None).await?;
+    let batched = measured("embedded, batched", &f, Some(batch), svc.pid(), None).await?;
+    let (svc, storm) = if args.no_storm {
+        (svc, None)
     } else {
-        storm::run(svc, &spec, &f, args.storm_signal).await?
+        let (svc, r) = storm::run(svc, &spec, &f, args.storm_signal).await?;
+        (svc, Some(r))
     };
     drop(f);
     stop_service("embedded", svc).await?;
+    let embedded = Embedded {
+        all,
+        batched,
+        storm,
+    };
 
     // ---- mosquitto ----
     if args.mosquitto {
         if mosquitto::binary().is_none() {
             println!("[mosquitto] skipped: the mosquitto binary is not installed");
-            return Ok(());
+        } else {
+            run_mosquitto(args, bin, work).await?;
         }
-        let mut spec = ServeSpec::new(
-            bin,
-            work.join("mosquitto-data"),
-            work.join("service-mosquitto.log"),
-            &args.service_log,
-        )?;
-        // The CA and the broker certificate mosquitto serves; `hammer serve` reuses them
-        // (same public host, so the certificate is not reissued).
-        hammer_service::init::load_or_create(&spec.data_dir, Some("127.0.0.1"), spec.mqtt)
-            .context("cannot initialise the mosquitto run's data dir")?;
-        let mq = mosquitto::start(&spec.data_dir, mosquitto::free_port()?).await?;
-        spec.broker_url = Some(mq.url());
-        let svc = start_service("mosquitto", &spec).await?;
-        let f = bring_up("mosquitto", &svc, n, args.ramp, sim_config(args)).await?;
-        measured("mosquitto, all at once", &f, None, svc.pid(), mq.pid()).await?;
-        drop(f);
-        stop_service("mosquitto", svc).await?;
-        drop(mq);
     }
+
+    // ---- cluster ----
+    let mut cluster_result = None;
+    if args.cluster {
+        if mosquitto::binary().is_none() {
+            println!(
+                "[cluster] skipped: the mosquitto binary is not installed (apt-get install mosquitto)"
+            );
+        } else {
+            // On this (the main) thread: PostgreSQL dies with the thread that started it.
+            match cluster::start_postgres() {
+                Ok(None) => println!(
+                    "[cluster] skipped: PostgreSQL cannot run here (the SKIPPED line above says why)"
+                ),
+                Err(e) => println!("[cluster] skipped: {e:#}"),
+                Ok(Some(pg)) => {
+                    let opts = cluster::Opts {
+                        bin,
+                        work,
+                        devices: n,
+                        ramp: args.ramp,
+                        batch,
+                        sim: sim_config(args),
+                        service_log: args.service_log.clone(),
+                        storm: !args.no_storm,
+                        kill_after: args.cluster_kill_after,
+                    };
+                    cluster_result = Some(cluster::run(&opts, pg).await);
+                }
+            }
+        }
+    }
+    let cluster = match &cluster_result {
+        Some(Ok(r)) => Some(r),
+        _ => None,
+    };
+    print_summary(n, batch, &embedded, cluster);
+    match cluster_result {
+        Some(Err(e)) => Err(e.context("the cluster part failed (replica logs: see above)")),
+        Some(Ok(r)) if !r.mismatches.is_empty() => anyhow::bail!(
+            "the cluster run did not hold up: {}",
+            r.mismatches.join("; ")
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The all-at-once rollout through mosquitto as the external broker.
+async fn run_mosquitto(args: &Args, bin: &Path, work: &Path) -> anyhow::Result<()> {
+    let n = args.devices;
+    let mut spec = ServeSpec::new(
+        bin,
+        work.join("mosquitto-data"),
+        work.join("service-mosquitto.log"),
+        &args.service_log,
+    )?;
+    // The CA and the broker certificate mosquitto serves; `hammer serve` reuses them
+    // (same public host, so the certificate is not reissued).
+    hammer_service::init::load_or_create(&spec.data_dir, Some("127.0.0.1"), spec.mqtt)
+        .context("cannot initialise the mosquitto run's data dir")?;
+    let mq = mosquitto::start(&spec.data_dir, mosquitto::free_port()?).await?;
+    spec.broker_url = Some(mq.url());
+    let svc = start_service("mosquitto", &spec).await?;
+    let f = bring_up("mosquitto", &svc, n, args.ramp, sim_config(args)).await?;
+    measured("mosquitto, all at once", &f, None, svc.pid(), mq.pid()).await?;
+    drop(f);
+    stop_service("mosquitto", svc).await?;
+    drop(mq);
     Ok(())
+}
+
+/// The embedded run's figures.
+struct Embedded {
+    all: RolloutReport,
+    batched: RolloutReport,
+    storm: Option<StormReport>,
+}
+
+/// The embedded and the cluster figures of this run side by side.
+fn print_summary(n: usize, batch: u32, e: &Embedded, c: Option<&cluster::Report>) {
+    fn row(label: &str, emb: Option<f64>, clu: Option<f64>, unit: &str) {
+        let cell = |v: Option<f64>| v.map_or("—".to_owned(), |v| format!("{v:.2} {unit}"));
+        let ratio = match (emb, clu) {
+            (Some(e), Some(c)) if e > 0.0 => format!("{:.2}×", c / e),
+            _ => "—".to_owned(),
+        };
+        println!("| {label} | {} | {} | {ratio} |", cell(emb), cell(clu));
+    }
+    let s = |d: Duration| Some(d.as_secs_f64());
+    println!();
+    println!(
+        "summary, {n} devices (embedded: one `hammer serve`, sled, embedded broker; cluster: replicas a and b, PostgreSQL, mosquitto):"
+    );
+    println!("| | embedded | cluster | cluster / embedded |");
+    println!("|---|---|---|---|");
+    for (name, er, cr) in [
+        ("all at once", &e.all, c.map(|c| &c.all_at_once)),
+        (
+            &*format!("batched ({batch} in flight)"),
+            &e.batched,
+            c.map(|c| &c.batched),
+        ),
+    ] {
+        row(
+            &format!("{name}: devices terminal"),
+            s(er.all_done),
+            cr.and_then(|r| s(r.all_done)),
+            "s",
+        );
+        row(
+            &format!("{name}: deployment done"),
+            s(er.service_done),
+            cr.and_then(|r| s(r.service_done)),
+            "s",
+        );
+        row(
+            &format!("{name}: per device p50"),
+            Some(er.p50_ms),
+            cr.map(|r| r.p50_ms),
+            "ms",
+        );
+        row(
+            &format!("{name}: per device p99"),
+            Some(er.p99_ms),
+            cr.map(|r| r.p99_ms),
+            "ms",
+        );
+        row(
+            &format!("{name}: status events stored per second"),
+            Some(er.events_per_sec),
+            cr.map(|r| r.events_per_sec),
+            "/s",
+        );
+    }
+    let fo = c.and_then(|c| c.failover.as_ref());
+    row(
+        "storm: recovered after the kill (embedded: every device back online and confirmed; cluster: rollout over, every device terminal, every event acked)",
+        e.storm.as_ref().and_then(|r| s(r.confirmed)),
+        fo.and_then(|f| s(f.recovered)),
+        "s",
+    );
+    row(
+        "storm: killed process back on /healthz",
+        e.storm.as_ref().and_then(|r| s(r.restarted)),
+        fo.and_then(|f| s(f.restarted)),
+        "s",
+    );
+    row(
+        "storm (cluster): rollout lease taken over",
+        None,
+        fo.and_then(|f| s(f.takeover)),
+        "s",
+    );
+    let stored = |sent: u64, stored: u64| {
+        if sent == stored {
+            format!("{stored} of {sent}: exactly once")
+        } else {
+            format!("{stored} of {sent}: MISMATCH")
+        }
+    };
+    println!(
+        "| storm: status events stored | {} | {} | |",
+        e.storm
+            .as_ref()
+            .map_or("—".into(), |r| stored(r.events_sent, r.events_stored)),
+        fo.map_or("—".into(), |f| stored(f.events_sent, f.events_stored))
+    );
+    if let Some(f) = fo {
+        println!(
+            "cluster storm: replica {} (lease holder) killed with {} of {} devices terminal; lease taken by replica {}; deployment {} with {} of {} targets succeeded; {} resent events; {} launched twice",
+            f.killed,
+            f.finished_at_kill,
+            f.devices,
+            f.taken_by,
+            f.state,
+            f.targets_succeeded,
+            f.devices,
+            f.events_resent,
+            f.launched_twice
+        );
+    }
 }
