@@ -155,6 +155,8 @@ impl Db {
         else {
             bail!("unexpected leases row {s:?}");
         };
+        // The holder is `NAME@INCARNATION` (one per process start): the replica's name.
+        let holder = holder.split('@').next().unwrap_or(holder);
         Ok(Some(Lease {
             holder: holder.to_owned(),
             token: token.parse().with_context(|| format!("leases row {s:?}"))?,

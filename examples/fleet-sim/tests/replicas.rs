@@ -44,7 +44,7 @@ fn replica_config(
 fn lease_holder(pg: &pg_server::TestPg) -> String {
     pg.sql(
         "hammer",
-        "SELECT holder FROM leases WHERE name = 'rollout' AND expires_at > (extract(epoch from now()) * 1000)::bigint",
+        "SELECT split_part(holder, '@', 1) FROM leases WHERE name = 'rollout' AND expires_at > (extract(epoch from now()) * 1000)::bigint",
     )
 }
 

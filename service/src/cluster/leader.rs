@@ -159,7 +159,7 @@ impl Leader {
         match self
             .svc
             .store
-            .release_lease(ROLLOUT_LEASE, &self.link.replica, token)
+            .release_lease(ROLLOUT_LEASE, &self.link.holder, token)
         {
             Ok(()) => tracing::info!("released the rollout lease"),
             Err(e) => {
@@ -174,7 +174,7 @@ impl Leader {
             match self
                 .svc
                 .store
-                .acquire_lease(ROLLOUT_LEASE, &self.link.replica, now, TTL_MS)
+                .acquire_lease(ROLLOUT_LEASE, &self.link.holder, now, TTL_MS)
             {
                 Ok(Some(l)) => Attempt::Granted {
                     token: l.token,
@@ -206,7 +206,7 @@ impl Leader {
     async fn start_engine(&mut self, token: u64) {
         let fence = Fence {
             name: ROLLOUT_LEASE.to_owned(),
-            holder: self.link.replica.clone(),
+            holder: self.link.holder.clone(),
             token,
         };
         match Engine::load_fenced(self.svc.clone(), Some(fence)).await {
@@ -302,7 +302,7 @@ impl Leader {
         let (svc, link) = (self.svc.clone(), self.link.clone());
         tokio::spawn(async move {
             let answer = ask_holder(&svc, &link, request).await;
-            reply.answer(answer);
+            reply.answer(&svc, answer);
         });
     }
 
@@ -409,11 +409,14 @@ impl Leader {
 
 /// Asks the engine running here, as the API would.
 async fn ask_engine(tx: &mpsc::Sender<RolloutMsg>, request: EngineRequest) -> EngineReply {
+    // The record is in the store (the engine persists a create, cancel, pause or resume
+    // before it answers): the answer names it, and the asking replica reads it there, so a
+    // 10,000-target deployment does not cross the broker twice.
     fn dep(
         r: Result<Result<crate::store::DeploymentRecord, RolloutError>, oneshot::error::RecvError>,
     ) -> EngineReply {
         match r {
-            Ok(Ok(d)) => EngineReply::Deployment(Ok(Box::new(d))),
+            Ok(Ok(d)) => EngineReply::Deployment(Ok(d.id)),
             Ok(Err(e)) => EngineReply::Deployment(Err(e.into())),
             Err(_) => EngineReply::NotLeader,
         }
@@ -481,33 +484,67 @@ async fn ask_engine(tx: &mpsc::Sender<RolloutMsg>, request: EngineRequest) -> En
     }
 }
 
-/// Asks the lease holder, retrying while the lease changes hands, until [`REQUEST_DEADLINE`].
+/// Asks the lease holder, under one request id, until it answers or [`REQUEST_DEADLINE`]
+/// passes: sent again after [`REQUEST_TIMEOUT`] without an answer (an answer to an earlier
+/// attempt still counts), and to the new holder when the lease changes hands.
 async fn ask_holder(
     svc: &Service,
     link: &ClusterLink,
     request: EngineRequest,
 ) -> Result<EngineReply, RolloutError> {
     let deadline = tokio::time::Instant::now() + REQUEST_DEADLINE;
+    let mut pending = link.open_request().map_err(|e| {
+        tracing::warn!(error = %e, "engine request refused");
+        RolloutError::Unavailable
+    })?;
     loop {
         let now = now_ms();
-        match svc.store.lease(ROLLOUT_LEASE) {
-            Ok(Some(l)) if l.expires_at > now && l.holder != link.replica => {
-                match link
-                    .request(&l.holder, request.clone(), REQUEST_TIMEOUT)
-                    .await
-                {
-                    Ok(EngineReply::NotLeader) => {}
-                    Ok(reply) => return Ok(reply),
-                    Err(e) => tracing::debug!(error = %e, "engine request not answered; retrying"),
+        let holder = match svc.store.lease(ROLLOUT_LEASE) {
+            Ok(Some(l)) if l.expires_at > now && l.holder != link.holder => Some(l.holder),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the rollout lease; retrying");
+                None
+            }
+        };
+        let wait = match holder {
+            Some(h) => {
+                // The holder is `NAME@INCARNATION`; requests go to the replica's topic.
+                let name = h.split('@').next().unwrap_or(&h);
+                match link.send_request(name, pending.id, request.clone()).await {
+                    Ok(()) => REQUEST_TIMEOUT,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "engine request not sent; retrying");
+                        Duration::from_millis(200)
+                    }
                 }
             }
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "cannot read the rollout lease; retrying"),
+            None => Duration::from_millis(200),
+        };
+        let until = (tokio::time::Instant::now() + wait).min(deadline);
+        loop {
+            match tokio::time::timeout_at(until, pending.answers.recv()).await {
+                Ok(Some(EngineReply::NotLeader)) => {
+                    // That replica does not drive deployments (any more): ask again, soon.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    break;
+                }
+                Ok(Some(reply)) => return Ok(reply),
+                Ok(None) => return Err(RolloutError::Unavailable),
+                Err(_) => {
+                    if until >= deadline {
+                        return Err(RolloutError::Unavailable);
+                    }
+                    link.counters
+                        .request_timeouts
+                        .fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            }
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(RolloutError::Unavailable);
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -519,10 +556,18 @@ enum Reply {
 }
 
 impl Reply {
-    fn answer(self, answer: Result<EngineReply, RolloutError>) {
+    fn answer(self, svc: &Service, answer: Result<EngineReply, RolloutError>) {
         match (self, answer) {
             (Reply::Deployment(tx), Ok(EngineReply::Deployment(r))) => {
-                let _ = tx.send(r.map(|d| *d).map_err(RolloutError::from));
+                let r = match r {
+                    Ok(id) => match svc.store.deployment(&id) {
+                        Ok(Some(d)) => Ok(d),
+                        Ok(None) => Err(RolloutError::Vanished { id }),
+                        Err(e) => Err(RolloutError::Store(e)),
+                    },
+                    Err(refusal) => Err(RolloutError::from(refusal)),
+                };
+                let _ = tx.send(r);
             }
             (Reply::Deployment(tx), Err(e)) => {
                 let _ = tx.send(Err(e));

@@ -13,7 +13,9 @@
 //!   epoch and sequence number), acks it, and relays it ([`wire::Body::Stored`]) to the
 //!   other replicas for their event streams and for the rollout engine.
 //! - **One replica drives deployments**: the holder of the rollout lease ([`lease`], a row
-//!   in the database with an expiry and a fencing token) runs the rollout engine. Requests
+//!   in the database with an expiry and a fencing token; its holder is this process's
+//!   incarnation, `NAME@RANDOM`, so a replica started again under the same name waits for
+//!   its previous run's lease like anyone else) runs the rollout engine. Requests
 //!   that need the engine (create, cancel, pause, resume, mark a commit bad) are sent by the
 //!   replica that got them to the holder and answered back ([`wire::Body::Request`]); the
 //!   holder relays deployment progress to the others' event streams, coalesced to the
@@ -55,7 +57,7 @@ pub const ROLLOUT_LEASE: &str = "rollout";
 /// How often the holder relays deployment progress (the newest event of each deployment).
 pub const PROGRESS_EVERY_MS: u64 = 250;
 /// One attempt of an engine request to another replica.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an engine request keeps being retried (while the lease changes hands) before
 /// the caller gets 503.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(20);

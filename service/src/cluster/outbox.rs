@@ -8,8 +8,7 @@ use rumqttc::{AsyncClient, QoS};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 
 /// Most engine requests of this replica waiting for their reply; more are refused at once.
 pub const MAX_PENDING_REQUESTS: usize = 1024;
@@ -111,20 +110,41 @@ impl ClusterCounters {
 pub enum RequestError {
     #[error("too many engine requests waiting for another replica ({MAX_PENDING_REQUESTS})")]
     TooMany,
-    #[error("no answer from replica {0} in time")]
-    Timeout(String),
     #[error("cannot send to replica {replica}: {reason}")]
     Send { replica: String, reason: String },
+}
+
+/// One engine request waiting for its answers: sent once or more (to whoever holds the
+/// lease), under one id, so that an answer to an earlier attempt still counts. Dropping it
+/// stops waiting.
+pub struct PendingRequest<'a> {
+    link: &'a ClusterLink,
+    pub id: u64,
+    pub answers: mpsc::Receiver<EngineReply>,
+}
+
+impl Drop for PendingRequest<'_> {
+    fn drop(&mut self) {
+        self.link
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
 }
 
 /// The link to the other replicas.
 pub struct ClusterLink {
     /// This replica's name (`--replica`).
     pub replica: String,
+    /// This process's lease holder name, `NAME@INCARNATION` (random per start): a replica
+    /// started again under the same name is another holder, so it cannot renew the lease
+    /// of its previous run (which may still be alive, stalled) and the fence tells them apart.
+    pub holder: String,
     mqtt: AsyncClient,
     next_msg: AtomicU64,
     next_request: AtomicU64,
-    pending: Mutex<HashMap<u64, oneshot::Sender<EngineReply>>>,
+    pending: Mutex<HashMap<u64, mpsc::Sender<EngineReply>>>,
     progress: Mutex<HashMap<String, WireHubEvent>>,
     pub counters: ClusterCounters,
 }
@@ -134,7 +154,14 @@ impl ClusterLink {
         // Message numbers start from the clock so that a restarted replica does not reuse
         // the numbers its previous run had in flight.
         let start = hammer_protocol::now_ms() << 16;
+        let mut rnd = [0u8; 4];
+        // Without randomness the clock still tells two starts apart.
+        let incarnation = match getrandom::getrandom(&mut rnd) {
+            Ok(()) => hex::encode(rnd),
+            Err(_) => format!("{:x}", start),
+        };
         ClusterLink {
+            holder: format!("{replica}@{incarnation}"),
             replica,
             mqtt,
             next_msg: AtomicU64::new(start),
@@ -201,45 +228,36 @@ impl ClusterLink {
         }
     }
 
-    /// Asks replica `to`'s rollout engine; waits at most `timeout` for the answer.
-    pub async fn request(
+    /// Registers a request that will wait for its answers.
+    pub fn open_request(&self) -> Result<PendingRequest<'_>, RequestError> {
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        // A few answers: one per attempt at most matters, the rest are dropped.
+        let (tx, rx) = mpsc::channel(4);
+        let mut g = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if g.len() >= MAX_PENDING_REQUESTS {
+            return Err(RequestError::TooMany);
+        }
+        g.insert(id, tx);
+        Ok(PendingRequest {
+            link: self,
+            id,
+            answers: rx,
+        })
+    }
+
+    /// Sends (again) request `id` to replica `to`.
+    pub async fn send_request(
         &self,
         to: &str,
+        id: u64,
         request: EngineRequest,
-        timeout: Duration,
-    ) -> Result<EngineReply, RequestError> {
-        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut g = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            if g.len() >= MAX_PENDING_REQUESTS {
-                return Err(RequestError::TooMany);
-            }
-            g.insert(id, tx);
-        }
-        let sent = self
-            .send(&wire::rpc_topic(to), Body::Request { id, request })
-            .await;
-        let out = match sent {
-            Err(reason) => Err(RequestError::Send {
+    ) -> Result<(), RequestError> {
+        self.send(&wire::rpc_topic(to), Body::Request { id, request })
+            .await
+            .map_err(|reason| RequestError::Send {
                 replica: to.to_owned(),
                 reason,
-            }),
-            Ok(()) => match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(reply)) => Ok(reply),
-                _ => {
-                    self.counters
-                        .request_timeouts
-                        .fetch_add(1, Ordering::Relaxed);
-                    Err(RequestError::Timeout(to.to_owned()))
-                }
-            },
-        };
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-        out
+            })
     }
 
     /// Hands a reply to the request waiting for it (a late or unknown one is dropped).
@@ -248,9 +266,10 @@ impl ClusterLink {
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+            .get(&id)
+            .cloned();
         if let Some(tx) = tx {
-            let _ = tx.send(reply);
+            let _ = tx.try_send(reply);
         }
     }
 }

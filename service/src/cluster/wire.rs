@@ -108,7 +108,8 @@ pub enum EngineRequest {
 /// The engine's answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum EngineReply {
-    Deployment(Result<Box<DeploymentRecord>, WireRefusal>),
+    /// The deployment's id: it is in the store, as the engine wrote it before answering.
+    Deployment(Result<String, WireRefusal>),
     Stopped(Vec<String>),
     Holder(Option<String>),
     /// The receiver does not drive deployments (any more): ask the lease's holder again.
