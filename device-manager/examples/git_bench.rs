@@ -17,7 +17,10 @@
 //!    (the served branch moved to each before its deploy, as pushes would),
 //!    each in a child process (this example run as `--child ...`) whose peak RSS (VmHWM) is
 //!    read at its end, beside the VmHWM of a child that does nothing; then the disk used by
-//!    the three kept releases (hard links counted once) and by the mirror.
+//!    the three kept releases (hard links counted once) and by the mirror; then a fourth
+//!    commit that changes 4 KiB in the middle of the big file, whose deploy's peak shows the
+//!    case the streamed checkout does not cover (the server sends the file as a delta against
+//!    its previous version; libgit2 rebuilds it whole in memory).
 //!
 //! Each figure is printed as the median of the runs with the min and max.
 
@@ -133,7 +136,11 @@ fn main() -> Result<()> {
     let mut figures = Vec::new();
     let (mut rss, mut base, mut disk, mut mirror) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (changed, commits) = commits
+        .split_last()
+        .ok_or_else(|| anyhow!("no commits made"))?;
     let mut peak_each = vec![Vec::new(); commits.len()];
+    let mut peak_changed = Vec::new();
     for run in 0..args.runs {
         let place = root.join(format!("b-{run}"));
         let mut peak: u64 = 0;
@@ -154,10 +161,19 @@ fn main() -> Result<()> {
         base.push(run_child(&exe, &["idle"])? as f64 / 1024.0);
         disk.push(du(&place.join("apps/releases"), &mut HashSet::new()) as f64 / 1048576.0);
         mirror.push(du(&place.join("repo.git"), &mut HashSet::new()) as f64 / 1048576.0);
+        git(
+            &served.join("big.git"),
+            &["update-ref", "refs/heads/main", changed],
+        )?;
+        let kb = run_child(
+            &exe,
+            &["deploy", &place.display().to_string(), &url, "main"],
+        )?;
+        peak_changed.push(kb as f64 / 1024.0);
         std::fs::remove_dir_all(&place)?;
     }
     println!(
-        "\none {} MiB file + start.sh, 3 commits changing start.sh only, deployed in turn",
+        "\none {} MiB file + start.sh, 3 commits changing start.sh only, deployed in turn; then a 4th changing 4 KiB of the big file",
         args.big_mib
     );
     for (i, p) in peak_each.into_iter().enumerate() {
@@ -167,6 +183,11 @@ fn main() -> Result<()> {
     figures.push(("peak RSS of a child doing nothing".into(), base, "MiB"));
     figures.push(("disk: 3 kept releases".into(), disk, "MiB"));
     figures.push(("disk: mirror".into(), mirror, "MiB"));
+    figures.push((
+        "peak RSS, deploy 4: big file changed (VmHWM)".into(),
+        peak_changed,
+        "MiB",
+    ));
     print_figures(&figures, args.runs);
 
     drop(server);
@@ -273,11 +294,13 @@ fn make_history_repo(dir: &Path, commits: usize) -> Result<()> {
     Ok(())
 }
 
-/// A repository with one big file and three commits changing only `start.sh`.
+/// A repository with one big file and three commits changing only `start.sh`, then a fourth
+/// that changes 4 KiB in the middle of the big file.
 fn make_big_repo(dir: &Path, mib: usize) -> Result<Vec<String>> {
     std::fs::create_dir_all(dir)?;
     git(dir, &["init", "-q", "-b", "main"])?;
-    std::fs::write(dir.join("model.bin"), noise(7, mib * 1024 * 1024))?;
+    let mut model = noise(7, mib * 1024 * 1024);
+    std::fs::write(dir.join("model.bin"), &model)?;
     let mut commits = Vec::new();
     for i in 0..3 {
         std::fs::write(dir.join("start.sh"), format!("#!/bin/sh\necho {i}\n"))?;
@@ -285,6 +308,13 @@ fn make_big_repo(dir: &Path, mib: usize) -> Result<Vec<String>> {
         git(dir, &["commit", "-q", "-m", &format!("v{i}")])?;
         commits.push(git(dir, &["rev-parse", "HEAD"])?);
     }
+    let mid = model.len() / 2;
+    let end = (mid + 4096).min(model.len());
+    model[mid..end].copy_from_slice(&noise(8, end - mid));
+    std::fs::write(dir.join("model.bin"), &model)?;
+    git(dir, &["add", "-A"])?;
+    git(dir, &["commit", "-q", "-m", "model changed"])?;
+    commits.push(git(dir, &["rev-parse", "HEAD"])?);
     Ok(commits)
 }
 
