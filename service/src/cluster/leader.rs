@@ -522,24 +522,20 @@ async fn ask_holder(
             None => Duration::from_millis(200),
         };
         let until = (tokio::time::Instant::now() + wait).min(deadline);
-        loop {
-            match tokio::time::timeout_at(until, pending.answers.recv()).await {
-                Ok(Some(EngineReply::NotLeader)) => {
-                    // That replica does not drive deployments (any more): ask again, soon.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    break;
+        match tokio::time::timeout_at(until, pending.answers.recv()).await {
+            Ok(Some(EngineReply::NotLeader)) => {
+                // That replica does not drive deployments (any more): ask again, soon.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(Some(reply)) => return Ok(reply),
+            Ok(None) => return Err(RolloutError::Unavailable),
+            Err(_) => {
+                if until >= deadline {
+                    return Err(RolloutError::Unavailable);
                 }
-                Ok(Some(reply)) => return Ok(reply),
-                Ok(None) => return Err(RolloutError::Unavailable),
-                Err(_) => {
-                    if until >= deadline {
-                        return Err(RolloutError::Unavailable);
-                    }
-                    link.counters
-                        .request_timeouts
-                        .fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
+                link.counters
+                    .request_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
         if tokio::time::Instant::now() >= deadline {
