@@ -167,6 +167,22 @@ impl Store {
 mod tests {
     use super::*;
 
+    /// Opens the database again once the previous handle's lock is gone: sled's flusher
+    /// thread can hold the file lock for a moment after the handle is dropped (seen under
+    /// load in CI).
+    fn reopen(dir: &std::path::Path) -> sled::Db {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match open_db(dir) {
+                Ok(db) => return db,
+                Err(_) if std::time::Instant::now() < end => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("{e:#}"),
+            }
+        }
+    }
+
     #[test]
     fn epoch_survives_reopen_and_reset_changes_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -176,7 +192,7 @@ mod tests {
             s.set(Counter::Generation, 5).unwrap();
             s.epoch()
         };
-        let db = open_db(dir.path()).unwrap();
+        let db = reopen(dir.path());
         let s = Store::open(&db).unwrap();
         assert_eq!(s.epoch(), e1);
         assert_ne!(e1, 0);
