@@ -127,9 +127,7 @@ pub async fn run(
             },
             _ = engine_done(&mut me.engine) => {
                 tracing::warn!("the rollout engine stopped; following until the lease is free again");
-                me.engine = None;
-                me.link.counters.leading.store(false, Ordering::Relaxed);
-                me.core.on_engine_stopped();
+                me.engine_gone();
             }
             _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
         }
@@ -149,6 +147,14 @@ async fn engine_done(engine: &mut Option<Running>) {
 }
 
 impl Leader {
+    /// The engine task ended by itself (its inbox closed, or a fenced write stopped it):
+    /// this replica follows until it takes the lease again.
+    fn engine_gone(&mut self) {
+        self.engine = None;
+        self.link.counters.leading.store(false, Ordering::Relaxed);
+        self.core.on_engine_stopped();
+    }
+
     /// Stops the engine (it writes its state) and releases the lease, so that another
     /// replica takes over at its next tick instead of after the TTL.
     async fn hand_over(&mut self) {
@@ -255,9 +261,7 @@ impl Leader {
     async fn route(&mut self, msg: RolloutMsg) {
         if let Some(r) = &self.engine {
             if let Err(mpsc::error::SendError(msg)) = r.tx.send(msg).await {
-                self.engine = None;
-                self.link.counters.leading.store(false, Ordering::Relaxed);
-                self.core.on_engine_stopped();
+                self.engine_gone();
                 self.remote(msg);
             }
             return;
