@@ -756,6 +756,11 @@ fn a_rolling_upgrade_and_a_killed_replica_drop_no_request_and_launch_nothing_twi
     });
     let seen = observer.stop();
     let seen = seen.lock().unwrap();
+    // The broker's log beside the others (its own folder goes with it).
+    let _ = std::fs::copy(
+        mq.dir.path().join("mosquitto.log"),
+        c.root.join("mosquitto.log"),
+    );
 
     // ---- what happened ----
     eprintln!("---- cluster test summary ({:.1?}) ----", started.elapsed());
@@ -823,23 +828,13 @@ fn a_rolling_upgrade_and_a_killed_replica_drop_no_request_and_launch_nothing_twi
     }
     let sent_total: u64 = summary.values().map(|(s, _)| s).sum();
     assert!(sent_total > 100, "too little traffic: {summary:?}");
-    let observer_problems: Vec<_> = seen
-        .problems
-        .iter()
-        .filter(|p| !p.starts_with("observer connection"))
-        .collect();
-    assert!(
-        observer_problems.is_empty(),
-        "observer: {observer_problems:?}"
-    );
-    assert!(
-        !seen
-            .problems
-            .iter()
-            .any(|p| p.starts_with("observer connection")),
-        "the observer lost its broker connection (events may be missing): {:?}",
-        seen.problems
-    );
+    assert!(seen.problems.is_empty(), "observer: {:?}", seen.problems);
+    if seen.reconnects > 0 {
+        eprintln!(
+            "the observer reconnected {} time(s) and found its session each time",
+            seen.reconnects
+        );
+    }
 
     // One generation, one payload.
     let two: Vec<_> = seen.desired.iter().filter(|(_, d)| d.len() > 1).collect();

@@ -2,6 +2,8 @@
 //! every desired state the service publishes (device, generation, payload digest) and every
 //! status event the devices send (by device, epoch and seq), to check afterwards that no
 //! generation carried two payloads and that the service stored each event exactly once.
+//! Its session is persistent: a connection the broker breaks (seen once in CI, cause not
+//! known) costs no event, and a reconnect that finds its session gone is a problem.
 
 use hammer_protocol::signing::Signed;
 use hammer_protocol::{decode, DesiredState, StatusEvent};
@@ -28,6 +30,11 @@ pub struct Seen {
     /// Things that must not happen: a resend with other content, undecodable payloads.
     pub problems: Vec<String>,
     pub subscribed: bool,
+    /// Connections after the first (each must have found its session).
+    pub reconnects: u32,
+    /// Set by [`Observer::stop`] before it disconnects: the connection closing after that is
+    /// the observer's own doing, not a lost connection.
+    pub stopping: bool,
 }
 
 pub struct Observer {
@@ -106,19 +113,38 @@ impl Observer {
             Arc::new(tls),
         )));
         opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_clean_session(false);
         opts.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut el) = AsyncClient::new(opts, 64);
         let seen = Arc::new(Mutex::new(Seen::default()));
         let seen2 = seen.clone();
         let sub = client.clone();
+        let started = Instant::now();
         let task = tokio::spawn(async move {
+            let mut connects = 0u32;
             loop {
                 match el.poll().await {
-                    Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                        // A clean session each time: (re)subscribe.
-                        let filters = ["hammer/v1/dev/+/desired", "hammer/v1/dev/+/status"]
-                            .map(|t| SubscribeFilter::new(t.to_owned(), QoS::AtLeastOnce));
-                        let _ = sub.subscribe_many(filters).await;
+                    Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+                        // A persistent session: the broker keeps what arrives while the
+                        // observer reconnects, so a broken connection loses nothing, unless
+                        // the session itself is gone.
+                        let first = connects == 0;
+                        connects += 1;
+                        if !first {
+                            let mut s = seen2.lock().unwrap();
+                            s.reconnects += 1;
+                            if !ack.session_present {
+                                s.problems.push(format!(
+                                    "the observer's session was gone when it reconnected ({:.1}s after start): events may be missing",
+                                    started.elapsed().as_secs_f64()
+                                ));
+                            }
+                        }
+                        if !ack.session_present {
+                            let filters = ["hammer/v1/dev/+/desired", "hammer/v1/dev/+/status"]
+                                .map(|t| SubscribeFilter::new(t.to_owned(), QoS::AtLeastOnce));
+                            let _ = sub.subscribe_many(filters).await;
+                        }
                     }
                     Ok(Event::Incoming(Incoming::SubAck(_))) => {
                         seen2.lock().unwrap().subscribed = true;
@@ -128,11 +154,13 @@ impl Observer {
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        seen2
-                            .lock()
-                            .unwrap()
-                            .problems
-                            .push(format!("observer connection: {e}"));
+                        if seen2.lock().unwrap().stopping {
+                            return;
+                        }
+                        eprintln!(
+                            "observer: connection lost {:.1}s after start: {e} (reconnecting to its session)",
+                            started.elapsed().as_secs_f64()
+                        );
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
@@ -151,6 +179,7 @@ impl Observer {
     }
 
     pub fn stop(self) -> Arc<Mutex<Seen>> {
+        self.seen.lock().unwrap().stopping = true;
         let _ = self.client.try_disconnect();
         self.task.abort();
         self.seen
