@@ -506,11 +506,29 @@ impl SledStore {
         }
     }
 
-    fn claim(tree: &::sled::Tree, key: &[u8], value: &[u8]) -> Result<bool> {
-        Ok(tree
-            .compare_and_swap(key, None::<&[u8]>, Some(value))
-            .map_err(err)?
-            .is_ok())
+    /// Claims a unique name for a record and stores the record, in one transaction (false
+    /// when the name is taken): a crash between the two would leave a name taken by nothing,
+    /// which no request could free.
+    fn claim_name(
+        (names, name): (&::sled::Tree, &[u8]),
+        (records, id): (&::sled::Tree, &[u8]),
+        record: &[u8],
+    ) -> Result<bool> {
+        use ::sled::transaction::{ConflictableTransactionError, TransactionError};
+        use ::sled::Transactional;
+        let r = (names, records).transaction(|(names, records)| {
+            if names.get(name)?.is_some() {
+                return Ok(false);
+            }
+            names.insert(name, id)?;
+            records.insert(id, record)?;
+            Ok::<_, ConflictableTransactionError<StoreError>>(true)
+        });
+        match r {
+            Ok(new) => Ok(new),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(err(e)),
+        }
     }
 }
 
@@ -533,11 +551,11 @@ impl Store for SledStore {
     }
 
     fn insert_user(&self, user: &UserRecord) -> Result<bool> {
-        if !Self::claim(&self.user_names, user.name.as_bytes(), user.id.as_bytes())? {
-            return Ok(false);
-        }
-        self.users.insert(&user.id, to_json(user)?).map_err(err)?;
-        Ok(true)
+        Self::claim_name(
+            (&self.user_names, user.name.as_bytes()),
+            (&self.users, user.id.as_bytes()),
+            &to_json(user)?,
+        )
     }
 
     fn user(&self, id: &str) -> Result<Option<UserRecord>> {
@@ -618,17 +636,11 @@ impl Store for SledStore {
     }
 
     fn insert_device(&self, device: &DeviceRecord) -> Result<bool> {
-        if !Self::claim(
-            &self.device_names,
-            &key2(&device.owner, &device.name),
-            device.id.as_bytes(),
-        )? {
-            return Ok(false);
-        }
-        self.devices
-            .insert(&device.id, to_json(device)?)
-            .map_err(err)?;
-        Ok(true)
+        Self::claim_name(
+            (&self.device_names, &key2(&device.owner, &device.name)),
+            (&self.devices, device.id.as_bytes()),
+            &to_json(device)?,
+        )
     }
 
     fn device(&self, id: &str) -> Result<Option<DeviceRecord>> {
