@@ -2,15 +2,25 @@
 //! `service/src/api/openapi.json` and, for every operation (path × method) it lists, sends
 //! requests generated from the document — path parameters (the caller's own device,
 //! deployment or token, another user's, random unicode, long, `..`-like), query parameters by
-//! their schema and junk, bodies built from the request schema (or a known valid example when
-//! the schema is opaque) plus mutations (a required field missing, wrong types, an unknown
-//! field, huge strings, invalid JSON, no body) — as four callers (no token, a bad token, an
-//! ordinary user, the admin). Every answer must be a status the document lists for that
+//! their schema and junk, bodies generated from the request schema (every choice it leaves:
+//! each `oneOf` alternative, optional properties given, absent or null) plus mutations (a
+//! required field missing, wrong types, an unknown field, huge strings, invalid JSON, no body)
+//! — as four callers (no token, a bad token, an ordinary user, the admin). No schema in the
+//! document is opaque: each body and answer type of `hammer_protocol::api` is written out.
+//! Only four properties of request bodies are not taken from the document ([`world_value`]:
+//! an existing user, the caller's devices, and two syntaxes a schema without `pattern`
+//! cannot state). Every answer must be a status the document lists for that
 //! operation, never a 5xx, and a JSON body must validate against the response schema (a small
 //! validator for the subset of JSON Schema the document uses: `$ref`, `type`, `nullable`,
 //! `properties`, `required`, `additionalProperties`, `items`, `enum`, `oneOf`/`anyOf`/`allOf`,
-//! `minimum`/`maximum`). One more property: an ordinary user's request naming another user's
+//! `minimum`/`maximum`; `default` and `description` are documentation). One more property: an ordinary user's request naming another user's
 //! device, deployment or token never succeeds.
+//!
+//! The document and the Rust types are kept in step by a second test: every schema named
+//! after a `hammer_protocol` type validates what serde writes for values of the type (every
+//! `Option` given and none, each enum variant), and every request schema's generated values
+//! (the same generator) deserialize into the type, which also refuses them without a property
+//! the schema requires, and refuses an unknown property exactly when the schema does.
 //!
 //! Deterministic: a fixed proptest seed and a bounded number of cases, after one sweep that
 //! sends each operation's valid request as each caller. The event stream (`GET
@@ -20,11 +30,15 @@
 //! is served.
 
 use crate::common::*;
+use hammer_protocol::api;
+use hammer_protocol::{GitCredentials, InstallStep, Phase, ReuseDir};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -222,37 +236,94 @@ fn validate(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), Stri
 
 // ---------- generation ----------
 
-/// A valid instance of `schema` (a known example when the schema is an opaque object).
-fn example(doc: &Value, schema: &Value, fresh: u64) -> Value {
-    if let Some(name) = schema
-        .get("$ref")
-        .and_then(Value::as_str)
-        .and_then(|r| r.strip_prefix("#/components/schemas/"))
-    {
-        let s = resolve(doc, schema);
-        if s.get("properties").is_none() {
-            if let Some(v) = known_example(name, fresh) {
-                return v;
-            }
+/// Where a schema leaves a choice, which one [`example`] makes.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Pick {
+    /// Which alternative of a `oneOf`/`anyOf` and which `enum` value (modulo their number).
+    alt: usize,
+    /// What the properties a schema does not require get.
+    optional: Optional,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+enum Optional {
+    /// A value (what the sweep sends).
+    #[default]
+    Given,
+    /// Left out.
+    Absent,
+    /// `null` where the property is nullable, left out where it is not.
+    Null,
+}
+
+impl Pick {
+    /// The `n`th way to choose, `n` in `0..Pick::COUNT` covers each kind with two alternatives.
+    const COUNT: usize = 6;
+
+    fn nth(n: usize) -> Pick {
+        Pick {
+            alt: n / 3,
+            optional: [Optional::Given, Optional::Absent, Optional::Null][n % 3],
         }
     }
+}
+
+/// A valid instance of `schema`, generated from it alone except for the few properties
+/// [`world_value`] names. Strings are `x{fresh}-{n}` (distinct within one value: a reused
+/// folder and its key file are different paths); integers the `default`, else the `minimum`,
+/// else 1; arrays one item; maps (`additionalProperties` without `properties`) empty.
+fn example(doc: &Value, schema: &Value, fresh: u64, pick: Pick) -> Value {
+    let mut n = 0;
+    generate(doc, schema, fresh, pick, &mut n)
+}
+
+fn generate(doc: &Value, schema: &Value, fresh: u64, pick: Pick, n: &mut u32) -> Value {
+    let name = schema
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix("#/components/schemas/"));
     let s = resolve(doc, schema);
     if let Some(e) = s.get("enum").and_then(Value::as_array) {
-        return e[0].clone();
+        return e[pick.alt % e.len()].clone();
     }
     if let Some(alt) = s
         .get("oneOf")
         .or_else(|| s.get("anyOf"))
         .and_then(Value::as_array)
     {
-        return example(doc, &alt[0], fresh);
+        return generate(doc, &alt[pick.alt % alt.len()], fresh, pick, n);
+    }
+    if let Some(all) = s.get("allOf").and_then(Value::as_array) {
+        // Each part is an object schema (`allOf: [$ref]` carries `nullable` or a `default`
+        // beside a reference): the union of their properties.
+        let mut o = Map::new();
+        for part in all {
+            if let Value::Object(p) = generate(doc, part, fresh, pick, n) {
+                o.extend(p);
+            }
+        }
+        return Value::Object(o);
     }
     match s.get("type").and_then(Value::as_str) {
-        Some("array") => json!([example(doc, &s["items"], fresh)]),
-        Some("string") => json!(format!("x{fresh}")),
-        Some("integer") | Some("number") => s.get("minimum").cloned().unwrap_or(json!(1)),
+        Some("array") => json!([generate(doc, &s["items"], fresh, pick, n)]),
+        Some("string") => {
+            *n += 1;
+            json!(format!("x{fresh}-{n}"))
+        }
+        Some("integer") | Some("number") => s
+            .get("default")
+            .or_else(|| s.get("minimum"))
+            .cloned()
+            .unwrap_or(json!(1)),
         Some("boolean") => json!(true),
         _ => {
+            let required: Vec<&str> = s
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
             let mut o = Map::new();
             for (k, p) in s
                 .get("properties")
@@ -260,34 +331,42 @@ fn example(doc: &Value, schema: &Value, fresh: u64) -> Value {
                 .into_iter()
                 .flatten()
             {
-                o.insert(k.clone(), example(doc, p, fresh));
+                let v = if required.contains(&k.as_str()) {
+                    generate(doc, p, fresh, pick, n)
+                } else {
+                    match pick.optional {
+                        Optional::Given => generate(doc, p, fresh, pick, n),
+                        Optional::Absent => continue,
+                        Optional::Null if resolve(doc, p)["nullable"] == true => Value::Null,
+                        Optional::Null => continue,
+                    }
+                };
+                let v = match name.and_then(|name| world_value(name, k)) {
+                    Some(w) if !v.is_null() => w,
+                    _ => v,
+                };
+                o.insert(k.clone(), v);
             }
             Value::Object(o)
         }
     }
 }
 
-/// Valid request bodies for the schemas the document leaves opaque (`type: object` only;
-/// the types are `hammer_protocol::api`'s).
-fn known_example(schema: &str, fresh: u64) -> Option<Value> {
-    Some(match schema {
-        "CreateUser" => json!({"name": format!("user{fresh}")}),
-        "CreateDevice" => json!({"name": format!("dev{fresh}"), "tags": {"env": "prod"}}),
-        "ProvisionRequest" => {
-            json!({"owner": "alice", "name": format!("prov{fresh}"), "tags": {"env": "prod"}})
-        }
-        "SetupRequest" => json!({
-            "repo_url": "https://example.com/app.git", "start": "./run.sh",
-            "env": {"A": "1"}, "health_window_secs": 5,
-        }),
-        "CreateDeployment" => json!({
-            "targets": {"names": ["alice-dev"]},
-            "strategy": {"max_in_flight": 1, "timeout_secs": 60},
-        }),
-        "EnrollRequest" => json!({
-            "token": "not-a-token", "csr_pem": "-----BEGIN CERTIFICATE REQUEST-----",
-            "sealing_public_key": "11".repeat(32),
-        }),
+/// The properties of request bodies whose valid values depend on the world the contract test
+/// runs in, or on a syntax the schema cannot state (it has no `pattern`): without these the
+/// generated request is refused, and the operation's success path is never tried. Everything
+/// else in every request body comes from the document.
+fn world_value(schema: &str, property: &str) -> Option<Value> {
+    Some(match (schema, property) {
+        // An existing ordinary user's name (the schema cannot know who exists).
+        ("ProvisionRequest", "owner") => json!("alice"),
+        // The caller's own devices (alice's, set up and connected by the test).
+        ("CreateDeployment", "targets") => json!({"names": ["alice-dev"]}),
+        // A full commit id (40 hex digits): the one the simulated devices report running.
+        ("CreateDeployment", "commit") => json!("1".repeat(40)),
+        // A repository URL the service parses (`parse_remote_url`); nothing fetches it, the
+        // simulated device only reports phases.
+        ("SetupRequest", "repo_url") => json!("https://example.com/app.git"),
         _ => return None,
     })
 }
@@ -331,6 +410,8 @@ struct Case {
     path: PathKind,
     query: QueryKind,
     body: BodyKind,
+    /// Which choices the body's schema leaves ([`Pick::nth`]).
+    pick: usize,
 }
 
 fn junk() -> impl Strategy<Value = String> {
@@ -372,13 +453,16 @@ fn case(nops: usize) -> impl Strategy<Value = Case> {
         1 => Just(BodyKind::NotObject),
         1 => Just(BodyKind::None),
     ];
-    (0..nops, 0usize..4, path, query, body).prop_map(|(op, caller, path, query, body)| Case {
-        op,
-        caller,
-        path,
-        query,
-        body,
-    })
+    (0..nops, 0usize..4, path, query, body, 0..Pick::COUNT).prop_map(
+        |(op, caller, path, query, body, pick)| Case {
+            op,
+            caller,
+            path,
+            query,
+            body,
+            pick,
+        },
+    )
 }
 
 fn encode(s: &str) -> String {
@@ -536,7 +620,7 @@ impl Ctx {
         let valid = op
             .body_schema
             .as_ref()
-            .map(|s| example(&self.doc, s, fresh));
+            .map(|s| example(&self.doc, s, fresh, Pick::nth(c.pick)));
         let body: Option<Vec<u8>> = match (&c.body, valid) {
             (BodyKind::None, _) => None,
             (BodyKind::InvalidJson, _) => Some(b"{\"name\": \"x\",".to_vec()),
@@ -911,6 +995,7 @@ fn every_answer_is_in_the_openapi_document() {
                     path,
                     query: QueryKind::Valid,
                     body: BodyKind::Valid,
+                    pick: 0,
                 };
                 if let Err(e) = rt.block_on(ctx.run(&c)) {
                     note(e);
@@ -990,4 +1075,527 @@ fn the_validator_refuses_what_the_schema_does_not_allow() {
     assert!(validate(&doc, &action, &negative, "").is_err());
     let error = json!({"$ref": "#/components/schemas/ErrorBody"});
     assert!(validate(&doc, &error, &json!({"message": "x"}), "").is_err());
+}
+
+// ---------- the document and the types ----------
+
+type Parse = fn(Value) -> Result<(), String>;
+
+fn parses<T: DeserializeOwned>(v: Value) -> Result<(), String> {
+    serde_json::from_value::<T>(v)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The types of the request bodies and of their parts, by schema name.
+fn request_types() -> BTreeMap<&'static str, Parse> {
+    BTreeMap::from([
+        ("CreateUser", parses::<api::CreateUser> as Parse),
+        ("CreateDevice", parses::<api::CreateDevice>),
+        ("ProvisionRequest", parses::<api::ProvisionRequest>),
+        ("SetupRequest", parses::<api::SetupRequest>),
+        ("GitCredentials", parses::<GitCredentials>),
+        ("InstallStep", parses::<InstallStep>),
+        ("EnrollRequest", parses::<api::EnrollRequest>),
+        ("CreateDeployment", parses::<api::CreateDeployment>),
+        ("Targets", parses::<api::Targets>),
+        ("Strategy", parses::<api::Strategy>),
+        ("MarkBad", parses::<api::MarkBad>),
+    ])
+}
+
+fn to_json<T: Serialize>(t: &T) -> Value {
+    serde_json::to_value(t).unwrap()
+}
+
+/// A value of `T` made from `v`, as serde writes it. For the views other changes add fields
+/// to (`DeviceView`, `HistoryEntry`): built from JSON, a new defaulted field does not break
+/// this test's build; the fields written here are still checked.
+fn written<T: Serialize + DeserializeOwned>(v: Value) -> (T, Value) {
+    let t: T = serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{e}: {v}"));
+    let w = to_json(&t);
+    (t, w)
+}
+
+/// Real values of each type the document names, serialized by serde: every `Option` given
+/// and every `Option` `None`, each variant of each enum.
+fn samples() -> BTreeMap<&'static str, Vec<Value>> {
+    use api::*;
+    let s = |x: &str| x.to_owned();
+    let health = |pid: Option<u32>| HealthView {
+        time: 1,
+        app_running: pid.is_some(),
+        pid,
+        restarts: 2,
+        uptime_secs: 3,
+        app_rss_kb: 4,
+        app_cpu_ms: 5,
+        manager_version: s("0.1.0"),
+    };
+    let (_, device_full) = written::<DeviceView>(json!({
+        "id": "d1", "name": "dev", "tags": {"env": "prod"}, "state": "ready", "online": true,
+        "last_seen": 7, "current_commit": "1".repeat(40), "app_phase": "running",
+        "run_state": "stopped", "generation": 3, "current_deployment": "dep1",
+        "setup": {
+            "repo_url": "https://h.example/r.git", "git_ref": "main", "start": "./run",
+            "env": {"A": "1"}, "health_window_secs": 10, "health_cmd": "true",
+            "credentials": "ssh", "install": {"command": "npm ci"}, "full_history": true,
+            "warnings": ["w"],
+        },
+        "last_health": to_json(&health(Some(9))),
+    }));
+    let (device, device_none) = written::<DeviceView>(json!({
+        "id": "d1", "name": "dev", "tags": {}, "state": "registered", "online": false,
+        "last_seen": null, "current_commit": null, "app_phase": null, "run_state": "running",
+        "generation": 0, "current_deployment": null, "setup": null, "last_health": null,
+    }));
+    let (entry_full, entry_full_json) = written::<HistoryEntry>(json!({
+        "time": 1, "deployment_id": "dep1", "deployer": "alice", "generation": 2,
+        "phase": "fetched", "commit": "1".repeat(40), "detail": "d", "log_tail": ["l"],
+    }));
+    let (entry_none, entry_none_json) =
+        written::<HistoryEntry>(json!({"time": 1, "phase": "received"}));
+    let strategy_full = Strategy {
+        max_in_flight: Some(2),
+        abort_at_percent: Some(50),
+        abort_min_devices: 3,
+        timeout_secs: 60,
+        retries: 1,
+    };
+    let target =
+        |last_phase, commit: Option<String>, detail: Option<String>| DeploymentTargetView {
+            device: s("dev"),
+            state: TargetState::InFlight,
+            attempts: 1,
+            last_phase,
+            commit,
+            detail,
+            updated_at: 4,
+        };
+    let deployment_full = DeploymentView {
+        id: s("dep1"),
+        deployer: s("alice"),
+        created_at: 1,
+        finished_at: Some(2),
+        git_ref: Some(s("main")),
+        commit: Some("1".repeat(40)),
+        strategy: strategy_full.clone(),
+        state: DeploymentState::Failed,
+        reason: Some(s("r")),
+        targets: vec![target(
+            Some(Phase::Running),
+            Some("1".repeat(40)),
+            Some(s("d")),
+        )],
+        paused: true,
+    };
+    let deployment_none = DeploymentView {
+        finished_at: None,
+        git_ref: None,
+        commit: None,
+        strategy: Strategy::default(),
+        state: DeploymentState::Running,
+        reason: None,
+        targets: vec![target(None, None, None)],
+        paused: false,
+        ..deployment_full.clone()
+    };
+    let user = UserView {
+        id: s("u1"),
+        name: s("alice"),
+        admin: false,
+    };
+    let action = |g: Option<u64>, d: Option<String>| ActionAccepted {
+        device: s("dev"),
+        action: s("rollback"),
+        generation: g,
+        deployment_id: d,
+    };
+    let bad = |reason| BadCommit {
+        commit: "1".repeat(40),
+        reason,
+        marked_at: 5,
+    };
+    let setup_full = SetupRequest {
+        repo_url: s("https://h.example/r.git"),
+        git_ref: s("v1"),
+        start: s("./run"),
+        env: BTreeMap::from([(s("A"), s("1"))]),
+        health_window_secs: 30,
+        health_cmd: Some(s("true")),
+        credentials: Some(GitCredentials::Https {
+            username: s("u"),
+            token: s("t"),
+        }),
+        install: Some(InstallStep {
+            command: s("npm ci"),
+            timeout_secs: 60,
+            reuse: vec![ReuseDir {
+                dir: s("node_modules"),
+                key: s("package-lock.json"),
+            }],
+        }),
+        full_history: true,
+    };
+    let setup_ssh = SetupRequest {
+        credentials: Some(GitCredentials::Ssh {
+            private_key: s("-----BEGIN OPENSSH PRIVATE KEY-----"),
+            known_hosts: s("h.example ssh-ed25519 AAAA"),
+        }),
+        ..setup_full.clone()
+    };
+    let setup_none = SetupRequest {
+        git_ref: api::default_ref(),
+        env: BTreeMap::new(),
+        health_window_secs: api::default_health_window(),
+        health_cmd: None,
+        credentials: None,
+        install: None,
+        full_history: false,
+        ..setup_full.clone()
+    };
+    let deploy_full = CreateDeployment {
+        targets: Targets::Names(vec![s("dev")]),
+        git_ref: Some(s("main")),
+        commit: Some("1".repeat(40)),
+        strategy: strategy_full.clone(),
+    };
+    let deploy_none = CreateDeployment {
+        targets: Targets::Tag(s("env=prod")),
+        git_ref: None,
+        commit: None,
+        strategy: Strategy::default(),
+    };
+    let events = [
+        Event::Status {
+            device: s("dev"),
+            entry: entry_full,
+        },
+        Event::Status {
+            device: s("dev"),
+            entry: entry_none,
+        },
+        Event::Presence {
+            device: s("dev"),
+            online: true,
+            time: 1,
+        },
+        Event::Health {
+            device: s("dev"),
+            health: health(Some(9)),
+        },
+        Event::Health {
+            device: s("dev"),
+            health: health(None),
+        },
+        Event::Logs {
+            device: s("dev"),
+            lines: vec![s("a"), s("b")],
+        },
+        Event::Deployment {
+            deployment: deployment_full.clone(),
+        },
+        Event::Deployment {
+            deployment: deployment_none.clone(),
+        },
+        Event::Unknown,
+    ];
+    let install = setup_full.install.clone().unwrap();
+    BTreeMap::from([
+        ("ErrorBody", vec![to_json(&ErrorBody { error: s("e") })]),
+        ("CreateUser", vec![to_json(&CreateUser { name: s("bob") })]),
+        ("UserView", vec![to_json(&user)]),
+        (
+            "NewToken",
+            vec![to_json(&NewToken {
+                id: s("t1"),
+                token: s("hm_x"),
+                user: user.clone(),
+            })],
+        ),
+        (
+            "TokenView",
+            vec![to_json(&TokenView {
+                id: s("t1"),
+                created_at: 1,
+            })],
+        ),
+        (
+            "CreateDevice",
+            vec![
+                to_json(&CreateDevice {
+                    name: s("dev"),
+                    tags: BTreeMap::from([(s("env"), s("prod"))]),
+                }),
+                to_json(&CreateDevice {
+                    name: s("dev"),
+                    tags: BTreeMap::new(),
+                }),
+            ],
+        ),
+        (
+            "CreatedDevice",
+            vec![to_json(&CreatedDevice {
+                device: device.clone(),
+                enrollment_token: s("et"),
+                enrollment_expires_at: 1,
+                ca_sha256: s("ab"),
+                enroll_url: s("https://h:1"),
+            })],
+        ),
+        ("DeviceView", vec![device_full.clone(), device_none]),
+        (
+            "SetupRequest",
+            vec![
+                to_json(&setup_full),
+                to_json(&setup_ssh),
+                to_json(&setup_none),
+            ],
+        ),
+        (
+            "GitCredentials",
+            vec![
+                to_json(&setup_full.credentials),
+                to_json(&setup_ssh.credentials),
+            ],
+        ),
+        (
+            "InstallStep",
+            vec![
+                to_json(&install),
+                to_json(&InstallStep {
+                    reuse: Vec::new(),
+                    ..install.clone()
+                }),
+            ],
+        ),
+        (
+            "HealthView",
+            vec![to_json(&health(Some(1))), to_json(&health(None))],
+        ),
+        (
+            "EnrollRequest",
+            vec![to_json(&EnrollRequest {
+                token: s("et"),
+                csr_pem: s("-----BEGIN CERTIFICATE REQUEST-----"),
+                sealing_public_key: "11".repeat(32),
+            })],
+        ),
+        (
+            "EnrollSignatures",
+            vec![to_json(&EnrollSignatures {
+                broker_url: s("30"),
+                service_public_key: s("31"),
+            })],
+        ),
+        (
+            "EnrollResponse",
+            vec![to_json(&EnrollResponse {
+                device_id: s("d1"),
+                owner: s("u1"),
+                cert_pem: s("c"),
+                ca_pem: s("ca"),
+                broker_url: s("mqtts://h:8883"),
+                service_public_key: s("ab"),
+                ca_signatures: EnrollSignatures {
+                    broker_url: s("30"),
+                    service_public_key: s("31"),
+                },
+            })],
+        ),
+        (
+            "ProvisionRequest",
+            vec![
+                to_json(&ProvisionRequest {
+                    owner: s("alice"),
+                    name: s("dev"),
+                    tags: BTreeMap::from([(s("env"), s("prod"))]),
+                }),
+                to_json(&ProvisionRequest {
+                    owner: s("alice"),
+                    name: s("dev"),
+                    tags: BTreeMap::new(),
+                }),
+            ],
+        ),
+        (
+            "ProvisionResponse",
+            vec![to_json(&ProvisionResponse {
+                device,
+                ca_pem: s("ca"),
+                cert_pem: s("c"),
+                key_pem: s("k"),
+                sealing_private_key: "22".repeat(32),
+                config_toml: s("device_id = \"d1\""),
+            })],
+        ),
+        (
+            "Strategy",
+            vec![to_json(&strategy_full), to_json(&Strategy::default())],
+        ),
+        (
+            "Targets",
+            vec![to_json(&deploy_full.targets), to_json(&deploy_none.targets)],
+        ),
+        (
+            "CreateDeployment",
+            vec![to_json(&deploy_full), to_json(&deploy_none)],
+        ),
+        (
+            "DeploymentView",
+            vec![to_json(&deployment_full), to_json(&deployment_none)],
+        ),
+        ("HistoryEntry", vec![entry_full_json, entry_none_json]),
+        (
+            "ActionAccepted",
+            vec![
+                to_json(&action(Some(2), Some(s("dep1")))),
+                to_json(&action(None, None)),
+            ],
+        ),
+        (
+            "MarkBad",
+            vec![
+                to_json(&MarkBad {
+                    reason: Some(s("r")),
+                    rollback: true,
+                }),
+                to_json(&MarkBad::default()),
+            ],
+        ),
+        (
+            "BadCommits",
+            vec![to_json(&BadCommits {
+                commits: vec![bad(Some(s("r"))), bad(None)],
+            })],
+        ),
+        (
+            "MarkedBad",
+            vec![
+                to_json(&MarkedBad {
+                    commit: bad(Some(s("r"))),
+                    stopped: vec![s("dep1")],
+                    rolled_back: vec![action(Some(2), None)],
+                    not_rolled_back: vec![NotRolledBack {
+                        device: s("dev"),
+                        reason: s("r"),
+                    }],
+                }),
+                to_json(&MarkedBad {
+                    commit: bad(None),
+                    stopped: Vec::new(),
+                    rolled_back: Vec::new(),
+                    not_rolled_back: Vec::new(),
+                }),
+            ],
+        ),
+        (
+            "LogLines",
+            vec![to_json(&LogLines {
+                device: s("dev"),
+                lines: vec![s("a")],
+            })],
+        ),
+        ("Event", events.iter().map(to_json).collect()),
+    ])
+}
+
+#[test]
+fn every_schema_in_the_document_accepts_what_the_types_serialize_and_the_types_accept_what_it_generates(
+) {
+    let doc: Value = serde_json::from_str(DOC).unwrap();
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    let by_name = |name: &str| json!({"$ref": format!("#/components/schemas/{name}")});
+    let samples = samples();
+    let parsers = request_types();
+    let mut failures = BTreeSet::new();
+    // Every schema named after a type is checked against values of the type.
+    for (name, s) in schemas {
+        let typed = s["description"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("`hammer_protocol::"));
+        if typed && !samples.contains_key(name.as_str()) {
+            failures.insert(format!("{name}: no values of its type in `samples()`"));
+        }
+    }
+    // Type → document: what serde writes validates.
+    for (name, values) in &samples {
+        assert!(schemas.contains_key(*name), "no schema {name}");
+        for v in values {
+            if let Err(e) = validate(&doc, &by_name(name), v, name) {
+                failures.insert(format!(
+                    "{name}: what the type writes breaks the schema: {e}"
+                ));
+            }
+        }
+    }
+    // Document → type: every request body, and its parts, as the contract test generates it.
+    let (ops, _) = operations(&doc);
+    let mut requests: Vec<String> = ops
+        .iter()
+        .filter_map(|op| op.body_schema.as_ref())
+        .map(|s| {
+            s["$ref"]
+                .as_str()
+                .and_then(|r| r.strip_prefix("#/components/schemas/"))
+                .unwrap_or_else(|| panic!("a request body's schema is not a named one: {s}"))
+                .to_owned()
+        })
+        .collect();
+    requests.extend(["GitCredentials", "InstallStep", "Targets", "Strategy"].map(String::from));
+    requests.sort();
+    requests.dedup();
+    for name in &requests {
+        let Some(parse) = parsers.get(name.as_str()) else {
+            failures.insert(format!(
+                "{name}: a request schema without its type in `request_types()`"
+            ));
+            continue;
+        };
+        let schema = by_name(name);
+        for n in 0..Pick::COUNT {
+            let v = example(&doc, &schema, 7, Pick::nth(n));
+            if let Err(e) = validate(&doc, &schema, &v, name) {
+                failures.insert(format!(
+                    "{name}: the generator made {v}, outside its schema: {e}"
+                ));
+            }
+            if let Err(e) = parse(v.clone()) {
+                failures.insert(format!("{name}: the type refuses {v}: {e}"));
+            }
+            let Some(o) = v.as_object() else { continue };
+            // A property the schema requires: the type refuses the value without it.
+            for k in o.keys() {
+                let mut less = o.clone();
+                less.remove(k);
+                let less = Value::Object(less);
+                let schema_ok = validate(&doc, &schema, &less, name).is_ok();
+                if schema_ok != parse(less.clone()).is_ok() {
+                    failures.insert(format!(
+                        "{name}: without `{k}` the schema {} and the type {}: {less}",
+                        if schema_ok { "accepts" } else { "refuses" },
+                        if schema_ok { "refuses" } else { "accepts" },
+                    ));
+                }
+            }
+            // An unknown property: refused by both (`deny_unknown_fields`,
+            // `additionalProperties: false`) or by neither.
+            let mut more = o.clone();
+            more.insert("surprise".into(), json!("field"));
+            let more = Value::Object(more);
+            let schema_ok = validate(&doc, &schema, &more, name).is_ok();
+            if schema_ok != parse(more.clone()).is_ok() {
+                failures.insert(format!(
+                    "{name}: with an unknown property the schema {} and the type {}",
+                    if schema_ok { "accepts" } else { "refuses" },
+                    if schema_ok { "refuses" } else { "accepts" },
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "the document and the types disagree:\n{}",
+        failures.into_iter().collect::<Vec<_>>().join("\n")
+    );
 }
