@@ -640,6 +640,7 @@ mod tests {
                 install: None,
             }),
             last_health: None,
+            current_commit_subject: None,
         }
     }
 

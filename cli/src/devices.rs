@@ -146,7 +146,10 @@ async fn show(conn: &Conn, name: &str, json: bool) -> Result<()> {
         or_dash(d.app_phase.map(|p| wire_name(&p)))
     );
     println!("run state:   {}", wire_name(&d.run_state));
-    println!("commit:      {}", or_dash(d.current_commit));
+    match (d.current_commit, d.current_commit_subject) {
+        (Some(c), Some(subject)) => println!("commit:      {c} {}", safe(&subject)),
+        (c, _) => println!("commit:      {}", or_dash(c)),
+    }
     println!("generation:  {}", d.generation);
     println!("deployment:  {}", or_dash(d.current_deployment));
     match d.setup {

@@ -216,6 +216,7 @@ mod tests {
                 commit: Some("0123456789abcdef".into()),
                 detail: Some("app exited".into()),
                 log_tail: vec![],
+                commit_subject: None,
             },
         };
         assert_eq!(
@@ -238,6 +239,7 @@ mod tests {
                 commit: Some("\x1b[2J".into()),
                 detail: Some("bad\x1b]0;pwned\x07\n00:00:00 d1 running".into()),
                 log_tail: vec![],
+                commit_subject: None,
             },
         };
         assert_eq!(

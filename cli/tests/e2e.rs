@@ -515,6 +515,8 @@ fn whole_system() {
             v2.as_str(),
             "{d} is not back on v2: {dev}"
         );
+        // The subject the manager reported when it fetched v2 (`git commit -m v2`).
+        assert_eq!(dev["current_commit_subject"], "v2", "{dev}");
     }
     let human = w.ok(&alice, &["device", "history", "d1"]);
     assert!(human.contains("rolled_back"), "{human}");

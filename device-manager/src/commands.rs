@@ -52,6 +52,7 @@ fn refused(outbox: &Outbox, r: Refusal) -> Result<()> {
         commit: None,
         detail: Some(r.reason),
         log_tail: Vec::new(),
+        commit_subject: None,
     })?;
     Ok(())
 }

@@ -67,6 +67,7 @@ impl Outbox {
                         time,
                         detail: body.detail.clone(),
                         log_tail: body.log_tail.clone(),
+                        commit_subject: body.commit_subject.clone(),
                     };
                     let bytes = encode_event(&event)
                         .map_err(|e| ConflictableTransactionError::Abort(e.to_string()))?;
@@ -218,6 +219,7 @@ mod tests {
             commit: Some("abc".into()),
             detail: Some("health check failed".into()),
             log_tail: vec!["boom".into()],
+            commit_subject: None,
         };
         ReportSink::report(&ob, report.clone());
         let evs = ob.unacked().unwrap();

@@ -100,6 +100,9 @@ pub struct DeviceView {
     /// Milliseconds since the epoch of the last message from the device.
     pub last_seen: Option<u64>,
     pub current_commit: Option<String>,
+    /// `current_commit`'s subject, where the device reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_commit_subject: Option<String>,
     /// The latest phase the device reported (app state).
     pub app_phase: Option<Phase>,
     pub run_state: RunState,
@@ -420,6 +423,9 @@ pub struct HistoryEntry {
     pub detail: Option<String>,
     #[serde(default)]
     pub log_tail: Vec<String>,
+    /// The commit's subject, where the device reported it (with `fetched`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_subject: Option<String>,
 }
 
 /// `POST /api/v1/devices/{name}/{restart|stop|start|rollback}` answer.

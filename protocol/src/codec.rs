@@ -66,6 +66,7 @@ mod tests {
             time: 1_764_000_000_000,
             detail: None,
             log_tail: vec![],
+            commit_subject: None,
         }
     }
 
@@ -284,8 +285,9 @@ mod tests {
                         deployment_id in proptest::option::of("[a-z0-9]{0,30}"), phase in arb_phase(),
                         commit in proptest::option::of("[0-9a-f]{40}"), time in any::<u64>(),
                         detail in proptest::option::of(".{0,100}"),
-                        log_tail in proptest::collection::vec(".{0,50}", 0..5)) -> StatusEvent {
-            StatusEvent { v: PROTOCOL_VERSION, epoch, seq, generation, deployment_id, phase, commit, time, detail, log_tail }
+                        log_tail in proptest::collection::vec(".{0,50}", 0..5),
+                        commit_subject in proptest::option::of(".{0,60}")) -> StatusEvent {
+            StatusEvent { v: PROTOCOL_VERSION, epoch, seq, generation, deployment_id, phase, commit, time, detail, log_tail, commit_subject }
         }
     }
 

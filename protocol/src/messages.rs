@@ -174,6 +174,29 @@ pub struct StatusEvent {
     /// The app's last output lines, sent with failures.
     #[serde(default)]
     pub log_tail: Vec<String>,
+    /// The first line of `commit`'s message (at most [`COMMIT_SUBJECT_MAX`] bytes, no control
+    /// characters), sent with `fetched`. Absent from older managers' events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_subject: Option<String>,
+}
+
+/// Longest commit subject a status event carries, in bytes (longer ones are cut at a
+/// character boundary; the service cuts what a device sends the same way).
+pub const COMMIT_SUBJECT_MAX: usize = 200;
+
+/// A commit message's subject as a status event carries it: its first line, control
+/// characters dropped, cut to [`COMMIT_SUBJECT_MAX`] bytes; `None` when nothing is left.
+pub fn commit_subject(message: &str) -> Option<String> {
+    let line = message.lines().next().unwrap_or("");
+    let mut out = String::new();
+    for c in line.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > COMMIT_SUBJECT_MAX {
+            break;
+        }
+        out.push(c);
+    }
+    let out = out.trim();
+    (!out.is_empty()).then(|| out.to_string())
 }
 
 /// What an ack says: every status event up to `seq` of `epoch` is stored. On the wire it
@@ -280,6 +303,46 @@ impl Presence {
             acked_seq: 0,
             manager_version: String::new(),
             time: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_commit_subject_is_the_first_line_without_control_characters() {
+        assert_eq!(
+            commit_subject("Fix the pump\n\nLonger text").as_deref(),
+            Some("Fix the pump")
+        );
+        assert_eq!(
+            commit_subject("  a\u{1b}[31mred\u{7}  ").as_deref(),
+            Some("a[31mred")
+        );
+        assert_eq!(commit_subject(""), None);
+        assert_eq!(commit_subject("\n\nbody only"), None);
+        assert_eq!(commit_subject(" \t \r\n"), None);
+    }
+
+    #[test]
+    fn a_long_commit_subject_is_cut_at_a_character_boundary() {
+        let s = commit_subject(&"é".repeat(COMMIT_SUBJECT_MAX)).unwrap();
+        assert_eq!(s.len(), COMMIT_SUBJECT_MAX);
+        let s = commit_subject(&format!("a{}", "é".repeat(COMMIT_SUBJECT_MAX))).unwrap();
+        assert_eq!(s.len(), COMMIT_SUBJECT_MAX - 1);
+    }
+
+    proptest! {
+        #[test]
+        fn any_message_gives_a_bounded_single_line_subject(message in any::<String>()) {
+            if let Some(s) = commit_subject(&message) {
+                prop_assert!(s.len() <= COMMIT_SUBJECT_MAX);
+                prop_assert!(!s.is_empty() && !s.chars().any(char::is_control));
+                prop_assert_eq!(commit_subject(&s), Some(s.clone()));
+            }
         }
     }
 }

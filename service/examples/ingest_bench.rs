@@ -179,5 +179,6 @@ fn status(epoch: u64, seq: u64) -> StatusEvent {
         time: now_ms(),
         detail: None,
         log_tail: vec![],
+        commit_subject: None,
     }
 }

@@ -114,6 +114,10 @@ pub fn device_view(d: &DeviceRecord, live: &Live) -> DeviceView {
         current_deployment: d.current_deployment.clone(),
         setup: d.setup.clone(),
         last_health: live.health(&d.id),
+        current_commit_subject: d
+            .current_commit
+            .as_ref()
+            .and_then(|c| d.commit_subjects.get(c).cloned()),
     }
 }
 
@@ -171,6 +175,7 @@ pub fn history_entry(s: &StoredStatus) -> HistoryEntry {
         commit: e.commit.clone(),
         detail: e.detail.clone(),
         log_tail: e.log_tail.clone(),
+        commit_subject: e.commit_subject.clone(),
     }
 }
 

@@ -40,6 +40,7 @@ async fn event(dev: &SimDevice, detail: String, log_tail: Vec<String>) -> u64 {
         time: now_ms(),
         detail: Some(detail),
         log_tail,
+        commit_subject: None,
     };
     dev.client
         .publish(

@@ -135,6 +135,7 @@ mod tests {
             time: 1,
             detail: None,
             log_tail: vec![],
+            commit_subject: None,
         }
     }
 

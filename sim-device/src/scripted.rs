@@ -195,6 +195,7 @@ impl ScriptedDevice {
             time: now_ms(),
             detail: None,
             log_tail: vec![],
+            commit_subject: None,
         };
         self.device()
             .publish(Channel::Status, QoS::AtLeastOnce, false, encode(&ev)?)

@@ -151,6 +151,7 @@ impl Report {
             time: now_ms(),
             detail: self.detail,
             log_tail: vec![],
+            commit_subject: None,
         }
     }
 }

@@ -86,6 +86,7 @@ async fn evil_status(dev: &SimDevice, phase: Phase) -> u64 {
         time: now_ms(),
         detail: Some(format!("{EVIL}{FAKE}")),
         log_tail: vec![format!("tail {EVIL}"), format!("{FAKE}\r")],
+        commit_subject: None,
     };
     publish(dev, Channel::Status, encode(&ev).unwrap()).await;
     seq

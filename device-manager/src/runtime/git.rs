@@ -176,6 +176,16 @@ pub fn fetch_and_checkout(
     Ok(commit)
 }
 
+/// The subject of `commit` in the mirror, as a status event carries it
+/// ([`hammer_protocol::commit_subject`]); `None` if the mirror cannot say.
+pub fn commit_subject(mirror: &Path, commit: &str) -> Option<String> {
+    let repo = Repository::open_bare(mirror).ok()?;
+    let oid = Oid::from_str(commit).ok()?;
+    let found = repo.find_commit(oid).ok()?;
+    let message = String::from_utf8_lossy(found.message_bytes()).into_owned();
+    hammer_protocol::commit_subject(&message)
+}
+
 /// libgit2 maps pack files in windows of 1 MiB, at most 8 MiB at a time (defaults: 1 GiB
 /// windows, 8 GiB mapped on 64-bit). Mapped pack pages count in the manager's resident memory
 /// while a big object is read; these limits took the peak of deploying a 100 MiB file from

@@ -147,6 +147,8 @@ pub struct Report {
     pub commit: Option<String>,
     pub detail: Option<String>,
     pub log_tail: Vec<String>,
+    /// `commit`'s subject (with `fetched`).
+    pub commit_subject: Option<String>,
 }
 
 impl Report {
@@ -159,6 +161,7 @@ impl Report {
             commit: None,
             detail: Some(detail.into()),
             log_tail: Vec::new(),
+            commit_subject: None,
         }
     }
 }

@@ -179,6 +179,7 @@ impl Reconciler {
             commit: commit.map(str::to_string),
             detail,
             log_tail,
+            commit_subject: None,
         });
     }
 
@@ -192,6 +193,7 @@ impl Reconciler {
             commit: current.map(|r| r.commit.clone()),
             detail,
             log_tail,
+            commit_subject: None,
         });
     }
 
@@ -412,15 +414,27 @@ impl Reconciler {
         let (mirror, releases) = (self.mirror.clone(), self.releases.clone());
         let result = tokio::task::spawn_blocking(move || {
             let r = git::fetch_and_checkout(&mirror, &releases, &request);
-            r.map_err(|e| git::redact(&e.to_string(), request.credentials.as_ref()))
+            r.map(|commit| {
+                let subject = git::commit_subject(&mirror, &commit);
+                (commit, subject)
+            })
+            .map_err(|e| git::redact(&e.to_string(), request.credentials.as_ref()))
         })
         .await
         .unwrap_or_else(|e| Err(format!("the git task failed: {e}")));
-        let commit = match result {
+        let (commit, subject) = match result {
             Ok(c) => c,
             Err(message) => return self.fail(&desired, None, message, Vec::new()),
         };
-        self.report_for(&desired, Phase::Fetched, Some(&commit), None, Vec::new());
+        self.sink.report(Report {
+            generation: Some(desired.generation),
+            deployment_id: Some(desired.deployment_id.clone()),
+            phase: Phase::Fetched,
+            commit: Some(commit.clone()),
+            detail: None,
+            log_tail: Vec::new(),
+            commit_subject: subject,
+        });
         let release = Release::from_desired(&desired, &commit);
         if self
             .state

@@ -27,6 +27,7 @@ fn ev(n: u64) -> Report {
         commit: None,
         detail: Some(format!("event {n}")),
         log_tail: vec![],
+        commit_subject: None,
     }
 }
 

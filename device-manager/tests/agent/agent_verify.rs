@@ -314,6 +314,7 @@ async fn forged_or_misaddressed_acks_are_refused_and_never_trim_the_outbox() {
                 commit: None,
                 detail: Some(format!("event {n}")),
                 log_tail: vec![],
+                commit_subject: None,
             })
             .unwrap();
     }

@@ -30,6 +30,10 @@ async fn first_deploy_then_update_replaces_the_app() {
             Phase::Running
         ]
     );
+    // `fetched` names the commit and its subject (the first line of its message).
+    let fetched = w.sink.all()[2].clone();
+    assert_eq!(fetched.commit.as_deref(), Some(v1.as_str()));
+    assert_eq!(fetched.commit_subject.as_deref(), Some("v1"));
     let pid1 = w.one_app(&v1).await;
     let link = std::fs::read_link(w.app_dir().join("current")).unwrap();
     assert_eq!(link, std::path::Path::new("releases").join(&v1));

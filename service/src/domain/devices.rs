@@ -55,6 +55,7 @@ pub fn new_device(
         app_phase: None,
         current_deployment: None,
         good_commits: Vec::new(),
+        commit_subjects: BTreeMap::new(),
     }
 }
 

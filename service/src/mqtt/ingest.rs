@@ -7,10 +7,13 @@
 use crate::metrics::Counters;
 use crate::rollout::RolloutMsg;
 use crate::service::Service;
-use crate::store::{DeviceRecord, StoredStatus};
+use crate::store::{DeviceRecord, StoredStatus, MAX_COMMIT_SUBJECTS};
 use crate::views;
 use hammer_protocol::api::{DeviceState, Event};
-use hammer_protocol::{decode, now_ms, Health, LogBatch, Phase, Presence, StatusEvent};
+use hammer_protocol::rules::full_commit_id;
+use hammer_protocol::{
+    commit_subject, decode, now_ms, Health, LogBatch, Phase, Presence, StatusEvent,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -165,6 +168,7 @@ async fn store_batch(
 
 /// Keeps the device record's view of the app current.
 fn apply_to_device(d: &mut DeviceRecord, ev: &StatusEvent) {
+    remember_subject(d, ev);
     if ev.generation.is_some_and(|g| g < d.generation) && ev.phase != Phase::Configured {
         // A late event of an older generation does not describe the app any more.
         return;
@@ -189,6 +193,36 @@ fn apply_to_device(d: &mut DeviceRecord, ev: &StatusEvent) {
             }
         }
         _ => {}
+    }
+}
+
+/// Keeps the subject a device reported for a commit, for the commits the record names (the
+/// current one, the rollback targets) and the one just reported; at most
+/// [`MAX_COMMIT_SUBJECTS`].
+fn remember_subject(d: &mut DeviceRecord, ev: &StatusEvent) {
+    let (Some(commit), Some(subject)) = (
+        ev.commit.as_deref().and_then(|c| full_commit_id(c).ok()),
+        ev.commit_subject.as_deref().and_then(commit_subject),
+    ) else {
+        return;
+    };
+    let named = |c: &String| d.current_commit.as_ref() == Some(c) || d.good_commits.contains(c);
+    let stale: Vec<String> = d
+        .commit_subjects
+        .keys()
+        .filter(|c| **c != commit && !named(c))
+        .cloned()
+        .collect();
+    for c in stale {
+        d.commit_subjects.remove(&c);
+    }
+    d.commit_subjects.insert(commit.clone(), subject);
+    // The record names a handful of commits; this is a bound, not a policy.
+    while d.commit_subjects.len() > MAX_COMMIT_SUBJECTS {
+        let Some(c) = d.commit_subjects.keys().find(|c| **c != commit).cloned() else {
+            break;
+        };
+        d.commit_subjects.remove(&c);
     }
 }
 
@@ -316,5 +350,71 @@ pub async fn broker_events(svc: Arc<Service>, broker: hammer_broker::BrokerHandl
             Err(RecvError::Lagged(_)) => snapshot(&svc),
             Err(RecvError::Closed) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hammer_protocol::PROTOCOL_VERSION;
+
+    fn fetched(commit: &str, subject: Option<&str>) -> StatusEvent {
+        StatusEvent {
+            v: PROTOCOL_VERSION,
+            epoch: 1,
+            seq: 1,
+            generation: Some(1),
+            deployment_id: Some("d".into()),
+            phase: Phase::Fetched,
+            commit: Some(commit.into()),
+            time: 1,
+            detail: None,
+            log_tail: vec![],
+            commit_subject: subject.map(str::to_owned),
+        }
+    }
+
+    fn commit(n: u8) -> String {
+        format!("{n:040x}")
+    }
+
+    fn record() -> DeviceRecord {
+        crate::domain::devices::new_device("u", "d", Default::default(), DeviceState::Registered)
+    }
+
+    #[test]
+    fn a_reported_subject_is_kept_for_the_commit_and_shown_once_it_runs() {
+        let mut d = record();
+        apply_to_device(&mut d, &fetched(&commit(1), Some("Fix the pump\nbody")));
+        assert_eq!(
+            d.commit_subjects.get(&commit(1)).map(String::as_str),
+            Some("Fix the pump")
+        );
+        let mut running = fetched(&commit(1), None);
+        running.phase = Phase::Running;
+        apply_to_device(&mut d, &running);
+        let view = crate::views::device_view(&d, &crate::live::Live::default());
+        assert_eq!(view.current_commit_subject.as_deref(), Some("Fix the pump"));
+    }
+
+    #[test]
+    fn subjects_of_commits_the_record_no_longer_names_are_dropped_and_the_count_is_bounded() {
+        let mut d = record();
+        d.current_commit = Some(commit(1));
+        d.good_commits = vec![commit(2)];
+        for n in 1..=40u8 {
+            apply_to_device(&mut d, &fetched(&commit(n), Some(&format!("subject {n}"))));
+            assert!(d.commit_subjects.len() <= MAX_COMMIT_SUBJECTS);
+        }
+        let kept: Vec<&String> = d.commit_subjects.keys().collect();
+        assert_eq!(kept, [&commit(1), &commit(2), &commit(40)]);
+    }
+
+    #[test]
+    fn a_subject_for_something_that_is_not_a_commit_id_or_empty_is_ignored() {
+        let mut d = record();
+        apply_to_device(&mut d, &fetched("main", Some("x")));
+        apply_to_device(&mut d, &fetched(&commit(3), Some("\u{7}  ")));
+        assert!(d.commit_subjects.is_empty());
     }
 }

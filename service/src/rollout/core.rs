@@ -997,6 +997,7 @@ mod tests {
                 time: 0,
                 detail: None,
                 log_tail: Vec::new(),
+                commit_subject: None,
             };
             let device = t.device_id.clone();
             self.r.on_status(&device, &ev, T0)
@@ -1431,6 +1432,7 @@ mod tests {
                 time: 0,
                 detail: detail.map(str::to_owned),
                 log_tail: Vec::new(),
+                commit_subject: None,
             };
             run.r.on_status(&t.device_id, &ev, T0);
             assert_eq!(run.t(0).detail.as_deref(), Some(want), "{phase:?}");
@@ -1453,6 +1455,7 @@ mod tests {
             time: 0,
             detail: Some("x".repeat(10 * MAX_DETAIL)),
             log_tail: Vec::new(),
+            commit_subject: None,
         };
         run.r.on_status(&t.device_id, &ev, T0);
         let detail = run.t(0).detail.clone().unwrap_or_default();
@@ -1480,6 +1483,7 @@ mod tests {
             time: 0,
             detail: None,
             log_tail: Vec::new(),
+            commit_subject: None,
         };
         assert_eq!(
             run.r.on_status(&t.device_id, &ev, T0),

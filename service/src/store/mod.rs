@@ -117,6 +117,11 @@ pub fn cut(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
 /// Applies the per-event caps: `detail` to [`MAX_DETAIL`] bytes, `log_tail` to its last
 /// [`MAX_LOG_TAIL_LINES`] lines of at most [`MAX_LOG_TAIL_LINE`] bytes.
 pub fn cap_status(e: &mut StatusEvent) {
+    // The manager sends it cut and clean; another client may not.
+    e.commit_subject = e
+        .commit_subject
+        .as_deref()
+        .and_then(hammer_protocol::commit_subject);
     if let Some(d) = &mut e.detail {
         if d.len() > MAX_DETAIL {
             *d = cut(d, MAX_DETAIL).into_owned();
@@ -256,7 +261,15 @@ pub struct DeviceRecord {
     /// Commits that reached `running`, oldest first (at most a few): rollback targets.
     #[serde(default)]
     pub good_commits: Vec<String>,
+    /// Subjects of the device's recent commits as it reported them (at most
+    /// [`MAX_COMMIT_SUBJECTS`]: the current commit, the rollback targets and the latest one
+    /// fetched).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub commit_subjects: BTreeMap<String, String>,
 }
+
+/// Most commit subjects a device record keeps.
+pub const MAX_COMMIT_SUBJECTS: usize = 8;
 
 /// One device within a deployment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -636,6 +649,7 @@ mod tests {
             log_tail: (0..80)
                 .map(|i| format!("{i}:{}", "y".repeat(1000)))
                 .collect(),
+            commit_subject: None,
         };
         cap_status(&mut e);
         let d = e.detail.unwrap();

@@ -581,6 +581,7 @@ mod tests {
             current_deployment: None,
             setup: None,
             last_health: None,
+            current_commit_subject: None,
         }
     }
 

@@ -170,14 +170,23 @@ fn device_row(d: &DeviceView, now: u64) -> String {
 <td data-label="Tags">{tags}</td>
 <td data-label="Status"><span class="badge {online}">{online}</span></td>
 <td data-label="App" class="phase">{phase}</td>
-<td data-label="Commit" class="commit"><code>{commit}</code></td>
+<td data-label="Commit" class="commit"><code>{commit}</code>{subject}</td>
 <td data-label="Last seen">{seen}</td></tr>"#,
         n = esc(&d.name),
         u = enc(&d.name),
         phase = app_state(d),
         commit = short(d.current_commit.as_deref()),
+        subject = subject_html(d.current_commit_subject.as_deref()),
         seen = time_ago(d.last_seen, now),
     )
+}
+
+/// A commit's subject after its short id, where the device reported it.
+fn subject_html(subject: Option<&str>) -> String {
+    match subject {
+        Some(s) => format!(" <span class=\"subject\">{}</span>", esc(s)),
+        None => String::new(),
+    }
 }
 
 fn device_rows(list: &[DeviceView], searched: bool, now: u64) -> String {
@@ -365,7 +374,7 @@ fn device_state(d: &DeviceView, now: u64) -> String {
 <dt>Device</dt><dd>{state}</dd>
 <dt>App</dt><dd id="device-phase">{phase}</dd>
 <dt>Run state</dt><dd>{run}</dd>
-<dt>Commit</dt><dd><code id="device-commit" title="{full}">{commit}</code></dd>
+<dt>Commit</dt><dd><code id="device-commit" title="{full}">{commit}</code>{subject}</dd>
 <dt>Deployment</dt><dd>{dep}</dd>
 <dt>Last seen</dt><dd>{seen}</dd>
 <dt>Tags</dt><dd>{tags}</dd>
@@ -376,6 +385,7 @@ fn device_state(d: &DeviceView, now: u64) -> String {
         run = word(&d.run_state),
         full = esc(d.current_commit.as_deref().unwrap_or("")),
         commit = short(d.current_commit.as_deref()),
+        subject = subject_html(d.current_commit_subject.as_deref()),
         seen = time_ago(d.last_seen, now),
         tags = if tags.is_empty() {
             "—".into()
@@ -478,6 +488,15 @@ impl Attempt<'_> {
     /// The commit the attempt is about: the last one named.
     pub fn commit(&self) -> Option<&str> {
         self.entries.iter().rev().find_map(|e| e.commit.as_deref())
+    }
+    /// The commit's subject, where the device reported it (with `fetched`).
+    pub fn subject(&self) -> Option<&str> {
+        let commit = self.commit()?;
+        self.entries
+            .iter()
+            .rev()
+            .filter(|e| e.commit.as_deref() == Some(commit))
+            .find_map(|e| e.commit_subject.as_deref())
     }
     /// How long the attempt took: from its first phase to the one that ended it (running,
     /// failed, rolled back, refused), or to its latest phase while none did.
@@ -606,7 +625,7 @@ fn attempt_html(a: &Attempt, now: u64) -> String {
         })
         .unwrap_or_default();
     format!(
-        r#"<li><details id="attempt-{key}" data-keep-open><summary><span class="what">{what}</span>{gen} <code>{commit}</code> <span class="badge phase-{cls}">{phase}</span> {when}{took}{by}</summary>
+        r#"<li><details id="attempt-{key}" data-keep-open><summary><span class="what">{what}</span>{gen} <code>{commit}</code>{subject} <span class="badge phase-{cls}">{phase}</span> {when}{took}{by}</summary>
 {dep}<table class="list phases"><caption class="sr-only">Phases, newest first</caption><thead><tr><th scope="col">Time</th><th scope="col">Phase</th><th scope="col">Commit</th>{dh}</tr></thead><tbody>{phases}</tbody></table>{tail}</details></li>"#,
         key = esc(&format!(
             "{}-{}-{}",
@@ -615,6 +634,7 @@ fn attempt_html(a: &Attempt, now: u64) -> String {
             first.time
         )),
         commit = short(a.commit()),
+        subject = subject_html(a.subject()),
         cls = phase_class(last.phase),
         phase = phase_word(last.phase),
         when = time_ago(Some(first.time), now),
@@ -725,6 +745,7 @@ mod tests {
             current_deployment: None,
             setup: None,
             last_health: None,
+            current_commit_subject: None,
         }
     }
 
@@ -759,6 +780,7 @@ mod tests {
             commit: (phase != Phase::Received).then(|| "abcdef0123".to_owned()),
             detail: None,
             log_tail: vec![],
+            commit_subject: None,
         }
     }
 
@@ -804,6 +826,35 @@ mod tests {
             html.contains("when it was running</figcaption><pre class=\"logs\" tabindex=\"0\">&lt;b&gt;boom&lt;/b&gt;\n</pre>"),
             "{html}"
         );
+    }
+
+    #[test]
+    fn commit_subjects_show_escaped_beside_the_commit_in_the_list_the_device_and_its_history() {
+        let mut d = dev("pump", true, Some(Phase::Running), Some("abcdef0123"), None);
+        d.current_commit_subject = Some("<b>Fix</b> the pump".into());
+        let escaped = "&lt;b&gt;Fix&lt;/b&gt; the pump";
+        assert!(device_row(&d, 0).contains(escaped));
+        assert!(device_state(&d, 0).contains(escaped));
+        assert!(!device_row(&d, 0).contains("<b>"));
+        let mut fetched = entry(3_000, Some(1), Some("dep1"), Phase::Fetched);
+        fetched.commit_subject = Some("<b>Fix</b> the pump".into());
+        let h = vec![
+            entry(2_000, Some(1), Some("dep1"), Phase::Received),
+            fetched,
+            entry(9_000, Some(1), Some("dep1"), Phase::Running),
+        ];
+        let a = attempts(&h);
+        assert_eq!(a[0].subject(), Some("<b>Fix</b> the pump"));
+        assert!(history_html(&h, 10_000).contains(escaped));
+        // No subject reported (an older manager): the commit alone.
+        let plain = dev(
+            "kiosk",
+            true,
+            Some(Phase::Running),
+            Some("abcdef0123"),
+            None,
+        );
+        assert!(!device_row(&plain, 0).contains("class=\"subject\""));
     }
 
     #[test]

@@ -1134,7 +1134,8 @@ fn samples() -> BTreeMap<&'static str, Vec<Value>> {
     };
     let (_, device_full) = written::<DeviceView>(json!({
         "id": "d1", "name": "dev", "tags": {"env": "prod"}, "state": "ready", "online": true,
-        "last_seen": 7, "current_commit": "1".repeat(40), "app_phase": "running",
+        "last_seen": 7, "current_commit": "1".repeat(40), "current_commit_subject": "Fix the pump",
+        "app_phase": "running",
         "run_state": "stopped", "generation": 3, "current_deployment": "dep1",
         "setup": {
             "repo_url": "https://h.example/r.git", "git_ref": "main", "start": "./run",
@@ -1152,6 +1153,7 @@ fn samples() -> BTreeMap<&'static str, Vec<Value>> {
     let (entry_full, entry_full_json) = written::<HistoryEntry>(json!({
         "time": 1, "deployment_id": "dep1", "deployer": "alice", "generation": 2,
         "phase": "fetched", "commit": "1".repeat(40), "detail": "d", "log_tail": ["l"],
+        "commit_subject": "Fix the pump",
     }));
     let (entry_none, entry_none_json) =
         written::<HistoryEntry>(json!({"time": 1, "phase": "received"}));

@@ -41,6 +41,7 @@ fn status(dev: &str, epoch: u64, seq: u64) -> StoredStatus {
         received_at: 1,
         deployer: None,
         event: StatusEvent {
+            commit_subject: None,
             v: PROTOCOL_VERSION,
             epoch,
             seq,

@@ -623,6 +623,7 @@ async fn status(ctx: &Ctx) -> anyhow::Result<Outcome> {
             time: now_ms(),
             detail: Some(detail.clone()),
             log_tail: tail.clone(),
+            commit_subject: None,
         })
         .unwrap_or_default()
     };
