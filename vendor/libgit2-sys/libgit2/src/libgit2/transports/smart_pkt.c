@@ -722,14 +722,8 @@ static int buffer_want_with_caps(
 	if (caps->include_tag)
 		git_str_puts(&str, GIT_CAP_INCLUDE_TAG " ");
 
-	/*
-	 * HAMMER-PATCH: never ask for a thin pack. A thin pack sends a changed
-	 * file as a delta against the version the client has, and libgit2
-	 * resolves such a delta whole in memory (twice: indexer and checkout),
-	 * which a small device cannot afford for a big file. Without it, a
-	 * changed file arrives whole and is indexed and checked out in bounded
-	 * memory. See vendor/libgit2-sys/HAMMER-PATCH.md.
-	 */
+	if (caps->thin_pack)
+		git_str_puts(&str, GIT_CAP_THIN_PACK " ");
 
 	if (caps->ofs_delta)
 		git_str_puts(&str, GIT_CAP_OFS_DELTA " ");
