@@ -384,7 +384,12 @@ fn artifacts() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/web-ui-artifacts")
 }
 
-/// Plays a device's part of a deployment: received, fetched, starting, running.
+/// The subject the simulated devices report for the deployed commit (markup in it must show
+/// as text).
+const SUBJECT: &str = "Brighter <b>kiosk</b> screens & faster boot";
+
+/// Plays a device's part of a deployment: received, fetched (with the commit's subject),
+/// starting, running.
 async fn play_deployment(dev: &SimDevice, deployment: &str, commit: &str) {
     let start = Instant::now();
     let desired = loop {
@@ -404,8 +409,13 @@ async fn play_deployment(dev: &SimDevice, deployment: &str, commit: &str) {
         Phase::Starting,
         Phase::Running,
     ] {
-        dev.report(dev.next_seq(), Some(&desired), phase, Some(commit))
-            .await;
+        if phase == Phase::Fetched {
+            dev.report_subject(dev.next_seq(), Some(&desired), phase, Some(commit), SUBJECT)
+                .await;
+        } else {
+            dev.report(dev.next_seq(), Some(&desired), phase, Some(commit))
+                .await;
+        }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
@@ -764,6 +774,18 @@ async fn dashboard_in_headless_chromium() {
     )
     .await;
     b.wait_for("the live stream", LIVE, json!([])).await;
+    // The commit's subject, as the devices reported it, beside the commit, as text.
+    let subjects = b
+        .js(
+            "return Array.prototype.map.call(document.querySelectorAll('#devices td.commit .subject'), function (s) { return [s.textContent, s.children.length]; });",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        subjects,
+        json!([[SUBJECT, 0], [SUBJECT, 0]]),
+        "commit subjects on the devices page"
+    );
     b.screenshot(&artifacts().join("devices-deployed.png"))
         .await;
     if std::env::var_os("HAMMER_UPDATE_SCREENSHOT").is_some() {
@@ -800,7 +822,10 @@ async fn dashboard_in_headless_chromium() {
         .await;
     let hist = hist.as_str().unwrap();
     assert!(
-        hist.contains("running") && hist.contains("alice") && hist.contains("1111111"),
+        hist.contains("running")
+            && hist.contains("alice")
+            && hist.contains("1111111")
+            && hist.contains(SUBJECT),
         "{hist}"
     );
     assert!(

@@ -184,6 +184,19 @@ impl ScriptedDevice {
         phase: Phase,
         commit: Option<&str>,
     ) -> Result<(), SimError> {
+        self.report_subject(seq, desired, phase, commit, None).await
+    }
+
+    /// [`ScriptedDevice::report`] with a commit subject (the manager sends one with
+    /// `fetched`).
+    pub async fn report_subject(
+        &self,
+        seq: u64,
+        desired: Option<&DesiredState>,
+        phase: Phase,
+        commit: Option<&str>,
+        subject: Option<&str>,
+    ) -> Result<(), SimError> {
         let ev = StatusEvent {
             v: PROTOCOL_VERSION,
             epoch: self.epoch,
@@ -195,7 +208,7 @@ impl ScriptedDevice {
             time: now_ms(),
             detail: None,
             log_tail: vec![],
-            commit_subject: None,
+            commit_subject: subject.map(str::to_owned),
         };
         self.device()
             .publish(Channel::Status, QoS::AtLeastOnce, false, encode(&ev)?)

@@ -267,6 +267,24 @@ impl SimDevice {
         }
     }
 
+    /// [`SimDevice::report`] with a commit subject.
+    pub async fn report_subject(
+        &self,
+        seq: u64,
+        desired: Option<&DesiredState>,
+        phase: Phase,
+        commit: Option<&str>,
+        subject: &str,
+    ) {
+        if let Err(e) = self
+            .0
+            .report_subject(seq, desired, phase, commit, Some(subject))
+            .await
+        {
+            panic!("{}: cannot publish a status event: {e}", self.id);
+        }
+    }
+
     /// Waits until a desired state arrived (10 s).
     pub async fn wait_desired(&self) -> DesiredState {
         match self.0.wait_desired().await {
