@@ -386,7 +386,7 @@ fn artifacts() -> PathBuf {
 
 /// The subject the simulated devices report for the deployed commit (markup in it must show
 /// as text).
-const SUBJECT: &str = "Brighter <b>kiosk</b> screens & faster boot";
+const SUBJECT: &str = "Close the kiosk menu with <Esc> & dim screens at night";
 
 /// Plays a device's part of a deployment: received, fetched (with the commit's subject),
 /// starting, running.
