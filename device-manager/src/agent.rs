@@ -441,6 +441,8 @@ impl Agent {
 
     async fn shutdown(&mut self, epoch: u64) {
         if self.connected {
+            // What the last moments appended (the app's `stopped`) goes before the goodbye.
+            self.publish_new().await;
             let offline = Presence {
                 manager_version: MANAGER_VERSION.to_owned(),
                 time: hammer_protocol::now_ms(),

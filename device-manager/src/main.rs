@@ -104,9 +104,15 @@ async fn cmd_run(c: RunCmd) -> Result<()> {
         "hammer-manager starting"
     );
     let backend = Arc::new(handle.clone());
-    agent::run(identity, opts, outbox, backend, shutdown_signal()).await?;
     // Stopped by SIGTERM/SIGINT: stop the app with its grace period (the systemd unit uses
-    // KillMode=process, so the manager, not systemd, stops the app).
+    // KillMode=process, so the manager, not systemd, stops the app) while the agent still
+    // runs, so that the app's `stopped` report leaves with the agent's last publishes.
+    let stopping = handle.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        stopping.shutdown(true).await;
+    };
+    agent::run(identity, opts, outbox, backend, shutdown).await?;
     handle.shutdown(true).await;
     db.flush()?;
     Ok(())

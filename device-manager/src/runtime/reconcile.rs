@@ -108,7 +108,7 @@ impl Reconciler {
             return false;
         };
         if stop.stop_app {
-            self.stop_app().await;
+            self.stop_app_for_shutdown().await;
         }
         if let Some(done) = stop.done {
             let _ = done.send(());
@@ -142,7 +142,7 @@ impl Reconciler {
                     Some(Control::Restart) => self.on_restart().await,
                     Some(Control::Shutdown { stop_app, done }) => {
                         if stop_app {
-                            self.stop_app().await;
+                            self.stop_app_for_shutdown().await;
                         }
                         let _ = done.send(());
                         return;
@@ -150,6 +150,24 @@ impl Reconciler {
                 },
                 event = self.sup.next_event() => self.on_supervisor(event).await,
             }
+        }
+    }
+
+    /// The manager is stopping (SIGTERM): the app stops with it, and the service is told
+    /// (`stopped`), so that the device does not look as if its app still ran. The next start
+    /// of the manager starts it again (`restarted`).
+    async fn stop_app_for_shutdown(&mut self) {
+        let was_running = self.sup.app.is_some();
+        self.stop_app().await;
+        if was_running {
+            tracing::info!(
+                "the app stopped with the manager; it starts again when the manager does"
+            );
+            self.report_app(
+                Phase::Stopped,
+                Some("the manager is shutting down; the app starts again with it".into()),
+                Vec::new(),
+            );
         }
     }
 

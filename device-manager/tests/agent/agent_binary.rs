@@ -1,7 +1,8 @@
 //! The real `hammer-manager` binary with the real runtime against a real broker (rumqttd on
 //! loopback) and a real git repository: `run` deploys a signed desired state to `running`,
 //! reports health, `status` answers while it runs (snapshot) and after it stops (database),
-//! and SIGTERM stops the app with the manager (KillMode=process in the unit relies on this).
+//! and SIGTERM stops the app with the manager (KillMode=process in the unit relies on this)
+//! and tells the service (`stopped`) before going offline.
 
 use crate::agent_support::*;
 use hammer_protocol::signing::SigningKeyPair;
@@ -146,6 +147,17 @@ async fn run_deploys_reports_and_stops_the_app_on_sigterm() {
         left.is_empty(),
         "the app's process group is gone, but {left:?} remain; manager log:\n{}",
         std::fs::read_to_string(dir.path().join("manager.log")).unwrap()
+    );
+    // The service heard that the app stopped with the manager, before the manager said
+    // goodbye.
+    let stopped = svc.wait_phase(Phase::Stopped).await;
+    assert_eq!(stopped.commit.as_deref(), Some(commit.as_str()));
+    assert!(
+        stopped
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("shutting down")),
+        "{stopped:?}"
     );
     svc.wait_for("presence offline", |s| {
         matches!(s, Seen::Presence(p) if !p.online).then_some(())
