@@ -360,6 +360,9 @@ pub enum TargetState {
     TimedOut,
     /// Not attempted: the deployment was aborted or canceled first.
     Skipped,
+    /// Timed out, then overtaken by a newer deployment to the same device before the device
+    /// reported on this one (see `detail`): it will never run this attempt.
+    Superseded,
     #[serde(other)]
     Unknown,
 }

@@ -77,6 +77,7 @@ wire_names!(TargetState {
     Failed => "failed",
     TimedOut => "timed_out",
     Skipped => "skipped",
+    Superseded => "superseded",
     Unknown => "unknown",
 });
 
@@ -94,7 +95,7 @@ impl TargetState {
         matches!(self, TargetState::Pending | TargetState::InFlight)
     }
 
-    /// Whether this target is done (succeeded, failed, timed out, skipped; or a state this
+    /// Whether this target is done (succeeded, failed, timed out, skipped, superseded; or a state this
     /// version does not know, which the engine does not work on either).
     pub fn is_finished(self) -> bool {
         !self.is_active()

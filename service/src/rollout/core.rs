@@ -6,7 +6,10 @@
 //! Inputs, each with the time (`now`, ms since the epoch) passed in:
 //! - a status event of a target ([`Rollout::on_status`]): recorded, checked against the
 //!   deployment's commit, and possibly the end of the target's attempt;
-//! - a tick ([`Rollout::on_tick`]): in-flight targets whose deadline is due time out;
+//! - a tick ([`Rollout::on_tick`]): in-flight targets whose deadline is due time out, with a
+//!   detail that says whether the device picked the attempt up and, offline, since when. The
+//!   deadline is set at launch and set again by the target's first report: an attempt's time
+//!   starts at its pickup, and a device offline at launch still times out;
 //! - a cancel ([`Rollout::cancel`]);
 //! - a commit marked bad by the owner ([`Rollout::stop_if_bad`]): a running deployment pinned
 //!   to it is canceled with a reason naming it; a new deployment naming it is refused
@@ -23,6 +26,11 @@
 //!   at once frees its slot and may trip the abort threshold), then the end check;
 //! - what went wrong carrying the launches out ([`Rollout::launches_not_stored`],
 //!   [`Rollout::publish_failed`]).
+//!
+//! Targets of *ended* deployments change in two ways, decided by plain functions the shell
+//! applies to the stored record: [`late_report`] (a timed-out or skipped in-flight attempt
+//! the device ran after all becomes a late success) and [`supersede`] (a timed-out target
+//! whose device a newer deployment launched on will never run its attempt).
 //!
 //! The arithmetic lives in small functions of its own: [`over_threshold`] (abort),
 //! [`slots`] (`max_in_flight`), [`attempt_over`] (retries), [`is_due`] (deadlines),
@@ -218,12 +226,17 @@ impl Rollout {
         }
         let i = *self.index.get(device_id)?;
         let told_pin = self.dep.targets.get(i).is_some_and(|t| self.told_pin(t));
-        let retries = self.dep.strategy.retries;
+        let (retries, timeout_secs) = (self.dep.strategy.retries, self.dep.strategy.timeout_secs);
         let t = self.dep.targets.get_mut(i)?;
         if t.state != TargetState::InFlight
             || (ev.generation.is_some() && ev.generation != t.generation)
         {
             return None;
+        }
+        if t.last_phase.is_none() {
+            // Picked up: the attempt's time starts now (a device that was offline when it
+            // was launched gets the whole timeout once it is back).
+            t.deadline = Some(deadline(now, timeout_secs));
         }
         t.last_phase = Some(ev.phase);
         t.updated_at = now;
@@ -300,15 +313,13 @@ impl Rollout {
     }
 
     /// Times out the in-flight targets whose deadline is due at `now`; returns how many.
-    pub fn on_tick(&mut self, now: u64) -> usize {
+    /// `presence` says whether a device is connected (for the detail).
+    pub fn on_tick(&mut self, now: u64, presence: impl Fn(&str) -> Presence) -> usize {
         let (retries, timeout) = (self.dep.strategy.retries, self.dep.strategy.timeout_secs);
         let mut timed_out = 0;
         for t in self.dep.targets.iter_mut() {
             if t.state == TargetState::InFlight && t.deadline.is_some_and(|d| is_due(d, now)) {
-                let detail = format!(
-                    "no terminal status within {timeout}s (last phase: {})",
-                    t.last_phase.map_or("none", phase_name)
-                );
+                let detail = timeout_detail(timeout, t.last_phase, presence(&t.device_id));
                 attempt_over(t, retries, TargetState::TimedOut, detail);
                 t.updated_at = now;
                 timed_out += 1;
@@ -589,6 +600,91 @@ impl Rollout {
             t.detail = Some(format!("could not publish the desired state: {error}"));
         }
     }
+}
+
+/// What the engine knows of a device's connection when its attempt times out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    Online,
+    /// Not connected; last heard from at this time (ms), if this service heard it at all.
+    Offline {
+        last_seen: Option<u64>,
+    },
+}
+
+/// Why an attempt timed out, in words: not picked up (and whether the device is offline,
+/// since when) or picked up and never finished (the last phase it reported).
+pub fn timeout_detail(timeout_secs: u32, last_phase: Option<Phase>, presence: Presence) -> String {
+    let offline = match presence {
+        Presence::Online => None,
+        Presence::Offline { last_seen: Some(t) } => Some(format!(
+            "the device is offline since {}",
+            crate::views::utc(t).1
+        )),
+        Presence::Offline { last_seen: None } => {
+            Some("the device is offline (not seen since the service started)".to_owned())
+        }
+    };
+    match (last_phase, offline) {
+        (None, None) => {
+            format!("not picked up within {timeout_secs}s: the device is online but did not answer")
+        }
+        (None, Some(offline)) => format!("not picked up within {timeout_secs}s: {offline}"),
+        (Some(p), None) => format!(
+            "no terminal status within {timeout_secs}s of its pickup (last phase: {})",
+            phase_name(p)
+        ),
+        (Some(p), Some(offline)) => format!(
+            "no terminal status within {timeout_secs}s of its pickup (last phase: {}); {offline}",
+            phase_name(p)
+        ),
+    }
+}
+
+/// A status event that arrives for a target of an ended deployment: a target that timed out
+/// (or was skipped while in flight, by a cancel or an abort) and whose device ran that very
+/// attempt later succeeds after all (the record says so).
+/// Answers whether the target changed.
+pub fn late_report(t: &mut TargetRecord, ev: &StatusEvent, now: u64) -> bool {
+    let same_attempt = ev.generation.is_some() && ev.generation == t.generation;
+    let over = matches!(t.state, TargetState::TimedOut | TargetState::Skipped);
+    if !over || !same_attempt || ev.phase != Phase::Running {
+        return false;
+    }
+    let late = now.saturating_sub(t.updated_at);
+    let what = if t.state == TargetState::TimedOut {
+        "its attempt timed out"
+    } else {
+        "the deployment ended"
+    };
+    t.state = TargetState::Succeeded;
+    t.last_phase = Some(Phase::Running);
+    if ev.commit.is_some() {
+        t.commit = ev.commit.clone();
+    }
+    t.detail = Some(format!("succeeded {}s after {what}", late / 1000));
+    t.updated_at = now;
+    true
+}
+
+/// A newer deployment `by` launched on the device of `t`, a target of an ended deployment:
+/// a timed-out target will never run its attempt now (the device gets the newer desired
+/// state): it is superseded. Answers whether the target changed.
+pub fn supersede(t: &mut TargetRecord, by: &str, now: u64) -> bool {
+    if t.state != TargetState::TimedOut {
+        return false;
+    }
+    t.state = TargetState::Superseded;
+    let before = t.detail.take().unwrap_or_default();
+    t.detail = Some(
+        cut(
+            &format!("superseded by deployment {by} before the device reported ({before})"),
+            MAX_DETAIL,
+        )
+        .into_owned(),
+    );
+    t.updated_at = now;
+    true
 }
 
 /// A phase as it is spelled on the wire.
@@ -985,6 +1081,17 @@ mod tests {
 
         /// Target `i` reports `phase` (naming `commit`) for its current generation.
         fn report(&mut self, i: usize, phase: Phase, commit: Option<&str>) -> Option<Applied> {
+            self.report_at(i, phase, commit, T0)
+        }
+
+        /// [`Run::report`] at `now`.
+        fn report_at(
+            &mut self,
+            i: usize,
+            phase: Phase,
+            commit: Option<&str>,
+            now: u64,
+        ) -> Option<Applied> {
             let t = &self.r.record().targets[i];
             let ev = StatusEvent {
                 v: hammer_protocol::PROTOCOL_VERSION,
@@ -1000,7 +1107,7 @@ mod tests {
                 commit_subject: None,
             };
             let device = t.device_id.clone();
-            self.r.on_status(&device, &ev, T0)
+            self.r.on_status(&device, &ev, now)
         }
 
         fn t(&self, i: usize) -> &TargetRecord {
@@ -1558,13 +1665,13 @@ mod tests {
         run.step(T0);
         run.report(0, Phase::Fetching, None);
         let due = T0 + 10_000;
-        assert_eq!(run.r.on_tick(due - 1), 0);
+        assert_eq!(run.r.on_tick(due - 1, |_| Presence::Online), 0);
         assert_eq!(run.t(0).state, TargetState::InFlight);
-        assert_eq!(run.r.on_tick(due), 1);
+        assert_eq!(run.r.on_tick(due, |_| Presence::Online), 1);
         assert_eq!(run.t(0).state, TargetState::TimedOut);
         assert_eq!(
             run.t(0).detail.as_deref(),
-            Some("no terminal status within 10s (last phase: fetching)")
+            Some("no terminal status within 10s of its pickup (last phase: fetching)")
         );
         assert_eq!((run.t(0).deadline, run.t(0).updated_at), (None, due));
         assert_eq!(run.r.next_deadline(), None);
@@ -1582,15 +1689,137 @@ mod tests {
             },
         );
         run.step(T0);
-        assert_eq!(run.r.on_tick(T0 + 3_600_000), 1);
+        assert_eq!(run.r.on_tick(T0 + 3_600_000, |_| Presence::Online), 1);
         assert_eq!(run.t(0).state, TargetState::Pending);
         assert_eq!(
             run.t(0).detail.as_deref(),
-            Some("attempt 1 no terminal status within 10s (last phase: none); retrying")
+            Some(
+                "attempt 1 not picked up within 10s: the device is online but did not answer; \
+                 retrying"
+            )
         );
         run.step(T0 + 3_600_000);
         assert_eq!(run.t(0).deadline, Some(T0 + 3_610_000));
         assert_eq!(run.t(0).attempts, 2);
+    }
+
+    #[test]
+    fn the_attempts_time_starts_again_when_the_device_picks_it_up() {
+        let mut run = Run::new(1, strategy());
+        run.step(T0);
+        assert_eq!(run.t(0).deadline, Some(T0 + 10_000));
+        // Offline at launch, back 8 s later: it gets the whole timeout from its pickup.
+        run.report_at(0, Phase::Received, None, T0 + 8_000);
+        assert_eq!(run.t(0).deadline, Some(T0 + 18_000));
+        assert_eq!(run.r.on_tick(T0 + 10_000, |_| Presence::Online), 0);
+        // Later phases do not move it again.
+        run.report_at(0, Phase::Fetching, None, T0 + 12_000);
+        assert_eq!(run.t(0).deadline, Some(T0 + 18_000));
+        assert_eq!(run.r.on_tick(T0 + 18_000, |_| Presence::Online), 1);
+        assert_eq!(run.t(0).state, TargetState::TimedOut);
+    }
+
+    #[test]
+    fn a_timeout_says_whether_the_device_picked_the_attempt_up_and_since_when_it_is_offline() {
+        let offline = Presence::Offline {
+            last_seen: Some(1_764_633_600_000),
+        };
+        assert_eq!(
+            timeout_detail(10, None, offline),
+            "not picked up within 10s: the device is offline since 2025-12-02 00:00:00 UTC"
+        );
+        assert_eq!(
+            timeout_detail(10, None, Presence::Offline { last_seen: None }),
+            "not picked up within 10s: the device is offline (not seen since the service started)"
+        );
+        assert_eq!(
+            timeout_detail(10, Some(Phase::Installing), offline),
+            "no terminal status within 10s of its pickup (last phase: installing); the device \
+             is offline since 2025-12-02 00:00:00 UTC"
+        );
+        let mut run = Run::new(1, strategy());
+        run.step(T0);
+        run.r.on_tick(T0 + 10_000, |_| offline);
+        assert!(run
+            .t(0)
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.starts_with("not picked up within 10s: the device is offline")));
+    }
+
+    fn running_event(generation: Option<u64>) -> StatusEvent {
+        StatusEvent {
+            v: hammer_protocol::PROTOCOL_VERSION,
+            epoch: 1,
+            seq: 9,
+            generation,
+            deployment_id: Some("dep1".into()),
+            phase: Phase::Running,
+            commit: Some("c".repeat(40)),
+            time: 0,
+            detail: None,
+            log_tail: Vec::new(),
+            commit_subject: None,
+        }
+    }
+
+    #[test]
+    fn a_device_that_runs_a_timed_out_attempt_later_turns_its_target_into_a_late_success() {
+        let mut t = target(0, TargetState::TimedOut, None);
+        t.generation = Some(3);
+        t.updated_at = T0;
+        assert!(
+            !late_report(&mut t, &running_event(Some(2)), T0 + 1),
+            "another attempt"
+        );
+        let mut failing = running_event(Some(3));
+        failing.phase = Phase::RolledBack;
+        assert!(!late_report(&mut t, &failing, T0 + 1), "not a success");
+        assert!(late_report(&mut t, &running_event(Some(3)), T0 + 65_000));
+        assert_eq!(t.state, TargetState::Succeeded);
+        assert_eq!(t.commit.as_deref(), Some("c".repeat(40).as_str()));
+        assert_eq!(
+            t.detail.as_deref(),
+            Some("succeeded 65s after its attempt timed out")
+        );
+        // A canceled in-flight attempt the device applied anyway says so too.
+        let mut s = target(1, TargetState::Skipped, None);
+        s.generation = Some(4);
+        s.updated_at = T0;
+        assert!(late_report(&mut s, &running_event(Some(4)), T0 + 2_000));
+        assert_eq!(
+            s.detail.as_deref(),
+            Some("succeeded 2s after the deployment ended")
+        );
+        // Failed targets and succeeded ones stay as they are.
+        for state in [TargetState::Failed, TargetState::Succeeded] {
+            let mut f = target(2, state, None);
+            f.generation = Some(5);
+            assert!(!late_report(&mut f, &running_event(Some(5)), T0));
+            assert_eq!(f.state, state);
+        }
+    }
+
+    #[test]
+    fn only_a_timed_out_target_is_superseded_by_a_newer_deployment() {
+        let mut t = target(0, TargetState::TimedOut, None);
+        t.detail = Some("not picked up within 10s: the device is online but did not answer".into());
+        assert!(supersede(&mut t, "dep2", T0));
+        assert_eq!(t.state, TargetState::Superseded);
+        assert!(t.detail.as_deref().is_some_and(|d| d.starts_with(
+            "superseded by deployment dep2 before the device reported (not picked up"
+        )));
+        assert!(!t.state.is_active());
+        for state in [
+            TargetState::Succeeded,
+            TargetState::Failed,
+            TargetState::Skipped,
+            TargetState::Superseded,
+        ] {
+            let mut o = target(1, state, None);
+            assert!(!supersede(&mut o, "dep2", T0));
+            assert_eq!(o.state, state);
+        }
     }
 
     #[test]
@@ -1603,7 +1832,7 @@ mod tests {
             },
         );
         run.step(T0);
-        assert_eq!(run.r.on_tick(u64::MAX), 1);
+        assert_eq!(run.r.on_tick(u64::MAX, |_| Presence::Online), 1);
         assert_eq!(run.t(1).state, TargetState::Pending);
         assert_eq!(run.t(1).detail, None);
     }
@@ -1771,7 +2000,7 @@ mod tests {
         run.step(T0);
         run.r.pause().unwrap();
         let due = run.t(0).deadline.unwrap();
-        assert_eq!(run.r.on_tick(due), 1);
+        assert_eq!(run.r.on_tick(due, |_| Presence::Online), 1);
         assert_eq!(run.t(0).state, TargetState::Pending);
         assert!(run.step(due).0.is_empty());
         run.r.unpause().unwrap();

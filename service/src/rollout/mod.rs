@@ -50,7 +50,8 @@ pub mod inbox;
 
 pub use self::core::commit_named_by;
 use self::core::{
-    is_active, same_commit, Applied, HoldRefused, Launch, LaunchResult, Rollout, TargetChange,
+    is_active, same_commit, Applied, HoldRefused, Launch, LaunchResult, Presence, Rollout,
+    TargetChange,
 };
 pub use self::inbox::{RolloutError, RolloutMsg};
 use crate::mqtt::publish::{publish_desired, stage_desired};
@@ -232,6 +233,10 @@ impl Engine {
                 let _ = reply.send(r);
             }
             RolloutMsg::Status { device_id, event } => {
+                if !self.by_device.contains_key(&device_id) {
+                    self.late_report(&device_id, &event).await;
+                    return None;
+                }
                 return self.on_status(&device_id, event);
             }
             RolloutMsg::Cancel {
@@ -462,8 +467,18 @@ impl Engine {
             self.catch_up_before_timeouts(now);
         }
         let mut touched = Vec::new();
+        let live = &self.svc.live;
+        let presence = |device: &str| {
+            if live.online(device) {
+                Presence::Online
+            } else {
+                Presence::Offline {
+                    last_seen: live.last_seen(device),
+                }
+            }
+        };
         for (id, rollout) in self.running.iter_mut() {
-            if rollout.on_tick(now) > 0 {
+            if rollout.on_tick(now, presence) > 0 {
                 touched.push(id.clone());
             }
         }
@@ -531,10 +546,19 @@ impl Engine {
         // Launches share one flush of the device records and are published after the
         // deployment record is persisted: a device acts only on what survives a restart.
         let mut staged: Vec<(usize, DesiredState)> = Vec::new();
+        // Ended deployments these launches overtake on their devices: (deployment, device).
+        let mut overtaken: Vec<(String, String)> = Vec::new();
         rollout.begin_step(now_ms());
         while let Some(launch) = rollout.next_launch(now_ms()) {
             let now = now_ms();
-            let (result, desired) = self.stage(&launch, now);
+            let previous = std::sync::Mutex::new(None);
+            let (result, desired) = self.stage(&launch, now, &previous);
+            if let (LaunchResult::Staged { .. }, Ok(Some(prev))) = (&result, previous.into_inner())
+            {
+                if prev != id && !self.running.contains_key(&prev) {
+                    overtaken.push((prev, launch.device_id.clone()));
+                }
+            }
             rollout.launch_done(&launch, result, now);
             if let Some(desired) = desired {
                 staged.push((launch.target, desired));
@@ -618,7 +642,81 @@ impl Engine {
         if !summary.ended {
             self.running.insert(id.to_owned(), rollout);
         }
+        if persisted {
+            self.supersede(id, overtaken).await;
+        }
         persisted
+    }
+
+    /// Marks the timed-out targets of ended deployments that `by`'s launches overtook as
+    /// superseded (one read and one write per overtaken deployment).
+    async fn supersede(&mut self, by: &str, overtaken: Vec<(String, String)>) {
+        let mut per_dep: HashMap<String, Vec<String>> = HashMap::new();
+        for (dep, device) in overtaken {
+            per_dep.entry(dep).or_default().push(device);
+        }
+        let now = now_ms();
+        for (dep_id, devices) in per_dep {
+            let mut dep = match self.svc.store.deployment(&dep_id) {
+                Ok(Some(d)) => d,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(deployment = %dep_id, error = %e, "cannot read an overtaken deployment");
+                    continue;
+                }
+            };
+            let mut changed = false;
+            for t in dep.targets.iter_mut() {
+                if devices.contains(&t.device_id) {
+                    changed |= self::core::supersede(t, by, now);
+                }
+            }
+            if changed {
+                tracing::info!(deployment = %dep_id, by = %by, "timed-out targets superseded by a newer deployment");
+                if let Err(e) = self.persist(&dep).await {
+                    tracing::warn!(deployment = %dep_id, error = %e, "cannot record superseded targets");
+                }
+            }
+        }
+    }
+
+    /// A device ran an attempt of an ended deployment after all: its target says so.
+    async fn late_report(&mut self, device_id: &str, ev: &StatusEvent) {
+        let Some(dep_id) = ev.deployment_id.as_deref() else {
+            return;
+        };
+        if ev.phase != hammer_protocol::Phase::Running || self.running.contains_key(dep_id) {
+            return;
+        }
+        let mut dep = match self.svc.store.deployment(dep_id) {
+            Ok(Some(d)) => d,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(deployment = %dep_id, error = %e, "cannot read a deployment for a late report");
+                return;
+            }
+        };
+        let now = now_ms();
+        let mut changed = false;
+        for t in dep.targets.iter_mut().filter(|t| t.device_id == device_id) {
+            changed |= self::core::late_report(t, ev, now);
+        }
+        if !changed {
+            return;
+        }
+        tracing::info!(deployment = %dep_id, device = %device_id, "a device succeeded after its attempt was over");
+        if let Err(e) = self.persist(&dep).await {
+            tracing::warn!(deployment = %dep_id, error = %e, "cannot record a late success");
+            return;
+        }
+        if self.svc.listening() {
+            let devices = dep.targets.iter().map(|t| t.device_id.clone()).collect();
+            let event = Event::Deployment {
+                deployment: crate::views::deployment_view(&dep),
+            };
+            self.svc
+                .emit(&dep.owner, devices, Some(dep.id.clone()), event);
+        }
     }
 
     async fn persist(&mut self, dep: &DeploymentRecord) -> anyhow::Result<()> {
@@ -639,8 +737,17 @@ impl Engine {
 
     /// Stages a launch's desired state in the store (a new generation, naming the
     /// deployment's commit if it has one); the caller flushes and publishes it.
-    fn stage(&self, launch: &Launch, now: u64) -> (LaunchResult, Option<DesiredState>) {
+    /// Notes in `previous` the deployment the device's last desired state came from.
+    fn stage(
+        &self,
+        launch: &Launch,
+        now: u64,
+        previous: &std::sync::Mutex<Option<String>>,
+    ) -> (LaunchResult, Option<DesiredState>) {
         let result = stage_desired(&self.svc, &launch.device_id, |d, generation| {
+            if let Ok(mut p) = previous.lock() {
+                p.clone_from(&d.current_deployment);
+            }
             let setup = d.setup.as_ref()?;
             Some(DesiredState {
                 v: PROTOCOL_VERSION,

@@ -26,7 +26,7 @@ pub struct Counts {
     pub succeeded: usize,
     /// Failed or timed out.
     pub failed: usize,
-    /// Not attempted (aborted or canceled first).
+    /// Not attempted (aborted or canceled first), or superseded by a newer deployment.
     pub skipped: usize,
     pub in_flight: usize,
 }
@@ -41,7 +41,7 @@ impl Counts {
             match t.state {
                 TargetState::Succeeded => c.succeeded += 1,
                 TargetState::Failed | TargetState::TimedOut => c.failed += 1,
-                TargetState::Skipped => c.skipped += 1,
+                TargetState::Skipped | TargetState::Superseded => c.skipped += 1,
                 TargetState::InFlight => c.in_flight += 1,
                 TargetState::Pending | TargetState::Unknown => {}
             }

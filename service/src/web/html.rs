@@ -87,7 +87,7 @@ pub fn time(ms: Option<u64>) -> String {
     let Some(ms) = ms else {
         return "—".into();
     };
-    let (iso, text) = utc(ms);
+    let (iso, text) = crate::views::utc(ms);
     format!("<time datetime=\"{iso}\">{text}</time>")
 }
 
@@ -111,7 +111,7 @@ pub fn time_ago(ms: Option<u64>, now: u64) -> String {
     let Some(ms) = ms else {
         return "—".into();
     };
-    let (iso, text) = utc(ms);
+    let (iso, text) = crate::views::utc(ms);
     format!(
         "<time datetime=\"{iso}\" title=\"{text}\" data-ago>{}</time>",
         ago(ms, now)
@@ -129,27 +129,6 @@ pub fn duration(ms: u64) -> String {
         3600..=86_399 => format!("{} h {} min", s / 3600, s % 3600 / 60),
         _ => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
     }
-}
-
-/// `(ISO 8601, "YYYY-MM-DD HH:MM:SS UTC")` of a time in ms since the epoch.
-fn utc(ms: u64) -> (String, String) {
-    let secs = ms / 1000;
-    let (days, rem) = ((secs / 86400) as i64, secs % 86400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let (h, mi, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    (
-        format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z"),
-        format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC"),
-    )
 }
 
 /// A snake_case enum value as text (`in_flight` → `in flight`).

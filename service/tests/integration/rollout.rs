@@ -193,6 +193,71 @@ async fn silent_device_times_out() {
     let v = h.wait_deployment(&t, &id, 10).await;
     assert_eq!(v["state"], "failed", "{v}");
     assert_eq!(targets(&v)[0]["state"], "timed_out", "{v}");
+    assert_eq!(
+        targets(&v)[0]["detail"],
+        "not picked up within 1s: the device is online but did not answer",
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_device_that_runs_a_timed_out_attempt_later_shows_as_a_late_success() {
+    let h = Harness::start().await;
+    let t = h.user("alice").await;
+    let d = h
+        .ready_device("alice", &t, "slow", json!({}), Behavior::Silent)
+        .await;
+    let id = deploy(
+        &h,
+        &t,
+        json!({"targets": {"names": ["slow"]}, "strategy": {"timeout_secs": 1}}),
+    )
+    .await;
+    let v = h.wait_deployment(&t, &id, 10).await;
+    assert_eq!(target(&v, "slow")["state"], "timed_out", "{v}");
+    // The device gets to it after all: the attempt it was given runs.
+    let desired = d.wait_desired().await;
+    d.report(d.next_seq(), Some(&desired), Phase::Running, Some(C1))
+        .await;
+    let v = wait_for_deployment(&h, &t, &id, "the late success", |v| {
+        target(v, "slow")["state"] == "succeeded"
+    })
+    .await;
+    let slow = target(&v, "slow");
+    assert_eq!(slow["commit"], C1, "{v}");
+    assert!(
+        slow["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("after its attempt timed out")),
+        "{v}"
+    );
+    // The deployment's own outcome was decided when it ended; it stays.
+    assert_eq!(v["state"], "failed", "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_timed_out_target_overtaken_by_a_newer_deployment_is_superseded() {
+    let h = Harness::start().await;
+    let t = h.user("alice").await;
+    let _d = h
+        .ready_device("alice", &t, "away", json!({}), Behavior::Silent)
+        .await;
+    let body = json!({"targets": {"names": ["away"]}, "strategy": {"timeout_secs": 1}});
+    let first = deploy(&h, &t, body.clone()).await;
+    let v = h.wait_deployment(&t, &first, 10).await;
+    assert_eq!(target(&v, "away")["state"], "timed_out", "{v}");
+    let second = deploy(&h, &t, body).await;
+    let v = wait_for_deployment(&h, &t, &first, "the target superseded", |v| {
+        target(v, "away")["state"] == "superseded"
+    })
+    .await;
+    assert!(
+        target(&v, "away")["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains(&format!("superseded by deployment {second}"))),
+        "{v}"
+    );
+    assert_eq!(v["state"], "failed", "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
