@@ -641,6 +641,7 @@ mod tests {
             }),
             last_health: None,
             current_commit_subject: None,
+            reported_generation: None,
         }
     }
 

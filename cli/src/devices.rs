@@ -95,13 +95,17 @@ async fn list(conn: &Conn, tag: Option<String>, json: bool) -> Result<()> {
     ]);
     // Table::row escapes every cell.
     for d in devices {
+        let generation = match d.reported_generation {
+            Some(r) if d.is_behind() => format!("{} (behind: at {r})", d.generation),
+            _ => d.generation.to_string(),
+        };
         t.row(vec![
             d.name,
             wire_name(&d.state),
             if d.online { "yes" } else { "no" }.into(),
             or_dash(d.app_phase.map(|p| wire_name(&p))),
             short_commit(d.current_commit.as_deref()),
-            d.generation.to_string(),
+            generation,
             or_dash(d.last_seen.map(|t| ago(t, now))),
             fmt_tags(&d.tags),
         ]);

@@ -107,9 +107,22 @@ pub struct DeviceView {
     pub app_phase: Option<Phase>,
     pub run_state: RunState,
     pub generation: u64,
+    /// The highest generation the device reported on; below `generation`, the device has not
+    /// picked up its latest desired state ([`DeviceView::is_behind`]). Absent: not known yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_generation: Option<u64>,
     pub current_deployment: Option<String>,
     pub setup: Option<SetupView>,
     pub last_health: Option<HealthView>,
+}
+
+impl DeviceView {
+    /// The device has not reported on its latest desired state (it was offline, or has not
+    /// picked it up yet). Unknown counts as not behind.
+    pub fn is_behind(&self) -> bool {
+        self.reported_generation
+            .is_some_and(|reported| reported < self.generation)
+    }
 }
 
 /// The device's setup, without credentials (the service never stores them).

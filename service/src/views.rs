@@ -118,6 +118,7 @@ pub fn device_view(d: &DeviceRecord, live: &Live) -> DeviceView {
             .current_commit
             .as_ref()
             .and_then(|c| d.commit_subjects.get(c).cloned()),
+        reported_generation: d.reported_generation,
     }
 }
 

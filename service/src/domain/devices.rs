@@ -56,6 +56,7 @@ pub fn new_device(
         current_deployment: None,
         good_commits: Vec::new(),
         commit_subjects: BTreeMap::new(),
+        reported_generation: Some(0),
     }
 }
 

@@ -169,6 +169,9 @@ async fn store_batch(
 /// Keeps the device record's view of the app current.
 fn apply_to_device(d: &mut DeviceRecord, ev: &StatusEvent) {
     remember_subject(d, ev);
+    if let Some(g) = ev.generation {
+        d.reported_generation = Some(d.reported_generation.map_or(g, |r| r.max(g)));
+    }
     if ev.generation.is_some_and(|g| g < d.generation) && ev.phase != Phase::Configured {
         // A late event of an older generation does not describe the app any more.
         return;
@@ -408,6 +411,20 @@ mod tests {
         }
         let kept: Vec<&String> = d.commit_subjects.keys().collect();
         assert_eq!(kept, [&commit(1), &commit(2), &commit(40)]);
+    }
+
+    #[test]
+    fn the_record_keeps_the_highest_generation_the_device_reported_on() {
+        let mut d = record();
+        assert_eq!(d.reported_generation, Some(0), "a new device has reported nothing");
+        let mut ev = fetched(&commit(1), None);
+        ev.generation = Some(4);
+        apply_to_device(&mut d, &ev);
+        ev.generation = Some(3); // a late event of an older generation
+        apply_to_device(&mut d, &ev);
+        ev.generation = None; // e.g. configured
+        apply_to_device(&mut d, &ev);
+        assert_eq!(d.reported_generation, Some(4));
     }
 
     #[test]

@@ -266,6 +266,10 @@ pub struct DeviceRecord {
     /// fetched).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub commit_subjects: BTreeMap<String, String>,
+    /// The highest generation the device reported a status for (absent in records stored
+    /// before it was kept: unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_generation: Option<u64>,
 }
 
 /// Most commit subjects a device record keeps.

@@ -582,6 +582,7 @@ mod tests {
             setup: None,
             last_health: None,
             current_commit_subject: None,
+            reported_generation: None,
         }
     }
 

@@ -168,7 +168,7 @@ fn device_row(d: &DeviceView, now: u64) -> String {
     format!(
         r#"<tr data-device="{n}"><td data-label="Name"><a href="/devices/{u}">{n}</a></td>
 <td data-label="Tags">{tags}</td>
-<td data-label="Status"><span class="badge {online}">{online}</span></td>
+<td data-label="Status"><span class="badge {online}">{online}</span>{behind}</td>
 <td data-label="App" class="phase">{phase}</td>
 <td data-label="Commit" class="commit"><code>{commit}</code>{subject}</td>
 <td data-label="Last seen">{seen}</td></tr>"#,
@@ -178,7 +178,19 @@ fn device_row(d: &DeviceView, now: u64) -> String {
         commit = short(d.current_commit.as_deref()),
         subject = subject_html(d.current_commit_subject.as_deref()),
         seen = time_ago(d.last_seen, now),
+        behind = behind_html(d),
     )
+}
+
+/// A mark on a device that has not reported on its latest desired state.
+fn behind_html(d: &DeviceView) -> String {
+    match d.reported_generation {
+        Some(r) if d.is_behind() => format!(
+            " <span class=\"badge behind\" title=\"desired generation {}; the device last reported on generation {r}\">behind</span>",
+            d.generation
+        ),
+        _ => String::new(),
+    }
 }
 
 /// A commit's subject after its short id, where the device reported it.
@@ -746,6 +758,7 @@ mod tests {
             setup: None,
             last_health: None,
             current_commit_subject: None,
+            reported_generation: None,
         }
     }
 
@@ -855,6 +868,32 @@ mod tests {
             None,
         );
         assert!(!device_row(&plain, 0).contains("class=\"subject\""));
+    }
+
+    #[test]
+    fn a_device_that_has_not_reported_on_its_latest_generation_is_marked_behind() {
+        let mut d = dev(
+            "pump",
+            false,
+            Some(Phase::Running),
+            Some("abcdef0123"),
+            None,
+        );
+        d.generation = 3;
+        assert!(
+            !device_row(&d, 0).contains("behind"),
+            "unknown is not behind"
+        );
+        d.reported_generation = Some(3);
+        assert!(!device_row(&d, 0).contains("behind"));
+        d.reported_generation = Some(2);
+        let row = device_row(&d, 0);
+        assert!(
+            row.contains(
+                "desired generation 3; the device last reported on generation 2\">behind</span>"
+            ),
+            "{row}"
+        );
     }
 
     #[test]

@@ -1136,7 +1136,8 @@ fn samples() -> BTreeMap<&'static str, Vec<Value>> {
         "id": "d1", "name": "dev", "tags": {"env": "prod"}, "state": "ready", "online": true,
         "last_seen": 7, "current_commit": "1".repeat(40), "current_commit_subject": "Fix the pump",
         "app_phase": "running",
-        "run_state": "stopped", "generation": 3, "current_deployment": "dep1",
+        "run_state": "stopped", "generation": 3, "reported_generation": 2,
+        "current_deployment": "dep1",
         "setup": {
             "repo_url": "https://h.example/r.git", "git_ref": "main", "start": "./run",
             "env": {"A": "1"}, "health_window_secs": 10, "health_cmd": "true",

@@ -215,6 +215,13 @@ async fn a_device_that_runs_a_timed_out_attempt_later_shows_as_a_late_success() 
     .await;
     let v = h.wait_deployment(&t, &id, 10).await;
     assert_eq!(target(&v, "slow")["state"], "timed_out", "{v}");
+    // Until it reports on it, the device is behind its desired state.
+    let (_, dev) = h.get("/api/v1/devices/slow", &t).await;
+    assert_eq!(
+        (&dev["generation"], &dev["reported_generation"]),
+        (&json!(1), &json!(0)),
+        "{dev}"
+    );
     // The device gets to it after all: the attempt it was given runs.
     let desired = d.wait_desired().await;
     d.report(d.next_seq(), Some(&desired), Phase::Running, Some(C1))
@@ -233,6 +240,8 @@ async fn a_device_that_runs_a_timed_out_attempt_later_shows_as_a_late_success() 
     );
     // The deployment's own outcome was decided when it ended; it stays.
     assert_eq!(v["state"], "failed", "{v}");
+    let (_, dev) = h.get("/api/v1/devices/slow", &t).await;
+    assert_eq!(dev["reported_generation"], 1, "{dev}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
