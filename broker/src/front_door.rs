@@ -4,6 +4,11 @@
 //! address (more wait for a slot, up to a bound), requires a client certificate from the fleet
 //! CA, reads its identity, refuses revoked serials, reads the CONNECT and hands the connection
 //! to [`crate::session`].
+//!
+//! A certificate from the fleet CA that is revoked or has no usable identity is refused only
+//! after that check: its CONNECT is still read (same timeout and bound as a session's) and
+//! answered CONNACK "not authorized" before the close, so the device can tell why
+//! ([`session::refuse_not_authorized`]). Nothing is answered before the certificate check.
 
 use crate::admission::{
     evict_oldest, NoSlot, OpenGuard, PendingGuard, Shared, Unauthenticated, EVICT_WAIT,
@@ -186,12 +191,15 @@ async fn authenticate(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr)
         Err(e) => {
             shared.metrics.refuse(RefusalReason::Tls);
             tracing::warn!(%peer, error = %e, "client certificate has no usable identity");
+            session::refuse_not_authorized(shared, tls, peer, "certificate has no usable identity")
+                .await;
             return None;
         }
     };
     if shared.revocations.is_revoked(&identity.serial) {
         shared.metrics.refuse(RefusalReason::Revoked);
         tracing::warn!(role = ?identity.role, id = %identity.id, serial = %identity.serial, %peer, "connection refused: certificate revoked");
+        session::refuse_not_authorized(shared, tls, peer, "certificate revoked").await;
         return None;
     }
     let (tls, hello) = session::hello(shared, tls, &identity, peer).await?;

@@ -16,8 +16,16 @@
 //! client sees the disconnect, the broker counts it by reason in [`MetricsSnapshot`] and logs
 //! it with the identity at `warn`). A will outside the ACL and a protocol other than 3.1.1 get
 //! a CONNACK refusal (5 "not authorized" / 1 "unacceptable protocol version") before the
-//! close. TLS failures (no client certificate, another CA, expired) and revoked serials are
-//! refused before any MQTT byte is read. Payloads are never logged.
+//! close. TLS failures (no client certificate, another CA, expired) are refused before any
+//! MQTT byte is read. A certificate from the fleet CA whose serial is revoked (or that has no
+//! usable identity) passes the handshake and is refused after that check: the front door
+//! reads its CONNECT (within the handshake timeout and the packet bound) and answers CONNACK
+//! "not authorized" (3.1.1 return code 5; MQTT 5 reason code 0x87 with the reason string
+//! "certificate revoked"), then closes; it is counted (`revoked`, resp. `tls`) and logged at
+//! `warn` (a revoked one with its serial), and no session or router link is opened. Whatever
+//! else it sends first (or nothing within the timeout) is closed without an answer. A session
+//! already live when its serial is revoked is closed (no DISCONNECT: 3.1.1 has none from the
+//! server). Payloads are never logged.
 //!
 //! Rate: every identity has token buckets for packets and bytes per second (every packet it
 //! sends after CONNECT counts; [`BrokerConfig::device_rate_limit`], default

@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
 
@@ -111,6 +111,99 @@ where
     let acl = Acl::for_identity(identity);
     let hello = read_connect(shared, &acl, identity, peer, &mut client).await?;
     Some((client, hello))
+}
+
+/// Answers a connection the front door refuses after its TLS handshake and certificate check
+/// (the certificate is revoked, or has no usable identity) with CONNACK "not authorized", so
+/// the device can tell why: reads its CONNECT within the handshake timeout and the packet
+/// bound, as [`hello`] does, answers in the CONNECT's protocol version (MQTT 3.1.1: return
+/// code 5; MQTT 5: reason code 0x87 with `why` as the reason string) and closes. No CONNECT in
+/// time, another packet, garbage or another protocol: closed without an answer. The caller
+/// has counted and logged the refusal; nothing here counts again.
+pub(crate) async fn refuse_not_authorized<S>(
+    shared: &Shared,
+    mut tls: S,
+    peer: SocketAddr,
+    why: &str,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let max_packet = shared.config.max_packet;
+    let mut buf = BytesMut::with_capacity(1024);
+    let framed = timeout(shared.config.handshake_timeout, async {
+        loop {
+            match rumqttd::protocol::v5::check(buf.iter(), max_packet) {
+                Ok(_) => return true,
+                Err(rumqttd::protocol::Error::InsufficientBytes(_)) => {}
+                Err(_) => return false,
+            }
+            buf.reserve(4096);
+            match tls.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    if !matches!(framed, Ok(true)) {
+        tracing::debug!(%peer, "refused connection sent no CONNECT; closed without an answer");
+        return;
+    }
+    shared.metrics.bytes_in.fetch_add(buf.len() as u64, Relaxed);
+    let Some(answer) = not_authorized(buf, max_packet, why) else {
+        tracing::debug!(%peer, "refused connection's first packet is no MQTT 3.1.1 or 5 CONNECT; closed without an answer");
+        return;
+    };
+    let sent = timeout(shared.config.handshake_timeout, async {
+        tls.write_all(&answer).await?;
+        tls.flush().await?;
+        tls.shutdown().await
+    })
+    .await;
+    if matches!(sent, Ok(Ok(()))) {
+        shared
+            .metrics
+            .bytes_out
+            .fetch_add(answer.len() as u64, Relaxed);
+        tracing::debug!(%peer, "answered CONNACK not authorized");
+    }
+}
+
+/// The CONNACK "not authorized" for the CONNECT that is the complete frame at the front of
+/// `buf`, in that CONNECT's protocol version. `None`: not an MQTT 3.1.1 or 5 CONNECT.
+fn not_authorized(mut buf: BytesMut, max_packet: usize, why: &str) -> Option<Vec<u8>> {
+    use rumqttd::protocol::v5::V5;
+    use rumqttd::protocol::{ConnAck, ConnAckProperties, ConnectReturnCode, Protocol};
+    let mut copy = buf.clone();
+    match mqtt::parse(&mut buf, max_packet) {
+        Ok(Some((Packet::Connect(..), _))) => return Some(mqtt::connack(5).to_vec()),
+        Err(MqttError::UnsupportedProtocol) => {}
+        _ => return None,
+    }
+    let Ok(Packet::Connect(_, properties, ..)) = V5.read_mut(&mut copy, max_packet) else {
+        return None;
+    };
+    let ack = ConnAck {
+        session_present: false,
+        code: ConnectReturnCode::NotAuthorized,
+    };
+    let with_reason = ConnAckProperties {
+        reason_string: Some(why.to_owned()),
+        ..Default::default()
+    };
+    // The client's Maximum Packet Size bounds the answer; the bare code always fits.
+    let limit = properties
+        .and_then(|p| p.max_packet_size)
+        .map_or(usize::MAX, |m| m as usize);
+    let mut out = BytesMut::new();
+    let fits = V5
+        .write(Packet::ConnAck(ack.clone(), Some(with_reason)), &mut out)
+        .is_ok_and(|n| n <= limit);
+    if !fits {
+        out.clear();
+        V5.write(Packet::ConnAck(ack, None), &mut out).ok()?;
+    }
+    Some(out.to_vec())
 }
 
 /// Runs the session until either side closes or the front door closes it.
@@ -635,4 +728,98 @@ enum ToClient {
     Written,
     Unscheduled,
     Disconnect,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::v5::mqttbytes::v5 as c5;
+
+    fn v4_connect() -> BytesMut {
+        let mut b = BytesMut::new();
+        rumqttc::mqttbytes::v4::Packet::Connect(rumqttc::mqttbytes::v4::Connect::new("dev"))
+            .write(&mut b, usize::MAX)
+            .unwrap();
+        b
+    }
+
+    fn v5_connect(max_packet_size: Option<u32>) -> BytesMut {
+        let properties = max_packet_size.map(|m| {
+            let mut p = c5::ConnectProperties::new();
+            p.max_packet_size = Some(m);
+            p
+        });
+        let connect = c5::Connect {
+            keep_alive: 30,
+            client_id: "dev".into(),
+            clean_start: true,
+            properties,
+        };
+        let mut b = BytesMut::new();
+        c5::Packet::Connect(connect, None, None)
+            .write(&mut b, None)
+            .unwrap();
+        b
+    }
+
+    fn read_v5(answer: &[u8]) -> c5::ConnAck {
+        match c5::Packet::read(&mut BytesMut::from(answer), None) {
+            Ok(c5::Packet::ConnAck(ack)) => ack,
+            other => panic!("not a CONNACK: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn not_authorized_answers_in_the_connects_version() {
+        let answer = not_authorized(v4_connect(), 1024, "certificate revoked").unwrap();
+        assert_eq!(answer, [0x20, 0x02, 0x00, 0x05]);
+
+        let ack = read_v5(&not_authorized(v5_connect(None), 1024, "certificate revoked").unwrap());
+        assert_eq!(ack.code, c5::ConnectReturnCode::NotAuthorized);
+        let reason = ack.properties.and_then(|p| p.reason_string);
+        assert_eq!(reason.as_deref(), Some("certificate revoked"));
+
+        // A client that takes no packet that long gets the bare code.
+        let answer = not_authorized(v5_connect(Some(8)), 1024, "certificate revoked").unwrap();
+        assert!(answer.len() <= 8, "{answer:?}");
+        let ack = read_v5(&answer);
+        assert_eq!(ack.code, c5::ConnectReturnCode::NotAuthorized);
+        assert!(ack.properties.and_then(|p| p.reason_string).is_none());
+    }
+
+    #[test]
+    fn not_authorized_answers_nothing_but_a_connect() {
+        let mut subscribe = BytesMut::new();
+        rumqttc::mqttbytes::v4::Packet::Subscribe(rumqttc::mqttbytes::v4::Subscribe::new(
+            "a/b",
+            rumqttc::mqttbytes::QoS::AtMostOnce,
+        ))
+        .write(&mut subscribe, usize::MAX)
+        .unwrap();
+        assert!(not_authorized(subscribe, 1024, "x").is_none());
+        // MQTT 3.1 ("MQIsdp", level 3): neither codec's.
+        let mut v3 = v4_connect().to_vec();
+        v3.splice(2..8, *b"\x00\x06MQIsdp");
+        v3[1] += 2;
+        v3[10] = 3;
+        assert!(not_authorized(BytesMut::from(&v3[..]), 1024, "x").is_none());
+        assert!(not_authorized(BytesMut::from(&[0xffu8; 16][..]), 1024, "x").is_none());
+    }
+
+    proptest::proptest! {
+        /// Bytes after a CONNECT's protocol level (either version): an answer or none, never
+        /// a panic.
+        #[test]
+        fn not_authorized_never_panics(
+            level in 3u8..=5,
+            rest in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120),
+        ) {
+            let mut body = b"\x00\x04MQTT".to_vec();
+            body.push(level);
+            body.extend(rest);
+            let mut frame = vec![0x10, body.len() as u8];
+            frame.extend(body);
+            let _ = not_authorized(BytesMut::from(&frame[..]), 1024, "x");
+        }
+    }
 }

@@ -6,6 +6,15 @@
 //! again after an error; this task sleeps a jittered exponential backoff (0.5 s doubling to
 //! 30 s) between attempts and resets it after a successful CONNACK.
 //!
+//! A CONNACK "not authorized" (3.1.1 return code 5) means the broker refuses this device's
+//! certificate: it was revoked, usually because the owner removed the device. Retrying soon
+//! cannot help, so such an attempt waits the longest backoff step (`max`, jittered), and it
+//! gets one `error` line that says so and names the way back ([`REFUSED`]): on the first
+//! refusal of a run (after start, a connection, or another kind of failure) and then every
+//! [`REFUSED_LOG_EVERY`]th refusal in a row (about every 45 min at the default 30 s step), so
+//! a log read later still says why; the refusals between are logged at `debug`. Any other
+//! failure keeps the `warn` line and the growing backoff ([`classify`], [`Refusals`]).
+//!
 //! Client id = device id, clean_session = false, keep-alive 30 s, max packet
 //! [`hammer_protocol::MAX_PACKET`] both ways, last will = retained QoS 1
 //! `Presence::offline(epoch)` on the presence topic. Transport: `mqtts://` is mutual TLS with
@@ -15,7 +24,10 @@ use crate::config::Identity;
 use anyhow::Result;
 use hammer_protocol::topics::topic;
 use hammer_protocol::{Channel, Presence, MAX_PACKET};
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, Transport};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions,
+    Packet, QoS, Transport,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -58,8 +70,79 @@ impl Backoff {
         base.mul_f64(0.5 + frac).min(self.max)
     }
 
+    /// The delay at the longest step (`max`, with the same jitter), for failures that retrying
+    /// soon cannot fix; the steps after it stay at `max` until [`Backoff::reset`].
+    pub fn longest_delay(&mut self) -> Duration {
+        self.current = self.max;
+        self.next_delay()
+    }
+
     pub fn reset(&mut self) {
         self.current = self.min;
+    }
+}
+
+/// What a failed connection attempt says about the next ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// CONNACK "not authorized": the broker refuses this device's certificate (revoked, or the
+    /// device was removed by its owner). Only a new enrollment helps.
+    Refused,
+    /// Anything else (network, TLS, timeout, a broker restarting): retried with the backoff.
+    Other,
+}
+
+/// Sorts a connection error.
+pub fn classify(e: &ConnectionError) -> Failure {
+    match e {
+        ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized) => Failure::Refused,
+        _ => Failure::Other,
+    }
+}
+
+/// The error line of a refused certificate: what happened and the way back.
+pub const REFUSED: &str =
+    "the broker refused this device's certificate (CONNACK: not authorized): \
+it was revoked, or the device was removed by its owner; retrying cannot help until this device \
+is enrolled again. The owner can check with `hammer device show NAME` (not found: it was \
+removed); to bring it back, register it again with `hammer device add NAME` and run the \
+`hammer-manager enroll --force --url URL --token TOKEN --ca-sha256 SHA256` line it prints on \
+this device.";
+
+/// A refusal in a row gets the [`REFUSED`] line again after this many.
+pub const REFUSED_LOG_EVERY: u32 = 120;
+
+/// Counts refusals in a row and decides which of them get the [`REFUSED`] line.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    in_a_row: u32,
+}
+
+impl Refusals {
+    /// Records a failed attempt; `true` when it is a refusal that gets the error line (the
+    /// first of a run, then every [`REFUSED_LOG_EVERY`]th).
+    pub fn failed(&mut self, f: Failure) -> bool {
+        match f {
+            Failure::Other => {
+                self.in_a_row = 0;
+                false
+            }
+            Failure::Refused => {
+                let log = self.in_a_row.is_multiple_of(REFUSED_LOG_EVERY);
+                self.in_a_row = self.in_a_row.saturating_add(1);
+                log
+            }
+        }
+    }
+
+    /// A CONNACK arrived: the next refusal starts a new run.
+    pub fn connected(&mut self) {
+        self.in_a_row = 0;
+    }
+
+    /// Refusals in a row so far.
+    pub fn in_a_row(&self) -> u32 {
+        self.in_a_row
     }
 }
 
@@ -124,6 +207,8 @@ async fn run_loop(
     mut backoff: Backoff,
 ) {
     let mut connected = false;
+    let mut refusals = Refusals::default();
+    let device_id = eventloop.mqtt_options.client_id();
     loop {
         let ev = match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -132,6 +217,7 @@ async fn run_loop(
                     "connected to the broker"
                 );
                 backoff.reset();
+                refusals.connected();
                 connected = true;
                 Some(LinkEvent::Connected {
                     session_present: ack.session_present,
@@ -148,11 +234,24 @@ async fn run_loop(
             Ok(_) => None,
             Err(rumqttc::ConnectionError::RequestsDone) => return,
             Err(e) => {
-                let delay = backoff.next_delay();
-                if connected {
+                let failure = classify(&e);
+                let log_refusal = refusals.failed(failure);
+                let delay = match failure {
+                    Failure::Refused => backoff.longest_delay(),
+                    Failure::Other => backoff.next_delay(),
+                };
+                let retry_in_ms = delay.as_millis() as u64;
+                if failure == Failure::Refused {
+                    let refusals = refusals.in_a_row();
+                    if log_refusal {
+                        tracing::error!(device_id = %device_id, refusals, retry_in_ms, "{REFUSED}");
+                    } else {
+                        tracing::debug!(device_id = %device_id, refusals, retry_in_ms, "the broker refused this device's certificate again");
+                    }
+                } else if connected {
                     tracing::warn!(error = %e, "lost the broker connection; reconnecting");
                 } else {
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot connect to the broker");
+                    tracing::warn!(error = %e, retry_in_ms, "cannot connect to the broker");
                 }
                 if connected && tx.send(LinkEvent::Disconnected).is_err() {
                     return;
@@ -185,5 +284,60 @@ mod tests {
         assert_eq!(b.current, Duration::from_secs(30));
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(750));
+    }
+
+    #[test]
+    fn only_connack_not_authorized_is_a_refusal() {
+        let refused = ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized);
+        assert_eq!(classify(&refused), Failure::Refused);
+        for other in [
+            ConnectionError::ConnectionRefused(ConnectReturnCode::ServiceUnavailable),
+            ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword),
+            ConnectionError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+            ConnectionError::NetworkTimeout,
+        ] {
+            assert_eq!(classify(&other), Failure::Other, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn a_refusal_is_logged_once_per_run_and_again_after_many() {
+        let mut r = Refusals::default();
+        assert!(r.failed(Failure::Refused), "the first refusal is logged");
+        for _ in 1..REFUSED_LOG_EVERY {
+            assert!(!r.failed(Failure::Refused), "not every retry");
+        }
+        assert!(r.failed(Failure::Refused), "a reminder after many");
+        assert!(!r.failed(Failure::Refused));
+        // Another kind of failure or a connection starts a new run.
+        assert!(!r.failed(Failure::Other));
+        assert!(r.failed(Failure::Refused));
+        r.connected();
+        assert!(r.failed(Failure::Refused));
+        assert!(!r.failed(Failure::Refused));
+    }
+
+    #[test]
+    fn a_refusal_waits_the_longest_step() {
+        let mut b = Backoff::default();
+        let d = b.longest_delay();
+        assert!(
+            d >= Duration::from_secs(15) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
+        assert_eq!(b.current, Duration::from_secs(30));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(750));
+    }
+
+    #[test]
+    fn the_refusal_line_names_the_real_commands() {
+        for cmd in [
+            "hammer device show NAME",
+            "hammer device add NAME",
+            "hammer-manager enroll --force",
+        ] {
+            assert!(REFUSED.contains(cmd), "{cmd}");
+        }
     }
 }

@@ -608,3 +608,111 @@ async fn revocation_written_by_another_process_reaches_the_broker() {
     );
     assert!(!accepted(handle.local_addr(), &fleet, Some(&a_cert), A).await);
 }
+
+/// The first error of a rumqttc (MQTT 3.1.1) client's event loop.
+async fn first_error(opts: MqttOptions) -> rumqttc::ConnectionError {
+    let (_client, mut eventloop) = rumqttc::AsyncClient::new(opts, 8);
+    timeout(SHORT, async {
+        loop {
+            if let Err(e) = eventloop.poll().await {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("an error in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_device_is_answered_not_authorized_and_others_still_connect() {
+    let (handle, fleet) = start(|_| {}).await;
+    let addr = handle.local_addr();
+    let revoked = fleet.device(B);
+    handle.revoke(&revoked.serial).unwrap();
+
+    // MQTT 3.1.1 (what the device manager speaks): CONNACK return code 5.
+    let e = first_error(tls_options(addr, &fleet.ca_pem, Some(&revoked), B)).await;
+    assert!(
+        matches!(
+            e,
+            rumqttc::ConnectionError::ConnectionRefused(rumqttc::ConnectReturnCode::NotAuthorized)
+        ),
+        "{e:?}"
+    );
+
+    // MQTT 5: reason code 0x87 (rumqttc's own v5 client) ...
+    let tls = hammer_certs::tls::client_config(
+        &fleet.ca_pem,
+        &revoked.cert_pem,
+        revoked.key_pem.as_deref().unwrap(),
+    )
+    .unwrap();
+    let mut opts = rumqttc::v5::MqttOptions::new(B, "127.0.0.1", addr.port());
+    opts.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
+        Arc::new(tls),
+    )));
+    let (_client, mut eventloop) = rumqttc::v5::AsyncClient::new(opts, 8);
+    let e = timeout(SHORT, async {
+        loop {
+            if let Err(e) = eventloop.poll().await {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("an error in time");
+    assert!(
+        matches!(
+            e,
+            rumqttc::v5::ConnectionError::ConnectionRefused(
+                rumqttc::v5::mqttbytes::v5::ConnectReturnCode::NotAuthorized
+            )
+        ),
+        "{e:?}"
+    );
+
+    // ... with the reason string, on the wire.
+    let mut s = raw_tls(addr, &fleet, &revoked).await;
+    let mut connect = bytes::BytesMut::new();
+    rumqttc::v5::mqttbytes::v5::Packet::Connect(
+        rumqttc::v5::mqttbytes::v5::Connect {
+            keep_alive: 30,
+            client_id: B.to_owned(),
+            clean_start: true,
+            properties: None,
+        },
+        None,
+        None,
+    )
+    .write(&mut connect, None)
+    .unwrap();
+    s.write_all(&connect).await.unwrap();
+    let mut answer = Vec::new();
+    timeout(SHORT, s.read_to_end(&mut answer))
+        .await
+        .expect("closed in time")
+        .ok();
+    let mut answer = bytes::BytesMut::from(&answer[..]);
+    match rumqttc::v5::mqttbytes::v5::Packet::read(&mut answer, None) {
+        Ok(rumqttc::v5::mqttbytes::v5::Packet::ConnAck(ack)) => {
+            assert_eq!(
+                ack.code,
+                rumqttc::v5::mqttbytes::v5::ConnectReturnCode::NotAuthorized
+            );
+            let reason = ack.properties.and_then(|p| p.reason_string);
+            assert_eq!(reason.as_deref(), Some("certificate revoked"));
+        }
+        other => panic!("not a CONNACK: {other:?}"),
+    }
+
+    // Counted as revocations; no session was opened for them.
+    eventually("revocations counted", || {
+        handle.metrics().refused(RefusalReason::Revoked) == 3
+    })
+    .await;
+    assert_eq!(handle.metrics().sessions_total, 0);
+
+    // A device that is not revoked still connects.
+    let good = fleet.device(A);
+    Client::device(&handle, &fleet, &good, A).await;
+}

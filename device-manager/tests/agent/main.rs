@@ -10,6 +10,7 @@ mod agent_binary;
 mod agent_broker;
 mod agent_enroll;
 mod agent_outbox;
+mod agent_revoked;
 mod agent_sigkill;
 mod agent_story;
 mod agent_verify;
