@@ -305,6 +305,7 @@ async fn run(parsed: Cli) -> Result<()> {
                 max_events_per_device: a.history_max_events,
                 max_bytes_per_device: a.history_max_mib.saturating_mul(1024 * 1024),
                 max_age: Duration::from_secs(a.history_max_days.saturating_mul(24 * 3600)),
+                max_audit_per_user: hammer_service::store::Retention::BUILT_IN.max_audit_per_user,
             };
             cfg.drain_grace = Duration::from_secs(a.drain_grace);
             cfg.device_rate_limit = a.device_rate.limit();

@@ -7,9 +7,9 @@ use crate::page::{Listed, Order, Page, Pager, Step};
 use crate::sse::SseParser;
 use futures_util::StreamExt;
 use hammer_protocol::api::{
-    ActionAccepted, CreateDeployment, CreateDevice, CreateUser, CreatedDevice, DeploymentView,
-    DeviceView, Event, HistoryEntry, LogLines, NewToken, ProvisionRequest, ProvisionResponse,
-    SetupRequest, UserView, DEFAULT_PAGE_LIMIT, NEXT_CURSOR_HEADER,
+    ActionAccepted, AuditEntry, CreateDeployment, CreateDevice, CreateUser, CreatedDevice,
+    DeploymentView, DeviceView, Event, HistoryEntry, LogLines, NewToken, ProvisionRequest,
+    ProvisionResponse, SetupRequest, UserView, DEFAULT_PAGE_LIMIT, NEXT_CURSOR_HEADER,
 };
 use reqwest::{Method, StatusCode};
 use serde::{de::DeserializeOwned, Serialize};
@@ -504,6 +504,11 @@ impl Client {
             Order::Chronological,
         )
         .await
+    }
+
+    /// `GET /audit`: the caller's audit log, newest first.
+    pub async fn audit(&self, page: Page) -> Result<Listed<AuditEntry>> {
+        self.get_list("/audit", &[], page, Order::NewestFirst).await
     }
 
     // ---- deployments ----

@@ -454,6 +454,69 @@ pub struct ActionAccepted {
     pub deployment_id: Option<String>,
 }
 
+// ---- audit log ----
+
+/// What an audit record is about: a state-changing request of a user, or a device event that
+/// matters (`GET /api/v1/audit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditAction {
+    /// `POST /users`.
+    UserCreated,
+    /// `POST /tokens`.
+    TokenCreated,
+    /// `DELETE /tokens/{id}`.
+    TokenRevoked,
+    /// `POST /devices`.
+    DeviceAdded,
+    /// `DELETE /devices/{name}`: the device and its certificate are revoked.
+    DeviceRemoved,
+    /// `POST /provision`.
+    DeviceProvisioned,
+    /// `PUT /devices/{name}/setup`.
+    SetupChanged,
+    /// `POST /devices/{name}/{restart|stop|start|rollback}` (the detail names which).
+    DeviceAction,
+    /// `POST /deployments`.
+    DeploymentCreated,
+    /// `POST /deployments/{id}/cancel`.
+    DeploymentCanceled,
+    /// `POST /deployments/{id}/pause`.
+    DeploymentPaused,
+    /// `POST /deployments/{id}/resume`.
+    DeploymentResumed,
+    /// `POST /deployments/{id}/retry`.
+    DeploymentRetried,
+    /// `POST /commits/{sha}/bad`.
+    CommitMarkedBad,
+    /// `DELETE /commits/{sha}/bad`.
+    CommitUnmarked,
+    /// A device reported `rolled_back`.
+    DeviceRolledBack,
+    /// A device reported `refused`.
+    DeviceRefused,
+    #[serde(other)]
+    Unknown,
+}
+
+/// One record of the audit log: who did what to which target, when, from where, and how it
+/// ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// When (ms since the epoch).
+    pub time: u64,
+    /// A user name, `device NAME`, or `service`.
+    pub actor: String,
+    pub action: AuditAction,
+    /// A device name, deployment id, commit, token id or user name.
+    pub target: Option<String>,
+    /// The address the request came from (none for device events).
+    pub peer: Option<String>,
+    /// `ok`, or the HTTP status code of the answer (`201`, `404`, …).
+    pub result: String,
+    pub detail: Option<String>,
+}
+
 // ---- bad commits (the kill switch) ----
 
 /// `POST /api/v1/commits/{sha}/bad` body.

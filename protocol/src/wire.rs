@@ -6,7 +6,7 @@
 //! [`TargetState::is_finished`]); when a device's phase ends a deployment is
 //! [`Phase::ends_deployment`].
 
-use crate::api::{DeploymentState, DeviceState, TargetState};
+use crate::api::{AuditAction, DeploymentState, DeviceState, TargetState};
 use crate::messages::{Phase, RunState};
 
 /// An enum with a fixed wire name per variant.
@@ -45,6 +45,27 @@ wire_names!(Phase {
     Restarted => "restarted",
     Refused => "refused",
     Configured => "configured",
+    Unknown => "unknown",
+});
+
+wire_names!(AuditAction {
+    UserCreated => "user_created",
+    TokenCreated => "token_created",
+    TokenRevoked => "token_revoked",
+    DeviceAdded => "device_added",
+    DeviceRemoved => "device_removed",
+    DeviceProvisioned => "device_provisioned",
+    SetupChanged => "setup_changed",
+    DeviceAction => "device_action",
+    DeploymentCreated => "deployment_created",
+    DeploymentCanceled => "deployment_canceled",
+    DeploymentPaused => "deployment_paused",
+    DeploymentResumed => "deployment_resumed",
+    DeploymentRetried => "deployment_retried",
+    CommitMarkedBad => "commit_marked_bad",
+    CommitUnmarked => "commit_unmarked",
+    DeviceRolledBack => "device_rolled_back",
+    DeviceRefused => "device_refused",
     Unknown => "unknown",
 });
 
@@ -131,6 +152,7 @@ mod tests {
         names_match_serde::<DeviceState>();
         names_match_serde::<DeploymentState>();
         names_match_serde::<TargetState>();
+        names_match_serde::<AuditAction>();
     }
 
     #[test]
@@ -141,7 +163,8 @@ mod tests {
         assert_eq!(RunState::ALL.len(), 3);
         assert_eq!(DeviceState::ALL.len(), 5);
         assert_eq!(DeploymentState::ALL.len(), 5);
-        assert_eq!(TargetState::ALL.len(), 7);
+        assert_eq!(TargetState::ALL.len(), 8);
+        assert_eq!(AuditAction::ALL.len(), 18);
         assert_eq!(Phase::RolledBack.wire_name(), "rolled_back");
         assert_eq!(TargetState::InFlight.wire_name(), "in_flight");
     }

@@ -87,6 +87,9 @@ impl FromRequestParts<Arc<Service>> for Caller {
         };
         let rec = svc.store.token_by_hash(&hash)?.ok_or_else(invalid)?;
         let user = svc.store.user(&rec.user_id)?.ok_or_else(invalid)?;
+        if let Some(who) = parts.extensions.get::<crate::api::audit::Who>() {
+            who.set(&user);
+        }
         Ok(Caller {
             user,
             token_id: rec.id,

@@ -6,9 +6,9 @@
 //! where things happen ([`Counters`]).
 
 use crate::store::{
-    BoxFuture, DeploymentCursor, DeploymentRecord, DeviceRecord, EnrollmentRecord, Fence,
-    HistoryCursor, Inserted, Lease, Page, Result, Retention, SessionCaps, SessionRecord,
-    SessionsEnded, Store, StoredStatus, TokenRecord, UserRecord, PRUNE_BATCH,
+    AuditCursor, AuditRecord, BoxFuture, DeploymentCursor, DeploymentRecord, DeviceRecord,
+    EnrollmentRecord, Fence, HistoryCursor, Inserted, Lease, Page, Result, Retention, SessionCaps,
+    SessionRecord, SessionsEnded, Store, StoredStatus, TokenRecord, UserRecord, PRUNE_BATCH,
 };
 use hammer_protocol::api::{DeploymentState, DeviceState};
 use hammer_protocol::WireName;
@@ -429,6 +429,17 @@ impl Store for CountingStore {
         limit: usize,
     ) -> Result<Page<StoredStatus, HistoryCursor>> {
         self.inner.history_page(device_id, before, limit)
+    }
+    fn append_audit(&self, r: &AuditRecord) -> Result<()> {
+        self.inner.append_audit(r)
+    }
+    fn audit_page(
+        &self,
+        owner: &str,
+        before: Option<AuditCursor>,
+        limit: usize,
+    ) -> Result<Page<AuditRecord, AuditCursor>> {
+        self.inner.audit_page(owner, before, limit)
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 /// The main listener: API and dashboard.
 pub fn app(svc: Arc<Service>) -> Router {
-    crate::api::routes()
+    crate::api::routes(svc.clone())
         .merge(crate::web::routes())
         .fallback(|| async {
             ServiceError::not_found("no such endpoint; GET /api/v1/openapi.json lists them")

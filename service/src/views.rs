@@ -3,7 +3,8 @@
 use crate::error::ServiceError;
 use crate::live::Live;
 use crate::store::{
-    cap_status, DeploymentCursor, DeploymentRecord, DeviceRecord, HistoryCursor, StoredStatus,
+    cap_status, AuditCursor, DeploymentCursor, DeploymentRecord, DeviceRecord, HistoryCursor,
+    StoredStatus,
 };
 use hammer_protocol::api::{
     DeploymentTargetView, DeploymentView, DeviceView, HealthView, HistoryEntry, UserView,
@@ -46,6 +47,10 @@ impl PageParams {
     pub fn deployment_cursor(&self) -> Result<Option<DeploymentCursor>, ServiceError> {
         self.cursor().map(decode_deployment_cursor).transpose()
     }
+
+    pub fn audit_cursor(&self) -> Result<Option<AuditCursor>, ServiceError> {
+        self.cursor().map(decode_audit_cursor).transpose()
+    }
 }
 
 fn bad_cursor(c: &str) -> ServiceError {
@@ -70,6 +75,30 @@ pub fn decode_history_cursor(s: &str) -> Result<HistoryCursor, ServiceError> {
     s.strip_prefix('h')
         .and_then(hex16)
         .ok_or_else(|| bad_cursor(s))
+}
+
+/// The opaque `cursor` for an audit log: `a` and 16 hex digits.
+pub fn encode_audit_cursor(c: AuditCursor) -> String {
+    format!("a{c:016x}")
+}
+
+pub fn decode_audit_cursor(s: &str) -> Result<AuditCursor, ServiceError> {
+    s.strip_prefix('a')
+        .and_then(hex16)
+        .ok_or_else(|| bad_cursor(s))
+}
+
+/// An audit record as the API shows it (without the owner: a user reads only their own).
+pub fn audit_entry(r: &crate::store::AuditRecord) -> hammer_protocol::api::AuditEntry {
+    hammer_protocol::api::AuditEntry {
+        time: r.time,
+        actor: r.actor.clone(),
+        action: r.action,
+        target: r.target.clone(),
+        peer: r.peer.clone(),
+        result: r.result.clone(),
+        detail: r.detail.clone(),
+    }
 }
 
 /// The opaque `cursor` for a deployment list: `d`, 16 hex digits (created_at) and the id.
@@ -242,7 +271,10 @@ mod tests {
         ] {
             assert!(decode_history_cursor(bad).is_err(), "{bad}");
             assert!(decode_deployment_cursor(bad).is_err(), "{bad}");
+            assert!(decode_audit_cursor(bad).is_err(), "{bad}");
         }
+        assert_eq!(decode_audit_cursor(&encode_audit_cursor(7)).unwrap(), 7);
+        assert!(decode_audit_cursor(&encode_history_cursor(7)).is_err());
     }
 
     #[test]

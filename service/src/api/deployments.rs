@@ -26,7 +26,11 @@ pub async fn create_deployment(
     State(svc): State<Arc<Service>>,
     caller: Caller,
     ApiJson(req): ApiJson<CreateDeployment>,
-) -> ServiceResult<(StatusCode, Json<DeploymentView>)> {
+) -> ServiceResult<(
+    StatusCode,
+    axum::Extension<super::audit::AuditTarget>,
+    Json<DeploymentView>,
+)> {
     check_strategy(&req.strategy)?;
     if let Some(r) = &req.git_ref {
         hammer_protocol::validate_git_ref(r)
@@ -48,7 +52,9 @@ pub async fn create_deployment(
         &devices,
         now_ms(),
     );
-    start_deployment(&svc, dep).await
+    let (status, view) = start_deployment(&svc, dep).await?;
+    let target = super::audit::AuditTarget(view.0.id.clone());
+    Ok((status, axum::Extension(target), view))
 }
 
 /// Hands a new deployment to the rollout engine: 201 with it as started.

@@ -26,7 +26,11 @@ pub async fn create_device(
     State(svc): State<Arc<Service>>,
     caller: Caller,
     ApiJson(req): ApiJson<CreateDevice>,
-) -> ServiceResult<(StatusCode, Json<CreatedDevice>)> {
+) -> ServiceResult<(
+    StatusCode,
+    axum::Extension<super::audit::AuditTarget>,
+    Json<CreatedDevice>,
+)> {
     if caller.user.admin {
         return Err(ServiceError::forbidden(
             "admin tokens do not own devices: use `hammer certs issue-device --owner USER --name NAME --out DIR` to provision for a user, or log in with the user's token",
@@ -60,6 +64,7 @@ pub async fn create_device(
     tracing::info!(device = %dev.id, "device registered");
     Ok((
         StatusCode::CREATED,
+        axum::Extension(super::audit::AuditTarget(dev.name.clone())),
         Json(CreatedDevice {
             device: device_view(&dev, &svc.live),
             enrollment_token: token,

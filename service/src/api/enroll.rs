@@ -112,7 +112,11 @@ pub async fn provision(
     State(svc): State<std::sync::Arc<Service>>,
     caller: Caller,
     ApiJson(req): ApiJson<ProvisionRequest>,
-) -> ServiceResult<(StatusCode, Json<ProvisionResponse>)> {
+) -> ServiceResult<(
+    StatusCode,
+    axum::Extension<super::audit::AuditTarget>,
+    Json<ProvisionResponse>,
+)> {
     caller.require_admin()?;
     validate_name(&req.name).map_err(|e| ServiceError::bad_request(e.to_string()))?;
     validate_tags(&req.tags)?;
@@ -146,6 +150,10 @@ pub async fn provision(
     tracing::info!(device = %dev.id, "device provisioned");
     Ok((
         StatusCode::CREATED,
+        axum::Extension(super::audit::AuditTarget(format!(
+            "{} (of {})",
+            dev.name, owner.name
+        ))),
         Json(ProvisionResponse {
             device: device_view(&dev, &svc.live),
             ca_pem: svc.ca_pem.clone(),

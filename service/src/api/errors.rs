@@ -25,13 +25,16 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
 
 impl IntoResponse for ServiceError {
     fn into_response(self) -> Response {
-        (
+        let text = super::audit::ErrorText(crate::store::cut(&self.message, 200).into_owned());
+        let mut r = (
             status_of(self.kind),
             axum::Json(ErrorBody {
                 error: self.message,
             }),
         )
-            .into_response()
+            .into_response();
+        r.extensions_mut().insert(text);
+        r
     }
 }
 

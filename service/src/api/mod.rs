@@ -3,6 +3,7 @@
 //! the OpenAPI document lists them all; [`crate::router`] puts them on the listeners.
 
 pub mod actions;
+pub mod audit;
 pub mod commits;
 pub mod deployments;
 pub mod devices;
@@ -88,6 +89,7 @@ fn build() -> Routes {
     .route("/api/v1/deployments/{id}/retry", post(dp::retry_deployment))
     .route("/api/v1/events", get(events::events))
     .route("/api/v1/commits/bad", get(commits::list))
+    .route("/api/v1/audit", get(audit::list))
     .route(
         "/api/v1/commits/{sha}/bad",
         post(commits::mark).delete(commits::unmark),
@@ -106,10 +108,13 @@ pub fn paths() -> Vec<&'static str> {
     p
 }
 
-/// The API's routes on the main listener (the router of [`crate::router::app`] adds the
-/// dashboard, the fallback and the layers).
-pub fn routes() -> Router<Arc<Service>> {
-    build().router
+/// The API's routes on the main listener, each state-changing one recorded in the audit log
+/// ([`audit::record`]); the router of [`crate::router::app`] adds the dashboard, the fallback
+/// and the layers.
+pub fn routes(svc: Arc<Service>) -> Router<Arc<Service>> {
+    build()
+        .router
+        .route_layer(axum::middleware::from_fn_with_state(svc, audit::record))
 }
 
 /// The enrollment listener's only route.

@@ -41,7 +41,12 @@ pub async fn create_user(
     State(svc): State<Arc<Service>>,
     caller: Caller,
     ApiJson(req): ApiJson<CreateUser>,
-) -> ServiceResult<(StatusCode, [(HeaderName, &'static str); 1], Json<NewToken>)> {
+) -> ServiceResult<(
+    StatusCode,
+    [(HeaderName, &'static str); 1],
+    axum::Extension<super::audit::AuditTarget>,
+    Json<NewToken>,
+)> {
     caller.require_admin()?;
     validate_name(&req.name).map_err(|e| ServiceError::bad_request(e.to_string()))?;
     let user = UserRecord {
@@ -60,7 +65,8 @@ pub async fn create_user(
     let token = issue_token(svc.store.as_ref(), &user)?;
     svc.store.flush().await?;
     tracing::info!(user = %user.name, "user created");
-    Ok((StatusCode::CREATED, NO_STORE, Json(token)))
+    let target = axum::Extension(super::audit::AuditTarget(user.name.clone()));
+    Ok((StatusCode::CREATED, NO_STORE, target, Json(token)))
 }
 
 /// `GET /api/v1/users` (admin).
@@ -81,10 +87,16 @@ pub async fn me(caller: Caller) -> Json<UserView> {
 pub async fn create_token(
     State(svc): State<Arc<Service>>,
     caller: Caller,
-) -> ServiceResult<(StatusCode, [(HeaderName, &'static str); 1], Json<NewToken>)> {
+) -> ServiceResult<(
+    StatusCode,
+    [(HeaderName, &'static str); 1],
+    axum::Extension<super::audit::AuditTarget>,
+    Json<NewToken>,
+)> {
     let token = issue_token(svc.store.as_ref(), &caller.user)?;
     svc.store.flush().await?;
-    Ok((StatusCode::CREATED, NO_STORE, Json(token)))
+    let target = axum::Extension(super::audit::AuditTarget(token.id.clone()));
+    Ok((StatusCode::CREATED, NO_STORE, target, Json(token)))
 }
 
 /// `GET /api/v1/tokens`.

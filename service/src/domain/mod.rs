@@ -4,10 +4,11 @@
 //! here: a refusal is a [`crate::error::ServiceError`].
 //!
 //! [`devices`] (look up, list, create within the quota), [`deployments`] (strategy, targets,
-//! pages), [`activity`] (logs, history, the checks actions share) and [`commits`] (the
-//! commits a user marked bad: the kill switch).
+//! pages), [`activity`] (logs, history, the checks actions share), [`commits`] (the
+//! commits a user marked bad: the kill switch) and [`audit`] (a user's audit log).
 
 pub mod activity;
+pub mod audit;
 pub mod commits;
 pub mod deployments;
 pub mod devices;

@@ -99,6 +99,13 @@ async fn store_batch(
         acks.insert(device_id.clone(), (stored.event.epoch, ins.contiguous));
         if ins.new {
             Counters::inc(&svc.counters.status_stored);
+            if let Some(rec) = crate::domain::audit::device_event(&owner, &name, &stored.event, now)
+            {
+                // Recorded once: only a new event gets here, never a resend.
+                if let Err(e) = svc.store.append_audit(&rec) {
+                    tracing::warn!(device = %name, error = %e, "cannot append to the audit log");
+                }
+            }
             changes
                 .entry(device_id.clone())
                 .or_default()
@@ -416,7 +423,11 @@ mod tests {
     #[test]
     fn the_record_keeps_the_highest_generation_the_device_reported_on() {
         let mut d = record();
-        assert_eq!(d.reported_generation, Some(0), "a new device has reported nothing");
+        assert_eq!(
+            d.reported_generation,
+            Some(0),
+            "a new device has reported nothing"
+        );
         let mut ev = fetched(&commit(1), None);
         ev.generation = Some(4);
         apply_to_device(&mut d, &ev);

@@ -24,6 +24,10 @@
 //! - Deployments: a finished deployment older than [`Retention::max_age`] (by its finish
 //!   time) is removed when its owner creates a new one (the owner's oldest few are checked).
 //!   They are indexed by owner and creation time, so a user's list reads only their records.
+//! - Audit log ([`Store::append_audit`]): at most [`Retention::max_audit_per_user`] (10,000)
+//!   records per user, none older than [`Retention::max_age`]; each append removes up to
+//!   [`PRUNE_BATCH`] of the same user's oldest records beyond a bound. Records are indexed by
+//!   user and order of appending, so a user's page reads only their records.
 //! - Lists are pages: at most [`hammer_protocol::api::MAX_PAGE_LIMIT`] records per request.
 //! - Web sessions: within the caps [`Store::insert_session`] is given (per user and in all);
 //!   each insert also removes up to [`PRUNE_BATCH`] expired ones.
@@ -40,7 +44,9 @@
 pub mod pg;
 pub mod sled;
 
-use hammer_protocol::api::{DeploymentState, DeviceState, SetupView, Strategy, TargetState};
+use hammer_protocol::api::{
+    AuditAction, DeploymentState, DeviceState, SetupView, Strategy, TargetState,
+};
 use hammer_protocol::{DesiredState, Phase, RunState, StatusEvent};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -68,16 +74,20 @@ pub struct Retention {
     pub max_events_per_device: u64,
     /// Most bytes of status events (as stored) kept per device; the oldest go first.
     pub max_bytes_per_device: u64,
-    /// Status events, and finished deployments, older than this are removed.
+    /// Status events, finished deployments and audit records older than this are removed.
     pub max_age: Duration,
+    /// Most audit records kept per user; the oldest go first.
+    pub max_audit_per_user: u64,
 }
 
 impl Retention {
-    /// The built-in defaults: 20,000 events, 16 MiB per device, 730 days.
+    /// The built-in defaults: 20,000 events, 16 MiB per device, 730 days, 10,000 audit
+    /// records per user.
     pub const BUILT_IN: Retention = Retention {
         max_events_per_device: 20_000,
         max_bytes_per_device: 16 * 1024 * 1024,
         max_age: Duration::from_secs(730 * 24 * 3600),
+        max_audit_per_user: 10_000,
     };
 
     /// Replaces what [`Retention::default`] returns in this process (embedding and tests: a
@@ -152,6 +162,43 @@ pub type HistoryCursor = u64;
 pub struct DeploymentCursor {
     pub created_at: u64,
     pub id: String,
+}
+
+/// Position in a user's audit log: the order in which records were appended (increasing).
+pub type AuditCursor = u64;
+
+/// Longest stored `detail` (and `target`) of an audit record, in bytes.
+pub const MAX_AUDIT_TEXT: usize = 512;
+
+/// One record of the audit log ([`Store::append_audit`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// When (ms since the epoch).
+    pub time: u64,
+    /// The user whose log it is in: whose devices or deployments it concerns (for a user's
+    /// own requests, that user).
+    pub owner: String,
+    /// A user name, `device NAME`, or `service`.
+    pub actor: String,
+    pub action: AuditAction,
+    pub target: Option<String>,
+    /// The request's source address (none for device events).
+    pub peer: Option<String>,
+    /// `ok`, or the HTTP status code of the answer.
+    pub result: String,
+    pub detail: Option<String>,
+}
+
+impl AuditRecord {
+    /// `target` and `detail` cut to [`MAX_AUDIT_TEXT`] bytes.
+    pub fn capped(&self) -> AuditRecord {
+        let c = |v: &Option<String>| v.as_deref().map(|t| cut(t, MAX_AUDIT_TEXT).into_owned());
+        AuditRecord {
+            target: c(&self.target),
+            detail: c(&self.detail),
+            ..self.clone()
+        }
+    }
 }
 
 /// A failed store call. Never a "not found".
@@ -594,6 +641,21 @@ pub trait Store: Send + Sync + 'static {
     /// none, or its window ended). `window_ms` must be the one passed to
     /// [`Store::note_failure`].
     fn failures(&self, key: &str, now_ms: u64, window_ms: u64) -> Result<u32>;
+
+    /// Appends a record to `r.owner`'s audit log (its `target` and `detail` capped by
+    /// [`AuditRecord::capped`]) and removes that user's oldest records beyond the
+    /// [`Retention`] bounds (count and age, at most [`PRUNE_BATCH`] per append; the newest
+    /// record always stays).
+    fn append_audit(&self, r: &AuditRecord) -> Result<()>;
+    /// One page of `owner`'s audit log, newest first: the newest `limit` records appended
+    /// before `before` (all when `None`); `next` continues with older ones. Reads only that
+    /// user's records.
+    fn audit_page(
+        &self,
+        owner: &str,
+        before: Option<AuditCursor>,
+        limit: usize,
+    ) -> Result<Page<AuditRecord, AuditCursor>>;
 
     /// Stores a status event once per (device, epoch, seq), capped by [`cap_status`], and
     /// removes the device's oldest events beyond the [`Retention`] bounds.

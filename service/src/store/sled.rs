@@ -19,6 +19,8 @@
 //! - `sessions` id_hash → web session and its insertion order; `session_user`
 //!   user\0order (BE) → id_hash; `session_expiry` expires_at (BE) id_hash → (): changed under
 //!   one in-process lock that also holds the number of sessions stored
+//! - `audit` owner\0order (BE, from `generate_id`) → audit record: a user's log in the order
+//!   of appending; `audit_count` owner → how many it holds (u64 BE)
 //! - `failures` key → window start, window end, count (3 × u64 BE); `failure_ends` window
 //!   end (BE) key → (): changed under one in-process lock
 //!
@@ -56,6 +58,8 @@ pub struct SledStore {
     session_lock: std::sync::Mutex<usize>,
     failures: ::sled::Tree,
     failure_ends: ::sled::Tree,
+    audit: ::sled::Tree,
+    audit_count: ::sled::Tree,
     /// Held while failure counts change.
     failure_lock: std::sync::Mutex<()>,
     retention: Retention,
@@ -221,6 +225,8 @@ impl SledStore {
             session_expiry: t("session_expiry")?,
             failures: t("failures")?,
             failure_ends: t("failure_ends")?,
+            audit: t("audit")?,
+            audit_count: t("audit_count")?,
             failure_lock: std::sync::Mutex::new(()),
             retention,
             db,
@@ -361,6 +367,49 @@ impl SledStore {
         }
         if removed > 0 {
             tracing::debug!(device, removed, "pruned old status events");
+        }
+        Ok(removed)
+    }
+
+    /// Adds `delta` to `owner`'s audit record count; answers the new count.
+    fn add_audit_count(&self, owner: &str, delta: i64) -> Result<u64> {
+        let new = self
+            .audit_count
+            .update_and_fetch(owner.as_bytes(), |old| {
+                let n = old.map_or(0, be_u64).saturating_add_signed(delta);
+                Some(n.to_be_bytes().to_vec())
+            })
+            .map_err(err)?;
+        Ok(new.map_or(0, |v| be_u64(&v)))
+    }
+
+    /// Removes `owner`'s oldest audit records while over a bound (at most [`PRUNE_BATCH`];
+    /// the newest record always stays).
+    fn prune_audit(&self, owner: &str, now: u64) -> Result<usize> {
+        let oldest_kept = now.saturating_sub(self.retention.max_age_ms());
+        let mut removed = 0;
+        while removed < PRUNE_BATCH {
+            let count = self
+                .audit_count
+                .get(owner.as_bytes())
+                .map_err(err)?
+                .map_or(0, |v| be_u64(&v));
+            if count <= 1 {
+                break;
+            }
+            let Some(first) = self.audit.scan_prefix(prefix(owner)).next() else {
+                break;
+            };
+            let (k, v) = first.map_err(err)?;
+            let time = from_json::<AuditRecord>(&v).map_or(0, |r| r.time);
+            if count <= self.retention.max_audit_per_user && time >= oldest_kept {
+                break;
+            }
+            // Whoever removes the record accounts for it (concurrent appends).
+            if self.audit.remove(&k).map_err(err)?.is_some() {
+                self.add_audit_count(owner, -1)?;
+                removed += 1;
+            }
         }
         Ok(removed)
     }
@@ -1039,6 +1088,45 @@ impl Store for SledStore {
 
     fn statuses_of(&self, device_id: &str) -> Result<Vec<StoredStatus>> {
         Self::all(self.status.scan_prefix(prefix(device_id)))
+    }
+
+    fn append_audit(&self, r: &AuditRecord) -> Result<()> {
+        let order = self.db.generate_id().map_err(err)?;
+        self.audit
+            .insert(order_key(&r.owner, order), to_json(&r.capped())?)
+            .map_err(err)?;
+        self.add_audit_count(&r.owner, 1)?;
+        self.prune_audit(&r.owner, r.time)?;
+        Ok(())
+    }
+
+    fn audit_page(
+        &self,
+        owner: &str,
+        before: Option<AuditCursor>,
+        limit: usize,
+    ) -> Result<Page<AuditRecord, AuditCursor>> {
+        let end = match before {
+            Some(o) => order_key(owner, o),
+            None => prefix_end(owner),
+        };
+        let start = prefix(owner);
+        let mut items = Vec::new();
+        let mut next = None;
+        let mut more = false;
+        for r in self.audit.range(start.clone()..end).rev() {
+            let (k, v) = r.map_err(err)?;
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            items.push(from_json(&v)?);
+            next = Some(be_u64(&k[start.len()..]));
+        }
+        Ok(Page {
+            items,
+            next: if more { next } else { None },
+        })
     }
 
     fn history_page(

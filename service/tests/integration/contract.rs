@@ -1500,6 +1500,29 @@ fn samples() -> BTreeMap<&'static str, Vec<Value>> {
             })],
         ),
         ("Event", events.iter().map(to_json).collect()),
+        (
+            "AuditEntry",
+            vec![
+                to_json(&AuditEntry {
+                    time: 1,
+                    actor: s("alice"),
+                    action: AuditAction::DeploymentCreated,
+                    target: Some(s("dep1")),
+                    peer: Some(s("127.0.0.1")),
+                    result: s("201"),
+                    detail: Some(s("d")),
+                }),
+                to_json(&AuditEntry {
+                    time: 1,
+                    actor: s("device dev"),
+                    action: AuditAction::DeviceRolledBack,
+                    target: None,
+                    peer: None,
+                    result: s("ok"),
+                    detail: None,
+                }),
+            ],
+        ),
     ])
 }
 

@@ -14,6 +14,7 @@
 mod common;
 
 mod api;
+mod audit;
 mod bounds_http;
 mod bounds_logs;
 mod bounds_shutdown;

@@ -146,6 +146,73 @@ fn events_come_in_epoch_and_seq_order_over_the_whole_u64_range(open: Open) {
     assert_eq!(s.ack_of("d").unwrap(), Some((big, 3)));
 }
 
+fn audit(owner: &str, time: u64, target: &str) -> AuditRecord {
+    AuditRecord {
+        time,
+        owner: owner.into(),
+        actor: "alice".into(),
+        action: hammer_protocol::api::AuditAction::DeploymentCreated,
+        target: Some(target.into()),
+        peer: Some("10.0.0.1".into()),
+        result: "201".into(),
+        detail: None,
+    }
+}
+
+fn audit_targets(p: &Page<AuditRecord, AuditCursor>) -> Vec<String> {
+    p.items
+        .iter()
+        .map(|r| r.target.clone().unwrap_or_default())
+        .collect()
+}
+
+fn audit_pages_are_per_user_and_newest_first(open: Open) {
+    let s = fresh(open);
+    for i in 1..=5 {
+        s.append_audit(&audit("u1", 1000 + i, &format!("t{i}")))
+            .unwrap();
+        s.append_audit(&audit("u2", 1000 + i, &format!("o{i}")))
+            .unwrap();
+    }
+    let mut long = audit("u1", 2000, "t6");
+    long.detail = Some("x".repeat(10_000));
+    s.append_audit(&long).unwrap();
+    let p = s.audit_page("u1", None, 4).unwrap();
+    assert_eq!(audit_targets(&p), ["t6", "t5", "t4", "t3"]);
+    let d = p.items[0].detail.as_deref().unwrap();
+    assert!(
+        d.len() <= MAX_AUDIT_TEXT && d.ends_with(CUT_MARKER),
+        "{}",
+        d.len()
+    );
+    assert_eq!(p.items[1], audit("u1", 1005, "t5"));
+    let p2 = s.audit_page("u1", p.next, 4).unwrap();
+    assert_eq!(audit_targets(&p2), ["t2", "t1"]);
+    assert_eq!(p2.next, None);
+    assert_eq!(audit_targets(&s.audit_page("u2", None, 1).unwrap()), ["o5"]);
+    assert!(s.audit_page("nobody", None, 10).unwrap().items.is_empty());
+}
+
+fn audit_keeps_at_most_the_configured_count_and_age_per_user(open: Open) {
+    let s = open(Retention {
+        max_audit_per_user: 3,
+        max_age: Duration::from_secs(10),
+        ..Retention::BUILT_IN
+    });
+    for i in 1..=6 {
+        s.append_audit(&audit("u1", 1000 + i, &format!("t{i}")))
+            .unwrap();
+    }
+    s.append_audit(&audit("u2", 1000, "o1")).unwrap();
+    let p = s.audit_page("u1", None, 100).unwrap();
+    assert_eq!(audit_targets(&p), ["t6", "t5", "t4"]);
+    // 20 s later every earlier record is older than 10 s; the other user's stay.
+    s.append_audit(&audit("u1", 21_000, "t7")).unwrap();
+    let p = s.audit_page("u1", None, 100).unwrap();
+    assert_eq!(audit_targets(&p), ["t7"]);
+    assert_eq!(s.audit_page("u2", None, 100).unwrap().items.len(), 1);
+}
+
 fn history_keeps_at_most_the_configured_count_and_the_oldest_go(open: Open) {
     let s = open(Retention {
         max_events_per_device: 5,
@@ -170,6 +237,7 @@ fn history_drops_events_older_than_the_age_bound_and_bytes_beyond_the_budget(ope
         max_events_per_device: 1000,
         max_bytes_per_device: 1000,
         max_age: Duration::from_secs(10),
+        ..Retention::BUILT_IN
     });
     s.insert_status(&status_at("d", 1, 1_000)).unwrap();
     s.insert_status(&status_at("d", 2, 2_000)).unwrap();
@@ -886,6 +954,14 @@ const CASES: &[Case] = &[
     (
         "history_keeps_at_most_the_configured_count_and_the_oldest_go",
         history_keeps_at_most_the_configured_count_and_the_oldest_go,
+    ),
+    (
+        "audit_pages_are_per_user_and_newest_first",
+        audit_pages_are_per_user_and_newest_first,
+    ),
+    (
+        "audit_keeps_at_most_the_configured_count_and_age_per_user",
+        audit_keeps_at_most_the_configured_count_and_age_per_user,
     ),
     (
         "history_drops_events_older_than_the_age_bound_and_bytes_beyond_the_budget",

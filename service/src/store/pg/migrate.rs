@@ -14,6 +14,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("migrations/0002_leases.sql")),
     (3, include_str!("migrations/0003_sessions.sql")),
     (4, include_str!("migrations/0004_failures.sql")),
+    (5, include_str!("migrations/0005_audit.sql")),
 ];
 
 /// Advisory lock key held while migrating ("hammer" in ASCII).

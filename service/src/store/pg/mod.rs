@@ -8,6 +8,8 @@
 //! - [`target`]: the URL (never shown with its password) and the TLS rule; [`tls`]: rustls
 //!   (ring) under the client library.
 //! - [`status`]: status events (exactly-once insert, acks, history, retention).
+//! - The audit log: table `audit` (migration 5), appended and pruned per user in one
+//!   transaction that holds a per-user advisory lock.
 //!
 //! Records are stored whole as JSON (`rec`), with the columns the store looks them up, orders
 //! or prunes by beside them. Every write is committed when the call returns (visible to every
@@ -844,6 +846,71 @@ impl Store for PgStore {
     fn statuses_of(&self, device_id: &str) -> Result<Vec<StoredStatus>> {
         let dev = s(device_id);
         self.read(move |db| status::all_of(db, &dev))
+    }
+
+    fn append_audit(&self, r: &AuditRecord) -> Result<()> {
+        let rec = r.capped();
+        let ret = self.retention;
+        let oldest_kept = ts(rec.time.saturating_sub(ret.max_age_ms()));
+        self.write(move |db| {
+            let mut tx = db.client.transaction()?;
+            // One user's appends run one at a time, so the count bound holds exactly.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('hammer-audit:' || $1))",
+                &[&rec.owner],
+            )?;
+            tx.execute(
+                "INSERT INTO audit (owner, time, rec) VALUES ($1, $2, $3)",
+                &[&rec.owner, &ts(rec.time), &Json(&rec)],
+            )?;
+            tx.execute(
+                "DELETE FROM audit WHERE ord IN ( \
+                   SELECT ord FROM audit WHERE owner = $1 \
+                     AND ord < (SELECT MAX(ord) FROM audit WHERE owner = $1) \
+                     AND (time < $2 OR ord <= COALESCE((SELECT ord FROM audit \
+                       WHERE owner = $1 ORDER BY ord DESC OFFSET $3 LIMIT 1), -1)) \
+                   ORDER BY ord LIMIT $4)",
+                &[
+                    &rec.owner,
+                    &oldest_kept,
+                    &ts(ret.max_audit_per_user),
+                    &(PRUNE_BATCH as i64),
+                ],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn audit_page(
+        &self,
+        owner: &str,
+        before: Option<AuditCursor>,
+        limit: usize,
+    ) -> Result<Page<AuditRecord, AuditCursor>> {
+        let owner = s(owner);
+        let before = before.map_or(i64::MAX, ts);
+        let take = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
+        self.read(move |db| {
+            let rows = db.query(
+                "SELECT ord, rec FROM audit WHERE owner = $1 AND ord < $2 \
+                 ORDER BY ord DESC LIMIT $3",
+                &[&owner, &before, &take],
+            )?;
+            let more = rows.len() > limit;
+            let mut items = Vec::with_capacity(limit.min(rows.len()));
+            let mut next = None;
+            for row in rows.iter().take(limit) {
+                let ord: i64 = row.try_get(0)?;
+                let rec: Json<AuditRecord> = row.try_get(1)?;
+                items.push(rec.0);
+                next = Some(u64::try_from(ord).unwrap_or(0));
+            }
+            Ok(Page {
+                items,
+                next: if more { next } else { None },
+            })
+        })
     }
 
     fn history_page(
