@@ -89,6 +89,9 @@ pub enum Command {
     /// Operator tools: offline device bundles (admin token)
     #[command(subcommand)]
     Certs(CertsCmd),
+    /// Show your audit log: your changes and your devices' rollbacks and refusals (newest
+    /// first, 100 unless --limit or --all)
+    Audit(PageArgs),
 }
 
 #[derive(Debug, Subcommand)]

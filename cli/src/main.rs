@@ -5,6 +5,7 @@
 //!
 //! Every failure ends as one line on stderr, `error: …`, saying what to do, and exit code 1.
 
+mod audit;
 mod certs;
 mod commands;
 mod commits;
@@ -338,6 +339,7 @@ async fn run_client(global: &GlobalArgs, cmd: ClientCommand) -> Result<()> {
     let json = global.json;
     match cmd {
         ClientCommand::Login => users::login(&conn, json).await,
+        ClientCommand::Audit(page) => audit::list(&conn, &page, json).await,
         ClientCommand::User(UserCmd::Add { name }) => users::add_user(&conn, &name, json).await,
         ClientCommand::Device(c) => devices::run(&conn, c, json).await,
         ClientCommand::Setup(a) => devices::setup(&conn, a, json).await,
@@ -459,6 +461,14 @@ mod tests {
         assert!(matches!(
             c.command,
             Command::Client(commands::Command::Commit(CommitCmd::Good { .. }))
+        ));
+        let c = Cli::try_parse_from(["hammer", "audit", "--limit", "5", "--json"]).unwrap();
+        assert!(matches!(
+            c.command,
+            Command::Client(commands::Command::Audit(commands::PageArgs {
+                limit: Some(5),
+                all: false
+            }))
         ));
         let c = Cli::try_parse_from(["hammer", "commit", "list-bad", "--json"]).unwrap();
         assert!(matches!(

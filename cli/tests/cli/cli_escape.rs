@@ -163,6 +163,12 @@ async fn device_supplied_escape_sequences_are_printed_escaped_by_the_hammer_cli(
     );
     assert!(out.contains(r"\u{9b}"), "{out}");
 
+    // The audit log records the rollbacks, with the device's detail escaped.
+    let out = run(&h, &alice, home.path(), &["audit"]).await;
+    assert_escaped(&out, "audit");
+    assert!(out.contains("device_rolled_back"), "{out}");
+    assert!(out.contains("device kiosk-1"), "{out}");
+
     // The commit the device reported running.
     let out = run(&h, &alice, home.path(), &["device", "show", "kiosk-1"]).await;
     assert!(
