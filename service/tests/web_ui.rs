@@ -973,6 +973,21 @@ async fn dashboard_in_headless_chromium() {
     );
     assert_accessible(&b, axe, "a device page after a failure").await;
 
+    // The audit log (linked from the navigation) lists the deployment made with the form.
+    b.click("nav a[href='/audit']").await;
+    b.wait_for(
+        "the audit log",
+        "return location.pathname === '/audit';",
+        json!([]),
+    )
+    .await;
+    let text = b.text().await;
+    assert!(
+        text.contains("Audit log") && text.contains("deployment created") && text.contains(&id),
+        "{text}"
+    );
+    assert_accessible(&b, axe, "the audit log").await;
+
     // Sign out ends the session; a second user sees none of alice's fleet.
     b.goto(&format!("{base}/devices")).await;
     b.click("header form button[type=submit]").await;
@@ -1004,6 +1019,12 @@ async fn dashboard_in_headless_chromium() {
     assert!(
         text.contains("Error 404") && !text.contains("kiosk"),
         "{text}"
+    );
+    b.goto(&format!("{base}/audit")).await;
+    let text = b.text().await;
+    assert!(
+        text.contains("Nothing recorded yet") && !text.contains(&id),
+        "bob sees alice's audit log: {text}"
     );
     b.goto(&format!("{base}/devices/kiosk-1")).await;
     let text = b.text().await;
