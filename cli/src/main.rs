@@ -118,7 +118,7 @@ struct ServeArgs {
     /// MiB of status events kept per device (the oldest go first)
     #[arg(long, default_value_t = 16, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
     history_max_mib: u64,
-    /// Days status events, and finished deployments, are kept
+    /// Days status events, finished deployments and audit records are kept
     #[arg(long, default_value_t = 730, value_name = "DAYS", value_parser = clap::value_parser!(u64).range(1..))]
     history_max_days: u64,
     /// On SIGTERM or Ctrl-C, seconds to keep serving with /healthz answering 503 (so a load

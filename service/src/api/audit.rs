@@ -2,6 +2,9 @@
 //! state-changing request a signed-in user made, whatever its result, in one place; [`list`]
 //! is `GET /api/v1/audit`. Handlers that create something name it with an [`AuditTarget`] in
 //! their answer; an error's message becomes the record's detail ([`ErrorText`]).
+//!
+//! The record is appended after the handler answered (it knows the status), so it is made
+//! durable by the store's next flush, not before that answer leaves.
 
 use super::actions::next_cursor_headers;
 use crate::domain::Caller;
