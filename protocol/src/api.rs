@@ -495,6 +495,8 @@ pub enum AuditAction {
     DeviceRolledBack,
     /// A device reported `refused`.
     DeviceRefused,
+    /// A dashboard sign-in (`POST /login` or `POST /api/v1/session`) with the user's token.
+    SignedIn,
     #[serde(other)]
     Unknown,
 }

@@ -66,6 +66,7 @@ wire_names!(AuditAction {
     CommitUnmarked => "commit_unmarked",
     DeviceRolledBack => "device_rolled_back",
     DeviceRefused => "device_refused",
+    SignedIn => "signed_in",
     Unknown => "unknown",
 });
 
@@ -164,7 +165,7 @@ mod tests {
         assert_eq!(DeviceState::ALL.len(), 5);
         assert_eq!(DeploymentState::ALL.len(), 5);
         assert_eq!(TargetState::ALL.len(), 8);
-        assert_eq!(AuditAction::ALL.len(), 18);
+        assert_eq!(AuditAction::ALL.len(), 19);
         assert_eq!(Phase::RolledBack.wire_name(), "rolled_back");
         assert_eq!(TargetState::InFlight.wire_name(), "in_flight");
     }

@@ -1022,8 +1022,9 @@ async fn dashboard_in_headless_chromium() {
     );
     b.goto(&format!("{base}/audit")).await;
     let text = b.text().await;
+    // Only bob's own sign-in, nothing of alice's.
     assert!(
-        text.contains("Nothing recorded yet") && !text.contains(&id),
+        text.contains("signed in") && !text.contains(&id) && !text.contains("alice"),
         "bob sees alice's audit log: {text}"
     );
     b.goto(&format!("{base}/devices/kiosk-1")).await;

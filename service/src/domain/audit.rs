@@ -40,6 +40,28 @@ pub fn device_event(owner: &str, device: &str, ev: &StatusEvent, now: u64) -> Op
     })
 }
 
+/// A dashboard sign-in of the user `(id, name)`, in their own log, from `peer` (an IP
+/// address).
+pub fn signed_in((id, name): (&str, &str), peer: Option<String>, now: u64) -> AuditRecord {
+    AuditRecord {
+        time: now,
+        owner: id.to_owned(),
+        actor: name.to_owned(),
+        action: AuditAction::SignedIn,
+        target: None,
+        peer,
+        result: "ok".to_owned(),
+        detail: Some("dashboard session".to_owned()),
+    }
+}
+
+/// Appends `rec`; a store that refuses is logged, never the request's failure.
+pub fn append(svc: &Service, rec: &AuditRecord) {
+    if let Err(e) = svc.store.append_audit(rec) {
+        tracing::warn!(error = %e, action = ?rec.action, "cannot append to the audit log");
+    }
+}
+
 /// One page of the caller's audit log, newest first, and the cursor of the next (older) one.
 pub fn page(
     svc: &Service,

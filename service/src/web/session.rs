@@ -16,11 +16,13 @@ use crate::api::errors::ApiJson;
 use crate::auth::cookie_value;
 use crate::error::{ServiceError, ServiceResult};
 use crate::ids::hash_token;
+use crate::limits::Peer;
 use crate::service::Service;
 use crate::views::user_view;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::Extension;
 use axum::Json;
 use hammer_protocol::api::UserView;
 use serde::Deserialize;
@@ -124,6 +126,7 @@ pub struct SessionRequest {
 /// `POST /api/v1/session`: `{"token": "hmr_..."}` → the caller (and the session cookie).
 pub async fn create_session(
     State(svc): State<std::sync::Arc<Service>>,
+    peer: Option<Extension<ConnectInfo<Peer>>>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<SessionRequest>,
 ) -> ServiceResult<Response> {
@@ -133,6 +136,7 @@ pub async fn create_session(
         Err(e) => return Ok(no_store(e.into_response())),
     };
     let id = svc.sessions.create(&user.id, hash)?;
+    record_sign_in(&svc, &user, peer);
     Ok(with_cookie(
         (StatusCode::CREATED, Json(user)).into_response(),
         svc.sessions.cookie(&id),
@@ -158,18 +162,22 @@ pub async fn delete_session(
 /// token shows the sign-in page again with the reason.
 pub async fn login_form(
     State(svc): State<std::sync::Arc<Service>>,
+    peer: Option<Extension<ConnectInfo<Peer>>>,
     headers: HeaderMap,
     body: String,
 ) -> Response {
     let token = super::html::form_field(&body, "token").unwrap_or_default();
     let result = check_origin(&headers)
         .and_then(|_| sign_in(&svc, &token))
-        .and_then(|(hash, user)| Ok(svc.sessions.create(&user.id, hash)?));
+        .and_then(|(hash, user)| Ok((svc.sessions.create(&user.id, hash)?, user)));
     match result {
-        Ok(id) => with_cookie(
-            Redirect::to("/devices").into_response(),
-            svc.sessions.cookie(&id),
-        ),
+        Ok((id, user)) => {
+            record_sign_in(&svc, &user, peer);
+            with_cookie(
+                Redirect::to("/devices").into_response(),
+                svc.sessions.cookie(&id),
+            )
+        }
         Err(e) => no_store(
             (
                 crate::api::errors::status_of(e.kind),
@@ -178,6 +186,14 @@ pub async fn login_form(
                 .into_response(),
         ),
     }
+}
+
+/// A sign-in goes into the user's audit log, with where it came from.
+fn record_sign_in(svc: &Service, user: &UserView, peer: Option<Extension<ConnectInfo<Peer>>>) {
+    let peer = peer.map(|Extension(ConnectInfo(Peer(a)))| a.ip().to_string());
+    let who = (user.id.as_str(), user.name.as_str());
+    let rec = crate::domain::audit::signed_in(who, peer, hammer_protocol::now_ms());
+    crate::domain::audit::append(svc, &rec);
 }
 
 /// `POST /logout` (form): ends the session and goes back to the sign-in page.

@@ -143,3 +143,64 @@ async fn a_users_changes_and_their_devices_rollbacks_are_in_their_audit_log_only
     let (s, _) = h.get("/api/v1/audit", "nope").await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dashboard_sign_in_is_in_the_users_audit_log_with_where_it_came_from() {
+    let h = Harness::start().await;
+    let t = h.user("alice").await;
+    let bob = h.user("bob").await;
+    // The JSON sign-in and the form sign-in.
+    let r = h
+        .http
+        .post(format!("{}/api/v1/session", h.base))
+        .json(&json!({ "token": t }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = h
+        .http
+        .post(format!("{}/login", h.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={t}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success() || r.status().is_redirection(),
+        "{}",
+        r.status()
+    );
+    // A refused sign-in belongs to nobody's log.
+    let r = h
+        .http
+        .post(format!("{}/api/v1/session", h.base))
+        .json(&json!({ "token": "hmr_not_a_token" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let (s, log) = h.get("/api/v1/audit", &t).await;
+    assert_eq!(s, StatusCode::OK, "{log}");
+    let signed: Vec<&Value> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "signed_in")
+        .collect();
+    assert_eq!(signed.len(), 2, "{log:#}");
+    for e in signed {
+        assert_eq!(e["actor"], "alice", "{e}");
+        assert_eq!(e["peer"], "127.0.0.1", "{e}");
+        assert_eq!(e["result"], "ok", "{e}");
+    }
+    let (_, other) = h.get("/api/v1/audit", &bob).await;
+    assert!(
+        !other
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "signed_in"),
+        "{other:#}"
+    );
+}
