@@ -91,6 +91,15 @@ fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// What a sled transaction that aborts with a [`StoreError`] came to, as a store result.
+fn tx_result<T>(r: ::sled::transaction::TransactionResult<T, StoreError>) -> Result<T> {
+    match r {
+        Ok(v) => Ok(v),
+        Err(::sled::transaction::TransactionError::Abort(e)) => Err(e),
+        Err(::sled::transaction::TransactionError::Storage(e)) => Err(err(e)),
+    }
+}
+
 fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(v).map_err(err)
 }
@@ -517,7 +526,7 @@ impl SledStore {
         received_at: u64,
         bytes: &[u8],
     ) -> Result<bool> {
-        use ::sled::transaction::{ConflictableTransactionError, TransactionError};
+        use ::sled::transaction::ConflictableTransactionError;
         use ::sled::Transactional;
         let key = status_key(dev, epoch, seq);
         let order = self.db.generate_id().map_err(err)?;
@@ -548,11 +557,7 @@ impl SledStore {
                 epochs.insert(dev.as_bytes(), &epoch.to_be_bytes())?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(true)
             });
-        match r {
-            Ok(new) => Ok(new),
-            Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(e)) => Err(err(e)),
-        }
+        tx_result(r)
     }
 
     /// Claims a unique name for a record and stores the record, in one transaction (false
@@ -563,7 +568,7 @@ impl SledStore {
         (records, id): (&::sled::Tree, &[u8]),
         record: &[u8],
     ) -> Result<bool> {
-        use ::sled::transaction::{ConflictableTransactionError, TransactionError};
+        use ::sled::transaction::ConflictableTransactionError;
         use ::sled::Transactional;
         let r = (names, records).transaction(|(names, records)| {
             if names.get(name)?.is_some() {
@@ -573,11 +578,7 @@ impl SledStore {
             records.insert(id, record)?;
             Ok::<_, ConflictableTransactionError<StoreError>>(true)
         });
-        match r {
-            Ok(new) => Ok(new),
-            Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(e)) => Err(err(e)),
-        }
+        tx_result(r)
     }
 }
 

@@ -143,6 +143,24 @@ fn json<T: serde::de::DeserializeOwned>(row: &Row) -> std::result::Result<T, Fai
     Ok(row.try_get::<_, Json<T>>(0)?.0)
 }
 
+/// A page from rows of `(ord, rec)` read newest first with one row more than `limit`: the
+/// records (newest first) and, when there are more, the `ord` of the last one kept (the
+/// cursor of the next, older, page).
+fn newest_first_page<T: serde::de::DeserializeOwned>(
+    rows: &[Row],
+    limit: usize,
+) -> std::result::Result<(Vec<T>, Option<u64>), Failure> {
+    let mut items = Vec::with_capacity(limit.min(rows.len()));
+    let mut next = None;
+    for row in rows.iter().take(limit) {
+        let ord: i64 = row.try_get(0)?;
+        let rec: Json<T> = row.try_get(1)?;
+        items.push(rec.0);
+        next = Some(u64::try_from(ord).unwrap_or(0));
+    }
+    Ok((items, next.filter(|_| rows.len() > limit)))
+}
+
 fn one<T: serde::de::DeserializeOwned>(
     row: Option<Row>,
 ) -> std::result::Result<Option<T>, Failure> {
@@ -897,19 +915,8 @@ impl Store for PgStore {
                  ORDER BY ord DESC LIMIT $3",
                 &[&owner, &before, &take],
             )?;
-            let more = rows.len() > limit;
-            let mut items = Vec::with_capacity(limit.min(rows.len()));
-            let mut next = None;
-            for row in rows.iter().take(limit) {
-                let ord: i64 = row.try_get(0)?;
-                let rec: Json<AuditRecord> = row.try_get(1)?;
-                items.push(rec.0);
-                next = Some(u64::try_from(ord).unwrap_or(0));
-            }
-            Ok(Page {
-                items,
-                next: if more { next } else { None },
-            })
+            let (items, next) = newest_first_page(&rows, limit)?;
+            Ok(Page { items, next })
         })
     }
 

@@ -2,7 +2,7 @@
 //! retention (the [`Store`](crate::store::Store) contract; see the parent module).
 
 use super::pool::{Db, Failure};
-use super::{json, o, ts, u};
+use super::{json, newest_first_page, o, ts, u};
 use crate::store::{HistoryCursor, Inserted, Page, Retention, StoredStatus, PRUNE_BATCH};
 use postgres::types::Json;
 
@@ -84,18 +84,8 @@ pub fn page(
          ORDER BY ord DESC LIMIT $3",
         &[&device, &before, &take],
     )?;
-    let more = rows.len() > limit;
-    let mut items = Vec::with_capacity(limit.min(rows.len()));
-    let mut next = None;
-    for row in rows.iter().take(limit) {
-        let ord: i64 = row.try_get(0)?;
-        let rec: Json<StoredStatus> = row.try_get(1)?;
-        items.push(rec.0);
-        next = Some(ord as u64);
-    }
+    // Newest first from the query; a history page reads oldest first.
+    let (mut items, next) = newest_first_page(&rows, limit)?;
     items.reverse();
-    Ok(Page {
-        items,
-        next: if more { next } else { None },
-    })
+    Ok(Page { items, next })
 }
