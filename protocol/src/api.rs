@@ -310,6 +310,38 @@ pub struct Strategy {
     /// Extra attempts for a device that failed or timed out.
     #[serde(default)]
     pub retries: u32,
+    /// Phases, in order: the targets (in the deployment's order) are split into phases of
+    /// these sizes and a phase's devices launch only once the phase before it is promoted;
+    /// targets the list leaves over form a last phase. Empty: one phase (no promotion).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<PhaseSize>,
+    /// Seconds the devices of a finished phase must stay healthy (every one succeeded, none
+    /// crashed, restarted or rolled back) before the next phase starts on its own. `None`:
+    /// each phase waits for `POST /deployments/{id}/promote`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak_secs: Option<u32>,
+    /// Launch nothing before this time (ms since the epoch). `None` (or a past time): at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<u64>,
+}
+
+/// The size of one phase of a deployment ([`Strategy::phases`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum PhaseSize {
+    /// This many devices (at least 1).
+    Devices(u32),
+    /// This percentage (1 to 100) of the deployment's targets, rounded up: at least one device.
+    Percent(u8),
+}
+
+impl std::fmt::Display for PhaseSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PhaseSize::Devices(n) => write!(f, "{n}"),
+            PhaseSize::Percent(p) => write!(f, "{p}%"),
+        }
+    }
 }
 
 pub fn default_abort_min() -> u32 {
@@ -328,6 +360,9 @@ impl Default for Strategy {
             abort_min_devices: default_abort_min(),
             timeout_secs: default_timeout(),
             retries: 0,
+            phases: Vec::new(),
+            soak_secs: None,
+            start_at: None,
         }
     }
 }
@@ -412,6 +447,58 @@ pub struct DeploymentView {
     /// stays `running`, so clients that do not know pausing still read it. False once ended.
     #[serde(default)]
     pub paused: bool,
+    /// Where a phased deployment is (`strategy.phases`); absent for one-phase deployments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phasing: Option<PhasingView>,
+}
+
+/// Where the open phase of a phased deployment is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PhaseGateState {
+    /// Its devices launch (or are in flight); the last phase stays here until the end.
+    Running,
+    /// Every device of it succeeded; the next phase starts at `soak_until` unless one of
+    /// them crashes, restarts or rolls back first.
+    Soaking,
+    /// Every device of it succeeded and there is no soak time: promote by hand.
+    AwaitingPromotion,
+    /// Not promoted on its own (`held_reason` says why): promote by hand or cancel.
+    Held,
+    #[serde(other)]
+    Unknown,
+}
+
+/// A phased deployment's progress ([`DeploymentView::phasing`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhasingView {
+    /// The open phase, from 1: its devices and every earlier phase's may launch.
+    pub current: u32,
+    /// How many phases there are.
+    pub count: u32,
+    /// Where each phase ends in `targets`: phase k holds targets `ends[k-2]..ends[k-1]`.
+    pub ends: Vec<u32>,
+    pub state: PhaseGateState,
+    /// With `soaking`: when the next phase starts on its own (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak_until: Option<u64>,
+    /// With `held`: why the phase was not promoted on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_reason: Option<String>,
+    /// Promotions so far, oldest first.
+    #[serde(default)]
+    pub promotions: Vec<PromotionView>,
+}
+
+/// One promotion of a phased deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromotionView {
+    /// The phase that was promoted (from 1): the next one opened.
+    pub phase: u32,
+    pub at: u64,
+    /// Who promoted it by hand; absent when its soak passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 // ---- pages ----
@@ -485,6 +572,8 @@ pub enum AuditAction {
     DeploymentPaused,
     /// `POST /deployments/{id}/resume`.
     DeploymentResumed,
+    /// `POST /deployments/{id}/promote`.
+    DeploymentPromoted,
     /// `POST /deployments/{id}/retry`.
     DeploymentRetried,
     /// `POST /commits/{sha}/bad`.

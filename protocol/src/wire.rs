@@ -6,7 +6,7 @@
 //! [`TargetState::is_finished`]); when a device's phase ends a deployment is
 //! [`Phase::ends_deployment`].
 
-use crate::api::{AuditAction, DeploymentState, DeviceState, TargetState};
+use crate::api::{AuditAction, DeploymentState, DeviceState, PhaseGateState, TargetState};
 use crate::messages::{Phase, RunState};
 
 /// An enum with a fixed wire name per variant.
@@ -61,12 +61,21 @@ wire_names!(AuditAction {
     DeploymentCanceled => "deployment_canceled",
     DeploymentPaused => "deployment_paused",
     DeploymentResumed => "deployment_resumed",
+    DeploymentPromoted => "deployment_promoted",
     DeploymentRetried => "deployment_retried",
     CommitMarkedBad => "commit_marked_bad",
     CommitUnmarked => "commit_unmarked",
     DeviceRolledBack => "device_rolled_back",
     DeviceRefused => "device_refused",
     SignedIn => "signed_in",
+    Unknown => "unknown",
+});
+
+wire_names!(PhaseGateState {
+    Running => "running",
+    Soaking => "soaking",
+    AwaitingPromotion => "awaiting_promotion",
+    Held => "held",
     Unknown => "unknown",
 });
 

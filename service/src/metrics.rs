@@ -592,6 +592,7 @@ mod tests {
 
     fn deployment(id: &str, state: DeploymentState) -> DeploymentRecord {
         DeploymentRecord {
+            phasing: None,
             id: id.into(),
             owner: "u".into(),
             deployer: "u".into(),

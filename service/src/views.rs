@@ -163,6 +163,7 @@ pub fn deployment_view(d: &DeploymentRecord) -> DeploymentView {
         state: d.state,
         reason: d.reason.clone(),
         paused: d.paused,
+        phasing: d.phasing.as_ref().map(phasing_view),
         targets: d
             .targets
             .iter()
@@ -174,6 +175,36 @@ pub fn deployment_view(d: &DeploymentRecord) -> DeploymentView {
                 commit: t.commit.clone(),
                 detail: t.detail.clone(),
                 updated_at: t.updated_at,
+            })
+            .collect(),
+    }
+}
+
+/// A phased deployment's progress as the API shows it.
+pub fn phasing_view(p: &crate::store::PhasingRecord) -> hammer_protocol::api::PhasingView {
+    use crate::store::PhaseGate;
+    use hammer_protocol::api::{PhaseGateState, PhasingView, PromotionView};
+    let n = |k: usize| u32::try_from(k).unwrap_or(u32::MAX);
+    let (state, soak_until, held_reason) = match &p.gate {
+        PhaseGate::Running => (PhaseGateState::Running, None, None),
+        PhaseGate::Soaking { until } => (PhaseGateState::Soaking, Some(*until), None),
+        PhaseGate::AwaitingPromotion => (PhaseGateState::AwaitingPromotion, None, None),
+        PhaseGate::Held { reason } => (PhaseGateState::Held, None, Some(reason.clone())),
+    };
+    PhasingView {
+        current: n(p.current + 1),
+        count: n(p.ends.len()),
+        ends: p.ends.iter().map(|&e| n(e)).collect(),
+        state,
+        soak_until,
+        held_reason,
+        promotions: p
+            .promotions
+            .iter()
+            .map(|x| PromotionView {
+                phase: n(x.phase + 1),
+                at: x.at,
+                by: x.by.clone(),
             })
             .collect(),
     }

@@ -67,6 +67,7 @@ pub fn action_of(method: &Method, route: &str) -> Option<AuditAction> {
         ("POST", "/api/v1/deployments/{id}/cancel") => A::DeploymentCanceled,
         ("POST", "/api/v1/deployments/{id}/pause") => A::DeploymentPaused,
         ("POST", "/api/v1/deployments/{id}/resume") => A::DeploymentResumed,
+        ("POST", "/api/v1/deployments/{id}/promote") => A::DeploymentPromoted,
         ("POST", "/api/v1/deployments/{id}/retry") => A::DeploymentRetried,
         ("POST", "/api/v1/commits/{sha}/bad") => A::CommitMarkedBad,
         ("DELETE", "/api/v1/commits/{sha}/bad") => A::CommitUnmarked,

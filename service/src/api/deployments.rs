@@ -162,6 +162,30 @@ async fn hold(
     Ok(Json(deployment_view(&dep)))
 }
 
+/// `POST /api/v1/deployments/{id}/promote`: opens the next phase of a running phased
+/// deployment now; 409 when it ended, has one phase or is in its last phase.
+pub async fn promote_deployment(
+    State(svc): State<Arc<Service>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ServiceResult<Json<DeploymentView>> {
+    owned_deployment(&svc, &caller, &id)?;
+    let (tx, rx) = oneshot::channel();
+    svc.rollout
+        .send(RolloutMsg::Promote {
+            id,
+            owner: caller.user.id.clone(),
+            by: caller.user.name.clone(),
+            reply: tx,
+        })
+        .await
+        .map_err(|_| ServiceError::internal("the rollout engine is not running"))?;
+    let dep = rx
+        .await
+        .map_err(|_| ServiceError::internal("the rollout engine stopped"))??;
+    Ok(Json(deployment_view(&dep)))
+}
+
 /// `POST /api/v1/deployments/{id}/retry`: 201 with a new deployment of the ended deployment's
 /// failed and timed-out targets (same ref, commit and strategy); 409 while it runs or when
 /// there are none.

@@ -83,6 +83,10 @@ fn build() -> Routes {
     )
     .route("/api/v1/deployments/{id}/pause", post(dp::pause_deployment))
     .route(
+        "/api/v1/deployments/{id}/promote",
+        post(dp::promote_deployment),
+    )
+    .route(
         "/api/v1/deployments/{id}/resume",
         post(dp::resume_deployment),
     )

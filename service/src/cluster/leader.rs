@@ -41,6 +41,8 @@ impl From<RolloutError> for WireRefusal {
             RolloutError::AlreadyEnded { id, state } => WireRefusal::AlreadyEnded { id, state },
             RolloutError::AlreadyPaused { id } => WireRefusal::AlreadyPaused { id },
             RolloutError::NotPaused { id } => WireRefusal::NotPaused { id },
+            RolloutError::NotPhased { id } => WireRefusal::NotPhased { id },
+            RolloutError::LastPhase { id, phase } => WireRefusal::LastPhase { id, phase },
             RolloutError::BadCommit(m) => WireRefusal::BadCommit(m),
             RolloutError::NoDeployment { id } => WireRefusal::NoDeployment { id },
             other => {
@@ -60,6 +62,8 @@ impl From<WireRefusal> for RolloutError {
             WireRefusal::AlreadyEnded { id, state } => RolloutError::AlreadyEnded { id, state },
             WireRefusal::AlreadyPaused { id } => RolloutError::AlreadyPaused { id },
             WireRefusal::NotPaused { id } => RolloutError::NotPaused { id },
+            WireRefusal::NotPhased { id } => RolloutError::NotPhased { id },
+            WireRefusal::LastPhase { id, phase } => RolloutError::LastPhase { id, phase },
             WireRefusal::BadCommit(m) => RolloutError::BadCommit(m),
             WireRefusal::NoDeployment { id } => RolloutError::NoDeployment { id },
             WireRefusal::Failed(m) => RolloutError::Remote(m),
@@ -295,6 +299,15 @@ impl Leader {
                 EngineRequest::Hold { id, owner, paused },
                 Reply::Deployment(reply),
             ),
+            RolloutMsg::Promote {
+                id,
+                owner,
+                by,
+                reply,
+            } => (
+                EngineRequest::Promote { id, owner, by },
+                Reply::Deployment(reply),
+            ),
             RolloutMsg::BadCommit { owner, bad, reply } => (
                 EngineRequest::BadCommit { owner, bad },
                 Reply::Stopped(reply),
@@ -452,6 +465,19 @@ async fn ask_engine(tx: &mpsc::Sender<RolloutMsg>, request: EngineRequest) -> En
                 id,
                 owner,
                 paused,
+                reply,
+            };
+            if tx.send(m).await.is_err() {
+                return EngineReply::NotLeader;
+            }
+            dep(rx.await)
+        }
+        EngineRequest::Promote { id, owner, by } => {
+            let (reply, rx) = oneshot::channel();
+            let m = RolloutMsg::Promote {
+                id,
+                owner,
+                by,
                 reply,
             };
             if tx.send(m).await.is_err() {

@@ -96,6 +96,11 @@ pub enum EngineRequest {
         owner: String,
         paused: bool,
     },
+    Promote {
+        id: String,
+        owner: String,
+        by: String,
+    },
     BadCommit {
         owner: String,
         bad: BadCommitRecord,
@@ -133,6 +138,13 @@ pub enum WireRefusal {
     },
     NotPaused {
         id: String,
+    },
+    NotPhased {
+        id: String,
+    },
+    LastPhase {
+        id: String,
+        phase: usize,
     },
     BadCommit(String),
     NoDeployment {
@@ -339,6 +351,7 @@ mod tests {
                 id: 7,
                 request: EngineRequest::Create {
                     dep: Box::new(DeploymentRecord {
+                        phasing: None,
                         id: "dep1".into(),
                         owner: "u".into(),
                         deployer: "alice".into(),

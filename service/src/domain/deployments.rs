@@ -18,6 +18,8 @@ impl From<RolloutError> for ServiceError {
             | RolloutError::AlreadyEnded { .. }
             | RolloutError::AlreadyPaused { .. }
             | RolloutError::NotPaused { .. }
+            | RolloutError::NotPhased { .. }
+            | RolloutError::LastPhase { .. }
             | RolloutError::BadCommit(_) => ServiceError::conflict(e.to_string()),
             RolloutError::NoDeployment { id } => ServiceError::no_deployment(&id),
             RolloutError::Unavailable => ServiceError::unavailable(e.to_string()),
@@ -51,6 +53,52 @@ pub fn check_strategy(s: &Strategy) -> ServiceResult<()> {
     if s.retries > 100 {
         return Err(ServiceError::bad_request(
             "strategy.retries must be at most 100",
+        ));
+    }
+    check_phases(s)
+}
+
+/// Latest scheduled start accepted: 90 days ahead.
+pub const MAX_START_AHEAD_MS: u64 = 90 * 24 * 3600 * 1000;
+
+fn check_phases(s: &Strategy) -> ServiceResult<()> {
+    use crate::rollout::phasing::{MAX_PHASES, MAX_SOAK_SECS};
+    use hammer_protocol::api::PhaseSize;
+    if s.phases.len() > MAX_PHASES {
+        return Err(ServiceError::bad_request(format!(
+            "strategy.phases names at most {MAX_PHASES} phases"
+        )));
+    }
+    for p in &s.phases {
+        match *p {
+            PhaseSize::Devices(0) => {
+                return Err(ServiceError::bad_request(
+                    "strategy.phases: a phase of devices holds at least 1",
+                ))
+            }
+            PhaseSize::Percent(n) if n == 0 || n > 100 => {
+                return Err(ServiceError::bad_request(
+                    "strategy.phases: a percentage is 1 to 100",
+                ))
+            }
+            _ => {}
+        }
+    }
+    if s.soak_secs.is_some() && s.phases.is_empty() {
+        return Err(ServiceError::bad_request(
+            "strategy.soak_secs needs strategy.phases (e.g. `--phases 1,10%`)",
+        ));
+    }
+    if s.soak_secs.is_some_and(|t| t > MAX_SOAK_SECS) {
+        return Err(ServiceError::bad_request(format!(
+            "strategy.soak_secs must be at most {MAX_SOAK_SECS} (seven days)"
+        )));
+    }
+    if s.start_at
+        .is_some_and(|t| t > hammer_protocol::now_ms().saturating_add(MAX_START_AHEAD_MS))
+    {
+        return Err(ServiceError::bad_request(
+            "strategy.start_at is more than 90 days ahead",
         ));
     }
     Ok(())
@@ -156,6 +204,7 @@ pub fn new_deployment(
     devices: &[DeviceRecord],
     now: u64,
 ) -> DeploymentRecord {
+    let strategy_phases = strategy.phases.clone();
     DeploymentRecord {
         id: crate::ids::new_id(),
         owner: caller.user.id.clone(),
@@ -168,6 +217,7 @@ pub fn new_deployment(
         state: DeploymentState::Running,
         reason: None,
         paused: false,
+        phasing: crate::rollout::phasing::start(&strategy_phases, devices.len()),
         targets: devices
             .iter()
             .map(|d| TargetRecord {
@@ -229,7 +279,11 @@ pub fn retry_of(
         caller,
         old.git_ref.clone(),
         old.commit.clone(),
-        old.strategy.clone(),
+        // A retry starts now, whatever the first attempt's schedule was.
+        Strategy {
+            start_at: None,
+            ..old.strategy.clone()
+        },
         &devices,
         now,
     ))

@@ -22,6 +22,12 @@ pub enum RolloutError {
     /// The deployment to resume is not paused.
     #[error("deployment {id} is not paused")]
     NotPaused { id: String },
+    /// The deployment to promote has one phase.
+    #[error("deployment {id} has one phase: there is nothing to promote")]
+    NotPhased { id: String },
+    /// The deployment to promote is in its last phase.
+    #[error("deployment {id} is in its last phase ({phase}): there is nothing to promote")]
+    LastPhase { id: String, phase: usize },
     /// The new deployment names a commit its owner marked bad.
     #[error("{0}")]
     BadCommit(String),
@@ -69,6 +75,13 @@ pub enum RolloutMsg {
         id: String,
         owner: String,
         paused: bool,
+        reply: oneshot::Sender<Result<DeploymentRecord, RolloutError>>,
+    },
+    /// Promote the open phase of a running phased deployment of `owner` (`by`: their name).
+    Promote {
+        id: String,
+        owner: String,
+        by: String,
         reply: oneshot::Sender<Result<DeploymentRecord, RolloutError>>,
     },
     /// `owner` marked `bad` bad: stop their running deployments pinned to it; answers the

@@ -47,11 +47,12 @@
 
 pub mod core;
 pub mod inbox;
+pub mod phasing;
 
 pub use self::core::commit_named_by;
 use self::core::{
-    is_active, same_commit, Applied, HoldRefused, Launch, LaunchResult, Presence, Rollout,
-    TargetChange,
+    is_active, same_commit, Applied, HoldRefused, Launch, LaunchResult, Presence, PromoteRefused,
+    Rollout, TargetChange,
 };
 pub use self::inbox::{RolloutError, RolloutMsg};
 use crate::mqtt::publish::{publish_desired, stage_desired};
@@ -129,7 +130,7 @@ impl Engine {
                             && s.event.generation.is_some()
                             && s.event.generation == t.generation
                         {
-                            replay.push((t.device_id.clone(), s.event));
+                            replay.push((dep.id.clone(), t.device_id.clone(), s.event));
                         }
                     }
                 }
@@ -143,8 +144,8 @@ impl Engine {
                 "resuming running deployments"
             );
         }
-        for (device_id, event) in replay {
-            eng.on_status(&device_id, event);
+        for (dep_id, device_id, event) in replay {
+            eng.on_status(&dep_id, &device_id, event);
         }
         let ids: Vec<String> = eng.running.keys().cloned().collect();
         for id in ids {
@@ -233,11 +234,27 @@ impl Engine {
                 let _ = reply.send(r);
             }
             RolloutMsg::Status { device_id, event } => {
-                if !self.by_device.contains_key(&device_id) {
-                    self.late_report(&device_id, &event).await;
-                    return None;
+                if let Some(dep_id) = self.by_device.get(&device_id).cloned() {
+                    return self.on_status(&dep_id, &device_id, event);
                 }
-                return self.on_status(&device_id, event);
+                // Not pending or in flight anywhere: a target that succeeded in a running
+                // (phased) deployment reporting on its health, or a late report.
+                match event.deployment_id.clone() {
+                    Some(dep_id) if self.running.contains_key(&dep_id) => {
+                        return self.on_status(&dep_id, &device_id, event);
+                    }
+                    _ => self.late_report(&device_id, &event).await,
+                }
+                return None;
+            }
+            RolloutMsg::Promote {
+                id,
+                owner,
+                by,
+                reply,
+            } => {
+                let r = self.promote(&id, &owner, &by).await;
+                let _ = reply.send(r);
             }
             RolloutMsg::Cancel {
                 id,
@@ -273,7 +290,7 @@ impl Engine {
         let save = self.unsaved.values().min().map(|t| t + PERSIST_EVERY_MS);
         self.running
             .values()
-            .filter_map(Rollout::next_deadline)
+            .filter_map(|r| r.next_deadline(now_ms()))
             .chain(save)
             .min()
     }
@@ -428,9 +445,57 @@ impl Engine {
             .ok_or_else(|| RolloutError::NoDeployment { id: id.to_owned() })
     }
 
-    /// Applies a status event to the target it belongs to; returns the deployment to step.
-    fn on_status(&mut self, device_id: &str, ev: StatusEvent) -> Option<String> {
-        let dep_id = self.by_device.get(device_id)?.clone();
+    /// Promotes the open phase of a running phased deployment of `owner` by hand, then steps
+    /// it (the next phase launches at once) and persists it before answering.
+    async fn promote(
+        &mut self,
+        id: &str,
+        owner: &str,
+        by: &str,
+    ) -> Result<DeploymentRecord, RolloutError> {
+        let Some(rollout) = self
+            .running
+            .get_mut(id)
+            .filter(|r| r.record().owner == owner)
+        else {
+            return match self.svc.store.deployment(id)? {
+                Some(d) if d.owner == owner => Err(RolloutError::AlreadyEnded {
+                    id: id.to_owned(),
+                    state: d.state,
+                }),
+                _ => Err(RolloutError::NoDeployment { id: id.to_owned() }),
+            };
+        };
+        let opened = match rollout.promote(by, now_ms()) {
+            Ok(k) => k,
+            Err(PromoteRefused::Ended(state)) => {
+                return Err(RolloutError::AlreadyEnded {
+                    id: id.to_owned(),
+                    state,
+                })
+            }
+            Err(PromoteRefused::NotPhased) => {
+                return Err(RolloutError::NotPhased { id: id.to_owned() })
+            }
+            Err(PromoteRefused::LastPhase(phase)) => {
+                return Err(RolloutError::LastPhase {
+                    id: id.to_owned(),
+                    phase,
+                })
+            }
+        };
+        tracing::info!(deployment = %id, phase = opened, by = %by, "phase promoted by hand");
+        if !self.step(id).await {
+            return Err(RolloutError::NotStored { what: "promotion" });
+        }
+        self.current(id)
+            .ok_or_else(|| RolloutError::NoDeployment { id: id.to_owned() })
+    }
+
+    /// Applies a status event to the target it belongs to in running deployment `dep_id`;
+    /// returns the deployment to step.
+    fn on_status(&mut self, dep_id: &str, device_id: &str, ev: StatusEvent) -> Option<String> {
+        let dep_id = dep_id.to_owned();
         let rollout = self.running.get_mut(&dep_id)?;
         let Applied { pinned, change } = rollout.on_status(device_id, &ev, now_ms())?;
         if let Some(commit) = pinned {
@@ -451,6 +516,9 @@ impl Engine {
             }
             TargetChange::WrongCommit(detail) => {
                 tracing::warn!(deployment = %dep_id, device = %device_id, "{detail}");
+            }
+            TargetChange::Health => {
+                tracing::info!(deployment = %dep_id, device = %device_id, phase = ?ev.phase, "a device of a phased deployment reported trouble after it succeeded");
             }
             TargetChange::Progress
             | TargetChange::Succeeded
@@ -522,7 +590,7 @@ impl Engine {
                 if s.event.deployment_id.as_deref() == Some(dep.as_str())
                     && s.event.generation == Some(generation)
                 {
-                    self.on_status(&device, s.event);
+                    self.on_status(&dep, &device, s.event);
                 }
             }
         }

@@ -360,6 +360,48 @@ pub struct DeploymentRecord {
     /// (`rollout::core`). Absent in records written before pausing existed.
     #[serde(default)]
     pub paused: bool,
+    /// A phased deployment's progress (`strategy.phases`; `rollout::phasing`). Absent for
+    /// one-phase deployments and in records written before phases existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phasing: Option<PhasingRecord>,
+}
+
+/// Where a phased deployment is: which phase is open and what it waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhasingRecord {
+    /// Where each phase ends in `targets` (cumulative; the last is the number of targets).
+    pub ends: Vec<usize>,
+    /// The open phase (from 0): its targets and every earlier phase's may launch.
+    pub current: usize,
+    pub gate: PhaseGate,
+    /// The first sign of trouble in the open phase: a device of it (or of an earlier phase)
+    /// that crashed, restarted or rolled back after it succeeded.
+    pub unhealthy: Option<String>,
+    /// Promotions so far, oldest first (at most one per phase).
+    pub promotions: Vec<Promotion>,
+}
+
+/// What the open phase of a phased deployment waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PhaseGate {
+    /// Its targets launch or are in flight.
+    Running,
+    /// Every target of it succeeded; promoted on its own at `until` unless it turns unhealthy.
+    Soaking { until: u64 },
+    /// Every target of it succeeded and the deployment has no soak time.
+    AwaitingPromotion,
+    /// Not promoted on its own, for this reason.
+    Held { reason: String },
+}
+
+/// One promotion of a phased deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promotion {
+    /// The phase promoted (from 0).
+    pub phase: usize,
+    pub at: u64,
+    /// The user name of who promoted it by hand; `None`: its soak passed.
+    pub by: Option<String>,
 }
 
 /// A status event as stored, with when it arrived and who deployed its deployment.

@@ -1200,6 +1200,7 @@ mod tests {
 
     fn deployment(id: &str, owner: &str, created_at: u64) -> DeploymentRecord {
         DeploymentRecord {
+            phasing: None,
             id: id.into(),
             owner: owner.into(),
             deployer: owner.into(),

@@ -508,6 +508,7 @@ mod tests {
 
     fn dep(targets: Vec<DeploymentTargetView>) -> DeploymentView {
         DeploymentView {
+            phasing: None,
             id: "01hzzzzzzzzzzzzzzzzzzzzzzz".into(),
             deployer: "<b>alice</b>".into(),
             created_at: 1_000,

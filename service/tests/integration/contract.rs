@@ -1159,6 +1159,9 @@ fn samples() -> BTreeMap<&'static str, Vec<Value>> {
     let (entry_none, entry_none_json) =
         written::<HistoryEntry>(json!({"time": 1, "phase": "received"}));
     let strategy_full = Strategy {
+        phases: Vec::new(),
+        soak_secs: None,
+        start_at: None,
         max_in_flight: Some(2),
         abort_at_percent: Some(50),
         abort_min_devices: 3,
@@ -1176,6 +1179,7 @@ fn samples() -> BTreeMap<&'static str, Vec<Value>> {
             updated_at: 4,
         };
     let deployment_full = DeploymentView {
+        phasing: None,
         id: s("dep1"),
         deployer: s("alice"),
         created_at: 1,

@@ -73,6 +73,7 @@ fn seqs(s: &dyn Store, dev: &str) -> Vec<u64> {
 
 fn deployment(id: &str, owner: &str, created_at: u64) -> DeploymentRecord {
     DeploymentRecord {
+        phasing: None,
         id: id.into(),
         owner: owner.into(),
         deployer: owner.into(),
