@@ -1100,6 +1100,7 @@ fn request_types() -> BTreeMap<&'static str, Parse> {
         ("CreateDeployment", parses::<api::CreateDeployment>),
         ("Targets", parses::<api::Targets>),
         ("Strategy", parses::<api::Strategy>),
+        ("PhaseSize", parses::<api::PhaseSize>),
         ("MarkBad", parses::<api::MarkBad>),
     ])
 }
@@ -1159,9 +1160,9 @@ fn samples() -> BTreeMap<&'static str, Vec<Value>> {
     let (entry_none, entry_none_json) =
         written::<HistoryEntry>(json!({"time": 1, "phase": "received"}));
     let strategy_full = Strategy {
-        phases: Vec::new(),
-        soak_secs: None,
-        start_at: None,
+        phases: vec![PhaseSize::Devices(1), PhaseSize::Percent(10)],
+        soak_secs: Some(600),
+        start_at: Some(1_900_000_000_000),
         max_in_flight: Some(2),
         abort_at_percent: Some(50),
         abort_min_devices: 3,
@@ -1179,7 +1180,26 @@ fn samples() -> BTreeMap<&'static str, Vec<Value>> {
             updated_at: 4,
         };
     let deployment_full = DeploymentView {
-        phasing: None,
+        phasing: Some(PhasingView {
+            current: 2,
+            count: 3,
+            ends: vec![1, 2, 3],
+            state: PhaseGateState::Held,
+            soak_until: Some(9),
+            held_reason: Some(s("phase 2: dev crashed after it succeeded")),
+            promotions: vec![
+                PromotionView {
+                    phase: 1,
+                    at: 8,
+                    by: None,
+                },
+                PromotionView {
+                    phase: 1,
+                    at: 8,
+                    by: Some(s("alice")),
+                },
+            ],
+        }),
         id: s("dep1"),
         deployer: s("alice"),
         created_at: 1,
@@ -1205,6 +1225,7 @@ fn samples() -> BTreeMap<&'static str, Vec<Value>> {
         reason: None,
         targets: vec![target(None, None, None)],
         paused: false,
+        phasing: None,
         ..deployment_full.clone()
     };
     let user = UserView {
@@ -1441,6 +1462,26 @@ fn samples() -> BTreeMap<&'static str, Vec<Value>> {
             vec![to_json(&strategy_full), to_json(&Strategy::default())],
         ),
         (
+            "PhaseSize",
+            vec![
+                to_json(&PhaseSize::Devices(1)),
+                to_json(&PhaseSize::Percent(10)),
+            ],
+        ),
+        (
+            "PhasingView",
+            vec![
+                to_json(deployment_full.phasing.as_ref().unwrap()),
+                to_json(&PhasingView {
+                    soak_until: None,
+                    held_reason: None,
+                    promotions: Vec::new(),
+                    state: PhaseGateState::Running,
+                    ..deployment_full.phasing.clone().unwrap()
+                }),
+            ],
+        ),
+        (
             "Targets",
             vec![to_json(&deploy_full.targets), to_json(&deploy_none.targets)],
         ),
@@ -1572,7 +1613,16 @@ fn every_schema_in_the_document_accepts_what_the_types_serialize_and_the_types_a
                 .to_owned()
         })
         .collect();
-    requests.extend(["GitCredentials", "InstallStep", "Targets", "Strategy"].map(String::from));
+    requests.extend(
+        [
+            "GitCredentials",
+            "InstallStep",
+            "Targets",
+            "Strategy",
+            "PhaseSize",
+        ]
+        .map(String::from),
+    );
     requests.sort();
     requests.dedup();
     for name in &requests {
