@@ -228,6 +228,18 @@ pub struct DeployArgs {
     /// Extra attempts for a device that failed or timed out
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub retries: u32,
+    /// Roll out in phases, e.g. `1,10%`: one device, then 10% of the targets, then the rest;
+    /// a phase starts once the one before it is promoted
+    #[arg(long, value_name = "SIZES", value_parser = parse_phases)]
+    pub phases: Option<Vec<hammer_protocol::api::PhaseSize>>,
+    /// With --phases: promote a finished phase on its own once its devices stayed healthy this
+    /// long (e.g. 10m); without it, `hammer deployment promote` starts each next phase
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_secs, requires = "phases")]
+    pub soak: Option<u32>,
+    /// Start at this UTC time (`2026-12-24 22:00`) or after a delay (`+2h`); devices are not
+    /// touched before
+    #[arg(long, value_name = "TIME", value_parser = parse_start_at)]
+    pub start_at: Option<u64>,
     /// Follow the deployment until it ends; exit 0 only if it succeeded
     #[arg(long)]
     pub wait: bool,
@@ -255,6 +267,11 @@ pub enum DeploymentCmd {
     },
     /// Resume a paused deployment
     Resume {
+        /// Deployment id
+        id: String,
+    },
+    /// Promote the open phase of a phased deployment: the next phase starts now
+    Promote {
         /// Deployment id
         id: String,
     },
@@ -387,6 +404,25 @@ pub fn parse_git_ref(s: &str) -> Result<String, String> {
 /// A tag as the API expects it in queries and selectors.
 pub fn tag_string((k, v): &(String, String)) -> String {
     hammer_protocol::rules::tag_selector(k, v)
+}
+
+/// `--phases`: the protocol's rule.
+fn parse_phases(s: &str) -> Result<Vec<hammer_protocol::api::PhaseSize>, String> {
+    hammer_protocol::schedule::parse_phases(s).map_err(|e| e.to_string())
+}
+
+/// `--soak`: a duration of at most seven days.
+fn parse_duration_secs(s: &str) -> Result<u32, String> {
+    let secs = hammer_protocol::schedule::parse_duration_secs(s).map_err(|e| e.to_string())?;
+    u32::try_from(secs)
+        .ok()
+        .filter(|&t| t <= 7 * 24 * 3600)
+        .ok_or_else(|| format!("{s:?} is longer than seven days"))
+}
+
+/// `--start-at`: a UTC time or `+DURATION` from now.
+fn parse_start_at(s: &str) -> Result<u64, String> {
+    hammer_protocol::schedule::parse_time(s, hammer_protocol::now_ms()).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

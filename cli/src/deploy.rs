@@ -13,7 +13,8 @@ use crate::output::{self, fmt_time, or_dash, safe, short_commit, wire_name, Tabl
 use anyhow::{bail, Result};
 use hammer_client::Client;
 use hammer_protocol::api::{
-    CreateDeployment, DeploymentState, DeploymentView, DeviceView, Strategy, TargetState, Targets,
+    CreateDeployment, DeploymentState, DeploymentView, DeviceView, PhaseGateState, PhasingView,
+    Strategy, TargetState, Targets,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
@@ -53,6 +54,9 @@ pub fn request(a: &DeployArgs) -> Result<CreateDeployment> {
             abort_at_percent: a.abort_at,
             timeout_secs: a.timeout,
             retries: a.retries,
+            phases: a.phases.clone().unwrap_or_default(),
+            soak_secs: a.soak,
+            start_at: a.start_at,
             ..Strategy::default()
         },
     })
@@ -217,8 +221,18 @@ pub async fn deploy(conn: &Conn, a: DeployArgs, json: bool) -> Result<()> {
             output::print_json(&v);
         } else {
             println!("{}", dep.id);
+            let when = match dep.strategy.start_at {
+                Some(t) if t > hammer_protocol::now_ms() => {
+                    format!("scheduled for {} UTC", fmt_time(t))
+                }
+                _ => "started".to_owned(),
+            };
+            let phases = match &dep.phasing {
+                Some(p) => format!(" in {} phases", p.count),
+                None => String::new(),
+            };
             eprintln!(
-                "deployment {} started for {} device(s); follow it with `hammer deployment show {}`",
+                "deployment {} {when} for {} device(s){phases}; follow it with `hammer deployment show {}`",
                 dep.id,
                 dep.targets.len(),
                 dep.id
@@ -334,8 +348,20 @@ async fn wait(
     let mut raw = serde_json::Value::Null;
     let mut unreachable_since: Option<Instant> = None;
     let mut was_paused = false;
+    let mut phase_line = String::new();
     loop {
         let finished = current.targets.iter().filter(|t| done(t.state)).count();
+        if let (Some(p), DeploymentState::Running) = (&current.phasing, current.state) {
+            let line = phasing_text(p, current.strategy.soak_secs);
+            if line != phase_line {
+                let msg = format!("deployment {}: {line}", safe(&current.id));
+                match &bar {
+                    Some(pb) => pb.println(msg),
+                    None => eprintln!("{msg}"),
+                }
+                phase_line = line;
+            }
+        }
         if current.paused != was_paused && current.state == DeploymentState::Running {
             was_paused = current.paused;
             let msg = if was_paused {
@@ -483,6 +509,23 @@ pub async fn show(conn: &Conn, id: &str, json: bool) -> Result<()> {
         s.timeout_secs,
         s.retries
     );
+    if let Some(t) = s.start_at {
+        println!("starts:     {} UTC", fmt_time(t));
+    }
+    if let Some(p) = &d.phasing {
+        println!("phases:     {}", phasing_text(p, s.soak_secs));
+        for x in &p.promotions {
+            println!(
+                "            phase {} promoted {} UTC {}",
+                x.phase,
+                fmt_time(x.at),
+                match &x.by {
+                    Some(by) => format!("by {}", safe(by)),
+                    None => "after its soak".to_owned(),
+                }
+            );
+        }
+    }
     println!("progress:   {}", summary(&d));
     println!();
     let mut t = Table::new(&[
@@ -596,6 +639,62 @@ pub async fn retry(conn: &Conn, id: &str, json: bool) -> Result<()> {
 }
 
 /// A deployment's state as the terminal shows it: `running (paused)` while paused.
+/// `phase 1 of 3 (devices 1-1): soaking until …` and what to do next.
+fn phasing_text(p: &PhasingView, soak_secs: Option<u32>) -> String {
+    let k = p.current as usize;
+    let from = if k >= 2 {
+        p.ends.get(k - 2).copied().unwrap_or(0)
+    } else {
+        0
+    };
+    let to = p.ends.get(k - 1).copied().unwrap_or(from);
+    let soak = match soak_secs {
+        Some(s) => format!("soak {s}s"),
+        None => "promoted by hand".to_owned(),
+    };
+    let gate = match p.state {
+        PhaseGateState::Soaking => format!(
+            "soaking until {} UTC",
+            p.soak_until.map(fmt_time).unwrap_or_else(|| "-".into())
+        ),
+        PhaseGateState::AwaitingPromotion => {
+            "done; waiting for `hammer deployment promote`".to_owned()
+        }
+        PhaseGateState::Held => format!(
+            "held: {}",
+            safe(p.held_reason.as_deref().unwrap_or("no reason given"))
+        ),
+        other => wire_name(&other),
+    };
+    format!(
+        "phase {} of {} (devices {}-{}, {soak}): {gate}",
+        p.current,
+        p.count,
+        from + 1,
+        to
+    )
+}
+
+/// `hammer deployment promote ID`.
+pub async fn promote(conn: &Conn, id: &str, json: bool) -> Result<()> {
+    check_id(id)?;
+    let client = Client::new(conn)?;
+    let answer = client.promote_deployment(id).await?;
+    if json {
+        output::print_json(&answer.raw);
+    } else {
+        let d = &answer.body;
+        match &d.phasing {
+            Some(p) => println!(
+                "deployment {id}: phase {} of {} started",
+                p.current, p.count
+            ),
+            None => println!("deployment {id}: {}", state_text(d)),
+        }
+    }
+    Ok(())
+}
+
 fn state_text(d: &DeploymentView) -> String {
     if d.paused {
         format!("{} (paused)", wire_name(&d.state))

@@ -359,6 +359,9 @@ async fn run_client(global: &GlobalArgs, cmd: ClientCommand) -> Result<()> {
         ClientCommand::Deployment(DeploymentCmd::Resume { id }) => {
             deploy::hold(&conn, &id, false, json).await
         }
+        ClientCommand::Deployment(DeploymentCmd::Promote { id }) => {
+            deploy::promote(&conn, &id, json).await
+        }
         ClientCommand::Deployment(DeploymentCmd::Retry { id }) => {
             deploy::retry(&conn, &id, json).await
         }

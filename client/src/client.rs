@@ -551,6 +551,12 @@ impl Client {
             .await
     }
 
+    /// `POST /deployments/{id}/promote`: the next phase of a phased deployment opens now.
+    pub async fn promote_deployment(&self, id: &str) -> Result<Answer<DeploymentView>> {
+        self.post_empty(&format!("/deployments/{}/promote", deployment_id(id)?))
+            .await
+    }
+
     /// `POST /deployments/{id}/retry`: a new deployment of the ended deployment's failed and
     /// timed-out devices.
     pub async fn retry_deployment(&self, id: &str) -> Result<Answer<DeploymentView>> {

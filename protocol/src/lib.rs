@@ -18,6 +18,7 @@ pub mod install;
 pub mod messages;
 pub mod names;
 pub mod rules;
+pub mod schedule;
 pub mod sealing;
 pub mod signing;
 pub mod topics;

@@ -23,8 +23,8 @@ use hammer_protocol::api::{PhaseSize, TargetState};
 use hammer_protocol::{Phase, StatusEvent};
 use std::ops::Range;
 
-/// Most phases a deployment may name.
-pub const MAX_PHASES: usize = 20;
+/// Most phases a deployment may name (the protocol's rule, which the CLI checks too).
+pub use hammer_protocol::schedule::MAX_PHASES;
 /// Longest soak time: seven days.
 pub const MAX_SOAK_SECS: u32 = 7 * 24 * 3600;
 
