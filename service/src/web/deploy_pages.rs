@@ -11,7 +11,9 @@ use crate::service::Service;
 use crate::views::PageParams;
 use axum::extract::{Path, Query, RawQuery, State};
 use axum::response::Response;
-use hammer_protocol::api::{DeploymentState, DeploymentView, DeviceView, TargetState};
+use hammer_protocol::api::{
+    DeploymentState, DeploymentView, DeviceView, PhaseGateState, PhasingView, TargetState,
+};
 use std::sync::Arc;
 
 /// A time as "3 min ago" (the UTC time on hover), relative to the moment the page renders.
@@ -254,8 +256,16 @@ fn deployment_detail(d: &DeploymentView) -> String {
         } else {
             format!("<button type=\"button\" id=\"pause\" data-action=\"/api/v1/deployments/{id}/pause\" data-confirm=\"Pause this deployment? No more devices are started until you resume it; devices already updating finish.\">Pause deployment</button>")
         };
+        let promote = match &d.phasing {
+            Some(p) if p.current < p.count => format!(
+                " <button type=\"button\" id=\"promote\" data-action=\"/api/v1/deployments/{id}/promote\" data-confirm=\"Start phase {next} of {count} now?\">Promote to phase {next}</button>",
+                next = p.current + 1,
+                count = p.count
+            ),
+            _ => String::new(),
+        };
         format!(
-            "<div class=\"actions\">{hold} <button type=\"button\" class=\"danger\" id=\"cancel\" data-action=\"/api/v1/deployments/{id}/cancel\" data-confirm=\"Cancel this deployment? Devices not yet started keep their release.\">Cancel deployment</button></div>"
+            "<div class=\"actions\">{hold}{promote} <button type=\"button\" class=\"danger\" id=\"cancel\" data-action=\"/api/v1/deployments/{id}/cancel\" data-confirm=\"Cancel this deployment? Devices not yet started keep their release.\">Cancel deployment</button></div>"
         )
     } else if d
         .targets
@@ -276,7 +286,7 @@ fn deployment_detail(d: &DeploymentView) -> String {
 <dt>Ref</dt><dd>{r}</dd><dt>Commit</dt><dd><code title="{full}">{commit}</code></dd>
 <dt>Started</dt><dd>{created} by {by}</dd><dt>Finished</dt><dd>{fin}</dd>
 <dt>Strategy</dt><dd>max in flight {mif}, abort {abort}, timeout {to} s, retries {ret}</dd>
-{reason}</dl>{cancel}</section>
+{schedule}{phases}{reason}</dl>{cancel}</section>
 <table id="targets" class="list"><caption>Devices</caption><thead><tr><th scope="col">Device</th><th scope="col">State</th><th scope="col">Phase</th><th scope="col">Attempts</th><th scope="col">Commit</th>{detail_th}<th scope="col">Updated</th></tr></thead>
 <tbody>{targets}</tbody></table>"#,
         heading = heading(d),
@@ -311,6 +321,68 @@ fn deployment_detail(d: &DeploymentView) -> String {
             .as_deref()
             .map(|r| format!("<dt>Reason</dt><dd>{}</dd>", esc(r)))
             .unwrap_or_default(),
+        schedule = s
+            .start_at
+            .map(|t| format!("<dt>Starts</dt><dd id=\"dep-start\">{}</dd>", time(Some(t))))
+            .unwrap_or_default(),
+        phases = d
+            .phasing
+            .as_ref()
+            .map(|p| phasing_facts(p, s.soak_secs))
+            .unwrap_or_default(),
+    )
+}
+
+/// The phases of a phased deployment: where it is, what the open phase waits for, the
+/// promotions so far.
+fn phasing_facts(p: &PhasingView, soak_secs: Option<u32>) -> String {
+    let k = p.current as usize;
+    let from = if k >= 2 {
+        p.ends.get(k - 2).copied().unwrap_or(0)
+    } else {
+        0
+    };
+    let to = p.ends.get(k - 1).copied().unwrap_or(from);
+    let gate = match p.state {
+        PhaseGateState::Soaking => format!("soaking until {}", time(p.soak_until)),
+        PhaseGateState::AwaitingPromotion => "done; promote it to go on".to_owned(),
+        PhaseGateState::Held => format!(
+            "held: {}",
+            esc(p.held_reason.as_deref().unwrap_or("no reason given"))
+        ),
+        PhaseGateState::Running if k == p.count as usize => "the last phase".to_owned(),
+        _ => "devices updating".to_owned(),
+    };
+    let soak = match soak_secs {
+        Some(secs) => format!("promoted after {secs} s healthy"),
+        None => "promoted by hand".to_owned(),
+    };
+    let promotions: String = p
+        .promotions
+        .iter()
+        .map(|x| {
+            format!(
+                "<li>phase {} promoted {} {}</li>",
+                x.phase,
+                time(Some(x.at)),
+                match &x.by {
+                    Some(by) => format!("by {}", esc(by)),
+                    None => "after its soak".to_owned(),
+                }
+            )
+        })
+        .collect();
+    let promotions = if promotions.is_empty() {
+        String::new()
+    } else {
+        format!("<ul class=\"promotions\">{promotions}</ul>")
+    };
+    format!(
+        "<dt>Phases</dt><dd id=\"dep-phase\" data-phase=\"{cur}\" data-gate=\"{gw}\">phase {cur} of {count} (devices {a}–{to}; {soak}): {gate}{promotions}</dd>",
+        cur = p.current,
+        count = p.count,
+        gw = esc(&word(&p.state).replace(' ', "_")),
+        a = from + 1,
     )
 }
 
@@ -341,6 +413,41 @@ pub async fn deployment(
         Some(&format!("/api/v1/events?deployment={u}")),
         &body,
     )
+}
+
+/// What the phases typed in the form make of `n` devices (the protocol's parser, the
+/// rollout's plan), or why they are refused.
+fn phase_preview(text: &str, n: usize) -> String {
+    if text.is_empty() {
+        return String::new();
+    }
+    match hammer_protocol::schedule::parse_phases(text) {
+        Err(e) => format!(
+            "<p class=\"preview-phases bad\">{}</p>",
+            esc(&e.to_string())
+        ),
+        Ok(sizes) => match crate::rollout::phasing::plan(&sizes, n) {
+            None => {
+                "<p class=\"preview-phases\">These sizes leave one phase: every device at once.</p>"
+                    .to_owned()
+            }
+            Some(ends) => {
+                let mut from = 0;
+                let parts: Vec<String> = ends
+                    .iter()
+                    .map(|&e| {
+                        let size = e - from;
+                        from = e;
+                        format!("{size}")
+                    })
+                    .collect();
+                format!(
+                    "<p class=\"preview-phases\">Phases: {} devices.</p>",
+                    parts.join(", then ")
+                )
+            }
+        },
+    }
 }
 
 /// Most devices the preview lists one by one.
@@ -431,6 +538,7 @@ pub async fn new_deployment(
     let tag = form_field(&q, "tag").unwrap_or_default();
     let tag = tag.trim();
     let git_ref = form_field(&q, "ref").unwrap_or_default();
+    let phases_text = form_field(&q, "phases").unwrap_or_default();
     let picked = if !tag.is_empty() && !names.is_empty() {
         Err("Choose devices or a tag, not both.".to_owned())
     } else if !tag.is_empty() {
@@ -442,7 +550,11 @@ pub async fn new_deployment(
             .cloned()
             .collect())
     };
-    let shown = preview(&list, picked, git_ref.trim());
+    let mut shown = preview(&list, picked.clone(), git_ref.trim());
+    shown.push_str(&phase_preview(
+        phases_text.trim(),
+        picked.map(|p| p.len()).unwrap_or(0),
+    ));
     if part.part.as_deref() == Some("preview") {
         return fragment(shown);
     }
@@ -478,6 +590,15 @@ pub async fn new_deployment(
 <input id="dep-abort" name="abort_at_percent" type="number" min="0" max="100" placeholder="never">
 <label for="dep-abort-min">…after at least this many devices finished</label>
 <input id="dep-abort-min" name="abort_min_devices" type="number" min="1" value="1">
+<label for="dep-phases">Phases</label>
+<input id="dep-phases" name="phases" placeholder="one phase" aria-describedby="dep-phases-help" value="{phv}">
+<p id="dep-phases-help" class="help">Sizes separated by commas, e.g. <code>1,10%</code>: one device, then 10% of them, then the rest. Each phase starts once the one before it is promoted.</p>
+<label for="dep-soak">Soak (minutes)</label>
+<input id="dep-soak" name="soak_minutes" type="number" min="0" placeholder="promote by hand" aria-describedby="dep-soak-help">
+<p id="dep-soak-help" class="help">With phases: a finished phase whose devices all stayed healthy this long is promoted on its own.</p>
+<label for="dep-start">Start at (your local time)</label>
+<input id="dep-start" name="start_at" type="datetime-local" aria-describedby="dep-start-help">
+<p id="dep-start-help" class="help">Empty: at once. No device is touched before.</p>
 </details>
 <section id="preview" class="preview" aria-labelledby="preview-h" data-preview="/deployments/new?part=preview"><h2 id="preview-h">What this reaches</h2>
 <div id="preview-body" aria-live="polite">{shown}</div></section>
@@ -485,6 +606,7 @@ pub async fn new_deployment(
 </form>"#,
         tagv = esc(tag),
         refv = esc(git_ref.trim()),
+        phv = esc(phases_text.trim()),
     );
     page(&c, "New deployment", None, &body)
 }
@@ -605,5 +727,64 @@ mod tests {
         let mut two = all.clone();
         two[1].current_commit = None;
         assert!(preview(&all, Ok(two), "").contains("2 different commits"));
+    }
+
+    #[test]
+    fn a_held_phase_shows_its_escaped_reason_and_a_promote_button() {
+        let mut d = dep(vec![
+            target("a", TargetState::Succeeded, None),
+            target("b", TargetState::Pending, None),
+        ]);
+        d.phasing = Some(PhasingView {
+            current: 1,
+            count: 2,
+            ends: vec![1, 2],
+            state: PhaseGateState::Held,
+            soak_until: None,
+            held_reason: Some("phase 1: a crashed <script>".into()),
+            promotions: Vec::new(),
+        });
+        let html = deployment_detail(&d);
+        assert!(html.contains("data-gate=\"held\""), "{html}");
+        assert!(html.contains("held: phase 1: a crashed &lt;script&gt;"));
+        assert!(html.contains("phase 1 of 2 (devices 1–1; promoted by hand)"));
+        assert!(html.contains("id=\"promote\""));
+        assert!(html.contains("Promote to phase 2"));
+    }
+
+    #[test]
+    fn the_last_phase_has_no_promote_button_and_lists_the_promotions() {
+        let mut d = dep(vec![target("a", TargetState::Succeeded, None)]);
+        d.strategy.soak_secs = Some(60);
+        d.phasing = Some(PhasingView {
+            current: 2,
+            count: 2,
+            ends: vec![1, 2],
+            state: PhaseGateState::Running,
+            soak_until: None,
+            held_reason: None,
+            promotions: vec![hammer_protocol::api::PromotionView {
+                phase: 1,
+                at: 1_000,
+                by: Some("<bob>".into()),
+            }],
+        });
+        let html = deployment_detail(&d);
+        assert!(!html.contains("id=\"promote\""));
+        assert!(html.contains("the last phase"));
+        assert!(html.contains("phase 1 promoted"));
+        assert!(html.contains("by &lt;bob&gt;"));
+        assert!(html.contains("promoted after 60 s healthy"));
+    }
+
+    #[test]
+    fn the_form_preview_reads_phases_with_the_protocols_parser() {
+        assert_eq!(
+            phase_preview("1,10%", 20),
+            "<p class=\"preview-phases\">Phases: 1, then 2, then 17 devices.</p>"
+        );
+        assert!(phase_preview("0", 20).contains("at least 1 device"));
+        assert!(phase_preview("100%", 20).contains("one phase"));
+        assert_eq!(phase_preview("", 20), "");
     }
 }

@@ -225,6 +225,7 @@
       form.querySelectorAll('input[name=names]:checked').forEach(function (i) { q.append('names', i.value); });
       q.append('tag', form.elements['tag'].value.trim());
       q.append('ref', form.elements['ref'].value.trim());
+      q.append('phases', form.elements['phases'].value.trim());
       var seq = ++pSeq;
       try {
         var r = await fetch(box.getAttribute('data-preview') + '&' + q.toString(), { credentials: 'same-origin' });
@@ -252,6 +253,18 @@
         var v = f[n].value.trim();
         if (v !== '') body.strategy[n] = Number(v);
       });
+      // Phases as typed (`1,10%`): the service checks them (the preview shows its reading).
+      var phases = f['phases'].value.trim();
+      if (phases) {
+        body.strategy.phases = phases.split(',').map(function (p) {
+          p = p.trim();
+          return /%$/.test(p) ? { percent: Number(p.slice(0, -1)) } : { devices: Number(p) };
+        });
+      }
+      var soak = f['soak_minutes'].value.trim();
+      if (soak !== '') body.strategy.soak_secs = Math.round(Number(soak) * 60);
+      var start = f['start_at'].value;
+      if (start) body.strategy.start_at = new Date(start).getTime();
       var btn = document.getElementById('deploy-submit');
       btn.disabled = true;
       try {
