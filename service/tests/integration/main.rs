@@ -27,6 +27,7 @@ mod layering;
 mod metrics_counters;
 mod pause_retry;
 mod pg_server;
+mod phases;
 mod quotas;
 mod rollout;
 mod sessions;
