@@ -231,7 +231,7 @@ pub struct DeployArgs {
     /// Roll out in phases, e.g. `1,10%`: one device, then 10% of the targets, then the rest;
     /// a phase starts once the one before it is promoted
     #[arg(long, value_name = "SIZES", value_parser = parse_phases)]
-    pub phases: Option<Vec<hammer_protocol::api::PhaseSize>>,
+    pub phases: Option<PhaseList>,
     /// With --phases: promote a finished phase on its own once its devices stayed healthy this
     /// long (e.g. 10m); without it, `hammer deployment promote` starts each next phase
     #[arg(long, value_name = "DURATION", value_parser = parse_duration_secs, requires = "phases")]
@@ -406,9 +406,15 @@ pub fn tag_string((k, v): &(String, String)) -> String {
     hammer_protocol::rules::tag_selector(k, v)
 }
 
+/// The sizes `--phases` names (one argument: clap would read a bare `Vec` as many).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhaseList(pub Vec<hammer_protocol::api::PhaseSize>);
+
 /// `--phases`: the protocol's rule.
-fn parse_phases(s: &str) -> Result<Vec<hammer_protocol::api::PhaseSize>, String> {
-    hammer_protocol::schedule::parse_phases(s).map_err(|e| e.to_string())
+fn parse_phases(s: &str) -> Result<PhaseList, String> {
+    hammer_protocol::schedule::parse_phases(s)
+        .map(PhaseList)
+        .map_err(|e| e.to_string())
 }
 
 /// `--soak`: a duration of at most seven days.
@@ -552,5 +558,44 @@ mod tests {
         assert_eq!(ok.args.git_ref.as_deref(), Some("v1.2"));
         assert!(Deploy::try_parse_from(["deploy", "d1", "--ref=--upload-pack=x"]).is_err());
         assert!(Deploy::try_parse_from(["deploy", "d1", "--ref", "a b"]).is_err());
+    }
+
+    #[test]
+    fn phases_soak_and_start_are_read_by_the_protocols_rules() {
+        use hammer_protocol::api::PhaseSize;
+        let ok = Deploy::try_parse_from([
+            "deploy",
+            "d1",
+            "--phases",
+            "1,10%",
+            "--soak",
+            "10m",
+            "--start-at",
+            "2026-12-24 22:00",
+        ])
+        .unwrap();
+        assert_eq!(
+            ok.args.phases,
+            Some(PhaseList(vec![
+                PhaseSize::Devices(1),
+                PhaseSize::Percent(10)
+            ]))
+        );
+        assert_eq!(ok.args.soak, Some(600));
+        assert_eq!(ok.args.start_at, Some(1_798_149_600_000));
+        let e = Deploy::try_parse_from(["deploy", "d1", "--phases", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 1 device"), "{e}");
+        // A soak needs phases; a soak beyond seven days is refused.
+        assert!(Deploy::try_parse_from(["deploy", "d1", "--soak", "10m"]).is_err());
+        let e = Deploy::try_parse_from(["deploy", "d1", "--phases", "1", "--soak", "8d"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("seven days"), "{e}");
+        let e = Deploy::try_parse_from(["deploy", "d1", "--start-at", "tomorrow"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("+2h"), "{e}");
     }
 }

@@ -54,7 +54,7 @@ pub fn request(a: &DeployArgs) -> Result<CreateDeployment> {
             abort_at_percent: a.abort_at,
             timeout_secs: a.timeout,
             retries: a.retries,
-            phases: a.phases.clone().unwrap_or_default(),
+            phases: a.phases.clone().map(|p| p.0).unwrap_or_default(),
             soak_secs: a.soak,
             start_at: a.start_at,
             ..Strategy::default()

@@ -4,7 +4,8 @@
 //! 1. serve; users alice and bob; alice adds d1 and d2 (tag group=lab); two managers enroll
 //!    and connect.
 //! 2. setup + `deploy --tag group=lab --wait`: both run v1.
-//! 3. commit v2, deploy: both run v2; history shows two deployments by alice.
+//! 3. commit v2, deploy in two phases with a soak: d1 runs v2, then d2 once d1 stayed
+//!    healthy for the soak; history shows two deployments by alice.
 //! 4. commit a broken v3 (exits at once): the deployment fails, both devices ran v3, rolled
 //!    back to v2, and v2 answers again; history shows the rollback.
 //! 5. bob sees no devices; every bob command against d1 fails as not found.
@@ -412,12 +413,52 @@ fn whole_system() {
     let v2 = git(&repo, &["rev-parse", "HEAD"]);
     let events = w.spawn_cli(&alice, &["events", "--device", "d1"], "events-d1.log");
     std::thread::sleep(Duration::from_millis(500));
-    let (out, dep2) = w.deploy_wait(&alice, &["--tag", "group=lab"]);
+    // In two phases: d1 (the tag's first device by name), then d2 once d1 ran 2 s healthy.
+    let (out, dep2) = w.deploy_wait(
+        &alice,
+        &["--tag", "group=lab", "--phases", "1", "--soak", "2s"],
+    );
     assert!(out.status.success(), "deploy v2: {}", describe(&out));
     assert_eq!(dep2["state"], "succeeded", "{dep2}");
     assert_eq!(dep2["commit"], v2.as_str(), "v2 commit pinned: {dep2}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("phase 1 of 2 (devices 1-1, soak 2s): soaking until"),
+        "`deploy --wait` did not show the soak: {stderr}"
+    );
     w.wait_app("d1", "v2");
     w.wait_app("d2", "v2");
+    let promotions = dep2["phasing"]["promotions"].as_array().cloned();
+    let promotions = promotions.unwrap_or_else(|| panic!("no promotions: {dep2}"));
+    assert_eq!(promotions.len(), 1, "{dep2}");
+    assert!(promotions[0].get("by").is_none(), "not the soak's: {dep2}");
+    let promoted_at = promotions[0]["at"].as_u64().unwrap();
+    let dep2_events = |d: &str| -> Vec<Value> {
+        w.history(&alice, d)
+            .into_iter()
+            .filter(|e| e["deployment_id"] == dep2["id"])
+            .collect()
+    };
+    let d1_running = dep2_events("d1")
+        .iter()
+        .find(|e| e["phase"] == "running")
+        .and_then(|e| e["time"].as_u64())
+        .unwrap_or_else(|| panic!("d1 never ran v2: {dep2}"));
+    assert!(
+        promoted_at >= d1_running + 2000,
+        "phase 2 opened {} ms after d1 ran, before its 2 s soak",
+        promoted_at.saturating_sub(d1_running)
+    );
+    let d2_first = dep2_events("d2")
+        .iter()
+        .filter_map(|e| e["time"].as_u64())
+        .min()
+        .unwrap_or_else(|| panic!("d2 never reported on v2: {dep2}"));
+    assert!(
+        d2_first >= promoted_at,
+        "d2 reported on v2 {} ms before phase 2 opened",
+        promoted_at - d2_first
+    );
     // `hammer events` printed d1's progress, one line per event.
     let events_log = events.log.clone();
     wait_for("`hammer events` to show d1 running", WAIT, |seen| {

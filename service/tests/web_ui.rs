@@ -645,6 +645,15 @@ async fn dashboard_in_headless_chromium() {
     );
     b.click("#dep-advanced summary").await;
     b.type_into("#dep-max", "1").await;
+    // Two phases, promoted by hand: kiosk-1, then kiosk-2. The preview reads them as the
+    // service will.
+    b.type_into("#dep-phases", "1").await;
+    b.wait_for(
+        "the preview's reading of the phases",
+        "var p = document.querySelector('#preview-body .preview-phases'); return !!p && p.textContent.indexOf('Phases: 1, then 1 devices') >= 0;",
+        json!([]),
+    )
+    .await;
     assert_accessible(&b, axe, "the new-deployment form").await;
     phone(&b).await;
     assert_fits_phone(&b, "the new-deployment form").await;
@@ -717,6 +726,25 @@ async fn dashboard_in_headless_chromium() {
     b.wait_for(
         "kiosk-1 succeeded on the deployment page (live)",
         "return window.__sameDocument === true && !!document.querySelector(\"tr[data-target='kiosk-1'] td[data-state='succeeded']\");",
+        json!([]),
+    )
+    .await;
+    // Phase 1 is done: it waits for a promotion by hand; kiosk-2 is not started before.
+    b.wait_for(
+        "phase 1 done and waiting for its promotion, with a Promote button (live)",
+        "var p = document.getElementById('dep-phase'); return window.__sameDocument === true && !!p && p.dataset.phase === '1' && p.dataset.gate === 'awaiting_promotion' && !!document.getElementById('promote');",
+        json!([]),
+    )
+    .await;
+    assert!(
+        devs[1].last_desired().is_none_or(|d| d.deployment_id != id),
+        "kiosk-2 was started before phase 2 was promoted"
+    );
+    assert_accessible(&b, axe, "a phased deployment waiting for its promotion").await;
+    b.click("#promote").await;
+    b.wait_for(
+        "phase 2 of 2 open, no Promote button left (live)",
+        "var p = document.getElementById('dep-phase'); return window.__sameDocument === true && !!p && p.dataset.phase === '2' && !document.getElementById('promote') && p.textContent.indexOf('phase 1 promoted') >= 0 && p.textContent.indexOf('by alice') >= 0;",
         json!([]),
     )
     .await;
