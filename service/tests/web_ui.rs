@@ -1016,6 +1016,40 @@ async fn dashboard_in_headless_chromium() {
     );
     assert_accessible(&b, axe, "the audit log").await;
 
+    // The kill switch: the deployment page links to the form with its commit filled in;
+    // marking it bad lists it, and "Mark good" takes it off again.
+    b.goto(&format!("{base}/deployments/{id}")).await;
+    b.click("a.mark-bad").await;
+    b.wait_for(
+        "the bad-commit form with the deployment's commit",
+        "return location.pathname === '/commits' && document.getElementById('bad-commit').value === arguments[0];",
+        json!([commit]),
+    )
+    .await;
+    assert_accessible(&b, axe, "the bad commits page").await;
+    b.js("window.confirm = function () { return true; };", json!([]))
+        .await;
+    b.type_into("#bad-reason", "boot loop <b>").await;
+    b.click("#bad-submit").await;
+    b.wait_for(
+        "the commit listed as bad, its reason as text",
+        "var r = document.querySelector(\"#bad-commits tr[data-commit='\" + arguments[0] + \"']\"); return !!r && r.textContent.indexOf('boot loop <b>') >= 0;",
+        json!([commit]),
+    )
+    .await;
+    let (s, v) = h.get("/api/v1/commits/bad", &alice).await;
+    assert_eq!(s, reqwest::StatusCode::OK, "{v}");
+    assert_eq!(v["commits"][0]["commit"], commit, "{v}");
+    b.js("window.confirm = function () { return true; };", json!([]))
+        .await;
+    b.click("#bad-commits button[data-method='DELETE']").await;
+    b.wait_for(
+        "no commit marked bad any more",
+        "return location.pathname === '/commits' && !document.querySelector('#bad-commits tr[data-commit]');",
+        json!([]),
+    )
+    .await;
+
     // Sign out ends the session; a second user sees none of alice's fleet.
     b.goto(&format!("{base}/devices")).await;
     b.click("header form button[type=submit]").await;

@@ -283,7 +283,7 @@ fn deployment_detail(d: &DeploymentView) -> String {
 <dt>State</dt><dd id="dep-state" data-state="{state}">{badge}</dd>
 <dt>Progress</dt><dd id="dep-progress">{progress}</dd>
 <dt>Duration</dt><dd id="dep-duration">{took}</dd>
-<dt>Ref</dt><dd>{r}</dd><dt>Commit</dt><dd><code title="{full}">{commit}</code></dd>
+<dt>Ref</dt><dd>{r}</dd><dt>Commit</dt><dd><code title="{full}">{commit}</code>{mark_bad}</dd>
 <dt>Started</dt><dd>{created} by {by}</dd><dt>Finished</dt><dd>{fin}</dd>
 <dt>Strategy</dt><dd>max in flight {mif}, abort {abort}, timeout {to} s, retries {ret}</dd>
 {schedule}{phases}{reason}</dl>{cancel}</section>
@@ -303,6 +303,14 @@ fn deployment_detail(d: &DeploymentView) -> String {
         r = esc(d.git_ref.as_deref().unwrap_or("each device's setup ref")),
         full = esc(d.commit.as_deref().unwrap_or("")),
         commit = short(d.commit.as_deref()),
+        mark_bad = d
+            .commit
+            .as_deref()
+            .map(|c| format!(
+                " <a class=\"mark-bad\" href=\"/commits?commit={}\">Mark this commit bad…</a>",
+                enc(c)
+            ))
+            .unwrap_or_default(),
         created = time(Some(d.created_at)),
         by = esc(&d.deployer),
         fin = time(d.finished_at),

@@ -13,7 +13,7 @@
 //! (`/deployments/new?part=preview`). The browser test checks every page with axe-core and
 //! at phone size.
 //! Layout: [`session`] (sign in and out, cookie sessions), [`pages`] (devices, device),
-//! [`deploy_pages`] (deployments), [`audit_page`] (the user's audit log), [`frame`] (page frame, no-store, the signed-in visitor),
+//! [`deploy_pages`] (deployments), [`audit_page`] (the user's audit log), [`commits_page`] (the kill switch: bad commits), [`frame`] (page frame, no-store, the signed-in visitor),
 //! [`html`] (escaping and formatting).
 //!
 //! Caching: every page, fragment, redirect and sign-in answer is `Cache-Control: no-store`
@@ -22,6 +22,7 @@
 //! answer that sets none itself (tokens, enrollment tokens, provisioning bundles).
 
 pub mod audit_page;
+pub mod commits_page;
 pub mod deploy_pages;
 pub mod frame;
 pub mod html;
@@ -58,6 +59,7 @@ pub fn routes() -> Router<Arc<Service>> {
         .route("/deployments/new", get(deploy_pages::new_deployment))
         .route("/deployments/{id}", get(deploy_pages::deployment))
         .route("/audit", get(audit_page::audit_log))
+        .route("/commits", get(commits_page::bad_commits))
         .route(
             "/assets/app.css",
             get(|| async { asset("text/css; charset=utf-8", APP_CSS) }),

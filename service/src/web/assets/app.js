@@ -197,7 +197,9 @@
     if (q && !window.confirm(q)) return;
     b.disabled = true;
     try {
-      var r = await api('POST', b.getAttribute('data-action'));
+      var r = await api(b.getAttribute('data-method') || 'POST', b.getAttribute('data-action'));
+      // data-reload: the page lists what changed (a commit marked good); show it anew.
+      if (b.hasAttribute('data-reload')) { window.location.reload(); return; }
       // data-follow: the answer is a new deployment (retry); show it.
       if (b.hasAttribute('data-follow') && r && r.id) {
         window.location.href = '/deployments/' + encodeURIComponent(r.id);
@@ -277,6 +279,32 @@
     });
   }
 
+  // The kill switch: mark a commit bad (with a reason, optionally rolling devices back).
+  function badCommitForm() {
+    var form = document.querySelector('form[data-mark-bad]');
+    if (!form) return;
+    form.addEventListener('submit', async function (e) {
+      e.preventDefault();
+      var f = form.elements;
+      var sha = f['commit'].value.trim().toLowerCase();
+      var body = { rollback: f['rollback'].checked };
+      var reason = f['reason'].value.trim();
+      if (reason) body.reason = reason;
+      var q = 'Mark ' + sha.slice(0, 12) + ' bad? Your running deployments of it stop' +
+        (body.rollback ? ' and your devices running it roll back.' : '.');
+      if (!window.confirm(q)) return;
+      var btn = document.getElementById('bad-submit');
+      btn.disabled = true;
+      try {
+        await api('POST', '/api/v1/commits/' + encodeURIComponent(sha) + '/bad', body);
+        window.location.href = '/commits';
+      } catch (err) {
+        error(err.message);
+        btn.disabled = false;
+      }
+    });
+  }
+
   // The sign-in page is no-store and its field autocomplete="off"; should a browser still
   // restore the page from its back/forward cache, the typed token is wiped.
   window.addEventListener('pageshow', function (e) {
@@ -289,5 +317,6 @@
     keepLogsStreaming();
     setInterval(refreshTimes, 5000);
     deployForm();
+    badCommitForm();
   });
 })();
