@@ -62,6 +62,9 @@ pub struct Rollout {
     pinned_now: bool,
     /// The deployment has a start time (`strategy.start_at`) no step has reached yet.
     scheduled: bool,
+    /// The earliest time a pending target passed over for its maintenance window may go
+    /// (from the last step; not persisted: the first step after a restart asks again).
+    window_wait: Option<u64>,
     step: Step,
 }
 
@@ -211,6 +214,7 @@ impl Rollout {
             relaunch: Vec::new(),
             pinned_now,
             scheduled,
+            window_wait: None,
             step: Step::default(),
         }
     }
@@ -238,6 +242,7 @@ impl Rollout {
             .filter_map(|t| t.deadline)
             .chain(phasing::soak_deadline(&self.dep))
             .chain(start)
+            .chain(self.window_wait)
             .min()
     }
 
@@ -369,6 +374,10 @@ impl Rollout {
         if self.scheduled && !self.before_start(now) {
             timed_out += 1;
         }
+        if self.window_wait.is_some_and(|t| t <= now) {
+            self.window_wait = None;
+            timed_out += 1;
+        }
         for t in self.dep.targets.iter_mut() {
             if t.state == TargetState::InFlight && t.deadline.is_some_and(|d| is_due(d, now)) {
                 let detail = timeout_detail(timeout, t.last_phase, presence(&t.device_id));
@@ -469,6 +478,8 @@ impl Rollout {
         if !self.before_start(now) {
             self.scheduled = false;
         }
+        // Asked again by this step's launches.
+        self.window_wait = None;
         abort_if_over_threshold(&mut self.dep, now);
         let mut again = std::mem::take(&mut self.relaunch);
         if std::mem::take(&mut self.pinned_now) && self.dep.commit.is_some() {
@@ -508,6 +519,18 @@ impl Rollout {
     /// pending targets in order while fewer than `max_in_flight` are in flight and the
     /// deployment runs and is not paused.
     pub fn next_launch(&mut self, now: u64) -> Option<Launch> {
+        self.next_launch_gated(now, &mut |_| None)
+    }
+
+    /// [`Rollout::next_launch`] where `closed_until(device_id)` says until when a device is
+    /// outside its maintenance window (`None`: it may go now). A pending target whose device
+    /// is outside its window is passed over (it keeps its place and does not take a slot);
+    /// the earliest such time becomes a timer, so the next step looks again then.
+    pub fn next_launch_gated(
+        &mut self,
+        now: u64,
+        closed_until: &mut dyn FnMut(&str) -> Option<u64>,
+    ) -> Option<Launch> {
         loop {
             match &mut self.step.cursor {
                 Cursor::Idle | Cursor::Done => return None,
@@ -541,17 +564,30 @@ impl Rollout {
                         self.step.cursor = Cursor::Done;
                         return None;
                     }
-                    let start = *next_pending;
                     let limit = phasing::launch_limit(&self.dep).min(self.dep.targets.len());
-                    let Some(i) = self.dep.targets[start.min(limit)..limit]
-                        .iter()
-                        .position(|t| t.state == TargetState::Pending)
-                        .map(|i| i + start)
-                    else {
+                    let mut found = None;
+                    while *next_pending < limit {
+                        let i = *next_pending;
+                        *next_pending += 1;
+                        let t = &self.dep.targets[i];
+                        if t.state != TargetState::Pending {
+                            continue;
+                        }
+                        match closed_until(&t.device_id).filter(|&until| until > now) {
+                            Some(until) => {
+                                self.window_wait =
+                                    Some(self.window_wait.map_or(until, |w| w.min(until)));
+                            }
+                            None => {
+                                found = Some(i);
+                                break;
+                            }
+                        }
+                    }
+                    let Some(i) = found else {
                         self.step.cursor = Cursor::Done;
                         return None;
                     };
-                    *next_pending = i + 1;
                     return Some(self.launch(i, true));
                 }
             }
@@ -2480,5 +2516,46 @@ mod tests {
         // Reached: no timer for the start any more (deadlines of the launches only).
         assert_eq!(run.r.next_deadline(T0 + 5_000), Some(T0 + 5_000 + 10_000));
         assert_eq!(run.r.on_tick(T0 + 6_000, |_| Presence::Online), 0);
+    }
+
+    #[test]
+    fn a_device_outside_its_window_is_passed_over_keeps_no_slot_and_goes_when_it_opens() {
+        let mut run = Run::new(
+            3,
+            Strategy {
+                max_in_flight: Some(1),
+                ..strategy()
+            },
+        );
+        let opens = T0 + 60_000;
+        let mut gate = |device: &str| (device == "id0").then_some(opens);
+        run.r.begin_step(T0);
+        let l = run.r.next_launch_gated(T0, &mut gate).unwrap();
+        assert_eq!(l.target, 1, "d0 waits for its window; d1 takes the slot");
+        run.r
+            .launch_done(&l, LaunchResult::Staged { generation: 1 }, T0);
+        assert!(run.r.next_launch_gated(T0, &mut gate).is_none());
+        run.r.end_step(T0);
+        assert_eq!(run.t(0).state, TargetState::Pending);
+        assert_eq!(run.r.next_deadline(T0), Some(T0 + 10_000).min(Some(opens)));
+        run.report(1, Phase::Running, Some(A));
+        // Window still closed: d2 goes next, d0 still waits.
+        run.r.begin_step(T0 + 1);
+        let l = run.r.next_launch_gated(T0 + 1, &mut gate).unwrap();
+        assert_eq!(l.target, 2);
+        run.r
+            .launch_done(&l, LaunchResult::Staged { generation: 2 }, T0 + 1);
+        run.r.end_step(T0 + 1);
+        run.report(2, Phase::Running, Some(A));
+        run.r.begin_step(T0 + 2);
+        assert!(run.r.next_launch_gated(T0 + 2, &mut gate).is_none());
+        run.r.end_step(T0 + 2);
+        assert_eq!(run.r.next_deadline(T0 + 2), Some(opens));
+        assert_eq!(run.dep().state, DeploymentState::Running, "d0 still to go");
+        // The window opens: the timer fires and d0 launches.
+        assert!(run.r.on_tick(opens, |_| Presence::Online) > 0);
+        run.r.begin_step(opens);
+        let l = run.r.next_launch_gated(opens, &mut gate).unwrap();
+        assert_eq!(l.target, 0);
     }
 }
