@@ -334,7 +334,37 @@ fn an_owners_deployments_come_newest_first_in_pages(open: Open) {
     d.state = DeploymentState::Succeeded;
     d.finished_at = Some(150);
     s.put_deployment(&d).unwrap();
-    assert_eq!(s.deployment("a0").unwrap(), Some(d));
+    assert_eq!(s.deployment("a0").unwrap(), Some(d.clone()));
+    // A phased deployment's progress comes back as written (every gate).
+    use hammer_service::store::{PhaseGate, PhasingRecord, Promotion};
+    for gate in [
+        PhaseGate::Running,
+        PhaseGate::Soaking { until: 9 },
+        PhaseGate::AwaitingPromotion,
+        PhaseGate::Held {
+            reason: "phase 1: d crashed".into(),
+        },
+    ] {
+        d.phasing = Some(PhasingRecord {
+            ends: vec![1, 5, 9],
+            current: 1,
+            gate,
+            unhealthy: Some("d restarted".into()),
+            promotions: vec![Promotion {
+                phase: 0,
+                at: 7,
+                by: Some("alice".into()),
+            }],
+        });
+        d.strategy.phases = vec![
+            hammer_protocol::api::PhaseSize::Devices(1),
+            hammer_protocol::api::PhaseSize::Percent(50),
+        ];
+        d.strategy.soak_secs = Some(60);
+        d.strategy.start_at = Some(123);
+        s.put_deployment(&d).unwrap();
+        assert_eq!(s.deployment("a0").unwrap(), Some(d.clone()));
+    }
     assert_eq!(s.deployments().unwrap().len(), 15);
     assert_eq!(s.deployment("nope").unwrap(), None);
 }
