@@ -20,8 +20,14 @@
 //!   applies, a pin still republishes it — and a paused deployment still ends once every
 //!   target is terminal (then it is no longer paused). The flag is in the record, so a
 //!   restart keeps it ([`Rollout::resume`] reads it back);
-//! - a step ([`Rollout::begin_step`] … [`Rollout::end_step`]): the abort check, then the
-//!   launches the deployment wants one at a time ([`Rollout::next_launch`]), each answered
+//! - a promotion by hand of a phased deployment's open phase ([`Rollout::promote`]); the
+//!   phases themselves (plan, launch limit, soak, hold, the health of targets that already
+//!   succeeded) are [`super::phasing`]'s, which the step, tick and status inputs call;
+//! - a step ([`Rollout::begin_step`] … [`Rollout::end_step`]): the abort check (over the open
+//!   phase's targets), then the launches the deployment wants one at a time
+//!   ([`Rollout::next_launch`]; none before `strategy.start_at`, none beyond the open phase;
+//!   [`Rollout::next_launch_gated`] passes over devices outside their maintenance window and
+//!   sets a timer for the earliest opening), each answered
 //!   with its result ([`Rollout::launch_done`]) before the next is decided (a launch that fails
 //!   at once frees its slot and may trip the abort threshold), then the end check;
 //! - what went wrong carrying the launches out ([`Rollout::launches_not_stored`],
