@@ -641,13 +641,7 @@ pub async fn retry(conn: &Conn, id: &str, json: bool) -> Result<()> {
 /// A deployment's state as the terminal shows it: `running (paused)` while paused.
 /// `phase 1 of 3 (devices 1-1): soaking until …` and what to do next.
 fn phasing_text(p: &PhasingView, soak_secs: Option<u32>) -> String {
-    let k = p.current as usize;
-    let from = if k >= 2 {
-        p.ends.get(k - 2).copied().unwrap_or(0)
-    } else {
-        0
-    };
-    let to = p.ends.get(k - 1).copied().unwrap_or(from);
+    let (from, to) = p.open_targets();
     let soak = match soak_secs {
         Some(s) => format!("soak {s}s"),
         None => "promoted by hand".to_owned(),
@@ -668,10 +662,7 @@ fn phasing_text(p: &PhasingView, soak_secs: Option<u32>) -> String {
     };
     format!(
         "phase {} of {} (devices {}-{}, {soak}): {gate}",
-        p.current,
-        p.count,
-        from + 1,
-        to
+        p.current, p.count, from, to
     )
 }
 

@@ -490,6 +490,22 @@ pub struct PhasingView {
     pub promotions: Vec<PromotionView>,
 }
 
+impl PhasingView {
+    /// The open phase's targets, as positions from 1 in `targets`: (first, last).
+    pub fn open_targets(&self) -> (u32, u32) {
+        let k = self.current as usize;
+        let from = match k.checked_sub(2) {
+            Some(i) => self.ends.get(i).copied().unwrap_or(0),
+            None => 0,
+        };
+        let to = k
+            .checked_sub(1)
+            .and_then(|i| self.ends.get(i).copied())
+            .unwrap_or(from);
+        (from + 1, to.max(from))
+    }
+}
+
 /// One promotion of a phased deployment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PromotionView {

@@ -163,6 +163,7 @@ mod tests {
         names_match_serde::<DeploymentState>();
         names_match_serde::<TargetState>();
         names_match_serde::<AuditAction>();
+        names_match_serde::<PhaseGateState>();
     }
 
     #[test]
@@ -174,7 +175,8 @@ mod tests {
         assert_eq!(DeviceState::ALL.len(), 5);
         assert_eq!(DeploymentState::ALL.len(), 5);
         assert_eq!(TargetState::ALL.len(), 8);
-        assert_eq!(AuditAction::ALL.len(), 19);
+        assert_eq!(AuditAction::ALL.len(), 20);
+        assert_eq!(PhaseGateState::ALL.len(), 5);
         assert_eq!(Phase::RolledBack.wire_name(), "rolled_back");
         assert_eq!(TargetState::InFlight.wire_name(), "in_flight");
     }

@@ -102,15 +102,31 @@ pub async fn cancel_deployment(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ServiceResult<Json<DeploymentView>> {
-    owned_deployment(&svc, &caller, &id)?;
+    ask_engine(&svc, &caller, id, |id, owner, reply| RolloutMsg::Cancel {
+        id,
+        owner,
+        by: caller.user.name.clone(),
+        reply,
+    })
+    .await
+}
+
+/// Asks the rollout engine to act on the caller's deployment `id` (404 when it is not
+/// theirs) and answers the deployment as the engine left it.
+async fn ask_engine(
+    svc: &Service,
+    caller: &Caller,
+    id: String,
+    msg: impl FnOnce(
+        String,
+        String,
+        oneshot::Sender<Result<crate::store::DeploymentRecord, crate::rollout::RolloutError>>,
+    ) -> RolloutMsg,
+) -> ServiceResult<Json<DeploymentView>> {
+    owned_deployment(svc, caller, &id)?;
     let (tx, rx) = oneshot::channel();
     svc.rollout
-        .send(RolloutMsg::Cancel {
-            id,
-            owner: caller.user.id.clone(),
-            by: caller.user.name.clone(),
-            reply: tx,
-        })
+        .send(msg(id, caller.user.id.clone(), tx))
         .await
         .map_err(|_| ServiceError::internal("the rollout engine is not running"))?;
     let dep = rx
@@ -145,21 +161,13 @@ async fn hold(
     id: String,
     paused: bool,
 ) -> ServiceResult<Json<DeploymentView>> {
-    owned_deployment(svc, caller, &id)?;
-    let (tx, rx) = oneshot::channel();
-    svc.rollout
-        .send(RolloutMsg::Hold {
-            id,
-            owner: caller.user.id.clone(),
-            paused,
-            reply: tx,
-        })
-        .await
-        .map_err(|_| ServiceError::internal("the rollout engine is not running"))?;
-    let dep = rx
-        .await
-        .map_err(|_| ServiceError::internal("the rollout engine stopped"))??;
-    Ok(Json(deployment_view(&dep)))
+    ask_engine(svc, caller, id, |id, owner, reply| RolloutMsg::Hold {
+        id,
+        owner,
+        paused,
+        reply,
+    })
+    .await
 }
 
 /// `POST /api/v1/deployments/{id}/promote`: opens the next phase of a running phased
@@ -169,21 +177,13 @@ pub async fn promote_deployment(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ServiceResult<Json<DeploymentView>> {
-    owned_deployment(&svc, &caller, &id)?;
-    let (tx, rx) = oneshot::channel();
-    svc.rollout
-        .send(RolloutMsg::Promote {
-            id,
-            owner: caller.user.id.clone(),
-            by: caller.user.name.clone(),
-            reply: tx,
-        })
-        .await
-        .map_err(|_| ServiceError::internal("the rollout engine is not running"))?;
-    let dep = rx
-        .await
-        .map_err(|_| ServiceError::internal("the rollout engine stopped"))??;
-    Ok(Json(deployment_view(&dep)))
+    ask_engine(&svc, &caller, id, |id, owner, reply| RolloutMsg::Promote {
+        id,
+        owner,
+        by: caller.user.name.clone(),
+        reply,
+    })
+    .await
 }
 
 /// `POST /api/v1/deployments/{id}/retry`: 201 with a new deployment of the ended deployment's

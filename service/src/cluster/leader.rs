@@ -363,7 +363,7 @@ impl Leader {
         match env.body {
             Body::Stored(items) => self.on_stored(items).await,
             Body::Hub(ev) => {
-                let _ = self.svc.hub.send(HubEvent::from(ev));
+                let _ = self.svc.hub.send(HubEvent::from(*ev));
             }
             Body::Request { id, request } => self.on_request(env.from, id, request).await,
             Body::Reply { id, reply } => self.link.on_reply(id, reply),
@@ -438,52 +438,48 @@ async fn ask_engine(tx: &mpsc::Sender<RolloutMsg>, request: EngineRequest) -> En
             Err(_) => EngineReply::NotLeader,
         }
     }
+    type DepReply = oneshot::Sender<Result<crate::store::DeploymentRecord, RolloutError>>;
+    // A request answered with a deployment: send it, then name what the engine answered.
+    async fn ask(
+        tx: &mpsc::Sender<RolloutMsg>,
+        msg: impl FnOnce(DepReply) -> RolloutMsg,
+    ) -> EngineReply {
+        let (reply, rx) = oneshot::channel();
+        if tx.send(msg(reply)).await.is_err() {
+            return EngineReply::NotLeader;
+        }
+        dep(rx.await)
+    }
     match request {
         EngineRequest::Create { dep: d } => {
-            let (reply, rx) = oneshot::channel();
-            if tx.send(RolloutMsg::Create { dep: d, reply }).await.is_err() {
-                return EngineReply::NotLeader;
-            }
-            dep(rx.await)
+            ask(tx, |reply| RolloutMsg::Create { dep: d, reply }).await
         }
         EngineRequest::Cancel { id, owner, by } => {
-            let (reply, rx) = oneshot::channel();
-            let m = RolloutMsg::Cancel {
+            ask(tx, |reply| RolloutMsg::Cancel {
                 id,
                 owner,
                 by,
                 reply,
-            };
-            if tx.send(m).await.is_err() {
-                return EngineReply::NotLeader;
-            }
-            dep(rx.await)
+            })
+            .await
         }
         EngineRequest::Hold { id, owner, paused } => {
-            let (reply, rx) = oneshot::channel();
-            let m = RolloutMsg::Hold {
+            ask(tx, |reply| RolloutMsg::Hold {
                 id,
                 owner,
                 paused,
                 reply,
-            };
-            if tx.send(m).await.is_err() {
-                return EngineReply::NotLeader;
-            }
-            dep(rx.await)
+            })
+            .await
         }
         EngineRequest::Promote { id, owner, by } => {
-            let (reply, rx) = oneshot::channel();
-            let m = RolloutMsg::Promote {
+            ask(tx, |reply| RolloutMsg::Promote {
                 id,
                 owner,
                 by,
                 reply,
-            };
-            if tx.send(m).await.is_err() {
-                return EngineReply::NotLeader;
-            }
-            dep(rx.await)
+            })
+            .await
         }
         EngineRequest::BadCommit { owner, bad } => {
             let (reply, rx) = oneshot::channel();

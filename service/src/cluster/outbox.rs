@@ -222,7 +222,7 @@ impl ClusterLink {
             g.drain().map(|(_, v)| v).collect()
         };
         for ev in pending {
-            if let Err(e) = self.send(wire::RELAY_TOPIC, Body::Hub(ev)).await {
+            if let Err(e) = self.send(wire::RELAY_TOPIC, Body::Hub(Box::new(ev))).await {
                 tracing::debug!(error = %e, "cannot relay deployment progress");
             }
         }

@@ -56,7 +56,8 @@ pub enum Body {
     /// one driving deployments follows them.
     Stored(Vec<StoredItem>),
     /// An event for the event streams (deployment progress, from the replica that drives it).
-    Hub(WireHubEvent),
+    /// (Boxed: a deployment view is far larger than the other variants.)
+    Hub(Box<WireHubEvent>),
     /// A request to the rollout engine, sent to the replica holding the rollout lease.
     Request { id: u64, request: EngineRequest },
     /// The engine's answer to request `id`.

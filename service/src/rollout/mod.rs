@@ -366,25 +366,34 @@ impl Engine {
         }
     }
 
+    /// The running deployment `id` of `owner`; else why not: ended (as stored) or none of
+    /// theirs.
+    fn owned_running(&mut self, id: &str, owner: &str) -> Result<&mut Rollout, RolloutError> {
+        if self
+            .running
+            .get(id)
+            .is_some_and(|r| r.record().owner == owner)
+        {
+            if let Some(r) = self.running.get_mut(id) {
+                return Ok(r);
+            }
+        }
+        match self.svc.store.deployment(id)? {
+            Some(d) if d.owner == owner => Err(RolloutError::AlreadyEnded {
+                id: id.to_owned(),
+                state: d.state,
+            }),
+            _ => Err(RolloutError::NoDeployment { id: id.to_owned() }),
+        }
+    }
+
     async fn cancel(
         &mut self,
         id: &str,
         owner: &str,
         by: &str,
     ) -> Result<DeploymentRecord, RolloutError> {
-        let Some(rollout) = self
-            .running
-            .get_mut(id)
-            .filter(|r| r.record().owner == owner)
-        else {
-            return match self.svc.store.deployment(id)? {
-                Some(d) if d.owner == owner => Err(RolloutError::AlreadyEnded {
-                    id: id.to_owned(),
-                    state: d.state,
-                }),
-                _ => Err(RolloutError::NoDeployment { id: id.to_owned() }),
-            };
-        };
+        let rollout = self.owned_running(id, owner)?;
         rollout.cancel(by, now_ms());
         tracing::info!(deployment = %id, "deployment canceled");
         if !self.step(id).await {
@@ -404,19 +413,7 @@ impl Engine {
         owner: &str,
         paused: bool,
     ) -> Result<DeploymentRecord, RolloutError> {
-        let Some(rollout) = self
-            .running
-            .get_mut(id)
-            .filter(|r| r.record().owner == owner)
-        else {
-            return match self.svc.store.deployment(id)? {
-                Some(d) if d.owner == owner => Err(RolloutError::AlreadyEnded {
-                    id: id.to_owned(),
-                    state: d.state,
-                }),
-                _ => Err(RolloutError::NoDeployment { id: id.to_owned() }),
-            };
-        };
+        let rollout = self.owned_running(id, owner)?;
         let done = if paused {
             rollout.pause()
         } else {
@@ -453,19 +450,7 @@ impl Engine {
         owner: &str,
         by: &str,
     ) -> Result<DeploymentRecord, RolloutError> {
-        let Some(rollout) = self
-            .running
-            .get_mut(id)
-            .filter(|r| r.record().owner == owner)
-        else {
-            return match self.svc.store.deployment(id)? {
-                Some(d) if d.owner == owner => Err(RolloutError::AlreadyEnded {
-                    id: id.to_owned(),
-                    state: d.state,
-                }),
-                _ => Err(RolloutError::NoDeployment { id: id.to_owned() }),
-            };
-        };
+        let rollout = self.owned_running(id, owner)?;
         let opened = match rollout.promote(by, now_ms()) {
             Ok(k) => k,
             Err(PromoteRefused::Ended(state)) => {

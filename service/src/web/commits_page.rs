@@ -28,7 +28,7 @@ fn rows(list: &[BadCommit], now: u64) -> String {
         return "<tr><td colspan=\"4\" class=\"empty\">No commit is marked bad.</td></tr>".into();
     }
     let mut list: Vec<&BadCommit> = list.iter().collect();
-    list.sort_by(|a, b| b.marked_at.cmp(&a.marked_at));
+    list.sort_by_key(|c| std::cmp::Reverse(c.marked_at));
     list.iter()
         .map(|c| {
             format!(

@@ -345,12 +345,7 @@ fn deployment_detail(d: &DeploymentView) -> String {
 /// promotions so far.
 fn phasing_facts(p: &PhasingView, soak_secs: Option<u32>) -> String {
     let k = p.current as usize;
-    let from = if k >= 2 {
-        p.ends.get(k - 2).copied().unwrap_or(0)
-    } else {
-        0
-    };
-    let to = p.ends.get(k - 1).copied().unwrap_or(from);
+    let (from, to) = p.open_targets();
     let gate = match p.state {
         PhaseGateState::Soaking => format!("soaking until {}", time(p.soak_until)),
         PhaseGateState::AwaitingPromotion => "done; promote it to go on".to_owned(),
@@ -390,7 +385,7 @@ fn phasing_facts(p: &PhasingView, soak_secs: Option<u32>) -> String {
         cur = p.current,
         count = p.count,
         gw = esc(&word(&p.state).replace(' ', "_")),
-        a = from + 1,
+        a = from,
     )
 }
 

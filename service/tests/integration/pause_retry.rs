@@ -7,13 +7,13 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-async fn deploy(h: &Harness, token: &str, body: Value) -> String {
+pub(crate) async fn deploy(h: &Harness, token: &str, body: Value) -> String {
     let (s, v) = h.post("/api/v1/deployments", token, body).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     v["id"].as_str().unwrap().to_owned()
 }
 
-fn target_state(v: &Value, device: &str) -> Value {
+pub(crate) fn target_state(v: &Value, device: &str) -> Value {
     v["targets"]
         .as_array()
         .unwrap()
@@ -23,7 +23,7 @@ fn target_state(v: &Value, device: &str) -> Value {
         .clone()
 }
 
-async fn act(h: &Harness, token: &str, id: &str, what: &str) -> (StatusCode, Value) {
+pub(crate) async fn act(h: &Harness, token: &str, id: &str, what: &str) -> (StatusCode, Value) {
     h.post(
         &format!("/api/v1/deployments/{id}/{what}"),
         token,
@@ -33,7 +33,12 @@ async fn act(h: &Harness, token: &str, id: &str, what: &str) -> (StatusCode, Val
 }
 
 /// Polls a deployment until `pred` holds (10 s).
-async fn wait_for(h: &Harness, token: &str, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn wait_for(
+    h: &Harness,
+    token: &str,
+    id: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
     let mut last = Value::Null;
     for _ in 0..200 {
         let (_, v) = h.get(&format!("/api/v1/deployments/{id}"), token).await;

@@ -2,48 +2,15 @@
 //! and scheduled starts, against the real embedded broker with simulated devices over mTLS.
 
 use crate::common::{Behavior, Harness};
+use crate::pause_retry::{act, deploy, target_state, wait_for};
 use hammer_protocol::Phase;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-async fn deploy(h: &Harness, token: &str, body: Value) -> String {
-    let (s, v) = h.post("/api/v1/deployments", token, body).await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    v["id"].as_str().unwrap().to_owned()
-}
-
-fn target_state(v: &Value, device: &str) -> Value {
-    v["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["device"] == device)
-        .unwrap_or_else(|| panic!("no target {device} in {v}"))["state"]
-        .clone()
-}
-
+/// `POST /api/v1/deployments/{id}/promote`.
 async fn promote(h: &Harness, token: &str, id: &str) -> (StatusCode, Value) {
-    h.post(
-        &format!("/api/v1/deployments/{id}/promote"),
-        token,
-        json!({}),
-    )
-    .await
-}
-
-/// Polls a deployment until `pred` holds (15 s).
-async fn wait_for(h: &Harness, token: &str, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..300 {
-        let (_, v) = h.get(&format!("/api/v1/deployments/{id}"), token).await;
-        if pred(&v) {
-            return v;
-        }
-        last = v;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("deployment {id}: never reached the expected state: {last}");
+    act(h, token, id, "promote").await
 }
 
 /// One canary, a one-second soak, then the rest: nothing reaches the other devices before the
