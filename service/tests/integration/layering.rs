@@ -35,6 +35,7 @@ const SERVICE_LAYERS: &[(&str, &[&str])] = &[
         "leaves",
         &[
             "rollout::core",
+            "rollout::phasing",
             "rollout::inbox",
             "cluster::wire",
             "cluster::lease",
