@@ -196,8 +196,10 @@ async fn a_retry_targets_only_the_failed_and_timed_out_devices() {
     let _ok = h
         .ready_device("alice", &t, "ok", json!({}), Behavior::Succeed)
         .await;
-    let _bad = h
-        .ready_device("alice", &t, "bad", json!({}), Behavior::Fail)
+    // `bad` is played by hand: it fails the first deployment, then stays silent (busy) in the
+    // retry, so that a second retry meets it there.
+    let bad = h
+        .ready_device("alice", &t, "bad", json!({}), Behavior::Silent)
         .await;
     let _mute = h
         .ready_device("alice", &t, "mute", json!({}), Behavior::Silent)
@@ -209,6 +211,9 @@ async fn a_retry_targets_only_the_failed_and_timed_out_devices() {
         json!({"targets": {"names": ["ok", "bad", "mute"]}, "git_ref": "release", "strategy": strategy}),
     )
     .await;
+    let desired = bad.wait_desired().await;
+    bad.report(bad.next_seq(), Some(&desired), Phase::Failed, None)
+        .await;
     let old = h.wait_deployment(&t, &id, 30).await;
     assert_eq!(old["state"], "failed", "{old}");
     assert_eq!(target_state(&old, "ok"), "succeeded");
@@ -230,9 +235,10 @@ async fn a_retry_targets_only_the_failed_and_timed_out_devices() {
     assert_eq!(v["commit"], old["commit"], "{v}");
     assert_eq!(v["strategy"], old["strategy"], "{v}");
     let new_id = v["id"].as_str().unwrap().to_owned();
-    // Its devices are busy in the retry now.
+    // `bad` is busy in the retry now (and `mute`'s timed-out target was superseded by it).
     let (s, v) = act(&h, &t, &id, "retry").await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(v["error"].as_str().unwrap_or("").contains("\"bad\""), "{v}");
     let v = h.wait_deployment(&t, &new_id, 30).await;
     assert_eq!(v["state"], "failed", "{v}");
 
