@@ -23,6 +23,7 @@
 #include "zstream.h"
 #include "object.h"
 #include "hashmap_oid.h"
+#include "futils.h" /* Hammer patch: git_futils_mktmp for hs_tmpfile */
 
 #define UINT31_MAX (0x7FFFFFFF)
 
@@ -996,6 +997,822 @@ static int seek_back_trailer(git_indexer *idx)
 	return git_mwindow_free_all(&idx->pack->mwf);
 }
 
+/*
+ * Hammer patch (HAMMER-PATCH.md at the root of the vendored libgit2-sys):
+ * streaming delta resolution. A delta whose result is at least
+ * HS_STREAM_MIN bytes is not rebuilt in memory: its base is inflated (or,
+ * if the base is a delta itself, rebuilt the same way) into an unlinked
+ * temporary file next to the pack, in HS_CHUNK steps, and the result is
+ * produced instruction by instruction (copies read back from that file by
+ * offset, inserts from the delta, the delta inflated in steps) straight
+ * into the object id's hash. A thin pack's missing base that is big is
+ * rebuilt the same way from the odb's pack and deflated into the pack in
+ * steps. Everything is read with pread(2), never through pack windows
+ * (see crc_object). Smaller objects keep libgit2's own path.
+ */
+
+#define HS_STREAM_MIN (4 * 1024 * 1024)
+#define HS_CHUNK (64 * 1024)
+#define HS_MAX_CHAIN 10000
+#define HS_MIN(a, b) ((a) < (b) ? (a) : (b))
+
+typedef struct {
+	git_file fd;                 /* the pack, read with pread */
+	git_indexer *idx;            /* REF_DELTA bases: the objects indexed so far */
+	struct git_pack_file *p;     /* or: the pack's own index */
+	git_oid_t oid_type;
+	const char *tmp_prefix;      /* temporary files: this, plus a suffix */
+} hs_src;
+
+typedef struct {
+	git_object_t type;
+	size_t size;                 /* inflated size of the entry's data */
+	off64_t data_off;            /* where its zlib stream starts */
+	off64_t base_off;            /* deltas: the base's entry, -1 if not known */
+} hs_entry;
+
+typedef struct {
+	z_stream z;
+	git_file fd;
+	off64_t start, next;
+	int ended, inited;
+	size_t taken;                /* bytes handed out */
+	size_t in_size;              /* bytes read from the pack at a time */
+	unsigned char *in, *out;     /* HS_CHUNK each */
+	size_t out_pos, out_len;
+} hs_zr;
+
+typedef struct {
+	git_file fd;                 /* -1: none */
+	git_hash_ctx *hash;          /* NULL: none */
+	size_t written;
+} hs_sink;
+
+static int hs_corrupt(const char *what)
+{
+	git_error_set(GIT_ERROR_INDEXER, "streaming a delta: %s", what);
+	return -1;
+}
+
+static int hs_pread(git_file fd, void *buf, size_t len, off64_t off, size_t *got)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = p_pread(fd, (char *)buf + done, len - done, off + (off64_t)done);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			git_error_set(GIT_ERROR_OS, "failed to read a packfile");
+			return -1;
+		}
+		if (n == 0)
+			break;
+		done += (size_t)n;
+	}
+
+	*got = done;
+	return 0;
+}
+
+static int hs_tmpfile(git_file *out, const hs_src *src)
+{
+	git_str path = GIT_STR_INIT;
+	int fd = git_futils_mktmp(&path, src->tmp_prefix, 0600);
+
+	if (fd < 0) {
+		git_str_dispose(&path);
+		return -1;
+	}
+
+	/* Gone from the directory at once: it lives as long as the descriptor. */
+	p_unlink(path.ptr);
+	git_str_dispose(&path);
+	*out = fd;
+	return 0;
+}
+
+static int hs_sink_put(hs_sink *s, const void *data, size_t len)
+{
+	if (s->hash && git_hash_update(s->hash, data, len) < 0)
+		return -1;
+
+	if (s->fd >= 0 && p_write(s->fd, data, len) < 0) {
+		git_error_set(GIT_ERROR_OS, "failed to write a temporary file");
+		return -1;
+	}
+
+	s->written += len;
+	return 0;
+}
+
+static int hs_find_ref(off64_t *out, const hs_src *src, const git_oid *base)
+{
+	*out = -1;
+
+	if (src->idx) {
+		struct git_pack_entry *pe;
+
+		if (git_pack_oidmap_get(&pe, &src->idx->pack->idx_cache, base) == 0)
+			*out = pe->offset;
+	} else if (src->p) {
+		struct git_pack_entry e;
+
+		if (git_pack_entry_find(&e, src->p, base, git_oid_hexsize(src->oid_type)) == 0)
+			*out = e.offset;
+		else
+			git_error_clear();
+	}
+
+	return 0;
+}
+
+static int hs_entry_header(hs_entry *out, const hs_src *src, off64_t off)
+{
+	unsigned char buf[64], c;
+	size_t got, used = 0, oid_size = git_oid_size(src->oid_type);
+	unsigned int shift = 4;
+	uint64_t size;
+
+	if (hs_pread(src->fd, buf, sizeof(buf), off, &got) < 0)
+		return -1;
+	if (got == 0)
+		return hs_corrupt("an entry is past the end of the pack");
+
+	c = buf[used++];
+	out->type = (git_object_t)((c >> 4) & 7);
+	size = c & 15;
+	while (c & 0x80) {
+		if (used >= got || shift > 60)
+			return hs_corrupt("an entry header is truncated or too long");
+		c = buf[used++];
+		size += (uint64_t)(c & 0x7f) << shift;
+		shift += 7;
+	}
+	if (size > SIZE_MAX)
+		return hs_corrupt("an entry is too big");
+	out->size = (size_t)size;
+	out->base_off = -1;
+
+	if (out->type == GIT_OBJECT_OFS_DELTA) {
+		uint64_t back;
+
+		if (used >= got)
+			return hs_corrupt("a delta's base offset is truncated");
+		c = buf[used++];
+		back = c & 127;
+		while (c & 128) {
+			if (used >= got || back > (UINT64_MAX >> 8))
+				return hs_corrupt("a delta's base offset is truncated or too long");
+			back += 1;
+			c = buf[used++];
+			back = (back << 7) + (c & 127);
+		}
+		if (back == 0 || back > (uint64_t)off)
+			return hs_corrupt("a delta's base offset is out of range");
+		out->base_off = off - (off64_t)back;
+	} else if (out->type == GIT_OBJECT_REF_DELTA) {
+		git_oid base;
+
+		if (used + oid_size > got)
+			return hs_corrupt("a delta's base id is truncated");
+		if (git_oid__fromraw(&base, buf + used, src->oid_type) < 0)
+			return -1;
+		used += oid_size;
+		if (hs_find_ref(&out->base_off, src, &base) < 0)
+			return -1;
+	} else if (out->type < GIT_OBJECT_COMMIT || out->type > GIT_OBJECT_TAG) {
+		return hs_corrupt("an entry has an unknown type");
+	}
+
+	out->data_off = off + (off64_t)used;
+	return 0;
+}
+
+static int hs_zr_open(hs_zr *zr, git_file fd, off64_t start, size_t in_size)
+{
+	memset(zr, 0, sizeof(*zr));
+	zr->fd = fd;
+	zr->in_size = in_size;
+	zr->start = zr->next = start;
+	zr->in = git__malloc(in_size + HS_CHUNK);
+	GIT_ERROR_CHECK_ALLOC(zr->in);
+	zr->out = zr->in + in_size;
+
+	if (inflateInit(&zr->z) != Z_OK) {
+		git__free(zr->in);
+		zr->in = NULL;
+		git_error_set(GIT_ERROR_ZLIB, "failed to initialize zlib");
+		return -1;
+	}
+
+	zr->inited = 1;
+	return 0;
+}
+
+static void hs_zr_close(hs_zr *zr)
+{
+	if (zr->inited)
+		inflateEnd(&zr->z);
+	git__free(zr->in);
+	zr->in = zr->out = NULL;
+	zr->inited = 0;
+}
+
+/* Inflates the next piece into zr->out; at the end of the stream, none. */
+static int hs_zr_fill(hs_zr *zr)
+{
+	zr->out_pos = zr->out_len = 0;
+
+	while (!zr->ended && zr->out_len == 0) {
+		uInt avail_before;
+		int st;
+
+		if (zr->z.avail_in == 0) {
+			size_t got;
+
+			if (hs_pread(zr->fd, zr->in, zr->in_size, zr->next, &got) < 0)
+				return -1;
+			if (got == 0)
+				return hs_corrupt("the pack ends inside an object");
+			zr->next += (off64_t)got;
+			zr->z.next_in = zr->in;
+			zr->z.avail_in = (uInt)got;
+		}
+
+		avail_before = zr->z.avail_in;
+		zr->z.next_out = zr->out;
+		zr->z.avail_out = HS_CHUNK;
+		st = inflate(&zr->z, Z_NO_FLUSH);
+		zr->out_len = HS_CHUNK - zr->z.avail_out;
+
+		if (st == Z_STREAM_END)
+			zr->ended = 1;
+		else if (st != Z_OK && st != Z_BUF_ERROR)
+			return hs_corrupt("an object's zlib data is corrupt");
+		else if (zr->out_len == 0 && zr->z.avail_in == avail_before)
+			return hs_corrupt("an object's zlib data does not progress");
+	}
+
+	return 0;
+}
+
+/* Up to len bytes; fewer only at the end of the stream. */
+static int hs_zr_read(hs_zr *zr, unsigned char *buf, size_t len, size_t *got)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		size_t n;
+
+		if (zr->out_pos == zr->out_len) {
+			if (zr->ended)
+				break;
+			if (hs_zr_fill(zr) < 0)
+				return -1;
+			continue;
+		}
+
+		n = HS_MIN(len - done, zr->out_len - zr->out_pos);
+		memcpy(buf + done, zr->out + zr->out_pos, n);
+		zr->out_pos += n;
+		done += n;
+	}
+
+	zr->taken += done;
+	*got = done;
+	return 0;
+}
+
+static int hs_zr_byte(hs_zr *zr, unsigned char *c)
+{
+	size_t got;
+
+	if (hs_zr_read(zr, c, 1, &got) < 0)
+		return -1;
+	if (got != 1)
+		return hs_corrupt("a delta ends early");
+	return 0;
+}
+
+/* The stream must end here; *end: the pack offset just after it. */
+static int hs_zr_finish(hs_zr *zr, off64_t *end)
+{
+	while (!(zr->ended && zr->out_pos == zr->out_len)) {
+		if (zr->out_pos < zr->out_len)
+			return hs_corrupt("an object inflates to more than its header says");
+		if (hs_zr_fill(zr) < 0)
+			return -1;
+	}
+
+	if (end)
+		*end = zr->start + (off64_t)zr->z.total_in;
+	return 0;
+}
+
+static int hs_zr_varint(hs_zr *zr, size_t *out)
+{
+	size_t v = 0;
+	unsigned int shift = 0;
+	unsigned char c;
+
+	do {
+		if (shift >= sizeof(size_t) * 8)
+			return hs_corrupt("a delta header is too long");
+		if (hs_zr_byte(zr, &c) < 0)
+			return -1;
+		v |= (size_t)(c & 0x7f) << shift;
+		shift += 7;
+	} while (c & 0x80);
+
+	*out = v;
+	return 0;
+}
+
+/* The base and result sizes in a delta's header. */
+static int hs_delta_sizes(const hs_src *src, const hs_entry *e, size_t *base_size, size_t *result_size)
+{
+	hs_zr zr;
+	int error;
+
+	/* A few bytes of output: read little (this runs for every delta). */
+	if ((error = hs_zr_open(&zr, src->fd, e->data_off, 512)) < 0)
+		return error;
+	if ((error = hs_zr_varint(&zr, base_size)) == 0)
+		error = hs_zr_varint(&zr, result_size);
+	hs_zr_close(&zr);
+	return error;
+}
+
+static int hs_inflate_whole(const hs_src *src, const hs_entry *e, hs_sink *sink)
+{
+	hs_zr zr;
+	unsigned char *buf = NULL;
+	size_t got;
+	int error;
+
+	if ((error = hs_zr_open(&zr, src->fd, e->data_off, HS_CHUNK)) < 0)
+		return error;
+	buf = git__malloc(HS_CHUNK);
+	if (!buf) {
+		hs_zr_close(&zr);
+		return -1;
+	}
+
+	do {
+		if ((error = hs_zr_read(&zr, buf, HS_CHUNK, &got)) < 0)
+			goto done;
+		if (sink->written + got > e->size) {
+			error = hs_corrupt("an object inflates to more than its header says");
+			goto done;
+		}
+		if ((error = hs_sink_put(sink, buf, got)) < 0)
+			goto done;
+	} while (got == HS_CHUNK);
+
+	if (sink->written != e->size)
+		error = hs_corrupt("an object inflates to less than its header says");
+	else
+		error = hs_zr_finish(&zr, NULL);
+
+done:
+	git__free(buf);
+	hs_zr_close(&zr);
+	return error;
+}
+
+/*
+ * Applies the delta of entry `e` to the base in `base_fd` (`base_size`
+ * bytes) into `sink`, whose hash (if any) first gets the object header of
+ * `type` and the result's size. *end: the pack offset after the delta.
+ */
+static int hs_apply_delta(
+	const hs_src *src, const hs_entry *e, git_file base_fd, size_t base_size,
+	git_object_t type, hs_sink *sink, off64_t *end, size_t *result_size)
+{
+	hs_zr zr;
+	unsigned char *buf = NULL, cmd;
+	size_t want_base, res, got;
+	int error, i;
+
+	if ((error = hs_zr_open(&zr, src->fd, e->data_off, HS_CHUNK)) < 0)
+		return error;
+	buf = git__malloc(HS_CHUNK);
+	if (!buf) {
+		error = -1;
+		goto done;
+	}
+
+	if ((error = hs_zr_varint(&zr, &want_base)) < 0 ||
+	    (error = hs_zr_varint(&zr, &res)) < 0)
+		goto done;
+	if (want_base != base_size) {
+		error = hs_corrupt("a delta's base has another size than the delta says");
+		goto done;
+	}
+	if (sink->hash && (error = hash_header(sink->hash, (off64_t)res, type)) < 0)
+		goto done;
+
+	while (zr.taken < e->size) {
+		if ((error = hs_zr_byte(&zr, &cmd)) < 0)
+			goto done;
+
+		if (cmd & 0x80) {
+			size_t off = 0, len = 0;
+			unsigned char b;
+
+			for (i = 0; i < 4; i++) {
+				if (!(cmd & (1 << i)))
+					continue;
+				if ((error = hs_zr_byte(&zr, &b)) < 0)
+					goto done;
+				off |= (size_t)b << (8 * i);
+			}
+			for (i = 0; i < 3; i++) {
+				if (!(cmd & (0x10 << i)))
+					continue;
+				if ((error = hs_zr_byte(&zr, &b)) < 0)
+					goto done;
+				len |= (size_t)b << (8 * i);
+			}
+			if (len == 0)
+				len = 0x10000;
+			if (off > base_size || len > base_size - off || len > res - sink->written) {
+				error = hs_corrupt("a delta copies from outside its base or past its result");
+				goto done;
+			}
+			while (len) {
+				size_t n = HS_MIN(len, (size_t)HS_CHUNK);
+
+				if ((error = hs_pread(base_fd, buf, n, (off64_t)off, &got)) < 0)
+					goto done;
+				if (got != n) {
+					error = hs_corrupt("a delta's base file is short");
+					goto done;
+				}
+				if ((error = hs_sink_put(sink, buf, n)) < 0)
+					goto done;
+				off += n;
+				len -= n;
+			}
+		} else if (cmd) {
+			if (cmd > res - sink->written) {
+				error = hs_corrupt("a delta inserts past its result");
+				goto done;
+			}
+			if ((error = hs_zr_read(&zr, buf, cmd, &got)) < 0)
+				goto done;
+			if (got != cmd) {
+				error = hs_corrupt("a delta ends early");
+				goto done;
+			}
+			if ((error = hs_sink_put(sink, buf, cmd)) < 0)
+				goto done;
+		} else {
+			error = hs_corrupt("a delta holds the reserved instruction 0");
+			goto done;
+		}
+	}
+
+	if (zr.taken != e->size || sink->written != res) {
+		error = hs_corrupt("a delta does not add up to its header's sizes");
+		goto done;
+	}
+	if ((error = hs_zr_finish(&zr, end)) < 0)
+		goto done;
+	*result_size = res;
+
+done:
+	git__free(buf);
+	hs_zr_close(&zr);
+	return error;
+}
+
+/*
+ * The object of the entry at `off`, rebuilt into an unlinked temporary
+ * file (*out_fd), with its type and size; `hash` (if any) gets its object
+ * header and content. GIT_PASSTHROUGH: a REF_DELTA base in the chain is
+ * not known (yet).
+ */
+static int hs_materialize(
+	const hs_src *src, off64_t off, int depth, git_file *out_fd,
+	git_object_t *type, size_t *size, git_hash_ctx *hash)
+{
+	hs_entry e;
+	hs_sink sink = { -1, NULL, 0 };
+	git_file fd = -1;
+	int error;
+
+	*out_fd = -1;
+	if (depth > HS_MAX_CHAIN)
+		return hs_corrupt("a delta chain is too long (or loops)");
+	if ((error = hs_entry_header(&e, src, off)) < 0)
+		return error;
+
+	if (e.type == GIT_OBJECT_OFS_DELTA || e.type == GIT_OBJECT_REF_DELTA) {
+		git_file base_fd = -1;
+		git_object_t base_type;
+		size_t base_size;
+		off64_t end;
+
+		if (e.base_off < 0)
+			return GIT_PASSTHROUGH;
+		if ((error = hs_materialize(src, e.base_off, depth + 1, &base_fd, &base_type, &base_size, NULL)) < 0)
+			return error;
+		if ((error = hs_tmpfile(&fd, src)) == 0) {
+			sink.fd = fd;
+			sink.hash = hash;
+			error = hs_apply_delta(src, &e, base_fd, base_size, base_type, &sink, &end, size);
+			*type = base_type;
+		}
+		p_close(base_fd);
+	} else {
+		if ((error = hs_tmpfile(&fd, src)) == 0) {
+			sink.fd = fd;
+			sink.hash = hash;
+			if (!hash || (error = hash_header(hash, (off64_t)e.size, e.type)) == 0)
+				error = hs_inflate_whole(src, &e, &sink);
+			*type = e.type;
+			*size = e.size;
+		}
+	}
+
+	if (error < 0) {
+		if (fd >= 0)
+			p_close(fd);
+		return error;
+	}
+
+	*out_fd = fd;
+	return 0;
+}
+
+/*
+ * Resolves the delta at `delta_off` by streaming when its result is big.
+ * 1: not done here (small, or not a case handled here): use
+ * git_packfile_unpack; 0: indexed; GIT_PASSTHROUGH: its base is not known
+ * yet; other negative: an error.
+ */
+static int hs_resolve_delta(git_indexer *idx, off64_t delta_off)
+{
+	hs_src src;
+	hs_entry e;
+	hs_sink sink = { -1, NULL, 0 };
+	git_str prefix = GIT_STR_INIT;
+	git_hash_ctx ctx;
+	git_file base_fd = -1;
+	git_object_t base_type;
+	size_t base_size, want_base, result_size;
+	struct entry *entry = NULL;
+	struct git_pack_entry *pentry = NULL;
+	git_oid oid;
+	off64_t end = 0;
+	int error, have_ctx = 0;
+
+	if (git_str_printf(&prefix, "%s_delta", idx->pack->pack_name) < 0)
+		return -1;
+	src.fd = idx->pack->mwf.fd;
+	src.idx = idx;
+	src.p = NULL;
+	src.oid_type = idx->oid_type;
+	src.tmp_prefix = prefix.ptr;
+
+	if ((error = hs_entry_header(&e, &src, delta_off)) < 0)
+		goto done;
+	if (e.type != GIT_OBJECT_OFS_DELTA && e.type != GIT_OBJECT_REF_DELTA) {
+		error = 1;
+		goto done;
+	}
+	if (e.base_off < 0) {
+		error = GIT_PASSTHROUGH;
+		goto done;
+	}
+	if ((error = hs_delta_sizes(&src, &e, &want_base, &result_size)) < 0)
+		goto done;
+	if (result_size < HS_STREAM_MIN) {
+		error = 1;
+		goto done;
+	}
+
+	if ((error = hs_materialize(&src, e.base_off, 1, &base_fd, &base_type, &base_size, NULL)) < 0)
+		goto done;
+	/* Connectivity checks parse the object: only blobs have nothing to check. */
+	if (idx->do_verify && base_type != GIT_OBJECT_BLOB) {
+		error = 1;
+		goto done;
+	}
+
+	if ((error = git_hash_ctx_init(&ctx, indexer_hash_algorithm(idx))) < 0)
+		goto done;
+	have_ctx = 1;
+	sink.hash = &ctx;
+	if ((error = hs_apply_delta(&src, &e, base_fd, base_size, base_type, &sink, &end, &result_size)) < 0)
+		goto done;
+	if ((error = git_hash_final(oid.id, &ctx)) < 0)
+		goto done;
+#ifdef GIT_EXPERIMENTAL_SHA256
+	oid.type = idx->oid_type;
+#endif
+
+	entry = git__calloc(1, sizeof(*entry));
+	pentry = git__calloc(1, sizeof(*pentry));
+	if (!entry || !pentry) {
+		error = -1;
+		goto done;
+	}
+	git_oid_cpy(&entry->oid, &oid);
+	git_oid_cpy(&pentry->id, &oid);
+	idx->off = end;
+
+	if ((error = crc_object(&entry->crc, &idx->pack->mwf, delta_off, end - delta_off)) < 0)
+		goto done;
+
+	if (idx->do_verify) {
+		git_oid *expected;
+
+		if (git_indexer_oidmap_get(&expected, &idx->expected_oids, &oid) == 0) {
+			git_indexer_oidmap_remove(&idx->expected_oids, &oid);
+			git__free(expected);
+		}
+	}
+
+	/* save_entry owns both from here, even when it fails. */
+	error = save_entry(idx, entry, pentry, delta_off);
+	entry = NULL;
+	pentry = NULL;
+
+done:
+	git__free(entry);
+	git__free(pentry);
+	if (have_ctx)
+		git_hash_ctx_cleanup(&ctx);
+	if (base_fd >= 0)
+		p_close(base_fd);
+	git_str_dispose(&prefix);
+	return error;
+}
+
+/*
+ * Injects thin pack base `id` by streaming when it is big and packed in
+ * the odb: *handled says whether it was done here (else inject_object's
+ * own path runs).
+ */
+static int hs_inject_object(git_indexer *idx, git_oid *id, int *handled)
+{
+	hs_src src;
+	struct git_pack_entry pe;
+	git_str prefix = GIT_STR_INIT;
+	git_hash_ctx ctx;
+	git_file pack_fd = -1, obj_fd = -1;
+	git_object_t type;
+	size_t len, obj_size, hdr_len, got;
+	unsigned char hdr[64], check[GIT_HASH_MAX_SIZE];
+	unsigned char empty_checksum[GIT_HASH_MAX_SIZE] = {0};
+	unsigned char *in = NULL, *out;
+	struct entry *entry = NULL;
+	struct git_pack_entry *pentry = NULL;
+	z_stream z;
+	int error, have_ctx = 0, have_z = 0, st;
+	off64_t entry_start, pos = 0;
+	uint32_t crc;
+
+	*handled = 0;
+	if (git_odb_read_header(&len, &type, idx->odb, id) < 0) {
+		git_error_clear();
+		return 0;
+	}
+	if (len < HS_STREAM_MIN || git_odb__pack_entry_locate(&pe, idx->odb, id) < 0)
+		return 0;
+
+	if ((error = git_str_printf(&prefix, "%s_base", idx->pack->pack_name)) < 0)
+		goto done;
+	if ((pack_fd = p_open(pe.p->pack_name, O_RDONLY | O_BINARY)) < 0) {
+		git_error_set(GIT_ERROR_OS, "failed to open packfile '%s'", pe.p->pack_name);
+		error = -1;
+		goto done;
+	}
+	src.fd = pack_fd;
+	src.idx = NULL;
+	src.p = pe.p;
+	src.oid_type = idx->oid_type;
+	src.tmp_prefix = prefix.ptr;
+
+	if ((error = git_hash_ctx_init(&ctx, indexer_hash_algorithm(idx))) < 0)
+		goto done;
+	have_ctx = 1;
+	error = hs_materialize(&src, pe.offset, 0, &obj_fd, &type, &obj_size, &ctx);
+	if (error == GIT_PASSTHROUGH) {
+		/* A base of its chain is in another pack: libgit2's path finds it. */
+		git_error_clear();
+		error = 0;
+		goto done;
+	}
+	if (error < 0 || (error = git_hash_final(check, &ctx)) < 0)
+		goto done;
+	if (memcmp(check, id->id, git_oid_size(idx->oid_type)) != 0) {
+		git_error_set(GIT_ERROR_INDEXER, "delta base %s in the object database does not match its id",
+			git_oid_tostr_s(id));
+		error = -1;
+		goto done;
+	}
+
+	*handled = 1;
+	if ((error = seek_back_trailer(idx)) < 0)
+		goto done;
+	entry_start = idx->pack->mwf.size;
+
+	entry = git__calloc(1, sizeof(*entry));
+	pentry = git__calloc(1, sizeof(*pentry));
+	in = git__malloc(2 * HS_CHUNK);
+	if (!entry || !pentry || !in) {
+		error = -1;
+		goto done;
+	}
+	out = in + HS_CHUNK;
+
+	if ((error = git_packfile__object_header(&hdr_len, hdr, obj_size, type)) < 0 ||
+	    (error = append_to_pack(idx, hdr, hdr_len)) < 0)
+		goto done;
+	idx->pack->mwf.size += hdr_len;
+	crc = crc32(0L, Z_NULL, 0);
+	crc = crc32(crc, hdr, (uInt)hdr_len);
+
+	memset(&z, 0, sizeof(z));
+	if (deflateInit(&z, Z_DEFAULT_COMPRESSION) != Z_OK) {
+		git_error_set(GIT_ERROR_ZLIB, "failed to initialize zlib");
+		error = -1;
+		goto done;
+	}
+	have_z = 1;
+
+	do {
+		int flush = Z_NO_FLUSH;
+		size_t n;
+
+		if (z.avail_in == 0 && (size_t)pos < obj_size) {
+			if ((error = hs_pread(obj_fd, in, HS_CHUNK, pos, &got)) < 0)
+				goto done;
+			if (got == 0) {
+				error = hs_corrupt("a delta base's temporary file is short");
+				goto done;
+			}
+			pos += (off64_t)got;
+			z.next_in = in;
+			z.avail_in = (uInt)got;
+		}
+		if (z.avail_in == 0 && (size_t)pos >= obj_size)
+			flush = Z_FINISH;
+
+		z.next_out = out;
+		z.avail_out = HS_CHUNK;
+		st = deflate(&z, flush);
+		if (st == Z_STREAM_ERROR) {
+			git_error_set(GIT_ERROR_ZLIB, "failed to deflate a delta base");
+			error = -1;
+			goto done;
+		}
+		n = HS_CHUNK - z.avail_out;
+		if (n) {
+			if ((error = append_to_pack(idx, out, n)) < 0)
+				goto done;
+			idx->pack->mwf.size += n;
+			crc = crc32(crc, out, (uInt)n);
+		}
+	} while (st != Z_STREAM_END);
+
+	entry->crc = htonl(crc);
+
+	/* Write a fake trailer so the pack functions play ball */
+	if ((error = append_to_pack(idx, empty_checksum, git_hash_size(indexer_hash_algorithm(idx)))) < 0)
+		goto done;
+	idx->pack->mwf.size += git_oid_size(idx->oid_type);
+
+	git_oid_cpy(&pentry->id, id);
+	git_oid_cpy(&entry->oid, id);
+	idx->off = entry_start + hdr_len + obj_size;
+
+	/* save_entry owns both from here, even when it fails. */
+	error = save_entry(idx, entry, pentry, entry_start);
+	entry = NULL;
+	pentry = NULL;
+
+done:
+	git__free(entry);
+	git__free(pentry);
+	git__free(in);
+	if (have_z)
+		deflateEnd(&z);
+	if (have_ctx)
+		git_hash_ctx_cleanup(&ctx);
+	if (obj_fd >= 0)
+		p_close(obj_fd);
+	if (pack_fd >= 0)
+		p_close(pack_fd);
+	git_str_dispose(&prefix);
+	return error;
+}
+
 static int inject_object(git_indexer *idx, git_oid *id)
 {
 	git_odb_object *obj = NULL;
@@ -1008,7 +1825,11 @@ static int inject_object(git_indexer *idx, git_oid *id)
 	const void *data;
 	size_t len, hdr_len;
 	size_t checksum_size;
-	int error;
+	int error, handled;
+
+	/* Hammer patch: a big base is streamed (hs_inject_object). */
+	if ((error = hs_inject_object(idx, id, &handled)) < 0 || handled)
+		return error;
 
 	checksum_size = git_hash_size(indexer_hash_algorithm(idx));
 
@@ -1154,6 +1975,16 @@ static int resolve_deltas(git_indexer *idx, git_indexer_progress *stats)
 				continue;
 
 			non_null = 1;
+
+			/* Hammer patch: a big result is resolved by streaming. */
+			error = hs_resolve_delta(idx, delta->delta_off);
+			if (error == GIT_PASSTHROUGH)
+				continue;
+			if (error < 0)
+				return -1;
+			if (error == 0)
+				goto indexed;
+
 			idx->off = delta->delta_off;
 			if ((error = git_packfile_unpack(&obj, idx->pack, &idx->off)) < 0) {
 				if (error == GIT_PASSTHROUGH) {
@@ -1171,6 +2002,7 @@ static int resolve_deltas(git_indexer *idx, git_indexer_progress *stats)
 				continue;
 
 			git__free(obj.data);
+indexed:
 			stats->indexed_objects++;
 			stats->indexed_deltas++;
 			progressed = 1;
@@ -1196,12 +2028,9 @@ static int resolve_deltas(git_indexer *idx, git_indexer_progress *stats)
 
 static int update_header_and_rehash(git_indexer *idx, git_indexer_progress *stats)
 {
-	void *ptr;
-	size_t chunk = 1024*1024;
+	unsigned char *buf;
 	off64_t hashed = 0;
-	git_mwindow *w = NULL;
 	git_mwindow_file *mwf;
-	unsigned int left;
 
 	mwf = &idx->pack->mwf;
 
@@ -1222,18 +2051,31 @@ static int update_header_and_rehash(git_indexer *idx, git_indexer_progress *stat
 	if (git_mwindow_free_all(mwf) < 0)
 		return -1;
 
+	/*
+	 * Hammer patch: read with pread(2), not through pack windows, for the
+	 * reason given in crc_object (the file is no longer registered with
+	 * the window control, so every window opened here would stay mapped:
+	 * the whole pack, once a thin pack was fixed).
+	 */
+	buf = git__malloc(HS_CHUNK);
+	GIT_ERROR_CHECK_ALLOC(buf);
+
 	idx->inbuf_len = 0;
 	while (hashed < mwf->size) {
-		ptr = git_mwindow_open(mwf, &w, hashed, chunk, &left);
-		if (ptr == NULL)
+		size_t want = (size_t)HS_MIN((off64_t)HS_CHUNK, mwf->size - hashed), got = 0;
+
+		if (hs_pread(mwf->fd, buf, want, hashed, &got) < 0 || got != want) {
+			if (got != want)
+				git_error_set(GIT_ERROR_OS, "failed to read packfile for its checksum");
+			git__free(buf);
 			return -1;
+		}
 
-		hash_partially(idx, ptr, left);
-		hashed += left;
-
-		git_mwindow_close(&w);
+		hash_partially(idx, buf, got);
+		hashed += (off64_t)got;
 	}
 
+	git__free(buf);
 	return 0;
 }
 

@@ -563,6 +563,33 @@ static int pack_backend__read_header(
 	return git_packfile_resolve_header(len_p, type_p, e.p, e.offset);
 }
 
+static int pack_backend__read(
+	void **buffer_p, size_t *len_p, git_object_t *type_p,
+	git_odb_backend *backend, const git_oid *oid);
+
+/* Hammer patch (HAMMER-PATCH.md): see pack.h. */
+int git_odb__pack_entry_locate(
+	struct git_pack_entry *e, git_odb *odb, const git_oid *oid)
+{
+	size_t i, n = git_odb_num_backends(odb);
+
+	for (i = 0; i < n; i++) {
+		git_odb_backend *b;
+
+		if (git_odb_get_backend(&b, odb, i) < 0) {
+			git_error_clear();
+			continue;
+		}
+		if (b->read != &pack_backend__read)
+			continue;
+		if (pack_entry_find(e, (struct pack_backend *)b, oid) == 0)
+			return 0;
+		git_error_clear();
+	}
+
+	return GIT_ENOTFOUND;
+}
+
 static int pack_backend__freshen(
 	git_odb_backend *backend, const git_oid *oid)
 {

@@ -195,6 +195,16 @@ int git_packfile_alloc(
 	const char *path,
 	git_oid_t oid_type);
 
+/*
+ * Hammer patch (HAMMER-PATCH.md): where a packed object of `odb` is (its
+ * pack and offset), for the indexer's streamed thin-pack fix (odb_pack.c).
+ * GIT_ENOTFOUND when no pack backend holds it.
+ */
+int git_odb__pack_entry_locate(
+		struct git_pack_entry *e,
+		git_odb *odb,
+		const git_oid *oid);
+
 int git_pack_entry_find(
 		struct git_pack_entry *e,
 		struct git_pack_file *p,
