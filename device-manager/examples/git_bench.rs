@@ -18,9 +18,10 @@
 //!    each in a child process (this example run as `--child ...`) whose peak RSS (VmHWM) is
 //!    read at its end, beside the VmHWM of a child that does nothing; then the disk used by
 //!    the three kept releases (hard links counted once) and by the mirror; then a fourth
-//!    commit that changes 4 KiB in the middle of the big file, whose deploy's peak shows the
-//!    case the streamed checkout does not cover (the server sends the file as a delta against
-//!    its previous version; libgit2 rebuilds it whole in memory).
+//!    commit that changes 4 KiB in the middle of the big file, which the server sends as a
+//!    delta against its previous version (a thin pack): that deploy's peak, the mirror's size
+//!    after it, and a check that the mirror passes `git verify-pack` and `git fsck --full` and
+//!    that the release's file is the commit's blob.
 //!
 //! Each figure is printed as the median of the runs with the min and max.
 
@@ -140,7 +141,8 @@ fn main() -> Result<()> {
         .split_last()
         .ok_or_else(|| anyhow!("no commits made"))?;
     let mut peak_each = vec![Vec::new(); commits.len()];
-    let mut peak_changed = Vec::new();
+    let (mut peak_changed, mut mirror_changed) = (Vec::new(), Vec::new());
+    let (mut time_first, mut time_changed) = (Vec::new(), Vec::new());
     for run in 0..args.runs {
         let place = root.join(format!("b-{run}"));
         let mut peak: u64 = 0;
@@ -150,10 +152,14 @@ fn main() -> Result<()> {
                 &served.join("big.git"),
                 &["update-ref", "refs/heads/main", c],
             )?;
+            let started = Instant::now();
             let kb = run_child(
                 &exe,
                 &["deploy", &place.display().to_string(), &url, "main"],
             )?;
+            if i == 0 {
+                time_first.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
             peak_each[i].push(kb as f64 / 1024.0);
             peak = peak.max(kb);
         }
@@ -165,11 +171,15 @@ fn main() -> Result<()> {
             &served.join("big.git"),
             &["update-ref", "refs/heads/main", changed],
         )?;
+        let started = Instant::now();
         let kb = run_child(
             &exe,
             &["deploy", &place.display().to_string(), &url, "main"],
         )?;
+        time_changed.push(started.elapsed().as_secs_f64() * 1000.0);
         peak_changed.push(kb as f64 / 1024.0);
+        mirror_changed.push(du(&place.join("repo.git"), &mut HashSet::new()) as f64 / 1048576.0);
+        verify_changed(&place, changed)?;
         std::fs::remove_dir_all(&place)?;
     }
     println!(
@@ -188,12 +198,47 @@ fn main() -> Result<()> {
         peak_changed,
         "MiB",
     ));
+    figures.push(("disk: mirror after deploy 4".into(), mirror_changed, "MiB"));
+    figures.push((
+        "time, deploy 1 (child process, fetch + checkout)".into(),
+        time_first,
+        "ms",
+    ));
+    figures.push((
+        "time, deploy 4 (child process, fetch + checkout)".into(),
+        time_changed,
+        "ms",
+    ));
     print_figures(&figures, args.runs);
 
     drop(server);
     if args.keep {
         let kept = tmp.keep();
         println!("kept {}", kept.display());
+    }
+    Ok(())
+}
+
+/// After deploy 4: the mirror passes `git verify-pack` and `git fsck --full`, and the
+/// release's `model.bin` is the commit's blob, byte for byte (its id, computed by git).
+fn verify_changed(place: &Path, commit: &str) -> Result<()> {
+    let mirror = place.join("repo.git");
+    for entry in std::fs::read_dir(mirror.join("objects/pack"))? {
+        let path = entry?.path();
+        if path.extension().and_then(|x| x.to_str()) == Some("idx") {
+            git(&mirror, &["verify-pack", &path.display().to_string()])?;
+        }
+    }
+    git(&mirror, &["fsck", "--full", "--no-dangling"])?;
+    let releases = Releases::new(&place.join("apps"));
+    let current = releases
+        .current()
+        .ok_or_else(|| anyhow!("no current release after deploy 4"))?;
+    let file = releases.path(&current).join("model.bin");
+    let want = git(&mirror, &["rev-parse", &format!("{commit}:model.bin")])?;
+    let got = git(&mirror, &["hash-object", &file.display().to_string()])?;
+    if got != want {
+        bail!("deploy 4 wrote model.bin as {got}, the commit has {want}");
     }
     Ok(())
 }

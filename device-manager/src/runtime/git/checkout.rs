@@ -15,9 +15,13 @@
 //!   releases share, and the previous release stays intact (decision 12).
 //! - **Big files.** libgit2's checkout loads each blob whole into memory. A regular file of
 //!   at least [`STREAM_MIN`] bytes that no attribute or `core.autocrlf` filters, and that is
-//!   stored whole (not as a delta) in a pack of the mirror, is left out of libgit2's checkout
-//!   and inflated from the pack into the release in 64 KiB pieces, its size and id checked
-//!   ([`super::packblob`], decision 12). A delta or loose object stays with libgit2.
+//!   stored in a pack of the mirror, is left out of libgit2's checkout and written by the
+//!   manager in 64 KiB pieces, its size and id checked ([`super::packblob`]): stored whole, it
+//!   is inflated from the pack (decision 12); stored as a delta (a changed file fetched in a
+//!   thin pack), the delta is applied in steps, its copies read by offset from the running
+//!   release's file when that file has the base's id (checked first), else from the base
+//!   rebuilt from the pack into a temporary file (decision 20). A loose object stays with
+//!   libgit2.
 //! - **Submodules** (gitlinks in the tree) are fetched into their own mirrors and checked out
 //!   at the pinned commit, recursively, at most [`MAX_SUBMODULE_DEPTH`] levels deep.
 
@@ -137,9 +141,24 @@ pub fn checkout_commit(
         .update_index(false);
     repo.checkout_tree(write_tree.as_object(), Some(&mut builder))
         .map_err(git_err)?;
+    // Bases of big deltas that the running release holds (checked by their id before use).
+    let release_files: HashMap<Oid, PathBuf> = match &prev_tree {
+        Some((dir, prev)) if big.values().any(|f| f.delta) => walk(prev)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.kind == Kind::File)
+            .map(|e| (e.id, dir.join(&e.path)))
+            .collect(),
+        _ => HashMap::new(),
+    };
+    let known = |id: &[u8]| {
+        let id = Oid::from_bytes(id).ok()?;
+        release_files.get(&id).cloned()
+    };
+    let objects = repo.path().join("objects");
     for path in &streamed {
         if let Some(file) = big.get(path) {
-            write_from_pack(file, &target.join(path))
+            write_from_pack(file, &objects, &known, &target.join(path))
                 .map_err(|e| err(format!("writing {} from the pack: {e}", path.display())))?;
         }
     }
@@ -323,9 +342,12 @@ struct BigFile {
     id: Oid,
     executable: bool,
     location: Location,
+    /// Stored as a delta: rebuilt by streaming ([`packblob::write_delta_blob`]).
+    delta: bool,
 }
 
-/// The regular files of at least [`STREAM_MIN`] bytes, stored whole in a pack, whose bytes
+/// The regular files of at least [`STREAM_MIN`] bytes, stored in a pack (whole or as a
+/// delta), whose bytes
 /// libgit2 would write unchanged: no `filter`, `ident`, `eol`, `text` (other than `-text`)
 /// or `crlf` (other than `-crlf`) attribute, and no `core.autocrlf = true` when neither
 /// `text` nor `crlf` is given. A pack or index this cannot read leaves the file to libgit2.
@@ -380,6 +402,18 @@ fn big_files(
                         id: e.id,
                         executable: e.executable,
                         location,
+                        delta: false,
+                    },
+                );
+            }
+            Ok(Found::Delta(location)) if location.size == size as u64 => {
+                found.insert(
+                    PathBuf::from(&e.path),
+                    BigFile {
+                        id: e.id,
+                        executable: e.executable,
+                        location,
+                        delta: true,
                     },
                 );
             }
@@ -391,8 +425,14 @@ fn big_files(
 }
 
 /// Writes a big file from its pack (mode 0755 or 0644, like libgit2; created, never
-/// overwritten), or removes what was written on an error.
-fn write_from_pack(file: &BigFile, to: &Path) -> Result<(), String> {
+/// overwritten), or removes what was written on an error. A delta's base is looked up in
+/// `known` (the running release's files by blob id), else rebuilt in `objects`.
+fn write_from_pack(
+    file: &BigFile,
+    objects: &Path,
+    known: &dyn Fn(&[u8]) -> Option<PathBuf>,
+    to: &Path,
+) -> Result<(), String> {
     if let Some(parent) = to.parent() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -406,7 +446,24 @@ fn write_from_pack(file: &BigFile, to: &Path) -> Result<(), String> {
         .mode(if file.executable { 0o755 } else { 0o644 })
         .open(to)
         .map_err(|e| e.to_string())?;
-    let written = packblob::write_blob(&file.location, file.id.as_bytes(), &mut out);
+    let written = if file.delta {
+        let mut buffered = std::io::BufWriter::with_capacity(64 * 1024, &mut out);
+        packblob::write_delta_blob(
+            objects,
+            &file.location,
+            file.id.as_bytes(),
+            known,
+            &mut buffered,
+        )
+        .and_then(|()| {
+            std::io::Write::flush(&mut buffered).map_err(|source| packblob::PackBlobError::Io {
+                path: to.to_path_buf(),
+                source,
+            })
+        })
+    } else {
+        packblob::write_blob(&file.location, file.id.as_bytes(), &mut out)
+    };
     drop(out);
     written.map_err(|e| {
         let _ = std::fs::remove_file(to);

@@ -5,16 +5,25 @@
 //! of resident memory. A blob stored whole in a pack (not as a delta) is one zlib stream after
 //! a short header: this module finds it through the pack's `.idx` (version 2, read with
 //! `pread`, a few KiB), inflates it into the file and checks its size and its id (SHA-1 of
-//! `blob <size>\0` and the content) as it goes. Anything else — a delta, a loose object, an
-//! index of another version — is [`Found::No`], and the caller leaves the file to libgit2.
+//! `blob <size>\0` and the content) as it goes.
+//!
+//! A blob stored as a delta (OFS or REF, e.g. a changed file fetched in a thin pack) is
+//! [`Found::Delta`]: [`write_delta_blob`] applies the delta in steps (decision 20) — the delta
+//! inflated in 64 KiB pieces, each copy read by offset from the base, each insert taken from
+//! the delta — into the file and the id's hash. The base is a file the caller names by its id
+//! (the running release's copy, hashed first to be sure), or is rebuilt from the packs into an
+//! unlinked temporary file (inflated in steps; a base that is a delta itself is rebuilt the
+//! same way, at most [`MAX_DELTA_CHAIN`] deep). Anything else — a loose object, an index of
+//! another version — is [`Found::No`], and the caller leaves the file to libgit2.
 //!
 //! Pack files are external input (they come from the server): every offset, count and length
 //! read from them is checked, and a bad one is a [`PackBlobError`], never a panic.
 
+use flate2::read::ZlibDecoder;
 use flate2::{Decompress, FlushDecompress, Status};
 use sha1::{Digest, Sha1};
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -22,6 +31,11 @@ use std::path::{Path, PathBuf};
 const CHUNK: usize = 64 * 1024;
 /// Object type of a blob in a pack entry header.
 const OBJ_BLOB: u8 = 3;
+/// Object types of deltas in a pack entry header.
+const OBJ_OFS_DELTA: u8 = 6;
+const OBJ_REF_DELTA: u8 = 7;
+/// Deltas on deltas, at most this deep (git's own default depth is 50).
+const MAX_DELTA_CHAIN: usize = 1000;
 /// The longest pack entry header: 4 + 9 × 7 bits cover a 64-bit size.
 const MAX_ENTRY_HEADER: usize = 10;
 /// A version 2 pack index starts with this.
@@ -53,7 +67,10 @@ pub struct Location {
 pub enum Found {
     /// Stored whole in a pack: it can be streamed.
     Whole(Location),
-    /// Not in a pack this module reads, or stored as a delta: libgit2 writes it.
+    /// Stored as a delta (OFS or REF) in a pack; `size` is the delta's result size (from the
+    /// delta's own header): it can be rebuilt by streaming ([`write_delta_blob`]).
+    Delta(Location),
+    /// Not in a pack this module reads: libgit2 writes it.
     No,
 }
 
@@ -108,12 +125,17 @@ pub fn locate(objects_dir: &Path, oid: &[u8]) -> Result<Found, PackBlobError> {
         let mut head = [0u8; MAX_ENTRY_HEADER];
         let got = read_up_to(&file, &mut head, offset).map_err(io_err(&pack))?;
         let header = parse_entry_header(&head[..got]).map_err(|e| classify(&pack, e))?;
-        return Ok(match header {
-            EntryHeader {
-                kind: OBJ_BLOB,
-                size,
-                ..
-            } => Found::Whole(Location { pack, offset, size }),
+        return Ok(match header.kind {
+            OBJ_BLOB => Found::Whole(Location {
+                pack,
+                offset,
+                size: header.size,
+            }),
+            OBJ_OFS_DELTA | OBJ_REF_DELTA => {
+                let entry = delta_entry(&file, offset).map_err(|e| classify(&pack, e))?;
+                let (_, size) = delta_sizes(&file, &entry).map_err(|e| classify(&pack, e))?;
+                Found::Delta(Location { pack, offset, size })
+            }
             _ => Found::No,
         });
     }
@@ -208,6 +230,482 @@ pub fn idx_lookup(idx: &(impl ReadAt + ?Sized), oid: &[u8]) -> io::Result<Option
                 read_exact(idx, &mut b, at)?;
                 return Ok(Some(u64::from_be_bytes(b)));
             }
+        }
+    }
+    Ok(None)
+}
+
+/// Where a delta's base is: at an offset of the same pack, or named by its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Base {
+    Ofs(u64),
+    Ref([u8; OID_LEN]),
+}
+
+/// A delta entry of a pack: its base, where its zlib data starts, and the size of that data
+/// inflated (the delta itself, not its result).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeltaEntry {
+    pub base: Base,
+    pub data: u64,
+    pub delta_size: u64,
+}
+
+/// Reads the delta entry at `offset` (an `InvalidData` error if it is not a delta).
+pub fn delta_entry(pack: &(impl ReadAt + ?Sized), offset: u64) -> io::Result<DeltaEntry> {
+    let mut head = [0u8; MAX_ENTRY_HEADER + OID_LEN];
+    let got = read_up_to(pack, &mut head, offset)?;
+    let head = &head[..got];
+    let header = parse_entry_header(head)?;
+    let rest = &head[header.len..];
+    let (base, extra) = match header.kind {
+        OBJ_OFS_DELTA => {
+            // Big-endian groups of 7 bits, each continuation adding one (git's encoding).
+            let mut bytes = rest.iter();
+            let mut c = *bytes
+                .next()
+                .ok_or_else(|| corrupt("a delta's base offset is truncated"))?;
+            let mut back = u64::from(c & 0x7f);
+            let mut used = 1;
+            while c & 0x80 != 0 {
+                c = *bytes
+                    .next()
+                    .ok_or_else(|| corrupt("a delta's base offset is truncated"))?;
+                back = back
+                    .checked_add(1)
+                    .filter(|b| b.leading_zeros() >= 7)
+                    .ok_or_else(|| corrupt("a delta's base offset does not fit 64 bits"))?;
+                back = (back << 7) | u64::from(c & 0x7f);
+                used += 1;
+            }
+            let base = offset
+                .checked_sub(back)
+                .filter(|_| back > 0)
+                .ok_or_else(|| corrupt("a delta's base offset is out of the pack"))?;
+            (Base::Ofs(base), used)
+        }
+        OBJ_REF_DELTA => {
+            let id: [u8; OID_LEN] = rest
+                .get(..OID_LEN)
+                .and_then(|s| s.try_into().ok())
+                .ok_or_else(|| corrupt("a delta's base id is truncated"))?;
+            (Base::Ref(id), OID_LEN)
+        }
+        _ => return Err(corrupt("the pack entry is no longer a delta")),
+    };
+    let data = offset
+        .checked_add((header.len + extra) as u64)
+        .ok_or_else(|| corrupt("a pack entry's offset is out of range"))?;
+    Ok(DeltaEntry {
+        base,
+        data,
+        delta_size: header.size,
+    })
+}
+
+/// Reads a pack by offset from a position on (for a zlib decoder).
+struct PackReader<'a, R: ?Sized> {
+    pack: &'a R,
+    at: u64,
+}
+
+impl<R: ReadAt + ?Sized> Read for PackReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.pack.read_at(buf, self.at) {
+                Ok(n) => {
+                    self.at = self.at.saturating_add(n as u64);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// A delta's instructions, inflated in pieces, with a count of the bytes taken.
+struct DeltaReader<'a, R: ?Sized> {
+    z: BufReader<ZlibDecoder<PackReader<'a, R>>>,
+    taken: u64,
+}
+
+impl<'a, R: ReadAt + ?Sized> DeltaReader<'a, R> {
+    fn new(pack: &'a R, at: u64) -> Self {
+        DeltaReader {
+            z: BufReader::with_capacity(CHUNK, ZlibDecoder::new(PackReader { pack, at })),
+            taken: 0,
+        }
+    }
+
+    fn exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.z.read_exact(buf).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => corrupt("a delta ends early"),
+            _ => zlib_error(e),
+        })?;
+        self.taken += buf.len() as u64;
+        Ok(())
+    }
+
+    fn byte(&mut self) -> io::Result<u8> {
+        let mut b = [0u8; 1];
+        self.exact(&mut b)?;
+        Ok(b[0])
+    }
+
+    /// A size in a delta's header: little-endian groups of 7 bits.
+    fn varint(&mut self) -> io::Result<u64> {
+        let (mut v, mut shift) = (0u64, 0u32);
+        loop {
+            let b = self.byte()?;
+            let part = u64::from(b & 0x7f);
+            if shift >= 64 || (part << shift) >> shift != part {
+                return Err(corrupt("a delta's header size does not fit 64 bits"));
+            }
+            v |= part << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+    }
+
+    /// The zlib stream must end here.
+    fn end(&mut self) -> io::Result<()> {
+        let mut b = [0u8; 1];
+        match self.z.read(&mut b).map_err(zlib_error)? {
+            0 => Ok(()),
+            _ => Err(corrupt("a delta inflates to more than its header says")),
+        }
+    }
+}
+
+fn zlib_error(e: io::Error) -> io::Error {
+    match e.kind() {
+        io::ErrorKind::InvalidData => e,
+        io::ErrorKind::InvalidInput => corrupt(&format!("a delta's zlib data is corrupt: {e}")),
+        _ => e,
+    }
+}
+
+/// A delta's base size and result size, from its header.
+pub fn delta_sizes(pack: &(impl ReadAt + ?Sized), entry: &DeltaEntry) -> io::Result<(u64, u64)> {
+    let mut d = DeltaReader::new(pack, entry.data);
+    Ok((d.varint()?, d.varint()?))
+}
+
+/// Applies the delta `entry` of `pack` to `base` (`base_size` bytes), handing the result to
+/// `sink` in pieces of at most 64 KiB: the result's size. Every copy is checked against the
+/// base's size and the result's, the instructions against the delta's size.
+pub fn apply_delta(
+    pack: &(impl ReadAt + ?Sized),
+    entry: &DeltaEntry,
+    base: &(impl ReadAt + ?Sized),
+    base_size: u64,
+    sink: &mut dyn FnMut(DeltaPiece) -> io::Result<()>,
+) -> io::Result<u64> {
+    let mut d = DeltaReader::new(pack, entry.data);
+    if d.varint()? != base_size {
+        return Err(corrupt(
+            "a delta's base has another size than the delta says",
+        ));
+    }
+    let result = d.varint()?;
+    sink(DeltaPiece::Size(result))?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut written = 0u64;
+    while d.taken < entry.delta_size {
+        let cmd = d.byte()?;
+        if cmd & 0x80 != 0 {
+            let (mut off, mut len) = (0u64, 0u64);
+            for i in 0..4 {
+                if cmd & (1 << i) != 0 {
+                    off |= u64::from(d.byte()?) << (8 * i);
+                }
+            }
+            for i in 0..3 {
+                if cmd & (0x10 << i) != 0 {
+                    len |= u64::from(d.byte()?) << (8 * i);
+                }
+            }
+            if len == 0 {
+                len = 0x10000;
+            }
+            let fits = off
+                .checked_add(len)
+                .is_some_and(|end| end <= base_size && written + len <= result);
+            if !fits {
+                return Err(corrupt(
+                    "a delta copies from outside its base or past its result",
+                ));
+            }
+            while len > 0 {
+                let n = usize::try_from(len.min(CHUNK as u64)).unwrap_or(CHUNK);
+                let piece = &mut buf[..n];
+                read_exact(base, piece, off).map_err(|e| match e.kind() {
+                    io::ErrorKind::UnexpectedEof => {
+                        corrupt("a delta's base is shorter than it says")
+                    }
+                    _ => e,
+                })?;
+                sink(DeltaPiece::Bytes(piece))?;
+                off += n as u64;
+                len -= n as u64;
+                written += n as u64;
+            }
+        } else if cmd != 0 {
+            let n = usize::from(cmd);
+            if written + n as u64 > result {
+                return Err(corrupt("a delta inserts past its result"));
+            }
+            let piece = &mut buf[..n];
+            d.exact(piece)?;
+            sink(DeltaPiece::Bytes(piece))?;
+            written += n as u64;
+        } else {
+            return Err(corrupt("a delta holds the reserved instruction 0"));
+        }
+    }
+    if d.taken != entry.delta_size || written != result {
+        return Err(corrupt("a delta does not add up to its header's sizes"));
+    }
+    d.end()?;
+    Ok(result)
+}
+
+/// What [`apply_delta`] hands out: first the result's size, then its bytes.
+pub enum DeltaPiece<'a> {
+    Size(u64),
+    Bytes(&'a [u8]),
+}
+
+/// Writes blob `oid` stored as the delta at `loc` into `out`, applying the delta in steps:
+/// its base is a file of the running release when `known` names one whose content has the
+/// base's id (checked by hashing it first), or else is rebuilt from the mirror's packs into a
+/// temporary file in `objects_dir` (inflated in 64 KiB steps; a base that is a delta itself is
+/// rebuilt the same way). The result's size and id are checked. On an error part of it may
+/// have been written: the caller removes the file.
+pub fn write_delta_blob(
+    objects_dir: &Path,
+    loc: &Location,
+    oid: &[u8],
+    known: &dyn Fn(&[u8]) -> Option<PathBuf>,
+    out: &mut impl Write,
+) -> Result<(), PackBlobError> {
+    let pack = File::open(&loc.pack).map_err(|source| PackBlobError::Io {
+        path: loc.pack.clone(),
+        source,
+    })?;
+    let fail = |e| classify(&loc.pack, e);
+    let entry = delta_entry(&pack, loc.offset).map_err(fail)?;
+    let (base_size, _) = delta_sizes(&pack, &entry).map_err(fail)?;
+    let from_release = match entry.base {
+        Base::Ref(id) => known(&id).and_then(|path| {
+            let file = File::open(&path).ok()?;
+            let same = file.metadata().ok()?.len() == base_size
+                && file_blob_id(&file, base_size).ok()? == id;
+            same.then_some(file)
+        }),
+        Base::Ofs(_) => None,
+    };
+    let (base, kind, size) = match from_release {
+        Some(file) => (file, OBJ_BLOB, base_size),
+        None => rebuild_base(objects_dir, &loc.pack, &pack, &entry, 1)?,
+    };
+    if kind != OBJ_BLOB || size != base_size {
+        return Err(fail(corrupt(
+            "a blob's delta base is not a blob of its size",
+        )));
+    }
+    let mut hash = Sha1::new();
+    let result = apply_delta(&pack, &entry, &base, base_size, &mut |piece| {
+        match piece {
+            DeltaPiece::Size(n) => {
+                if n != loc.size {
+                    return Err(corrupt(&format!(
+                        "a delta's result has {n} bytes, the index said {}",
+                        loc.size
+                    )));
+                }
+                hash.update(format!("blob {n}\0").as_bytes());
+            }
+            DeltaPiece::Bytes(b) => {
+                hash.update(b);
+                out.write_all(b)?;
+            }
+        }
+        Ok(())
+    })
+    .map_err(fail)?;
+    if result != loc.size || hash.finalize().as_slice() != oid {
+        return Err(fail(corrupt("a blob's content does not match its id")));
+    }
+    Ok(())
+}
+
+/// The blob id of a file's content (`size` bytes), read in 64 KiB pieces.
+fn file_blob_id(file: &File, size: u64) -> io::Result<[u8; OID_LEN]> {
+    let mut hash = Sha1::new();
+    hash.update(format!("blob {size}\0").as_bytes());
+    let mut buf = vec![0u8; CHUNK];
+    let mut at = 0u64;
+    loop {
+        let n = read_up_to(file, &mut buf, at)?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        at += n as u64;
+    }
+    if at != size {
+        return Err(corrupt("a file changed size while it was read"));
+    }
+    Ok(hash.finalize().into())
+}
+
+/// The base of delta `entry` (of `pack`, at `pack_path`) rebuilt into a temporary file: the
+/// file, its object type and size.
+fn rebuild_base(
+    objects_dir: &Path,
+    pack_path: &Path,
+    pack: &File,
+    entry: &DeltaEntry,
+    depth: usize,
+) -> Result<(File, u8, u64), PackBlobError> {
+    let (base_pack_path, base_off) = match entry.base {
+        Base::Ofs(off) => (pack_path.to_path_buf(), off),
+        Base::Ref(id) => {
+            find_in_packs(objects_dir, pack_path, &id)?.ok_or_else(|| PackBlobError::Corrupt {
+                path: pack_path.to_path_buf(),
+                what: "a delta's base is in no pack of the mirror".into(),
+            })?
+        }
+    };
+    let opened;
+    let base_pack = if base_pack_path == pack_path {
+        pack
+    } else {
+        opened = File::open(&base_pack_path).map_err(|source| PackBlobError::Io {
+            path: base_pack_path.clone(),
+            source,
+        })?;
+        &opened
+    };
+    rebuild(objects_dir, &base_pack_path, base_pack, base_off, depth)
+}
+
+/// The object at `offset` of `pack` rebuilt into a temporary file in `objects_dir`.
+fn rebuild(
+    objects_dir: &Path,
+    pack_path: &Path,
+    pack: &File,
+    offset: u64,
+    depth: usize,
+) -> Result<(File, u8, u64), PackBlobError> {
+    let fail = |e| classify(pack_path, e);
+    if depth > MAX_DELTA_CHAIN {
+        return Err(fail(corrupt("a delta chain is too long (or loops)")));
+    }
+    let mut head = [0u8; MAX_ENTRY_HEADER];
+    let got = read_up_to(pack, &mut head, offset).map_err(fail)?;
+    let header = parse_entry_header(&head[..got]).map_err(fail)?;
+    let tmp = unlinked_file(objects_dir).map_err(|source| PackBlobError::Io {
+        path: objects_dir.to_path_buf(),
+        source,
+    })?;
+    let mut out = io::BufWriter::with_capacity(CHUNK, &tmp);
+    let (kind, size) = match header.kind {
+        1..=4 => {
+            let data = offset + header.len as u64;
+            let mut z = ZlibDecoder::new(PackReader { pack, at: data });
+            let n = io::copy(&mut (&mut z).take(header.size + 1), &mut out)
+                .map_err(|e| fail(zlib_error(e)))?;
+            if n != header.size {
+                return Err(fail(corrupt(&format!(
+                    "an object inflates to {n} bytes, its header says {}",
+                    header.size
+                ))));
+            }
+            (header.kind, header.size)
+        }
+        OBJ_OFS_DELTA | OBJ_REF_DELTA => {
+            let entry = delta_entry(pack, offset).map_err(fail)?;
+            let (base, kind, base_size) =
+                rebuild_base(objects_dir, pack_path, pack, &entry, depth + 1)?;
+            let size = apply_delta(pack, &entry, &base, base_size, &mut |piece| match piece {
+                DeltaPiece::Size(_) => Ok(()),
+                DeltaPiece::Bytes(b) => out.write_all(b),
+            })
+            .map_err(fail)?;
+            (kind, size)
+        }
+        _ => return Err(fail(corrupt("a pack entry has an unknown type"))),
+    };
+    out.flush().map_err(|source| PackBlobError::Io {
+        path: objects_dir.to_path_buf(),
+        source,
+    })?;
+    drop(out);
+    Ok((tmp, kind, size))
+}
+
+/// A new file in `dir`, readable and writable, already removed from the directory (its
+/// blocks are freed when it is closed, whatever happens).
+fn unlinked_file(dir: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    loop {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        let name = format!(
+            ".hammer-delta-base-{}-{}-{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = dir.join(name);
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(file) => {
+                std::fs::remove_file(&path)?;
+                return Ok(file);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The pack (its path) and offset of object `oid`: `prefer` (a pack path) first, then every
+/// other pack of `objects_dir`.
+fn find_in_packs(
+    objects_dir: &Path,
+    prefer: &Path,
+    oid: &[u8],
+) -> Result<Option<(PathBuf, u64)>, PackBlobError> {
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PackBlobError::Io { path, source }
+    };
+    let dir = objects_dir.join("pack");
+    let mut idxs = vec![prefer.with_extension("idx")];
+    for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
+        let path = entry.map_err(io_err(&dir))?.path();
+        if path.extension().and_then(|x| x.to_str()) == Some("idx") && path != idxs[0] {
+            idxs.push(path);
+        }
+    }
+    for idx in idxs {
+        let file = File::open(&idx).map_err(io_err(&idx))?;
+        if let Some(offset) = idx_lookup(&file, oid).map_err(|e| classify(&idx, e))? {
+            return Ok(Some((idx.with_extension("pack"), offset)));
         }
     }
     Ok(None)
@@ -466,6 +964,246 @@ mod tests {
         assert!(parse_entry_header(&[0xb0; 11]).is_err());
         assert!(parse_entry_header(&[0xb0, 0x80]).is_err());
         assert!(parse_entry_header(&[]).is_err());
+    }
+
+    fn varint(mut n: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(b);
+                return out;
+            }
+            out.push(b | 0x80);
+        }
+    }
+
+    /// Delta instructions: a copy from the base, or bytes to insert (at most 127).
+    enum Op<'a> {
+        Copy(u64, u64),
+        Insert(&'a [u8]),
+    }
+
+    fn delta_of(base_size: u64, result_size: u64, ops: &[Op]) -> Vec<u8> {
+        let mut d = varint(base_size);
+        d.extend(varint(result_size));
+        for op in ops {
+            match op {
+                Op::Copy(off, len) => {
+                    let mut cmd = 0x80u8;
+                    let mut args = Vec::new();
+                    for i in 0..4 {
+                        let b = (off >> (8 * i)) as u8;
+                        if b != 0 {
+                            cmd |= 1 << i;
+                            args.push(b);
+                        }
+                    }
+                    let len = if *len == 0x10000 { 0 } else { *len };
+                    for i in 0..3 {
+                        let b = (len >> (8 * i)) as u8;
+                        if b != 0 {
+                            cmd |= 0x10 << i;
+                            args.push(b);
+                        }
+                    }
+                    d.push(cmd);
+                    d.extend(args);
+                }
+                Op::Insert(bytes) => {
+                    d.push(bytes.len() as u8);
+                    d.extend(*bytes);
+                }
+            }
+        }
+        d
+    }
+
+    /// A pack whose entry at 12 is a REF_DELTA (`delta`, zlib) on base id `[0xab; 20]`.
+    fn ref_delta_pack(delta: &[u8]) -> Vec<u8> {
+        let mut pack = b"PACK\0\0\0\x02\0\0\0\x01".to_vec();
+        pack.extend(entry_header(OBJ_REF_DELTA, delta.len() as u64));
+        pack.extend([0xab; OID_LEN]);
+        pack.extend(zlib(delta));
+        pack
+    }
+
+    fn apply(pack: &[u8], base: &[u8]) -> io::Result<Vec<u8>> {
+        let entry = delta_entry(pack, 12)?;
+        let mut out = Vec::new();
+        apply_delta(pack, &entry, base, base.len() as u64, &mut |piece| {
+            if let DeltaPiece::Bytes(b) = piece {
+                out.extend_from_slice(b);
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    #[test]
+    fn a_delta_is_applied_in_steps_from_copies_and_inserts() {
+        let base: Vec<u8> = (0..200_000u32).map(|i| (i * 31 % 253) as u8).collect();
+        let ops = [
+            Op::Copy(0, 0x10000),
+            Op::Insert(b"four KiB changed here"),
+            Op::Copy(0x10000 + 21, 100_000),
+            Op::Copy(5, 1),
+            Op::Insert(b"!"),
+        ];
+        let mut want = base[..0x10000].to_vec();
+        want.extend(b"four KiB changed here");
+        want.extend(&base[0x10000 + 21..0x10000 + 21 + 100_000]);
+        want.push(base[5]);
+        want.push(b'!');
+        let delta = delta_of(base.len() as u64, want.len() as u64, &ops);
+        let pack = ref_delta_pack(&delta);
+        let entry = delta_entry(pack.as_slice(), 12).unwrap();
+        assert_eq!(entry.base, Base::Ref([0xab; OID_LEN]));
+        assert_eq!(entry.delta_size, delta.len() as u64);
+        assert_eq!(
+            delta_sizes(pack.as_slice(), &entry).unwrap(),
+            (base.len() as u64, want.len() as u64)
+        );
+        assert!(apply(&pack, &base).unwrap() == want);
+    }
+
+    #[test]
+    fn an_ofs_delta_names_its_base_by_a_backward_offset() {
+        // git's offset encoding: 300 = (1 + 1) << 7 | 44 ... encoded as [0x81, 0x2c].
+        let delta = delta_of(3, 3, &[Op::Copy(0, 3)]);
+        let mut pack = vec![0u8; 400];
+        pack.extend(entry_header(OBJ_OFS_DELTA, delta.len() as u64));
+        pack.extend([0x81, 0x2c]);
+        pack.extend(zlib(&delta));
+        let entry = delta_entry(pack.as_slice(), 400).unwrap();
+        assert_eq!(entry.base, Base::Ofs(400 - 300));
+        let mut bad = vec![0u8; 10];
+        bad.extend(entry_header(OBJ_OFS_DELTA, 3));
+        bad.extend([0x81, 0x2c]);
+        assert!(delta_entry(bad.as_slice(), 10).is_err(), "before the pack");
+    }
+
+    #[test]
+    fn a_delta_that_reads_or_writes_out_of_bounds_is_an_error() {
+        let base = b"0123456789".to_vec();
+        let err = |ops: &[Op], base_size: u64, result: u64| {
+            let pack = ref_delta_pack(&delta_of(base_size, result, ops));
+            apply(&pack, &base).unwrap_err().to_string()
+        };
+        assert!(err(&[Op::Copy(8, 3)], 10, 3).contains("outside its base"));
+        assert!(err(&[Op::Copy(0, 5)], 10, 4).contains("past its result"));
+        assert!(err(&[Op::Insert(b"abc")], 10, 2).contains("past its result"));
+        assert!(err(&[Op::Copy(0, 2)], 10, 3).contains("add up"));
+        assert!(err(&[Op::Copy(0, 2)], 11, 2).contains("another size"));
+        // The reserved instruction 0.
+        let mut d = delta_of(10, 1, &[]);
+        d.push(0);
+        assert!(apply(&ref_delta_pack(&d), &base)
+            .unwrap_err()
+            .to_string()
+            .contains("reserved"));
+        // A delta cut short inside an insert.
+        let mut d = delta_of(10, 5, &[]);
+        d.extend([5, b'a', b'b']);
+        assert!(apply(&ref_delta_pack(&d), &base).is_err());
+    }
+
+    /// A way to name a delta base's file by its id (the running release's, in the checkout).
+    type Known<'a> = &'a dyn Fn(&[u8]) -> Option<PathBuf>;
+
+    /// An objects folder with one pack: `base` whole at 12, then a REF_DELTA on it (the base
+    /// named by id, as in a thin pack fixed by libgit2) at the returned offset, both indexed.
+    fn objects_with_delta(dir: &Path, base: &[u8], delta: &[u8], result_id: [u8; 20]) -> u64 {
+        let base_id = blob_id(base);
+        let mut pack = pack_of(base);
+        let at = pack.len() as u64;
+        pack.extend(entry_header(OBJ_REF_DELTA, delta.len() as u64));
+        pack.extend(base_id);
+        pack.extend(zlib(delta));
+        std::fs::create_dir_all(dir.join("pack")).unwrap();
+        std::fs::write(dir.join("pack/pack-1.pack"), &pack).unwrap();
+        let idx = idx_of(&mut [(base_id, 12), (result_id, at)]);
+        std::fs::write(dir.join("pack/pack-1.idx"), idx).unwrap();
+        at
+    }
+
+    #[test]
+    fn a_delta_blob_is_written_from_a_known_base_file_or_a_base_rebuilt_from_the_pack() {
+        let tmp = tempfile::tempdir().unwrap();
+        let objects = tmp.path().join("objects");
+        let base: Vec<u8> = (0..150_000u32).map(|i| (i * 17 % 251) as u8).collect();
+        let mut want = base.clone();
+        want[70_000..70_010].copy_from_slice(b"0123456789");
+        let ops = [
+            Op::Copy(0, 70_000),
+            Op::Insert(b"0123456789"),
+            Op::Copy(70_010, 80_000 - 10),
+        ];
+        let delta = delta_of(base.len() as u64, want.len() as u64, &ops);
+        let id = blob_id(&want);
+        let at = objects_with_delta(&objects, &base, &delta, id);
+        let found = locate(&objects, &id).unwrap();
+        let loc = Location {
+            pack: objects.join("pack/pack-1.pack"),
+            offset: at,
+            size: want.len() as u64,
+        };
+        assert_eq!(found, Found::Delta(loc.clone()));
+
+        let good = tmp.path().join("release-copy");
+        std::fs::write(&good, &base).unwrap();
+        let mut wrong = base.clone();
+        wrong[0] ^= 1;
+        let changed = tmp.path().join("changed-copy");
+        std::fs::write(&changed, &wrong).unwrap();
+        let base_id = blob_id(&base);
+        let none = |_: &[u8]| None;
+        let from_good = |id: &[u8]| (id == base_id).then(|| good.clone());
+        let from_changed = |id: &[u8]| (id == base_id).then(|| changed.clone());
+        let known: [Known; 3] = [&none, &from_good, &from_changed];
+        for k in known {
+            let mut out = Vec::new();
+            write_delta_blob(&objects, &loc, &id, k, &mut out).unwrap();
+            assert!(out == want);
+        }
+        // No temporary base left in the objects folder.
+        let left: Vec<_> = std::fs::read_dir(&objects).unwrap().collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+
+        let err = write_delta_blob(&objects, &loc, &[7; 20], &none, &mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not match its id"), "{err}");
+        let short = Location {
+            size: loc.size - 1,
+            ..loc.clone()
+        };
+        let err = write_delta_blob(&objects, &short, &id, &none, &mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the index said"), "{err}");
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_delta_bytes_never_panic(
+            delta in proptest::collection::vec(any::<u8>(), 0..512),
+            base in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let pack = ref_delta_pack(&delta);
+            let _ = apply(&pack, &base);
+        }
+
+        #[test]
+        fn arbitrary_delta_entries_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..64),
+            offset in 0u64..64,
+        ) {
+            if let Ok(entry) = delta_entry(bytes.as_slice(), offset) {
+                let _ = delta_sizes(bytes.as_slice(), &entry);
+            }
+        }
     }
 
     proptest! {
