@@ -2,10 +2,10 @@
 //!
 //! Everything here is pure: topic names ([`topics`]), name and id rules ([`names`]), the
 //! rules for tags, environment variables and git refs ([`rules`]), the install step of a
-//! release ([`install`]), broker URLs
-//! ([`broker_url`]), the wire names of enums ([`wire`]), the message types ([`messages`]),
-//! the CBOR codec with its size limit ([`codec`]), the Ed25519 signing envelope for
-//! service → device messages ([`signing`]) and HPKE-sealed git credentials ([`sealing`]).
+//! release ([`install`]), broker URLs ([`broker_url`]), maintenance windows' text
+//! ([`window`]), the wire names of enums ([`wire`]), the message types ([`messages`]), the
+//! CBOR codec with its size limit ([`codec`]), the Ed25519 signing envelope for service →
+//! device messages ([`signing`]) and HPKE-sealed git credentials ([`sealing`]).
 //! No I/O happens in this crate.
 //!
 //! Each input rule has one definition here, used by the CLI, the service and the manager.
@@ -23,6 +23,7 @@ pub mod sealing;
 pub mod signing;
 pub mod topics;
 pub mod wire;
+pub mod window;
 
 pub use broker_url::{BrokerUrl, BrokerUrlError};
 pub use codec::{decode, encode, CodecError};
@@ -34,6 +35,7 @@ pub use rules::{
     validate_tag, validate_tags, CommitIdError, EnvError, GitRefError, TagError,
 };
 pub use topics::{Channel, Topic, TopicError};
+pub use window::{Window, WindowError};
 pub use wire::WireName;
 
 /// Version carried in every message as field `v`. Decoders refuse any other value.
