@@ -602,6 +602,10 @@ pub enum AuditAction {
     DeviceRefused,
     /// A dashboard sign-in (`POST /login` or `POST /api/v1/session`) with the user's token.
     SignedIn,
+    /// `POST /windows`: a maintenance window added.
+    WindowAdded,
+    /// `DELETE /windows/{id}`: a maintenance window removed.
+    WindowRemoved,
     #[serde(other)]
     Unknown,
 }
@@ -622,6 +626,55 @@ pub struct AuditEntry {
     /// `ok`, or the HTTP status code of the answer (`201`, `404`, …).
     pub result: String,
     pub detail: Option<String>,
+}
+
+// ---- maintenance windows ----
+
+/// What a maintenance window applies to: `{"device": NAME}` (the caller's device of that
+/// name) or `{"tag": "key=value"}` (the caller's devices with that tag).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppliesTo {
+    Device(String),
+    Tag(String),
+}
+
+/// `POST /api/v1/windows` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWindow {
+    pub applies_to: AppliesTo,
+    /// `DAYS HH:MM-HH:MM` in UTC ([`crate::window`]), e.g. `mon-fri 22:00-04:00`.
+    pub window: String,
+    /// A label for people (at most 128 bytes, one line).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A maintenance window (`GET /api/v1/windows`, the `POST` answer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceWindow {
+    pub id: String,
+    pub name: Option<String>,
+    pub applies_to: AppliesTo,
+    /// The window's canonical text, e.g. `mon-fri 22:00-04:00` (UTC).
+    pub window: String,
+    /// When it was added (ms since the epoch).
+    pub created_at: u64,
+}
+
+/// `GET /api/v1/devices/{name}/windows`: the windows that apply to a device, and whether it
+/// may be deployed to now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceWindows {
+    pub device: String,
+    /// The windows applying to it (by its name or one of its tags); none: it may be deployed
+    /// to at any time.
+    pub windows: Vec<MaintenanceWindow>,
+    /// A deployment may launch it now: no window applies, or one is open.
+    pub open: bool,
+    /// When closed: when the next window opens (ms since the epoch).
+    pub opens_at: Option<u64>,
 }
 
 // ---- bad commits (the kill switch) ----

@@ -68,6 +68,8 @@ wire_names!(AuditAction {
     DeviceRolledBack => "device_rolled_back",
     DeviceRefused => "device_refused",
     SignedIn => "signed_in",
+    WindowAdded => "window_added",
+    WindowRemoved => "window_removed",
     Unknown => "unknown",
 });
 

@@ -441,6 +441,15 @@ impl Store for CountingStore {
     ) -> Result<Page<AuditRecord, AuditCursor>> {
         self.inner.audit_page(owner, before, limit)
     }
+    fn insert_window(&self, w: &crate::store::WindowRecord, max: usize) -> Result<bool> {
+        self.inner.insert_window(w, max)
+    }
+    fn windows_of(&self, owner: &str) -> Result<Vec<crate::store::WindowRecord>> {
+        self.inner.windows_of(owner)
+    }
+    fn delete_window(&self, owner: &str, id: &str) -> Result<bool> {
+        self.inner.delete_window(owner, id)
+    }
 }
 
 /// Renders the service's metrics from counters only; `broker` is the embedded broker's own

@@ -48,6 +48,7 @@
 pub mod core;
 pub mod inbox;
 pub mod phasing;
+pub mod window;
 
 pub use self::core::commit_named_by;
 use self::core::{

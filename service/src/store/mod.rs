@@ -28,6 +28,8 @@
 //!   records per user, none older than [`Retention::max_age`]; each append removes up to
 //!   [`PRUNE_BATCH`] of the same user's oldest records beyond a bound. Records are indexed by
 //!   user and order of appending, so a user's page reads only their records.
+//! - Maintenance windows ([`Store::insert_window`]): at most [`MAX_WINDOWS_PER_USER`] (100)
+//!   per user; the insert past it is refused, and nothing is pruned.
 //! - Lists are pages: at most [`hammer_protocol::api::MAX_PAGE_LIMIT`] records per request.
 //! - Web sessions: within the caps [`Store::insert_session`] is given (per user and in all);
 //!   each insert also removes up to [`PRUNE_BATCH`] expired ones.
@@ -45,7 +47,7 @@ pub mod pg;
 pub mod sled;
 
 use hammer_protocol::api::{
-    AuditAction, DeploymentState, DeviceState, SetupView, Strategy, TargetState,
+    AppliesTo, AuditAction, DeploymentState, DeviceState, SetupView, Strategy, TargetState,
 };
 use hammer_protocol::{DesiredState, Phase, RunState, StatusEvent};
 use serde::{Deserialize, Serialize};
@@ -199,6 +201,27 @@ impl AuditRecord {
             ..self.clone()
         }
     }
+}
+
+/// Most maintenance windows one user keeps ([`Store::insert_window`]): a user with more than a
+/// few dozen windows has one per device where a tag would do, and the rollout reads all of a
+/// user's windows for every launch it gates.
+pub const MAX_WINDOWS_PER_USER: usize = 100;
+
+/// A maintenance window of a user (`crate::rollout::window` decides with it): the devices it
+/// applies to may be launched by a deployment only while it is open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowRecord {
+    pub id: String,
+    /// The user whose devices it applies to.
+    pub owner: String,
+    /// A label for people.
+    pub name: Option<String>,
+    /// One device (by name, so a device removed and added again keeps it) or a tag.
+    pub applies_to: AppliesTo,
+    pub window: hammer_protocol::Window,
+    /// When it was added (ms since the epoch).
+    pub created_at: u64,
 }
 
 /// A failed store call. Never a "not found".
@@ -698,6 +721,16 @@ pub trait Store: Send + Sync + 'static {
         before: Option<AuditCursor>,
         limit: usize,
     ) -> Result<Page<AuditRecord, AuditCursor>>;
+
+    /// Adds a maintenance window unless its owner already has `max` of them (`false` then,
+    /// and nothing is stored). The count and the insert are atomic (across processes sharing
+    /// the database, one user's inserts run one at a time).
+    fn insert_window(&self, w: &WindowRecord, max: usize) -> Result<bool>;
+    /// `owner`'s maintenance windows, oldest first (by `created_at`, then id). Reads only that
+    /// user's records.
+    fn windows_of(&self, owner: &str) -> Result<Vec<WindowRecord>>;
+    /// Removes `owner`'s window `id`; `false` if that user has no such window.
+    fn delete_window(&self, owner: &str, id: &str) -> Result<bool>;
 
     /// Stores a status event once per (device, epoch, seq), capped by [`cap_status`], and
     /// removes the device's oldest events beyond the [`Retention`] bounds.

@@ -21,6 +21,8 @@
 //!   one in-process lock that also holds the number of sessions stored
 //! - `audit` owner\0order (BE, from `generate_id`) → audit record: a user's log in the order
 //!   of appending; `audit_count` owner → how many it holds (u64 BE)
+//! - `windows` owner\0id → maintenance window: a user's windows; inserted under one
+//!   in-process lock (the per-user bound)
 //! - `failures` key → window start, window end, count (3 × u64 BE); `failure_ends` window
 //!   end (BE) key → (): changed under one in-process lock
 //!
@@ -62,6 +64,9 @@ pub struct SledStore {
     audit_count: ::sled::Tree,
     /// Held while failure counts change.
     failure_lock: std::sync::Mutex<()>,
+    windows: ::sled::Tree,
+    /// Held while a window is inserted (the count and the insert are one step).
+    window_lock: std::sync::Mutex<()>,
     retention: Retention,
 }
 
@@ -237,6 +242,8 @@ impl SledStore {
             audit: t("audit")?,
             audit_count: t("audit_count")?,
             failure_lock: std::sync::Mutex::new(()),
+            windows: t("windows")?,
+            window_lock: std::sync::Mutex::new(()),
             retention,
             db,
         };
@@ -1128,6 +1135,28 @@ impl Store for SledStore {
             items,
             next: if more { next } else { None },
         })
+    }
+
+    fn insert_window(&self, w: &WindowRecord, max: usize) -> Result<bool> {
+        let _one_at_a_time = self.window_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let have = self.windows.scan_prefix(prefix(&w.owner)).keys().count();
+        if have >= max {
+            return Ok(false);
+        }
+        self.windows
+            .insert(key2(&w.owner, &w.id), to_json(w)?)
+            .map_err(err)?;
+        Ok(true)
+    }
+
+    fn windows_of(&self, owner: &str) -> Result<Vec<WindowRecord>> {
+        let mut v: Vec<WindowRecord> = Self::all(self.windows.scan_prefix(prefix(owner)))?;
+        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(v)
+    }
+
+    fn delete_window(&self, owner: &str, id: &str) -> Result<bool> {
+        Ok(self.windows.remove(key2(owner, id)).map_err(err)?.is_some())
     }
 
     fn history_page(

@@ -10,6 +10,8 @@
 //! - [`status`]: status events (exactly-once insert, acks, history, retention).
 //! - The audit log: table `audit` (migration 5), appended and pruned per user in one
 //!   transaction that holds a per-user advisory lock.
+//! - Maintenance windows: table `windows` (migration 7), counted and inserted per user in one
+//!   transaction that holds a per-user advisory lock.
 //!
 //! Records are stored whole as JSON (`rec`), with the columns the store looks them up, orders
 //! or prunes by beside them. Every write is committed when the call returns (visible to every
@@ -917,6 +919,52 @@ impl Store for PgStore {
             )?;
             let (items, next) = newest_first_page(&rows, limit)?;
             Ok(Page { items, next })
+        })
+    }
+
+    fn insert_window(&self, w: &WindowRecord, max: usize) -> Result<bool> {
+        let w = w.clone();
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        self.write(move |db| {
+            let mut tx = db.client.transaction()?;
+            // One user's inserts run one at a time, so the bound holds exactly.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('hammer-windows:' || $1))",
+                &[&w.owner],
+            )?;
+            let have: i64 = tx
+                .query_one("SELECT COUNT(*) FROM windows WHERE owner = $1", &[&w.owner])?
+                .get(0);
+            if have >= max {
+                return Ok(false);
+            }
+            let n = tx.execute(
+                "INSERT INTO windows (owner, id, created_at, rec) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT DO NOTHING",
+                &[&w.owner, &w.id, &ts(w.created_at), &Json(&w)],
+            )?;
+            tx.commit()?;
+            Ok(n == 1)
+        })
+    }
+
+    fn windows_of(&self, owner: &str) -> Result<Vec<WindowRecord>> {
+        let owner = s(owner);
+        self.read(move |db| {
+            all(db.query(
+                "SELECT rec FROM windows WHERE owner = $1 ORDER BY created_at, id",
+                &[&owner],
+            )?)
+        })
+    }
+
+    fn delete_window(&self, owner: &str, id: &str) -> Result<bool> {
+        let (owner, id) = (s(owner), s(id));
+        self.write(move |db| {
+            Ok(db.execute(
+                "DELETE FROM windows WHERE owner = $1 AND id = $2",
+                &[&owner, &id],
+            )? > 0)
         })
     }
 
