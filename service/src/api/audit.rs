@@ -71,6 +71,8 @@ pub fn action_of(method: &Method, route: &str) -> Option<AuditAction> {
         ("POST", "/api/v1/deployments/{id}/retry") => A::DeploymentRetried,
         ("POST", "/api/v1/commits/{sha}/bad") => A::CommitMarkedBad,
         ("DELETE", "/api/v1/commits/{sha}/bad") => A::CommitUnmarked,
+        ("POST", "/api/v1/windows") => A::WindowAdded,
+        ("DELETE", "/api/v1/windows/{id}") => A::WindowRemoved,
         _ => return None,
     })
 }
@@ -158,6 +160,15 @@ mod tests {
         assert_eq!(action_of(&Method::GET, "/api/v1/devices/{name}"), None);
         assert_eq!(action_of(&Method::POST, "/api/v1/session"), None);
         assert_eq!(action_of(&Method::GET, "/api/v1/audit"), None);
+        assert_eq!(
+            action_of(&Method::POST, "/api/v1/windows"),
+            Some(AuditAction::WindowAdded)
+        );
+        assert_eq!(
+            action_of(&Method::DELETE, "/api/v1/windows/{id}"),
+            Some(AuditAction::WindowRemoved)
+        );
+        assert_eq!(action_of(&Method::GET, "/api/v1/windows"), None);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod events;
 pub mod meta;
 pub mod setup;
 pub mod users;
+pub mod windows;
 
 use crate::service::Service;
 use axum::routing::{get, post, put, MethodRouter};
@@ -98,6 +99,15 @@ fn build() -> Routes {
         "/api/v1/commits/{sha}/bad",
         post(commits::mark).delete(commits::unmark),
     )
+    .route(
+        "/api/v1/windows",
+        get(windows::list).post(windows::add),
+    )
+    .route(
+        "/api/v1/windows/{id}",
+        axum::routing::delete(windows::remove),
+    )
+    .route("/api/v1/devices/{name}/windows", get(windows::of_device))
 }
 
 /// The enrollment listener's only route: `POST /api/v1/enroll`, served over HTTPS with a

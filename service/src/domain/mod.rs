@@ -5,13 +5,15 @@
 //!
 //! [`devices`] (look up, list, create within the quota), [`deployments`] (strategy, targets,
 //! pages), [`activity`] (logs, history, the checks actions share), [`commits`] (the
-//! commits a user marked bad: the kill switch) and [`audit`] (a user's audit log).
+//! commits a user marked bad: the kill switch), [`audit`] (a user's audit log) and
+//! [`windows`] (a user's maintenance windows).
 
 pub mod activity;
 pub mod audit;
 pub mod commits;
 pub mod deployments;
 pub mod devices;
+pub mod windows;
 
 use crate::error::ServiceError;
 use crate::store::UserRecord;

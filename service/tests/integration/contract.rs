@@ -367,6 +367,9 @@ fn world_value(schema: &str, property: &str) -> Option<Value> {
         // A repository URL the service parses (`parse_remote_url`); nothing fetches it, the
         // simulated device only reports phases.
         ("SetupRequest", "repo_url") => json!("https://example.com/app.git"),
+        // A window's text (`hammer_protocol::window`) and one of the caller's devices.
+        ("CreateWindow", "window") => json!("mon-fri 22:00-04:00"),
+        ("CreateWindow", "applies_to") => json!({"device": "alice-dev"}),
         _ => return None,
     })
 }
@@ -498,6 +501,8 @@ impl World {
             "token"
         } else if path.starts_with("/api/v1/commits") {
             "commit"
+        } else if path.starts_with("/api/v1/windows") {
+            "window"
         } else {
             let _ = param;
             "device"
@@ -826,6 +831,10 @@ impl Ctx {
         let alice = &self.world.tokens[2];
         let (url, body) = match kind {
             "device" => ("/api/v1/devices", json!({"name": format!("del{fresh}")})),
+            "window" => (
+                "/api/v1/windows",
+                json!({"applies_to": {"tag": "env=prod"}, "window": "daily 02:00-03:00"}),
+            ),
             _ => ("/api/v1/tokens", json!({})),
         };
         let a = send(
@@ -841,6 +850,7 @@ impl Ctx {
         let v: Value = serde_json::from_str(&a.body).unwrap();
         match kind {
             "device" => v["device"]["name"].as_str().unwrap().to_owned(),
+            // A window and a token answer their id.
             _ => v["id"].as_str().unwrap().to_owned(),
         }
     }
@@ -927,6 +937,12 @@ fn every_answer_is_in_the_openapi_document() {
             .await;
         assert_eq!(s, 201, "{dep}");
         let (_, bob_tok) = h.post("/api/v1/tokens", &bob, json!({})).await;
+        let window = json!({"applies_to": {"device": "alice-dev"}, "window": "daily 02:00-03:00"});
+        let (s, alice_win) = h.post("/api/v1/windows", &alice, window).await;
+        assert_eq!(s, 201, "{alice_win}");
+        let window = json!({"applies_to": {"tag": "a=b"}, "window": "sat,sun 00:00-24:00"});
+        let (s, bob_win) = h.post("/api/v1/windows", &bob, window).await;
+        assert_eq!(s, 201, "{bob_win}");
         for (i, tok) in [(2usize, &alice), (3, &h.admin)] {
             let (s, t) = h.post("/api/v1/tokens", tok, json!({})).await;
             assert_eq!(s, 201, "{t}");
@@ -936,6 +952,7 @@ fn every_answer_is_in_the_openapi_document() {
             o.insert("device", "alice-dev".into());
             o.insert("deployment", dep["id"].as_str().unwrap().to_owned());
             o.entry("token").or_insert_with(|| "tok-none".into());
+            o.insert("window", alice_win["id"].as_str().unwrap().to_owned());
             // The commit the simulated devices report running.
             o.insert("commit", "1".repeat(40));
         }
@@ -944,6 +961,7 @@ fn every_answer_is_in_the_openapi_document() {
         others.insert("commit", "2".repeat(40));
         others.insert("deployment", bob_dep["id"].as_str().unwrap().to_owned());
         others.insert("token", bob_tok["id"].as_str().unwrap().to_owned());
+        others.insert("window", bob_win["id"].as_str().unwrap().to_owned());
         // The enrollment listener trusts the fleet CA.
         let bundle = h.provision("bob", "bob-enroll", json!({})).await;
         let enroll_http = reqwest::Client::builder()
@@ -1102,6 +1120,7 @@ fn request_types() -> BTreeMap<&'static str, Parse> {
         ("Strategy", parses::<api::Strategy>),
         ("PhaseSize", parses::<api::PhaseSize>),
         ("MarkBad", parses::<api::MarkBad>),
+        ("CreateWindow", parses::<api::CreateWindow>),
     ])
 }
 
@@ -1133,6 +1152,22 @@ fn samples() -> BTreeMap<&'static str, Vec<Value>> {
         app_cpu_ms: 5,
         manager_version: s("0.1.0"),
     };
+    let windows = vec![
+        MaintenanceWindow {
+            id: s("w1"),
+            name: Some(s("nightly")),
+            applies_to: AppliesTo::Device(s("dev")),
+            window: s("mon-fri 22:00-04:00"),
+            created_at: 1,
+        },
+        MaintenanceWindow {
+            id: s("w2"),
+            name: None,
+            applies_to: AppliesTo::Tag(s("site=lab")),
+            window: s("daily 02:00-03:30"),
+            created_at: 2,
+        },
+    ];
     let (_, device_full) = written::<DeviceView>(json!({
         "id": "d1", "name": "dev", "tags": {"env": "prod"}, "state": "ready", "online": true,
         "last_seen": 7, "current_commit": "1".repeat(40), "current_commit_subject": "Fix the pump",
@@ -1545,6 +1580,46 @@ fn samples() -> BTreeMap<&'static str, Vec<Value>> {
             })],
         ),
         ("Event", events.iter().map(to_json).collect()),
+        (
+            "AppliesTo",
+            vec![
+                to_json(&AppliesTo::Device(s("dev"))),
+                to_json(&AppliesTo::Tag(s("site=lab"))),
+            ],
+        ),
+        (
+            "CreateWindow",
+            vec![
+                to_json(&CreateWindow {
+                    applies_to: AppliesTo::Device(s("dev")),
+                    window: s("mon-fri 22:00-04:00"),
+                    name: Some(s("nightly")),
+                }),
+                to_json(&CreateWindow {
+                    applies_to: AppliesTo::Tag(s("site=lab")),
+                    window: s("daily 02:00-03:30"),
+                    name: None,
+                }),
+            ],
+        ),
+        ("MaintenanceWindow", windows.iter().map(to_json).collect()),
+        (
+            "DeviceWindows",
+            vec![
+                to_json(&DeviceWindows {
+                    device: s("dev"),
+                    windows: windows.clone(),
+                    open: false,
+                    opens_at: Some(9),
+                }),
+                to_json(&DeviceWindows {
+                    device: s("dev"),
+                    windows: vec![],
+                    open: true,
+                    opens_at: None,
+                }),
+            ],
+        ),
         (
             "AuditEntry",
             vec![

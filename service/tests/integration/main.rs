@@ -32,3 +32,4 @@ mod quotas;
 mod rollout;
 mod sessions;
 mod store_contract;
+mod windows;

@@ -7,7 +7,7 @@
 //! reconnecting and the URL's secrecy are the PostgreSQL tests at the end.
 
 use crate::pg_server::TestPg;
-use hammer_protocol::api::{DeploymentState, DeviceState, Strategy};
+use hammer_protocol::api::{AppliesTo, DeploymentState, DeviceState, Strategy};
 use hammer_protocol::{Phase, StatusEvent, PROTOCOL_VERSION};
 use hammer_service::domain::devices::new_device;
 use hammer_service::store::pg::{PgConfig, PgStore};
@@ -946,6 +946,51 @@ fn concurrent_failures_of_one_key_are_each_counted_once(open: Open) {
     assert_eq!(s.failures("ip", 1_000, 60_000).unwrap(), 60);
 }
 
+fn window(id: &str, owner: &str, created_at: u64, applies_to: AppliesTo) -> WindowRecord {
+    WindowRecord {
+        id: id.into(),
+        owner: owner.into(),
+        name: Some(format!("window {id}")),
+        applies_to,
+        window: hammer_protocol::Window::parse("mon-fri 22:00-04:00").unwrap(),
+        created_at,
+    }
+}
+
+fn a_users_windows_are_listed_oldest_first_within_the_bound_and_removed_once(open: Open) {
+    let s = fresh(open);
+    let w2 = window("w2", "u1", 20, AppliesTo::Tag("site=lab".into()));
+    let w1 = window("w1", "u1", 10, AppliesTo::Device("pi".into()));
+    let w3 = window("w1", "u2", 5, AppliesTo::Device("pi".into()));
+    assert!(s.insert_window(&w2, 2).unwrap());
+    assert!(s.insert_window(&w1, 2).unwrap());
+    assert!(s.insert_window(&w3, 2).unwrap(), "the bound is per user");
+    assert_eq!(s.windows_of("u1").unwrap(), [w1.clone(), w2.clone()]);
+    assert_eq!(s.windows_of("u2").unwrap(), [w3.clone()]);
+    assert!(s.windows_of("nobody").unwrap().is_empty());
+    // At the bound nothing more is stored.
+    let w4 = window("w4", "u1", 30, AppliesTo::Device("x".into()));
+    assert!(!s.insert_window(&w4, 2).unwrap());
+    assert_eq!(s.windows_of("u1").unwrap().len(), 2);
+    // Removed by its owner only, once.
+    assert!(!s.delete_window("u3", "w2").unwrap());
+    assert!(s.delete_window("u1", "w1").unwrap());
+    assert!(!s.delete_window("u1", "w1").unwrap());
+    assert_eq!(s.windows_of("u1").unwrap(), [w2]);
+    assert_eq!(s.windows_of("u2").unwrap(), [w3], "u2's window of the same id stays");
+    flush(&*s);
+}
+
+fn concurrent_window_inserts_never_pass_the_bound(open: Open) {
+    let s = fresh(open);
+    let added = at_once(8, |i| {
+        let w = window(&format!("c{i}"), "u1", i as u64, AppliesTo::Device("pi".into()));
+        s.insert_window(&w, 5).unwrap()
+    });
+    assert_eq!(added.iter().filter(|a| **a).count(), 5, "{added:?}");
+    assert_eq!(s.windows_of("u1").unwrap().len(), 5);
+}
+
 fn an_owners_device_count_follows_inserts_and_deletes_and_no_one_elses(open: Open) {
     let s = fresh(open);
     assert_eq!(s.count_devices_of("al").unwrap(), 0);
@@ -1067,6 +1112,14 @@ const CASES: &[Case] = &[
     (
         "an_owners_device_count_follows_inserts_and_deletes_and_no_one_elses",
         an_owners_device_count_follows_inserts_and_deletes_and_no_one_elses,
+    ),
+    (
+        "a_users_windows_are_listed_oldest_first_within_the_bound_and_removed_once",
+        a_users_windows_are_listed_oldest_first_within_the_bound_and_removed_once,
+    ),
+    (
+        "concurrent_window_inserts_never_pass_the_bound",
+        concurrent_window_inserts_never_pass_the_bound,
     ),
 ];
 
