@@ -74,6 +74,9 @@ pub enum Command {
     /// Mark a commit bad (the kill switch), unmark it, list those marked
     #[command(subcommand)]
     Commit(CommitCmd),
+    /// Maintenance windows: when a deployment may launch a device (by name or tag), in UTC
+    #[command(subcommand)]
+    Window(crate::window::WindowCmd),
     /// Restart a device's app
     Restart(NameArg),
     /// Stop a device's app (it stays stopped until `hammer start`)

@@ -15,6 +15,7 @@ mod devices;
 mod output;
 mod stream;
 mod users;
+mod window;
 
 use anyhow::Result;
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -340,6 +341,7 @@ async fn run_client(global: &GlobalArgs, cmd: ClientCommand) -> Result<()> {
     match cmd {
         ClientCommand::Login => users::login(&conn, json).await,
         ClientCommand::Audit(page) => audit::list(&conn, &page, json).await,
+        ClientCommand::Window(c) => window::run(&conn, c, json).await,
         ClientCommand::User(UserCmd::Add { name }) => users::add_user(&conn, &name, json).await,
         ClientCommand::Device(c) => devices::run(&conn, c, json).await,
         ClientCommand::Setup(a) => devices::setup(&conn, a, json).await,

@@ -117,6 +117,23 @@ fn deployment_id(id: &str) -> Result<&str> {
     Ok(id)
 }
 
+/// A maintenance window id as the service makes them: lowercase letters and digits.
+fn window_id(id: &str) -> Result<&str> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if ok {
+        Ok(id)
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{:?} is not a maintenance window id (lowercase letters and digits); `hammer window list` shows yours",
+            id.chars().take(80).collect::<String>()
+        )))
+    }
+}
+
 /// A full commit id (the protocol's one rule), lowercase.
 fn commit_id(sha: &str) -> Result<String> {
     hammer_protocol::full_commit_id(sha).map_err(|e| Error::InvalidArgument(e.to_string()))
@@ -590,6 +607,45 @@ impl Client {
     /// `GET /commits/bad`: the commits marked bad, oldest first.
     pub async fn bad_commits(&self) -> Result<Answer<hammer_protocol::api::BadCommits>> {
         self.get("/commits/bad", &[]).await
+    }
+
+    // ---- maintenance windows ----
+
+    /// `GET /windows`: the caller's maintenance windows, oldest first.
+    pub async fn windows(&self) -> Result<Answer<Vec<hammer_protocol::api::MaintenanceWindow>>> {
+        self.get("/windows", &[]).await
+    }
+
+    /// `POST /windows`: adds a maintenance window (its text checked here first, by the
+    /// protocol's rule).
+    pub async fn add_window(
+        &self,
+        req: &hammer_protocol::api::CreateWindow,
+    ) -> Result<Answer<hammer_protocol::api::MaintenanceWindow>> {
+        hammer_protocol::Window::parse(&req.window)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        self.post("/windows", req).await
+    }
+
+    /// `DELETE /windows/{id}`: removes one of the caller's maintenance windows.
+    pub async fn remove_window(&self, id: &str) -> Result<Value> {
+        self.send::<()>(
+            Method::DELETE,
+            &format!("/windows/{}", window_id(id)?),
+            &[],
+            None,
+        )
+        .await
+    }
+
+    /// `GET /devices/{name}/windows`: the windows applying to a device, and whether a
+    /// deployment may launch it now.
+    pub async fn device_windows(
+        &self,
+        device: &str,
+    ) -> Result<Answer<hammer_protocol::api::DeviceWindows>> {
+        self.get(&format!("/devices/{}/windows", name(device)?), &[])
+            .await
     }
 }
 

@@ -22,8 +22,8 @@ pub mod schedule;
 pub mod sealing;
 pub mod signing;
 pub mod topics;
-pub mod wire;
 pub mod window;
+pub mod wire;
 
 pub use broker_url::{BrokerUrl, BrokerUrlError};
 pub use codec::{decode, encode, CodecError};

@@ -27,7 +27,8 @@ pub const DAY_MINUTES: u16 = 24 * 60;
 /// The days' names, Monday first (the index of a day in [`Days`]).
 pub const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 /// Windows written as examples in error messages and help texts.
-pub const WINDOW_EXAMPLES: &str = "\"mon-fri 22:00-04:00\", \"daily 02:00-03:30\" or \"sat,sun 00:00-24:00\"";
+pub const WINDOW_EXAMPLES: &str =
+    "\"mon-fri 22:00-04:00\", \"daily 02:00-03:30\" or \"sat,sun 00:00-24:00\"";
 
 /// A set of days of the week: bit `i` is [`DAY_NAMES`]`[i]` (Monday = 0). Never empty in a
 /// [`Window`].
@@ -292,7 +293,11 @@ mod tests {
         let c = w("sat,sun 00:00-24:00");
         assert_eq!(c.days().bits(), 0b1100000);
         assert_eq!((c.start_minute(), c.length_minutes()), (0, 1440));
-        assert_eq!(w("SAT,Sun  00:00-24:00"), c, "case and spacing do not matter");
+        assert_eq!(
+            w("SAT,Sun  00:00-24:00"),
+            c,
+            "case and spacing do not matter"
+        );
     }
 
     #[test]
@@ -318,8 +323,14 @@ mod tests {
             "mon-fri 22:00-04:00"
         );
         assert_eq!(w("fri-thu 02:00-03:30").to_string(), "daily 02:00-03:30");
-        assert_eq!(w("mon,wed-fri 23:00-00:00").to_string(), "mon,wed-fri 23:00-24:00");
-        assert_eq!(w("fri-mon 10:00-09:59").to_string(), "mon,fri-sun 10:00-09:59");
+        assert_eq!(
+            w("mon,wed-fri 23:00-00:00").to_string(),
+            "mon,wed-fri 23:00-24:00"
+        );
+        assert_eq!(
+            w("fri-mon 10:00-09:59").to_string(),
+            "mon,fri-sun 10:00-09:59"
+        );
     }
 
     #[test]

@@ -15,3 +15,4 @@ mod deployment_cli;
 mod drain_cli;
 mod enroll_relay;
 mod pinning_cli;
+mod window_cli;

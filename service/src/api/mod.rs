@@ -99,10 +99,7 @@ fn build() -> Routes {
         "/api/v1/commits/{sha}/bad",
         post(commits::mark).delete(commits::unmark),
     )
-    .route(
-        "/api/v1/windows",
-        get(windows::list).post(windows::add),
-    )
+    .route("/api/v1/windows", get(windows::list).post(windows::add))
     .route(
         "/api/v1/windows/{id}",
         axum::routing::delete(windows::remove),

@@ -130,7 +130,9 @@ mod tests {
     #[test]
     fn the_reference_monday_is_a_monday() {
         // 2026-11-30T00:00:00Z, checked against the service's own calendar.
-        assert!(crate::views::utc(MONDAY).0.starts_with("2026-11-30T00:00:00"));
+        assert!(crate::views::utc(MONDAY)
+            .0
+            .starts_with("2026-11-30T00:00:00"));
         assert_eq!(in_week(MONDAY), 0);
     }
 
@@ -150,8 +152,14 @@ mod tests {
         let ws = [w("mon-fri 22:00-04:00")];
         assert!(is_open(&ws, at(0, "23:00")), "monday night");
         assert!(is_open(&ws, at(1, "03:59")), "tuesday morning, from monday");
-        assert!(!is_open(&ws, at(0, "03:00")), "monday morning: sunday has none");
-        assert!(is_open(&ws, at(5, "02:00")), "saturday morning, from friday");
+        assert!(
+            !is_open(&ws, at(0, "03:00")),
+            "monday morning: sunday has none"
+        );
+        assert!(
+            is_open(&ws, at(5, "02:00")),
+            "saturday morning, from friday"
+        );
         assert!(!is_open(&ws, at(5, "22:30")), "saturday night");
         assert_eq!(
             gate(&ws, at(5, "12:00")),
@@ -204,11 +212,31 @@ mod tests {
     fn a_devices_windows_are_those_naming_it_or_one_of_its_tags() {
         let recs = [
             rec("1", "u1", AppliesTo::Device("pi".into()), "mon 01:00-02:00"),
-            rec("2", "u1", AppliesTo::Tag("site=lab".into()), "tue 01:00-02:00"),
-            rec("3", "u1", AppliesTo::Tag("site=home".into()), "wed 01:00-02:00"),
-            rec("4", "u1", AppliesTo::Device("other".into()), "thu 01:00-02:00"),
+            rec(
+                "2",
+                "u1",
+                AppliesTo::Tag("site=lab".into()),
+                "tue 01:00-02:00",
+            ),
+            rec(
+                "3",
+                "u1",
+                AppliesTo::Tag("site=home".into()),
+                "wed 01:00-02:00",
+            ),
+            rec(
+                "4",
+                "u1",
+                AppliesTo::Device("other".into()),
+                "thu 01:00-02:00",
+            ),
             rec("5", "u2", AppliesTo::Device("pi".into()), "fri 01:00-02:00"),
-            rec("6", "u1", AppliesTo::Tag("not a selector".into()), "sat 01:00-02:00"),
+            rec(
+                "6",
+                "u1",
+                AppliesTo::Tag("not a selector".into()),
+                "sat 01:00-02:00",
+            ),
         ];
         let pi = device("pi", &[("site", "lab")]);
         assert_eq!(

@@ -977,14 +977,23 @@ fn a_users_windows_are_listed_oldest_first_within_the_bound_and_removed_once(ope
     assert!(s.delete_window("u1", "w1").unwrap());
     assert!(!s.delete_window("u1", "w1").unwrap());
     assert_eq!(s.windows_of("u1").unwrap(), [w2]);
-    assert_eq!(s.windows_of("u2").unwrap(), [w3], "u2's window of the same id stays");
+    assert_eq!(
+        s.windows_of("u2").unwrap(),
+        [w3],
+        "u2's window of the same id stays"
+    );
     flush(&*s);
 }
 
 fn concurrent_window_inserts_never_pass_the_bound(open: Open) {
     let s = fresh(open);
     let added = at_once(8, |i| {
-        let w = window(&format!("c{i}"), "u1", i as u64, AppliesTo::Device("pi".into()));
+        let w = window(
+            &format!("c{i}"),
+            "u1",
+            i as u64,
+            AppliesTo::Device("pi".into()),
+        );
         s.insert_window(&w, 5).unwrap()
     });
     assert_eq!(added.iter().filter(|a| **a).count(), 5, "{added:?}");

@@ -32,7 +32,10 @@ async fn a_user_adds_lists_and_removes_windows_and_another_user_cannot_see_or_re
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{by_name}");
-    assert_eq!(by_name["window"], "mon-fri 22:00-04:00", "the canonical text");
+    assert_eq!(
+        by_name["window"], "mon-fri 22:00-04:00",
+        "the canonical text"
+    );
     assert_eq!(by_name["name"], "nightly");
     assert_eq!(by_name["applies_to"], json!({"device": "pi"}));
     let (s, by_tag) = h
@@ -88,7 +91,10 @@ async fn a_user_adds_lists_and_removes_windows_and_another_user_cannot_see_or_re
         .collect();
     assert_eq!(
         ids,
-        [by_name["id"].as_str().unwrap(), by_tag["id"].as_str().unwrap()],
+        [
+            by_name["id"].as_str().unwrap(),
+            by_tag["id"].as_str().unwrap()
+        ],
         "oldest first, only the two that were accepted"
     );
 
@@ -133,11 +139,21 @@ async fn a_user_adds_lists_and_removes_windows_and_another_user_cannot_see_or_re
 
     // Alice removes one; once.
     let (s, v) = h
-        .call(Method::DELETE, &format!("/api/v1/windows/{id}"), &alice, None)
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/windows/{id}"),
+            &alice,
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
     let (s, v) = h
-        .call(Method::DELETE, &format!("/api/v1/windows/{id}"), &alice, None)
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/windows/{id}"),
+            &alice,
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
     let (_, list) = h.get("/api/v1/windows", &alice).await;
