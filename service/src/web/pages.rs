@@ -706,6 +706,7 @@ pub async fn device(
     let body = format!(
         r#"<h1>Device <span id="device-name">{n}</span></h1>
 <div data-live="/devices/{u}?part=state">{state}</div>
+{windows}
 <section class="card"><h2>Actions</h2><div class="actions" data-live="/devices/{u}?part=actions">{actions}</div></section>
 <section class="card"><h2>History</h2>
 <p class="help">One line per release; open one to see its phases.</p>
@@ -713,6 +714,13 @@ pub async fn device(
 <section class="card"><h2>Logs</h2>
 <pre id="logs" class="logs" role="log" data-device="{n}" data-logs="/api/v1/devices/{u}/logs" tabindex="0" aria-label="Recent and live log lines">{logs}</pre></section>"#,
         state = device_state(&d, now),
+        windows = match crate::domain::windows::of_device(&svc, &c, &name, now) {
+            Ok(w) => super::windows_page::device_section(&w),
+            Err(e) => format!(
+                "<p class=\"help\">(maintenance windows unavailable: {})</p>",
+                esc(&e.message)
+            ),
+        },
         actions = actions_html(&d),
         hist = history_html(&hist, now),
         live = if pg.cursor.is_some() {
