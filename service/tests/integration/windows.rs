@@ -198,3 +198,111 @@ async fn a_user_has_at_most_a_hundred_windows_and_the_refusal_says_what_to_do() 
     let (_, list) = h.get("/api/v1/windows", &alice).await;
     assert_eq!(list.as_array().unwrap().len(), 100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_dashboard_lists_windows_and_adds_them_through_the_api_only_from_its_own_origin() {
+    use reqwest::header::{COOKIE, ORIGIN, SET_COOKIE};
+    let h = Harness::start().await;
+    let alice = h.user("alice").await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = http
+        .post(format!("{}/api/v1/session", h.base))
+        .json(&json!({ "token": alice }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let cookie = r.headers()[SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let body = json!({"applies_to": {"tag": "site=<lab>"}, "window": "daily 02:00-03:30", "name": "<b>nightly</b>"});
+    // What the page's form sends: refused without the dashboard's own Origin (CSRF).
+    let r = http
+        .post(format!("{}/api/v1/windows", h.base))
+        .header(COOKIE, &cookie)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = http
+        .post(format!("{}/api/v1/windows", h.base))
+        .header(COOKIE, &cookie)
+        .header(ORIGIN, "https://evil.example")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = http
+        .post(format!("{}/api/v1/windows", h.base))
+        .header(COOKIE, &cookie)
+        .header(ORIGIN, &h.base)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let (_, list) = h.get("/api/v1/windows", &alice).await;
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        1,
+        "only the same-origin request added one"
+    );
+
+    let page = http
+        .get(format!("{}/windows", h.base))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("<h1>Maintenance windows</h1>"), "{html}");
+    assert!(
+        html.contains("<a href=\"/windows\">Maintenance windows</a>"),
+        "in the navigation"
+    );
+    assert!(html.contains("<code>daily 02:00-03:30</code>"), "{html}");
+    assert!(
+        html.contains("site=&lt;lab&gt;") && html.contains("&lt;b&gt;nightly&lt;/b&gt;"),
+        "escaped: {html}"
+    );
+    assert!(!html.contains("<b>nightly"), "{html}");
+
+    // The device page says whether the device is in its window.
+    let (s, v) = h
+        .post(
+            "/api/v1/devices",
+            &alice,
+            json!({"name": "pi", "tags": {"site": "<lab>"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let html = http
+        .get(format!("{}/devices/pi", h.base))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("<h2>Maintenance window</h2>"), "{html}");
+    assert!(
+        html.contains("In a maintenance window now")
+            || html.contains("Outside its maintenance windows"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<code>daily 02:00-03:30</code> (UTC), by tag"),
+        "{html}"
+    );
+}
