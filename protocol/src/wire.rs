@@ -177,7 +177,7 @@ mod tests {
         assert_eq!(DeviceState::ALL.len(), 5);
         assert_eq!(DeploymentState::ALL.len(), 5);
         assert_eq!(TargetState::ALL.len(), 8);
-        assert_eq!(AuditAction::ALL.len(), 20);
+        assert_eq!(AuditAction::ALL.len(), 22);
         assert_eq!(PhaseGateState::ALL.len(), 5);
         assert_eq!(Phase::RolledBack.wire_name(), "rolled_back");
         assert_eq!(TargetState::InFlight.wire_name(), "in_flight");
