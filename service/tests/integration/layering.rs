@@ -36,6 +36,7 @@ const SERVICE_LAYERS: &[(&str, &[&str])] = &[
         &[
             "rollout::core",
             "rollout::phasing",
+            "rollout::window",
             "rollout::inbox",
             "cluster::wire",
             "cluster::lease",
