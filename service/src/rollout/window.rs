@@ -105,6 +105,16 @@ pub fn windows_for(device: &DeviceRecord, records: &[WindowRecord]) -> Vec<Windo
         .collect()
 }
 
+/// The answer in the shape `core::Rollout::next_launch_gated` asks for: until when `device`
+/// is outside the windows among `records` (its owner's), `None` when it may be launched at
+/// `now`. The engine reads the owner's windows once per step (`Store::windows_of`).
+pub fn closed_until(device: &DeviceRecord, records: &[WindowRecord], now: u64) -> Option<u64> {
+    match gate(&windows_for(device, records), now) {
+        Gate::Open => None,
+        Gate::WaitUntil(t) => Some(t),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +255,26 @@ mod tests {
             "another user's window naming the same device name does not apply"
         );
         assert!(windows_for(&device("x", &[("site", "labx")]), &recs).is_empty());
+    }
+
+    #[test]
+    fn closed_until_is_none_inside_a_window_or_without_one_and_the_opening_outside() {
+        let recs = [rec(
+            "1",
+            "u1",
+            AppliesTo::Device("pi".into()),
+            "wed 12:00-13:00",
+        )];
+        let pi = device("pi", &[]);
+        assert_eq!(closed_until(&pi, &recs, at(2, "12:30")), None);
+        assert_eq!(
+            closed_until(&pi, &recs, at(2, "13:00")),
+            Some(at(9, "12:00"))
+        );
+        assert_eq!(
+            closed_until(&device("other", &[]), &recs, at(2, "13:00")),
+            None
+        );
     }
 
     fn any_window() -> impl Strategy<Value = Window> {
