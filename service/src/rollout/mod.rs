@@ -59,7 +59,7 @@ pub use self::inbox::{RolloutError, RolloutMsg};
 use crate::mqtt::publish::{publish_desired, stage_desired};
 use crate::service::Service;
 use crate::store::{BadCommitRecord, DeploymentRecord, Fence, StoreError};
-use hammer_protocol::api::{DeploymentState, Event};
+use hammer_protocol::api::{DeploymentState, Event, TargetState};
 use hammer_protocol::{now_ms, DesiredState, RunState, StatusEvent, PROTOCOL_VERSION};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -603,7 +603,8 @@ impl Engine {
         // Ended deployments these launches overtake on their devices: (deployment, device).
         let mut overtaken: Vec<(String, String)> = Vec::new();
         rollout.begin_step(now_ms());
-        while let Some(launch) = rollout.next_launch(now_ms()) {
+        let mut gate = self.window_gate(rollout.record());
+        while let Some(launch) = rollout.next_launch_gated(now_ms(), &mut gate) {
             let now = now_ms();
             let previous = std::sync::Mutex::new(None);
             let (result, desired) = self.stage(&launch, now, &previous);
@@ -700,6 +701,33 @@ impl Engine {
             self.supersede(id, overtaken).await;
         }
         persisted
+    }
+
+    /// The launch gate of a deployment's step: until when a device is outside its owner's
+    /// maintenance windows (`rollout::window`). The owner's windows are read once per step;
+    /// a device record only when the owner has windows and the core asks about it.
+    fn window_gate(&self, dep: &DeploymentRecord) -> impl FnMut(&str) -> Option<u64> {
+        let windows = if dep.state == DeploymentState::Running
+            && dep.targets.iter().any(|t| t.state == TargetState::Pending)
+        {
+            self.svc.store.windows_of(&dep.owner).unwrap_or_else(|e| {
+                tracing::warn!(deployment = %dep.id, error = %e, "cannot read maintenance windows; launching as if none applied");
+                Vec::new()
+            })
+        } else {
+            Vec::new()
+        };
+        let svc = self.svc.clone();
+        move |device_id: &str| {
+            if windows.is_empty() {
+                return None;
+            }
+            match svc.store.device(device_id) {
+                Ok(Some(d)) => self::window::closed_until(&d, &windows, now_ms()),
+                // Gone or unreadable: the launch finds out and says so.
+                Ok(None) | Err(_) => None,
+            }
+        }
     }
 
     /// Marks the timed-out targets of ended deployments that `by`'s launches overtook as

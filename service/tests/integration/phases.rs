@@ -204,3 +204,61 @@ async fn phases_soak_and_start_times_out_of_range_are_refused_with_what_is_allow
         );
     }
 }
+
+/// A device outside its maintenance window waits as pending while the others go, and goes
+/// when its window opens (the next full minute here: the window's grain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_device_outside_its_maintenance_window_waits_then_goes_when_it_opens() {
+    let h = Harness::start().await;
+    let t = h.user("alice").await;
+    let night = h
+        .ready_device(
+            "alice",
+            &t,
+            "night",
+            json!({"site": "night"}),
+            Behavior::Succeed,
+        )
+        .await;
+    let day = h
+        .ready_device("alice", &t, "day", json!({}), Behavior::Succeed)
+        .await;
+    // The window opens at the next full minute (UTC) and lasts a minute.
+    let now = hammer_protocol::now_ms();
+    let opens = (now / 60_000 + 1) * 60_000;
+    let hm = |ms: u64| format!("{:02}:{:02}", ms / 3_600_000 % 24, ms / 60_000 % 60);
+    let window = format!("daily {}-{}", hm(opens), hm(opens + 60_000));
+    let (s, v) = h
+        .post(
+            "/api/v1/windows",
+            &t,
+            json!({"applies_to": {"tag": "site=night"}, "window": window}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id = deploy(
+        &h,
+        &t,
+        json!({"targets": {"names": ["night", "day"]}, "strategy": {"timeout_secs": 120}}),
+    )
+    .await;
+    // `day` has no window: it goes at once; `night` waits, and takes no slot meanwhile.
+    wait_for(&h, &t, &id, |v| target_state(v, "day") == "succeeded").await;
+    if hammer_protocol::now_ms() < opens {
+        let (_, v) = h.get(&format!("/api/v1/deployments/{id}"), &t).await;
+        assert_eq!(target_state(&v, "night"), "pending", "{v}");
+        assert!(
+            night.last_desired().is_none(),
+            "launched outside its window"
+        );
+    }
+    assert!(day.last_desired().is_some());
+    let v = h.wait_deployment(&t, &id, 90).await;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let issued = night.last_desired().unwrap().issued_at;
+    assert!(
+        issued >= opens,
+        "launched {} ms before its window opened",
+        opens - issued
+    );
+}
