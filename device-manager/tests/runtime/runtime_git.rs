@@ -815,7 +815,7 @@ fn deploying_a_big_file_keeps_the_peak_small() {
 /// A 32 MiB file deployed, then changed by 4 KiB: the server sends the new version as a delta
 /// against the old one (a thin pack). The vendored libgit2's indexer resolves it by streaming
 /// and injects the missing base into the pack in steps, and the checkout applies the delta in
-/// steps (vendor/libgit2-sys/HAMMER-PATCH.md, decision 0020): the second deploy, in a fresh
+/// steps (vendor/libgit2-sys/HAMMER-PATCH.md, decision 0019): the second deploy, in a fresh
 /// process, adds a few MiB to its peak, not three times the file (before: about +100 MiB).
 /// `share`: the running release's copy is the delta's base; else the base is rebuilt from the
 /// mirror's pack into a temporary file.

@@ -20,7 +20,7 @@
 //!   is inflated from the pack (decision 12); stored as a delta (a changed file fetched in a
 //!   thin pack), the delta is applied in steps, its copies read by offset from the running
 //!   release's file when that file has the base's id (checked first), else from the base
-//!   rebuilt from the pack into a temporary file (decision 20). A loose object stays with
+//!   rebuilt from the pack into a temporary file (decision 19). A loose object stays with
 //!   libgit2.
 //! - **Submodules** (gitlinks in the tree) are fetched into their own mirrors and checked out
 //!   at the pinned commit, recursively, at most [`MAX_SUBMODULE_DEPTH`] levels deep.

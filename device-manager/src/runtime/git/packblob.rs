@@ -8,7 +8,7 @@
 //! `blob <size>\0` and the content) as it goes.
 //!
 //! A blob stored as a delta (OFS or REF, e.g. a changed file fetched in a thin pack) is
-//! [`Found::Delta`]: [`write_delta_blob`] applies the delta in steps (decision 20) — the delta
+//! [`Found::Delta`]: [`write_delta_blob`] applies the delta in steps (decision 19) — the delta
 //! inflated in 64 KiB pieces, each copy read by offset from the base, each insert taken from
 //! the delta — into the file and the id's hash. The base is a file the caller names by its id
 //! (the running release's copy, hashed first to be sure), or is rebuilt from the packs into an
