@@ -606,6 +606,12 @@ pub enum AuditAction {
     WindowAdded,
     /// `DELETE /windows/{id}`: a maintenance window removed.
     WindowRemoved,
+    /// `POST /webhooks`.
+    WebhookAdded,
+    /// `DELETE /webhooks/{id}`.
+    WebhookRemoved,
+    /// `POST /webhooks/{id}/test`.
+    WebhookTested,
     #[serde(other)]
     Unknown,
 }
@@ -759,4 +765,153 @@ pub enum Event {
     },
     #[serde(other)]
     Unknown,
+}
+
+// ---- webhooks ----
+
+/// What a webhook delivery is about (its `Hammer-Event` header and the body's `type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum WebhookEvent {
+    /// A deployment was created.
+    #[serde(rename = "deployment.created")]
+    DeploymentCreated,
+    /// Its owner paused it.
+    #[serde(rename = "deployment.paused")]
+    DeploymentPaused,
+    /// Its owner resumed it.
+    #[serde(rename = "deployment.resumed")]
+    DeploymentResumed,
+    /// It moved on to its next phase.
+    #[serde(rename = "deployment.phase_promoted")]
+    DeploymentPhasePromoted,
+    /// It ended with every target done.
+    #[serde(rename = "deployment.succeeded")]
+    DeploymentSucceeded,
+    /// It ended with failed targets.
+    #[serde(rename = "deployment.failed")]
+    DeploymentFailed,
+    /// It was stopped by its abort threshold (or because its commit was marked bad).
+    #[serde(rename = "deployment.aborted")]
+    DeploymentAborted,
+    /// Its owner canceled it.
+    #[serde(rename = "deployment.canceled")]
+    DeploymentCanceled,
+    /// A device connected.
+    #[serde(rename = "device.online")]
+    DeviceOnline,
+    /// A device disconnected.
+    #[serde(rename = "device.offline")]
+    DeviceOffline,
+    /// A device's new release failed its health gate; the previous one runs again.
+    #[serde(rename = "device.rolled_back")]
+    DeviceRolledBack,
+    /// A device's app keeps crashing (several crashes in a few minutes).
+    #[serde(rename = "device.crash_looping")]
+    DeviceCrashLooping,
+    /// A test delivery (`POST /api/v1/webhooks/{id}/test`).
+    #[serde(rename = "ping")]
+    Ping,
+    #[serde(rename = "unknown", other)]
+    Unknown,
+}
+
+/// `POST /api/v1/webhooks` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    /// `http://` or `https://`; at most 2,048 bytes.
+    pub url: String,
+    /// The events to deliver; empty (or absent): all of them.
+    #[serde(default)]
+    pub events: Vec<WebhookEvent>,
+}
+
+/// A webhook as the API shows it: never its secret, only the secret's first characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookView {
+    pub id: String,
+    pub url: String,
+    /// The events delivered; empty: all of them.
+    pub events: Vec<WebhookEvent>,
+    /// The first characters of the signing secret, to tell secrets apart.
+    pub secret_prefix: String,
+    pub created_at: u64,
+}
+
+/// `POST /api/v1/webhooks` answer: the signing secret, shown this once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewWebhook {
+    pub webhook: WebhookView,
+    /// The HMAC-SHA256 key of `Hammer-Signature` (64 hex digits, used as given).
+    pub secret: String,
+}
+
+/// Where a delivery is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Waiting for its first or next attempt.
+    Pending,
+    /// The receiver answered 2xx.
+    Delivered,
+    /// Every attempt failed; no more are made.
+    Failed,
+    /// Removed from the queue unsent: the user had too many deliveries pending.
+    Dropped,
+    #[serde(other)]
+    Unknown,
+}
+
+/// One attempt of a delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryAttempt {
+    /// When it started (ms since the epoch).
+    pub time: u64,
+    /// The receiver's HTTP status, when it answered.
+    pub status: Option<u16>,
+    /// Why it failed without an answer (connection refused, timeout, address refused, …).
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+/// One delivery of an event to a webhook (`GET /api/v1/webhooks/{id}/deliveries`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryView {
+    /// Also the `Hammer-Delivery` header and the body's `id`: receivers dedupe on it.
+    pub id: String,
+    pub webhook_id: String,
+    pub event: WebhookEvent,
+    pub created_at: u64,
+    pub state: DeliveryState,
+    /// The latest attempts, oldest first (at most 10 kept).
+    pub attempts: Vec<DeliveryAttempt>,
+    /// Attempts made in all.
+    pub attempt_count: u32,
+    /// When the next attempt is due (pending only).
+    pub next_attempt_at: Option<u64>,
+}
+
+/// The body of a webhook delivery (`POST` to the webhook's URL, JSON). `T` is what `data`
+/// holds: a receiver reads it as any JSON value first and then by `kind`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookPayload<T> {
+    /// The delivery's id (`Hammer-Delivery`).
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: WebhookEvent,
+    /// When the event happened (ms since the epoch).
+    pub created_at: u64,
+    /// A [`DeploymentView`] for `deployment.*`, a [`DeviceEventData`] for `device.*`, `{}` for
+    /// `ping`.
+    pub data: T,
+}
+
+/// `data` of a `device.*` delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceEventData {
+    /// The device's name.
+    pub device: String,
+    pub deployment_id: Option<String>,
+    pub commit: Option<String>,
+    pub detail: Option<String>,
 }

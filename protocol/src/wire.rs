@@ -6,7 +6,10 @@
 //! [`TargetState::is_finished`]); when a device's phase ends a deployment is
 //! [`Phase::ends_deployment`].
 
-use crate::api::{AuditAction, DeploymentState, DeviceState, PhaseGateState, TargetState};
+use crate::api::{
+    AuditAction, DeliveryState, DeploymentState, DeviceState, PhaseGateState, TargetState,
+    WebhookEvent,
+};
 use crate::messages::{Phase, RunState};
 
 /// An enum with a fixed wire name per variant.
@@ -70,6 +73,34 @@ wire_names!(AuditAction {
     SignedIn => "signed_in",
     WindowAdded => "window_added",
     WindowRemoved => "window_removed",
+    WebhookAdded => "webhook_added",
+    WebhookRemoved => "webhook_removed",
+    WebhookTested => "webhook_tested",
+    Unknown => "unknown",
+});
+
+wire_names!(WebhookEvent {
+    DeploymentCreated => "deployment.created",
+    DeploymentPaused => "deployment.paused",
+    DeploymentResumed => "deployment.resumed",
+    DeploymentPhasePromoted => "deployment.phase_promoted",
+    DeploymentSucceeded => "deployment.succeeded",
+    DeploymentFailed => "deployment.failed",
+    DeploymentAborted => "deployment.aborted",
+    DeploymentCanceled => "deployment.canceled",
+    DeviceOnline => "device.online",
+    DeviceOffline => "device.offline",
+    DeviceRolledBack => "device.rolled_back",
+    DeviceCrashLooping => "device.crash_looping",
+    Ping => "ping",
+    Unknown => "unknown",
+});
+
+wire_names!(DeliveryState {
+    Pending => "pending",
+    Delivered => "delivered",
+    Failed => "failed",
+    Dropped => "dropped",
     Unknown => "unknown",
 });
 
@@ -166,6 +197,8 @@ mod tests {
         names_match_serde::<TargetState>();
         names_match_serde::<AuditAction>();
         names_match_serde::<PhaseGateState>();
+        names_match_serde::<WebhookEvent>();
+        names_match_serde::<DeliveryState>();
     }
 
     #[test]
@@ -177,8 +210,10 @@ mod tests {
         assert_eq!(DeviceState::ALL.len(), 5);
         assert_eq!(DeploymentState::ALL.len(), 5);
         assert_eq!(TargetState::ALL.len(), 8);
-        assert_eq!(AuditAction::ALL.len(), 22);
+        assert_eq!(AuditAction::ALL.len(), 25);
         assert_eq!(PhaseGateState::ALL.len(), 5);
+        assert_eq!(WebhookEvent::ALL.len(), 14);
+        assert_eq!(DeliveryState::ALL.len(), 5);
         assert_eq!(Phase::RolledBack.wire_name(), "rolled_back");
         assert_eq!(TargetState::InFlight.wire_name(), "in_flight");
     }

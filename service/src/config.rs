@@ -115,6 +115,8 @@ pub struct ServeConfig {
     /// Run as replica NAME of several (`--replica`): needs `database` and `broker_url` (see
     /// `crate::cluster`).
     pub replica: Option<String>,
+    /// How webhooks are delivered (`--webhook-allow-private`).
+    pub webhooks: crate::webhooks::WebhookConfig,
 }
 
 impl ServeConfig {
@@ -157,6 +159,7 @@ impl ServeConfig {
             device_rate_limit: Some(hammer_broker::limits::RateLimit::DEVICE),
             drain_grace: DEFAULT_DRAIN_GRACE,
             replica: None,
+            webhooks: Default::default(),
         }
     }
 }

@@ -51,6 +51,11 @@ pub fn new_enrollment_token() -> String {
     format!("hme_{}", base32(&random_bytes::<20>()))
 }
 
+/// A new webhook signing secret: 256 random bits, 64 lowercase hex digits.
+pub fn new_webhook_secret() -> String {
+    hex::encode(random_bytes::<32>())
+}
+
 /// SHA-256 of a token, lowercase hex: what the store keeps.
 pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))

@@ -33,6 +33,7 @@ pub mod sessions;
 pub mod store;
 pub mod views;
 pub mod web;
+pub mod webhooks;
 
 pub use config::{BrokerUrl, HttpLimits, HttpTls, Quotas, ServeConfig, DEFAULT_DRAIN_GRACE};
 
@@ -493,6 +494,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
         sse_keep_alive: http::sse_keep_alive(conn_limits.idle_timeout),
         listeners,
         cluster: cluster_link.clone(),
+        webhooks: webhooks::Webhooks::new(cfg.webhooks.clone()),
     });
 
     let mut tasks = Vec::new();
@@ -515,6 +517,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
             Some(tx)
         }
     };
+    tasks.push(tokio::spawn(webhooks::worker::run(svc.clone(), stop_rx.clone())));
     tasks.push(tokio::spawn(mqtt::ingest::status_worker(
         svc.clone(),
         status_rx,

@@ -6,7 +6,8 @@
 //! where things happen ([`Counters`]).
 
 use crate::store::{
-    AuditCursor, AuditRecord, BoxFuture, DeploymentCursor, DeploymentRecord, DeviceRecord,
+    AuditCursor, AuditRecord, BoxFuture, DeliveryBounds, DeliveryRecord, DeploymentCursor,
+    DeploymentRecord, DeviceRecord, WebhookRecord,
     EnrollmentRecord, Fence, HistoryCursor, Inserted, Lease, Page, Result, Retention, SessionCaps,
     SessionRecord, SessionsEnded, Store, StoredStatus, TokenRecord, UserRecord, PRUNE_BATCH,
 };
@@ -39,6 +40,16 @@ pub struct Counters {
     pub presence_coalesced: AtomicU64,
     /// Presence messages dropped at a bound (oversized, too many devices waiting).
     pub presence_dropped: AtomicU64,
+    /// Webhook deliveries the receiver took (2xx) ([`crate::webhooks`]).
+    pub webhooks_delivered: AtomicU64,
+    /// Webhook attempts that failed (an error status, no answer, an address refused).
+    pub webhook_attempts_failed: AtomicU64,
+    /// Webhook deliveries given up after their last attempt.
+    pub webhooks_given_up: AtomicU64,
+    /// Pending webhook deliveries dropped at the per-user bound.
+    pub webhooks_dropped: AtomicU64,
+    /// Webhook deliveries pending in the store, as the delivery worker last counted them.
+    pub webhooks_pending: AtomicU64,
 }
 
 impl Counters {
@@ -430,6 +441,33 @@ impl Store for CountingStore {
     ) -> Result<Page<StoredStatus, HistoryCursor>> {
         self.inner.history_page(device_id, before, limit)
     }
+    fn insert_webhook(&self, w: &WebhookRecord, max_per_owner: u64) -> Result<bool> {
+        self.inner.insert_webhook(w, max_per_owner)
+    }
+    fn webhooks_of(&self, owner: &str) -> Result<Vec<WebhookRecord>> {
+        self.inner.webhooks_of(owner)
+    }
+    fn webhook(&self, id: &str) -> Result<Option<WebhookRecord>> {
+        self.inner.webhook(id)
+    }
+    fn delete_webhook(&self, owner: &str, id: &str) -> Result<bool> {
+        self.inner.delete_webhook(owner, id)
+    }
+    fn insert_delivery(&self, d: &DeliveryRecord, bounds: DeliveryBounds) -> Result<u64> {
+        self.inner.insert_delivery(d, bounds)
+    }
+    fn claim_deliveries(&self, now: u64, until: u64, limit: usize) -> Result<Vec<DeliveryRecord>> {
+        self.inner.claim_deliveries(now, until, limit)
+    }
+    fn finish_delivery(&self, d: &DeliveryRecord, bounds: DeliveryBounds) -> Result<()> {
+        self.inner.finish_delivery(d, bounds)
+    }
+    fn deliveries_of(&self, webhook_id: &str, limit: usize) -> Result<Vec<DeliveryRecord>> {
+        self.inner.deliveries_of(webhook_id, limit)
+    }
+    fn count_pending_deliveries(&self) -> Result<u64> {
+        self.inner.count_pending_deliveries()
+    }
     fn append_audit(&self, r: &AuditRecord) -> Result<()> {
         self.inner.append_audit(r)
     }
@@ -550,6 +588,40 @@ pub fn render(
         "gauge",
         c.streams_open.load(Relaxed),
     );
+    for (name, help, kind, v) in [
+        (
+            "hammer_webhooks_delivered_total",
+            "Webhook deliveries the receiver took (2xx).",
+            "counter",
+            &c.webhooks_delivered,
+        ),
+        (
+            "hammer_webhook_attempts_failed_total",
+            "Webhook attempts that failed (an error status, no answer, an address refused).",
+            "counter",
+            &c.webhook_attempts_failed,
+        ),
+        (
+            "hammer_webhooks_given_up_total",
+            "Webhook deliveries given up after their last attempt.",
+            "counter",
+            &c.webhooks_given_up,
+        ),
+        (
+            "hammer_webhooks_dropped_total",
+            "Pending webhook deliveries dropped at the per-user bound.",
+            "counter",
+            &c.webhooks_dropped,
+        ),
+        (
+            "hammer_webhooks_pending",
+            "Webhook deliveries pending, as the delivery worker last counted them.",
+            "gauge",
+            &c.webhooks_pending,
+        ),
+    ] {
+        gauge(name, help, kind, v.load(Relaxed));
+    }
     let _ = writeln!(
         s,
         "# HELP hammer_quota_refusals_total Requests refused at a per-user quota, by quota.\n# TYPE hammer_quota_refusals_total counter"

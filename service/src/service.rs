@@ -79,6 +79,8 @@ pub struct Service {
     pub listeners: Vec<Arc<crate::http_stats::ListenerStats>>,
     /// With `--replica`: the link to the other replicas (relays, engine requests).
     pub cluster: Option<Arc<crate::cluster::outbox::ClusterLink>>,
+    /// Webhook delivery: config and the worker's wake-up.
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 /// Open event streams per user, at most `max` each.

@@ -73,6 +73,9 @@ pub fn action_of(method: &Method, route: &str) -> Option<AuditAction> {
         ("DELETE", "/api/v1/commits/{sha}/bad") => A::CommitUnmarked,
         ("POST", "/api/v1/windows") => A::WindowAdded,
         ("DELETE", "/api/v1/windows/{id}") => A::WindowRemoved,
+        ("POST", "/api/v1/webhooks") => A::WebhookAdded,
+        ("DELETE", "/api/v1/webhooks/{id}") => A::WebhookRemoved,
+        ("POST", "/api/v1/webhooks/{id}/test") => A::WebhookTested,
         _ => return None,
     })
 }
@@ -169,6 +172,19 @@ mod tests {
             Some(AuditAction::WindowRemoved)
         );
         assert_eq!(action_of(&Method::GET, "/api/v1/windows"), None);
+        assert_eq!(
+            action_of(&Method::POST, "/api/v1/webhooks"),
+            Some(AuditAction::WebhookAdded)
+        );
+        assert_eq!(
+            action_of(&Method::DELETE, "/api/v1/webhooks/{id}"),
+            Some(AuditAction::WebhookRemoved)
+        );
+        assert_eq!(
+            action_of(&Method::POST, "/api/v1/webhooks/{id}/test"),
+            Some(AuditAction::WebhookTested)
+        );
+        assert_eq!(action_of(&Method::GET, "/api/v1/webhooks/{id}/deliveries"), None);
     }
 
     #[test]

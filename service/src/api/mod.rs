@@ -14,9 +14,10 @@ pub mod meta;
 pub mod setup;
 pub mod users;
 pub mod windows;
+pub mod webhooks;
 
 use crate::service::Service;
-use axum::routing::{get, post, put, MethodRouter};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 use std::sync::Arc;
 
@@ -105,6 +106,13 @@ fn build() -> Routes {
         axum::routing::delete(windows::remove),
     )
     .route("/api/v1/devices/{name}/windows", get(windows::of_device))
+    .route(
+        "/api/v1/webhooks",
+        get(webhooks::list).post(webhooks::create),
+    )
+    .route("/api/v1/webhooks/{id}", delete(webhooks::remove))
+    .route("/api/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+    .route("/api/v1/webhooks/{id}/test", post(webhooks::test))
 }
 
 /// The enrollment listener's only route: `POST /api/v1/enroll`, served over HTTPS with a

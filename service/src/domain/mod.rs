@@ -6,7 +6,8 @@
 //! [`devices`] (look up, list, create within the quota), [`deployments`] (strategy, targets,
 //! pages), [`activity`] (logs, history, the checks actions share), [`commits`] (the
 //! commits a user marked bad: the kill switch), [`audit`] (a user's audit log) and
-//! [`windows`] (a user's maintenance windows).
+//! [`windows`] (a user's maintenance windows),
+//! [`webhooks`] (a user's webhooks and their delivery logs).
 
 pub mod activity;
 pub mod audit;
@@ -14,6 +15,7 @@ pub mod commits;
 pub mod deployments;
 pub mod devices;
 pub mod windows;
+pub mod webhooks;
 
 use crate::error::ServiceError;
 use crate::store::UserRecord;

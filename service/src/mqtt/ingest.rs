@@ -106,6 +106,7 @@ async fn store_batch(
                     tracing::warn!(device = %name, error = %e, "cannot append to the audit log");
                 }
             }
+            crate::webhooks::status_stored(svc, &owner, &name, &stored);
             changes
                 .entry(device_id.clone())
                 .or_default()
@@ -255,6 +256,7 @@ pub async fn on_presence(svc: &Service, device_id: &str, payload: &[u8]) {
     } else {
         svc.live.disconnected(device_id, now);
     }
+    crate::webhooks::presence(svc, &dev.owner, &dev.name, p.online);
     svc.emit(
         &dev.owner,
         vec![dev.id.clone()],

@@ -328,7 +328,9 @@ impl Engine {
         if !self.step(&id).await {
             return Err(RolloutError::NotStored { what: "deployment" });
         }
-        self.current(&id).ok_or(RolloutError::Vanished { id })
+        let created = self.current(&id).ok_or(RolloutError::Vanished { id })?;
+        crate::webhooks::deployment_event(&self.svc, hammer_protocol::api::WebhookEvent::DeploymentCreated, &created);
+        Ok(created)
     }
 
     /// The commits `owner` marked bad (none if the user cannot be read: logged).
@@ -439,8 +441,12 @@ impl Engine {
                 what: if paused { "pause" } else { "resume" },
             });
         }
-        self.current(id)
-            .ok_or_else(|| RolloutError::NoDeployment { id: id.to_owned() })
+        let held = self
+            .current(id)
+            .ok_or_else(|| RolloutError::NoDeployment { id: id.to_owned() })?;
+        let kind = crate::webhooks::rules::hold_event(paused);
+        crate::webhooks::deployment_event(&self.svc, kind, &held);
+        Ok(held)
     }
 
     /// Promotes the open phase of a running phased deployment of `owner` by hand, then steps
@@ -663,6 +669,9 @@ impl Engine {
             // Another replica drives this deployment now: publish nothing.
             self.running.insert(id.to_owned(), rollout);
             return false;
+        }
+        if summary.ended {
+            crate::webhooks::deployment_ended(&self.svc, rollout.record());
         }
         let mut publish_failed = false;
         for (i, desired) in staged {

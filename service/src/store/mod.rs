@@ -47,7 +47,8 @@ pub mod pg;
 pub mod sled;
 
 use hammer_protocol::api::{
-    AppliesTo, AuditAction, DeploymentState, DeviceState, SetupView, Strategy, TargetState,
+    AppliesTo, AuditAction, DeliveryAttempt, DeliveryState, DeploymentState, DeviceState,
+    SetupView, Strategy, TargetState, WebhookEvent,
 };
 use hammer_protocol::{DesiredState, Phase, RunState, StatusEvent};
 use serde::{Deserialize, Serialize};
@@ -222,6 +223,61 @@ pub struct WindowRecord {
     pub window: hammer_protocol::Window,
     /// When it was added (ms since the epoch).
     pub created_at: u64,
+}
+
+/// A user's webhook ([`Store::insert_webhook`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookRecord {
+    pub id: String,
+    /// The user it belongs to (only their events reach it).
+    pub owner: String,
+    pub url: String,
+    /// The events it gets; empty: all.
+    pub events: Vec<WebhookEvent>,
+    /// The HMAC-SHA256 key (hex): needed in clear to sign, never shown after creation, never
+    /// logged.
+    pub secret: String,
+    pub created_at: u64,
+}
+
+/// One event to deliver to one webhook, and what became of it ([`Store::insert_delivery`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    pub id: String,
+    pub webhook_id: String,
+    /// The webhook's owner.
+    pub owner: String,
+    pub event: WebhookEvent,
+    /// The exact JSON body sent (signed as is).
+    pub body: String,
+    pub created_at: u64,
+    pub state: DeliveryState,
+    /// The latest attempts, oldest first (at most [`MAX_ATTEMPTS_LOGGED`]).
+    pub attempts: Vec<DeliveryAttempt>,
+    /// Attempts made in all.
+    pub attempt_count: u32,
+    /// When the next attempt is due (ms since the epoch; pending only).
+    pub next_at: u64,
+    /// A worker holds it until then (ms since the epoch; 0: nobody). Set by
+    /// [`Store::claim_deliveries`], cleared by [`Store::finish_delivery`].
+    #[serde(default)]
+    pub claimed_until: u64,
+    /// The order the store keeps it in (set by the store; increasing per webhook).
+    #[serde(default)]
+    pub seq: u64,
+}
+
+/// Most attempts a delivery record keeps in its log (the latest).
+pub const MAX_ATTEMPTS_LOGGED: usize = 10;
+
+/// The bounds of a webhook's delivery queue and log ([`Store::insert_delivery`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryBounds {
+    /// Most pending deliveries of one user (all their webhooks): at the bound the oldest
+    /// pending one is dropped (state `dropped`).
+    pub max_pending_per_owner: u64,
+    /// Most finished deliveries kept per webhook (the delivery log): the oldest go first.
+    pub max_finished_per_webhook: u64,
 }
 
 /// A failed store call. Never a "not found".
@@ -731,6 +787,31 @@ pub trait Store: Send + Sync + 'static {
     fn windows_of(&self, owner: &str) -> Result<Vec<WindowRecord>>;
     /// Removes `owner`'s window `id`; `false` if that user has no such window.
     fn delete_window(&self, owner: &str, id: &str) -> Result<bool>;
+    /// Adds a webhook unless its owner has `max_per_owner` already (`false` then). Atomic
+    /// per owner across processes sharing the database.
+    fn insert_webhook(&self, w: &WebhookRecord, max_per_owner: u64) -> Result<bool>;
+    /// `owner`'s webhooks, oldest first.
+    fn webhooks_of(&self, owner: &str) -> Result<Vec<WebhookRecord>>;
+    fn webhook(&self, id: &str) -> Result<Option<WebhookRecord>>;
+    /// Removes `owner`'s webhook `id` with all its deliveries; `false` if it has none such.
+    fn delete_webhook(&self, owner: &str, id: &str) -> Result<bool>;
+    /// Queues a pending delivery (its `seq` is set by the store). When `d.owner` already has
+    /// `bounds.max_pending_per_owner` pending deliveries, their oldest are marked `dropped`
+    /// first; answers how many. Finished deliveries of the webhook beyond
+    /// `bounds.max_finished_per_webhook` are removed (at most [`PRUNE_BATCH`] per call).
+    fn insert_delivery(&self, d: &DeliveryRecord, bounds: DeliveryBounds) -> Result<u64>;
+    /// Claims up to `limit` due deliveries until `until`: of each webhook only its oldest
+    /// pending delivery (one at a time per webhook, in order), when its `next_at <= now` and
+    /// nobody holds it (`claimed_until <= now`). Earliest due first. Across processes sharing
+    /// the database a delivery is claimed by one caller at a time.
+    fn claim_deliveries(&self, now: u64, until: u64, limit: usize) -> Result<Vec<DeliveryRecord>>;
+    /// Writes a claimed delivery's outcome (state, attempts, `next_at`) and releases it; a
+    /// delivery no longer pending as stored (dropped meanwhile) or removed is left alone.
+    fn finish_delivery(&self, d: &DeliveryRecord, bounds: DeliveryBounds) -> Result<()>;
+    /// The newest `limit` deliveries of webhook `id`, newest first.
+    fn deliveries_of(&self, webhook_id: &str, limit: usize) -> Result<Vec<DeliveryRecord>>;
+    /// Pending deliveries of every user.
+    fn count_pending_deliveries(&self) -> Result<u64>;
 
     /// Stores a status event once per (device, epoch, seq), capped by [`cap_status`], and
     /// removes the device's oldest events beyond the [`Retention`] bounds.

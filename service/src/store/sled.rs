@@ -25,6 +25,10 @@
 //!   in-process lock (the per-user bound)
 //! - `failures` key → window start, window end, count (3 × u64 BE); `failure_ends` window
 //!   end (BE) key → (): changed under one in-process lock
+//! - `webhooks` id → webhook; `webhook_owner` owner\0id → (); `deliveries` webhook\0seq
+//!   (BE, from `generate_id`) → delivery; `delivery_queue` webhook\0seq → () for the pending
+//!   ones; `delivery_pending` owner → pending count, `delivery_finished` webhook → finished
+//!   count (u64 BE): changed under one in-process lock
 //!
 //! Bounds ([`Retention`]) are enforced as records are stored; see the [`super`] docs.
 
@@ -67,6 +71,14 @@ pub struct SledStore {
     windows: ::sled::Tree,
     /// Held while a window is inserted (the count and the insert are one step).
     window_lock: std::sync::Mutex<()>,
+    webhooks: ::sled::Tree,
+    webhook_owner: ::sled::Tree,
+    deliveries: ::sled::Tree,
+    delivery_queue: ::sled::Tree,
+    delivery_pending: ::sled::Tree,
+    delivery_finished: ::sled::Tree,
+    /// Held while webhooks or deliveries change.
+    webhook_lock: std::sync::Mutex<()>,
     retention: Retention,
 }
 
@@ -244,6 +256,13 @@ impl SledStore {
             failure_lock: std::sync::Mutex::new(()),
             windows: t("windows")?,
             window_lock: std::sync::Mutex::new(()),
+            webhooks: t("webhooks")?,
+            webhook_owner: t("webhook_owner")?,
+            deliveries: t("deliveries")?,
+            delivery_queue: t("delivery_queue")?,
+            delivery_pending: t("delivery_pending")?,
+            delivery_finished: t("delivery_finished")?,
+            webhook_lock: std::sync::Mutex::new(()),
             retention,
             db,
         };
@@ -465,6 +484,61 @@ impl SledStore {
             tracing::info!(owner, removed, "pruned old finished deployments");
         }
         Ok(removed)
+    }
+
+    /// Adds `delta` to the u64 counter `key` of `tree`; answers the new value.
+    fn add_count(tree: &::sled::Tree, key: &[u8], delta: i64) -> Result<u64> {
+        let new = tree
+            .update_and_fetch(key, |old| {
+                let n = old.map_or(0, be_u64).saturating_add_signed(delta);
+                Some(n.to_be_bytes().to_vec())
+            })
+            .map_err(err)?;
+        Ok(new.map_or(0, |v| be_u64(&v)))
+    }
+
+    fn lock_webhooks(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.webhook_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks the pending delivery at `key` as no longer pending (its record already written
+    /// with its new state): out of the queue, counted as finished.
+    fn leave_queue(&self, key: &[u8], owner: &str, webhook: &str) -> Result<()> {
+        if self.delivery_queue.remove(key).map_err(err)?.is_some() {
+            Self::add_count(&self.delivery_pending, owner.as_bytes(), -1)?;
+            Self::add_count(&self.delivery_finished, webhook.as_bytes(), 1)?;
+        }
+        Ok(())
+    }
+
+    /// Removes `webhook`'s oldest finished deliveries beyond `max` (at most [`PRUNE_BATCH`]
+    /// looked at).
+    fn prune_deliveries(&self, webhook: &str, max: u64) -> Result<()> {
+        let mut finished = self
+            .delivery_finished
+            .get(webhook.as_bytes())
+            .map_err(err)?
+            .map_or(0, |v| be_u64(&v));
+        if finished <= max {
+            return Ok(());
+        }
+        let mut doomed = Vec::new();
+        for r in self.deliveries.scan_prefix(prefix(webhook)).keys().take(PRUNE_BATCH) {
+            let k = r.map_err(err)?;
+            if finished <= max {
+                break;
+            }
+            if !self.delivery_queue.contains_key(&k).map_err(err)? {
+                doomed.push(k);
+                finished -= 1;
+            }
+        }
+        for k in doomed {
+            if self.deliveries.remove(k).map_err(err)?.is_some() {
+                Self::add_count(&self.delivery_finished, webhook.as_bytes(), -1)?;
+            }
+        }
+        Ok(())
     }
 
     fn get<T: DeserializeOwned>(tree: &::sled::Tree, key: impl AsRef<[u8]>) -> Result<Option<T>> {
@@ -1096,6 +1170,174 @@ impl Store for SledStore {
 
     fn statuses_of(&self, device_id: &str) -> Result<Vec<StoredStatus>> {
         Self::all(self.status.scan_prefix(prefix(device_id)))
+    }
+
+    fn insert_webhook(&self, w: &WebhookRecord, max_per_owner: u64) -> Result<bool> {
+        let _g = self.lock_webhooks();
+        let have = self.webhook_owner.scan_prefix(prefix(&w.owner)).count() as u64;
+        if have >= max_per_owner {
+            return Ok(false);
+        }
+        self.webhooks.insert(&w.id, to_json(w)?).map_err(err)?;
+        self.webhook_owner
+            .insert(key2(&w.owner, &w.id), &[])
+            .map_err(err)?;
+        Ok(true)
+    }
+
+    fn webhooks_of(&self, owner: &str) -> Result<Vec<WebhookRecord>> {
+        let mut v = Vec::new();
+        for r in self.webhook_owner.scan_prefix(prefix(owner)).keys() {
+            let k = r.map_err(err)?;
+            let id = String::from_utf8_lossy(&k[owner.len() + 1..]).into_owned();
+            if let Some(w) = Self::get::<WebhookRecord>(&self.webhooks, &id)? {
+                v.push(w);
+            }
+        }
+        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(v)
+    }
+
+    fn webhook(&self, id: &str) -> Result<Option<WebhookRecord>> {
+        Self::get(&self.webhooks, id)
+    }
+
+    fn delete_webhook(&self, owner: &str, id: &str) -> Result<bool> {
+        let _g = self.lock_webhooks();
+        match Self::get::<WebhookRecord>(&self.webhooks, id)? {
+            Some(w) if w.owner == owner => {}
+            _ => return Ok(false),
+        }
+        self.webhook_owner.remove(key2(owner, id)).map_err(err)?;
+        self.webhooks.remove(id).map_err(err)?;
+        let mut pending = 0i64;
+        for r in self.delivery_queue.scan_prefix(prefix(id)).keys() {
+            self.delivery_queue.remove(r.map_err(err)?).map_err(err)?;
+            pending += 1;
+        }
+        Self::add_count(&self.delivery_pending, owner.as_bytes(), -pending)?;
+        for r in self.deliveries.scan_prefix(prefix(id)).keys() {
+            self.deliveries.remove(r.map_err(err)?).map_err(err)?;
+        }
+        self.delivery_finished.remove(id.as_bytes()).map_err(err)?;
+        Ok(true)
+    }
+
+    fn insert_delivery(&self, d: &DeliveryRecord, bounds: DeliveryBounds) -> Result<u64> {
+        let _g = self.lock_webhooks();
+        let mut dropped = 0u64;
+        let mut pending = self
+            .delivery_pending
+            .get(d.owner.as_bytes())
+            .map_err(err)?
+            .map_or(0, |v| be_u64(&v));
+        while pending >= bounds.max_pending_per_owner.max(1) {
+            // The owner's oldest pending delivery, over all their webhooks.
+            let mut oldest: Option<Vec<u8>> = None;
+            for r in self.webhook_owner.scan_prefix(prefix(&d.owner)).keys() {
+                let k = r.map_err(err)?;
+                let hook = String::from_utf8_lossy(&k[d.owner.len() + 1..]).into_owned();
+                if let Some(r) = self.delivery_queue.scan_prefix(prefix(&hook)).keys().next() {
+                    let q = r.map_err(err)?;
+                    let seq = be_u64(&q[hook.len() + 1..]);
+                    if oldest
+                        .as_ref()
+                        .is_none_or(|o| seq < be_u64(&o[o.len() - 8..]))
+                    {
+                        oldest = Some(q.to_vec());
+                    }
+                }
+            }
+            let Some(k) = oldest else {
+                // The count is off (no queue entry left): start it over.
+                self.delivery_pending
+                    .insert(d.owner.as_bytes(), &0u64.to_be_bytes())
+                    .map_err(err)?;
+                break;
+            };
+            let hook = String::from_utf8_lossy(&k[..k.len() - 9]).into_owned();
+            if let Some(mut old) = Self::get::<DeliveryRecord>(&self.deliveries, &k)? {
+                old.state = DeliveryState::Dropped;
+                old.claimed_until = 0;
+                self.deliveries.insert(&k, to_json(&old)?).map_err(err)?;
+            }
+            self.leave_queue(&k, &d.owner, &hook)?;
+            dropped += 1;
+            pending = pending.saturating_sub(1);
+        }
+        let seq = self.db.generate_id().map_err(err)?;
+        let mut rec = d.clone();
+        rec.seq = seq;
+        let k = order_key(&d.webhook_id, seq);
+        self.deliveries.insert(&k, to_json(&rec)?).map_err(err)?;
+        if rec.state == DeliveryState::Pending {
+            self.delivery_queue.insert(&k, &[]).map_err(err)?;
+            Self::add_count(&self.delivery_pending, d.owner.as_bytes(), 1)?;
+        } else {
+            Self::add_count(&self.delivery_finished, d.webhook_id.as_bytes(), 1)?;
+        }
+        self.prune_deliveries(&d.webhook_id, bounds.max_finished_per_webhook)?;
+        Ok(dropped)
+    }
+
+    fn claim_deliveries(&self, now: u64, until: u64, limit: usize) -> Result<Vec<DeliveryRecord>> {
+        let _g = self.lock_webhooks();
+        let mut due: Vec<(Vec<u8>, DeliveryRecord)> = Vec::new();
+        for r in self.webhooks.iter().keys() {
+            let id = r.map_err(err)?;
+            let id = String::from_utf8_lossy(&id).into_owned();
+            let Some(q) = self.delivery_queue.scan_prefix(prefix(&id)).keys().next() else {
+                continue;
+            };
+            let k = q.map_err(err)?.to_vec();
+            let Some(d) = Self::get::<DeliveryRecord>(&self.deliveries, &k)? else {
+                continue;
+            };
+            if d.next_at <= now && d.claimed_until <= now {
+                due.push((k, d));
+            }
+        }
+        due.sort_by_key(|(_, d)| (d.next_at, d.seq));
+        due.truncate(limit);
+        let mut out = Vec::with_capacity(due.len());
+        for (k, mut d) in due {
+            d.claimed_until = until;
+            self.deliveries.insert(&k, to_json(&d)?).map_err(err)?;
+            out.push(d);
+        }
+        Ok(out)
+    }
+
+    fn finish_delivery(&self, d: &DeliveryRecord, bounds: DeliveryBounds) -> Result<()> {
+        let _g = self.lock_webhooks();
+        let k = order_key(&d.webhook_id, d.seq);
+        match Self::get::<DeliveryRecord>(&self.deliveries, &k)? {
+            Some(stored) if stored.state == DeliveryState::Pending && stored.id == d.id => {}
+            _ => return Ok(()),
+        }
+        let mut rec = d.clone();
+        rec.claimed_until = 0;
+        self.deliveries.insert(&k, to_json(&rec)?).map_err(err)?;
+        if rec.state != DeliveryState::Pending {
+            self.leave_queue(&k, &d.owner, &d.webhook_id)?;
+            self.prune_deliveries(&d.webhook_id, bounds.max_finished_per_webhook)?;
+        }
+        Ok(())
+    }
+
+    fn deliveries_of(&self, webhook_id: &str, limit: usize) -> Result<Vec<DeliveryRecord>> {
+        let mut v = Vec::new();
+        for r in self.deliveries.scan_prefix(prefix(webhook_id)).values().rev() {
+            if v.len() == limit {
+                break;
+            }
+            v.push(from_json(&r.map_err(err)?)?);
+        }
+        Ok(v)
+    }
+
+    fn count_pending_deliveries(&self) -> Result<u64> {
+        Ok(self.delivery_queue.len() as u64)
     }
 
     fn append_audit(&self, r: &AuditRecord) -> Result<()> {

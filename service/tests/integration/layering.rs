@@ -29,7 +29,7 @@ const SERVICE_LAYERS: &[(&str, &[&str])] = &[
         &["cluster", "cluster::leader"],
     ),
     ("rollout engine", &["rollout"]),
-    ("transport out", &["mqtt::publish"]),
+    ("transport out", &["mqtt::publish", "webhooks"]),
     ("shared state", &["service"]),
     (
         "leaves",

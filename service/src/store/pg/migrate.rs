@@ -15,7 +15,8 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("migrations/0003_sessions.sql")),
     (4, include_str!("migrations/0004_failures.sql")),
     (5, include_str!("migrations/0005_audit.sql")),
-    // 6 is the schedules' (another branch); this one stays 7 so both merge without renumbering.
+    (6, include_str!("migrations/0006_webhooks.sql")),
+    // 6 is the webhooks' (another branch); this one stays 7 so both merge without renumbering.
     (7, include_str!("migrations/0007_windows.sql")),
 ];
 

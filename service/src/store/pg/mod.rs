@@ -12,6 +12,10 @@
 //!   transaction that holds a per-user advisory lock.
 //! - Maintenance windows: table `windows` (migration 7), counted and inserted per user in one
 //!   transaction that holds a per-user advisory lock.
+//! - Webhooks: tables `webhooks` and `deliveries` (migration 6); a user's webhook inserts and
+//!   delivery enqueues run under a per-user advisory lock (the bounds hold exactly); a claim
+//!   is one `UPDATE … WHERE claimed_until <= now` that re-checks each row it locks, so two
+//!   replicas never hold the same delivery.
 //!
 //! Records are stored whole as JSON (`rec`), with the columns the store looks them up, orders
 //! or prunes by beside them. Every write is committed when the call returns (visible to every
@@ -276,6 +280,22 @@ fn write_deployment(
             tracing::info!(owner = %d.owner, removed, "pruned old finished deployments");
         }
     }
+    Ok(())
+}
+
+/// Removes `webhook`'s oldest finished deliveries beyond `bounds.max_finished_per_webhook`
+/// (at most [`PRUNE_BATCH`]).
+fn prune_deliveries(
+    tx: &mut postgres::Transaction<'_>,
+    webhook: &str,
+    bounds: DeliveryBounds,
+) -> std::result::Result<(), Failure> {
+    tx.execute(
+        "DELETE FROM deliveries WHERE ord IN ( \
+           SELECT ord FROM deliveries WHERE webhook_id = $1 AND NOT pending \
+           ORDER BY ord DESC OFFSET $2 LIMIT $3)",
+        &[&webhook, &ts(bounds.max_finished_per_webhook), &n(PRUNE_BATCH)],
+    )?;
     Ok(())
 }
 
@@ -866,6 +886,170 @@ impl Store for PgStore {
     fn statuses_of(&self, device_id: &str) -> Result<Vec<StoredStatus>> {
         let dev = s(device_id);
         self.read(move |db| status::all_of(db, &dev))
+    }
+
+    fn insert_webhook(&self, w: &WebhookRecord, max_per_owner: u64) -> Result<bool> {
+        let w = w.clone();
+        self.write(move |db| {
+            let mut tx = db.client.transaction()?;
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('hammer-webhooks:' || $1))",
+                &[&w.owner],
+            )?;
+            let have: i64 = tx
+                .query_one("SELECT COUNT(*) FROM webhooks WHERE owner = $1", &[&w.owner])?
+                .try_get(0)?;
+            if have >= ts(max_per_owner) {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO webhooks (id, owner, created_at, rec) VALUES ($1, $2, $3, $4)",
+                &[&w.id, &w.owner, &ts(w.created_at), &Json(&w)],
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })
+    }
+
+    fn webhooks_of(&self, owner: &str) -> Result<Vec<WebhookRecord>> {
+        let owner = s(owner);
+        self.read(move |db| {
+            all(db.query(
+                "SELECT rec FROM webhooks WHERE owner = $1 ORDER BY created_at, id",
+                &[&owner],
+            )?)
+        })
+    }
+
+    fn webhook(&self, id: &str) -> Result<Option<WebhookRecord>> {
+        let id = s(id);
+        self.read(move |db| one(db.query_opt("SELECT rec FROM webhooks WHERE id = $1", &[&id])?))
+    }
+
+    fn delete_webhook(&self, owner: &str, id: &str) -> Result<bool> {
+        let (owner, id) = (s(owner), s(id));
+        self.write(move |db| {
+            let n = db.execute(
+                "DELETE FROM webhooks WHERE id = $1 AND owner = $2",
+                &[&id, &owner],
+            )?;
+            Ok(n > 0)
+        })
+    }
+
+    fn insert_delivery(&self, d: &DeliveryRecord, bounds: DeliveryBounds) -> Result<u64> {
+        let d = d.clone();
+        self.write(move |db| {
+            let mut tx = db.client.transaction()?;
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('hammer-webhooks:' || $1))",
+                &[&d.owner],
+            )?;
+            let pending: i64 = tx
+                .query_one(
+                    "SELECT COUNT(*) FROM deliveries WHERE owner = $1 AND pending",
+                    &[&d.owner],
+                )?
+                .try_get(0)?;
+            let over = pending - ts(bounds.max_pending_per_owner.max(1)) + 1;
+            let dropped = if over > 0 {
+                tx.execute(
+                    "UPDATE deliveries SET pending = false, claimed_until = 0, \
+                       rec = jsonb_set(rec, '{state}', '\"dropped\"') \
+                     WHERE ord IN (SELECT ord FROM deliveries WHERE owner = $1 AND pending \
+                       ORDER BY ord LIMIT $2)",
+                    &[&d.owner, &over],
+                )?
+            } else {
+                0
+            };
+            let pend = d.state == DeliveryState::Pending;
+            tx.execute(
+                "INSERT INTO deliveries (id, webhook_id, owner, pending, next_at, rec) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[&d.id, &d.webhook_id, &d.owner, &pend, &ts(d.next_at), &Json(&d)],
+            )?;
+            prune_deliveries(&mut tx, &d.webhook_id, bounds)?;
+            tx.commit()?;
+            Ok(dropped)
+        })
+    }
+
+    fn claim_deliveries(&self, now: u64, until: u64, limit: usize) -> Result<Vec<DeliveryRecord>> {
+        self.write(move |db| {
+            // Each webhook's oldest pending delivery, if due and free; the UPDATE re-checks a
+            // row another claim locked first and skips it once that claim committed.
+            let rows = db.query(
+                "WITH heads AS ( \
+                   SELECT DISTINCT ON (webhook_id) ord, next_at, claimed_until \
+                   FROM deliveries WHERE pending ORDER BY webhook_id, ord), \
+                 due AS ( \
+                   SELECT ord FROM heads WHERE next_at <= $1 AND claimed_until <= $1 \
+                   ORDER BY next_at, ord LIMIT $3) \
+                 UPDATE deliveries d SET claimed_until = $2 FROM due \
+                 WHERE d.ord = due.ord AND d.pending AND d.claimed_until <= $1 \
+                 RETURNING d.ord, d.rec, d.next_at",
+                &[&ts(now), &ts(until), &n(limit)],
+            )?;
+            let mut v = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let ord: i64 = r.try_get(0)?;
+                let mut d: DeliveryRecord = r.try_get::<_, Json<DeliveryRecord>>(1)?.0;
+                d.seq = u64::try_from(ord).unwrap_or(0);
+                d.claimed_until = until;
+                v.push(d);
+            }
+            v.sort_by_key(|d| (d.next_at, d.seq));
+            Ok(v)
+        })
+    }
+
+    fn finish_delivery(&self, d: &DeliveryRecord, bounds: DeliveryBounds) -> Result<()> {
+        let mut d = d.clone();
+        d.claimed_until = 0;
+        self.write(move |db| {
+            let mut tx = db.client.transaction()?;
+            let pend = d.state == DeliveryState::Pending;
+            tx.execute(
+                "UPDATE deliveries SET rec = $2, pending = $3, next_at = $4, claimed_until = 0 \
+                 WHERE id = $1 AND pending",
+                &[&d.id, &Json(&d), &pend, &ts(d.next_at)],
+            )?;
+            if !pend {
+                prune_deliveries(&mut tx, &d.webhook_id, bounds)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn deliveries_of(&self, webhook_id: &str, limit: usize) -> Result<Vec<DeliveryRecord>> {
+        let id = s(webhook_id);
+        self.read(move |db| {
+            let rows = db.query(
+                "SELECT ord, rec, claimed_until FROM deliveries WHERE webhook_id = $1 \
+                 ORDER BY ord DESC LIMIT $2",
+                &[&id, &n(limit)],
+            )?;
+            let mut v = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let ord: i64 = r.try_get(0)?;
+                let mut d: DeliveryRecord = r.try_get::<_, Json<DeliveryRecord>>(1)?.0;
+                d.seq = u64::try_from(ord).unwrap_or(0);
+                d.claimed_until = u64::try_from(r.try_get::<_, i64>(2)?).unwrap_or(0);
+                v.push(d);
+            }
+            Ok(v)
+        })
+    }
+
+    fn count_pending_deliveries(&self) -> Result<u64> {
+        self.read(|db| {
+            let c: i64 = db
+                .query_one("SELECT COUNT(*) FROM deliveries WHERE pending", &[])?
+                .try_get(0)?;
+            Ok(u64::try_from(c).unwrap_or(0))
+        })
     }
 
     fn append_audit(&self, r: &AuditRecord) -> Result<()> {
