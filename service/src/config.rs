@@ -116,7 +116,7 @@ pub struct ServeConfig {
     /// `crate::cluster`).
     pub replica: Option<String>,
     /// How webhooks are delivered (`--webhook-allow-private`).
-    pub webhooks: crate::webhooks::WebhookConfig,
+    pub webhooks: crate::webhooks::config::WebhookConfig,
 }
 
 impl ServeConfig {

@@ -80,7 +80,7 @@ pub struct Service {
     /// With `--replica`: the link to the other replicas (relays, engine requests).
     pub cluster: Option<Arc<crate::cluster::outbox::ClusterLink>>,
     /// Webhook delivery: config and the worker's wake-up.
-    pub webhooks: crate::webhooks::Webhooks,
+    pub webhooks: crate::webhooks::config::Webhooks,
 }
 
 /// Open event streams per user, at most `max` each.

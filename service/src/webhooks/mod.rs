@@ -18,72 +18,18 @@
 //! the oldest pending delivery is dropped, counted), [`MAX_FINISHED_PER_WEBHOOK`] kept in the
 //! delivery log, `rules::MAX_URL_LEN`, and the worker's timeouts and concurrency.
 
+pub mod config;
 pub mod rules;
 pub mod worker;
 
+pub use config::*;
+
 use crate::service::Service;
-use crate::store::{DeliveryBounds, DeliveryRecord, DeploymentRecord, StoredStatus, WebhookRecord};
+use crate::store::{DeliveryRecord, DeploymentRecord, StoredStatus, WebhookRecord};
 use hammer_protocol::api::{DeliveryState, DeviceEventData, WebhookEvent, WebhookPayload};
 use hammer_protocol::{now_ms, Phase};
 use serde::Serialize;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
-
-/// Webhooks one user may register.
-pub const MAX_WEBHOOKS_PER_USER: u64 = 10;
-/// Deliveries of one user (all their webhooks) waiting to be sent; beyond, the oldest is
-/// dropped.
-pub const MAX_PENDING_PER_USER: u64 = 1000;
-/// Finished deliveries kept per webhook (its delivery log).
-pub const MAX_FINISHED_PER_WEBHOOK: u64 = 100;
-/// The store's bounds of the outbox.
-pub const BOUNDS: DeliveryBounds = DeliveryBounds {
-    max_pending_per_owner: MAX_PENDING_PER_USER,
-    max_finished_per_webhook: MAX_FINISHED_PER_WEBHOOK,
-};
-
-/// How webhooks are delivered (`hammer serve` flags).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WebhookConfig {
-    /// Allow webhook URLs that are or resolve to loopback, private or link-local addresses
-    /// (`--webhook-allow-private`; off: such targets are refused at registration and at every
-    /// delivery).
-    pub allow_private: bool,
-    /// The delay after a first failed attempt; doubled per failure (10 s).
-    pub retry_base: Duration,
-    /// The longest delay between attempts (1 h).
-    pub retry_cap: Duration,
-    /// Attempts before a delivery is given up (`failed`) (10: about 1.5 h with the defaults).
-    pub max_attempts: u32,
-}
-
-impl Default for WebhookConfig {
-    fn default() -> WebhookConfig {
-        WebhookConfig {
-            allow_private: false,
-            retry_base: Duration::from_secs(10),
-            retry_cap: Duration::from_secs(3600),
-            max_attempts: 10,
-        }
-    }
-}
-
-/// The webhooks' part of the shared state: the config and the worker's wake-up.
-#[derive(Debug, Default)]
-pub struct Webhooks {
-    pub config: WebhookConfig,
-    /// Wakes the worker when a delivery was queued or finished.
-    pub wake: tokio::sync::Notify,
-}
-
-impl Webhooks {
-    pub fn new(config: WebhookConfig) -> Webhooks {
-        Webhooks {
-            config,
-            wake: Default::default(),
-        }
-    }
-}
 
 /// Queues `kind` with `data` for each of `owner`'s webhooks that wants it; answers how many
 /// deliveries were queued. A store failure is logged (the event is not delivered), never the

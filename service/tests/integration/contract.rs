@@ -370,6 +370,9 @@ fn world_value(schema: &str, property: &str) -> Option<Value> {
         // A window's text (`hammer_protocol::window`) and one of the caller's devices.
         ("CreateWindow", "window") => json!("mon-fri 22:00-04:00"),
         ("CreateWindow", "applies_to") => json!({"device": "alice-dev"}),
+        // A webhook URL the service accepts (`webhooks::rules::check_url`); deliveries to it
+        // just fail.
+        ("CreateWebhook", "url") => json!("https://example.com/hook"),
         _ => return None,
     })
 }
@@ -499,6 +502,8 @@ impl World {
             "deployment"
         } else if path.starts_with("/api/v1/tokens") {
             "token"
+        } else if path.starts_with("/api/v1/webhooks") {
+            "webhook"
         } else if path.starts_with("/api/v1/commits") {
             "commit"
         } else if path.starts_with("/api/v1/windows") {
@@ -835,6 +840,10 @@ impl Ctx {
                 "/api/v1/windows",
                 json!({"applies_to": {"tag": "env=prod"}, "window": "daily 02:00-03:00"}),
             ),
+            "webhook" => (
+                "/api/v1/webhooks",
+                json!({"url": format!("https://example.com/del{fresh}")}),
+            ),
             _ => ("/api/v1/tokens", json!({})),
         };
         let a = send(
@@ -846,10 +855,33 @@ impl Ctx {
             false,
         )
         .await;
+        if kind == "webhook" && a.status == 429 {
+            // Alice has the most webhooks the generated requests left her: delete one of
+            // those instead (never the world's own).
+            let l = send(
+                &self.http,
+                &format!("{}/api/v1/webhooks", self.base),
+                Method::GET,
+                alice,
+                None,
+                false,
+            )
+            .await;
+            let v: Value = serde_json::from_str(&l.body).unwrap();
+            let own = &self.world.own[2]["webhook"];
+            return v
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w["id"].as_str().unwrap().to_owned())
+                .rfind(|id| id != own)
+                .unwrap();
+        }
         assert_eq!(a.status, 201, "{}", a.body);
         let v: Value = serde_json::from_str(&a.body).unwrap();
         match kind {
             "device" => v["device"]["name"].as_str().unwrap().to_owned(),
+            "webhook" => v["webhook"]["id"].as_str().unwrap().to_owned(),
             // A window and a token answer their id.
             _ => v["id"].as_str().unwrap().to_owned(),
         }
@@ -947,12 +979,20 @@ fn every_answer_is_in_the_openapi_document() {
             let (s, t) = h.post("/api/v1/tokens", tok, json!({})).await;
             assert_eq!(s, 201, "{t}");
             own[i].insert("token", t["id"].as_str().unwrap().to_owned());
+            let hook = json!({"url": "https://example.com/own"});
+            let (s, w) = h.post("/api/v1/webhooks", tok, hook).await;
+            assert_eq!(s, 201, "{w}");
+            own[i].insert("webhook", w["webhook"]["id"].as_str().unwrap().to_owned());
         }
+        let hook = json!({"url": "https://example.com/bob"});
+        let (s, bob_hook) = h.post("/api/v1/webhooks", &bob, hook).await;
+        assert_eq!(s, 201, "{bob_hook}");
         for o in own.iter_mut() {
             o.insert("device", "alice-dev".into());
             o.insert("deployment", dep["id"].as_str().unwrap().to_owned());
             o.entry("token").or_insert_with(|| "tok-none".into());
             o.insert("window", alice_win["id"].as_str().unwrap().to_owned());
+            o.entry("webhook").or_insert_with(|| "wh-none".into());
             // The commit the simulated devices report running.
             o.insert("commit", "1".repeat(40));
         }
@@ -962,6 +1002,10 @@ fn every_answer_is_in_the_openapi_document() {
         others.insert("deployment", bob_dep["id"].as_str().unwrap().to_owned());
         others.insert("token", bob_tok["id"].as_str().unwrap().to_owned());
         others.insert("window", bob_win["id"].as_str().unwrap().to_owned());
+        others.insert(
+            "webhook",
+            bob_hook["webhook"]["id"].as_str().unwrap().to_owned(),
+        );
         // The enrollment listener trusts the fleet CA.
         let bundle = h.provision("bob", "bob-enroll", json!({})).await;
         let enroll_http = reqwest::Client::builder()
@@ -1121,6 +1165,7 @@ fn request_types() -> BTreeMap<&'static str, Parse> {
         ("PhaseSize", parses::<api::PhaseSize>),
         ("MarkBad", parses::<api::MarkBad>),
         ("CreateWindow", parses::<api::CreateWindow>),
+        ("CreateWebhook", parses::<api::CreateWebhook>),
     ])
 }
 
@@ -1141,7 +1186,29 @@ fn written<T: Serialize + DeserializeOwned>(v: Value) -> (T, Value) {
 /// and every `Option` `None`, each variant of each enum.
 fn samples() -> BTreeMap<&'static str, Vec<Value>> {
     use api::*;
+    use hammer_protocol::WireName;
     let s = |x: &str| x.to_owned();
+    let webhook_view = WebhookView {
+        id: s("w1"),
+        url: s("https://example.com/h"),
+        events: vec![WebhookEvent::DeviceRolledBack],
+        secret_prefix: s("abcdef"),
+        created_at: 1,
+    };
+    let attempts = vec![
+        DeliveryAttempt {
+            time: 1,
+            status: Some(500),
+            error: None,
+            duration_ms: 3,
+        },
+        DeliveryAttempt {
+            time: 2,
+            status: None,
+            error: Some(s("cannot connect: connection refused")),
+            duration_ms: 1,
+        },
+    ];
     let health = |pid: Option<u32>| HealthView {
         time: 1,
         app_running: pid.is_some(),
@@ -1617,6 +1684,64 @@ fn samples() -> BTreeMap<&'static str, Vec<Value>> {
                     windows: vec![],
                     open: true,
                     opens_at: None,
+                }),
+            ],
+        ),
+        (
+            "WebhookEvent",
+            WebhookEvent::ALL.iter().map(to_json).collect(),
+        ),
+        (
+            "DeliveryState",
+            DeliveryState::ALL.iter().map(to_json).collect(),
+        ),
+        (
+            "CreateWebhook",
+            vec![
+                to_json(&CreateWebhook {
+                    url: s("https://example.com/h"),
+                    events: vec![WebhookEvent::DeploymentCreated, WebhookEvent::DeviceOffline],
+                }),
+                to_json(&CreateWebhook {
+                    url: s("http://h"),
+                    events: vec![],
+                }),
+            ],
+        ),
+        ("WebhookView", vec![to_json(&webhook_view)]),
+        (
+            "NewWebhook",
+            vec![to_json(&NewWebhook {
+                webhook: webhook_view.clone(),
+                secret: "0".repeat(64),
+            })],
+        ),
+        (
+            "DeliveryAttempt",
+            attempts.iter().map(to_json).collect(),
+        ),
+        (
+            "DeliveryView",
+            vec![
+                to_json(&DeliveryView {
+                    id: s("d1"),
+                    webhook_id: s("w1"),
+                    event: WebhookEvent::DeploymentSucceeded,
+                    created_at: 1,
+                    state: DeliveryState::Pending,
+                    attempts: attempts.clone(),
+                    attempt_count: 2,
+                    next_attempt_at: Some(5),
+                }),
+                to_json(&DeliveryView {
+                    id: s("d2"),
+                    webhook_id: s("w1"),
+                    event: WebhookEvent::Ping,
+                    created_at: 1,
+                    state: DeliveryState::Delivered,
+                    attempts: vec![],
+                    attempt_count: 0,
+                    next_attempt_at: None,
                 }),
             ],
         ),

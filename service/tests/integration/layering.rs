@@ -38,6 +38,8 @@ const SERVICE_LAYERS: &[(&str, &[&str])] = &[
             "rollout::phasing",
             "rollout::window",
             "rollout::inbox",
+            "webhooks::config",
+            "webhooks::rules",
             "cluster::wire",
             "cluster::lease",
             "cluster::outbox",
