@@ -32,4 +32,5 @@ mod quotas;
 mod rollout;
 mod sessions;
 mod store_contract;
+mod store_contract_webhooks;
 mod windows;

@@ -7,6 +7,7 @@
 //! reconnecting and the URL's secrecy are the PostgreSQL tests at the end.
 
 use crate::pg_server::TestPg;
+use crate::store_contract_webhooks as wh;
 use hammer_protocol::api::{AppliesTo, DeploymentState, DeviceState, Strategy};
 use hammer_protocol::{Phase, StatusEvent, PROTOCOL_VERSION};
 use hammer_service::domain::devices::new_device;
@@ -1129,6 +1130,22 @@ const CASES: &[Case] = &[
     (
         "concurrent_window_inserts_never_pass_the_bound",
         concurrent_window_inserts_never_pass_the_bound,
+    ),
+    (
+        "webhooks_belong_to_their_owner_within_the_cap_and_go_with_their_deliveries",
+        wh::webhooks_belong_to_their_owner_within_the_cap_and_go_with_their_deliveries,
+    ),
+    (
+        "a_webhooks_deliveries_are_claimed_one_at_a_time_in_order_and_held_until_the_claim_lapses",
+        wh::a_webhooks_deliveries_are_claimed_one_at_a_time_in_order_and_held_until_the_claim_lapses,
+    ),
+    (
+        "the_oldest_pending_delivery_is_dropped_at_the_owners_bound_and_the_log_keeps_the_newest",
+        wh::the_oldest_pending_delivery_is_dropped_at_the_owners_bound_and_the_log_keeps_the_newest,
+    ),
+    (
+        "concurrent_claims_never_hand_one_delivery_to_two_workers",
+        wh::concurrent_claims_never_hand_one_delivery_to_two_workers,
     ),
 ];
 
