@@ -33,4 +33,5 @@ mod rollout;
 mod sessions;
 mod store_contract;
 mod store_contract_webhooks;
+mod webhooks;
 mod windows;
