@@ -95,6 +95,9 @@ pub enum Command {
     /// Show your audit log: your changes and your devices' rollbacks and refusals (newest
     /// first, 100 unless --limit or --all)
     Audit(PageArgs),
+    /// Your webhooks: add, list, remove, test; their delivery logs
+    #[command(subcommand)]
+    Webhook(crate::webhook::WebhookCmd),
 }
 
 #[derive(Debug, Subcommand)]

@@ -15,6 +15,7 @@ mod devices;
 mod output;
 mod stream;
 mod users;
+mod webhook;
 mod window;
 
 use anyhow::Result;
@@ -132,6 +133,10 @@ struct ServeArgs {
     /// identity, CN hammer-service-NAME: list each in the broker's ACL
     #[arg(long, value_name = "NAME")]
     replica: Option<String>,
+    /// Allow webhook URLs that are or resolve to loopback, private or link-local addresses
+    /// (off: refused, so that users cannot reach the service's own network or cloud metadata)
+    #[arg(long)]
+    webhook_allow_private: bool,
     #[command(flatten)]
     device_rate: DeviceRateArgs,
     #[command(flatten)]
@@ -313,6 +318,7 @@ async fn run(parsed: Cli) -> Result<()> {
             cfg.device_rate_limit = a.device_rate.limit();
             cfg.database = a.database.config();
             cfg.replica = a.replica;
+            cfg.webhooks.allow_private = a.webhook_allow_private;
             hammer_service::run(cfg).await
         }
         Command::Broker(a) => {
@@ -388,6 +394,7 @@ async fn run_client(global: &GlobalArgs, cmd: ClientCommand) -> Result<()> {
             tags,
             out,
         }) => certs::issue_device(&conn, &owner, &name, tags, &out, json).await,
+        ClientCommand::Webhook(c) => webhook::run(&conn, c, json).await,
     }
 }
 

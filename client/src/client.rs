@@ -134,6 +134,22 @@ fn window_id(id: &str) -> Result<&str> {
     }
 }
 
+/// A webhook id as the service makes them: lowercase letters and digits.
+fn webhook_id(id: &str) -> Result<&str> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !ok {
+        return Err(Error::InvalidArgument(format!(
+            "{:?} is not a webhook id (lowercase letters and digits; `hammer webhook list` shows them)",
+            id.chars().take(40).collect::<String>()
+        )));
+    }
+    Ok(id)
+}
+
 /// A full commit id (the protocol's one rule), lowercase.
 fn commit_id(sha: &str) -> Result<String> {
     hammer_protocol::full_commit_id(sha).map_err(|e| Error::InvalidArgument(e.to_string()))
@@ -645,6 +661,55 @@ impl Client {
         device: &str,
     ) -> Result<Answer<hammer_protocol::api::DeviceWindows>> {
         self.get(&format!("/devices/{}/windows", name(device)?), &[])
+            .await
+    }
+
+    // ---- webhooks ----
+
+    /// `POST /webhooks`: registers a webhook; the answer holds its secret, shown this once.
+    pub async fn add_webhook(
+        &self,
+        req: &hammer_protocol::api::CreateWebhook,
+    ) -> Result<Answer<hammer_protocol::api::NewWebhook>> {
+        self.post("/webhooks", req).await
+    }
+
+    /// `GET /webhooks`: the caller's webhooks, oldest first (no secrets).
+    pub async fn webhooks(&self) -> Result<Answer<Vec<hammer_protocol::api::WebhookView>>> {
+        self.get("/webhooks", &[]).await
+    }
+
+    /// `DELETE /webhooks/{id}`: removes a webhook and its deliveries.
+    pub async fn remove_webhook(&self, id: &str) -> Result<Value> {
+        self.send::<()>(
+            Method::DELETE,
+            &format!("/webhooks/{}", webhook_id(id)?),
+            &[],
+            None,
+        )
+        .await
+    }
+
+    /// `GET /webhooks/{id}/deliveries?limit=N`: the newest deliveries, newest first.
+    pub async fn webhook_deliveries(
+        &self,
+        id: &str,
+        limit: u32,
+    ) -> Result<Answer<Vec<hammer_protocol::api::DeliveryView>>> {
+        let limit = limit.to_string();
+        self.get(
+            &format!("/webhooks/{}/deliveries", webhook_id(id)?),
+            &[("limit", limit.as_str())],
+        )
+        .await
+    }
+
+    /// `POST /webhooks/{id}/test`: queues a `ping` delivery.
+    pub async fn test_webhook(
+        &self,
+        id: &str,
+    ) -> Result<Answer<hammer_protocol::api::DeliveryView>> {
+        self.post_empty(&format!("/webhooks/{}/test", webhook_id(id)?))
             .await
     }
 }
