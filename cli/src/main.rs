@@ -474,6 +474,32 @@ mod tests {
             c.command,
             Command::Client(commands::Command::Commit(CommitCmd::Good { .. }))
         ));
+        // The webhook's URL is not the service's (`--url`).
+        let c = Cli::try_parse_from([
+            "hammer",
+            "webhook",
+            "add",
+            "https://example.com/h",
+            "--url",
+            "http://svc:8080",
+            "--event",
+            "deployment.failed",
+        ])
+        .unwrap();
+        assert_eq!(c.global.url.as_deref(), Some("http://svc:8080"));
+        match c.command {
+            Command::Client(commands::Command::Webhook(webhook::WebhookCmd::Add {
+                target,
+                events,
+            })) => {
+                assert_eq!(target, "https://example.com/h");
+                assert_eq!(
+                    events,
+                    [hammer_protocol::api::WebhookEvent::DeploymentFailed]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
         let c = Cli::try_parse_from(["hammer", "audit", "--limit", "5", "--json"]).unwrap();
         assert!(matches!(
             c.command,

@@ -15,7 +15,8 @@ pub enum WebhookCmd {
     /// (the secret is printed once)
     Add {
         /// http:// or https:// URL (private and loopback addresses only if the service allows them)
-        url: String,
+        #[arg(value_name = "URL")]
+        target: String,
         /// Deliver only this event (repeatable; default: all), e.g. deployment.failed
         #[arg(long = "event", value_name = "KIND", value_parser = parse_event)]
         events: Vec<WebhookEvent>,
@@ -59,8 +60,13 @@ pub fn parse_event(s: &str) -> Result<WebhookEvent> {
 pub async fn run(conn: &Conn, cmd: WebhookCmd, json: bool) -> Result<()> {
     let client = Client::new(conn)?;
     match cmd {
-        WebhookCmd::Add { url, events } => {
-            let a = client.add_webhook(&CreateWebhook { url, events }).await?;
+        WebhookCmd::Add { target, events } => {
+            let a = client
+                .add_webhook(&CreateWebhook {
+                    url: target,
+                    events,
+                })
+                .await?;
             if json {
                 output::print_json(&a.raw);
             } else {

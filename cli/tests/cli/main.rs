@@ -15,4 +15,5 @@ mod deployment_cli;
 mod drain_cli;
 mod enroll_relay;
 mod pinning_cli;
+mod webhook_cli;
 mod window_cli;
