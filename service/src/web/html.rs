@@ -141,7 +141,7 @@ pub fn word<T: hammer_protocol::WireName>(v: &T) -> String {
 pub fn layout(title: &str, user: Option<&str>, events: Option<&str>, body: &str) -> String {
     let nav = match user {
         Some(u) => format!(
-            r#"<nav aria-label="Main"><a href="/devices">Devices</a><a href="/deployments">Deployments</a><a href="/deployments/new">New deployment</a><a href="/commits">Bad commits</a><a href="/windows">Maintenance windows</a><a href="/audit">Audit log</a></nav>
+            r#"<nav aria-label="Main"><a href="/devices">Devices</a><a href="/deployments">Deployments</a><a href="/deployments/new">New deployment</a><a href="/commits">Bad commits</a><a href="/windows">Maintenance windows</a><a href="/audit">Audit log</a><a href="/webhooks">Webhooks</a></nav>
 <div class="who"><span id="live" class="live" aria-live="polite"></span><span>{}</span>
 <form method="post" action="/logout"><button type="submit" class="link">Sign out</button></form></div>"#,
             esc(u)

@@ -13,7 +13,7 @@
 //! (`/deployments/new?part=preview`). The browser test checks every page with axe-core and
 //! at phone size.
 //! Layout: [`session`] (sign in and out, cookie sessions), [`pages`] (devices, device),
-//! [`deploy_pages`] (deployments), [`audit_page`] (the user's audit log), [`commits_page`] (the kill switch: bad commits), [`windows_page`] (maintenance windows), [`frame`] (page frame, no-store, the signed-in visitor),
+//! [`deploy_pages`] (deployments), [`audit_page`] (the user's audit log), [`commits_page`] (the kill switch: bad commits), [`windows_page`] (maintenance windows), [`webhooks_page`] (webhooks and their delivery logs), [`frame`] (page frame, no-store, the signed-in visitor),
 //! [`html`] (escaping and formatting).
 //!
 //! Caching: every page, fragment, redirect and sign-in answer is `Cache-Control: no-store`
@@ -28,6 +28,7 @@ pub mod frame;
 pub mod html;
 pub mod pages;
 pub mod session;
+pub mod webhooks_page;
 pub mod windows_page;
 
 use crate::service::Service;
@@ -62,6 +63,8 @@ pub fn routes() -> Router<Arc<Service>> {
         .route("/audit", get(audit_page::audit_log))
         .route("/commits", get(commits_page::bad_commits))
         .route("/windows", get(windows_page::windows_page))
+        .route("/webhooks", get(webhooks_page::webhooks_list))
+        .route("/webhooks/{id}", get(webhooks_page::webhook_log))
         .route(
             "/assets/app.css",
             get(|| async { asset("text/css; charset=utf-8", APP_CSS) }),

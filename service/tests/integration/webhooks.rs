@@ -290,6 +290,19 @@ async fn a_deployment_arrives_signed_as_created_then_succeeded_and_only_at_its_o
     let (_, bob_hooks) = h.get("/api/v1/webhooks", &bob).await;
     assert_eq!(bob_hooks.as_array().unwrap().len(), 1);
     rx.assert_no_bad();
+    // The dashboard's pages show the same: the webhook, and its log with the status codes.
+    let (s, html) = h.get("/webhooks", &alice).await;
+    assert_eq!(s, StatusCode::OK);
+    let html = html.as_str().unwrap().to_owned();
+    assert!(html.contains(&rx.url("/alice")), "{html}");
+    assert!(html.contains("href=\"/webhooks\""), "the nav links the page");
+    assert!(!html.contains(&secret), "{html}");
+    let (s, html) = h.get(&format!("/webhooks/{alice_hook}"), &alice).await;
+    assert_eq!(s, StatusCode::OK);
+    let html = html.as_str().unwrap().to_owned();
+    assert!(html.contains("HTTP 200") && html.contains("deployment.succeeded"), "{html}");
+    let (s, _) = h.get(&format!("/webhooks/{alice_hook}"), &bob).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
     // The audit log names the webhook's creation.
     let (_, log) = h.get("/api/v1/audit", &alice).await;
     assert!(

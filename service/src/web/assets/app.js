@@ -305,6 +305,46 @@
     });
   }
 
+  // Buttons with data-delete="URL" DELETE through the API after a confirmation, then reload.
+  document.addEventListener('click', async function (e) {
+    var b = e.target.closest ? e.target.closest('button[data-delete]') : null;
+    if (!b) return;
+    var q = b.getAttribute('data-confirm');
+    if (q && !window.confirm(q)) return;
+    b.disabled = true;
+    try {
+      await api('DELETE', b.getAttribute('data-delete'));
+      location.reload();
+    } catch (err) {
+      error(err.message);
+      b.disabled = false;
+    }
+  });
+
+  // The add-webhook form: POST /api/v1/webhooks; the secret is shown once, in the page.
+  (function () {
+    var form = document.querySelector('form[data-webhook]');
+    if (!form) return;
+    form.addEventListener('submit', async function (e) {
+      e.preventDefault();
+      var events = Array.prototype.map.call(form.querySelectorAll('input[name=events]:checked'), function (i) { return i.value; });
+      var btn = document.getElementById('webhook-submit');
+      btn.disabled = true;
+      try {
+        var w = await api('POST', '/api/v1/webhooks', { url: form.elements['url'].value.trim(), events: events });
+        var box = document.getElementById('webhook-secret');
+        box.textContent = 'Webhook added. Its signing secret, shown only now: ' + w.secret + ' (reload the page to see it listed).';
+        box.hidden = false;
+        form.elements['url'].value = '';
+        error('');
+      } catch (err) {
+        error(err.message);
+      } finally {
+        btn.disabled = false;
+      }
+    });
+  })();
+
   // The sign-in page is no-store and its field autocomplete="off"; should a browser still
   // restore the page from its back/forward cache, the typed token is wiped.
   window.addEventListener('pageshow', function (e) {
