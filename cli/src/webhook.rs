@@ -52,7 +52,10 @@ pub fn parse_event(s: &str) -> Result<WebhookEvent> {
     askable().find(|e| e.wire_name() == s).ok_or_else(|| {
         anyhow!(
             "{s:?} is not a webhook event; use one of: {}",
-            askable().map(|e| e.wire_name()).collect::<Vec<_>>().join(", ")
+            askable()
+                .map(|e| e.wire_name())
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     })
 }
@@ -204,7 +207,8 @@ mod tests {
             attempt_count: 3,
             next_attempt_at: Some(1000),
         };
-        let out = deliveries_table(&[d(Some(500), None), d(None, Some("refused\u{1b}[2J"))]).render();
+        let out =
+            deliveries_table(&[d(Some(500), None), d(None, Some("refused\u{1b}[2J"))]).render();
         assert!(out.contains("500 in 7 ms"), "{out}");
         assert!(out.contains("deployment.created"), "{out}");
         assert!(out.contains("pending"), "{out}");

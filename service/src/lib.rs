@@ -517,7 +517,10 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningService> {
             Some(tx)
         }
     };
-    tasks.push(tokio::spawn(webhooks::worker::run(svc.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(webhooks::worker::run(
+        svc.clone(),
+        stop_rx.clone(),
+    )));
     tasks.push(tokio::spawn(mqtt::ingest::status_worker(
         svc.clone(),
         status_rx,

@@ -7,9 +7,9 @@
 
 use crate::store::{
     AuditCursor, AuditRecord, BoxFuture, DeliveryBounds, DeliveryRecord, DeploymentCursor,
-    DeploymentRecord, DeviceRecord, WebhookRecord,
-    EnrollmentRecord, Fence, HistoryCursor, Inserted, Lease, Page, Result, Retention, SessionCaps,
-    SessionRecord, SessionsEnded, Store, StoredStatus, TokenRecord, UserRecord, PRUNE_BATCH,
+    DeploymentRecord, DeviceRecord, EnrollmentRecord, Fence, HistoryCursor, Inserted, Lease, Page,
+    Result, Retention, SessionCaps, SessionRecord, SessionsEnded, Store, StoredStatus, TokenRecord,
+    UserRecord, WebhookRecord, PRUNE_BATCH,
 };
 use hammer_protocol::api::{DeploymentState, DeviceState};
 use hammer_protocol::WireName;

@@ -50,7 +50,16 @@ async fn hammer_webhook_add_list_test_deliveries_and_rm() {
         &h,
         &t,
         home.path(),
-        &["webhook", "add", &url, "--event", "deployment.created", "--event", "device.offline", "--json"],
+        &[
+            "webhook",
+            "add",
+            &url,
+            "--event",
+            "deployment.created",
+            "--event",
+            "device.offline",
+            "--json",
+        ],
     )
     .await;
     let id = added["webhook"]["id"].as_str().unwrap().to_owned();
@@ -70,7 +79,10 @@ async fn hammer_webhook_add_list_test_deliveries_and_rm() {
     assert!(list[0].get("secret").is_none(), "{list}");
     let out = hammer(&h, &t, home.path(), &["webhook", "list"]).await;
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(&id) && text.contains("deployment.created,device.offline"), "{text}");
+    assert!(
+        text.contains(&id) && text.contains("deployment.created,device.offline"),
+        "{text}"
+    );
     assert!(!text.contains(secret), "{text}");
 
     let ping = ok_json(&h, &t, home.path(), &["webhook", "test", &id, "--json"]).await;
@@ -78,7 +90,13 @@ async fn hammer_webhook_add_list_test_deliveries_and_rm() {
     assert_eq!(ping["state"], "pending");
     let mut log = Value::Null;
     for _ in 0..100 {
-        log = ok_json(&h, &t, home.path(), &["webhook", "deliveries", &id, "--json"]).await;
+        log = ok_json(
+            &h,
+            &t,
+            home.path(),
+            &["webhook", "deliveries", &id, "--json"],
+        )
+        .await;
         if log[0]["attempt_count"].as_u64() >= Some(1) {
             break;
         }
@@ -86,7 +104,10 @@ async fn hammer_webhook_add_list_test_deliveries_and_rm() {
     }
     assert_eq!(log[0]["id"], ping["id"], "{log}");
     assert!(
-        log[0]["attempts"][0]["error"].as_str().unwrap().contains("connect"),
+        log[0]["attempts"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("connect"),
         "{log}"
     );
     let out = hammer(&h, &t, home.path(), &["webhook", "deliveries", &id]).await;
@@ -94,10 +115,22 @@ async fn hammer_webhook_add_list_test_deliveries_and_rm() {
     assert!(text.contains("ping") && text.contains("pending"), "{text}");
 
     // Refusals: an event that is not one (before any request), a URL that is not http(s).
-    let out = hammer(&h, &t, home.path(), &["webhook", "add", &url, "--event", "ping"]).await;
+    let out = hammer(
+        &h,
+        &t,
+        home.path(),
+        &["webhook", "add", &url, "--event", "ping"],
+    )
+    .await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("deployment.failed"));
-    let out = hammer(&h, &t, home.path(), &["webhook", "add", "ftp://example.com/"]).await;
+    let out = hammer(
+        &h,
+        &t,
+        home.path(),
+        &["webhook", "add", "ftp://example.com/"],
+    )
+    .await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("https://"));
 

@@ -184,7 +184,10 @@ mod tests {
             action_of(&Method::POST, "/api/v1/webhooks/{id}/test"),
             Some(AuditAction::WebhookTested)
         );
-        assert_eq!(action_of(&Method::GET, "/api/v1/webhooks/{id}/deliveries"), None);
+        assert_eq!(
+            action_of(&Method::GET, "/api/v1/webhooks/{id}/deliveries"),
+            None
+        );
     }
 
     #[test]

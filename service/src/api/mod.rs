@@ -13,8 +13,8 @@ pub mod events;
 pub mod meta;
 pub mod setup;
 pub mod users;
-pub mod windows;
 pub mod webhooks;
+pub mod windows;
 
 use crate::service::Service;
 use axum::routing::{delete, get, post, put, MethodRouter};
@@ -111,7 +111,10 @@ fn build() -> Routes {
         get(webhooks::list).post(webhooks::create),
     )
     .route("/api/v1/webhooks/{id}", delete(webhooks::remove))
-    .route("/api/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+    .route(
+        "/api/v1/webhooks/{id}/deliveries",
+        get(webhooks::deliveries),
+    )
     .route("/api/v1/webhooks/{id}/test", post(webhooks::test))
 }
 

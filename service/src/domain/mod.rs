@@ -14,8 +14,8 @@ pub mod audit;
 pub mod commits;
 pub mod deployments;
 pub mod devices;
-pub mod windows;
 pub mod webhooks;
+pub mod windows;
 
 use crate::error::ServiceError;
 use crate::store::UserRecord;

@@ -329,7 +329,11 @@ impl Engine {
             return Err(RolloutError::NotStored { what: "deployment" });
         }
         let created = self.current(&id).ok_or(RolloutError::Vanished { id })?;
-        crate::webhooks::deployment_event(&self.svc, hammer_protocol::api::WebhookEvent::DeploymentCreated, &created);
+        crate::webhooks::deployment_event(
+            &self.svc,
+            hammer_protocol::api::WebhookEvent::DeploymentCreated,
+            &created,
+        );
         Ok(created)
     }
 

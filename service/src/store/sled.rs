@@ -523,7 +523,12 @@ impl SledStore {
             return Ok(());
         }
         let mut doomed = Vec::new();
-        for r in self.deliveries.scan_prefix(prefix(webhook)).keys().take(PRUNE_BATCH) {
+        for r in self
+            .deliveries
+            .scan_prefix(prefix(webhook))
+            .keys()
+            .take(PRUNE_BATCH)
+        {
             let k = r.map_err(err)?;
             if finished <= max {
                 break;
@@ -1327,7 +1332,12 @@ impl Store for SledStore {
 
     fn deliveries_of(&self, webhook_id: &str, limit: usize) -> Result<Vec<DeliveryRecord>> {
         let mut v = Vec::new();
-        for r in self.deliveries.scan_prefix(prefix(webhook_id)).values().rev() {
+        for r in self
+            .deliveries
+            .scan_prefix(prefix(webhook_id))
+            .values()
+            .rev()
+        {
             if v.len() == limit {
                 break;
             }

@@ -105,7 +105,11 @@ fn delivery_rows(ds: &[DeliveryView], now: u64) -> String {
                             (None, Some(e)) => esc(e),
                             (None, None) => "—".into(),
                         };
-                        format!("<li>{} · {what} · {} ms</li>", time_ago(Some(a.time), now), a.duration_ms)
+                        format!(
+                            "<li>{} · {what} · {} ms</li>",
+                            time_ago(Some(a.time), now),
+                            a.duration_ms
+                        )
                     })
                     .collect::<String>()
             };
@@ -135,10 +139,12 @@ pub async fn webhook_log(
     Path(id): Path<String>,
     Query(pg): Query<PageParams>,
 ) -> Response {
-    let found = webhooks::own(&svc, &c, &id).map(|w| webhooks::view(&w)).and_then(|w| {
-        let limit = pg.limit()?;
-        Ok((webhooks::deliveries(&svc, &c, &id, limit)?, w))
-    });
+    let found = webhooks::own(&svc, &c, &id)
+        .map(|w| webhooks::view(&w))
+        .and_then(|w| {
+            let limit = pg.limit()?;
+            Ok((webhooks::deliveries(&svc, &c, &id, limit)?, w))
+        });
     let (ds, w) = match found {
         Ok(v) => v,
         Err(e) => return error_page(Some(&c), e),
@@ -173,8 +179,14 @@ mod tests {
         );
         assert!(html.contains("https://x/&lt;script&gt;&quot;"), "{html}");
         assert!(!html.contains("<script>"), "{html}");
-        assert!(html.contains("data-action=\"/api/v1/webhooks/w1/test\""), "{html}");
-        assert!(html.contains("data-delete=\"/api/v1/webhooks/w1\""), "{html}");
+        assert!(
+            html.contains("data-action=\"/api/v1/webhooks/w1/test\""),
+            "{html}"
+        );
+        assert!(
+            html.contains("data-delete=\"/api/v1/webhooks/w1\""),
+            "{html}"
+        );
         assert!(html.contains("deployment.failed"), "{html}");
         assert!(html.contains("abc123…"), "{html}");
         assert!(hook_rows(&[], 0).contains("No webhooks yet"));

@@ -378,7 +378,10 @@ mod tests {
             }
         );
         let t = check_url("http://[2001:4860::1]:8080/h", false).unwrap();
-        assert_eq!((t.host.as_str(), t.port, t.https), ("2001:4860::1", 8080, false));
+        assert_eq!(
+            (t.host.as_str(), t.port, t.https),
+            ("2001:4860::1", 8080, false)
+        );
         assert_eq!(
             check_url("ftp://x/", false),
             Err(UrlError::Scheme("ftp".into()))
@@ -406,7 +409,9 @@ mod tests {
             );
             check_url(private, true).unwrap();
         }
-        let e = check_url("http://127.0.0.1/", false).unwrap_err().to_string();
+        let e = check_url("http://127.0.0.1/", false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--webhook-allow-private"), "{e}");
     }
 

@@ -60,9 +60,7 @@ impl reqwest::dns::Resolve for Guarded {
         let allow = self.allow_private;
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let ok: Vec<SocketAddr> = all
                 .iter()
                 .copied()
@@ -173,7 +171,10 @@ async fn attempt(svc: &Service, http: &reqwest::Client, mut d: DeliveryRecord) {
     let duration_ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
     let (status, error) = match &outcome {
         Ok(s) => (Some(*s), None),
-        Err(e) => (None, Some(crate::store::cut(e, MAX_ERROR_TEXT).into_owned())),
+        Err(e) => (
+            None,
+            Some(crate::store::cut(e, MAX_ERROR_TEXT).into_owned()),
+        ),
     };
     d.attempts.push(DeliveryAttempt {
         time: started,
@@ -262,7 +263,9 @@ fn describe(e: reqwest::Error) -> String {
     }
     let text = parts.join(": ");
     if timeout {
-        format!("timed out (connect {CONNECT_TIMEOUT:?}, whole attempt {REQUEST_TIMEOUT:?}): {text}")
+        format!(
+            "timed out (connect {CONNECT_TIMEOUT:?}, whole attempt {REQUEST_TIMEOUT:?}): {text}"
+        )
     } else if connect {
         format!("cannot connect: {text}")
     } else {

@@ -1716,10 +1716,7 @@ fn samples() -> BTreeMap<&'static str, Vec<Value>> {
                 secret: "0".repeat(64),
             })],
         ),
-        (
-            "DeliveryAttempt",
-            attempts.iter().map(to_json).collect(),
-        ),
+        ("DeliveryAttempt", attempts.iter().map(to_json).collect()),
         (
             "DeliveryView",
             vec![

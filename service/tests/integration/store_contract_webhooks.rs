@@ -64,14 +64,27 @@ pub fn webhooks_belong_to_their_owner_within_the_cap_and_go_with_their_deliverie
     let s = open(Retention::BUILT_IN);
     assert!(s.insert_webhook(&hook("w1", "u1", 1), 2).unwrap());
     assert!(s.insert_webhook(&hook("w2", "u1", 2), 2).unwrap());
-    assert!(!s.insert_webhook(&hook("w3", "u1", 3), 2).unwrap(), "over the cap");
-    assert!(s.insert_webhook(&hook("w4", "u2", 4), 2).unwrap(), "another owner's cap");
-    let mine: Vec<String> = s.webhooks_of("u1").unwrap().into_iter().map(|w| w.id).collect();
+    assert!(
+        !s.insert_webhook(&hook("w3", "u1", 3), 2).unwrap(),
+        "over the cap"
+    );
+    assert!(
+        s.insert_webhook(&hook("w4", "u2", 4), 2).unwrap(),
+        "another owner's cap"
+    );
+    let mine: Vec<String> = s
+        .webhooks_of("u1")
+        .unwrap()
+        .into_iter()
+        .map(|w| w.id)
+        .collect();
     assert_eq!(mine, ["w1", "w2"]);
     assert_eq!(s.webhook("w4").unwrap(), Some(hook("w4", "u2", 4)));
     assert_eq!(s.webhook("w3").unwrap(), None);
-    s.insert_delivery(&delivery("d1", "w1", "u1", 10), WIDE).unwrap();
-    s.insert_delivery(&delivery("d2", "w1", "u1", 11), WIDE).unwrap();
+    s.insert_delivery(&delivery("d1", "w1", "u1", 10), WIDE)
+        .unwrap();
+    s.insert_delivery(&delivery("d2", "w1", "u1", 11), WIDE)
+        .unwrap();
     assert_eq!(s.count_pending_deliveries().unwrap(), 2);
     assert!(!s.delete_webhook("u2", "w1").unwrap(), "not u2's");
     assert!(s.delete_webhook("u1", "w1").unwrap());
@@ -89,9 +102,12 @@ pub fn a_webhooks_deliveries_are_claimed_one_at_a_time_in_order_and_held_until_t
     let s = open(Retention::BUILT_IN);
     s.insert_webhook(&hook("w1", "u1", 1), 10).unwrap();
     s.insert_webhook(&hook("w2", "u1", 2), 10).unwrap();
-    s.insert_delivery(&delivery("a1", "w1", "u1", 10), WIDE).unwrap();
-    s.insert_delivery(&delivery("a2", "w1", "u1", 10), WIDE).unwrap();
-    s.insert_delivery(&delivery("b1", "w2", "u1", 50), WIDE).unwrap();
+    s.insert_delivery(&delivery("a1", "w1", "u1", 10), WIDE)
+        .unwrap();
+    s.insert_delivery(&delivery("a2", "w1", "u1", 10), WIDE)
+        .unwrap();
+    s.insert_delivery(&delivery("b1", "w2", "u1", 50), WIDE)
+        .unwrap();
     // Not due yet: nothing.
     assert!(s.claim_deliveries(5, 1000, 10).unwrap().is_empty());
     // Each webhook's oldest, earliest due first; w2's is not due at 20.
@@ -128,7 +144,8 @@ pub fn a_webhooks_deliveries_are_claimed_one_at_a_time_in_order_and_held_until_t
     assert_eq!(s.count_pending_deliveries().unwrap(), 1);
     // At most `limit` per claim.
     s.insert_webhook(&hook("w3", "u2", 3), 10).unwrap();
-    s.insert_delivery(&delivery("c1", "w3", "u2", 1), WIDE).unwrap();
+    s.insert_delivery(&delivery("c1", "w3", "u2", 1), WIDE)
+        .unwrap();
     assert_eq!(s.claim_deliveries(10_000, 20_000, 1).unwrap().len(), 1);
 }
 
@@ -151,20 +168,34 @@ pub fn the_oldest_pending_delivery_is_dropped_at_the_owners_bound_and_the_log_ke
         );
     }
     // Another owner's queue is its own.
-    assert_eq!(s.insert_delivery(&delivery("x", "w3", "u2", 1), b).unwrap(), 0);
+    assert_eq!(
+        s.insert_delivery(&delivery("x", "w3", "u2", 1), b).unwrap(),
+        0
+    );
     assert_eq!(dropped, [0, 0, 0, 1, 1]);
     assert_eq!(s.count_pending_deliveries().unwrap(), 4);
     let w1 = s.deliveries_of("w1", 10).unwrap();
     assert_eq!(ids(&w1), ["d4", "d2", "d0"]);
     assert_eq!(
         w1.iter().map(|d| d.state).collect::<Vec<_>>(),
-        [DeliveryState::Pending, DeliveryState::Pending, DeliveryState::Dropped]
+        [
+            DeliveryState::Pending,
+            DeliveryState::Pending,
+            DeliveryState::Dropped
+        ]
     );
     let w2 = s.deliveries_of("w2", 10).unwrap();
-    assert_eq!(w2[1].state, DeliveryState::Dropped, "d1, the owner's second oldest");
+    assert_eq!(
+        w2[1].state,
+        DeliveryState::Dropped,
+        "d1, the owner's second oldest"
+    );
     // A dropped delivery is never claimed, and its late outcome does not revive it.
     let c = s.claim_deliveries(100, 10_000, 10).unwrap();
-    assert_eq!(ids(&c).into_iter().collect::<BTreeSet<_>>(), BTreeSet::from(["d2".to_owned(), "d3".to_owned(), "x".to_owned()]));
+    assert_eq!(
+        ids(&c).into_iter().collect::<BTreeSet<_>>(),
+        BTreeSet::from(["d2".to_owned(), "d3".to_owned(), "x".to_owned()])
+    );
     // Finishing: the log keeps the newest 2 finished per webhook.
     for d in c.iter().filter(|d| d.owner == "u1") {
         s.finish_delivery(&done(d.clone(), DeliveryState::Failed, 500), b)
@@ -175,9 +206,17 @@ pub fn the_oldest_pending_delivery_is_dropped_at_the_owners_bound_and_the_log_ke
     s.finish_delivery(&done(c[0].clone(), DeliveryState::Delivered, 200), b)
         .unwrap();
     let w1 = s.deliveries_of("w1", 10).unwrap();
-    assert_eq!(ids(&w1), ["d4", "d2"], "d0 (dropped, the oldest finished) pruned");
+    assert_eq!(
+        ids(&w1),
+        ["d4", "d2"],
+        "d0 (dropped, the oldest finished) pruned"
+    );
     assert_eq!(w1[1].state, DeliveryState::Failed);
-    assert_eq!(s.count_pending_deliveries().unwrap(), 1, "only u2's x, held");
+    assert_eq!(
+        s.count_pending_deliveries().unwrap(),
+        1,
+        "only u2's x, held"
+    );
 }
 
 pub fn concurrent_claims_never_hand_one_delivery_to_two_workers(open: Open) {
@@ -186,8 +225,16 @@ pub fn concurrent_claims_never_hand_one_delivery_to_two_workers(open: Open) {
         s.insert_webhook(&hook(&format!("w{w}"), &format!("u{}", w % 4), 1), 10)
             .unwrap();
         for i in 0..3 {
-            s.insert_delivery(&delivery(&format!("d{w}-{i}"), &format!("w{w}"), &format!("u{}", w % 4), 1), WIDE)
-                .unwrap();
+            s.insert_delivery(
+                &delivery(
+                    &format!("d{w}-{i}"),
+                    &format!("w{w}"),
+                    &format!("u{}", w % 4),
+                    1,
+                ),
+                WIDE,
+            )
+            .unwrap();
         }
     }
     let got: Vec<Vec<String>> = at_once(8, |_| ids(&s.claim_deliveries(10, 1000, 5).unwrap()));
@@ -223,15 +270,18 @@ fn postgres_two_processes_claiming_from_one_outbox_never_send_a_delivery_twice_a
     let a = PgStore::open(&PgConfig::new(url.clone()), Retention::BUILT_IN).unwrap();
     let b = PgStore::open(&PgConfig::new(url), Retention::BUILT_IN).unwrap();
     for w in 0..30 {
-        a.insert_webhook(&hook(&format!("w{w}"), "u1", 1), 100).unwrap();
+        a.insert_webhook(&hook(&format!("w{w}"), "u1", 1), 100)
+            .unwrap();
         a.insert_delivery(&delivery(&format!("d{w}"), &format!("w{w}"), "u1", 1), WIDE)
             .unwrap();
     }
     let stores: [&dyn Store; 2] = [&a, &b];
-    let all: Vec<String> = at_once(8, |t| ids(&stores[t % 2].claim_deliveries(10, 1000, 6).unwrap()))
-        .into_iter()
-        .flatten()
-        .collect();
+    let all: Vec<String> = at_once(8, |t| {
+        ids(&stores[t % 2].claim_deliveries(10, 1000, 6).unwrap())
+    })
+    .into_iter()
+    .flatten()
+    .collect();
     let distinct: BTreeSet<&String> = all.iter().collect();
     assert_eq!(all.len(), distinct.len(), "claimed twice: {all:?}");
     assert_eq!(all.len(), 30);

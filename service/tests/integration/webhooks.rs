@@ -79,7 +79,9 @@ impl Receiver {
                         let secret = secret.ok_or("no webhook for this path")?;
                         let (t, v1) = sig
                             .split_once(",v1=")
-                            .and_then(|(t, v)| Some((t.strip_prefix("t=")?.parse::<u64>().ok()?, v)))
+                            .and_then(|(t, v)| {
+                                Some((t.strip_prefix("t=")?.parse::<u64>().ok()?, v))
+                            })
                             .ok_or(format!("malformed signature {sig:?}"))?;
                         let now = hammer_protocol::now_ms() / 1000;
                         if now.abs_diff(t) > 300 {
@@ -91,7 +93,9 @@ impl Receiver {
                             return Err("signature mismatch".into());
                         }
                         let v: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-                        if v["id"] != h("hammer-delivery").as_str() || v["type"] != h("hammer-event").as_str() {
+                        if v["id"] != h("hammer-delivery").as_str()
+                            || v["type"] != h("hammer-event").as_str()
+                        {
                             return Err(format!("headers do not match the body {v}"));
                         }
                         if h("content-type") != "application/json" {
@@ -150,7 +154,10 @@ impl Receiver {
 
     fn assert_no_bad(&self) {
         let bad = self.bad.lock().unwrap();
-        assert!(bad.is_empty(), "deliveries that failed the receiver's checks: {bad:?}");
+        assert!(
+            bad.is_empty(),
+            "deliveries that failed the receiver's checks: {bad:?}"
+        );
     }
 
     /// Waits until `path` got a delivery of each of `events` (20 s); answers what it got.
@@ -187,7 +194,11 @@ fn fast(cfg: &mut ServeConfig) {
 /// Registers a webhook of `token` for `url`; answers (id, secret).
 async fn add(h: &Harness, token: &str, url: &str, events: Value) -> (String, String) {
     let (s, v) = h
-        .post("/api/v1/webhooks", token, json!({"url": url, "events": events}))
+        .post(
+            "/api/v1/webhooks",
+            token,
+            json!({"url": url, "events": events}),
+        )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     (
@@ -230,7 +241,13 @@ async fn a_deployment_arrives_signed_as_created_then_succeeded_and_only_at_its_o
     let (_, bob_secret) = add(&h, &bob, &rx.url("/bob"), json!([])).await;
     rx.expect_secret("/bob", &bob_secret);
     // Asked only for successes: created is not sent there.
-    let (_, only) = add(&h, &alice, &rx.url("/only"), json!(["deployment.succeeded"])).await;
+    let (_, only) = add(
+        &h,
+        &alice,
+        &rx.url("/only"),
+        json!(["deployment.succeeded"]),
+    )
+    .await;
     rx.expect_secret("/only", &only);
 
     let id = deploy(&h, &alice, "d").await;
@@ -284,7 +301,12 @@ async fn a_deployment_arrives_signed_as_created_then_succeeded_and_only_at_its_o
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, _) = h
-        .call(Method::DELETE, &format!("/api/v1/webhooks/{alice_hook}"), &bob, None)
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/webhooks/{alice_hook}"),
+            &bob,
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (_, bob_hooks) = h.get("/api/v1/webhooks", &bob).await;
@@ -295,12 +317,18 @@ async fn a_deployment_arrives_signed_as_created_then_succeeded_and_only_at_its_o
     assert_eq!(s, StatusCode::OK);
     let html = html.as_str().unwrap().to_owned();
     assert!(html.contains(&rx.url("/alice")), "{html}");
-    assert!(html.contains("href=\"/webhooks\""), "the nav links the page");
+    assert!(
+        html.contains("href=\"/webhooks\""),
+        "the nav links the page"
+    );
     assert!(!html.contains(&secret), "{html}");
     let (s, html) = h.get(&format!("/webhooks/{alice_hook}"), &alice).await;
     assert_eq!(s, StatusCode::OK);
     let html = html.as_str().unwrap().to_owned();
-    assert!(html.contains("HTTP 200") && html.contains("deployment.succeeded"), "{html}");
+    assert!(
+        html.contains("HTTP 200") && html.contains("deployment.succeeded"),
+        "{html}"
+    );
     let (s, _) = h.get(&format!("/webhooks/{alice_hook}"), &bob).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     // The audit log names the webhook's creation.
@@ -341,13 +369,24 @@ async fn a_receiver_that_is_down_gets_the_deliveries_once_it_is_back_and_the_log
     let mut log = Value::Null;
     for _ in 0..200 {
         log = deliveries(&h, &alice, &id).await;
-        let ping = log.as_array().unwrap().iter().find(|d| d["event"] == "ping").unwrap();
+        let ping = log
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["event"] == "ping")
+            .unwrap();
         if ping["attempts"].as_array().unwrap().len() >= 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let ping_rec = log.as_array().unwrap().iter().find(|d| d["event"] == "ping").unwrap().clone();
+    let ping_rec = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["event"] == "ping")
+        .unwrap()
+        .clone();
     assert_eq!(ping_rec["state"], "pending", "{ping_rec}");
     let first = &ping_rec["attempts"][0];
     assert!(first["status"].is_null(), "{first}");
@@ -372,7 +411,12 @@ async fn a_receiver_that_is_down_gets_the_deliveries_once_it_is_back_and_the_log
     rx.status.store(500, Ordering::SeqCst);
     for _ in 0..200 {
         log = deliveries(&h, &alice, &id).await;
-        let ping = log.as_array().unwrap().iter().find(|d| d["event"] == "ping").unwrap();
+        let ping = log
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["event"] == "ping")
+            .unwrap();
         if ping["attempts"]
             .as_array()
             .unwrap()
@@ -383,9 +427,19 @@ async fn a_receiver_that_is_down_gets_the_deliveries_once_it_is_back_and_the_log
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let ping_rec = log.as_array().unwrap().iter().find(|d| d["event"] == "ping").unwrap().clone();
+    let ping_rec = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["event"] == "ping")
+        .unwrap()
+        .clone();
     assert!(
-        ping_rec["attempts"].as_array().unwrap().iter().any(|a| a["status"] == 500),
+        ping_rec["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["status"] == 500),
         "{ping_rec}"
     );
     assert_eq!(ping_rec["state"], "pending");
@@ -393,19 +447,31 @@ async fn a_receiver_that_is_down_gets_the_deliveries_once_it_is_back_and_the_log
     // Healthy again: everything arrives, in order, and the log says delivered.
     rx.status.store(200, Ordering::SeqCst);
     let got = rx
-        .wait_for("/hook", &["ping", "deployment.created", "deployment.succeeded"])
+        .wait_for(
+            "/hook",
+            &["ping", "deployment.created", "deployment.succeeded"],
+        )
         .await;
     let order: Vec<&str> = got.iter().map(|g| g.event.as_str()).collect();
     let pos = |e: &str| order.iter().position(|x| *x == e).unwrap();
     assert!(
-        pos("ping") < pos("deployment.created") && pos("deployment.created") < pos("deployment.succeeded"),
+        pos("ping") < pos("deployment.created")
+            && pos("deployment.created") < pos("deployment.succeeded"),
         "{order:?}"
     );
     let mut seen = std::collections::BTreeSet::new();
-    assert!(got.iter().all(|g| seen.insert(g.delivery.clone())), "one each: {order:?}");
+    assert!(
+        got.iter().all(|g| seen.insert(g.delivery.clone())),
+        "one each: {order:?}"
+    );
     rx.assert_no_bad();
     let log = deliveries(&h, &alice, &id).await;
-    let ping_rec = log.as_array().unwrap().iter().find(|d| d["event"] == "ping").unwrap();
+    let ping_rec = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["event"] == "ping")
+        .unwrap();
     assert_eq!(ping_rec["state"], "delivered", "{ping_rec}");
     let attempts = ping_rec["attempts"].as_array().unwrap();
     assert!(attempts.len() >= 3, "{ping_rec}");
@@ -464,7 +530,17 @@ async fn a_devices_online_rollback_and_crash_loop_reach_its_owners_webhook() {
     let rx = Receiver::start("127.0.0.1:0".parse().unwrap()).await;
     let h = Harness::start_with(fast).await;
     let alice = h.user("alice").await;
-    let (_, secret) = add(&h, &alice, &rx.url("/dev"), json!(["device.online", "device.rolled_back", "device.crash_looping"])).await;
+    let (_, secret) = add(
+        &h,
+        &alice,
+        &rx.url("/dev"),
+        json!([
+            "device.online",
+            "device.rolled_back",
+            "device.crash_looping"
+        ]),
+    )
+    .await;
     rx.expect_secret("/dev", &secret);
     let d = h
         .ready_device("alice", &alice, "d", json!({}), Behavior::Fail)
@@ -474,7 +550,10 @@ async fn a_devices_online_rollback_and_crash_loop_reach_its_owners_webhook() {
     let dep = deploy(&h, &alice, "d").await;
     h.wait_deployment(&alice, &dep, 10).await;
     let got = rx.wait_for("/dev", &["device.rolled_back"]).await;
-    let rb = got.iter().find(|g| g.event == "device.rolled_back").unwrap();
+    let rb = got
+        .iter()
+        .find(|g| g.event == "device.rolled_back")
+        .unwrap();
     assert_eq!(rb.body["data"]["device"], "d");
     assert_eq!(rb.body["data"]["deployment_id"], dep.as_str());
     // Crashed, restarted, crashed, restarted, crashed: a crash loop, reported once.
@@ -518,7 +597,10 @@ async fn a_private_address_is_refused_without_the_flag_and_the_bounds_hold() {
             .await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{url}: {v}");
         assert!(
-            v["error"].as_str().unwrap().contains("--webhook-allow-private"),
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains("--webhook-allow-private"),
             "{v}"
         );
     }
@@ -545,8 +627,15 @@ async fn a_private_address_is_refused_without_the_flag_and_the_bounds_hold() {
         add(&h, &alice, &format!("https://example.com/{i}"), json!([])).await;
     }
     let (s, v) = h
-        .post("/api/v1/webhooks", &alice, json!({"url": "https://example.com/x"}))
+        .post(
+            "/api/v1/webhooks",
+            &alice,
+            json!({"url": "https://example.com/x"}),
+        )
         .await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("hammer webhook rm"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("hammer webhook rm"),
+        "{v}"
+    );
 }

@@ -294,7 +294,11 @@ fn prune_deliveries(
         "DELETE FROM deliveries WHERE ord IN ( \
            SELECT ord FROM deliveries WHERE webhook_id = $1 AND NOT pending \
            ORDER BY ord DESC OFFSET $2 LIMIT $3)",
-        &[&webhook, &ts(bounds.max_finished_per_webhook), &n(PRUNE_BATCH)],
+        &[
+            &webhook,
+            &ts(bounds.max_finished_per_webhook),
+            &n(PRUNE_BATCH),
+        ],
     )?;
     Ok(())
 }
@@ -897,7 +901,10 @@ impl Store for PgStore {
                 &[&w.owner],
             )?;
             let have: i64 = tx
-                .query_one("SELECT COUNT(*) FROM webhooks WHERE owner = $1", &[&w.owner])?
+                .query_one(
+                    "SELECT COUNT(*) FROM webhooks WHERE owner = $1",
+                    &[&w.owner],
+                )?
                 .try_get(0)?;
             if have >= ts(max_per_owner) {
                 return Ok(false);
@@ -967,7 +974,14 @@ impl Store for PgStore {
             tx.execute(
                 "INSERT INTO deliveries (id, webhook_id, owner, pending, next_at, rec) \
                  VALUES ($1, $2, $3, $4, $5, $6)",
-                &[&d.id, &d.webhook_id, &d.owner, &pend, &ts(d.next_at), &Json(&d)],
+                &[
+                    &d.id,
+                    &d.webhook_id,
+                    &d.owner,
+                    &pend,
+                    &ts(d.next_at),
+                    &Json(&d),
+                ],
             )?;
             prune_deliveries(&mut tx, &d.webhook_id, bounds)?;
             tx.commit()?;
