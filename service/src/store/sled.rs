@@ -1288,13 +1288,18 @@ impl Store for SledStore {
     fn claim_deliveries(&self, now: u64, until: u64, limit: usize) -> Result<Vec<DeliveryRecord>> {
         let _g = self.lock_webhooks();
         let mut due: Vec<(Vec<u8>, DeliveryRecord)> = Vec::new();
-        for r in self.webhooks.iter().keys() {
-            let id = r.map_err(err)?;
-            let id = String::from_utf8_lossy(&id).into_owned();
-            let Some(q) = self.delivery_queue.scan_prefix(prefix(&id)).keys().next() else {
-                continue;
-            };
+        // Each webhook's first queue entry, jumping past the rest of its entries: reads only
+        // the webhooks with something pending.
+        let mut from: Vec<u8> = Vec::new();
+        while let Some(q) = self.delivery_queue.range(from.clone()..).keys().next() {
             let k = q.map_err(err)?.to_vec();
+            if k.len() < 9 {
+                from = k;
+                from.push(0);
+                continue;
+            }
+            let hook = String::from_utf8_lossy(&k[..k.len() - 9]).into_owned();
+            from = prefix_end(&hook);
             let Some(d) = Self::get::<DeliveryRecord>(&self.deliveries, &k)? else {
                 continue;
             };

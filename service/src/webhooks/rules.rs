@@ -186,7 +186,16 @@ pub fn check_url(url: &str, allow_private: bool) -> Result<Target, UrlError> {
             _ => return Err(UrlError::BadPort),
         },
     };
-    let host_l = host.to_ascii_lowercase();
+    // The host as the HTTP client will read it (the WHATWG URL rules: `2130706433`, `127.1`
+    // and `0x7f.1` are all 127.0.0.1), so that no spelling of an address passes as a name.
+    let parsed = reqwest::Url::parse(url).map_err(|_| UrlError::NoHost)?;
+    let host_l = match parsed.host_str() {
+        Some(h) if !h.is_empty() => h
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase(),
+        _ => return Err(UrlError::NoHost),
+    };
     if !allow_private {
         if let Ok(ip) = host_l.parse::<IpAddr>() {
             if !address_allowed(ip, false) {
@@ -196,6 +205,7 @@ pub fn check_url(url: &str, allow_private: bool) -> Result<Target, UrlError> {
             return Err(UrlError::Private(host_l));
         }
     }
+    let _ = host;
     Ok(Target {
         https,
         host: host_l,
@@ -402,6 +412,11 @@ mod tests {
             "http://[::ffff:192.168.1.1]/",
             "http://localhost:8080/",
             "http://0.0.0.0/",
+            // Other spellings of 127.0.0.1 the URL parser reads as that address.
+            "http://2130706433/",
+            "http://127.1/",
+            "http://0x7f000001/",
+            "http://0177.0.0.1/",
         ] {
             assert!(
                 matches!(check_url(private, false), Err(UrlError::Private(_))),
