@@ -201,7 +201,9 @@ pub fn check_url(url: &str, allow_private: bool) -> Result<Target, UrlError> {
             if !address_allowed(ip, false) {
                 return Err(UrlError::Private(ip.to_string()));
             }
-        } else if host_l == "localhost" || host_l.ends_with(".localhost") {
+        } else if matches!(host_l.trim_end_matches('.'), "localhost")
+            || host_l.trim_end_matches('.').ends_with(".localhost")
+        {
             return Err(UrlError::Private(host_l));
         }
     }
@@ -411,6 +413,8 @@ mod tests {
             "http://[fd00::1]/",
             "http://[::ffff:192.168.1.1]/",
             "http://localhost:8080/",
+            "http://LocalHost./",
+            "http://a.localhost/",
             "http://0.0.0.0/",
             // Other spellings of 127.0.0.1 the URL parser reads as that address.
             "http://2130706433/",

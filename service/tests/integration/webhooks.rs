@@ -622,6 +622,54 @@ async fn a_private_address_is_refused_without_the_flag_and_the_bounds_hold() {
         )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    // A host name is checked as it resolves, at each attempt: this machine's own name
+    // resolves to a loopback or private address (where it does not, there is nothing to show).
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let resolved: Vec<std::net::IpAddr> = tokio::net::lookup_host((name.as_str(), 0))
+        .await
+        .map(|a| a.map(|a| a.ip()).collect())
+        .unwrap_or_default();
+    if !name.is_empty()
+        && !resolved.is_empty()
+        && resolved
+            .iter()
+            .all(|ip| !hammer_service::webhooks::rules::address_allowed(*ip, false))
+    {
+        // Listening on every address: only the guard keeps the delivery from arriving.
+        let rx = Receiver::start("0.0.0.0:0".parse().unwrap()).await;
+        let url = format!("http://{name}:{}/own", rx.addr.port());
+        let (id, secret) = add(&h, &alice, &url, json!([])).await;
+        rx.expect_secret("/own", &secret);
+        let (s, _) = h
+            .post(&format!("/api/v1/webhooks/{id}/test"), &alice, json!({}))
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED);
+        let mut log = Value::Null;
+        for _ in 0..200 {
+            log = deliveries(&h, &alice, &id).await;
+            if log[0]["attempt_count"].as_u64() >= Some(1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let err = log[0]["attempts"][0]["error"].as_str().unwrap_or_default();
+        assert!(err.contains("--webhook-allow-private"), "{log:#}");
+        assert!(rx.got("/own").is_empty() && rx.bad.lock().unwrap().is_empty());
+        let (s, _) = h
+            .call(
+                Method::DELETE,
+                &format!("/api/v1/webhooks/{id}"),
+                &alice,
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+    } else {
+        println!("{name:?} resolves to {resolved:?}: the resolve-time check is not shown here");
+    }
     // At most 10 per user.
     for i in 0..10 {
         add(&h, &alice, &format!("https://example.com/{i}"), json!([])).await;
