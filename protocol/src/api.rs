@@ -790,7 +790,8 @@ pub enum WebhookEvent {
     /// It ended with failed targets.
     #[serde(rename = "deployment.failed")]
     DeploymentFailed,
-    /// It was stopped by its abort threshold (or because its commit was marked bad).
+    /// It was stopped by its abort threshold (a stop because its commit was marked bad is
+    /// `deployment.canceled`).
     #[serde(rename = "deployment.aborted")]
     DeploymentAborted,
     /// Its owner canceled it.

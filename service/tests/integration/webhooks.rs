@@ -687,3 +687,110 @@ async fn a_private_address_is_refused_without_the_flag_and_the_bounds_hold() {
         "{v}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pausing_resuming_and_canceling_a_deployment_are_delivered_in_order() {
+    let rx = Receiver::start("127.0.0.1:0".parse().unwrap()).await;
+    let h = Harness::start_with(fast).await;
+    let alice = h.user("alice").await;
+    let _d = h
+        .ready_device("alice", &alice, "d", json!({}), Behavior::Silent)
+        .await;
+    let (_, secret) = add(&h, &alice, &rx.url("/dep"), json!([])).await;
+    rx.expect_secret("/dep", &secret);
+    let id = deploy(&h, &alice, "d").await;
+    for step in ["pause", "resume", "cancel"] {
+        let (s, v) = h
+            .post(
+                &format!("/api/v1/deployments/{id}/{step}"),
+                &alice,
+                json!({}),
+            )
+            .await;
+        assert!(s.is_success(), "{step}: {s} {v}");
+    }
+    let got = rx
+        .wait_for(
+            "/dep",
+            &[
+                "deployment.created",
+                "deployment.paused",
+                "deployment.resumed",
+                "deployment.canceled",
+            ],
+        )
+        .await;
+    let order: Vec<&str> = got
+        .iter()
+        .map(|g| g.event.as_str())
+        .filter(|e| e.starts_with("deployment."))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "deployment.created",
+            "deployment.paused",
+            "deployment.resumed",
+            "deployment.canceled"
+        ]
+    );
+    assert_eq!(got.last().unwrap().body["data"]["state"], "canceled");
+    rx.assert_no_bad();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_receiver_that_never_answers_does_not_hold_up_another_users_deliveries() {
+    // Accepts connections and never answers: each attempt there lasts the whole timeout.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = hang.accept().await {
+            open.push(s);
+        }
+    });
+    let rx = Receiver::start("127.0.0.1:0".parse().unwrap()).await;
+    let h = Harness::start_with(fast).await;
+    let alice = h.user("alice").await;
+    let bob = h.user("bob").await;
+    let mut stuck = Vec::new();
+    for i in 0..10 {
+        let (id, _) = add(&h, &alice, &format!("http://{hang_addr}/{i}"), json!([])).await;
+        for _ in 0..3 {
+            let (s, _) = h
+                .post(&format!("/api/v1/webhooks/{id}/test"), &alice, json!({}))
+                .await;
+            assert_eq!(s, StatusCode::ACCEPTED);
+        }
+        stuck.push(id);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (bob_hook, secret) = add(&h, &bob, &rx.url("/bob"), json!([])).await;
+    rx.expect_secret("/bob", &secret);
+    let started = std::time::Instant::now();
+    let (s, _) = h
+        .post(
+            &format!("/api/v1/webhooks/{bob_hook}/test"),
+            &bob,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    rx.wait_for("/bob", &["ping"]).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "bob's ping took {:?} behind alice's hanging receiver",
+        started.elapsed()
+    );
+    // Alice's are all still waiting on her receiver, one at a time per webhook.
+    let log = deliveries(&h, &alice, &stuck[0]).await;
+    assert!(
+        log.as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["state"] == "pending"),
+        "{log:#}"
+    );
+    rx.assert_no_bad();
+    held.abort();
+}
