@@ -477,6 +477,7 @@ mod tests {
             reason: None,
             targets: Vec::new(),
             paused: false,
+            phasing: None,
         };
         assert_eq!(end_event(&d), None);
         d.state = DeploymentState::Succeeded;
