@@ -794,3 +794,73 @@ async fn a_receiver_that_never_answers_does_not_hold_up_another_users_deliveries
     rx.assert_no_bad();
     held.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_postgresql_a_delivery_waits_through_a_restart_and_arrives_once_the_receiver_is_up() {
+    let Some(pg) = crate::pg_server::TestPg::start() else {
+        return;
+    };
+    let url = pg.create_db("webhooks");
+    let with_db = |cfg: &mut ServeConfig| {
+        fast(cfg);
+        let mut db = hammer_service::store::pg::PgConfig::new(url.clone());
+        db.pool = 4;
+        cfg.database = Some(db);
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut h = Harness::start_with(with_db).await;
+    let alice = h.user("alice").await;
+    let _d = h
+        .ready_device("alice", &alice, "d", json!({}), Behavior::Succeed)
+        .await;
+    let (id, secret) = add(&h, &alice, &format!("http://{port}/pg"), json!([])).await;
+    let dep = deploy(&h, &alice, "d").await;
+    h.wait_deployment(&alice, &dep, 10).await;
+    for _ in 0..200 {
+        let log = deliveries(&h, &alice, &id).await;
+        if log
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["attempt_count"].as_u64() >= Some(1))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    h.restart_with(with_db).await;
+    let rx = Receiver::start(port).await;
+    rx.expect_secret("/pg", &secret);
+    let got = rx
+        .wait_for("/pg", &["deployment.created", "deployment.succeeded"])
+        .await;
+    // (The new process sees the device's retained presence again: a device.online too.)
+    let order: Vec<&str> = got
+        .iter()
+        .map(|g| g.event.as_str())
+        .filter(|e| e.starts_with("deployment."))
+        .collect();
+    assert_eq!(order, ["deployment.created", "deployment.succeeded"]);
+    rx.assert_no_bad();
+    let log = deliveries(&h, &alice, &id).await;
+    assert!(
+        log.as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["event"].as_str().unwrap().starts_with("deployment."))
+            .all(|d| d["state"] == "delivered"),
+        "{log:#}"
+    );
+    // The first one failed before the restart; the next waited behind it.
+    let created = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["event"] == "deployment.created")
+        .unwrap();
+    assert!(created["attempt_count"].as_u64() >= Some(2), "{created}");
+    assert!(created["attempts"][0]["error"].is_string(), "{created}");
+}
