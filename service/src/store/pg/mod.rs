@@ -14,8 +14,8 @@
 //!   transaction that holds a per-user advisory lock.
 //! - Webhooks: tables `webhooks` and `deliveries` (migration 6); a user's webhook inserts and
 //!   delivery enqueues run under a per-user advisory lock (the bounds hold exactly); a claim
-//!   is one `UPDATE … WHERE claimed_until <= now` that re-checks each row it locks, so two
-//!   replicas never hold the same delivery.
+//!   is one statement (`FOR UPDATE SKIP LOCKED`, then `UPDATE … WHERE claimed_until <= now`
+//!   re-checked under the lock), so two replicas never hold the same delivery.
 //!
 //! Records are stored whole as JSON (`rec`), with the columns the store looks them up, orders
 //! or prunes by beside them. Every write is committed when the call returns (visible to every
@@ -991,15 +991,20 @@ impl Store for PgStore {
 
     fn claim_deliveries(&self, now: u64, until: u64, limit: usize) -> Result<Vec<DeliveryRecord>> {
         self.write(move |db| {
-            // Each webhook's oldest pending delivery, if due and free; the UPDATE re-checks a
-            // row another claim locked first and skips it once that claim committed.
+            // Each webhook's oldest pending delivery, if due and free. Rows another claim
+            // holds locked are skipped (it takes them), and a row it claimed meanwhile fails
+            // the re-check under the lock; neither counts towards the limit, so concurrent
+            // claims share the due deliveries without waiting and without overlap.
             let rows = db.query(
                 "WITH heads AS ( \
                    SELECT DISTINCT ON (webhook_id) ord, next_at, claimed_until \
                    FROM deliveries WHERE pending ORDER BY webhook_id, ord), \
                  due AS ( \
-                   SELECT ord FROM heads WHERE next_at <= $1 AND claimed_until <= $1 \
-                   ORDER BY next_at, ord LIMIT $3) \
+                   SELECT d.ord FROM deliveries d JOIN heads h ON h.ord = d.ord \
+                   WHERE h.next_at <= $1 AND h.claimed_until <= $1 \
+                     AND d.pending AND d.claimed_until <= $1 \
+                   ORDER BY h.next_at, h.ord LIMIT $3 \
+                   FOR UPDATE OF d SKIP LOCKED) \
                  UPDATE deliveries d SET claimed_until = $2 FROM due \
                  WHERE d.ord = due.ord AND d.pending AND d.claimed_until <= $1 \
                  RETURNING d.ord, d.rec, d.next_at",
