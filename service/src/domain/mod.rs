@@ -5,9 +5,9 @@
 //!
 //! [`devices`] (look up, list, create within the quota), [`deployments`] (strategy, targets,
 //! pages), [`activity`] (logs, history, the checks actions share), [`commits`] (the
-//! commits a user marked bad: the kill switch), [`audit`] (a user's audit log) and
-//! [`windows`] (a user's maintenance windows),
-//! [`webhooks`] (a user's webhooks and their delivery logs).
+//! commits a user marked bad: the kill switch), [`audit`] (a user's audit log),
+//! [`windows`] (a user's maintenance windows) and [`webhooks`] (a user's webhooks and their
+//! delivery logs).
 
 pub mod activity;
 pub mod audit;
