@@ -59,7 +59,7 @@ pub use self::inbox::{RolloutError, RolloutMsg};
 use crate::mqtt::publish::{publish_desired, stage_desired};
 use crate::service::Service;
 use crate::store::{BadCommitRecord, DeploymentRecord, Fence, StoreError};
-use hammer_protocol::api::{DeploymentState, Event, TargetState};
+use hammer_protocol::api::{DeploymentState, Event, TargetState, WebhookEvent};
 use hammer_protocol::{now_ms, DesiredState, RunState, StatusEvent, PROTOCOL_VERSION};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -484,8 +484,15 @@ impl Engine {
         if !self.step(id).await {
             return Err(RolloutError::NotStored { what: "promotion" });
         }
-        self.current(id)
-            .ok_or_else(|| RolloutError::NoDeployment { id: id.to_owned() })
+        let promoted = self
+            .current(id)
+            .ok_or_else(|| RolloutError::NoDeployment { id: id.to_owned() })?;
+        crate::webhooks::deployment_event(
+            &self.svc,
+            WebhookEvent::DeploymentPhasePromoted,
+            &promoted,
+        );
+        Ok(promoted)
     }
 
     /// Applies a status event to the target it belongs to in running deployment `dep_id`;
@@ -541,9 +548,22 @@ impl Engine {
                 }
             }
         };
+        let promotions = |r: &Rollout| {
+            r.record()
+                .phasing
+                .as_ref()
+                .map_or(0, |p| p.promotions.len())
+        };
+        // Deployments whose phase the soak promoted on this tick.
+        let mut promoted = Vec::new();
         for (id, rollout) in self.running.iter_mut() {
+            let before = promotions(rollout);
             if rollout.on_tick(now, presence) > 0 {
                 touched.push(id.clone());
+            }
+            if promotions(rollout) > before {
+                tracing::info!(deployment = %id, "phase promoted after its soak");
+                promoted.push(id.clone());
             }
         }
         for (id, since) in &self.unsaved {
@@ -552,7 +572,15 @@ impl Engine {
             }
         }
         for id in touched {
-            self.step(&id).await;
+            if self.step(&id).await && promoted.contains(&id) {
+                if let Some(dep) = self.current(&id) {
+                    crate::webhooks::deployment_event(
+                        &self.svc,
+                        WebhookEvent::DeploymentPhasePromoted,
+                        &dep,
+                    );
+                }
+            }
         }
     }
 

@@ -864,3 +864,55 @@ async fn on_postgresql_a_delivery_waits_through_a_restart_and_arrives_once_the_r
     assert!(created["attempt_count"].as_u64() >= Some(2), "{created}");
     assert!(created["attempts"][0]["error"].is_string(), "{created}");
 }
+
+/// A phased deployment's promotions arrive as `deployment.phase_promoted`: one when the soak
+/// promotes the canary's phase, between created and succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_phase_promoted_by_its_soak_arrives_between_created_and_succeeded() {
+    let rx = Receiver::start("127.0.0.1:0".parse().unwrap()).await;
+    let h = Harness::start_with(fast).await;
+    let alice = h.user("alice").await;
+    let mut devices = Vec::new();
+    for name in ["a", "b"] {
+        devices.push(
+            h.ready_device("alice", &alice, name, json!({}), Behavior::Succeed)
+                .await,
+        );
+    }
+    let (_, secret) = add(&h, &alice, &rx.url("/alice"), json!([])).await;
+    rx.expect_secret("/alice", &secret);
+    let (s, v) = h
+        .post(
+            "/api/v1/deployments",
+            &alice,
+            json!({"targets": {"names": ["a", "b"]},
+                   "strategy": {"phases": [{"devices": 1}], "soak_secs": 1}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    let v = h.wait_deployment(&alice, &id, 20).await;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let want = [
+        "deployment.created",
+        "deployment.phase_promoted",
+        "deployment.succeeded",
+    ];
+    let got = rx.wait_for("/alice", &want).await;
+    let deps: Vec<&Got> = got
+        .iter()
+        .filter(|g| g.event.starts_with("deployment."))
+        .collect();
+    assert_eq!(
+        deps.iter().map(|g| g.event.as_str()).collect::<Vec<_>>(),
+        want,
+        "in order, once each"
+    );
+    let promoted = &deps[1].body["data"];
+    assert_eq!(promoted["id"], id.as_str(), "{promoted}");
+    assert_eq!(promoted["phasing"]["current"], 2, "{promoted}");
+    assert_eq!(
+        promoted["phasing"]["promotions"][0]["phase"], 1,
+        "{promoted}"
+    );
+}
