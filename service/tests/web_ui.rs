@@ -1050,6 +1050,27 @@ async fn dashboard_in_headless_chromium() {
     )
     .await;
 
+    // The maintenance windows and webhooks pages, from the navigation, pass axe-core and fit
+    // a phone (the navigation has seven links now).
+    for (href, title) in [
+        ("/windows", "Maintenance windows"),
+        ("/webhooks", "Webhooks"),
+    ] {
+        b.click(&format!("nav a[href='{href}']")).await;
+        b.wait_for(
+            title,
+            "return location.pathname === arguments[0];",
+            json!([href]),
+        )
+        .await;
+        let text = b.text().await;
+        assert!(text.contains(title), "{text}");
+        assert_accessible(&b, axe, title).await;
+        phone(&b).await;
+        assert_fits_phone(&b, title).await;
+        desktop(&b).await;
+    }
+
     // Sign out ends the session; a second user sees none of alice's fleet.
     b.goto(&format!("{base}/devices")).await;
     b.click("header form button[type=submit]").await;
