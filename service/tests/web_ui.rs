@@ -1042,7 +1042,7 @@ async fn dashboard_in_headless_chromium() {
     assert_eq!(v["commits"][0]["commit"], commit, "{v}");
     b.js("window.confirm = function () { return true; };", json!([]))
         .await;
-    b.click("#bad-commits button[data-method='DELETE']").await;
+    b.click("#bad-commits button[data-delete]").await;
     b.wait_for(
         "no commit marked bad any more",
         "return location.pathname === '/commits' && !document.querySelector('#bad-commits tr[data-commit]');",
@@ -1070,6 +1070,26 @@ async fn dashboard_in_headless_chromium() {
         assert_fits_phone(&b, title).await;
         desktop(&b).await;
     }
+    // A window added with the form is listed; its Remove button takes it off again.
+    b.goto(&format!("{base}/windows")).await;
+    b.type_into("#win-device", "kiosk-1").await;
+    b.type_into("#win-text", "daily 01:00-02:00").await;
+    b.click("#window-submit").await;
+    b.wait_for(
+        "the new window listed",
+        "return !!document.querySelector('#windows button[data-delete]') && document.getElementById('windows').textContent.indexOf('daily 01:00-02:00') >= 0;",
+        json!([]),
+    )
+    .await;
+    b.js("window.confirm = function () { return true; };", json!([]))
+        .await;
+    b.click("#windows button[data-delete]").await;
+    b.wait_for(
+        "no window listed any more",
+        "return document.readyState === 'complete' && !!document.getElementById('windows') && !document.querySelector('#windows button[data-delete]');",
+        json!([]),
+    )
+    .await;
 
     // Sign out ends the session; a second user sees none of alice's fleet.
     b.goto(&format!("{base}/devices")).await;

@@ -32,7 +32,7 @@ fn rows(list: &[BadCommit], now: u64) -> String {
     list.iter()
         .map(|c| {
             format!(
-                "<tr data-commit=\"{full}\"><td><code title=\"{full}\">{short}</code></td><td>{reason}</td><td>{when}</td><td><button type=\"button\" data-method=\"DELETE\" data-action=\"/api/v1/commits/{u}/bad\" data-reload data-confirm=\"Mark {short} good again? New deployments may name it.\">Mark good</button></td></tr>",
+                "<tr data-commit=\"{full}\"><td><code title=\"{full}\">{short}</code></td><td>{reason}</td><td>{when}</td><td><button type=\"button\" data-delete=\"/api/v1/commits/{u}/bad\" data-confirm=\"Mark {short} good again? New deployments may name it.\">Mark good</button></td></tr>",
                 full = esc(&c.commit),
                 short = esc(c.commit.get(..12).unwrap_or(&c.commit)),
                 reason = c.reason.as_deref().map_or_else(|| "—".to_owned(), esc),
@@ -96,9 +96,7 @@ mod tests {
         assert!(ib < ia, "newest first: {html}");
         assert!(html.contains("&lt;boom&gt;"), "{html}");
         assert!(!html.contains("<boom>"));
-        assert!(html.contains(&format!(
-            "data-method=\"DELETE\" data-action=\"/api/v1/commits/{a}/bad\""
-        )));
+        assert!(html.contains(&format!("data-delete=\"/api/v1/commits/{a}/bad\"")));
     }
 
     #[test]

@@ -31,7 +31,7 @@ fn rows(ws: &[MaintenanceWindow], now: u64) -> String {
         .map(|w| {
             let label = w.name.as_deref().unwrap_or(&w.window);
             format!(
-                "<tr><td data-label=\"Window (UTC)\"><code>{win}</code></td><td data-label=\"Applies to\">{to}</td><td data-label=\"Name\">{name}</td><td data-label=\"Added\">{added}</td><td><button type=\"button\" class=\"danger\" data-window-remove=\"/api/v1/windows/{id}\" data-confirm=\"Remove the maintenance window {conf}?\" aria-label=\"Remove window {conf}\">Remove</button></td></tr>",
+                "<tr><td data-label=\"Window (UTC)\"><code>{win}</code></td><td data-label=\"Applies to\">{to}</td><td data-label=\"Name\">{name}</td><td data-label=\"Added\">{added}</td><td><button type=\"button\" class=\"danger\" data-delete=\"/api/v1/windows/{id}\" data-confirm=\"Remove the maintenance window {conf}?\" aria-label=\"Remove window {conf}\">Remove</button></td></tr>",
                 win = esc(&w.window),
                 to = applies_to(&w.applies_to),
                 name = w.name.as_deref().map_or_else(|| "—".to_owned(), esc),
@@ -161,8 +161,7 @@ mod tests {
         );
         assert!(html.contains("tag <code>site=&lt;lab&gt;</code>"), "{html}");
         assert_eq!(
-            html.matches("data-window-remove=\"/api/v1/windows/w1\"")
-                .count(),
+            html.matches("data-delete=\"/api/v1/windows/w1\"").count(),
             2
         );
         assert!(rows(&[], 0).contains("No maintenance windows"));

@@ -197,9 +197,7 @@
     if (q && !window.confirm(q)) return;
     b.disabled = true;
     try {
-      var r = await api(b.getAttribute('data-method') || 'POST', b.getAttribute('data-action'));
-      // data-reload: the page lists what changed (a commit marked good); show it anew.
-      if (b.hasAttribute('data-reload')) { window.location.reload(); return; }
+      var r = await api('POST', b.getAttribute('data-action'));
       // data-follow: the answer is a new deployment (retry); show it.
       if (b.hasAttribute('data-follow') && r && r.id) {
         window.location.href = '/deployments/' + encodeURIComponent(r.id);
@@ -352,75 +350,38 @@
     if (e.persisted && t && t.type === 'password') t.value = '';
   });
 
-  document.addEventListener('DOMContentLoaded', function () {
-    startEvents();
-    keepLogsStreaming();
-    setInterval(refreshTimes, 5000);
-    deployForm();
-    badCommitForm();
-  });
-})();
-
-// Maintenance windows (/windows): the add form and the remove buttons call the JSON API with
-// the session cookie, then show the page again.
-(function () {
-  'use strict';
-  function fail(msg) {
-    var el = document.getElementById('error');
-    if (!el) return;
-    el.textContent = msg;
-    el.hidden = false;
-  }
-  async function call(method, url, body) {
-    var opts = { method: method, credentials: 'same-origin', headers: { Accept: 'application/json' } };
-    if (body !== undefined) {
-      opts.headers['Content-Type'] = 'application/json';
-      opts.body = JSON.stringify(body);
-    }
-    var r;
-    try { r = await fetch(url, opts); } catch (e) { throw new Error('The service cannot be reached (' + e.message + ').'); }
-    if (r.status === 401) { location.href = '/login'; throw new Error('Your session ended: sign in again.'); }
-    if (!r.ok) {
-      var data = null;
-      try { data = JSON.parse(await r.text()); } catch (_) { /* not JSON */ }
-      throw new Error((data && data.error) || ('The service answered HTTP ' + r.status + '.'));
-    }
-  }
-  document.addEventListener('click', async function (e) {
-    var b = e.target.closest ? e.target.closest('button[data-window-remove]') : null;
-    if (!b) return;
-    var q = b.getAttribute('data-confirm');
-    if (q && !window.confirm(q)) return;
-    b.disabled = true;
-    try {
-      await call('DELETE', b.getAttribute('data-window-remove'));
-      location.reload();
-    } catch (err) {
-      fail(err.message);
-      b.disabled = false;
-    }
-  });
-  document.addEventListener('DOMContentLoaded', function () {
+  // Maintenance windows (/windows): the add form, through the JSON API; removal is a
+  // data-delete button.
+  function windowForm() {
     var form = document.querySelector('form[data-window-form]');
     if (!form) return;
     form.addEventListener('submit', async function (e) {
       e.preventDefault();
       var f = form.elements;
       var device = f['device'].value.trim(), tag = f['tag'].value.trim();
-      if (device && tag) { fail('Give a device or a tag, not both.'); return; }
-      if (!device && !tag) { fail('Give a device, or a tag such as site=lab.'); return; }
+      if (device && tag) { error('Give a device or a tag, not both.'); return; }
+      if (!device && !tag) { error('Give a device, or a tag such as site=lab.'); return; }
       var body = { applies_to: device ? { device: device } : { tag: tag }, window: f['window'].value.trim() };
       var name = f['name'].value.trim();
       if (name) body.name = name;
       var btn = document.getElementById('window-submit');
       btn.disabled = true;
       try {
-        await call('POST', '/api/v1/windows', body);
+        await api('POST', '/api/v1/windows', body);
         location.reload();
       } catch (err) {
-        fail(err.message);
+        error(err.message);
         btn.disabled = false;
       }
     });
+  }
+
+  document.addEventListener('DOMContentLoaded', function () {
+    startEvents();
+    keepLogsStreaming();
+    setInterval(refreshTimes, 5000);
+    deployForm();
+    badCommitForm();
+    windowForm();
   });
 })();
