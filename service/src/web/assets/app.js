@@ -42,9 +42,12 @@
           var r = await fetch(el.getAttribute('data-live'), { credentials: 'same-origin' });
           if (r.redirected && /\/login$/.test(r.url)) { location.href = '/login'; return; }
           if (!r.ok) { error('Could not refresh the page (HTTP ' + r.status + ').'); continue; }
-          // Expanded <details> (a release's phases) stay open across the refresh.
+          var html = await r.text();
+          // Expanded <details> (a release's phases) stay open across the refresh: read which
+          // are open only now, after the last await, so that one opened while the answer was
+          // on its way is kept too.
           var open = Array.prototype.map.call(el.querySelectorAll('details[open][id]'), function (d) { return d.id; });
-          el.innerHTML = await r.text();
+          el.innerHTML = html;
           open.forEach(function (id) {
             var d = document.getElementById(id);
             if (d && el.contains(d)) d.open = true;
