@@ -3,20 +3,9 @@
 //! nothing to retry).
 
 use crate::common::{Behavior, Harness};
+use crate::hammer;
 use serde_json::{json, Value};
-use std::path::Path;
 use std::process::Output;
-
-async fn hammer(h: &Harness, token: &str, home: &Path, args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hammer"));
-    cmd.args(args)
-        .env("HAMMER_URL", &h.base)
-        .env("HAMMER_TOKEN", token)
-        .env("HOME", home)
-        .env("XDG_CONFIG_HOME", home.join("config"))
-        .env_remove("RUST_LOG");
-    cmd.output().await.expect("hammer runs")
-}
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()

@@ -17,3 +17,20 @@ mod enroll_relay;
 mod pinning_cli;
 mod webhook_cli;
 mod window_cli;
+
+use common::Harness;
+use std::path::Path;
+use std::process::Output;
+
+/// Runs the real `hammer` with `args` against the harness's service as `token`'s user, with
+/// `home` as its home and config folder (no saved login), and waits for it.
+pub(crate) async fn hammer(h: &Harness, token: &str, home: &Path, args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hammer"));
+    cmd.args(args)
+        .env("HAMMER_URL", &h.base)
+        .env("HAMMER_TOKEN", token)
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env_remove("RUST_LOG");
+    cmd.output().await.expect("hammer runs")
+}

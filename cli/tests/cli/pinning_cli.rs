@@ -3,9 +3,10 @@
 //! commit in every desired state. When it cannot, it says so in one line and deploys anyway.
 
 use crate::common::{Behavior, Harness, SimDevice};
+use crate::hammer;
 use serde_json::json;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
@@ -24,17 +25,6 @@ fn repo_with_main(dir: &Path) -> String {
     git(dir, &["commit", "-q", "--allow-empty", "-m", "one"]);
     git(dir, &["commit", "-q", "--allow-empty", "-m", "two"]);
     git(dir, &["rev-parse", "HEAD"])
-}
-
-async fn hammer(h: &Harness, token: &str, home: &Path, args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hammer"));
-    cmd.args(args)
-        .env("HAMMER_URL", &h.base)
-        .env("HAMMER_TOKEN", token)
-        .env("HOME", home)
-        .env("XDG_CONFIG_HOME", home.join("config"))
-        .env_remove("RUST_LOG");
-    cmd.output().await.expect("hammer runs")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -4,21 +4,10 @@
 //! http(s)).
 
 use crate::common::Harness;
+use crate::hammer;
 use serde_json::Value;
 use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
-
-async fn hammer(h: &Harness, token: &str, home: &Path, args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hammer"));
-    cmd.args(args)
-        .env("HAMMER_URL", &h.base)
-        .env("HAMMER_TOKEN", token)
-        .env("HOME", home)
-        .env("XDG_CONFIG_HOME", home.join("config"))
-        .env_remove("RUST_LOG");
-    cmd.output().await.expect("hammer runs")
-}
 
 async fn ok_json(h: &Harness, token: &str, home: &Path, args: &[&str]) -> Value {
     let out = hammer(h, token, home, args).await;

@@ -4,20 +4,8 @@
 //! cannot remove it.
 
 use crate::common::Harness;
+use crate::hammer;
 use serde_json::{json, Value};
-use std::path::Path;
-use std::process::Output;
-
-async fn hammer(h: &Harness, token: &str, home: &Path, args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hammer"));
-    cmd.args(args)
-        .env("HAMMER_URL", &h.base)
-        .env("HAMMER_TOKEN", token)
-        .env("HOME", home)
-        .env("XDG_CONFIG_HOME", home.join("config"))
-        .env_remove("RUST_LOG");
-    cmd.output().await.expect("hammer runs")
-}
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
