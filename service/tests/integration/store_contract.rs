@@ -565,7 +565,7 @@ fn an_enrollment_token_is_taken_once(open: Open) {
 }
 
 /// `n` threads run `f(i)` at once.
-fn at_once<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+pub(crate) fn at_once<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     let barrier = std::sync::Barrier::new(n);
     std::thread::scope(|sc| {
         let hs: Vec<_> = (0..n)

@@ -3,6 +3,7 @@
 //! processes claiming from one outbox at once.
 
 use crate::pg_server::TestPg;
+use crate::store_contract::at_once;
 use hammer_protocol::api::{DeliveryAttempt, DeliveryState, WebhookEvent};
 use hammer_service::store::pg::{PgConfig, PgStore};
 use hammer_service::store::*;
@@ -243,22 +244,6 @@ pub fn concurrent_claims_never_hand_one_delivery_to_two_workers(open: Open) {
     assert_eq!(all.len(), distinct.len(), "claimed twice: {all:?}");
     assert_eq!(all.len(), 20, "each webhook's head once: {all:?}");
     assert!(all.iter().all(|d| d.ends_with("-0")), "{all:?}");
-}
-
-fn at_once<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    let barrier = std::sync::Barrier::new(n);
-    std::thread::scope(|sc| {
-        let hs: Vec<_> = (0..n)
-            .map(|i| {
-                let (f, barrier) = (&f, &barrier);
-                sc.spawn(move || {
-                    barrier.wait();
-                    f(i)
-                })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
-    })
 }
 
 #[test]
