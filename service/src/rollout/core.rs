@@ -369,30 +369,32 @@ impl Rollout {
         Some(Applied { pinned, change })
     }
 
-    /// Times out the in-flight targets whose deadline is due at `now`; returns how many.
-    /// `presence` says whether a device is connected (for the detail).
+    /// What is due at `now`: a soak that passed promotes its phase, a scheduled start or a
+    /// maintenance window that opened wants a step, in-flight targets whose deadline is due
+    /// time out. Returns how many of these happened (0: nothing to step).
+    /// `presence` says whether a device is connected (for a timeout's detail).
     pub fn on_tick(&mut self, now: u64, presence: impl Fn(&str) -> Presence) -> usize {
         let (retries, timeout) = (self.dep.strategy.retries, self.dep.strategy.timeout_secs);
-        let mut timed_out = 0;
+        let mut due = 0;
         if self.is_running() && phasing::on_tick(&mut self.dep, now) {
-            timed_out += 1;
+            due += 1;
         }
         if self.scheduled && !self.before_start(now) {
-            timed_out += 1;
+            due += 1;
         }
         if self.window_wait.is_some_and(|t| t <= now) {
             self.window_wait = None;
-            timed_out += 1;
+            due += 1;
         }
         for t in self.dep.targets.iter_mut() {
             if t.state == TargetState::InFlight && t.deadline.is_some_and(|d| is_due(d, now)) {
                 let detail = timeout_detail(timeout, t.last_phase, presence(&t.device_id));
                 attempt_over(t, retries, TargetState::TimedOut, detail);
                 t.updated_at = now;
-                timed_out += 1;
+                due += 1;
             }
         }
-        timed_out
+        due
     }
 
     /// Pauses the running deployment: steps launch nothing new until [`Rollout::unpause`].
