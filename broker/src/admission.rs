@@ -161,9 +161,10 @@ pub(crate) enum NoSlot {
 
 impl PendingGuard {
     /// A handshake slot for `ip`: at once while fewer than `max_pending_per_ip` of its
-    /// connections are in their handshake, else after waiting for one (up to the handshake
-    /// timeout; at most `max_waiting_per_ip` wait). A reconnect storm from behind one address
-    /// is queued rather than refused into the devices' backoff.
+    /// connections are in their handshake, else after waiting for one, woken in
+    /// turn (until `deadline`, the accept plus `slot_wait`; at most `max_waiting_per_ip`
+    /// wait). A reconnect storm from behind one address is queued rather than refused into the
+    /// devices' backoff.
     pub(crate) async fn acquire(
         shared: &Arc<Shared>,
         ip: IpAddr,

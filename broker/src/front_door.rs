@@ -126,7 +126,8 @@ async fn handle(
 
 /// From TCP to a checked CONNECT. `None`: refused (counted and logged).
 async fn authenticate(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> Option<Ready> {
-    let deadline = tokio::time::Instant::now() + shared.config.handshake_timeout;
+    let accepted = tokio::time::Instant::now();
+    let deadline = accepted + shared.config.handshake_timeout;
     // The first byte before a handshake slot: an idle socket holds a connection slot (and
     // makes room for newer ones at the bound) but never a handshake slot of its address.
     match tokio::time::timeout_at(deadline, stream.readable()).await {
@@ -142,7 +143,8 @@ async fn authenticate(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr)
             return None;
         }
     }
-    let pending = match PendingGuard::acquire(shared, peer.ip(), deadline).await {
+    let slot_deadline = accepted + shared.config.slot_wait;
+    let pending = match PendingGuard::acquire(shared, peer.ip(), slot_deadline).await {
         Ok(p) => p,
         Err(why) => {
             shared.metrics.refuse(RefusalReason::Limit);

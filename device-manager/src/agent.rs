@@ -2,13 +2,17 @@
 //! live logs. Idle, it waits on all of them and costs nothing.
 //!
 //! After every CONNACK: subscribe `desired`, `cmd`, `ack` (QoS 1; rumqttc does not
-//! resubscribe), publish `Presence` online (retained, QoS 1, with the generation and the
-//! acked seq: the service's resync cue), then re-send the whole unacked outbox in seq order.
-//! New events are published as they are appended. On an `Ack` (signed by the service and
-//! addressed to this device, else refused and counted, never trimming anything) for our
-//! epoch the outbox is trimmed; if events already sent beyond the ack have been waiting longer than
-//! `resend_after`, the rest is re-sent (the service restarted or lost them). Duplicates are
-//! harmless (the service dedups by epoch and seq), loss is not.
+//! resubscribe), publish `Presence` online (retained, QoS 1, with the generation, the acked
+//! seq and the last seq: the service's resync cue; it answers only what differs). With
+//! events waiting in the outbox, nothing is re-sent yet: the service answers such a presence
+//! with its ack, and only the events that ack does not cover go out again, in seq order (if
+//! no ack comes within `resend_after`, all of them do). Events appended meanwhile wait too,
+//! so the outbox always goes out in seq order. Otherwise new events are published as they are
+//! appended. On an `Ack` (signed by the service and addressed to this device, else refused
+//! and counted, never trimming anything) for our epoch the outbox is trimmed; if events
+//! already sent beyond the ack have been waiting longer than `resend_after`, the rest is
+//! re-sent (the service restarted or lost them). Duplicates are harmless (the service dedups
+//! by epoch and seq), loss is not.
 //!
 //! Status events go out at most [`EVENTS_PER_SEC`] a second after a burst of
 //! [`EVENT_BURST`] ([`crate::pace`]): well under the broker's per-device limit, which
@@ -87,6 +91,9 @@ struct Agent {
     pace: TokenBucket,
     /// When the pace allows the next event after it ran dry.
     resume_at: Option<Instant>,
+    /// A new connection's presence said events wait: publishing is held until the service's
+    /// ack answers it, or until this deadline.
+    ack_wait: Option<Instant>,
 }
 
 /// Runs the agent until `shutdown` resolves. `outbox` must be the same one the backend's
@@ -124,6 +131,7 @@ pub async fn run(
         refused_acks: 0,
         pace: TokenBucket::new(EVENTS_PER_SEC, EVENT_BURST, Instant::now()),
         resume_at: None,
+        ack_wait: None,
     };
     tracing::info!(device = %agent.id_device, epoch, unacked = outbox.len(), "agent started");
     let mut health_tick = tokio::time::interval_at(
@@ -137,6 +145,7 @@ pub async fn run(
         let flush_at = agent.logs.as_ref().and_then(|l| l.flush_at);
         let deadline = agent.logs.as_ref().map(|l| l.deadline);
         let resume_at = agent.resume_at;
+        let ack_wait = agent.ack_wait;
         tokio::select! {
             _ = &mut shutdown => break,
             ev = link.recv() => match ev {
@@ -158,6 +167,11 @@ pub async fn run(
             _ = sleep_until_opt(flush_at), if flush_at.is_some() => agent.flush_logs().await,
             _ = sleep_until_opt(resume_at), if resume_at.is_some() => {
                 agent.resume_at = None;
+                agent.publish_new().await;
+            }
+            _ = sleep_until_opt(ack_wait), if ack_wait.is_some() => {
+                agent.ack_wait = None;
+                tracing::info!(count = agent.outbox.len(), "no ack answered the presence; re-sending unacked status events");
                 agent.publish_new().await;
             }
             _ = sleep_until_opt(deadline), if deadline.is_some() => {
@@ -194,6 +208,7 @@ impl Agent {
             LinkEvent::Disconnected => {
                 self.connected = false;
                 self.sent.clear();
+                self.ack_wait = None;
             }
             LinkEvent::Message { topic, payload } => {
                 if let Err(e) = self.on_message(&topic, &payload).await {
@@ -210,14 +225,16 @@ impl Agent {
                 .await?;
         }
         let store = self.outbox.store();
+        let acked_seq = store.get(Counter::AckedSeq);
         let presence = Presence {
             v: PROTOCOL_VERSION,
             online: true,
             epoch: store.epoch(),
             generation: store.generation(),
-            acked_seq: store.get(Counter::AckedSeq),
+            acked_seq,
             manager_version: MANAGER_VERSION.to_owned(),
             time: hammer_protocol::now_ms(),
+            last_seq: Some(self.outbox.last_seq().max(acked_seq)),
         };
         self.client
             .publish(
@@ -227,11 +244,15 @@ impl Agent {
                 hammer_protocol::encode(&presence)?,
             )
             .await?;
-        let all = self.outbox.unacked()?;
-        if !all.is_empty() {
-            tracing::info!(count = all.len(), "re-sending unacked status events");
+        let waiting = self.outbox.len();
+        if waiting > 0 {
+            tracing::info!(
+                count = waiting,
+                "status events wait for the service's ack before they are re-sent"
+            );
+            self.ack_wait = Some(Instant::now() + self.opts.resend_after);
         }
-        self.publish_events(all).await
+        Ok(())
     }
 
     async fn on_message(&mut self, topic: &str, payload: &[u8]) -> Result<()> {
@@ -280,6 +301,19 @@ impl Agent {
         if self.outbox.ack(ack.seq)? {
             tracing::debug!(seq = ack.seq, left = self.outbox.len(), "outbox trimmed");
         }
+        if self.ack_wait.take().is_some() {
+            // The answer to this connection's presence: what it does not cover goes out again.
+            let left = self.outbox.len();
+            if left > 0 {
+                tracing::info!(
+                    ack = ack.seq,
+                    count = left,
+                    "re-sending status events the service lacks"
+                );
+            }
+            self.publish_new().await;
+            return Ok(());
+        }
         self.sent = self.sent.split_off(&ack.seq.saturating_add(1));
         let stale = self
             .sent
@@ -302,7 +336,7 @@ impl Agent {
 
     /// Publishes events appended since the last publish.
     async fn publish_new(&mut self) {
-        if !self.connected {
+        if !self.connected || self.ack_wait.is_some() {
             return;
         }
         let after = self

@@ -140,6 +140,7 @@ mod tests {
             acked_seq: 41,
             manager_version: "0.1.0".into(),
             time: 2,
+            last_seq: Some(44),
         });
         for kind in [
             CommandKind::Restart,
@@ -156,6 +157,39 @@ mod tests {
                 kind,
             });
         }
+    }
+
+    #[test]
+    fn a_presence_from_a_manager_without_last_seq_decodes_as_unknown() {
+        #[derive(serde::Serialize)]
+        struct OldPresence {
+            v: u16,
+            online: bool,
+            epoch: u64,
+            generation: Option<u64>,
+            acked_seq: u64,
+            manager_version: String,
+            time: u64,
+        }
+        let old = serde_cbor::to_vec(&OldPresence {
+            v: PROTOCOL_VERSION,
+            online: true,
+            epoch: 7,
+            generation: Some(2),
+            acked_seq: 5,
+            manager_version: "0.1.0".into(),
+            time: 1,
+        })
+        .unwrap();
+        let p: Presence = decode(&old).unwrap();
+        assert_eq!((p.epoch, p.acked_seq, p.last_seq), (7, 5, None));
+        // And a new one still decodes in a service that ignores the field's meaning.
+        let new = encode(&Presence {
+            last_seq: Some(9),
+            ..p
+        })
+        .unwrap();
+        assert_eq!(decode::<Presence>(&new).unwrap().last_seq, Some(9));
     }
 
     #[test]

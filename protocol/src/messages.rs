@@ -278,7 +278,9 @@ pub struct LogBatch {
 }
 
 /// device → service (retained): online/offline. Online doubles as the resync request: the
-/// service answers with the device's desired state and ack.
+/// service answers with only what differs — the desired state when `generation` is not the
+/// device's desired one, an ack when the stored seq is not `acked_seq` or the device has events
+/// waiting (`last_seq` beyond `acked_seq`) — and nothing for a device already in sync.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Presence {
     pub v: u16,
@@ -290,6 +292,11 @@ pub struct Presence {
     pub acked_seq: u64,
     pub manager_version: String,
     pub time: u64,
+    /// The highest seq the device handed out in this epoch (`acked_seq` when nothing waits).
+    /// A device with events beyond `acked_seq` resends them only after the service's ack says
+    /// which are missing. `None` from a manager that predates the field: the service acks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seq: Option<u64>,
 }
 
 impl Presence {
@@ -303,6 +310,7 @@ impl Presence {
             acked_seq: 0,
             manager_version: String::new(),
             time: 0,
+            last_seq: None,
         }
     }
 }

@@ -40,6 +40,14 @@ pub struct Counters {
     pub presence_coalesced: AtomicU64,
     /// Presence messages dropped at a bound (oversized, too many devices waiting).
     pub presence_dropped: AtomicU64,
+    /// Online presences handled ([`crate::mqtt::resync`]): all of them, and those that found
+    /// the device in sync (nothing sent) or sent it its desired state.
+    pub resyncs: AtomicU64,
+    pub resyncs_in_sync: AtomicU64,
+    pub resyncs_desired: AtomicU64,
+    /// The service's MQTT link reconnected because the broker acknowledged nothing for
+    /// [`crate::mqtt::link::STALL_AFTER`].
+    pub mqtt_link_stalls: AtomicU64,
     /// Webhook deliveries the receiver took (2xx) ([`crate::webhooks`]).
     pub webhooks_delivered: AtomicU64,
     /// Webhook attempts that failed (an error status, no answer, an address refused).
@@ -575,6 +583,30 @@ pub fn render(
         "Presence messages dropped at a bound (oversized, or too many devices waiting).",
         "counter",
         c.presence_dropped.load(Relaxed),
+    );
+    gauge(
+        "hammer_resyncs_total",
+        "Online presences handled (each a resync of one device).",
+        "counter",
+        c.resyncs.load(Relaxed),
+    );
+    gauge(
+        "hammer_resyncs_in_sync_total",
+        "Online presences of devices already in sync: nothing was sent.",
+        "counter",
+        c.resyncs_in_sync.load(Relaxed),
+    );
+    gauge(
+        "hammer_resyncs_desired_total",
+        "Online presences answered with the device's desired state (its generation differed).",
+        "counter",
+        c.resyncs_desired.load(Relaxed),
+    );
+    gauge(
+        "hammer_mqtt_link_stalls_total",
+        "The service's MQTT link was remade because the broker acknowledged none of its waiting publishes for 20 s.",
+        "counter",
+        c.mqtt_link_stalls.load(Relaxed),
     );
     gauge(
         "hammer_acks_sent_total",

@@ -1,6 +1,9 @@
 //! The status outbox, in memory: every status event is numbered (epoch, seq from 1, no
-//! gaps), kept until a signed ack of its epoch covers it, and resent after a reconnect or
-//! when it has waited `resend_after` — the rules of the manager's durable outbox. Pure:
+//! gaps), kept until a signed ack of its epoch covers it, and resent when it has waited
+//! `resend_after` — the rules of the manager's durable outbox. After a (re)connect nothing is
+//! resent at once: the presence says what waits (`last_seq`), and only what the service's
+//! answering ack does not cover goes out again ([`Outbox::connected`], [`Outbox::ack`],
+//! [`Outbox::tick`]); if no ack comes within `resend_after`, everything unacked does. Pure:
 //! the caller passes the clock and does the publishing.
 
 use hammer_protocol::{encode, Ack, CodecError, StatusEvent};
@@ -17,6 +20,10 @@ pub struct Outbox {
     acked: u64,
     /// seq → (last sent, encoded event).
     entries: BTreeMap<u64, (Instant, Vec<u8>)>,
+    /// When the current connection's presence went out (`None`: offline).
+    connected_at: Option<Instant>,
+    /// The presence said events wait and no ack answered yet: resending is held.
+    awaiting_ack: bool,
 }
 
 /// What an ack did to the outbox.
@@ -39,6 +46,8 @@ impl Outbox {
             last_seq: 0,
             acked: 0,
             entries: BTreeMap::new(),
+            connected_at: None,
+            awaiting_ack: false,
         }
     }
 
@@ -83,11 +92,74 @@ impl Outbox {
         Ok(bytes)
     }
 
-    /// Applies a verified ack: the service stored everything of its epoch up to its seq.
+    /// The presence of a new connection goes out at `now`: resending waits for the service's
+    /// ack when events wait (the presence's `last_seq` is beyond its `acked_seq`).
+    pub fn connected(&mut self, now: Instant) {
+        self.connected_at = Some(now);
+        self.awaiting_ack = !self.entries.is_empty();
+    }
+
+    /// The connection is lost: nothing is resent until the next one.
+    pub fn disconnected(&mut self) {
+        self.connected_at = None;
+        self.awaiting_ack = false;
+    }
+
+    /// Resending waits for the ack that answers the presence.
+    pub fn awaiting_ack(&self) -> bool {
+        self.awaiting_ack
+    }
+
+    /// Applies a verified ack: the service stored everything of its epoch up to its seq. An
+    /// ack of this epoch also ends the wait after a connect: then call [`Outbox::resend_after_ack`].
     pub fn ack(&mut self, ack: &Ack) -> AckOutcome {
         if ack.epoch != self.epoch {
             return AckOutcome::OtherEpoch;
         }
+        self.trim(ack)
+    }
+
+    /// After an ack of this epoch ended the wait of a new connection: the unacked events not
+    /// sent on this connection, oldest first (each counts as sent at `now`). Empty when no wait
+    /// was on.
+    pub fn resend_after_ack(&mut self, now: Instant) -> Vec<Vec<u8>> {
+        if !std::mem::take(&mut self.awaiting_ack) {
+            return Vec::new();
+        }
+        self.not_sent_since_connect(now)
+    }
+
+    /// Once a second or so: while connected, the unacked events that waited `resend_after`
+    /// since they were last sent; while a new connection waits for its ack, everything not
+    /// sent on it once the wait reached `resend_after` (no ack came: the service lost the
+    /// presence or predates the answer); offline, nothing.
+    pub fn tick(&mut self, now: Instant, resend_after: Duration) -> Vec<Vec<u8>> {
+        let Some(since) = self.connected_at else {
+            return Vec::new();
+        };
+        if self.awaiting_ack {
+            if now.saturating_duration_since(since) < resend_after {
+                return Vec::new();
+            }
+            self.awaiting_ack = false;
+            return self.not_sent_since_connect(now);
+        }
+        self.due(now, Some(resend_after))
+    }
+
+    fn not_sent_since_connect(&mut self, now: Instant) -> Vec<Vec<u8>> {
+        let since = self.connected_at.unwrap_or(now);
+        self.entries
+            .values_mut()
+            .filter(|(sent, _)| *sent < since)
+            .map(|(sent, bytes)| {
+                *sent = now;
+                bytes.clone()
+            })
+            .collect()
+    }
+
+    fn trim(&mut self, ack: &Ack) -> AckOutcome {
         if ack.seq > self.last_seq {
             return AckOutcome::Beyond;
         }
@@ -227,5 +299,80 @@ mod tests {
         assert_eq!(all, vec![1, 2], "a reconnect resends everything, in order");
         o.ack(&ack(1, 2));
         assert!(o.due(t0 + s(60), None).is_empty());
+    }
+
+    #[test]
+    fn after_a_reconnect_only_what_the_ack_does_not_cover_goes_out_again() {
+        let mut o = Outbox::new(1);
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        for p in [Phase::Received, Phase::Fetched, Phase::Running] {
+            o.append(ev(p), t0).unwrap();
+        }
+        let t1 = t0 + s(20);
+        o.connected(t1);
+        assert!(o.awaiting_ack());
+        assert!(o.tick(t1 + s(1), s(5)).is_empty(), "nothing before the ack");
+        // The service stored 1 and 2 (their acks were lost with the old connection).
+        assert_eq!(o.ack(&ack(1, 2)), AckOutcome::Trimmed(2));
+        let again: Vec<u64> = o
+            .resend_after_ack(t1 + s(1))
+            .iter()
+            .map(|b| decode::<StatusEvent>(b).unwrap().seq)
+            .collect();
+        assert_eq!(again, vec![3]);
+        assert!(!o.awaiting_ack());
+        assert!(
+            o.resend_after_ack(t1 + s(2)).is_empty(),
+            "once per connection"
+        );
+    }
+
+    #[test]
+    fn an_ack_covering_everything_resends_nothing_and_a_new_event_is_not_resent() {
+        let mut o = Outbox::new(1);
+        let t0 = Instant::now();
+        o.append(ev(Phase::Received), t0).unwrap();
+        let t1 = t0 + Duration::from_secs(20);
+        o.connected(t1);
+        // An event of this connection, published at once.
+        o.append(ev(Phase::Fetched), t1).unwrap();
+        assert_eq!(o.ack(&ack(1, 1)), AckOutcome::Trimmed(1));
+        assert!(o.resend_after_ack(t1).is_empty());
+    }
+
+    #[test]
+    fn without_an_ack_everything_unacked_goes_out_after_the_wait() {
+        let mut o = Outbox::new(1);
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        o.append(ev(Phase::Received), t0).unwrap();
+        o.append(ev(Phase::Fetched), t0).unwrap();
+        o.connected(t0 + s(10));
+        assert!(o.tick(t0 + s(14), s(5)).is_empty());
+        assert_eq!(o.tick(t0 + s(15), s(5)).len(), 2);
+        assert!(
+            o.tick(t0 + s(16), s(5)).is_empty(),
+            "then the normal interval"
+        );
+        assert_eq!(o.tick(t0 + s(20), s(5)).len(), 2);
+    }
+
+    #[test]
+    fn offline_nothing_is_resent_and_a_connect_with_nothing_waiting_does_not_wait() {
+        let mut o = Outbox::new(1);
+        let t0 = Instant::now();
+        o.append(ev(Phase::Received), t0).unwrap();
+        assert!(o
+            .tick(t0 + Duration::from_secs(60), Duration::from_secs(5))
+            .is_empty());
+        o.ack(&ack(1, 1));
+        o.connected(t0 + Duration::from_secs(61));
+        assert!(!o.awaiting_ack());
+        o.disconnected();
+        o.append(ev(Phase::Fetched), t0).unwrap();
+        assert!(o
+            .tick(t0 + Duration::from_secs(90), Duration::from_secs(5))
+            .is_empty());
     }
 }

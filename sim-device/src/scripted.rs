@@ -20,6 +20,7 @@ use hammer_protocol::{
 };
 use rumqttc::{AsyncClient, QoS};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,8 @@ pub struct ScriptedDevice {
     pub client: AsyncClient,
     /// Every newer desired state received, oldest first.
     pub desired: Shared<Vec<DesiredState>>,
+    /// Verified desired states of any generation (newer, repeated, stale), counted.
+    pub desired_seen: Arc<AtomicU64>,
     /// Every verified command, in order.
     pub cmds: Shared<Vec<Command>>,
     /// Every verified ack (of any epoch), in order.
@@ -61,6 +64,7 @@ pub struct ScriptedDevice {
 #[derive(Debug)]
 struct Scripted {
     desired: Shared<Vec<DesiredState>>,
+    desired_seen: Arc<AtomicU64>,
     cmds: Shared<Vec<Command>>,
     acks: Shared<Vec<Ack>>,
     behavior: Shared<Behavior>,
@@ -72,6 +76,7 @@ struct Scripted {
 
 impl Driver for Scripted {
     fn desired(self: &Arc<Self>, dev: &Arc<Device>, d: DesiredState, decision: DesiredDecision) {
+        self.desired_seen.fetch_add(1, Ordering::Relaxed);
         if decision != DesiredDecision::New {
             return;
         }
@@ -141,6 +146,7 @@ impl ScriptedDevice {
     ) -> Result<ScriptedDevice, SimError> {
         let driver = Arc::new(Scripted {
             desired: Default::default(),
+            desired_seen: Default::default(),
             cmds: Default::default(),
             acks: Default::default(),
             behavior: Arc::new(Mutex::new(behavior)),
@@ -156,6 +162,7 @@ impl ScriptedDevice {
             epoch: dev.epoch,
             client: dev.client.clone(),
             desired: driver.desired.clone(),
+            desired_seen: driver.desired_seen.clone(),
             cmds: driver.cmds.clone(),
             acks: driver.acks.clone(),
             behavior: driver.behavior.clone(),

@@ -2,12 +2,14 @@
 //! every simulated device does the same way as the real manager.
 //!
 //! On CONNACK it subscribes to its `desired|cmd|ack` topics; on SUBACK it publishes its
-//! retained presence (online, generation, acked seq; the last will says offline) and resends
-//! its whole unacked outbox. A lost connection is retried after a jittered exponential
+//! retained presence (online, generation, acked seq and last seq; the last will says
+//! offline) and resends nothing yet: the service answers a presence with events waiting with
+//! an ack, and only what that ack does not cover is resent (or everything unacked, if no ack
+//! came within `resend_after`). A lost connection is retried after a jittered exponential
 //! backoff. Every message from the service is verified ([`Verifier`]: service key, device
 //! id, owner); a desired state is then judged against the generation acted on
 //! ([`Generations`]), an ack trims the [`Outbox`]. Unacked events are resent once they have
-//! waited `resend_after`.
+//! waited `resend_after`; offline, nothing is resent.
 //!
 //! What to do with a verified message is the [`Driver`]'s: the scripted device of the tests,
 //! the autonomous device of the fleet simulator and the latency probe of the abuse bench are
@@ -269,10 +271,17 @@ impl Device {
             .is_ok()
     }
 
+    /// Publishes the online presence of a new connection; resending waits for the ack that
+    /// answers it ([`Outbox::connected`]).
     fn presence(&self) {
-        let (generation, acked_seq) = {
-            let st = self.lock();
-            (st.generations.acted(), st.outbox.acked())
+        let (generation, acked_seq, last_seq) = {
+            let mut st = self.lock();
+            st.outbox.connected(Instant::now());
+            (
+                st.generations.acted(),
+                st.outbox.acked(),
+                st.outbox.last_seq(),
+            )
         };
         let p = Presence {
             v: PROTOCOL_VERSION,
@@ -282,17 +291,22 @@ impl Device {
             acked_seq,
             manager_version: self.manager_version.clone(),
             time: now_ms(),
+            last_seq: Some(last_seq),
         };
         if let Ok(b) = encode(&p) {
             self.try_publish(Channel::Presence, QoS::AtLeastOnce, true, b);
         }
     }
 
-    /// Sends unacked events again (all, or those older than `older_than`); how many.
-    fn resend(&self, older_than: Option<Duration>) -> usize {
-        let due = self.lock().outbox.due(Instant::now(), older_than);
-        let n = due.len();
-        for b in due {
+    /// Sends unacked events again: those due at this tick ([`Outbox::tick`]); how many.
+    fn resend_due(&self, resend_after: Duration) -> usize {
+        let due = self.lock().outbox.tick(Instant::now(), resend_after);
+        self.publish_all(due)
+    }
+
+    fn publish_all(&self, payloads: Vec<Vec<u8>>) -> usize {
+        let n = payloads.len();
+        for b in payloads {
             self.try_publish(Channel::Status, QoS::AtLeastOnce, false, b);
         }
         n
@@ -302,6 +316,8 @@ impl Device {
         let mut st = self.lock();
         if online {
             st.connects += 1;
+        } else {
+            st.outbox.disconnected();
         }
         let changed = st.online != online;
         st.online = online;
@@ -336,8 +352,21 @@ impl Device {
             },
             Channel::Ack => match self.verifier.ack(payload) {
                 Ok(a) => {
-                    let outcome = self.lock().outbox.ack(&a);
+                    let (outcome, again) = {
+                        let mut st = self.lock();
+                        let outcome = st.outbox.ack(&a);
+                        let again = if outcome == AckOutcome::OtherEpoch {
+                            Vec::new()
+                        } else {
+                            st.outbox.resend_after_ack(Instant::now())
+                        };
+                        (outcome, again)
+                    };
                     driver.ack(self, a, outcome);
+                    let n = self.publish_all(again);
+                    if n > 0 {
+                        driver.resent(self, n);
+                    }
                 }
                 Err(r) => driver.refused(self, r),
             },
@@ -409,7 +438,7 @@ impl Session {
                         tokio::select! {
                             ev = &mut poll => break ev,
                             _ = tick.tick() => {
-                                let n = dev.resend(Some(resend_after));
+                                let n = dev.resend_due(resend_after);
                                 if n > 0 {
                                     driver.resent(&dev, n);
                                 }
@@ -436,10 +465,6 @@ impl Session {
                             driver.subscribe_refused(&dev);
                         }
                         dev.presence();
-                        let n = dev.resend(None);
-                        if n > 0 {
-                            driver.resent(&dev, n);
-                        }
                         if let Some(tx) = ready_tx.take() {
                             let _ = tx.send(());
                         }

@@ -184,6 +184,90 @@ async fn an_ack_behind_the_outbox_triggers_a_resend() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_reconnect_only_what_the_answering_ack_does_not_cover_is_resent() {
+    let broker = start_broker();
+    let proxy = Proxy::start(broker).await;
+    let key = SigningKeyPair::generate().unwrap();
+    let mut svc = Service::connect(
+        broker,
+        SigningKeyPair::from_seed(key.to_seed().as_ref()).unwrap(),
+    )
+    .await;
+    let dir = TempDir::new();
+    make_data_dir(&dir.path(), proxy.addr, &key);
+    let outbox = open_outbox(&dir.path());
+    let epoch = outbox.store().epoch();
+    let mut opts = fast_options(&dir.path());
+    // Long enough that a resend before the ack cannot be the fallback's.
+    opts.resend_after = Duration::from_secs(5);
+    let agent = start_agent(
+        &dir.path(),
+        opts,
+        outbox.clone(),
+        Arc::new(Recorder::default()),
+    );
+    svc.wait_for("presence", |s| {
+        matches!(s, Seen::Presence(p) if p.online).then_some(())
+    })
+    .await;
+    for n in 1..=4 {
+        outbox.append(ev(n)).unwrap();
+    }
+    svc.wait_status(&[1, 2, 3, 4]).await;
+
+    // The connection drops before any ack arrives (the service stored 1..=3 meanwhile).
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.reopen();
+    let p = svc
+        .wait_for("presence online again", |s| match s {
+            Seen::Presence(p) if p.online => Some(p.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        (p.acked_seq, p.last_seq),
+        (0, Some(4)),
+        "the presence says what waits"
+    );
+    let seen = svc.drain(Duration::from_millis(500)).await;
+    assert!(
+        !seen.iter().any(|s| matches!(s, Seen::Status(_))),
+        "nothing is re-sent before the service's ack: {seen:?}"
+    );
+    // An event made now waits behind the older ones.
+    outbox.append(ev(5)).unwrap();
+
+    // The service answers the presence with its ack: only 4 and 5 go out.
+    signed_ack(&svc, epoch, 3).await;
+    let got = svc.wait_status(&[4, 5]).await;
+    assert_eq!(got.len(), 2);
+    let seen = svc.drain(Duration::from_millis(300)).await;
+    assert!(
+        !seen
+            .iter()
+            .any(|s| matches!(s, Seen::Status(e) if e.seq <= 3)),
+        "what the ack covers is not re-sent: {seen:?}"
+    );
+    wait_until("trimmed to 2", || outbox.len() == 2).await;
+
+    // In sync: a reconnect with nothing waiting announces last_seq == acked_seq.
+    signed_ack(&svc, epoch, 5).await;
+    wait_until("outbox empty", || outbox.is_empty()).await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.reopen();
+    let p = svc
+        .wait_for("presence online in sync", |s| match s {
+            Seen::Presence(p) if p.online => Some(p.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!((p.acked_seq, p.last_seq), (5, Some(5)));
+    agent.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_reports_and_live_logs() {
     let broker = start_broker();
     let key = SigningKeyPair::generate().unwrap();

@@ -1,7 +1,9 @@
 //! The reconnect storm: a rollout is started, the service process is stopped mid-rollout
 //! (SIGKILL by default) and started again on the same data dir and ports. Measured: the time
-//! until every device is back online and confirmed on its desired state; checked: every
-//! status event a device sent is stored (the sum of the devices' histories) and acked.
+//! until every device is back online, and until the new service handled every device's
+//! presence (`hammer_resyncs_total` reached the fleet size: each device was sent what differs
+//! — its desired state, its ack — or found in sync and sent nothing); checked: every status
+//! event a device sent is stored (the sum of the devices' histories) and acked.
 
 use crate::bench::Fleet;
 use crate::fleet;
@@ -23,8 +25,11 @@ pub struct StormReport {
     pub restarted: Duration,
     /// Every device was back online.
     pub online: Duration,
-    /// Every device was back and confirmed on its desired state.
+    /// Every device was back and its presence handled by the new service (resynced).
     pub confirmed: Duration,
+    /// Of those resyncs: devices found in sync (sent nothing), and sent their desired state.
+    pub in_sync: u64,
+    pub desired_sent: u64,
     pub events_sent: u64,
     pub events_stored: u64,
 }
@@ -57,6 +62,7 @@ pub async fn run(
         .context("cannot restart the service on the same data dir and ports")?;
     probe.service_restarted(svc.pid());
     let started = t0.elapsed();
+    let admin = f.admin.with_token(&svc.admin_token).fresh()?;
     fleet::wait_for(
         Duration::from_secs(600),
         "every device to be back online",
@@ -65,16 +71,21 @@ pub async fn run(
     .await
     .with_context(|| s.line())?;
     let online = t0.elapsed();
-    fleet::wait_for(
-        Duration::from_secs(600),
-        "every device to confirm its desired state",
-        || s.confirmed.load(Relaxed) >= n,
-    )
-    .await
-    .with_context(|| s.line())?;
+    let end = Instant::now() + Duration::from_secs(600);
+    while admin.metric("hammer_resyncs_total").await? < n {
+        if Instant::now() > end {
+            anyhow::bail!(
+                "the restarted service did not handle every device's presence within 600 s ({})",
+                s.line()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let confirmed = t0.elapsed();
+    let in_sync = admin.metric("hammer_resyncs_in_sync_total").await?;
+    let desired_sent = admin.metric("hammer_resyncs_desired_total").await?;
     println!(
-        "reconnect storm, {n} devices, service process stopped with {}{} mid-rollout: gone after {:.2} s, restarted (same data dir and ports) and answering /healthz {:.2} s later; all online after {:.2} s, all confirmed on their desired state after {:.2} s (from the stop)",
+        "reconnect storm, {n} devices, service process stopped with {}{} mid-rollout: gone after {:.2} s, restarted (same data dir and ports) and answering /healthz {:.2} s later; all online after {:.2} s, every device resynced by the new service after {:.2} s (from the stop)",
         sig.name(),
         if clean { "" } else { " (unclean exit)" },
         stopped.as_secs_f64(),
@@ -82,8 +93,15 @@ pub async fn run(
         online.as_secs_f64(),
         confirmed.as_secs_f64()
     );
+    let resyncs = admin.metric("hammer_resyncs_total").await?;
+    let refused = admin
+        .metric("hammer_broker_refusals_total{reason=\"limit\"}")
+        .await
+        .unwrap_or(0);
+    println!(
+        "  resyncs {resyncs} (presences handled; more than the fleet when a device reconnected twice): {in_sync} in sync (sent nothing), {desired_sent} sent their desired state; connections refused by the broker's admission (per-address limits) {refused}"
+    );
     probe.print("resources during the storm");
-    let admin = f.admin.with_token(&svc.admin_token).fresh()?;
     let user = f.user.fresh()?;
     fleet::wait_for(
         Duration::from_secs(600),
@@ -136,6 +154,8 @@ pub async fn run(
         restarted: started,
         online,
         confirmed,
+        in_sync,
+        desired_sent,
         events_sent: sent,
         events_stored: stored as u64,
     };

@@ -237,7 +237,7 @@ fn remember_subject(d: &mut DeviceRecord, ev: &StatusEvent) {
     }
 }
 
-/// Presence: online is the device's resync request.
+/// Presence: online is the device's resync request (only what differs is sent).
 pub async fn on_presence(svc: &Service, device_id: &str, payload: &[u8]) {
     let p: Presence = match decode(payload) {
         Ok(p) => p,
@@ -250,7 +250,7 @@ pub async fn on_presence(svc: &Service, device_id: &str, payload: &[u8]) {
     let now = now_ms();
     if p.online {
         let queued = svc.live.announced(device_id, now);
-        if let Err(e) = crate::mqtt::publish::resync_device(svc, &dev, queued).await {
+        if let Err(e) = crate::mqtt::publish::resync_on_presence(svc, &dev, &p, queued).await {
             tracing::warn!(device = device_id, error = %e, "resync failed");
         }
     } else {

@@ -1,6 +1,19 @@
 //! The service's MQTT connection (rumqttc over mTLS with the service certificate). After
 //! every CONNACK it subscribes again (rumqttc does not resubscribe) and republishes every
-//! desired state and ack; it hands incoming messages to [`super::ingest`].
+//! desired state and ack — except on the first CONNACK of the embedded broker: that broker
+//! was started with this process and holds no device session yet, so every device connects
+//! after the service and is resynced by its own presence ([`super::resync`]), and a
+//! republish would only double the restart's work in a reconnect storm. It hands incoming
+//! messages to [`super::ingest`].
+//!
+//! **Stall watchdog.** Every publish of the service at QoS 1 waits for the broker's PUBACK,
+//! and at most `inflight` of them may wait at once; if the broker stops acknowledging (a
+//! storm run on an overloaded 2-core machine once left the service's session unscheduled in
+//! the router for good, while pings were still answered), every task that publishes — acks,
+//! resyncs, rollouts — would wait forever. So when publishes wait and no PUBACK came for
+//! [`STALL_AFTER`], the link is dropped and made again (a new session in the broker), counted
+//! as `hammer_mqtt_link_stalls_total` and logged. It is checked at every event of the loop,
+//! and a stalled loop still sees its keep-alive pings.
 //!
 //! With replicas (`--replica`), status events come through the shared subscription
 //! `hammer_protocol::topics::STATUS_SHARED_SUBSCRIPTION` (each event to one replica), and what other replicas send on
@@ -17,6 +30,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
+
+/// Publishes waiting this long without any PUBACK mean the broker stopped serving this
+/// session: reconnect.
+pub const STALL_AFTER: Duration = Duration::from_secs(20);
+
+/// Whether the link stalled: publishes wait for the broker (`inflight` > 0) and the last
+/// PUBACK (or the connection) was at least [`STALL_AFTER`] ago. Pure.
+pub fn stalled(inflight: u16, since_ack: Duration) -> bool {
+    inflight > 0 && since_ack >= STALL_AFTER
+}
 
 /// Capacity of the client's request queue.
 const REQUEST_CAPACITY: usize = 16 * 1024;
@@ -87,21 +110,48 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut failures = 0u32;
+    // The embedded broker started with this process: no device can be connected before us.
+    let mut fresh_broker = svc.broker.is_some();
     let presence = super::presence::PresenceQueue::start(svc.clone(), stop.clone());
+    let mut last_ack = std::time::Instant::now();
     loop {
         let ev = tokio::select! {
             ev = eventloop.poll() => ev,
             _ = stop.changed() => break,
         };
+        if matches!(
+            ev,
+            Ok(Event::Incoming(Incoming::PubAck(_) | Incoming::ConnAck(_)))
+        ) {
+            last_ack = std::time::Instant::now();
+        }
+        let inflight = eventloop.state.inflight();
+        if stalled(inflight, last_ack.elapsed()) {
+            svc.counters
+                .mqtt_link_stalls
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                inflight,
+                waited_secs = last_ack.elapsed().as_secs(),
+                "the broker acknowledged none of the service's waiting publishes; reconnecting the MQTT link"
+            );
+            eventloop.clean();
+            last_ack = std::time::Instant::now();
+            continue;
+        }
         match ev {
             Ok(Event::Incoming(Incoming::ConnAck(_))) => {
                 failures = 0;
                 tracing::info!("connected to the broker");
                 let filters = subscriptions(svc.cluster.as_ref().map(|c| c.replica.as_str()));
                 let svc = svc.clone();
+                let republish = !std::mem::take(&mut fresh_broker);
                 tokio::spawn(async move {
                     if let Err(e) = svc.mqtt.subscribe_many(filters).await {
                         tracing::warn!(error = %e, "cannot subscribe");
+                    }
+                    if !republish {
+                        return;
                     }
                     if let Err(e) = crate::mqtt::publish::republish_all(&svc).await {
                         tracing::warn!(error = %e, "republish after connect failed");
@@ -165,4 +215,16 @@ pub async fn run(
         }
     }
     let _ = svc.mqtt.try_disconnect();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_stalls_only_when_publishes_wait_past_the_bound() {
+        assert!(!stalled(0, Duration::from_secs(3600)), "nothing waits");
+        assert!(!stalled(5, STALL_AFTER - Duration::from_millis(1)));
+        assert!(stalled(5, STALL_AFTER));
+    }
 }

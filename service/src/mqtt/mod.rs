@@ -5,3 +5,4 @@ pub mod ingest;
 pub mod link;
 pub mod presence;
 pub mod publish;
+pub mod resync;

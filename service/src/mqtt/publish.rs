@@ -130,6 +130,34 @@ pub async fn resync_device(
     Ok(())
 }
 
+/// A device's resync after its online `presence`: only what differs ([`super::resync::plan`]),
+/// then the commands waiting for it.
+pub async fn resync_on_presence(
+    svc: &Service,
+    dev: &DeviceRecord,
+    presence: &hammer_protocol::Presence,
+    queued: Vec<CommandKind>,
+) -> anyhow::Result<()> {
+    use crate::metrics::Counters;
+    let stored = svc.store.ack_of(&dev.id)?;
+    let plan = super::resync::plan(presence, dev.desired.as_ref().map(|d| d.generation), stored);
+    Counters::inc(&svc.counters.resyncs);
+    if plan.in_sync() {
+        Counters::inc(&svc.counters.resyncs_in_sync);
+    }
+    if let (true, Some(d)) = (plan.desired, &dev.desired) {
+        Counters::inc(&svc.counters.resyncs_desired);
+        publish_desired(svc, d).await?;
+    }
+    if let Some((epoch, seq)) = plan.ack {
+        publish_ack(svc, &dev.id, &dev.owner, epoch, seq).await?;
+    }
+    for kind in queued {
+        deliver_command(svc, &dev.id, kind).await?;
+    }
+    Ok(())
+}
+
 /// After the service (re)connects to the broker: every desired state and every ack.
 pub async fn republish_all(svc: &Service) -> anyhow::Result<()> {
     let devices = svc.store.all_devices()?;

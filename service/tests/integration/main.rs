@@ -29,6 +29,7 @@ mod pause_retry;
 mod pg_server;
 mod phases;
 mod quotas;
+mod resync;
 mod rollout;
 mod sessions;
 mod store_contract;

@@ -531,6 +531,8 @@ async fn presence(ctx: &Ctx) -> anyhow::Result<Outcome> {
                 acked_seq: i,
                 manager_version: "abuse-bench".into(),
                 time: now_ms(),
+                // Claims events wait, so every presence asks for a signed ack (the costly case).
+                last_seq: Some(i + 1),
             })
             .unwrap_or_default()
         },

@@ -367,7 +367,7 @@ fn print_summary(n: usize, batch: u32, e: &Embedded, c: Option<&cluster::Report>
     }
     let fo = c.and_then(|c| c.failover.as_ref());
     row(
-        "storm: recovered after the kill (embedded: every device back online and confirmed; cluster: rollout over, every device terminal, every event acked)",
+        "storm: recovered after the kill (embedded: every device back online and resynced by the new service; cluster: rollout over, every device terminal, every event acked)",
         e.storm.as_ref().and_then(|r| s(r.confirmed)),
         fo.and_then(|f| s(f.recovered)),
         "s",
