@@ -3,7 +3,7 @@
 //! Layout of `DATA/` (default `/var/lib/hammer-manager`):
 //! `manager.toml` ([`ManagerConfigFile`]), `ca.pem`, `device.pem`, `device.key` (0600),
 //! `sealing.key` (0600, hex), `credentials` (0600, CBOR [`GitCredentials`], after setup),
-//! `state.sled/` (the agent's and the runtime's state).
+//! `store/` (the agent's and the runtime's state, see [`crate::store`]).
 
 use anyhow::{anyhow, bail, Context, Result};
 use hammer_protocol::api::ManagerConfigFile;

@@ -293,7 +293,12 @@ pub fn write_data_dir(
     reset_state: bool,
 ) -> Result<()> {
     hammer_certs::files::create_private_dir(dir.path())?;
-    // The state database is locked while a manager runs: fail before writing anything.
+    if reset_state {
+        // Enrolling again starts the state over: an older manager's database goes (decision
+        // 0021).
+        crate::store::remove_legacy(dir.path())?;
+    }
+    // The state store is locked while a manager runs: fail before writing anything.
     let db = crate::store::open_db(dir.path())?;
     let store = crate::store::Store::open(&db)?;
     if reset_state {

@@ -12,7 +12,7 @@ use hammer_manager::enroll::{enroll, EnrollArgs};
 use hammer_manager::outbox::Outbox;
 use hammer_manager::runtime::app::AppUser;
 use hammer_manager::runtime::{self, layout, RuntimeOptions};
-use hammer_manager::store::{open_db, Store};
+use hammer_manager::store::{open_db, Store, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,7 +114,8 @@ async fn cmd_run(c: RunCmd) -> Result<()> {
     };
     agent::run(identity, opts, outbox, backend, shutdown).await?;
     handle.shutdown(true).await;
-    db.flush()?;
+    // Every write of the store was durable when it returned: nothing to flush.
+    drop(db);
     Ok(())
 }
 
@@ -152,11 +153,12 @@ fn cmd_status(c: StatusCmd) -> Result<()> {
                 println!("unacked     {} status events", outbox.len());
             }
         }
-        // The running manager holds the database lock: show its last snapshot.
-        Err(e) => {
+        // The running manager holds the store's lock: show its last snapshot.
+        Err(e @ StoreError::Locked { .. }) => {
             let snap = dir.file(STATUS_SNAPSHOT_FILE);
             let text = std::fs::read_to_string(&snap).map_err(|_| {
-                e.context("and no status snapshot (status.json) from a running manager")
+                anyhow::Error::new(e)
+                    .context("and no status snapshot (status.json) from a running manager")
             })?;
             let v: serde_json::Value = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not valid JSON", snap.display()))?;
@@ -171,6 +173,7 @@ fn cmd_status(c: StatusCmd) -> Result<()> {
                 print_status(&v);
             }
         }
+        Err(e) => return Err(e.into()),
     }
     Ok(())
 }

@@ -5,16 +5,15 @@
 //! [`ReportSink`]) and the agent's own events alike; [`Outbox::append`] adds the epoch, seq and
 //! time.
 //!
-//! Tree `outbox`: key = seq (u64 big-endian, so iteration is in seq order), value = the CBOR
-//! of the event. Seqs start at 1 per epoch and have no gaps. Allocating a seq and storing
-//! the event is one sled transaction over the `agent` and `outbox` trees.
+//! On disk: `outbox.log` of the store (see [`crate::store`]), one checksummed record per
+//! event holding its CBOR, in seq order. Seqs start at 1 per epoch and have no gaps.
+//! Allocating a seq and storing the event is one appended, `fdatasync`ed record: a crash
+//! before it is complete leaves neither the event nor its seq taken.
 
 use crate::runtime::{Report, ReportSink};
-use crate::store::{decode_u64, Counter, Store};
-use anyhow::{Context, Result};
+use crate::store::{Counter, Store};
+use anyhow::Result;
 use hammer_protocol::{StatusEvent, PROTOCOL_VERSION};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -45,40 +44,24 @@ impl Outbox {
     /// Turns a report into a status event (numbers it, stamps the epoch and time), stores it
     /// durably (flushed) and wakes the publisher.
     pub fn append(&self, body: Report) -> Result<StatusEvent> {
-        let event = {
-            let _g = self.store.lock.lock().unwrap_or_else(|e| e.into_inner());
-            let epoch = self.store.epoch();
-            let time = hammer_protocol::now_ms();
-            let res: Result<StatusEvent, TransactionError<String>> =
-                (&self.store.agent, &self.store.outbox).transaction(|(agent, outbox)| {
-                    let seq = agent
-                        .get(Counter::NextSeq.key())?
-                        .map(|v| decode_u64(&v))
-                        .unwrap_or(1)
-                        .max(1);
-                    let event = StatusEvent {
-                        v: PROTOCOL_VERSION,
-                        epoch,
-                        seq,
-                        generation: body.generation,
-                        deployment_id: body.deployment_id.clone(),
-                        phase: body.phase,
-                        commit: body.commit.clone(),
-                        time,
-                        detail: body.detail.clone(),
-                        log_tail: body.log_tail.clone(),
-                        commit_subject: body.commit_subject.clone(),
-                    };
-                    let bytes = encode_event(&event)
-                        .map_err(|e| ConflictableTransactionError::Abort(e.to_string()))?;
-                    outbox.insert(&seq.to_be_bytes(), bytes)?;
-                    agent.insert(Counter::NextSeq.key(), &(seq + 1).to_be_bytes())?;
-                    Ok(event)
-                });
-            let event = res.map_err(|e| anyhow::anyhow!("cannot store a status event: {e:?}"))?;
-            self.store.flush()?;
-            event
-        };
+        let time = hammer_protocol::now_ms();
+        let event = self.store.append_event(|epoch, seq| {
+            let event = StatusEvent {
+                v: PROTOCOL_VERSION,
+                epoch,
+                seq,
+                generation: body.generation,
+                deployment_id: body.deployment_id,
+                phase: body.phase,
+                commit: body.commit,
+                time,
+                detail: body.detail,
+                log_tail: body.log_tail,
+                commit_subject: body.commit_subject,
+            };
+            let bytes = encode_event(&event)?;
+            Ok((event, bytes))
+        })?;
         tracing::debug!(seq = event.seq, phase = ?event.phase, "status event stored");
         self.wake.notify_one();
         Ok(event)
@@ -92,15 +75,10 @@ impl Outbox {
     /// The unacked events with a seq greater than `seq`, in order.
     pub fn after(&self, seq: u64) -> Result<Vec<StatusEvent>> {
         let mut out = Vec::new();
-        // An ack of u64::MAX (confused or hostile) must not overflow: nothing comes after it.
-        let Some(first) = seq.checked_add(1) else {
-            return Ok(out);
-        };
-        for item in self.store.outbox.range(first.to_be_bytes()..) {
-            let (_, v) = item?;
-            match hammer_protocol::decode::<StatusEvent>(&v) {
+        for (seq, bytes) in self.store.events_after(seq)? {
+            match hammer_protocol::decode::<StatusEvent>(&bytes) {
                 Ok(ev) => out.push(ev),
-                Err(e) => tracing::error!(error = %e, "dropping an unreadable outbox entry"),
+                Err(e) => tracing::error!(seq, error = %e, "dropping an unreadable outbox entry"),
             }
         }
         Ok(out)
@@ -108,11 +86,11 @@ impl Outbox {
 
     /// Number of unacked events.
     pub fn len(&self) -> usize {
-        self.store.outbox.len()
+        self.store.event_count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.store.outbox.is_empty()
+        self.len() == 0
     }
 
     /// Highest seq handed out so far (0 if none).
@@ -124,23 +102,7 @@ impl Outbox {
     /// Returns false (and changes nothing) if `seq` is not ahead of the recorded ack or is
     /// beyond any seq handed out (a confused or hostile ack).
     pub fn ack(&self, seq: u64) -> Result<bool> {
-        let _g = self.store.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let acked = self.store.get(Counter::AckedSeq);
-        if seq <= acked || seq > self.last_seq() {
-            return Ok(false);
-        }
-        let mut batch = sled::Batch::default();
-        for item in self.store.outbox.range(..=seq.to_be_bytes()) {
-            let (k, _) = item?;
-            batch.remove(k);
-        }
-        self.store.outbox.apply_batch(batch)?;
-        self.store
-            .agent
-            .insert(Counter::AckedSeq.key(), &seq.to_be_bytes())
-            .context("cannot record the ack")?;
-        self.store.flush()?;
-        Ok(true)
+        self.store.ack_events(seq)
     }
 }
 
@@ -245,5 +207,110 @@ mod tests {
         let evs = ob.unacked().unwrap();
         assert_eq!(evs.len(), 1);
         assert!(!evs[0].log_tail.is_empty() && evs[0].log_tail.len() < 1000);
+    }
+
+    fn log_path(dir: &std::path::Path) -> std::path::PathBuf {
+        dir.join(crate::store::DB_DIR).join("outbox.log")
+    }
+
+    /// A crash in the middle of an append leaves part of a record at the end of the log: the
+    /// next open cuts it off, the events before it stay, and its seq is given again (it was
+    /// never reported as stored).
+    #[test]
+    fn a_torn_last_record_is_cut_and_its_seq_given_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = {
+            let ob = Outbox::new(Store::open(&open_db(dir.path()).unwrap()).unwrap());
+            ob.append(Report::new(Phase::Running, "one")).unwrap();
+            let before = std::fs::metadata(log_path(dir.path())).unwrap().len();
+            ob.append(Report::new(Phase::Running, "two")).unwrap();
+            let full = std::fs::read(log_path(dir.path())).unwrap();
+            (before, full)
+        };
+        let (before, full) = full;
+        for cut in [before + 1, before + 9, full.len() as u64 - 1] {
+            std::fs::write(log_path(dir.path()), &full[..cut as usize]).unwrap();
+            let ob = Outbox::new(Store::open(&open_db(dir.path()).unwrap()).unwrap());
+            let evs = ob.unacked().unwrap();
+            assert_eq!(evs.len(), 1, "cut at {cut}");
+            assert_eq!(evs[0].detail.as_deref(), Some("one"));
+            assert_eq!(ob.last_seq(), 1);
+            assert_eq!(
+                std::fs::metadata(log_path(dir.path())).unwrap().len(),
+                before,
+                "the torn part is gone from the file"
+            );
+            let ev = ob.append(Report::new(Phase::Running, "again")).unwrap();
+            assert_eq!(ev.seq, 2);
+            let details: Vec<_> = ob
+                .unacked()
+                .unwrap()
+                .into_iter()
+                .map(|e| e.detail)
+                .collect();
+            assert_eq!(details, [Some("one".into()), Some("again".into())]);
+        }
+    }
+
+    /// Acks empty the log (truncated) or rewrite it once the acked part is large; the seqs go
+    /// on from the last one handed out either way, also after a reopen.
+    #[test]
+    fn acked_events_leave_the_file_and_seqs_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let ob = Outbox::new(Store::open(&open_db(dir.path()).unwrap()).unwrap());
+            for _ in 0..3 {
+                ob.append(Report::new(Phase::Running, "x")).unwrap();
+            }
+            assert!(ob.ack(3).unwrap());
+            assert!(ob.is_empty());
+            assert_eq!(std::fs::metadata(log_path(dir.path())).unwrap().len(), 12);
+        }
+        let ob = Outbox::new(Store::open(&open_db(dir.path()).unwrap()).unwrap());
+        assert_eq!(ob.append(Report::new(Phase::Running, "y")).unwrap().seq, 4);
+        // Big events, each acked but the newest: the file stays near one event's size.
+        let mut big = Report::new(Phase::Crashed, "big");
+        big.log_tail = vec!["z".repeat(1000); 20];
+        for _ in 0..20 {
+            let ev = ob.append(big.clone()).unwrap();
+            assert!(ob.ack(ev.seq - 1).unwrap());
+        }
+        let len = std::fs::metadata(log_path(dir.path())).unwrap().len();
+        assert!(len < 3 * 64 * 1024, "the log is compacted: {len} bytes");
+        assert_eq!(ob.len(), 1);
+        let last = ob.last_seq();
+        assert_eq!(last, 24);
+        drop(ob);
+        let ob = Outbox::new(Store::open(&open_db(dir.path()).unwrap()).unwrap());
+        let evs = ob.unacked().unwrap();
+        assert_eq!(evs.iter().map(|e| e.seq).collect::<Vec<_>>(), [24]);
+        assert_eq!(evs[0].log_tail.len(), 20);
+    }
+
+    /// A reset (forced re-enrollment) starts a new epoch with seq 1 and no events, even when
+    /// the crash came between writing the new epoch and emptying the log.
+    #[test]
+    fn events_of_an_older_epoch_are_not_resent() {
+        let dir = tempfile::tempdir().unwrap();
+        let old_log = {
+            let ob = Outbox::new(Store::open(&open_db(dir.path()).unwrap()).unwrap());
+            ob.append(Report::new(Phase::Running, "old")).unwrap();
+            let old_log = std::fs::read(log_path(dir.path())).unwrap();
+            ob.store().reset().unwrap();
+            assert!(ob.is_empty());
+            assert_eq!(
+                ob.append(Report::new(Phase::Running, "new")).unwrap().seq,
+                1
+            );
+            old_log
+        };
+        // As if the reset's truncation never happened: the old epoch's record is back.
+        std::fs::write(log_path(dir.path()), &old_log).unwrap();
+        let ob = Outbox::new(Store::open(&open_db(dir.path()).unwrap()).unwrap());
+        assert!(ob.unacked().unwrap().is_empty());
+        assert_eq!(
+            ob.append(Report::new(Phase::Running, "next")).unwrap().seq,
+            1
+        );
     }
 }

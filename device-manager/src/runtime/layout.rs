@@ -2,7 +2,7 @@
 //!
 //! - The **data dir** (`--data-dir`, default `/var/lib/hammer-manager`) is the manager's
 //!   alone: mode 0700, set again on every start. It holds the keys (`device.key`,
-//!   `sealing.key`), the git `credentials`, `manager.toml`, the sled store `state.sled/`, the
+//!   `sealing.key`), the git `credentials`, `manager.toml`, the store `store/`, the
 //!   git mirror `repo.git/` (every fetched branch and its history, possibly private), the app's
 //!   output `app.log` and `status.json`. Secret files found looser than 0600 are set to 0600.
 //! - The **app dir** (`--app-dir`, default `<data dir>-apps` beside it, so

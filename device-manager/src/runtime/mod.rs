@@ -55,7 +55,8 @@
 //! what runs now and the reason; the agent logs each refused message the same way.
 //!
 //! # Crash safety
-//! Each deployment step is persisted (sled tree `runtime`, flushed) before it is taken. On
+//! Each deployment step is persisted (the store's `state.json`, replaced whole and durable,
+//! see [`crate::store`]) before it is taken. On
 //! [`spawn`] the runtime first stops any app instance left by the previous run — found by its
 //! recorded process group and start time, or by the `HAMMER_RUNTIME_TAG` in its environment
 //! if it was started but not yet recorded — and then:
@@ -354,7 +355,7 @@ impl RuntimeHandle {
 /// inputs. Must be called inside a Tokio runtime.
 pub fn spawn(
     opts: RuntimeOptions,
-    db: sled::Db,
+    db: crate::store::Db,
     sink: Arc<dyn ReportSink>,
 ) -> anyhow::Result<RuntimeHandle> {
     let layout = layout::Layout::new(&opts.data_dir, opts.app_dir.as_deref());
@@ -389,9 +390,9 @@ pub fn spawn(
     })
 }
 
-/// What is deployed, read from the database (and the app dir's `current` link) without
+/// What is deployed, read from the store (and the app dir's `current` link) without
 /// starting anything.
-pub fn local_status(layout: &layout::Layout, db: &sled::Db) -> anyhow::Result<LocalStatus> {
+pub fn local_status(layout: &layout::Layout, db: &crate::store::Db) -> anyhow::Result<LocalStatus> {
     let state = state::StateStore::open(db)?.load()?;
     let mut status = LocalStatus::from_state(&state, 0);
     if status.commit.is_none() {

@@ -1,21 +1,21 @@
-//! Persisted runtime state: one typed JSON value under key `state` in the sled tree `runtime`.
+//! Persisted runtime state: one typed JSON value, `runtime` in the store's `state.json` (see
+//! [`crate::store`]).
 //!
-//! Every change is written and flushed (`Db::flush`) before the runtime acts on it, so a
-//! SIGKILL at any point leaves a state that [`crate::runtime::reconcile`] can finish or roll
-//! back on the next start. Phases are enums, never strings.
+//! Every change is durable (the file replaced whole: temporary file, `fsync`, `rename`,
+//! `fsync` of the folder) before the runtime acts on it, so a SIGKILL at any point leaves
+//! the old or the new state, which [`crate::runtime::reconcile`] can finish or roll back on
+//! the next start. Phases are enums, never strings.
 
+use crate::store::Db;
 use hammer_protocol::{DesiredState, InstallStep};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-
-const TREE: &str = "runtime";
-const KEY: &[u8] = b"state";
 
 /// Errors reading or writing the persisted state.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("runtime state store: {0}")]
-    Db(#[from] sled::Error),
+    Store(#[from] crate::store::StoreError),
     #[error("runtime state is not valid: {0}")]
     Decode(#[from] serde_json::Error),
 }
@@ -126,30 +126,24 @@ pub struct RuntimeState {
 /// Loads and saves [`RuntimeState`].
 #[derive(Clone)]
 pub struct StateStore {
-    db: sled::Db,
-    tree: sled::Tree,
+    db: Db,
 }
 
 impl StateStore {
-    pub fn open(db: &sled::Db) -> Result<StateStore, StateError> {
-        Ok(StateStore {
-            db: db.clone(),
-            tree: db.open_tree(TREE)?,
-        })
+    pub fn open(db: &Db) -> Result<StateStore, StateError> {
+        Ok(StateStore { db: db.clone() })
     }
 
     pub fn load(&self) -> Result<RuntimeState, StateError> {
-        match self.tree.get(KEY)? {
-            Some(bytes) => Ok(serde_json::from_slice(&bytes)?),
+        match self.db.runtime_state() {
+            Some(value) => Ok(serde_json::from_value(value)?),
             None => Ok(RuntimeState::default()),
         }
     }
 
-    /// Writes the state and flushes it to disk before returning.
+    /// Writes the state durably before returning.
     pub fn save(&self, state: &RuntimeState) -> Result<(), StateError> {
-        let bytes = serde_json::to_vec(state)?;
-        self.tree.insert(KEY, bytes)?;
-        self.db.flush()?;
+        self.db.save_runtime_state(serde_json::to_value(state)?)?;
         Ok(())
     }
 }

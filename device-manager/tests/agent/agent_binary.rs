@@ -1,6 +1,6 @@
 //! The real `hammer-manager` binary with the real runtime against a real broker (rumqttd on
 //! loopback) and a real git repository: `run` deploys a signed desired state to `running`,
-//! reports health, `status` answers while it runs (snapshot) and after it stops (database),
+//! reports health, `status` answers while it runs (snapshot) and after it stops (store),
 //! and SIGTERM stops the app with the manager (KillMode=process in the unit relies on this)
 //! and tells the service (`stopped`) before going offline.
 
@@ -171,6 +171,43 @@ async fn run_deploys_reports_and_stops_the_app_on_sigterm() {
 }
 
 /// Lets other users (the app user) pass through `dir` without listing it (mode 0711).
+/// A data dir of a manager that kept its state in sled (decision 0021): `run` and `status`
+/// refuse it, name the next step, and leave it as it was.
+#[test]
+fn an_older_managers_sled_state_is_refused_with_the_next_step() {
+    let dir = TempDir::new();
+    let data = dir.path().join("data");
+    let legacy = data.join("state.sled");
+    std::fs::create_dir_all(&legacy).unwrap();
+    std::fs::write(legacy.join("db"), b"sled").unwrap();
+    let key = SigningKeyPair::generate().unwrap();
+    make_data_dir(&data, "127.0.0.1:9".parse().unwrap(), &key);
+    // Whoever runs the test may run the app (root or not): the refusal comes after that check.
+    let me = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .unwrap()
+        .unwrap()
+        .name;
+    for args in [vec!["run", "--app-user", me.as_str()], vec!["status"]] {
+        let out = Command::new(BIN)
+            .args(&args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        assert!(
+            err.contains("state.sled") && err.contains("enroll --force"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(
+        !data.join("store").exists(),
+        "nothing of the new store is written"
+    );
+    assert_eq!(std::fs::read(legacy.join("db")).unwrap(), b"sled");
+}
+
 fn allow_others_through(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).unwrap();

@@ -201,9 +201,16 @@ async fn enroll_writes_the_data_dir_and_checks_the_ca_pin() {
         .unwrap_err();
     assert!(err.to_string().contains("--force"), "{err}");
     let old_key = std::fs::read_to_string(dir.join("device.key")).unwrap();
+    // As in the data dir of a manager that kept its state in sled (decision 0021): enrolling
+    // again removes that database and starts the store over.
+    let legacy = dir.join("state.sled");
+    std::fs::create_dir(&legacy).unwrap();
+    std::fs::write(legacy.join("db"), b"sled").unwrap();
     let mut a = args(&url, &dir, Some(fp.clone()));
     a.force = true;
     enroll(a).await.unwrap();
+    assert!(!legacy.exists(), "the older manager's database is removed");
+    assert!(dir.join("store").join("state.json").is_file());
     assert_ne!(
         std::fs::read_to_string(dir.join("device.key")).unwrap(),
         old_key

@@ -156,7 +156,7 @@ try() { if "$@" >/dev/null 2>&1; then echo 0; else echo 1; fi; }
   echo "device.key=$(try cat "$SECRETS/device.key")"
   echo "sealing.key=$(try cat "$SECRETS/sealing.key")"
   echo "credentials=$(try cat "$SECRETS/credentials")"
-  echo "store=$(try ls "$SECRETS/state.sled")"
+  echo "store=$(try cat "$SECRETS/store/state.json")"
   echo "mirror=$(try ls "$SECRETS/repo.git")"
   echo "release_read=$(try cat ./start.sh)"
   echo "release_write=$(try touch ./written-by-the-app)"

@@ -12,3 +12,4 @@ mod runtime_deploy;
 mod runtime_git;
 mod runtime_install;
 mod runtime_recovery;
+mod store_sigkill;

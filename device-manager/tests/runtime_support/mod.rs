@@ -6,6 +6,7 @@ pub mod git_http;
 
 use hammer_manager::runtime::layout::Layout;
 use hammer_manager::runtime::{self, Input, Report, ReportSink, RuntimeHandle, RuntimeOptions};
+use hammer_manager::store::{open_db, Db};
 use hammer_protocol::{DesiredState, GitCredentials, Phase, RunState};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -142,7 +143,7 @@ impl Repo {
 pub struct World {
     pub tmp: tempfile::TempDir,
     pub repo: Repo,
-    pub db: sled::Db,
+    pub db: Db,
     pub sink: Arc<Collector>,
     pub id: String,
     pub out: PathBuf,
@@ -152,11 +153,7 @@ impl World {
     pub fn new() -> World {
         let tmp = tempfile::tempdir().unwrap();
         let repo = Repo::new(tmp.path().join("src"));
-        let db = sled::Config::new()
-            .path(tmp.path().join("db"))
-            .flush_every_ms(None)
-            .open()
-            .unwrap();
+        let db = open_db(&tmp.path().join("db")).unwrap();
         let out = tmp.path().join("out");
         std::fs::create_dir_all(&out).unwrap();
         let mut rnd = [0u8; 8];
