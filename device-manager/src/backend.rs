@@ -26,7 +26,7 @@ pub trait Backend: Send + Sync + 'static {
     /// What is deployed and running (cheap, no network): the figures of the periodic health
     /// report ([`crate::health_report::health`]) and of `DATA/status.json`, which the agent
     /// writes after each status event so `hammer-manager status` can answer while `run` holds
-    /// the database lock.
+    /// the store's lock.
     fn status(&self) -> LocalStatus;
     /// A receiver of live app output lines, while logs are on.
     fn subscribe_logs(&self) -> Option<broadcast::Receiver<String>>;

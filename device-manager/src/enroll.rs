@@ -282,7 +282,7 @@ pub fn check_answer(
 }
 
 /// Writes the key files and config (config last: its presence means "enrolled"), and starts
-/// a new epoch in the state database.
+/// a new epoch in the state store.
 pub fn write_data_dir(
     dir: &DataDir,
     cfg: &ManagerConfigFile,

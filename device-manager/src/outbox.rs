@@ -248,7 +248,10 @@ mod tests {
                 .into_iter()
                 .map(|e| e.detail)
                 .collect();
-            assert_eq!(details, [Some("one".into()), Some("again".into())]);
+            assert_eq!(
+                details,
+                [Some("one".to_string()), Some("again".to_string())]
+            );
         }
     }
 
