@@ -37,6 +37,8 @@ fn parse(out: &str) -> Told {
     // A kill can cut the last line: only whole lines count.
     let whole = out.rsplit_once('\n').map_or("", |(w, _)| w);
     for line in whole.lines() {
+        // libtest writes "test NAME ... " before the child's first line.
+        let line = line.rsplit("... ").next().unwrap_or(line);
         let mut w = line.split(' ');
         match (w.next(), w.next(), w.next()) {
             (Some("stored"), Some(seq), Some(detail)) => {
@@ -85,8 +87,15 @@ fn sigkill_at_any_instant_leaves_every_returned_write_and_no_torn_one() {
         let mut stdout = child.stdout.take().unwrap();
         let mut out = Vec::new();
         let mut buf = [0u8; 256];
-        let n = stdout.read(&mut buf).unwrap();
-        out.extend_from_slice(&buf[..n]);
+        while !out.windows(7).any(|w| w == b"stored ") {
+            let n = stdout.read(&mut buf).unwrap();
+            assert!(
+                n > 0,
+                "round {round}: the child ended: {}",
+                String::from_utf8_lossy(&out)
+            );
+            out.extend_from_slice(&buf[..n]);
+        }
         std::thread::sleep(Duration::from_millis(random_below(300)));
         kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
         let status = child.wait().unwrap();
