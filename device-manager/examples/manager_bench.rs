@@ -558,6 +558,7 @@ async fn run(args: Args) -> Result<()> {
             broker_url: format!("mqtts://127.0.0.1:{port}"),
             service_public_key: public_key,
             insecure_plain_mqtt_for_tests: false,
+            git_ca_file: None,
         },
         &ca_pem,
         &cert.cert_pem,

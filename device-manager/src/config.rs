@@ -72,6 +72,8 @@ pub struct Identity {
     pub ca_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
+    /// `git_ca_file` of manager.toml, made absolute (relative paths are in the data dir).
+    pub git_ca_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -148,6 +150,7 @@ impl Identity {
                 String::new()
             },
             broker,
+            git_ca_file: cfg.git_ca_file.as_deref().map(|f| dir.path().join(f)),
         })
     }
 }
@@ -189,6 +192,7 @@ mod tests {
                 .public()
                 .to_hex(),
             insecure_plain_mqtt_for_tests: plain_opt_in,
+            git_ca_file: None,
         };
         std::fs::write(tmp.path().join(CONFIG_FILE), toml::to_string(&cfg).unwrap()).unwrap();
         let k = SealingKeyPair::generate().unwrap();

@@ -278,6 +278,7 @@ pub fn check_answer(
         broker_url: resp.broker_url.clone(),
         service_public_key: resp.service_public_key.clone(),
         insecure_plain_mqtt_for_tests: false,
+        git_ca_file: None,
     })
 }
 

@@ -90,6 +90,7 @@ async fn cmd_run(c: RunCmd) -> Result<()> {
             keep_releases: c.keep_releases as usize,
             log_file_max_bytes: c.log_file_max_bytes,
             recovery_credentials: hammer_manager::credentials::load(dir.path()),
+            git_ca_file: identity.git_ca_file.clone(),
         },
         db.clone(),
         sink,

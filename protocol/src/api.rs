@@ -276,6 +276,11 @@ pub struct ManagerConfigFile {
     /// enrollment or bundles.
     #[serde(default, skip_serializing_if = "is_false")]
     pub insecure_plain_mqtt_for_tests: bool,
+    /// A PEM file of CA certificates the device trusts for `https://` git servers, besides
+    /// the system's trust store (a private git server); relative to the data dir unless
+    /// absolute. Set by the operator; never by enrollment or bundles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_ca_file: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {

@@ -18,28 +18,30 @@
 //! the superproject's. See [`checkout`] for attributes, LFS and the files shared with the
 //! previous release.
 //!
-//! Credentials come from [`GitCredentials`] through git2 callbacks: HTTPS user + token
-//! (`userpass_plaintext`), or an SSH private key from memory with the server's host key
-//! checked against the given known_hosts lines (plain `host` / `[host]:port` patterns; hashed
-//! entries and wildcards are not supported, and an unknown or mismatching host is refused).
-//! No credentials: public and `file://` repositories. Everything here blocks: call it from
-//! `spawn_blocking`. Messages never contain secrets; URLs have their userinfo redacted.
+//! **Transports** are the manager's own (decision 0020, [`transport`]): git2 is built without
+//! OpenSSL and libssh2. `https://` and `http://` speak git's smart HTTP protocol over reqwest
+//! and rustls (ring), trusting the system store plus `git_ca_file` of manager.toml
+//! ([`FetchRequest::ca_file`]), with the HTTPS username + token sent as basic auth to the
+//! repository's own server. `ssh://` and `user@host:path` run the system `ssh` program: an SSH
+//! private key from [`GitCredentials`] and its known_hosts lines go to a private temporary
+//! folder for that one connection, and ssh checks the host key strictly against those lines
+//! (hashed lines and patterns work); without them the manager user's own ssh configuration
+//! applies. `file://` and `git://` are libgit2's. No credentials: public and `file://`
+//! repositories. Everything here blocks: call it from `spawn_blocking`. Messages never contain
+//! secrets; URLs have their userinfo redacted.
 
 pub mod checkout;
 pub mod history;
 pub mod packblob;
 pub mod submodules;
+pub mod transport;
 
 use super::releases::{ReleaseError, Releases};
-use git2::{
-    AutotagOption, CertificateCheckStatus, Cred, CredentialType, FetchOptions, Oid,
-    RemoteCallbacks, Repository,
-};
+use git2::{AutotagOption, FetchOptions, Oid, Repository};
 use hammer_protocol::rules::{parse_remote_url, RemoteScheme, RemoteUrl};
 use hammer_protocol::GitCredentials;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 /// Records (as a hash) which URL the mirror was fetched from.
 const URL_KEY: &str = "hammer.urlsha256";
@@ -90,6 +92,9 @@ pub struct FetchRequest {
     /// only when the app runs as another user than the manager
     /// ([`super::install::may_link`]), so it cannot write into a file two releases share.
     pub share_unchanged: bool,
+    /// A PEM file of extra CAs trusted for `https://` git servers, besides the system store
+    /// (`git_ca_file` in manager.toml: a private git server).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A remote and how to reach it.
@@ -97,6 +102,7 @@ pub(crate) struct Remote<'a> {
     pub url: &'a str,
     pub parsed: RemoteUrl,
     pub creds: Option<&'a GitCredentials>,
+    pub ca_file: Option<&'a Path>,
 }
 
 impl Remote<'_> {
@@ -133,6 +139,7 @@ pub fn fetch_and_checkout(
         url: &req.url,
         parsed: classify_url(&req.url)?,
         creds: req.credentials.as_ref(),
+        ca_file: req.ca_file.as_deref(),
     };
     if let Some(warning) = remote.parsed.warning() {
         tracing::warn!(url = %redact_url(&req.url), "{warning}");
@@ -152,6 +159,7 @@ pub fn fetch_and_checkout(
     let ctx = checkout::Context {
         main: &remote.parsed,
         creds: req.credentials.as_ref(),
+        ca_file: req.ca_file.as_deref(),
         modules_dir: mirror.join("hammer-modules"),
         full_history: req.full_history,
     };
@@ -359,30 +367,9 @@ pub(crate) fn ensure_commit(
     })
 }
 
-/// The kinds of repository URL accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UrlKind {
-    Http,
-    Ssh { port: u16 },
-    Git,
-    File,
-}
-
 /// Checks the URL by the one rule for remotes ([`parse_remote_url`], also the service's).
 pub fn classify_url(url: &str) -> Result<RemoteUrl, GitError> {
     parse_remote_url(url).map_err(|e| GitError::BadUrl(redact_url(url), e.to_string()))
-}
-
-/// The [`UrlKind`] of a checked URL.
-pub fn url_kind(parsed: &RemoteUrl) -> UrlKind {
-    match parsed.scheme {
-        RemoteScheme::Https | RemoteScheme::Http => UrlKind::Http,
-        RemoteScheme::Ssh => UrlKind::Ssh {
-            port: parsed.port.unwrap_or(22),
-        },
-        RemoteScheme::Git => UrlKind::Git,
-        RemoteScheme::File => UrlKind::File,
-    }
 }
 
 /// Replaces the userinfo of every `scheme://user:pass@host` in `text` with `***`.
@@ -475,187 +462,27 @@ fn fetch(
     refspecs: &[String],
     depth: i32,
 ) -> Result<Vec<String>, GitError> {
-    let problem: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
-    let mut callbacks = RemoteCallbacks::new();
-    install_credentials(&mut callbacks, remote.creds, problem.clone());
-    install_host_check(
-        &mut callbacks,
-        remote.creds,
-        url_kind(&remote.parsed),
-        problem.clone(),
-    );
+    let failed = |message: &str| GitError::Fetch {
+        url: redact_url(remote.url),
+        message: redact(message, remote.creds),
+    };
+    transport::register().map_err(|e| failed(&e))?;
+    // What the transport needs, for the git calls on this thread until `scope` drops.
+    let scope = transport::enter(transport::FetchContext {
+        creds: remote.creds.cloned(),
+        ca_file: remote.ca_file.map(Path::to_path_buf),
+    });
     let mut opts = FetchOptions::new();
-    opts.remote_callbacks(callbacks)
-        .download_tags(AutotagOption::None)
-        .depth(depth);
+    opts.download_tags(AutotagOption::None).depth(depth);
     let result = repo.remote_anonymous(remote.url).and_then(|mut r| {
         r.fetch(refspecs, Some(&mut opts), None)?;
         let names = r.list()?.iter().map(|h| h.name().to_string()).collect();
         Ok(names)
     });
-    result.map_err(|e| {
-        let ours = problem.lock().ok().and_then(|p| p.clone());
-        let message = match ours {
-            Some(p) => p,
-            None => e.message().to_string(),
-        };
-        GitError::Fetch {
-            url: redact_url(remote.url),
-            message: redact(&message, remote.creds),
-        }
+    result.map_err(|e| match scope.problem() {
+        Some(p) => failed(&p),
+        None => failed(e.message()),
     })
-}
-
-fn set_problem(problem: &Mutex<Option<String>>, message: &str) -> git2::Error {
-    if let Ok(mut p) = problem.lock() {
-        p.get_or_insert_with(|| message.to_string());
-    }
-    git2::Error::from_str(message)
-}
-
-fn install_credentials<'a>(
-    callbacks: &mut RemoteCallbacks<'a>,
-    creds: Option<&'a GitCredentials>,
-    problem: Arc<Mutex<Option<String>>>,
-) {
-    let mut plaintext_tries = 0;
-    let mut key_tries = 0;
-    callbacks.credentials(move |_url, user_from_url, allowed| match creds {
-        Some(GitCredentials::Https { username, token }) => {
-            if !allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
-                return Err(set_problem(
-                    &problem,
-                    "the server does not accept username/token credentials",
-                ));
-            }
-            plaintext_tries += 1;
-            if plaintext_tries > 1 {
-                return Err(set_problem(
-                    &problem,
-                    "authentication failed: the server rejected the username/token",
-                ));
-            }
-            Cred::userpass_plaintext(username, token)
-        }
-        Some(GitCredentials::Ssh { private_key, .. }) => {
-            let user = user_from_url.unwrap_or("git");
-            if allowed.contains(CredentialType::USERNAME) {
-                return Cred::username(user);
-            }
-            if !allowed.contains(CredentialType::SSH_KEY) {
-                return Err(set_problem(
-                    &problem,
-                    "the server does not accept SSH key authentication",
-                ));
-            }
-            key_tries += 1;
-            if key_tries > 1 {
-                return Err(set_problem(
-                    &problem,
-                    "authentication failed: the server rejected the SSH key",
-                ));
-            }
-            Cred::ssh_key_from_memory(user, None, private_key, None)
-                .map_err(|_| set_problem(&problem, "the SSH private key could not be loaded"))
-        }
-        None => Err(set_problem(
-            &problem,
-            "authentication required but no git credentials are configured",
-        )),
-    });
-}
-
-fn install_host_check<'a>(
-    callbacks: &mut RemoteCallbacks<'a>,
-    creds: Option<&'a GitCredentials>,
-    kind: UrlKind,
-    problem: Arc<Mutex<Option<String>>>,
-) {
-    callbacks.certificate_check(move |cert, host| {
-        let Some(hostkey) = cert.as_hostkey() else {
-            // TLS: the default certificate verification decides.
-            return Ok(CertificateCheckStatus::CertificatePassthrough);
-        };
-        let Some(GitCredentials::Ssh { known_hosts, .. }) = creds else {
-            return Ok(CertificateCheckStatus::CertificatePassthrough);
-        };
-        let port = match kind {
-            UrlKind::Ssh { port } => port,
-            _ => 22,
-        };
-        let Some(raw) = hostkey.hostkey() else {
-            return Err(set_problem(
-                &problem,
-                "the SSH server's host key could not be read",
-            ));
-        };
-        let key = base64(raw);
-        if known_hosts_match(known_hosts, host, port, &key) {
-            Ok(CertificateCheckStatus::CertificateOk)
-        } else {
-            let shown = if port == 22 {
-                host.to_string()
-            } else {
-                format!("[{host}]:{port}")
-            };
-            Err(set_problem(
-                &problem,
-                &format!(
-                    "host key verification failed: the host key of {shown} is not in the configured known_hosts (unknown host or changed key); refusing to connect"
-                ),
-            ))
-        }
-    });
-}
-
-/// Does a known_hosts line list `host` (on `port`) with this base64 key blob?
-pub fn known_hosts_match(known_hosts: &str, host: &str, port: u16, key_b64: &str) -> bool {
-    known_hosts.lines().any(|line| {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with('@') {
-            return false;
-        }
-        let mut fields = line.split_whitespace();
-        let (Some(hosts), Some(_kind), Some(key)) = (fields.next(), fields.next(), fields.next())
-        else {
-            return false;
-        };
-        key == key_b64
-            && hosts
-                .split(',')
-                .any(|p| host_pattern_matches(p, host, port))
-    })
-}
-
-fn host_pattern_matches(pattern: &str, host: &str, port: u16) -> bool {
-    if let Some(rest) = pattern.strip_prefix('[') {
-        if let Some((h, p)) = rest.split_once("]:") {
-            return h.eq_ignore_ascii_case(host) && p.parse::<u16>().ok() == Some(port);
-        }
-        return false;
-    }
-    port == 22 && pattern.eq_ignore_ascii_case(host)
-}
-
-fn base64(data: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -674,17 +501,20 @@ mod tests {
 
     #[test]
     fn classifies_urls() {
-        let kind = |u: &str| classify_url(u).ok().map(|p| url_kind(&p));
-        assert_eq!(kind("https://h/r.git"), Some(UrlKind::Http));
+        let kind = |u: &str| classify_url(u).ok().map(|p| (p.scheme, p.port));
+        assert_eq!(
+            kind("https://h/r.git"),
+            Some((RemoteScheme::Https, Some(443)))
+        );
         assert_eq!(
             kind("ssh://git@h:2222/r"),
-            Some(UrlKind::Ssh { port: 2222 })
+            Some((RemoteScheme::Ssh, Some(2222)))
         );
         assert_eq!(
             kind("git@github.com:o/r.git"),
-            Some(UrlKind::Ssh { port: 22 })
+            Some((RemoteScheme::Ssh, Some(22)))
         );
-        assert_eq!(kind("file:///tmp/r"), Some(UrlKind::File));
+        assert_eq!(kind("file:///tmp/r"), Some((RemoteScheme::File, None)));
         assert!(classify_url("").is_err());
         assert!(classify_url("ftp://h/r").is_err());
         assert!(classify_url("not a url").is_err());
@@ -708,24 +538,5 @@ mod tests {
         assert_eq!(fetch_depth(false, true, true), UNSHALLOW);
         assert_eq!(fetch_depth(true, false, false), 0);
         assert_eq!(fetch_depth(true, true, true), 0);
-    }
-
-    #[test]
-    fn base64_matches_known_values() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
-    }
-
-    #[test]
-    fn matches_known_hosts_lines() {
-        let kh =
-            "# comment\n[127.0.0.1]:2222 ssh-ed25519 AAAAkey\nexample.com,10.0.0.1 ssh-rsa BBBB\n";
-        assert!(known_hosts_match(kh, "127.0.0.1", 2222, "AAAAkey"));
-        assert!(!known_hosts_match(kh, "127.0.0.1", 22, "AAAAkey"));
-        assert!(!known_hosts_match(kh, "127.0.0.1", 2222, "BBBB"));
-        assert!(known_hosts_match(kh, "10.0.0.1", 22, "BBBB"));
     }
 }

@@ -119,6 +119,8 @@ pub struct RuntimeOptions {
     /// Git credentials for a fetch that recovery must redo before the agent hands over a
     /// desired state (the agent passes the stored ones). Never persisted by the runtime.
     pub recovery_credentials: Option<GitCredentials>,
+    /// Extra CAs for `https://` git servers (`git_ca_file` in manager.toml).
+    pub git_ca_file: Option<PathBuf>,
 }
 
 impl Default for RuntimeOptions {
@@ -132,6 +134,7 @@ impl Default for RuntimeOptions {
             keep_releases: 3,
             log_file_max_bytes: 1024 * 1024,
             recovery_credentials: None,
+            git_ca_file: None,
         }
     }
 }

@@ -425,6 +425,7 @@ impl Reconciler {
             credentials: creds,
             full_history: desired.full_history,
             share_unchanged: install::may_link(self.user.as_ref()),
+            ca_file: self.opts.git_ca_file.clone(),
         };
         // Release folders kept from earlier deployments: an install starts from a fresh
         // checkout instead of one of them.
@@ -1223,6 +1224,8 @@ fn prepare_stage(
                     credentials: None,
                     full_history: false,
                     share_unchanged: link,
+                    // The commit is in the mirror: nothing is fetched.
+                    ca_file: None,
                 };
                 git::fetch_and_checkout(mirror, releases, &request)
                     .map_err(|e| git::redact(&e.to_string(), None))?;

@@ -75,6 +75,7 @@ async fn agent_over_mtls_through_hammer_broker() {
             broker_url: format!("mqtts://127.0.0.1:{}", addr.port()),
             service_public_key: key.public().to_hex(),
             insecure_plain_mqtt_for_tests: false,
+            git_ca_file: None,
         },
         &ca_pem,
         &cert.cert_pem,

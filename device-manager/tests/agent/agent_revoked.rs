@@ -81,6 +81,7 @@ async fn a_revoked_manager_says_its_certificate_was_refused() {
             broker_url: format!("mqtts://127.0.0.1:{}", addr.port()),
             service_public_key: SigningKeyPair::generate().unwrap().public().to_hex(),
             insecure_plain_mqtt_for_tests: false,
+            git_ca_file: None,
         },
         &ca_pem,
         &cert.cert_pem,

@@ -368,6 +368,7 @@ pub fn make_data_dir(dir: &Path, broker: SocketAddr, service: &SigningKeyPair) -
         broker_url: format!("mqtt://{broker}"),
         service_public_key: service.public().to_hex(),
         insecure_plain_mqtt_for_tests: true,
+        git_ca_file: None,
     };
     std::fs::write(dir.join(CONFIG_FILE), toml::to_string(&cfg).unwrap()).unwrap();
     let sealing = SealingKeyPair::generate().unwrap();

@@ -1,9 +1,14 @@
 //! Git credentials against real servers: HTTP basic auth in front of `git http-backend` (a
-//! small Python server), and SSH keys against a real `sshd` on a loopback port with a
-//! known-hosts check. The SSH test is skipped (with a message) when `/usr/sbin/sshd` is absent.
+//! small Python server, over plain HTTP and over HTTPS with a certificate from a throwaway CA),
+//! and SSH keys against a real `sshd` on a loopback port with a known-hosts check (plain and
+//! hashed lines), through the system `ssh`. The SSH test is skipped (with a message) when
+//! `/usr/sbin/sshd` is absent.
 
-use crate::runtime_support::git_http::{http_git_server, Server};
+use crate::runtime_support::git_http::{http_git_server, https_git_server, Server, TestTls};
 use crate::runtime_support::*;
+use hammer_manager::runtime::git::{self, FetchRequest};
+use hammer_manager::runtime::releases::Releases;
+use hammer_manager::runtime::{self, RuntimeOptions};
 use hammer_protocol::{GitCredentials, Phase};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -68,6 +73,106 @@ async fn https_credentials_right_and_wrong() {
     let r = w
         .sink
         .wait_any(3, &[Phase::Failed, Phase::Running], 0)
+        .await;
+    assert_eq!(r.phase, Phase::Running, "{r:?}");
+    w.one_app(&v1).await;
+    for r in w.sink.all() {
+        let text = format!("{r:?}");
+        assert!(!text.contains("s3cret-token") && !text.contains("wrong-token"));
+    }
+    rt.shutdown(true).await;
+}
+
+/// Serves a bare clone of the world's repository as `app.git` under `served/`.
+fn serve_bare(w: &World) -> std::path::PathBuf {
+    let root = w.tmp.path().join("served");
+    std::fs::create_dir_all(&root).unwrap();
+    git(
+        &root,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &w.repo.dir.display().to_string(),
+            "app.git",
+        ],
+    );
+    root
+}
+
+#[tokio::test]
+async fn https_with_a_private_ca_takes_the_right_token_and_refuses_a_wrong_one_and_an_untrusted_certificate(
+) {
+    let w = World::new();
+    let v1 = w.repo.commit_app(GOOD_APP, true, "v1");
+    let root = serve_bare(&w);
+    let tls = TestTls::new();
+    let (_server, port) = https_git_server(&root, "deploy", "s3cret-token", &tls);
+    let url = format!("https://127.0.0.1:{port}/app.git");
+    let right = GitCredentials::Https {
+        username: "deploy".into(),
+        token: "s3cret-token".into(),
+    };
+
+    // Without the test CA (only the system store), the server's certificate is not trusted.
+    let place = w.tmp.path().join("untrusted");
+    let req = FetchRequest {
+        url: url.clone(),
+        git_ref: "main".into(),
+        credentials: Some(right.clone()),
+        ..FetchRequest::default()
+    };
+    let err = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&place).unwrap();
+        let releases = Releases::new(&place.join("apps"));
+        git::fetch_and_checkout(&place.join("repo.git"), &releases, &req)
+    })
+    .await
+    .unwrap()
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("TLS: the git server's certificate is not trusted")
+            && err.contains("git_ca_file"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret-token"), "{err}");
+
+    // The operator's git_ca_file names the test CA.
+    let ca_file = w.tmp.path().join("git-ca.pem");
+    std::fs::write(&ca_file, &tls.ca_pem).unwrap();
+    let rt = runtime::spawn(
+        RuntimeOptions {
+            git_ca_file: Some(ca_file),
+            ..w.options()
+        },
+        w.db.clone(),
+        w.sink.clone(),
+    )
+    .unwrap();
+
+    let mut d1 = w.desired(1, "main");
+    d1.repo_url = url.clone();
+    let wrong = GitCredentials::Https {
+        username: "deploy".into(),
+        token: "wrong-token".into(),
+    };
+    send_with(&rt, d1, Some(wrong)).await;
+    let r = w
+        .sink
+        .wait_any(1, &[Phase::Failed, Phase::Running], 0)
+        .await;
+    assert_eq!(r.phase, Phase::Failed);
+    let detail = r.detail.unwrap();
+    assert!(detail.contains("authentication failed"), "{detail}");
+    assert!(!detail.contains("wrong-token"), "{detail}");
+
+    let mut d2 = w.desired(2, "main");
+    d2.repo_url = url;
+    send_with(&rt, d2, Some(right)).await;
+    let r = w
+        .sink
+        .wait_any(2, &[Phase::Failed, Phase::Running], 0)
         .await;
     assert_eq!(r.phase, Phase::Running, "{r:?}");
     w.one_app(&v1).await;
@@ -182,9 +287,9 @@ async fn ssh_key_with_known_hosts_check() {
 
     // The right host key and client key.
     let mut d2 = w.desired(2, "main");
-    d2.repo_url = url;
+    d2.repo_url = url.clone();
     let creds = GitCredentials::Ssh {
-        private_key: client_key,
+        private_key: client_key.clone(),
         known_hosts: known(&host_pub),
     };
     send_with(&rt, d2, Some(creds)).await;
@@ -194,5 +299,59 @@ async fn ssh_key_with_known_hosts_check() {
         .await;
     assert_eq!(r.phase, Phase::Running, "{r:?}");
     w.one_app(&v1).await;
+
+    // The same host key as a hashed line (`ssh-keygen -H`, as ssh writes them by default).
+    let hashed_file = dir.join("known_hosts_hashed");
+    std::fs::write(&hashed_file, known(&host_pub)).unwrap();
+    let out = Command::new("ssh-keygen")
+        .arg("-H")
+        .arg("-f")
+        .arg(&hashed_file)
+        .output()
+        .expect("ssh-keygen runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hashed = std::fs::read_to_string(&hashed_file).unwrap();
+    assert!(
+        hashed.contains("|1|") && !hashed.contains("127.0.0.1"),
+        "{hashed}"
+    );
+    let v2 = w.repo.commit_app(GOOD_APP, true, "v2");
+    let mut d3 = w.desired(3, "main");
+    d3.repo_url = url.clone();
+    let creds = GitCredentials::Ssh {
+        private_key: client_key.clone(),
+        known_hosts: hashed,
+    };
+    send_with(&rt, d3, Some(creds)).await;
+    let r = w
+        .sink
+        .wait_any(3, &[Phase::Failed, Phase::Running], 0)
+        .await;
+    assert_eq!(r.phase, Phase::Running, "{r:?}");
+    assert_eq!(r.commit.as_deref(), Some(v2.as_str()), "{r:?}");
+
+    // A client key the server does not know: authentication failed, the key never shown.
+    let stranger_pub = ssh_keygen(&dir.join("stranger_key"));
+    assert!(!stranger_pub.is_empty());
+    let stranger = std::fs::read_to_string(dir.join("stranger_key")).unwrap();
+    let mut d4 = w.desired(4, "main");
+    d4.repo_url = url;
+    let creds = GitCredentials::Ssh {
+        private_key: stranger,
+        known_hosts: known(&host_pub),
+    };
+    send_with(&rt, d4, Some(creds)).await;
+    let r = w
+        .sink
+        .wait_any(4, &[Phase::Failed, Phase::Running], 0)
+        .await;
+    assert_eq!(r.phase, Phase::Failed);
+    let detail = r.detail.unwrap();
+    assert!(detail.contains("authentication failed"), "{detail}");
+    assert!(!detail.contains("PRIVATE KEY"), "{detail}");
     rt.shutdown(true).await;
 }

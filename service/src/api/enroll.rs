@@ -146,6 +146,7 @@ pub async fn provision(
         broker_url: svc.device_broker_url.clone(),
         service_public_key: svc.signer.public().to_hex(),
         insecure_plain_mqtt_for_tests: false,
+        git_ca_file: None,
     };
     tracing::info!(device = %dev.id, "device provisioned");
     Ok((

@@ -55,6 +55,8 @@ pub struct Context<'a> {
     /// The deployment's repository: its credentials are used only on the same server.
     pub main: &'a RemoteUrl,
     pub creds: Option<&'a GitCredentials>,
+    /// Extra CAs for https:// servers (any server: trust is not a secret).
+    pub ca_file: Option<&'a Path>,
     pub modules_dir: PathBuf,
     pub full_history: bool,
 }
@@ -252,6 +254,7 @@ fn submodule(
         url: &url,
         parsed: parsed.clone(),
         creds,
+        ca_file: ctx.ca_file,
     };
     ensure_commit(&repo, &remote, link.id, ctx.full_history).map_err(|m| fail(&url, m))?;
     let sub_source = Source {
