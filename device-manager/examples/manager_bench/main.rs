@@ -18,15 +18,26 @@
 //!    signed desired states: one for the first deploy (clone), then one per new commit
 //!    (`--deploys N`), each timed from publish to the `running` status event (minus the health
 //!    window, `--health-window S`, default 1 s). Status events are acked like the service does;
-//! 6. waits `--idle-secs N` (default 60) and reads the manager's VmRSS / VmHWM / threads from
-//!    /proc, next to two baselines measured at the same moment: `/bin/sleep` (a C program
-//!    doing nothing) and this example re-run as `--baseline-idle` (a Rust binary with a Tokio
-//!    current-thread runtime doing nothing, built with the same profile as this example);
-//! 7. prints the binary size as built and after `strip` of a copy.
+//! 6. waits `--idle-secs N` (default 60) and measures, at the same two moments (start and end
+//!    of the idle window), the manager and three comparisons: Mender's client (`mender
+//!    daemon` of Debian's mender-client 3.4, started with the manager, its server an
+//!    unreachable loopback port; see `mender.rs`; skipped with an install hint when it is not
+//!    installed), this example re-run as `--baseline-idle` (a Rust binary with a Tokio
+//!    current-thread runtime doing nothing, same profile as this example), and `/bin/sleep`
+//!    (a C program doing nothing). Per process: VmRSS / VmHWM / RssAnon / RssFile / threads at
+//!    the end, context switches (voluntary + involuntary, all threads) per minute over the
+//!    window, next to the wake-ups the manager's own timers account for;
+//! 7. repeats 1-6 `--runs N` times (median and range), then prints the stripped size of the
+//!    manager for both profiles and a one-line verdict against issue 17's bound (idle RSS
+//!    <= 8 MiB).
+
+mod mender;
+mod procfs;
 
 use anyhow::{anyhow, bail, Context, Result};
 use hammer_broker::{Broker, BrokerConfig};
 use hammer_certs::{Ca, RevocationList};
+use hammer_manager::agent::AgentOptions;
 use hammer_manager::config::DataDir;
 use hammer_protocol::api::ManagerConfigFile;
 use hammer_protocol::sealing::SealingKeyPair;
@@ -46,46 +57,55 @@ const OWNER: &str = "bench";
 const DAY: Duration = Duration::from_secs(86_400);
 const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
 
-const USAGE: &str = "usage: manager_bench [--idle-secs N] [--deploys N] [--health-window S] \
-[--profile NAME] [--manager PATH] [--no-build] [--keep]
-  --idle-secs N      idle time before reading RSS (default 60)
+const USAGE: &str =
+    "usage: manager_bench [--runs N] [--idle-secs N] [--deploys N] [--health-window S] \
+[--profile NAME] [--manager PATH] [--no-build] [--no-mender] [--keep]
+  --runs N           whole runs (fresh broker, manager, baselines); median and range (default 1)
+  --idle-secs N      idle window before reading RSS (default 60)
   --deploys N        timed deploys of new commits after the first one (default 5)
   --health-window S  health window of each desired state, seconds (default 1)
   --profile NAME     cargo profile of the manager binary (default release)
   --manager PATH     measure this binary instead (no build)
   --no-build         do not run cargo build; the binary must exist
+  --no-mender        leave Mender's client out (it runs when `mender` is installed and we are root)
   --keep             keep the temporary directory (its path is printed)";
 
 struct Args {
+    runs: usize,
     idle_secs: u64,
     deploys: usize,
     health_window: u32,
     profile: String,
     manager: Option<PathBuf>,
     build: bool,
+    mender: bool,
     keep: bool,
 }
 
 fn parse_args() -> Result<Args> {
     let mut a = Args {
+        runs: 1,
         idle_secs: 60,
         deploys: 5,
         health_window: 1,
         profile: "release".into(),
         manager: None,
         build: true,
+        mender: true,
         keep: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut val = |name: &str| it.next().ok_or_else(|| anyhow!("{name} needs a value"));
         match arg.as_str() {
+            "--runs" => a.runs = val("--runs")?.parse()?,
             "--idle-secs" => a.idle_secs = val("--idle-secs")?.parse()?,
             "--deploys" => a.deploys = val("--deploys")?.parse()?,
             "--health-window" => a.health_window = val("--health-window")?.parse()?,
             "--profile" => a.profile = val("--profile")?,
             "--manager" => a.manager = Some(val("--manager")?.into()),
             "--no-build" => a.build = false,
+            "--no-mender" => a.mender = false,
             "--keep" => a.keep = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -93,6 +113,9 @@ fn parse_args() -> Result<Args> {
             }
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
+    }
+    if a.runs == 0 || a.idle_secs == 0 {
+        bail!("--runs and --idle-secs must be at least 1");
     }
     Ok(a)
 }
@@ -114,19 +137,23 @@ fn main() -> Result<()> {
     rt.block_on(run(args))
 }
 
+/// The target dir this example was built in (it lives in target/<profile>/examples/).
+fn target_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    Ok(exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow!("cannot find the target dir from {}", exe.display()))?
+        .to_path_buf())
+}
+
 /// `target/<profile>/hammer-manager`, built unless told otherwise.
 fn manager_binary(args: &Args) -> Result<PathBuf> {
     if let Some(p) = &args.manager {
         return Ok(p.clone());
     }
-    // This example lives in target/<its profile>/examples/manager_bench.
-    let exe = std::env::current_exe()?;
-    let target_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .and_then(Path::parent)
-        .ok_or_else(|| anyhow!("cannot find the target dir from {}", exe.display()))?
-        .to_path_buf();
+    let target_dir = target_dir()?;
     let bin = target_dir.join(&args.profile).join("hammer-manager");
     if args.build {
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -367,96 +394,6 @@ fn timing((t0, t0_ms): (Instant, u64), phases: &[Seen]) -> Timing {
     }
 }
 
-/// Figures from /proc/<pid>/status and /proc/<pid>/task.
-struct ProcFigures {
-    rss_kb: u64,
-    hwm_kb: u64,
-    rss_anon_kb: u64,
-    rss_file_kb: u64,
-    threads: u64,
-    thread_names: Vec<String>,
-}
-
-fn proc_figures(pid: u32) -> Result<ProcFigures> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let field = |name: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    let mut thread_names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))?
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
-        .map(|s| s.trim().to_owned())
-        .collect();
-    thread_names.sort();
-    Ok(ProcFigures {
-        rss_kb: field("VmRSS:"),
-        hwm_kb: field("VmHWM:"),
-        rss_anon_kb: field("RssAnon:"),
-        rss_file_kb: field("RssFile:"),
-        threads: field("Threads:"),
-        thread_names,
-    })
-}
-
-/// CPU time (ms, user + system) and voluntary context switches (all threads) so far.
-fn cpu_and_wakeups(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    // After the command name: state is field 3, utime 14, stime 15 (in clock ticks).
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|i| f.get(*i)?.parse::<u64>().ok())
-        .sum();
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let mut switches = 0;
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            let st = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
-            switches += st
-                .lines()
-                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    (ticks * 1000 / hz, switches)
-}
-
-/// Resident kB by mapping name from /proc/<pid>/smaps, largest first.
-fn rss_by_mapping(pid: u32) -> Vec<(String, u64)> {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
-        return Vec::new();
-    };
-    let mut by: std::collections::BTreeMap<String, u64> = Default::default();
-    let mut name = String::new();
-    for line in text.lines() {
-        let mut f = line.split_whitespace();
-        let first = f.next().unwrap_or("");
-        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            // address perms offset dev inode [path]
-            let path = f.nth(4).unwrap_or("[anon]");
-            name = Path::new(path)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| path.to_owned());
-        } else if first == "Rss:" {
-            let kb: u64 = f.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-            *by.entry(name.clone()).or_default() += kb;
-        }
-    }
-    let mut v: Vec<(String, u64)> = by.into_iter().filter(|(_, kb)| *kb > 0).collect();
-    v.sort_by_key(|e| std::cmp::Reverse(e.1));
-    v
-}
-
 /// Kills a child this benchmark started (by pid) and reaps it.
 struct Reaped(Child);
 
@@ -508,11 +445,49 @@ fn machine() -> String {
     )
 }
 
+/// One process of the idle table: its memory at the end of the idle window and its context
+/// switches and CPU time during it.
+struct Row {
+    name: String,
+    mem: procfs::Memory,
+    switches_per_min: f64,
+    cpu_ms: u64,
+}
+
+/// Everything one run measured.
+struct RunFigures {
+    connect_ms: f64,
+    first: Timing,
+    timings: Vec<Timing>,
+    after_deploys: procfs::Memory,
+    /// The manager first, then Mender's client (when it ran), then the baselines.
+    rows: Vec<Row>,
+    mappings: Vec<(String, u64)>,
+    notes: Vec<String>,
+}
+
+/// The processes measured over the idle window, by pid.
+struct Idle {
+    name: String,
+    pid: u32,
+    start: procfs::Activity,
+}
+
 async fn run(args: Args) -> Result<()> {
     let bin = manager_binary(&args)?;
     hammer_certs::tls::install_default_provider();
+    let mut runs = Vec::new();
+    for n in 1..=args.runs {
+        eprintln!("== run {n} of {}", args.runs);
+        runs.push(one_run(&args, &bin).await?);
+    }
+    report(&args, &bin, &runs)
+}
+
+async fn one_run(args: &Args, bin: &Path) -> Result<RunFigures> {
     let tmp = tempfile::tempdir()?;
     let root = tmp.path().to_path_buf();
+    let mut notes = Vec::new();
 
     // The broker: fleet CA, server certificate, mTLS front door on loopback.
     let ca = Ca::create("bench fleet")?;
@@ -579,12 +554,37 @@ async fn run(args: Args) -> Result<()> {
     git(&repo, &["add", "."])?;
     git(&repo, &["commit", "-q", "-m", "v0"])?;
 
+    // Mender's client, started with the manager so that both are as old at the idle window.
+    let mender_dir = root.join("mender");
+    let mender = if args.mender {
+        let started = tokio::task::block_in_place(|| mender::start(&mender_dir));
+        match started {
+            Ok(m) => Some(m),
+            Err(why) => {
+                eprintln!("{why}");
+                notes.push(why.to_string());
+                None
+            }
+        }
+    } else {
+        None
+    };
+
     // The manager.
     let log_path = root.join("manager.log");
     let log = std::fs::File::create(&log_path)?;
+    // As root the manager runs the app as `hammer-app` unless told otherwise; the bench's app
+    // is `sleep`, so root running it changes nothing measured and needs no extra user.
+    let mut manager_cmd = Command::new(bin);
+    manager_cmd.arg("run");
+    if unsafe { libc::geteuid() } == 0 {
+        manager_cmd.args(["--app-user", "root"]);
+    }
     let manager = Reaped(
-        Command::new(&bin)
-            .args(["run", "--stop-grace", "2", "--data-dir"])
+        manager_cmd
+            .args(["--stop-grace", "2", "--health-interval"])
+            .arg(wakeups().1.as_secs().to_string())
+            .arg("--data-dir")
             .arg(&data)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -598,7 +598,6 @@ async fn run(args: Args) -> Result<()> {
     let connect_ms = started.elapsed().as_secs_f64() * 1000.0;
     eprintln!("manager pid {pid} online after {connect_ms:.0} ms");
 
-    let window_ms = f64::from(args.health_window) * 1000.0;
     let desired = |generation: u64| DesiredState {
         v: PROTOCOL_VERSION,
         device_id: DEVICE.into(),
@@ -634,9 +633,9 @@ async fn run(args: Args) -> Result<()> {
         eprintln!("generation {generation} running after {:.0} ms", t.running);
         timings.push(t);
     }
-    let after_deploys = proc_figures(pid)?;
+    let after_deploys = procfs::memory(pid)?;
 
-    // Idle, with the two baselines started now and measured at the same moment.
+    // Idle, with the two baselines started now and everything measured at the same moments.
     let sleep_base = Reaped(
         Command::new("sleep")
             .arg("100000")
@@ -649,33 +648,143 @@ async fn run(args: Args) -> Result<()> {
             .stdin(Stdio::null())
             .spawn()?,
     );
+    let mut idle: Vec<(String, u32)> =
+        vec![(format!("hammer-manager run, profile {}", args.profile), pid)];
+    if let Some(m) = &mender {
+        idle.push((
+            "Mender client 3.4 daemon, server down".to_owned(),
+            m.process.0.id(),
+        ));
+    }
+    idle.push((
+        "baseline: idle Tokio current-thread (Rust)".to_owned(),
+        rust_base.0.id(),
+    ));
+    idle.push(("baseline: /bin/sleep (C)".to_owned(), sleep_base.0.id()));
     eprintln!("idle for {} s …", args.idle_secs);
-    let (cpu0, sw0) = cpu_and_wakeups(pid);
+    let idle: Vec<Idle> = idle
+        .into_iter()
+        .map(|(name, pid)| Idle {
+            name,
+            pid,
+            start: procfs::activity(pid),
+        })
+        .collect();
     tokio::time::sleep(Duration::from_secs(args.idle_secs)).await;
-    let (cpu1, sw1) = cpu_and_wakeups(pid);
-    let idle = proc_figures(pid)?;
-    let mappings = rss_by_mapping(pid);
-    let base_sleep = proc_figures(sleep_base.0.id())?;
-    let base_rust = proc_figures(rust_base.0.id())?;
-    let still = svc.status.try_recv().ok();
+    let mut rows = Vec::new();
+    for p in &idle {
+        let end = procfs::activity(p.pid);
+        let mem = procfs::memory(p.pid).with_context(|| format!("{} exited", p.name))?;
+        rows.push(Row {
+            name: p.name.clone(),
+            mem,
+            switches_per_min: p.start.switches_until(&end) as f64 * 60.0 / args.idle_secs as f64,
+            cpu_ms: end.cpu_ms.saturating_sub(p.start.cpu_ms),
+        });
+    }
+    let mappings = procfs::rss_by_mapping(pid);
+    if let Ok(ev) = svc.status.try_recv() {
+        notes.push(format!(
+            "a status event arrived while idle: {:?} {:?}",
+            ev.event.phase, ev.event.detail
+        ));
+    }
+    if let Some(m) = &mender {
+        let log = std::fs::read_to_string(&m.log).unwrap_or_default();
+        let failed_auth = log
+            .lines()
+            .filter(|l| l.contains("Failed to authorize"))
+            .count();
+        notes.push(format!(
+            "Mender's client polled {} (nothing listens there) and logged {failed_auth} failed \
+             authorizations; its log: {}",
+            m.server,
+            if args.keep {
+                m.log.display().to_string()
+            } else {
+                "--keep keeps it".to_owned()
+            }
+        ));
+    }
 
-    // Binary size, as built and stripped.
-    let size = std::fs::metadata(&bin)?.len();
-    let stripped_path = root.join("hammer-manager.stripped");
-    let strip_ok = Command::new("strip")
+    // Stop the manager cleanly (SIGTERM stops the app too), then the rest.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut manager = manager;
+    while manager.0.try_wait()?.is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(manager);
+    drop(mender);
+    drop(sleep_base);
+    drop(rust_base);
+    broker.shutdown();
+    if args.keep {
+        let kept = tmp.keep();
+        notes.push(format!("kept {}", kept.display()));
+    }
+    Ok(RunFigures {
+        connect_ms,
+        first,
+        timings,
+        after_deploys,
+        rows,
+        mappings,
+        notes,
+    })
+}
+
+/// The manager's own periodic work while idle: the MQTT keep-alive and the health report
+/// intervals (the agent's defaults; the bench passes the health interval explicitly).
+fn wakeups() -> (Duration, Duration) {
+    let o = AgentOptions::new(PathBuf::new());
+    (o.keep_alive, o.health_interval)
+}
+
+/// `median (min-max)` of `v` through `f`, or the one value.
+fn agg(v: &[f64], f: impl Fn(f64) -> String) -> String {
+    if v.is_empty() {
+        return "-".into();
+    }
+    let mut v = v.to_vec();
+    let (lo, med, hi) = stats(&mut v);
+    if v.len() == 1 {
+        f(med)
+    } else {
+        format!("{} ({}-{})", f(med), f(lo), f(hi))
+    }
+}
+
+fn mib_num(kb: f64) -> String {
+    format!("{:.2}", kb / 1024.0)
+}
+
+/// The stripped size of `bin` (a stripped copy; the profiles already strip).
+fn stripped_size(bin: &Path, scratch: &Path) -> Option<u64> {
+    let out = scratch.join("stripped");
+    let ok = Command::new("strip")
         .arg("-o")
-        .arg(&stripped_path)
-        .arg(&bin)
+        .arg(&out)
+        .arg(bin)
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    let stripped = if strip_ok {
-        Some(std::fs::metadata(&stripped_path)?.len())
+    let size = if ok {
+        std::fs::metadata(&out).ok().map(|m| m.len())
     } else {
         None
     };
+    let _ = std::fs::remove_file(&out);
+    size
+}
 
-    // Report.
+fn report(args: &Args, bin: &Path, runs: &[RunFigures]) -> Result<()> {
+    let n = runs.len();
+    let last = runs.last().ok_or_else(|| anyhow!("no run"))?;
+    let window_ms = f64::from(args.health_window) * 1000.0;
     println!();
     println!("== hammer-manager benchmark ==");
     println!("machine        {}", machine());
@@ -685,23 +794,36 @@ async fn run(args: Args) -> Result<()> {
         args.profile
     );
     println!(
-        "setup          hammer-broker in-process on 127.0.0.1:{port} (mTLS), app `exec sleep 100000`, git repo file://, health window {} s",
+        "setup          hammer-broker in-process on 127.0.0.1 (mTLS), app `exec sleep 100000`, git repo file://, health window {} s",
         args.health_window
     );
-    println!("connect        process start → presence online: {connect_ms:.0} ms");
+    println!(
+        "runs           {n}{}",
+        if n > 1 {
+            "; figures are median (min-max) over the runs; the machine may be shared with builds"
+        } else {
+            "; the machine may be shared with builds (--runs 3 for median and range)"
+        }
+    );
+    let connect: Vec<f64> = runs.iter().map(|r| r.connect_ms).collect();
+    println!(
+        "connect        process start → presence online: {} ms",
+        agg(&connect, |v| format!("{v:.0}"))
+    );
     println!();
     println!("Deploy latency, ms from publishing the signed desired state");
     println!("  (phase times: the status events' timestamps, ms resolution; \"seen\": when the service client received it)");
     println!("  {:<38} {:>9} {:>9} {:>9}", "", "min", "median", "max");
+    let timings: Vec<&Timing> = runs.iter().flat_map(|r| &r.timings).collect();
     let row = |name: &str, f: &dyn Fn(&Timing) -> f64| {
-        let mut v: Vec<f64> = timings.iter().map(f).collect();
+        let mut v: Vec<f64> = timings.iter().map(|t| f(t)).collect();
         if v.is_empty() {
             return;
         }
         let (lo, med, hi) = stats(&mut v);
         println!("  {name:<38} {lo:>9.1} {med:>9.1} {hi:>9.1}");
     };
-    println!("  new commit, n = {}:", timings.len());
+    println!("  new commit, n = {} ({n} run(s)):", timings.len());
     row("desired → received", &|t| t.received);
     row("desired → fetched", &|t| t.fetched);
     row("desired → verifying (app started)", &|t| t.verifying);
@@ -713,107 +835,188 @@ async fn run(args: Args) -> Result<()> {
         t.running_seen
     });
     row("  … − health window", &|t| t.running_seen - window_ms);
+    let first = |f: &dyn Fn(&Timing) -> f64| {
+        let v: Vec<f64> = runs.iter().map(|r| f(&r.first)).collect();
+        agg(&v, |x| format!("{x:.0}"))
+    };
     println!(
-        "  first deploy (clone): received {:.0}, fetched {:.0}, verifying {:.0}, running {:.0} (seen {:.1}); minus window: {:.0} (seen {:.1})",
-        first.received,
-        first.fetched,
-        first.verifying,
-        first.running,
-        first.running_seen,
-        first.running - window_ms,
-        first.running_seen - window_ms
+        "  first deploy (clone): received {}, fetched {}, verifying {}, running {}; minus window: {} (seen {})",
+        first(&|t| t.received),
+        first(&|t| t.fetched),
+        first(&|t| t.verifying),
+        first(&|t| t.running),
+        first(&|t| t.running - window_ms),
+        first(&|t| t.running_seen - window_ms),
     );
+
     println!();
     println!(
-        "Memory after {} s idle (connected, app running; /proc/<pid>/status)",
+        "Idle footprint after {} s idle (connected, app running), all rows measured at the same moments",
         args.idle_secs
     );
+    println!("  (/proc/<pid>/status; MiB; ctxt sw/min: voluntary + involuntary context switches of all threads during the idle window, per minute)");
     println!(
-        "  {:<44} {:>10} {:>10} {:>10} {:>10} {:>7}",
-        "process", "VmRSS", "VmHWM", "RssAnon", "RssFile", "threads"
+        "  {:<44} {:>20} {:>20} {:>20} {:>20} {:>7} {:>16}",
+        "process", "VmRSS", "VmHWM", "RssAnon", "RssFile", "threads", "ctxt sw/min"
     );
-    let mem = |name: &str, p: &ProcFigures| {
+    let print_row = |name: &str, mems: &[&procfs::Memory], sw: Option<Vec<f64>>| {
+        let col = |f: &dyn Fn(&procfs::Memory) -> u64| {
+            let v: Vec<f64> = mems.iter().map(|m| f(m) as f64).collect();
+            agg(&v, mib_num)
+        };
+        let threads: Vec<f64> = mems.iter().map(|m| m.threads as f64).collect();
         println!(
-            "  {name:<44} {:>10} {:>10} {:>10} {:>10} {:>7}",
-            mib(p.rss_kb),
-            mib(p.hwm_kb),
-            mib(p.rss_anon_kb),
-            mib(p.rss_file_kb),
-            p.threads
+            "  {name:<44} {:>20} {:>20} {:>20} {:>20} {:>7} {:>16}",
+            col(&|m| m.rss_kb),
+            col(&|m| m.hwm_kb),
+            col(&|m| m.rss_anon_kb),
+            col(&|m| m.rss_file_kb),
+            agg(&threads, |v| format!("{v:.0}")),
+            sw.map(|v| agg(&v, |x| format!("{x:.0}")))
+                .unwrap_or_else(|| "-".into()),
         );
     };
-    mem(
-        "hammer-manager run (right after the deploys)",
-        &after_deploys,
-    );
-    mem("hammer-manager run (idle)", &idle);
-    mem("baseline: idle Tokio current-thread (Rust)", &base_rust);
-    mem("baseline: /bin/sleep (C)", &base_sleep);
+    let after: Vec<&procfs::Memory> = runs.iter().map(|r| &r.after_deploys).collect();
+    print_row("hammer-manager run, right after the deploys", &after, None);
+    let names: Vec<&str> = last.rows.iter().map(|r| r.name.as_str()).collect();
+    let rows_named = |name: &str| -> Vec<&Row> {
+        runs.iter()
+            .flat_map(|r| r.rows.iter().filter(|row| row.name == name))
+            .collect()
+    };
+    for name in &names {
+        let rows = rows_named(name);
+        let mems: Vec<&procfs::Memory> = rows.iter().map(|r| &r.mem).collect();
+        let sw: Vec<f64> = rows.iter().map(|r| r.switches_per_min).collect();
+        print_row(name, &mems, Some(sw));
+    }
+    let median_of = |name: &str, f: &dyn Fn(&Row) -> f64| -> Option<f64> {
+        let mut v: Vec<f64> = rows_named(name).iter().map(|r| f(r)).collect();
+        if v.is_empty() {
+            return None;
+        }
+        Some(stats(&mut v).1)
+    };
+    let manager_name = names[0];
+    let manager_rss = median_of(manager_name, &|r| r.mem.rss_kb as f64).unwrap_or(0.0);
+    if let Some(rust) = median_of("baseline: idle Tokio current-thread (Rust)", &|r| {
+        r.mem.rss_kb as f64
+    }) {
+        println!(
+            "  manager / Rust baseline: {:.1}x ({} MiB above it)",
+            manager_rss / rust.max(1.0),
+            mib_num(manager_rss - rust)
+        );
+    }
+    if let Some(m) = median_of("Mender client 3.4 daemon, server down", &|r| {
+        r.mem.rss_kb as f64
+    }) {
+        println!(
+            "  manager / Mender client: {:.2}x ({} MiB below it)",
+            manager_rss / m.max(1.0),
+            mib_num(m - manager_rss)
+        );
+    }
+    let cpu: Vec<f64> = rows_named(manager_name)
+        .iter()
+        .map(|r| r.cpu_ms as f64)
+        .collect();
     println!(
-        "  ratio manager / Rust baseline: {:.1}x   manager − Rust baseline: {}",
-        idle.rss_kb as f64 / base_rust.rss_kb.max(1) as f64,
-        mib(idle.rss_kb.saturating_sub(base_rust.rss_kb))
-    );
-    println!("  manager threads: {}", idle.thread_names.join(", "));
-    println!(
-        "  manager while idle: {} ms CPU, {} voluntary context switches (all threads) in {} s",
-        cpu1.saturating_sub(cpu0),
-        sw1.saturating_sub(sw0),
+        "  manager CPU while idle: {} ms in {} s",
+        agg(&cpu, |v| format!("{v:.0}")),
         args.idle_secs
     );
+    let (keep_alive, health) = wakeups();
+    let timers_per_min = 60.0 / keep_alive.as_secs_f64() + 60.0 / health.as_secs_f64();
     println!(
-        "  manager resident by mapping: {}",
-        mappings
+        "  manager's own wake-ups should be: an MQTT keep-alive ping every {} s (rumqttc pings on that interval whatever the traffic) and a health report every {} s (--health-interval): {:.0} timer wake-ups a minute, each answered by the broker (PINGRESP, PUBACK), so about {:.0} context switches a minute; more is something else",
+        keep_alive.as_secs(),
+        health.as_secs(),
+        timers_per_min,
+        timers_per_min * 2.0
+    );
+    if let Some(r) = last.rows.first() {
+        println!(
+            "  manager threads (last run): {}",
+            r.mem.thread_names.join(", ")
+        );
+    }
+    println!(
+        "  manager resident by mapping (last run): {}",
+        last.mappings
             .iter()
             .take(6)
             .map(|(n, kb)| format!("{n} {}", mib(*kb)))
             .collect::<Vec<_>>()
             .join(", ")
     );
-    if let Some(s) = still {
-        println!(
-            "  note: a status event arrived while idle: {:?} {:?}",
-            s.event.phase, s.event.detail
-        );
-    }
-    println!();
-    println!("Binary size");
-    println!(
-        "  as built   {:>10} bytes ({:.2} MiB)",
-        size,
-        size as f64 / 1048576.0
-    );
-    match stripped {
-        Some(s) => println!(
-            "  stripped   {:>10} bytes ({:.2} MiB){}",
-            s,
-            s as f64 / 1048576.0,
-            if s == size {
-                "  (the profile already strips)"
-            } else {
-                ""
-            }
-        ),
-        None => println!("  stripped   (strip is not available)"),
+    for (i, r) in runs.iter().enumerate() {
+        for note in &r.notes {
+            println!("  note (run {}): {note}", i + 1);
+        }
     }
 
-    // Stop the manager cleanly (SIGTERM stops the app too), then the broker.
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
+    // Binary sizes of both profiles (and of --manager's binary).
+    println!();
+    println!("Binary size, stripped (a stripped copy; both profiles already strip)");
+    let scratch = tempfile::tempdir()?;
+    let target = target_dir()?;
+    let mut sizes = Vec::new();
+    for profile in ["release", "release-device"] {
+        let p = target.join(profile).join("hammer-manager");
+        match p
+            .exists()
+            .then(|| stripped_size(&p, scratch.path()))
+            .flatten()
+        {
+            Some(s) => {
+                println!(
+                    "  {:<16} {:>10} bytes ({:.2} MiB)  {}",
+                    profile,
+                    s,
+                    s as f64 / 1048576.0,
+                    p.display()
+                );
+                sizes.push(format!("{profile} {:.2} MiB", s as f64 / 1048576.0));
+            }
+            None => println!(
+                "  {profile:<16} not built: cargo build --profile {profile} -p hammer-manager"
+            ),
+        }
+    }
+    if args.manager.is_some() {
+        if let Some(s) = stripped_size(bin, scratch.path()) {
+            println!(
+                "  {:<16} {:>10} bytes ({:.2} MiB)  {}",
+                "--manager",
+                s,
+                s as f64 / 1048576.0,
+                bin.display()
+            );
+        }
+    }
+
+    // The verdict against issue 17's bound.
+    const BOUND_MIB: f64 = 8.0;
+    const AIM_MIB: f64 = 5.0;
+    let rss_mib = manager_rss / 1024.0;
+    println!();
+    println!(
+        "verdict: hammer-manager (profile {}) idle VmRSS {:.2} MiB{} is {} issue 17's bound of {BOUND_MIB} MiB (aim {AIM_MIB} MiB){}; stripped binaries: {}",
+        args.profile,
+        rss_mib,
+        if n > 1 { " (median)" } else { "" },
+        if rss_mib <= BOUND_MIB { "WITHIN" } else { "OVER" },
+        if rss_mib <= BOUND_MIB {
+            String::new()
+        } else {
+            format!(" by {:.2} MiB", rss_mib - BOUND_MIB)
+        },
+        if sizes.is_empty() {
+            "none built".to_owned()
+        } else {
+            sizes.join(", ")
+        }
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut manager = manager;
-    while manager.0.try_wait()?.is_none() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    drop(manager);
-    drop(sleep_base);
-    drop(rust_base);
-    broker.shutdown();
-    if args.keep {
-        let kept = tmp.keep();
-        println!("\nkept {}", kept.display());
-    }
     Ok(())
 }
