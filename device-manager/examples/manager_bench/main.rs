@@ -577,7 +577,7 @@ async fn one_run(args: &Args, bin: &Path) -> Result<RunFigures> {
     // is `sleep`, so root running it changes nothing measured and needs no extra user.
     let mut manager_cmd = Command::new(bin);
     manager_cmd.arg("run");
-    if unsafe { libc::geteuid() } == 0 {
+    if nix::unistd::geteuid().is_root() {
         manager_cmd.args(["--app-user", "root"]);
     }
     let manager = Reaped(

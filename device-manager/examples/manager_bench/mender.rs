@@ -68,7 +68,7 @@ pub fn start(root: &Path) -> Result<Mender, Skipped> {
     let Some(mender) = on_path("mender") else {
         return Err(Skipped::NotInstalled);
     };
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return Err(Skipped::NotRoot);
     }
     let failed = |what: &str, e: std::io::Error| Skipped::Failed(format!("{what}: {e}"));
