@@ -37,16 +37,16 @@ pub struct BrokerConfig {
     /// `max_connections` at start.
     pub max_pending_per_ip: usize,
     /// Connections from one source address that may wait for one of those handshake slots
-    /// (default 20,000, the whole default budget: a reconnect storm from behind one address is
-    /// queued, never refused into the devices' backoff; beyond it they are refused, and a wait
-    /// ends at `slot_wait`). Waiting costs a socket and a parked task, no TLS state; the
-    /// connection budget's eviction of the oldest unauthenticated connection keeps one
-    /// address's waiting room from locking others out. Cut to `max_connections` at start.
+    /// (default 4,096; beyond it they are refused, and a wait ends at `slot_wait`). A fleet
+    /// reconnecting from behind one address is served as slots free up instead of being
+    /// refused into its backoff. Cut to `max_connections` at start. (Queueing the whole budget
+    /// was tried for issue 17 and reverted: 10,000 sessions admitted at once from one address
+    /// left the restarted service with presences and acks that never arrived; see
+    /// BENCHMARKS.md.)
     pub max_waiting_per_ip: usize,
     /// How long a connection may wait for a handshake slot of its address, from its accept
-    /// (default 25 s: under the 30 s a device allows a connection attempt, so a device still
-    /// waiting then is closed by the broker rather than timing out itself). The handshake that
-    /// follows has its own `handshake_timeout`.
+    /// (default 10 s, the handshake timeout). The handshake that follows has its own
+    /// `handshake_timeout`.
     pub slot_wait: Duration,
     /// Rate limit of each device identity (OU=device): every packet after CONNECT counts
     /// (default [`RateLimit::DEVICE`]: 50/s burst 1,000, 256 KiB/s burst 4 MiB). Over it the
@@ -127,8 +127,8 @@ impl BrokerConfig {
             handshake_timeout: Duration::from_secs(10),
             max_connections: 20_000,
             max_pending_per_ip: 256,
-            max_waiting_per_ip: 20_000,
-            slot_wait: Duration::from_secs(25),
+            max_waiting_per_ip: 4096,
+            slot_wait: Duration::from_secs(10),
             device_rate_limit: Some(RateLimit::DEVICE),
             service_rate_limit: None,
             max_packet: hammer_protocol::MAX_PACKET,
