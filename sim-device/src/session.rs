@@ -178,6 +178,8 @@ struct State {
     /// CONNACKs seen.
     connects: u64,
     online: bool,
+    /// This connection's presence is not out yet (the request queue was full).
+    presence_due: bool,
 }
 
 impl Device {
@@ -272,7 +274,9 @@ impl Device {
     }
 
     /// Publishes the online presence of a new connection; resending waits for the ack that
-    /// answers it ([`Outbox::connected`]).
+    /// answers it ([`Outbox::connected`]). A presence the full request queue refused is
+    /// retried at the next tick ([`Device::retry_presence`]): like the manager, which awaits
+    /// its publish, a device never stays connected without having said so.
     fn presence(&self) {
         let (generation, acked_seq, last_seq) = {
             let mut st = self.lock();
@@ -293,8 +297,21 @@ impl Device {
             time: now_ms(),
             last_seq: Some(last_seq),
         };
-        if let Ok(b) = encode(&p) {
-            self.try_publish(Channel::Presence, QoS::AtLeastOnce, true, b);
+        let sent = match encode(&p) {
+            Ok(b) => self.try_publish(Channel::Presence, QoS::AtLeastOnce, true, b),
+            Err(_) => false,
+        };
+        self.lock().presence_due = !sent;
+    }
+
+    /// Sends the presence again if the last attempt found the request queue full.
+    fn retry_presence(&self) {
+        let due = {
+            let st = self.lock();
+            st.online && st.presence_due
+        };
+        if due {
+            self.presence();
         }
     }
 
@@ -416,6 +433,7 @@ impl Session {
                 generations: Generations::default(),
                 connects: 0,
                 online: false,
+                presence_due: false,
             }),
         });
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
@@ -438,6 +456,7 @@ impl Session {
                         tokio::select! {
                             ev = &mut poll => break ev,
                             _ = tick.tick() => {
+                                dev.retry_presence();
                                 let n = dev.resend_due(resend_after);
                                 if n > 0 {
                                     driver.resent(&dev, n);
