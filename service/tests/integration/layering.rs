@@ -38,6 +38,7 @@ const SERVICE_LAYERS: &[(&str, &[&str])] = &[
             "rollout::phasing",
             "rollout::window",
             "rollout::inbox",
+            "mqtt::resync",
             "webhooks::config",
             "webhooks::rules",
             "cluster::wire",
