@@ -48,6 +48,9 @@ pub struct Counters {
     /// The service's MQTT link reconnected because the broker acknowledged nothing for
     /// [`crate::mqtt::link::STALL_AFTER`].
     pub mqtt_link_stalls: AtomicU64,
+    /// Publishes the service's MQTT link still held when it dropped (in flight or queued),
+    /// sent again once it was back ([`crate::mqtt::link`]).
+    pub mqtt_link_replayed: AtomicU64,
     /// Webhook deliveries the receiver took (2xx) ([`crate::webhooks`]).
     pub webhooks_delivered: AtomicU64,
     /// Webhook attempts that failed (an error status, no answer, an address refused).
@@ -607,6 +610,12 @@ pub fn render(
         "The service's MQTT link was remade because the broker acknowledged none of its waiting publishes for 20 s.",
         "counter",
         c.mqtt_link_stalls.load(Relaxed),
+    );
+    gauge(
+        "hammer_mqtt_link_replayed_total",
+        "Publishes the service's MQTT link held (in flight or queued) when it dropped, sent again once it was back.",
+        "counter",
+        c.mqtt_link_replayed.load(Relaxed),
     );
     gauge(
         "hammer_acks_sent_total",

@@ -7,13 +7,28 @@
 //! messages to [`super::ingest`].
 //!
 //! **Stall watchdog.** Every publish of the service at QoS 1 waits for the broker's PUBACK,
-//! and at most `inflight` of them may wait at once; if the broker stops acknowledging (a
-//! storm run on an overloaded 2-core machine once left the service's session unscheduled in
-//! the router for good, while pings were still answered), every task that publishes — acks,
-//! resyncs, rollouts — would wait forever. So when publishes wait and no PUBACK came for
-//! [`STALL_AFTER`], the link is dropped and made again (a new session in the broker), counted
-//! as `hammer_mqtt_link_stalls_total` and logged. It is checked at every event of the loop,
-//! and a stalled loop still sees its keep-alive pings.
+//! and at most `inflight` of them may wait at once; if a broker (embedded or external) ever
+//! stopped acknowledging while still answering pings, every task that publishes — acks,
+//! resyncs, rollouts — would wait forever. So when publishes have waited [`STALL_AFTER`] with
+//! no PUBACK, the link is dropped and made again (a new session in the broker), counted as
+//! `hammer_mqtt_link_stalls_total` and logged. The wait is measured by [`StallClock`] from
+//! when a publish first waited (or from the last PUBACK, whichever is later), never from an
+//! earlier quiet time: a link idle for minutes whose next publish is answered in a
+//! millisecond is not stalled. (Measured from the last PUBACK alone, as it first was, the
+//! watchdog cut a healthy link whenever the service published after 20 quiet seconds: the
+//! "lost PUBACK" of the first storm runs of issue 17.) It is checked at every event of the loop, and a stalled loop
+//! still sees its keep-alive pings.
+//!
+//! **Nothing queued is lost when the link drops.** When the connection fails (or the watchdog
+//! drops it), rumqttc moves the publishes in flight and everything still queued in its request
+//! channel into its `pending` list — and clears that list on the next CONNACK of a clean
+//! session, which the service's always is. So the link takes them out first ([`salvage`]) and,
+//! once connected again, publishes them anew through the client, after subscribing and before
+//! the republish: through the request queue, so the in-flight bound holds for them too
+//! (replaying them through rumqttc's `pending` would bypass it). Counted as
+//! `hammer_mqtt_link_replayed_total`. Bounded by construction: at most the in-flight bound plus
+//! the request queue's capacity are held at a drop. A publish the broker took before the drop
+//! may so go out twice; every receiver already takes repeats (signed, numbered, generations).
 //!
 //! With replicas (`--replica`), status events come through the shared subscription
 //! `hammer_protocol::topics::STATUS_SHARED_SUBSCRIPTION` (each event to one replica), and what other replicas send on
@@ -23,22 +38,70 @@ use crate::config::BrokerUrl;
 use crate::service::Service;
 use hammer_protocol::{Channel, Topic, MAX_PACKET};
 use rumqttc::{
-    AsyncClient, Event, EventLoop, Incoming, MqttOptions, QoS, SubscribeFilter, TlsConfiguration,
-    Transport,
+    AsyncClient, Event, EventLoop, Incoming, MqttOptions, Publish, QoS, Request, SubscribeFilter,
+    TlsConfiguration, Transport,
 };
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 /// Publishes waiting this long without any PUBACK mean the broker stopped serving this
 /// session: reconnect.
 pub const STALL_AFTER: Duration = Duration::from_secs(20);
 
-/// Whether the link stalled: publishes wait for the broker (`inflight` > 0) and the last
-/// PUBACK (or the connection) was at least [`STALL_AFTER`] ago. Pure.
-pub fn stalled(inflight: u16, since_ack: Duration) -> bool {
-    inflight > 0 && since_ack >= STALL_AFTER
+/// How long the service's publishes have waited for the broker. Pure: the caller passes
+/// what it saw at each event of the loop and the time.
+#[derive(Debug, Default)]
+pub struct StallClock {
+    /// Since when publishes wait with no PUBACK (`None`: nothing waits).
+    waiting_since: Option<Instant>,
+}
+
+impl StallClock {
+    /// Records one event: `inflight` publishes wait after it, `acked` says it was a PUBACK or
+    /// a CONNACK (progress). Returns how long publishes have waited without progress.
+    pub fn observe(&mut self, inflight: u16, acked: bool, now: Instant) -> Duration {
+        if inflight == 0 {
+            self.waiting_since = None;
+            return Duration::ZERO;
+        }
+        let since = match self.waiting_since {
+            Some(since) if !acked => since,
+            _ => now,
+        };
+        self.waiting_since = Some(since);
+        now.saturating_duration_since(since)
+    }
+
+    /// Starts over (the link was made again).
+    pub fn reset(&mut self) {
+        self.waiting_since = None;
+    }
+}
+
+/// Whether publishes waited long enough to call the link stalled.
+pub fn stalled(waited: Duration) -> bool {
+    waited >= STALL_AFTER
+}
+
+/// Takes the publishes out of what rumqttc kept from a dropped connection (`pending`: in flight,
+/// then queued), oldest first, with their packet ids cleared so the client numbers them anew.
+/// Everything else there (acks of incoming publishes, pings, subscribes) belongs to the
+/// dropped session and is left out: subscribing is done again at every CONNACK.
+pub fn salvage(pending: &mut VecDeque<Request>) -> Vec<Publish> {
+    pending
+        .drain(..)
+        .filter_map(|r| match r {
+            Request::Publish(mut p) => {
+                p.pkid = 0;
+                p.dup = false;
+                Some(p)
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Capacity of the client's request queue.
@@ -113,30 +176,32 @@ pub async fn run(
     // The embedded broker started with this process: no device can be connected before us.
     let mut fresh_broker = svc.broker.is_some();
     let presence = super::presence::PresenceQueue::start(svc.clone(), stop.clone());
-    let mut last_ack = std::time::Instant::now();
+    let mut clock = StallClock::default();
+    // Publishes taken from a dropped connection, sent again after the next CONNACK.
+    let mut salvaged: Vec<Publish> = Vec::new();
     loop {
         let ev = tokio::select! {
             ev = eventloop.poll() => ev,
             _ = stop.changed() => break,
         };
-        if matches!(
+        let acked = matches!(
             ev,
             Ok(Event::Incoming(Incoming::PubAck(_) | Incoming::ConnAck(_)))
-        ) {
-            last_ack = std::time::Instant::now();
-        }
+        );
         let inflight = eventloop.state.inflight();
-        if stalled(inflight, last_ack.elapsed()) {
+        let waited = clock.observe(inflight, acked, Instant::now());
+        if stalled(waited) {
             svc.counters
                 .mqtt_link_stalls
                 .fetch_add(1, Ordering::Relaxed);
             tracing::error!(
                 inflight,
-                waited_secs = last_ack.elapsed().as_secs(),
+                waited_secs = waited.as_secs(),
                 "the broker acknowledged none of the service's waiting publishes; reconnecting the MQTT link"
             );
             eventloop.clean();
-            last_ack = std::time::Instant::now();
+            salvaged.extend(salvage(&mut eventloop.pending));
+            clock.reset();
             continue;
         }
         match ev {
@@ -146,9 +211,29 @@ pub async fn run(
                 let filters = subscriptions(svc.cluster.as_ref().map(|c| c.replica.as_str()));
                 let svc = svc.clone();
                 let republish = !std::mem::take(&mut fresh_broker);
+                let replay = std::mem::take(&mut salvaged);
                 tokio::spawn(async move {
                     if let Err(e) = svc.mqtt.subscribe_many(filters).await {
                         tracing::warn!(error = %e, "cannot subscribe");
+                    }
+                    if !replay.is_empty() {
+                        tracing::info!(
+                            publishes = replay.len(),
+                            "sending again what the dropped connection held"
+                        );
+                    }
+                    for p in replay {
+                        if svc
+                            .mqtt
+                            .publish_bytes(p.topic, p.qos, p.retain, p.payload)
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        svc.counters
+                            .mqtt_link_replayed
+                            .fetch_add(1, Ordering::Relaxed);
                     }
                     if !republish {
                         return;
@@ -202,6 +287,8 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(e) => {
+                // rumqttc moved what was in flight and queued into `pending`; keep it.
+                salvaged.extend(salvage(&mut eventloop.pending));
                 failures += 1;
                 if matches!(failures, 1 | 10 | 100 | 1000) {
                     tracing::warn!(error = %e, "broker connection failed; retrying");
@@ -221,10 +308,68 @@ pub async fn run(
 mod tests {
     use super::*;
 
+    fn publish(topic: &str, pkid: u16) -> Request {
+        let mut p = Publish::new(topic, QoS::AtLeastOnce, vec![1]);
+        p.pkid = pkid;
+        p.dup = pkid != 0;
+        Request::Publish(p)
+    }
+
+    #[test]
+    fn salvage_keeps_every_publish_in_order_renumbered_and_nothing_else() {
+        let mut pending: VecDeque<Request> = [
+            publish("a", 7),
+            Request::PingReq(rumqttc::PingReq),
+            publish("b", 8),
+            Request::PubAck(rumqttc::PubAck::new(3)),
+            publish("c", 0),
+        ]
+        .into();
+        let kept = salvage(&mut pending);
+        assert!(
+            pending.is_empty(),
+            "rumqttc must find nothing left to clear"
+        );
+        let topics: Vec<&str> = kept.iter().map(|p| p.topic.as_str()).collect();
+        assert_eq!(topics, ["a", "b", "c"]);
+        assert!(kept.iter().all(|p| p.pkid == 0 && !p.dup));
+        assert!(kept.iter().all(|p| p.qos == QoS::AtLeastOnce));
+    }
+
     #[test]
     fn a_link_stalls_only_when_publishes_wait_past_the_bound() {
-        assert!(!stalled(0, Duration::from_secs(3600)), "nothing waits");
-        assert!(!stalled(5, STALL_AFTER - Duration::from_millis(1)));
-        assert!(stalled(5, STALL_AFTER));
+        let t0 = Instant::now();
+        let mut c = StallClock::default();
+        assert_eq!(c.observe(3, false, t0), Duration::ZERO);
+        let almost = t0 + STALL_AFTER - Duration::from_millis(1);
+        assert!(!stalled(c.observe(3, false, almost)));
+        assert!(stalled(c.observe(3, false, t0 + STALL_AFTER)));
+    }
+
+    #[test]
+    fn a_publish_after_a_quiet_hour_is_not_a_stall() {
+        let t0 = Instant::now();
+        let mut c = StallClock::default();
+        // Connected, then nothing waits for an hour.
+        c.observe(0, true, t0);
+        c.observe(0, false, t0 + Duration::from_secs(3600));
+        // One publish goes out: it has waited nothing yet.
+        let out = t0 + Duration::from_secs(3600);
+        assert_eq!(c.observe(1, false, out), Duration::ZERO);
+        assert!(!stalled(c.observe(1, false, out + Duration::from_secs(1))));
+    }
+
+    #[test]
+    fn each_puback_restarts_the_wait_while_others_still_wait() {
+        let t0 = Instant::now();
+        let mut c = StallClock::default();
+        c.observe(100, false, t0);
+        let later = t0 + STALL_AFTER - Duration::from_secs(1);
+        assert_eq!(c.observe(99, true, later), Duration::ZERO);
+        assert!(!stalled(c.observe(99, false, t0 + STALL_AFTER)));
+        assert!(stalled(c.observe(99, false, later + STALL_AFTER)));
+        // Nothing waits: the clock stops; the next wait starts from zero.
+        c.observe(0, true, later + STALL_AFTER);
+        assert_eq!(c.observe(1, false, later + STALL_AFTER * 3), Duration::ZERO);
     }
 }
