@@ -261,3 +261,59 @@ async fn a_client_that_stops_reading_is_still_revoked() {
     .await;
     drop(s);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_wildcard_subscriber_gets_every_retained_message_not_one_rounds_worth() {
+    // A service that restarts after its devices reconnected learns of them from their
+    // retained presences; rumqttd upstream forwarded one scheduling round's worth (200 at
+    // QoS 0) and dropped the rest.
+    const N: usize = 1_000;
+    let (handle, fleet) = start(|_| {}).await;
+    let publisher_cert = fleet.service();
+    let mut publisher = Client::device(&handle, &fleet, &publisher_cert, "svc").await;
+    for i in 0..N {
+        publisher
+            .client
+            .publish(
+                topic(&format!("dev{i:04}"), Channel::Presence),
+                QoS::AtLeastOnce,
+                true,
+                b"online".to_vec(),
+            )
+            .await
+            .expect("queue publish");
+    }
+    // The last PUBACK: every retained message is stored.
+    let mut acked = 0;
+    while acked < N {
+        publisher
+            .wait_for(Duration::from_secs(10), |p| {
+                matches!(p, rumqttc::Packet::PubAck(_)).then_some(())
+            })
+            .await
+            .expect("every PUBACK");
+        acked += 1;
+    }
+
+    let late_cert = fleet
+        .ca
+        .issue_service("svc-late", common::DAY)
+        .expect("issue service");
+    let mut late = Client::device(&handle, &fleet, &late_cert, "svc-late").await;
+    late.client
+        .subscribe("hammer/v1/dev/+/presence", QoS::AtMostOnce)
+        .await
+        .expect("queue subscribe");
+    late.suback().await.expect("suback");
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < N {
+        let p = late
+            .wait_for(Duration::from_secs(10), |p| match p {
+                rumqttc::Packet::Publish(p) => Some(p.clone()),
+                _ => None,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e} after {} of {N} retained presences", seen.len()));
+        assert!(seen.insert(p.topic.clone()), "{} forwarded twice", p.topic);
+    }
+}

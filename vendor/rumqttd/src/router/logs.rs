@@ -306,7 +306,18 @@ impl DataLog {
         self.retained_publishes.remove(&topic);
     }
 
+    /// Every retained message `filter` matches (the unit test's full answer).
+    #[cfg(test)]
     pub fn read_retained_messages(&mut self, filter: &str) -> Vec<PubWithProp> {
+        let topics = self.retained_topics(filter);
+        topics.iter().filter_map(|t| self.retained(t)).collect()
+    }
+
+    /// hammer patch: the topics of the retained messages `filter` matches now, read when a
+    /// subscription starts; their messages are then taken one round at a time
+    /// ([`DataLog::retained`]), as the connection's slots allow. Expired ones are dropped here
+    /// (and their expiry counted down once).
+    pub fn retained_topics(&mut self, filter: &str) -> VecDeque<String> {
         trace!(info = "reading retain msg", filter = &filter);
         let now = Instant::now();
 
@@ -314,28 +325,35 @@ impl DataLog {
         // look that up instead of visiting every retained message on every subscription.
         if !is_wildcard(filter) {
             let Some(pubdata) = self.retained_publishes.get_mut(filter) else {
-                return Vec::new();
+                return VecDeque::new();
             };
             if !unexpired(pubdata, now) {
                 self.retained_publishes.remove(filter);
-                return Vec::new();
+                return VecDeque::new();
             }
             if !matches_exact(filter, filter) {
-                return Vec::new();
+                return VecDeque::new();
             }
-            return vec![(pubdata.publish.clone(), pubdata.properties.clone())];
+            return VecDeque::from([filter.to_owned()]);
         }
 
         // discard expired retained messages
         self.retained_publishes
             .retain(|_, pubdata| unexpired(pubdata, now));
 
-        // no need to include timestamp when returning
         self.retained_publishes
-            .iter()
-            .filter(|(topic, _)| matches(topic, filter))
-            .map(|(_, p)| (p.publish.clone(), p.properties.clone()))
+            .keys()
+            .filter(|topic| matches(topic, filter))
+            .cloned()
             .collect()
+    }
+
+    /// hammer patch: the retained message of `topic`, unless it was cleared since
+    /// [`DataLog::retained_topics`] named it. Its expiry was checked (and counted down) there,
+    /// once for the whole subscription, as upstream did.
+    pub fn retained(&self, topic: &str) -> Option<PubWithProp> {
+        let pubdata = self.retained_publishes.get(topic)?;
+        Some((pubdata.publish.clone(), pubdata.properties.clone()))
     }
 }
 

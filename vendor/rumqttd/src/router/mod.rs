@@ -195,6 +195,10 @@ pub struct DataRequest {
     /// Maximum count of payload buffer per replica
     max_count: usize,
     pub(crate) forward_retained: bool,
+    /// hammer patch: the retained topics this subscription still has to forward (named when it
+    /// started, taken as the connection's slots allow); `None` before the first round.
+    #[serde(default)]
+    pub(crate) retained_left: Option<VecDeque<String>>,
     pub(crate) group: Option<String>,
 }
 

@@ -974,6 +974,7 @@ impl Router {
                 max_count: 100,
                 // set true for new subscriptions
                 forward_retained,
+                retained_left: None,
                 group,
             };
 
@@ -1462,17 +1463,28 @@ fn forward_device_data(
     let mut publishes = Vec::new();
 
     if request.forward_retained {
-        // NOTE: ideally we want to limit the number of read messages
-        // and skip the messages previously read while reading next time.
-        // but for now, we just try to read all messages and drop the excess ones
-        let mut retained_publishes = datalog.read_retained_messages(&request.filter);
-        retained_publishes.truncate(inflight_slots as usize);
-
-        publishes.extend(retained_publishes.into_iter().map(|p| (p, None)));
+        // hammer patch: every retained message the filter matched when the subscription
+        // started is forwarded, over as many rounds as the connection's slots need. Upstream
+        // read them all and dropped all but one round's worth (200 at QoS 0), so a service
+        // subscribing after 10,000 devices had connected saw 200 of their presences.
+        let left = request
+            .retained_left
+            .get_or_insert_with(|| datalog.retained_topics(&request.filter));
+        while (publishes.len() as u64) < inflight_slots {
+            let Some(topic) = left.pop_front() else {
+                break;
+            };
+            if let Some(p) = datalog.retained(&topic) {
+                publishes.push((p, None));
+            }
+        }
         inflight_slots -= publishes.len() as u64;
 
         // we only want to forward retained messages once
-        request.forward_retained = false;
+        if left.is_empty() {
+            request.forward_retained = false;
+            request.retained_left = None;
+        }
     }
 
     let (next, publishes_from_datalog) =
@@ -1494,6 +1506,8 @@ fn forward_device_data(
         Position::Next { start, end } => (start, end, false),
         Position::Done { start, end } => (start, end, true),
     };
+    // hammer patch: not caught up while retained messages are left to forward.
+    let caughtup = caughtup && !request.forward_retained;
 
     if let Some(ref shared_group) = shared_group {
         let skip_current_client = Some(&outgoing.client_id) != shared_group.current_client();
