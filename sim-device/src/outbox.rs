@@ -144,7 +144,7 @@ impl Outbox {
             self.awaiting_ack = false;
             return self.not_sent_since_connect(now);
         }
-        self.due(now, Some(resend_after))
+        self.due(now, resend_after)
     }
 
     fn not_sent_since_connect(&mut self, now: Instant) -> Vec<Vec<u8>> {
@@ -172,16 +172,14 @@ impl Outbox {
         AckOutcome::Trimmed(before - self.entries.len())
     }
 
-    /// Payloads to send again, oldest seq first: all of them (`older_than` = None, after a
-    /// reconnect), or those last sent at least `older_than` before `now`. Each one returned
-    /// counts as sent at `now`, so an event is resent at most once per `older_than` (resending
-    /// every tick once it is old would multiply the load on a service that is catching up).
-    pub fn due(&mut self, now: Instant, older_than: Option<Duration>) -> Vec<Vec<u8>> {
+    /// Payloads last sent at least `older_than` before `now`, oldest seq first. Each one
+    /// returned counts as sent at `now`, so an event is resent at most once per `older_than`
+    /// (resending every tick once it is old would multiply the load on a service that is
+    /// catching up).
+    fn due(&mut self, now: Instant, older_than: Duration) -> Vec<Vec<u8>> {
         self.entries
             .values_mut()
-            .filter(|(sent, _)| {
-                older_than.is_none_or(|o| now.saturating_duration_since(*sent) >= o)
-            })
+            .filter(|(sent, _)| now.saturating_duration_since(*sent) >= older_than)
             .map(|(sent, bytes)| {
                 *sent = now;
                 bytes.clone()
@@ -276,29 +274,27 @@ mod tests {
     }
 
     #[test]
-    fn resend_all_after_a_reconnect_or_the_old_ones_once_per_interval() {
+    fn while_connected_each_unacked_event_is_resent_once_per_interval() {
         let mut o = Outbox::new(1);
         let t0 = Instant::now();
         let s = Duration::from_secs;
+        o.connected(t0);
         o.append(ev(Phase::Received), t0).unwrap();
         o.append(ev(Phase::Fetched), t0 + s(3)).unwrap();
-        assert_eq!(o.due(t0 + s(4), Some(s(5))).len(), 0);
-        let due = o.due(t0 + s(5), Some(s(5)));
+        assert_eq!(o.tick(t0 + s(4), s(5)).len(), 0);
+        let due = o.tick(t0 + s(5), s(5));
         assert_eq!(due.len(), 1);
         assert_eq!(decode::<StatusEvent>(&due[0]).unwrap().seq, 1);
         assert_eq!(
-            o.due(t0 + s(8), Some(s(5))).len(),
+            o.tick(t0 + s(8), s(5)).len(),
             1,
             "seq 2 is due; seq 1 was resent at 5 s"
         );
-        let all: Vec<u64> = o
-            .due(t0 + s(8), None)
-            .iter()
-            .map(|b| decode::<StatusEvent>(b).unwrap().seq)
-            .collect();
-        assert_eq!(all, vec![1, 2], "a reconnect resends everything, in order");
+        o.disconnected();
+        assert!(o.tick(t0 + s(30), s(5)).is_empty(), "offline: nothing");
+        o.connected(t0 + s(31));
         o.ack(&ack(1, 2));
-        assert!(o.due(t0 + s(60), None).is_empty());
+        assert!(o.tick(t0 + s(60), s(5)).is_empty(), "acked: nothing left");
     }
 
     #[test]

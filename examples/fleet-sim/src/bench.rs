@@ -32,13 +32,16 @@ pub struct Fleet {
 }
 
 /// Provisions `n` devices on `svc` (with its admin token), connects them at `ramp` per second
-/// (0 = 256 at a time), sends each its setup and waits for every confirmation.
+/// (0 = 256 at a time), sends each its setup and waits for every confirmation. The CPU the
+/// service, the simulator and the external broker `broker_pid` (if any) spent connecting is
+/// printed.
 pub async fn bring_up(
     label: &str,
     svc: &ServiceProc,
     n: usize,
     ramp: f64,
     cfg: Arc<SimConfig>,
+    broker_pid: Option<u32>,
 ) -> anyhow::Result<Fleet> {
     let admin = Api::new(&svc.http_url, &svc.admin_token)?;
     let run = format!("{label}{:x}", hammer_protocol::now_ms());
@@ -51,6 +54,7 @@ pub async fn bring_up(
     );
     let user = admin.with_token(&token);
     let stats = Arc::new(FleetStats::default());
+    let probe = Probe::new(svc.pid(), broker_pid);
     let t = Instant::now();
     let devices = fleet::connect_all(
         creds.clone(),
@@ -69,6 +73,7 @@ pub async fn bring_up(
         rss_kib(&svc.pid().to_string()) / 1024,
         rss_kib("self") / 1024
     );
+    probe.print("resources while connecting");
     let t = Instant::now();
     fleet::setup_all(&user, &creds, &stats, Duration::from_secs(600)).await?;
     println!(

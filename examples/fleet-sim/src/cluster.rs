@@ -460,7 +460,7 @@ async fn run_in(opts: &Opts<'_>, c: &mut Cluster) -> anyhow::Result<Report> {
     };
 
     // Everything is asked of b; a drives deployments.
-    let f = bring_up("cluster", c.svc(1)?, n, opts.ramp, opts.sim.clone()).await?;
+    let f = bring_up("cluster", c.svc(1)?, n, opts.ramp, opts.sim.clone(), None).await?;
     let mut mismatches = Vec::new();
     let all_at_once = cluster_rollout(
         "cluster, all at once",

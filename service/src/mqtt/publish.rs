@@ -112,24 +112,6 @@ async fn deliver_command(svc: &Service, device_id: &str, kind: CommandKind) -> a
     Ok(())
 }
 
-/// A device's resync: its desired state, its ack and the commands waiting for it.
-pub async fn resync_device(
-    svc: &Service,
-    dev: &DeviceRecord,
-    queued: Vec<CommandKind>,
-) -> anyhow::Result<()> {
-    if let Some(d) = &dev.desired {
-        publish_desired(svc, d).await?;
-    }
-    if let Some((epoch, seq)) = svc.store.ack_of(&dev.id)? {
-        publish_ack(svc, &dev.id, &dev.owner, epoch, seq).await?;
-    }
-    for kind in queued {
-        deliver_command(svc, &dev.id, kind).await?;
-    }
-    Ok(())
-}
-
 /// A device's resync after its online `presence`: only what differs ([`super::resync::plan`]),
 /// then the commands waiting for it.
 pub async fn resync_on_presence(
@@ -145,8 +127,34 @@ pub async fn resync_on_presence(
     if plan.in_sync() {
         Counters::inc(&svc.counters.resyncs_in_sync);
     }
-    if let (true, Some(d)) = (plan.desired, &dev.desired) {
+    if plan.desired {
         Counters::inc(&svc.counters.resyncs_desired);
+    }
+    send_plan(svc, dev, plan, queued).await
+}
+
+/// After the service (re)connects to the broker: every desired state and every ack
+/// ([`super::resync::everything`]).
+pub async fn republish_all(svc: &Service) -> anyhow::Result<()> {
+    let devices = svc.store.all_devices()?;
+    let n = devices.len();
+    for dev in devices {
+        let stored = svc.store.ack_of(&dev.id)?;
+        let plan = super::resync::everything(dev.desired.as_ref().map(|d| d.generation), stored);
+        send_plan(svc, &dev, plan, Vec::new()).await?;
+    }
+    tracing::info!(devices = n, "republished desired states and acks");
+    Ok(())
+}
+
+/// Publishes what `plan` says for `dev`, then the commands waiting for it.
+async fn send_plan(
+    svc: &Service,
+    dev: &DeviceRecord,
+    plan: super::resync::Plan,
+    queued: Vec<CommandKind>,
+) -> anyhow::Result<()> {
+    if let (true, Some(d)) = (plan.desired, &dev.desired) {
         publish_desired(svc, d).await?;
     }
     if let Some((epoch, seq)) = plan.ack {
@@ -155,17 +163,6 @@ pub async fn resync_on_presence(
     for kind in queued {
         deliver_command(svc, &dev.id, kind).await?;
     }
-    Ok(())
-}
-
-/// After the service (re)connects to the broker: every desired state and every ack.
-pub async fn republish_all(svc: &Service) -> anyhow::Result<()> {
-    let devices = svc.store.all_devices()?;
-    let n = devices.len();
-    for dev in devices {
-        resync_device(svc, &dev, Vec::new()).await?;
-    }
-    tracing::info!(devices = n, "republished desired states and acks");
     Ok(())
 }
 

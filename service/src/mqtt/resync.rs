@@ -52,6 +52,15 @@ pub fn plan(
     Plan { desired, ack }
 }
 
+/// Everything, whatever the device has: the desired state when there is one and the stored
+/// ack. After the service's link (re)connects to a broker that may have lost what it held.
+pub fn everything(desired_generation: Option<u64>, stored: Option<(u64, u64)>) -> Plan {
+    Plan {
+        desired: desired_generation.is_some(),
+        ack: stored,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +136,17 @@ mod tests {
         let plan = plan(&p, Some(3), Some((7, 40)));
         assert_eq!(plan.ack, Some((7, 40)));
         assert!(!plan.desired);
+    }
+
+    #[test]
+    fn everything_is_the_desired_state_and_the_stored_ack_when_they_exist() {
+        assert_eq!(
+            everything(Some(3), Some((7, 45))),
+            Plan {
+                desired: true,
+                ack: Some((7, 45))
+            }
+        );
+        assert!(everything(None, None).in_sync());
     }
 }

@@ -206,7 +206,7 @@ async fn main_async(args: &Args, bin: &Path, work: &Path) -> anyhow::Result<()> 
         &args.service_log,
     )?;
     let svc = start_service("embedded", &spec).await?;
-    let f = bring_up("embedded", &svc, n, args.ramp, sim_config(args)).await?;
+    let f = bring_up("embedded", &svc, n, args.ramp, sim_config(args), None).await?;
     let all = measured("embedded, all at once", &f, None, svc.pid(), None).await?;
     let batched = measured("embedded, batched", &f, Some(batch), svc.pid(), None).await?;
     let (svc, storm) = if args.no_storm {
@@ -294,7 +294,7 @@ async fn run_mosquitto(args: &Args, bin: &Path, work: &Path) -> anyhow::Result<(
     let mq = mosquitto::start(&spec.data_dir, mosquitto::free_port()?).await?;
     spec.broker_url = Some(mq.url());
     let svc = start_service("mosquitto", &spec).await?;
-    let f = bring_up("mosquitto", &svc, n, args.ramp, sim_config(args)).await?;
+    let f = bring_up("mosquitto", &svc, n, args.ramp, sim_config(args), mq.pid()).await?;
     measured("mosquitto, all at once", &f, None, svc.pid(), mq.pid()).await?;
     drop(f);
     stop_service("mosquitto", svc).await?;
