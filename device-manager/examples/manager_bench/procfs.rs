@@ -42,22 +42,28 @@ pub fn memory(pid: u32) -> Result<Memory> {
 }
 
 /// CPU time and context switches of a process so far.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Activity {
     /// User + system CPU time of the whole process (live and exited threads), ms.
     pub cpu_ms: u64,
-    /// `voluntary_ctxt_switches` summed over the live threads (/proc/<pid>/task/*/status).
-    pub voluntary: u64,
-    /// `nonvoluntary_ctxt_switches` summed over the live threads.
-    pub nonvoluntary: u64,
+    /// Voluntary + involuntary context switches of each live thread, by thread id
+    /// (/proc/<pid>/task/<tid>/status).
+    pub switches: std::collections::BTreeMap<u32, u64>,
 }
 
 impl Activity {
-    /// Context switches (voluntary + involuntary) from `self` to `later`. A thread that
-    /// exited in between takes its count with it (the sum is over live threads), so the
-    /// difference is saturated at zero rather than wrapped.
+    /// Context switches (voluntary + involuntary) from `self` to `later`, thread by thread:
+    /// a thread alive at both moments counts its difference, one born in between all of its
+    /// switches. A thread that exited in between is not counted (its last switches are lost:
+    /// a slight undercount). Summing over the live threads instead went wrong when a busy
+    /// thread (the deploys' blocking pool thread) exited during the idle window: the sum
+    /// dropped and the difference showed 0.
     pub fn switches_until(&self, later: &Activity) -> u64 {
-        (later.voluntary + later.nonvoluntary).saturating_sub(self.voluntary + self.nonvoluntary)
+        later
+            .switches
+            .iter()
+            .map(|(tid, n)| n.saturating_sub(self.switches.get(tid).copied().unwrap_or(0)))
+            .sum()
     }
 }
 
@@ -79,6 +85,9 @@ pub fn activity(pid: u32) -> Activity {
     };
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for t in tasks.flatten() {
+            let Some(tid) = t.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
             let st = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
             let field = |name: &str| -> u64 {
                 st.lines()
@@ -86,8 +95,8 @@ pub fn activity(pid: u32) -> Activity {
                     .and_then(|v| v.trim().parse::<u64>().ok())
                     .unwrap_or(0)
             };
-            a.voluntary += field("voluntary_ctxt_switches:");
-            a.nonvoluntary += field("nonvoluntary_ctxt_switches:");
+            let n = field("voluntary_ctxt_switches:") + field("nonvoluntary_ctxt_switches:");
+            a.switches.insert(tid, n);
         }
     }
     a
