@@ -927,13 +927,15 @@ fn report(args: &Args, bin: &Path, runs: &[RunFigures]) -> Result<()> {
         args.idle_secs
     );
     let (keep_alive, health) = wakeups();
-    let timers_per_min = 60.0 / keep_alive.as_secs_f64() + 60.0 / health.as_secs_f64();
+    let pings_per_min = 60.0 / keep_alive.as_secs_f64();
+    let timers_per_min = pings_per_min + 60.0 / health.as_secs_f64();
     println!(
-        "  manager's own wake-ups should be: an MQTT keep-alive ping every {} s (rumqttc pings on that interval whatever the traffic) and a health report every {} s (--health-interval): {:.0} timer wake-ups a minute, each answered by the broker (PINGRESP, PUBACK), so about {:.0} context switches a minute; more is something else",
+        "  manager's own wake-ups should be: an MQTT keep-alive ping every {} s (rumqttc pings on that interval whatever the traffic) and a health report every {} s (--health-interval, QoS 0: nothing answers it): {:.0} timer wake-ups and {:.0} PINGRESPs a minute, so about {:.0} context switches a minute; more is something else",
         keep_alive.as_secs(),
         health.as_secs(),
         timers_per_min,
-        timers_per_min * 2.0
+        pings_per_min,
+        timers_per_min + pings_per_min
     );
     if let Some(r) = last.rows.first() {
         println!(
