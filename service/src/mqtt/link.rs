@@ -16,8 +16,8 @@
 //! earlier quiet time: a link idle for minutes whose next publish is answered in a
 //! millisecond is not stalled. (Measured from the last PUBACK alone, as it first was, the
 //! watchdog cut a healthy link whenever the service published after 20 quiet seconds: the
-//! "lost PUBACK" of the first storm runs of issue 17.) It is checked at every event of the loop, and a stalled loop
-//! still sees its keep-alive pings.
+//! "lost PUBACK" of the first storm runs of issue 17.) It is checked at every event of the
+//! loop, and a stalled loop still sees its keep-alive pings.
 //!
 //! **Nothing queued is lost when the link drops.** When the connection fails (or the watchdog
 //! drops it), rumqttc moves the publishes in flight and everything still queued in its request
