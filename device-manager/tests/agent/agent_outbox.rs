@@ -19,6 +19,19 @@ async fn signed_ack(svc: &Service, epoch: u64, seq: u64) {
     svc.publish(Channel::Ack, false, wire).await;
 }
 
+/// The service's client on `broker`, with a new signing key, and a device data dir in `dir`
+/// whose manager connects to `device_addr` (the broker, or a proxy in front of it) and trusts
+/// that key.
+async fn service_and_data_dir(
+    broker: std::net::SocketAddr,
+    device_addr: std::net::SocketAddr,
+    dir: &TempDir,
+) -> Service {
+    let svc = Service::connect(broker, SigningKeyPair::generate().unwrap()).await;
+    make_data_dir(&dir.path(), device_addr, &svc.key);
+    svc
+}
+
 fn ev(n: u64) -> Report {
     Report {
         generation: Some(1),
@@ -35,14 +48,8 @@ fn ev(n: u64) -> Report {
 async fn outbox_survives_disconnect_and_restart_and_acks_trim_it() {
     let broker = start_broker();
     let proxy = Proxy::start(broker).await;
-    let key = SigningKeyPair::generate().unwrap();
-    let mut svc = Service::connect(
-        broker,
-        SigningKeyPair::from_seed(key.to_seed().as_ref()).unwrap(),
-    )
-    .await;
     let dir = TempDir::new();
-    make_data_dir(&dir.path(), proxy.addr, &key);
+    let mut svc = service_and_data_dir(broker, proxy.addr, &dir).await;
 
     let outbox = open_outbox(&dir.path());
     let epoch = outbox.store().epoch();
@@ -140,14 +147,8 @@ async fn outbox_survives_disconnect_and_restart_and_acks_trim_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ack_behind_the_outbox_triggers_a_resend() {
     let broker = start_broker();
-    let key = SigningKeyPair::generate().unwrap();
-    let mut svc = Service::connect(
-        broker,
-        SigningKeyPair::from_seed(key.to_seed().as_ref()).unwrap(),
-    )
-    .await;
     let dir = TempDir::new();
-    make_data_dir(&dir.path(), broker, &key);
+    let mut svc = service_and_data_dir(broker, broker, &dir).await;
     let outbox = open_outbox(&dir.path());
     let epoch = outbox.store().epoch();
     let agent = start_agent(
@@ -187,14 +188,8 @@ async fn an_ack_behind_the_outbox_triggers_a_resend() {
 async fn after_a_reconnect_only_what_the_answering_ack_does_not_cover_is_resent() {
     let broker = start_broker();
     let proxy = Proxy::start(broker).await;
-    let key = SigningKeyPair::generate().unwrap();
-    let mut svc = Service::connect(
-        broker,
-        SigningKeyPair::from_seed(key.to_seed().as_ref()).unwrap(),
-    )
-    .await;
     let dir = TempDir::new();
-    make_data_dir(&dir.path(), proxy.addr, &key);
+    let mut svc = service_and_data_dir(broker, proxy.addr, &dir).await;
     let outbox = open_outbox(&dir.path());
     let epoch = outbox.store().epoch();
     let mut opts = fast_options(&dir.path());
@@ -270,14 +265,8 @@ async fn after_a_reconnect_only_what_the_answering_ack_does_not_cover_is_resent(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_reports_and_live_logs() {
     let broker = start_broker();
-    let key = SigningKeyPair::generate().unwrap();
-    let mut svc = Service::connect(
-        broker,
-        SigningKeyPair::from_seed(key.to_seed().as_ref()).unwrap(),
-    )
-    .await;
     let dir = TempDir::new();
-    make_data_dir(&dir.path(), broker, &key);
+    let mut svc = service_and_data_dir(broker, broker, &dir).await;
     let mut opts = fast_options(&dir.path());
     opts.health_interval = Duration::from_millis(200);
     let backend = Arc::new(Recorder::default());

@@ -18,18 +18,7 @@ use std::time::Duration;
 async fn https_credentials_right_and_wrong() {
     let w = World::new();
     let v1 = w.repo.commit_app(GOOD_APP, true, "v1");
-    let root = w.tmp.path().join("served");
-    std::fs::create_dir_all(&root).unwrap();
-    git(
-        &root,
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            &w.repo.dir.display().to_string(),
-            "app.git",
-        ],
-    );
+    let root = serve_bare(&w);
     let (_server, port) = http_git_server(&root, "deploy", "s3cret-token");
     let url = format!("http://127.0.0.1:{port}/app.git");
     let rt = w.spawn();
@@ -49,23 +38,7 @@ async fn https_credentials_right_and_wrong() {
     assert!(r.detail.unwrap().contains("no git credentials"));
 
     // The right ones.
-    let mut d3 = w.desired(3, "main");
-    d3.repo_url = url;
-    let right = GitCredentials::Https {
-        username: "deploy".into(),
-        token: "s3cret-token".into(),
-    };
-    send_with(&rt, d3, Some(right)).await;
-    let r = w
-        .sink
-        .wait_any(3, &[Phase::Failed, Phase::Running], 0)
-        .await;
-    assert_eq!(r.phase, Phase::Running, "{r:?}");
-    w.one_app(&v1).await;
-    for r in w.sink.all() {
-        let text = format!("{r:?}");
-        assert!(!text.contains("s3cret-token") && !text.contains("wrong-token"));
-    }
+    the_right_token_runs(&w, &rt, 3, &url, &v1).await;
     rt.shutdown(true).await;
 }
 
@@ -105,7 +78,7 @@ async fn https_with_a_private_ca_takes_the_right_token_and_refuses_a_wrong_one_a
     let req = FetchRequest {
         url: url.clone(),
         git_ref: "main".into(),
-        credentials: Some(right.clone()),
+        credentials: Some(right),
         ..FetchRequest::default()
     };
     let err = tokio::task::spawn_blocking(move || {
@@ -139,19 +112,7 @@ async fn https_with_a_private_ca_takes_the_right_token_and_refuses_a_wrong_one_a
 
     a_wrong_token_fails_without_showing_it(&w, &rt, &url).await;
 
-    let mut d2 = w.desired(2, "main");
-    d2.repo_url = url;
-    send_with(&rt, d2, Some(right)).await;
-    let r = w
-        .sink
-        .wait_any(2, &[Phase::Failed, Phase::Running], 0)
-        .await;
-    assert_eq!(r.phase, Phase::Running, "{r:?}");
-    w.one_app(&v1).await;
-    for r in w.sink.all() {
-        let text = format!("{r:?}");
-        assert!(!text.contains("s3cret-token") && !text.contains("wrong-token"));
-    }
+    the_right_token_runs(&w, &rt, 2, &url, &v1).await;
     rt.shutdown(true).await;
 }
 
@@ -359,4 +320,32 @@ async fn fails_without_showing(
     let detail = r.detail.unwrap();
     assert!(detail.contains(says), "{detail}");
     assert!(!detail.contains(secret), "{detail}");
+}
+
+/// Deploys `generation` from `url` with the right HTTPS token ("deploy", "s3cret-token"): it
+/// runs `commit`, and no report of the world ever showed the right or the wrong token.
+async fn the_right_token_runs(
+    w: &World,
+    rt: &runtime::RuntimeHandle,
+    generation: u64,
+    url: &str,
+    commit: &str,
+) {
+    let mut d = w.desired(generation, "main");
+    d.repo_url = url.to_owned();
+    let right = GitCredentials::Https {
+        username: "deploy".into(),
+        token: "s3cret-token".into(),
+    };
+    send_with(rt, d, Some(right)).await;
+    let r = w
+        .sink
+        .wait_any(generation, &[Phase::Failed, Phase::Running], 0)
+        .await;
+    assert_eq!(r.phase, Phase::Running, "{r:?}");
+    w.one_app(commit).await;
+    for r in w.sink.all() {
+        let text = format!("{r:?}");
+        assert!(!text.contains("s3cret-token") && !text.contains("wrong-token"));
+    }
 }

@@ -135,6 +135,27 @@ impl Harness {
         self.call(Method::GET, path, token, None).await
     }
 
+    /// The value of the series `name` (its whole name, labels included) in `/metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let (s, v) = self.get("/metrics", &self.admin).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let text = v.as_str().unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics: {text}"))
+    }
+
+    /// Waits (10 s at most) until the series `name` in `/metrics` reaches `at_least`.
+    pub async fn wait_metric(&self, name: &str, at_least: u64) {
+        for _ in 0..200 {
+            if self.metric(name).await >= at_least {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{name} never reached {at_least}");
+    }
+
     pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
         self.call(Method::POST, path, token, Some(body)).await
     }

@@ -29,19 +29,10 @@ async fn send_logs(dev: &SimDevice, lines: Vec<String>) {
         .unwrap();
 }
 
-/// A counter from `/metrics`.
-async fn metric(h: &Harness, name: &str) -> u64 {
-    let (_, v) = h.get("/metrics", &h.admin).await;
-    let text = v.as_str().unwrap_or_default().to_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics: {text}"))
-}
-
 /// Waits until the service has taken in `n` log batches in all (10 s).
 async fn wait_batches(h: &Harness, n: u64) {
     for _ in 0..200 {
-        if metric(h, "hammer_log_batches_total").await >= n {
+        if h.metric("hammer_log_batches_total").await >= n {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -62,7 +53,7 @@ async fn log_lines_of_an_unwatched_device_are_dropped_and_watched_ones_are_kept_
     let dev = h
         .ready_device("alice", &t, "pi", json!({}), Behavior::Succeed)
         .await;
-    let base = metric(&h, "hammer_log_batches_total").await;
+    let base = h.metric("hammer_log_batches_total").await;
 
     // Nobody watches: 1 MB of output (a device that ignores `logs off`) leaves nothing kept.
     // (Volumes stay inside the broker's per-device burst of 4 MiB: a device sending more is

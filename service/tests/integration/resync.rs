@@ -11,29 +11,6 @@ use rumqttc::QoS;
 use serde_json::json;
 use std::time::Duration;
 
-fn value(m: &str, name: &str) -> u64 {
-    m.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
-}
-
-async fn metric(h: &Harness, name: &str) -> u64 {
-    let (s, v) = h.get("/metrics", "").await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    value(v.as_str().unwrap(), name)
-}
-
-async fn wait_metric(h: &Harness, name: &str, at_least: u64) {
-    for _ in 0..200 {
-        if metric(h, name).await >= at_least {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{name} never reached {at_least}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_device_in_sync_is_sent_nothing_and_one_that_differs_only_what_differs() {
     let h = Harness::start().await;
@@ -91,22 +68,20 @@ async fn a_device_in_sync_is_sent_nothing_and_one_that_differs_only_what_differs
     };
 
     // In sync: handled, and nothing is sent.
-    let resyncs = metric(&h, "hammer_resyncs_total").await;
-    let in_sync = metric(&h, "hammer_resyncs_in_sync_total").await;
+    let resyncs = h.metric("hammer_resyncs_total").await;
+    let in_sync = h.metric("hammer_resyncs_in_sync_total").await;
     let before = counts();
     send(presence(Some(generation), acked, acked)).await;
-    wait_metric(&h, "hammer_resyncs_total", resyncs + 1).await;
+    h.wait_metric("hammer_resyncs_total", resyncs + 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(counts(), before, "a device in sync got a message");
-    assert_eq!(
-        metric(&h, "hammer_resyncs_in_sync_total").await,
-        in_sync + 1
-    );
+    assert_eq!(h.metric("hammer_resyncs_in_sync_total").await, in_sync + 1);
 
     // Another generation: the desired state, and no ack.
-    let desired = metric(&h, "hammer_resyncs_desired_total").await;
+    let desired = h.metric("hammer_resyncs_desired_total").await;
     send(presence(Some(generation - 1), acked, acked)).await;
-    wait_metric(&h, "hammer_resyncs_desired_total", desired + 1).await;
+    h.wait_metric("hammer_resyncs_desired_total", desired + 1)
+        .await;
     for _ in 0..100 {
         if counts().0 > before.0 {
             break;
