@@ -18,7 +18,7 @@ use std::time::Duration;
 async fn https_credentials_right_and_wrong() {
     let w = World::new();
     let v1 = w.repo.commit_app(GOOD_APP, true, "v1");
-    let root = serve_bare(&w);
+    let root = serve_world_repo(&w);
     let (_server, port) = http_git_server(&root, "deploy", "s3cret-token");
     let url = format!("http://127.0.0.1:{port}/app.git");
     let rt = w.spawn();
@@ -43,19 +43,9 @@ async fn https_credentials_right_and_wrong() {
 }
 
 /// Serves a bare clone of the world's repository as `app.git` under `served/`.
-fn serve_bare(w: &World) -> std::path::PathBuf {
+fn serve_world_repo(w: &World) -> std::path::PathBuf {
     let root = w.tmp.path().join("served");
-    std::fs::create_dir_all(&root).unwrap();
-    git(
-        &root,
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            &w.repo.dir.display().to_string(),
-            "app.git",
-        ],
-    );
+    serve_bare(&w.repo.dir, &root, "app.git");
     root
 }
 
@@ -64,7 +54,7 @@ async fn https_with_a_private_ca_takes_the_right_token_and_refuses_a_wrong_one_a
 ) {
     let w = World::new();
     let v1 = w.repo.commit_app(GOOD_APP, true, "v1");
-    let root = serve_bare(&w);
+    let root = serve_world_repo(&w);
     let tls = TestTls::new();
     let (_server, port) = https_git_server(&root, "deploy", "s3cret-token", &tls);
     let url = format!("https://127.0.0.1:{port}/app.git");
@@ -225,11 +215,7 @@ async fn ssh_key_with_known_hosts_check() {
         private_key: client_key.clone(),
         known_hosts: known(&host_pub),
     };
-    send_with(&rt, d2, Some(creds)).await;
-    let r = w
-        .sink
-        .wait_any(2, &[Phase::Failed, Phase::Running], 0)
-        .await;
+    let r = deploy_with(&w, &rt, d2, creds).await;
     assert_eq!(r.phase, Phase::Running, "{r:?}");
     w.one_app(&v1).await;
 
@@ -259,11 +245,7 @@ async fn ssh_key_with_known_hosts_check() {
         private_key: client_key.clone(),
         known_hosts: hashed,
     };
-    send_with(&rt, d3, Some(creds)).await;
-    let r = w
-        .sink
-        .wait_any(3, &[Phase::Failed, Phase::Running], 0)
-        .await;
+    let r = deploy_with(&w, &rt, d3, creds).await;
     assert_eq!(r.phase, Phase::Running, "{r:?}");
     assert_eq!(r.commit.as_deref(), Some(v2.as_str()), "{r:?}");
 
@@ -277,15 +259,7 @@ async fn ssh_key_with_known_hosts_check() {
         private_key: stranger,
         known_hosts: known(&host_pub),
     };
-    send_with(&rt, d4, Some(creds)).await;
-    let r = w
-        .sink
-        .wait_any(4, &[Phase::Failed, Phase::Running], 0)
-        .await;
-    assert_eq!(r.phase, Phase::Failed);
-    let detail = r.detail.unwrap();
-    assert!(detail.contains("authentication failed"), "{detail}");
-    assert!(!detail.contains("PRIVATE KEY"), "{detail}");
+    fails_without_showing(&w, &rt, d4, creds, "authentication failed", "PRIVATE KEY").await;
     rt.shutdown(true).await;
 }
 
@@ -301,8 +275,8 @@ async fn a_wrong_token_fails_without_showing_it(w: &World, rt: &runtime::Runtime
     fails_without_showing(w, rt, d1, wrong, "authentication failed", "wrong-token").await;
 }
 
-/// Deploys `d` (generation 1) with `creds`: it fails, and its detail says `says` and never
-/// contains `secret`.
+/// Deploys `d` with `creds`: it fails, and its detail says `says` and never contains
+/// `secret`.
 async fn fails_without_showing(
     w: &World,
     rt: &runtime::RuntimeHandle,
@@ -311,15 +285,25 @@ async fn fails_without_showing(
     says: &str,
     secret: &str,
 ) {
-    send_with(rt, d, Some(creds)).await;
-    let r = w
-        .sink
-        .wait_any(1, &[Phase::Failed, Phase::Running], 0)
-        .await;
+    let r = deploy_with(w, rt, d, creds).await;
     assert_eq!(r.phase, Phase::Failed);
     let detail = r.detail.unwrap();
     assert!(detail.contains(says), "{detail}");
     assert!(!detail.contains(secret), "{detail}");
+}
+
+/// Sends `d` with `creds` and returns the report that ends its generation (failed or running).
+async fn deploy_with(
+    w: &World,
+    rt: &runtime::RuntimeHandle,
+    d: hammer_protocol::DesiredState,
+    creds: GitCredentials,
+) -> hammer_manager::runtime::Report {
+    let generation = d.generation;
+    send_with(rt, d, Some(creds)).await;
+    w.sink
+        .wait_any(generation, &[Phase::Failed, Phase::Running], 0)
+        .await
 }
 
 /// Deploys `generation` from `url` with the right HTTPS token ("deploy", "s3cret-token"): it
@@ -337,11 +321,7 @@ async fn the_right_token_runs(
         username: "deploy".into(),
         token: "s3cret-token".into(),
     };
-    send_with(rt, d, Some(right)).await;
-    let r = w
-        .sink
-        .wait_any(generation, &[Phase::Failed, Phase::Running], 0)
-        .await;
+    let r = deploy_with(w, rt, d, right).await;
     assert_eq!(r.phase, Phase::Running, "{r:?}");
     w.one_app(commit).await;
     for r in w.sink.all() {

@@ -249,16 +249,7 @@ fn submodules_over_http_use_the_credentials_of_the_same_server_and_relative_urls
     let gm =
         format!("[submodule \"lib\"]\n\tpath = lib\n\turl = http://localhost:{port}/lib.git\n");
     let c2 = commit_gitlink(&app2, "lib", &old, &gm);
-    git(
-        &root,
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            &app2.dir.display().to_string(),
-            "app2.git",
-        ],
-    );
+    serve_bare(&app2.dir, &root, "app2.git");
     let e = p2
         .deploy_with(FetchRequest {
             url: format!("http://127.0.0.1:{port}/app2.git"),
@@ -278,16 +269,7 @@ fn submodules_over_http_use_the_credentials_of_the_same_server_and_relative_urls
     app3.commit_app(GOOD_APP, true, "app");
     let gm = format!("[submodule \"lib\"]\n\tpath = lib\n\turl = {}\n", lib.url());
     commit_gitlink(&app3, "lib", &old, &gm);
-    git(
-        &root,
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            &app3.dir.display().to_string(),
-            "app3.git",
-        ],
-    );
+    serve_bare(&app3.dir, &root, "app3.git");
     let e = p3
         .deploy_with(FetchRequest {
             url: format!("http://127.0.0.1:{port}/app3.git"),
@@ -336,17 +318,7 @@ fn a_shallow_mirror_is_much_smaller_than_the_whole_history_and_any_advertised_re
     let first = git(&src.dir, &["rev-list", "--max-parents=0", "HEAD"]);
     git(&src.dir, &["tag", "-a", "-m", "v1", "v1", &first]);
     let root = p.path("served");
-    std::fs::create_dir_all(&root).unwrap();
-    git(
-        &root,
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            &src.dir.display().to_string(),
-            "app.git",
-        ],
-    );
+    serve_bare(&src.dir, &root, "app.git");
     let served = root.join("app.git");
     // A pull request's head, only under refs/pull/.
     write(&src.dir, "pr.txt", b"pull request 7\n");

@@ -106,6 +106,16 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Makes `root` and a bare clone of the repository at `repo` in it named `name` (e.g.
+/// `app.git`), as a git server serves it.
+pub fn serve_bare(repo: &Path, root: &Path, name: &str) {
+    std::fs::create_dir_all(root).unwrap();
+    git(
+        root,
+        &["clone", "-q", "--bare", &repo.display().to_string(), name],
+    );
+}
+
 /// The start script of the test apps: records its pid and commit, prints, then sleeps.
 pub const GOOD_APP: &str = "#!/bin/sh\necho \"$$ $HAMMER_COMMIT\" >> \"$OUT/pids\"\necho \"hello from $HAMMER_COMMIT\"\nexec sleep 1000\n";
 
