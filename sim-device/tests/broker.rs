@@ -139,6 +139,7 @@ impl Fleet {
             client,
             key: SigningKeyPair::from_seed(self.key.to_seed().as_ref()).unwrap(),
             seen,
+            early: std::collections::VecDeque::new(),
         }
     }
 }
@@ -153,6 +154,9 @@ struct Service {
     client: AsyncClient,
     key: SigningKeyPair,
     seen: mpsc::UnboundedReceiver<Seen>,
+    /// Status events that arrived while [`Service::presence`] waited (a device may report
+    /// before its presence is out): [`Service::statuses`] returns them first.
+    early: std::collections::VecDeque<StatusEvent>,
 }
 
 impl Service {
@@ -186,18 +190,23 @@ impl Service {
 
     async fn presence(&mut self) -> Presence {
         loop {
-            if let Seen::Presence(p) = self.next("presence").await {
-                if p.online {
-                    return p;
-                }
+            match self.next("presence").await {
+                Seen::Presence(p) if p.online => return p,
+                Seen::Presence(_) => {}
+                Seen::Status(e) => self.early.push_back(e),
             }
         }
     }
 
-    /// The next `n` status events (presence skipped).
+    /// The next `n` status events (presence skipped), those that came while waiting for a
+    /// presence first.
     async fn statuses(&mut self, n: usize) -> Vec<StatusEvent> {
         let mut out = Vec::new();
         while out.len() < n {
+            if let Some(e) = self.early.pop_front() {
+                out.push(e);
+                continue;
+            }
             if let Seen::Status(e) = self.next("status events").await {
                 out.push(e);
             }
