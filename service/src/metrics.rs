@@ -8,8 +8,8 @@
 use crate::store::{
     AuditCursor, AuditRecord, BoxFuture, DeliveryBounds, DeliveryRecord, DeploymentCursor,
     DeploymentRecord, DeviceRecord, EnrollmentRecord, Fence, HistoryCursor, Inserted, Lease, Page,
-    Result, Retention, SessionCaps, SessionRecord, SessionsEnded, Store, StoredStatus, TokenRecord,
-    UserRecord, WebhookRecord, PRUNE_BATCH,
+    Result, Retention, Revoked, SessionCaps, SessionRecord, SessionsEnded, Store, StoredStatus,
+    TokenRecord, UserRecord, WebhookRecord, PRUNE_BATCH,
 };
 use hammer_protocol::api::{DeploymentState, DeviceState};
 use hammer_protocol::WireName;
@@ -312,8 +312,8 @@ impl Store for CountingStore {
     fn tokens_of(&self, user_id: &str) -> Result<Vec<TokenRecord>> {
         self.inner.tokens_of(user_id)
     }
-    fn delete_token(&self, user_id: &str, token_id: &str) -> Result<bool> {
-        self.inner.delete_token(user_id, token_id)
+    fn revoke_token(&self, user_id: &str, token_id: &str, now: u64) -> Result<Revoked> {
+        self.inner.revoke_token(user_id, token_id, now)
     }
     fn insert_device(&self, device: &DeviceRecord) -> Result<bool> {
         let added = self.inner.insert_device(device)?;

@@ -7,7 +7,7 @@ use crate::domain::Caller;
 use crate::error::{ServiceError, ServiceResult};
 use crate::ids;
 use crate::service::Service;
-use crate::store::{Store, TokenRecord, UserRecord};
+use crate::store::{Revoked, Store, TokenRecord, UserRecord};
 use crate::views::user_view;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderName, StatusCode};
@@ -27,6 +27,7 @@ pub fn issue_token(store: &dyn Store, user: &UserRecord) -> crate::store::Result
         user_id: user.id.clone(),
         hash: ids::hash_token(&token),
         created_at: now_ms(),
+        revoked_at: None,
     };
     store.insert_token(&rec)?;
     Ok(NewToken {
@@ -117,18 +118,22 @@ pub async fn list_tokens(
     Ok(Json(v))
 }
 
-/// `DELETE /api/v1/tokens/{id}`.
+/// `DELETE /api/v1/tokens/{id}`: 204 also when the token was already revoked (within a day),
+/// so that the same request sent again (by a client or a load balancer that did not see the
+/// first answer) reports what happened, not "no such token".
 pub async fn revoke_token(
     State(svc): State<Arc<Service>>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> ServiceResult<StatusCode> {
-    if !svc.store.delete_token(&caller.user.id, &id)? {
-        return Err(ServiceError::not_found(format!(
+    match svc.store.revoke_token(&caller.user.id, &id, now_ms())? {
+        Revoked::NoSuch => Err(ServiceError::not_found(format!(
             "you have no token {:?}; `GET /api/v1/tokens` lists yours",
             id.chars().take(40).collect::<String>()
-        )));
+        ))),
+        Revoked::Now | Revoked::Earlier => {
+            svc.store.flush().await?;
+            Ok(StatusCode::NO_CONTENT)
+        }
     }
-    svc.store.flush().await?;
-    Ok(StatusCode::NO_CONTENT)
 }

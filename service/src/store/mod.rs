@@ -349,6 +349,40 @@ pub struct TokenRecord {
     pub user_id: String,
     pub hash: String,
     pub created_at: u64,
+    /// When it was revoked: a revoked token signs nobody in and is not listed, but its record
+    /// stays for [`REVOKED_TOKEN_KEPT_MS`] so that the same `DELETE` again (a load balancer
+    /// retrying it on another replica after the first one died answering) is answered "done"
+    /// instead of "no such token".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<u64>,
+}
+
+/// How long a revoked token's record stays (one day); older ones are pruned by the owner's
+/// next revocation.
+pub const REVOKED_TOKEN_KEPT_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// What revoking a token found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    /// It was valid and is revoked now.
+    Now,
+    /// It had already been revoked (within [`REVOKED_TOKEN_KEPT_MS`]).
+    Earlier,
+    /// The user has no such token.
+    NoSuch,
+}
+
+impl TokenRecord {
+    /// Whether the token still signs its user in.
+    pub fn valid(&self) -> bool {
+        self.revoked_at.is_none()
+    }
+
+    /// Whether a revoked token's record may go, at `now` (ms).
+    pub fn prunable(&self, now: u64) -> bool {
+        self.revoked_at
+            .is_some_and(|at| now.saturating_sub(at) > REVOKED_TOKEN_KEPT_MS)
+    }
 }
 
 /// A one-time enrollment token (stored by hash) and the device it enrolls.
@@ -643,10 +677,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<UserRecord>>;
 
     fn insert_token(&self, token: &TokenRecord) -> Result<()>;
+    /// The valid (not revoked) token with this hash.
     fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>>;
+    /// The user's valid (not revoked) tokens.
     fn tokens_of(&self, user_id: &str) -> Result<Vec<TokenRecord>>;
-    /// Removes a token of `user_id`; `false` if it has no such token.
-    fn delete_token(&self, user_id: &str, token_id: &str) -> Result<bool>;
+    /// Revokes a token of `user_id` at `now` (ms), and prunes the user's revoked tokens that
+    /// [`TokenRecord::prunable`] lets go.
+    fn revoke_token(&self, user_id: &str, token_id: &str, now: u64) -> Result<Revoked>;
 
     /// Adds a device; `false` if its owner already has a device of that name.
     fn insert_device(&self, device: &DeviceRecord) -> Result<bool>;

@@ -553,6 +553,18 @@ impl SledStore {
         }
     }
 
+    /// A user's tokens, revoked ones included.
+    fn all_tokens_of(&self, user_id: &str) -> Result<Vec<TokenRecord>> {
+        let mut out = Vec::new();
+        for r in self.token_index.scan_prefix(prefix(user_id)) {
+            let (_, hash) = r.map_err(err)?;
+            if let Some(t) = Self::get(&self.tokens, &hash)? {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
     fn all<T: DeserializeOwned>(iter: ::sled::Iter) -> Result<Vec<T>> {
         iter.map(|r| r.map_err(err).and_then(|(_, v)| from_json(&v)))
             .collect()
@@ -743,32 +755,39 @@ impl Store for SledStore {
     }
 
     fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>> {
-        Self::get(&self.tokens, hash)
+        Ok(Self::get::<TokenRecord>(&self.tokens, hash)?.filter(TokenRecord::valid))
     }
 
     fn tokens_of(&self, user_id: &str) -> Result<Vec<TokenRecord>> {
-        let mut out = Vec::new();
-        for r in self.token_index.scan_prefix(prefix(user_id)) {
-            let (_, hash) = r.map_err(err)?;
-            if let Some(t) = Self::get(&self.tokens, &hash)? {
-                out.push(t);
-            }
-        }
-        Ok(out)
+        Ok(self
+            .all_tokens_of(user_id)?
+            .into_iter()
+            .filter(TokenRecord::valid)
+            .collect())
     }
 
-    fn delete_token(&self, user_id: &str, token_id: &str) -> Result<bool> {
-        match self
-            .token_index
-            .remove(key2(user_id, token_id))
-            .map_err(err)?
-        {
-            Some(hash) => {
-                self.tokens.remove(hash).map_err(err)?;
-                Ok(true)
+    fn revoke_token(&self, user_id: &str, token_id: &str, now: u64) -> Result<Revoked> {
+        let mut found = Revoked::NoSuch;
+        for t in self.all_tokens_of(user_id)? {
+            if t.id == token_id {
+                found = if t.valid() {
+                    let revoked = TokenRecord {
+                        revoked_at: Some(now),
+                        ..t
+                    };
+                    self.tokens
+                        .insert(revoked.hash.as_bytes(), to_json(&revoked)?)
+                        .map_err(err)?;
+                    Revoked::Now
+                } else {
+                    Revoked::Earlier
+                };
+            } else if t.prunable(now) {
+                self.token_index.remove(key2(user_id, &t.id)).map_err(err)?;
+                self.tokens.remove(t.hash.as_bytes()).map_err(err)?;
             }
-            None => Ok(false),
         }
+        Ok(found)
     }
 
     fn insert_device(&self, device: &DeviceRecord) -> Result<bool> {

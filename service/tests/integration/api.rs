@@ -68,6 +68,16 @@ async fn users_and_tokens() {
     let (s, _) = h
         .call(Method::DELETE, &format!("/api/v1/tokens/{t2_id}"), &t, None)
         .await;
+    assert_eq!(
+        s,
+        StatusCode::NO_CONTENT,
+        "the same revocation sent again (a retry) is answered as done"
+    );
+    let (s, _) = h.get("/api/v1/me", &t2).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "and the token stays revoked");
+    let (s, _) = h
+        .call(Method::DELETE, "/api/v1/tokens/nosuchtoken", &t, None)
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     // Another user's token id cannot be revoked.
     let tb = h.user("bob").await;

@@ -441,13 +441,14 @@ fn a_users_bad_commits_are_updated_in_place_and_kept(open: Open) {
     assert_eq!(s.update_user("nobody", &mut |_| {}).unwrap(), None);
 }
 
-fn tokens_are_found_by_hash_listed_per_user_and_deleted_once(open: Open) {
+fn tokens_are_found_by_hash_listed_per_user_and_revoked_for_good(open: Open) {
     let s = fresh(open);
     let tok = |id: &str, user: &str, hash: &str| TokenRecord {
         id: id.into(),
         user_id: user.into(),
         hash: hash.into(),
         created_at: 1,
+        revoked_at: None,
     };
     s.insert_token(&tok("t2", "u1", "h2")).unwrap();
     s.insert_token(&tok("t1", "u1", "h1")).unwrap();
@@ -461,11 +462,31 @@ fn tokens_are_found_by_hash_listed_per_user_and_deleted_once(open: Open) {
         .map(|t| t.id)
         .collect();
     assert_eq!(ids, ["t1", "t2"]);
-    assert!(!s.delete_token("u2", "t1").unwrap(), "only the user's own");
-    assert!(s.delete_token("u1", "t1").unwrap());
-    assert!(!s.delete_token("u1", "t1").unwrap());
-    assert_eq!(s.token_by_hash("h1").unwrap(), None);
-    assert_eq!(s.tokens_of("u1").unwrap().len(), 1);
+    let day = REVOKED_TOKEN_KEPT_MS;
+    assert_eq!(
+        s.revoke_token("u2", "t1", 1_000).unwrap(),
+        Revoked::NoSuch,
+        "only the user's own"
+    );
+    assert_eq!(s.revoke_token("u1", "t1", 1_000).unwrap(), Revoked::Now);
+    assert_eq!(s.token_by_hash("h1").unwrap(), None, "it signs nobody in");
+    assert_eq!(s.tokens_of("u1").unwrap().len(), 1, "nor is it listed");
+    assert_eq!(
+        s.revoke_token("u1", "t1", 1_000 + day).unwrap(),
+        Revoked::Earlier,
+        "the same revocation again within a day is answered as done"
+    );
+    // A later revocation of another token prunes it after the day.
+    assert_eq!(
+        s.revoke_token("u1", "t2", 2_000 + day).unwrap(),
+        Revoked::Now
+    );
+    assert_eq!(
+        s.revoke_token("u1", "t1", 2_000 + day).unwrap(),
+        Revoked::NoSuch
+    );
+    assert_eq!(s.tokens_of("u1").unwrap(), []);
+    assert_eq!(s.token_by_hash("h3").unwrap(), Some(tok("t3", "u2", "h3")));
 }
 
 fn devices_have_unique_names_per_owner_and_are_updated_and_deleted_whole(open: Open) {
@@ -1068,8 +1089,8 @@ const CASES: &[Case] = &[
     ),
     ("users_have_unique_names", users_have_unique_names),
     (
-        "tokens_are_found_by_hash_listed_per_user_and_deleted_once",
-        tokens_are_found_by_hash_listed_per_user_and_deleted_once,
+        "tokens_are_found_by_hash_listed_per_user_and_revoked_for_good",
+        tokens_are_found_by_hash_listed_per_user_and_revoked_for_good,
     ),
     (
         "devices_have_unique_names_per_owner_and_are_updated_and_deleted_whole",

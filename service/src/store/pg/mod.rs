@@ -431,26 +431,54 @@ impl Store for PgStore {
 
     fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>> {
         let hash = s(hash);
-        self.read(move |db| one(db.query_opt("SELECT rec FROM tokens WHERE hash = $1", &[&hash])?))
+        let t: Option<TokenRecord> = self.read(move |db| {
+            one(db.query_opt("SELECT rec FROM tokens WHERE hash = $1", &[&hash])?)
+        })?;
+        Ok(t.filter(TokenRecord::valid))
     }
 
     fn tokens_of(&self, user_id: &str) -> Result<Vec<TokenRecord>> {
         let user = s(user_id);
-        self.read(move |db| {
+        let all: Vec<TokenRecord> = self.read(move |db| {
             all(db.query(
                 "SELECT rec FROM tokens WHERE user_id = $1 ORDER BY id",
                 &[&user],
             )?)
-        })
+        })?;
+        Ok(all.into_iter().filter(TokenRecord::valid).collect())
     }
 
-    fn delete_token(&self, user_id: &str, token_id: &str) -> Result<bool> {
+    fn revoke_token(&self, user_id: &str, token_id: &str, now: u64) -> Result<Revoked> {
         let (user, id) = (s(user_id), s(token_id));
         self.write(move |db| {
-            Ok(db.execute(
-                "DELETE FROM tokens WHERE user_id = $1 AND id = $2",
+            let mut tx = db.client.transaction()?;
+            let found: Option<TokenRecord> = one(tx.query_opt(
+                "SELECT rec FROM tokens WHERE user_id = $1 AND id = $2 FOR UPDATE",
                 &[&user, &id],
-            )? > 0)
+            )?)?;
+            let outcome = match found {
+                None => Revoked::NoSuch,
+                Some(t) if !t.valid() => Revoked::Earlier,
+                Some(t) => {
+                    let revoked = TokenRecord {
+                        revoked_at: Some(now),
+                        ..t
+                    };
+                    tx.execute(
+                        "UPDATE tokens SET rec = $2 WHERE hash = $1",
+                        &[&revoked.hash, &Json(&revoked)],
+                    )?;
+                    Revoked::Now
+                }
+            };
+            let kept_since = ts(now.saturating_sub(REVOKED_TOKEN_KEPT_MS));
+            tx.execute(
+                "DELETE FROM tokens WHERE user_id = $1 \
+                 AND (rec->>'revoked_at')::BIGINT < $2",
+                &[&user, &kept_since],
+            )?;
+            tx.commit()?;
+            Ok(outcome)
         })
     }
 
