@@ -87,10 +87,12 @@ impl AppUser {
         let user = nix::unistd::User::from_name(name)
             .map_err(|e| AppError::UserLookup(name.to_string(), e))?
             .ok_or_else(|| AppError::NoSuchUser(name.to_string()))?;
-        let groups = std::ffi::CString::new(name)
-            .ok()
-            .and_then(|c| nix::unistd::getgrouplist(&c, user.gid).ok())
-            .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+        let groups = super::groups::local_groups(Path::new("/etc"), name, user.gid.as_raw())
+            .or_else(|| {
+                let c = std::ffi::CString::new(name).ok()?;
+                let g = nix::unistd::getgrouplist(&c, user.gid).ok()?;
+                Some(g.into_iter().map(|g| g.as_raw()).collect())
+            })
             .unwrap_or_else(|| vec![user.gid.as_raw()]);
         Ok(AppUser {
             name: user.name,

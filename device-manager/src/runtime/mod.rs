@@ -84,6 +84,7 @@
 pub mod app;
 pub mod applog;
 pub mod git;
+pub mod groups;
 pub mod health_gate;
 pub mod install;
 pub mod layout;
