@@ -37,12 +37,15 @@ pub struct BrokerConfig {
     /// `max_connections` at start.
     pub max_pending_per_ip: usize,
     /// Connections from one source address that may wait for one of those handshake slots
-    /// (default 4,096; beyond it they are refused, and a wait ends at `slot_wait`). A fleet
-    /// reconnecting from behind one address is served as slots free up instead of being
-    /// refused into its backoff. Cut to `max_connections` at start. (Queueing the whole budget
-    /// was tried for issue 17 and reverted: 10,000 sessions admitted at once from one address
-    /// left the restarted service with presences and acks that never arrived; see
-    /// BENCHMARKS.md.)
+    /// (default 20,000, the whole connection budget; beyond it they are refused, and a wait
+    /// ends at `slot_wait`). A fleet reconnecting from behind one address is served as slots
+    /// free up, in arrival order, instead of being refused into its backoff; waiting
+    /// connections are unauthenticated, so at the connection bound the oldest make room for
+    /// new ones (the crate doc's "Connection budget"). Cut to `max_connections` at start.
+    /// (Until issue 17 it was 4,096: queueing the whole budget had left the restarted service
+    /// with presences and acks that never arrived, which were the service link's own faults,
+    /// decisions 0024 and 0025; with those fixed, the storm's 3,300-4,200 refusals went to
+    /// none. See BENCHMARKS.md.)
     pub max_waiting_per_ip: usize,
     /// How long a connection may wait for a handshake slot of its address, from its accept
     /// (default 10 s, the handshake timeout). The handshake that follows has its own
@@ -127,7 +130,7 @@ impl BrokerConfig {
             handshake_timeout: Duration::from_secs(10),
             max_connections: 20_000,
             max_pending_per_ip: 256,
-            max_waiting_per_ip: 4096,
+            max_waiting_per_ip: 20_000,
             slot_wait: Duration::from_secs(10),
             device_rate_limit: Some(RateLimit::DEVICE),
             service_rate_limit: None,
