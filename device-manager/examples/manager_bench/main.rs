@@ -18,7 +18,9 @@
 //!    signed desired states: one for the first deploy (clone), then one per new commit
 //!    (`--deploys N`), each timed from publish to the `running` status event (minus the health
 //!    window, `--health-window S`, default 1 s). Status events are acked like the service does;
-//! 6. waits `--idle-secs N` (default 60) and measures, at the same two moments (start and end
+//! 6. lets the last deploy settle (`--settle-secs N`, default 5: its tail, pruning and the
+//!    blocking thread going idle, is deploy work), then waits `--idle-secs N` (default 60)
+//!    and measures, at the same two moments (start and end
 //!    of the idle window), the manager and three comparisons: Mender's client (`mender
 //!    daemon` of Debian's mender-client 3.4, started with the manager, its server an
 //!    unreachable loopback port; see `mender.rs`; skipped with an install hint when it is not
@@ -58,10 +60,13 @@ const DAY: Duration = Duration::from_secs(86_400);
 const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
 
 const USAGE: &str =
-    "usage: manager_bench [--runs N] [--idle-secs N] [--deploys N] [--health-window S] \
-[--profile NAME] [--manager PATH] [--no-build] [--no-mender] [--keep]
+    "usage: manager_bench [--runs N] [--idle-secs N] [--settle-secs N] [--deploys N] \
+[--health-window S] [--profile NAME] [--manager PATH] [--no-build] [--no-mender] [--keep]
   --runs N           whole runs (fresh broker, manager, baselines); median and range (default 1)
   --idle-secs N      idle window before reading RSS (default 60)
+  --settle-secs N    wait after the last deploy's `running` before the idle window starts, so
+                     that the deploy's own tail (pruning, the blocking thread's exit) is not
+                     counted as idle wake-ups (default 5)
   --deploys N        timed deploys of new commits after the first one (default 5)
   --health-window S  health window of each desired state, seconds (default 1)
   --profile NAME     cargo profile of the manager binary (default release)
@@ -73,6 +78,7 @@ const USAGE: &str =
 struct Args {
     runs: usize,
     idle_secs: u64,
+    settle_secs: u64,
     deploys: usize,
     health_window: u32,
     profile: String,
@@ -86,6 +92,7 @@ fn parse_args() -> Result<Args> {
     let mut a = Args {
         runs: 1,
         idle_secs: 60,
+        settle_secs: 5,
         deploys: 5,
         health_window: 1,
         profile: "release".into(),
@@ -100,6 +107,7 @@ fn parse_args() -> Result<Args> {
         match arg.as_str() {
             "--runs" => a.runs = val("--runs")?.parse()?,
             "--idle-secs" => a.idle_secs = val("--idle-secs")?.parse()?,
+            "--settle-secs" => a.settle_secs = val("--settle-secs")?.parse()?,
             "--deploys" => a.deploys = val("--deploys")?.parse()?,
             "--health-window" => a.health_window = val("--health-window")?.parse()?,
             "--profile" => a.profile = val("--profile")?,
@@ -661,6 +669,10 @@ async fn one_run(args: &Args, bin: &Path) -> Result<RunFigures> {
         rust_base.0.id(),
     ));
     idle.push(("baseline: /bin/sleep (C)".to_owned(), sleep_base.0.id()));
+    // The last deploy still finishes for about a second after its `running` (pruning the old
+    // release, the blocking thread going idle): deploy work, not idle wake-ups.
+    eprintln!("settling for {} s …", args.settle_secs);
+    tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
     eprintln!("idle for {} s …", args.idle_secs);
     let idle: Vec<Idle> = idle
         .into_iter()
@@ -929,13 +941,20 @@ fn report(args: &Args, bin: &Path, runs: &[RunFigures]) -> Result<()> {
     let (keep_alive, health) = wakeups();
     let pings_per_min = 60.0 / keep_alive.as_secs_f64();
     let timers_per_min = pings_per_min + 60.0 / health.as_secs_f64();
+    // Tokio's timer wheel files a 30 s deadline two levels up and wakes the thread at each
+    // level it cascades down through before the deadline itself: 3 wake-ups per expiry. Two
+    // timers of one period that fall together share them.
+    let together = 3.0 * timers_per_min / 2.0 + pings_per_min;
+    let apart = 3.0 * timers_per_min + pings_per_min;
     println!(
-        "  manager's own wake-ups should be: an MQTT keep-alive ping every {} s (rumqttc pings on that interval whatever the traffic) and a health report every {} s (--health-interval, QoS 0: nothing answers it): {:.0} timer wake-ups and {:.0} PINGRESPs a minute, so about {:.0} context switches a minute; more is something else",
+        "  manager's own wake-ups should be: an MQTT keep-alive ping every {} s (rumqttc pings on that interval whatever the traffic) and a health report every {} s (--health-interval, QoS 0: nothing answers it): {:.0} timer expiries and {:.0} PINGRESPs a minute; Tokio's timer wheel wakes the thread 3 times per expiry of a 30 s timer, so {:.0} context switches a minute when the two timers fall together, {:.0} when they do not; more is something else (the window starts {} s after the last deploy's `running`)",
         keep_alive.as_secs(),
         health.as_secs(),
         timers_per_min,
         pings_per_min,
-        timers_per_min + pings_per_min
+        together,
+        apart,
+        args.settle_secs
     );
     if let Some(r) = last.rows.first() {
         println!(
