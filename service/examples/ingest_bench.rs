@@ -1,6 +1,7 @@
 //! Status ingestion benchmark: many simulated devices publish status events over mTLS to the
 //! embedded broker; the service stores each exactly once (10% are sent twice), flushes, and
 //! acks. Prints stored events per second, measured until every device has its final ack.
+//! The broker's per-device rate limit is off (the devices send as fast as they can).
 //!
 //! `cargo run --release -p hammer-service --example ingest_bench -- [DEVICES] [EVENTS_PER_DEVICE]`
 
@@ -36,6 +37,10 @@ async fn main() -> anyhow::Result<()> {
     cfg.enroll = "127.0.0.1:0".parse()?;
     cfg.public_host = Some("127.0.0.1".into());
     cfg.drain_grace = std::time::Duration::ZERO;
+    // Each simulated device sends its events as fast as it can, far above the broker's
+    // per-device rate limit (50 packets/s, burst 1,000), which would close it: this measures
+    // ingestion, not that limit.
+    cfg.device_rate_limit = None;
     let svc = hammer_service::start(cfg).await?;
     let http = reqwest::Client::new();
     let base = svc.http_url();
