@@ -84,7 +84,11 @@ pub async fn me(caller: Caller) -> Json<UserView> {
     Json(user_view(&caller.user))
 }
 
-/// `POST /api/v1/tokens`: another token for the caller.
+/// Valid API tokens one user may hold (docs/limits.md). Checked before each new one is made,
+/// so requests racing past the check can each add one.
+pub const MAX_TOKENS_PER_USER: usize = 100;
+
+/// `POST /api/v1/tokens`: another token for the caller; 429 at [`MAX_TOKENS_PER_USER`].
 pub async fn create_token(
     State(svc): State<Arc<Service>>,
     caller: Caller,
@@ -94,6 +98,13 @@ pub async fn create_token(
     axum::Extension<super::audit::AuditTarget>,
     Json<NewToken>,
 )> {
+    if svc.store.tokens_of(&caller.user.id)?.len() >= MAX_TOKENS_PER_USER {
+        return Err(ServiceError::too_many(format!(
+            "you have {MAX_TOKENS_PER_USER} API tokens, the most one user may hold; revoke one \
+             you no longer use (`GET /api/v1/tokens` lists them, `DELETE /api/v1/tokens/ID` \
+             revokes one)"
+        )));
+    }
     let token = issue_token(svc.store.as_ref(), &caller.user)?;
     svc.store.flush().await?;
     let target = axum::Extension(super::audit::AuditTarget(token.id.clone()));

@@ -79,6 +79,22 @@ async fn users_and_tokens() {
         .call(Method::DELETE, "/api/v1/tokens/nosuchtoken", &t, None)
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+    // A user holds at most MAX_TOKENS_PER_USER valid tokens; revoking one makes room.
+    let mut last = String::new();
+    for _ in 1..hammer_service::api::users::MAX_TOKENS_PER_USER {
+        let (s, v) = h.call(Method::POST, "/api/v1/tokens", &t, None).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        last = v["id"].as_str().unwrap().to_owned();
+    }
+    let (s, v) = h.call(Method::POST, "/api/v1/tokens", &t, None).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert!(err(&v).contains("DELETE /api/v1/tokens/ID"), "{v}");
+    let (s, _) = h
+        .call(Method::DELETE, &format!("/api/v1/tokens/{last}"), &t, None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, v) = h.call(Method::POST, "/api/v1/tokens", &t, None).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
     // Another user's token id cannot be revoked.
     let tb = h.user("bob").await;
     let (_, v) = h.get("/api/v1/tokens", &tb).await;
