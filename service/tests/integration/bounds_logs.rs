@@ -10,7 +10,6 @@ use hammer_service::store::CUT_MARKER;
 use reqwest::StatusCode;
 use rumqttc::QoS;
 use serde_json::json;
-use std::time::Duration;
 
 async fn send_logs(dev: &SimDevice, lines: Vec<String>) {
     let batch = LogBatch {
@@ -27,17 +26,6 @@ async fn send_logs(dev: &SimDevice, lines: Vec<String>) {
         )
         .await
         .unwrap();
-}
-
-/// Waits until the service has taken in `n` log batches in all (10 s).
-async fn wait_batches(h: &Harness, n: u64) {
-    for _ in 0..200 {
-        if h.metric("hammer_log_batches_total").await >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the service never took in {n} log batches");
 }
 
 async fn lines(h: &Harness, token: &str, name: &str) -> Vec<String> {
@@ -65,7 +53,7 @@ async fn log_lines_of_an_unwatched_device_are_dropped_and_watched_ones_are_kept_
         )
         .await;
     }
-    wait_batches(&h, base + 20).await;
+    h.wait_metric("hammer_log_batches_total", base + 20).await;
     assert!(
         lines(&h, &t, "pi").await.is_empty(),
         "lines that arrived while nobody watched were kept"
@@ -73,7 +61,7 @@ async fn log_lines_of_an_unwatched_device_are_dropped_and_watched_ones_are_kept_
 
     // That request is a watch: lines are kept now, a long one cut with the marker.
     send_logs(&dev, vec!["x".repeat(10 * MAX_LOG_LINE), "hello".into()]).await;
-    wait_batches(&h, base + 21).await;
+    h.wait_metric("hammer_log_batches_total", base + 21).await;
     let kept = lines(&h, &t, "pi").await;
     assert_eq!(kept.len(), 2, "{kept:?}");
     assert!(kept[0].len() <= MAX_LOG_LINE && kept[0].ends_with(CUT_MARKER));
@@ -84,7 +72,7 @@ async fn log_lines_of_an_unwatched_device_are_dropped_and_watched_ones_are_kept_
     for i in 0..30 {
         send_logs(&dev, vec![format!("watched {i} {}", "w".repeat(2500)); 20]).await;
     }
-    wait_batches(&h, base + 51).await;
+    h.wait_metric("hammer_log_batches_total", base + 51).await;
     let kept = lines(&h, &t, "pi").await;
     let bytes: usize = kept.iter().map(String::len).sum();
     assert!(bytes <= MAX_LOG_BYTES, "{bytes} bytes kept");
